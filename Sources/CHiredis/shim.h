@@ -1,0 +1,5 @@
+#ifndef TOLLGATE_CHIREDIS_SHIM_H
+#define TOLLGATE_CHIREDIS_SHIM_H
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+#endif

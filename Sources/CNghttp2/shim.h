@@ -1,0 +1,4 @@
+#ifndef TOLLGATE_CNGHTTP2_SHIM_H
+#define TOLLGATE_CNGHTTP2_SHIM_H
+#include <nghttp2/nghttp2.h>
+#endif

@@ -1,0 +1,28 @@
+#ifndef TOLLGATE_CSYSTEM_H
+#define TOLLGATE_CSYSTEM_H
+// The Linux calls Swift's Glibc module does not export (it is built without _GNU_SOURCE).
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/timerfd.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/inotify.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stddef.h>
+
+int tollgate_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
+void *tollgate_memmem(const void *h, size_t hl, const void *n, size_t nl);
+int tollgate_pipe2(int fds[2], int flags);
+static const int tollgate_SOCK_NONBLOCK = SOCK_NONBLOCK;
+static const int tollgate_SOCK_CLOEXEC = SOCK_CLOEXEC;
+static const uint32_t tollgate_EPOLLIN = EPOLLIN;
+static const uint32_t tollgate_EPOLLOUT = EPOLLOUT;
+static const uint32_t tollgate_EPOLLERR = EPOLLERR;
+static const uint32_t tollgate_EPOLLHUP = EPOLLHUP;
+static const uint32_t tollgate_EPOLLRDHUP = EPOLLRDHUP;
+static const uint32_t tollgate_EPOLLET = EPOLLET;
+#endif

@@ -1,0 +1,51 @@
+// Interface of the strict HTTP/1.1 codec. Bodies are filled in by the codec work item;
+// the signatures are the contract the proxy is written against.
+
+/// Strict, allocation-free request-head parser (RFC 9112). Resumable: call `parse` again
+/// with the same message start and more bytes; it does not rescan what it has seen
+/// looking for the end of the head.
+package struct HTTP1RequestParser: Sendable {
+    package var limits: HTTP1Limits
+    package init(limits: HTTP1Limits = HTTP1Limits()) { self.limits = limits }
+    /// Forget progress (next message).
+    package mutating func reset() { fatalError("unimplemented") }
+    /// `bytes` starts at the first byte of the request line. Header ranges go to `headers`
+    /// (cleared first). On `.complete`, `head` is filled.
+    package mutating func parse(_ bytes: UnsafeRawBufferPointer, into head: inout HTTP1RequestHead,
+                                headers: HeaderTable) -> HTTP1ParseResult { fatalError("unimplemented") }
+}
+
+/// Strict response-head parser for what upstreams send.
+package struct HTTP1ResponseParser: Sendable {
+    package var limits: HTTP1Limits
+    package init(limits: HTTP1Limits = HTTP1Limits()) { self.limits = limits }
+    package mutating func reset() { fatalError("unimplemented") }
+    /// `requestMethod` decides bodiless responses (HEAD; 1xx, 204, 304 always).
+    package mutating func parse(_ bytes: UnsafeRawBufferPointer, requestMethod: HTTPMethod,
+                                into head: inout HTTP1ResponseHead, headers: HeaderTable) -> HTTP1ParseResult {
+        fatalError("unimplemented")
+    }
+}
+
+/// Streaming decoder of a chunked body, byte-resumable.
+package struct ChunkedDecoder: Sendable {
+    package init() {}
+    package mutating func reset() { fatalError("unimplemented") }
+    package mutating func step(_ input: UnsafeRawBufferPointer) -> ChunkedStep { fatalError("unimplemented") }
+}
+
+/// ASCII helpers over head bytes.
+package enum HTTP1Bytes {
+    /// Case-insensitive comparison of `bytes[range]` with a lowercase ASCII literal.
+    @inline(__always)
+    package static func equalsLowercase(_ bytes: UnsafeRawBufferPointer, _ range: ByteRange, _ lower: StaticBytes) -> Bool {
+        if Int(range.count) != lower.count { return false }
+        let base = bytes.baseAddress! + Int(range.offset)
+        for i in 0..<lower.count {
+            var c = base.load(fromByteOffset: i, as: UInt8.self)
+            if c >= 0x41 && c <= 0x5A { c |= 0x20 }
+            if c != lower.pointer.load(fromByteOffset: i, as: UInt8.self) { return false }
+        }
+        return true
+    }
+}

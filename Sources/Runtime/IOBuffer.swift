@@ -1,0 +1,117 @@
+/// A fixed-capacity byte buffer with a reader and a writer index: one allocation for
+/// the life of its owner, compacted (never reallocated) as it is reused.
+///
+/// ```
+/// 0 ........ readerIndex ........ writerIndex ........ capacity
+///   consumed      readable bytes        writable space
+/// ```
+package final class IOBuffer {
+    package let base: UnsafeMutableRawPointer
+    package let capacity: Int
+    package var readerIndex = 0
+    package var writerIndex = 0
+
+    package init(capacity: Int) {
+        self.capacity = capacity
+        self.base = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
+    }
+    deinit { base.deallocate() }
+
+    @inline(__always) package var readableBytes: Int { writerIndex &- readerIndex }
+    @inline(__always) package var writableBytes: Int { capacity &- writerIndex }
+    @inline(__always) package var isEmpty: Bool { readerIndex == writerIndex }
+    @inline(__always) package var readPointer: UnsafeMutableRawPointer { base + readerIndex }
+    @inline(__always) package var writePointer: UnsafeMutableRawPointer { base + writerIndex }
+
+    /// The readable bytes, as a raw buffer valid until the next mutation.
+    @inline(__always) package var readable: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: base + readerIndex, count: writerIndex &- readerIndex)
+    }
+
+    @inline(__always) package func clear() { readerIndex = 0; writerIndex = 0 }
+
+    /// Moves the readable bytes to the start of the buffer. Returns how far they moved
+    /// (offsets into the readable region stay valid relative to `readerIndex`).
+    @discardableResult
+    package func compact() -> Int {
+        let shift = readerIndex
+        if shift == 0 { return 0 }
+        let n = writerIndex &- readerIndex
+        if n > 0 { (base).copyMemory(from: base + readerIndex, byteCount: n) }
+        readerIndex = 0
+        writerIndex = n
+        return shift
+    }
+
+    /// Appends bytes; the caller has checked `writableBytes` (precondition otherwise).
+    @inline(__always)
+    package func write(_ p: UnsafeRawPointer, count: Int) {
+        precondition(count <= writableBytes, "IOBuffer overflow")
+        (base + writerIndex).copyMemory(from: p, byteCount: count)
+        writerIndex &+= count
+    }
+    @inline(__always)
+    package func write(_ bytes: UnsafeRawBufferPointer) {
+        if let p = bytes.baseAddress { write(p, count: bytes.count) }
+    }
+    @inline(__always)
+    package func write(_ bytes: StaticBytes) { write(bytes.pointer, count: bytes.count) }
+    @inline(__always)
+    package func write(byte: UInt8) {
+        precondition(writerIndex < capacity, "IOBuffer overflow")
+        base.storeBytes(of: byte, toByteOffset: writerIndex, as: UInt8.self)
+        writerIndex &+= 1
+    }
+    package func write(_ array: [UInt8]) { array.withUnsafeBytes { write($0) } }
+    package func write(string: String) {
+        var s = string
+        s.withUTF8 { write(UnsafeRawBufferPointer($0)) }
+    }
+    /// Writes a decimal number.
+    package func write(decimal value: Int) {
+        var v = value
+        if v < 0 { write(byte: 0x2D); v = -v }
+        var tmp: (UInt64, UInt64, UInt64) = (0, 0, 0)
+        withUnsafeMutableBytes(of: &tmp) { t in
+            var i = 24
+            repeat { i -= 1; t[i] = UInt8(truncatingIfNeeded: 0x30 + v % 10); v /= 10 } while v > 0
+            write(UnsafeRawBufferPointer(rebasing: t[i..<24]))
+        }
+    }
+    /// Writes a lowercase hexadecimal number (chunk sizes).
+    package func write(hex value: Int) {
+        var v = UInt64(value)
+        var tmp: (UInt64, UInt64) = (0, 0)
+        withUnsafeMutableBytes(of: &tmp) { t in
+            var i = 16
+            repeat {
+                i -= 1
+                let d = UInt8(truncatingIfNeeded: v & 0xF)
+                t[i] = d < 10 ? 0x30 + d : 0x57 + d
+                v >>= 4
+            } while v > 0
+            write(UnsafeRawBufferPointer(rebasing: t[i..<16]))
+        }
+    }
+}
+
+/// Bytes with static lifetime (built once, never freed): header names, fixed replies.
+package struct StaticBytes: @unchecked Sendable {
+    // SAFETY: the storage is allocated once, never mutated after init and never freed.
+    package let pointer: UnsafeRawPointer
+    package let count: Int
+    package init(_ s: String) {
+        let u = Array(s.utf8)
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(u.count, 1), alignment: 1)
+        u.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: u.count) }
+        pointer = UnsafeRawPointer(p)
+        count = u.count
+    }
+    package init(bytes u: [UInt8]) {
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(u.count, 1), alignment: 1)
+        u.withUnsafeBytes { if u.count > 0 { p.copyMemory(from: $0.baseAddress!, byteCount: u.count) } }
+        pointer = UnsafeRawPointer(p)
+        count = u.count
+    }
+    package var buffer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: pointer, count: count) }
+}
