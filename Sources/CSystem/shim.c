@@ -11,3 +11,5 @@ void *tollgate_memmem(const void *h, size_t hl, const void *n, size_t nl) {
     return memmem(h, hl, n, nl);
 }
 int tollgate_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
+#include <pthread.h>
+int tollgate_pthread_setname(pthread_t t, const char *name) { return pthread_setname_np(t, name); }

@@ -315,6 +315,6 @@ package func spawnThread(name: String, _ body: @escaping @Sendable () -> Void) -
     }, box)
     precondition(rc == 0, "pthread_create failed: \(rc)")
     let n = String(name.prefix(15))
-    _ = pthread_setname_np(tid, n)
+    _ = tollgate_pthread_setname(tid, n)
     return tid
 }
