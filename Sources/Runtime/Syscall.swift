@@ -41,6 +41,17 @@ package enum Sys {
     package static func writev(_ fd: Int32, _ iov: UnsafePointer<iovec>, _ n: Int32) throws(Errno) -> IOResult {
         try retrying { Glibc.writev(fd, iov, n) }
     }
+    /// writev of up to two regions (a head and a body), skipping an empty second one.
+    @inline(__always)
+    package static func writev(_ fd: Int32, _ p0: UnsafeRawPointer?, _ n0: Int, _ p1: UnsafeRawPointer?, _ n1: Int) throws(Errno) -> IOResult {
+        if n1 == 0 { return try write(fd, p0!, n0) }
+        if n0 == 0 { return try write(fd, p1!, n1) }
+        var iov = (iovec(iov_base: UnsafeMutableRawPointer(mutating: p0), iov_len: n0),
+                   iovec(iov_base: UnsafeMutableRawPointer(mutating: p1), iov_len: n1))
+        return try retrying {
+            withUnsafePointer(to: &iov) { $0.withMemoryRebound(to: iovec.self, capacity: 2) { Glibc.writev(fd, $0, 2) } }
+        }
+    }
     package static func close(_ fd: Int32) { _ = Glibc.close(fd) }
 
     package static func setNonBlocking(_ fd: Int32) {

@@ -1,0 +1,117 @@
+import ArgumentParser
+import Glibc
+import Policy
+import Runtime
+
+@main
+struct Tollgate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tollgate",
+        abstract: "API-key enforcement sidecar: a reverse proxy that checks every request against policy files.",
+        version: "0.1.0",
+        subcommands: [Serve.self, Check.self]
+    )
+}
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the proxy.")
+
+    @Option(help: "A policy file, or a directory whose *.yaml files are merged.")
+    var policies: String
+    @Option(help: "Event loops (default: one per core).")
+    var threads: Int?
+    @Option(help: "Seconds a graceful shutdown waits for in-flight requests.")
+    var drainTimeout: Double = 10
+    @Option(help: "Seconds a client has to send a whole request head.")
+    var headerTimeout: Double = 10
+    @Option(help: "Seconds an idle keep-alive connection is kept.")
+    var idleTimeout: Double = 60
+    @Option(help: "Seconds a request body may stall.")
+    var bodyTimeout: Double = 30
+    @Option(help: "Connections per event loop before new ones are refused.")
+    var maxConnections: Int = 16_384
+
+    func run() throws {
+        Signals.blockForAllThreads()
+        let snapshot: PolicySnapshot
+        do {
+            snapshot = try PolicyLoader.load(path: policies)
+        } catch {
+            for e in error.errors { Log.error("\(e)") }
+            throw ExitCode(2)
+        }
+        var settings = ServerSettings()
+        settings.threads = threads ?? Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        settings.drainTimeout = .milliseconds(Int(drainTimeout * 1000))
+        settings.headerTimeout = .milliseconds(Int(headerTimeout * 1000))
+        settings.idleTimeout = .milliseconds(Int(idleTimeout * 1000))
+        settings.bodyTimeout = .milliseconds(Int(bodyTimeout * 1000))
+        settings.maxConnectionsPerLoop = maxConnections
+        let server = Server(settings: settings)
+        do {
+            try server.start(snapshot: snapshot)
+        } catch {
+            Log.error("\(error)")
+            throw ExitCode(1)
+        }
+        for l in snapshot.listeners {
+            Log.info("listening on \(l.isIPv6 ? "[\(l.host)]" : l.host):\(l.port) with \(settings.threads) loop(s)")
+        }
+        while true {
+            let sig = Signals.wait()
+            if sig == SIGHUP {
+                do {
+                    let next = try PolicyLoader.load(path: policies)
+                    server.install(next)
+                    Log.info("policy reloaded from \(policies)")
+                } catch {
+                    Log.error("policy reload failed, keeping the current policy:")
+                    for e in error.errors { Log.error("  \(e)") }
+                }
+                continue
+            }
+            Log.info("signal \(sig): draining (up to \(drainTimeout)s)")
+            let clean = server.drain(timeout: settings.drainTimeout)
+            Log.info(clean ? "drained, exiting" : "drain timed out, exiting")
+            throw ExitCode.success
+        }
+    }
+}
+
+struct Check: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Validate policy files; print file:line: key.path: reason for every error.")
+    @Argument(help: "A policy file or directory.")
+    var path: String
+
+    func run() throws {
+        do {
+            let s = try PolicyLoader.load(path: path)
+            print("ok: \(s.routes.count) route(s), \(s.backends.count) backend(s)")
+        } catch {
+            for e in error.errors { print("\(e)") }
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// Plain stderr logging: one line per event, never a key or a secret.
+enum Log {
+    static func info(_ s: String) { write("info", s) }
+    static func warn(_ s: String) { write("warn", s) }
+    static func error(_ s: String) { write("error", s) }
+    private static func write(_ level: String, _ s: String) {
+        var t = timespec()
+        clock_gettime(CLOCK_REALTIME, &t)
+        var tm = tm()
+        var secs = t.tv_sec
+        gmtime_r(&secs, &tm)
+        var buf = [CChar](repeating: 0, count: 32)
+        _ = strftime(&buf, 32, "%Y-%m-%dT%H:%M:%S", &tm)
+        let ms = Int(t.tv_nsec / 1_000_000)
+        let msText = ms < 10 ? "00\(ms)" : ms < 100 ? "0\(ms)" : "\(ms)"
+        let ts = String(cString: buf) + "." + msText + "Z"
+        let line = "\(ts) \(level) \(s)\n"
+        var l = line
+        l.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+    }
+}

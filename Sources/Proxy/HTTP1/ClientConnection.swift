@@ -1,0 +1,754 @@
+import Glibc
+import Policy
+import Runtime
+
+/// One downstream HTTP/1.1 connection and the exchange it is serving (one at a time;
+/// pipelined requests wait, unread, in `inBuf`).
+///
+/// Every event (its own, or its upstream's) lands in `drive()`, which pumps the state
+/// machine until no step makes progress: no callback nests another, and pipelined
+/// requests are served in a loop, not by recursion.
+final class ClientConnection: EventHandler {
+    enum State: UInt8 {
+        /// Waiting for (the rest of) a request head.
+        case readingHead
+        /// Forwarding an exchange to an upstream.
+        case proxying
+        /// Writing a locally generated response.
+        case replying
+        case closed
+    }
+    enum RequestBody: Equatable {
+        case none
+        case length(remaining: Int64)
+        case chunked
+        case done
+    }
+    enum ResponseBody: Equatable {
+        /// No head yet.
+        case awaitingHead
+        case length(remaining: Int64)
+        /// Chunked, validated and passed through as is.
+        case chunkedPass
+        /// Chunked from upstream, de-chunked for an HTTP/1.0 client (then close).
+        case chunkedDecode
+        case untilClose
+        case done
+    }
+
+    let fd: Int32
+    let peer: PeerAddress
+    let isTLS: Bool
+    unowned(unsafe) let context: LoopContext
+    var slot = -1
+
+    let inBuf: IOBuffer
+    let outBuf = IOBuffer(capacity: 24 * 1024)
+    let headers = HeaderTable(capacity: 128)
+    var parser: HTTP1RequestParser
+    var request = HTTP1RequestHead()
+    var state: State = .readingHead
+    var deadline = Deadline()
+    var isReadable = false
+    var isWritable = true
+    var sawEOF = false
+    var closeAfterResponse = false
+    var isDrainRequested = false
+
+    // The exchange in progress.
+    var upstream: UpstreamConnection?
+    var routeBackend = 0
+    var maxBodyBytes = 0
+    var requestBody: RequestBody = .none
+    var requestBodyReceived: Int64 = 0
+    var requestChunks = ChunkedDecoder()
+    /// Request-body bytes at `inBuf.readerIndex` to be written raw to the upstream.
+    var requestPass = 0
+    var isRequestSent = false
+    var responseBody: ResponseBody = .awaitingHead
+    var responseChunks = ChunkedDecoder()
+    /// Response bytes at `upstream.inBuf.readerIndex` to be written raw to the client.
+    var responsePass = 0
+    var isResponseHeadSent = false
+    var hasRetried = false
+    var requestIDBytes = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+    var requestIDCount = 0
+
+    init(fd: Int32, peer: PeerAddress, isTLS: Bool, context: LoopContext) {
+        self.fd = fd
+        self.peer = peer
+        self.isTLS = isTLS
+        self.context = context
+        let limits = context.settings.limits
+        inBuf = IOBuffer(capacity: limits.maxHeadBytes + 4096)
+        parser = HTTP1RequestParser(limits: limits)
+    }
+
+    func start() {
+        deadline.set(context.loop.now &+ context.idleTimeoutNanos, fd: fd, loop: context.loop)
+    }
+
+    // MARK: events
+
+    func handleEvent(_ events: EventSet, loop: EventLoop) {
+        if !events.isDisjoint(with: [.readable, .readHangup, .hangup, .error]) { isReadable = true }
+        if events.contains(.writable) { isWritable = true }
+        drive()
+    }
+
+    func handleTimer(loop: EventLoop) {
+        guard state != .closed, deadline.expired(fd: fd, loop: loop) else { return }
+        switch state {
+        case .readingHead:
+            if inBuf.readableBytes == 0 { close() } else { replyAndClose(status: 408, code: .badRequest, message: "request head not received in time") }
+        case .proxying:
+            if requestBody != .done && requestBody != .none {
+                // The client stopped sending its body.
+                if isResponseHeadSent { abort() } else { replyAndClose(status: 408, code: .badRequest, message: "request body not received in time") }
+            }
+        case .replying:
+            close()   // the client does not read what we write
+        case .closed:
+            break
+        }
+    }
+
+    func upstreamConnected(_ up: UpstreamConnection) {
+        up.deadline.set(context.loop.now &+ up.pool.responseTimeoutNanos, fd: up.fd, loop: context.loop)
+        drive()
+    }
+
+    func upstreamEvent(_ up: UpstreamConnection) { drive() }
+
+    func upstreamFailed(_ up: UpstreamConnection, _ failure: UpstreamFailure) {
+        guard up === upstream else { return }
+        upstreamFailure(failure)
+        drive()
+    }
+
+    // MARK: the pump
+
+    func drive() {
+        var spins = 0
+        while state != .closed {
+            spins += 1
+            if spins > 10_000 { break }   // defensive: a bug must not spin the loop forever
+            switch state {
+            case .readingHead:
+                if !stepReadingHead() { return }
+            case .proxying:
+                if !stepProxying() { return }
+            case .replying:
+                if !flushClient() { return }
+                if outBuf.readableBytes == 0 { finishLocalReply() } else { return }
+            case .closed:
+                return
+            }
+        }
+    }
+
+    /// Returns true when it made progress (call again).
+    private func stepReadingHead() -> Bool {
+        if inBuf.readableBytes > 0 {
+            switch parser.parse(inBuf.readable, into: &request, headers: headers) {
+            case .complete(let consumed):
+                startExchange(headLength: consumed)
+                return true
+            case .failed(let e):
+                replyAndClose(status: e.status, code: .badRequest, message: Self.message(for: e))
+                return true
+            case .incomplete:
+                break
+            }
+        }
+        if sawEOF { close(); return false }
+        if !isReadable { return false }
+        if inBuf.writableBytes == 0 { inBuf.compact() }
+        if inBuf.writableBytes == 0 {
+            replyAndClose(status: 431, code: .badRequest, message: "request head too large")
+            return true
+        }
+        let hadBytes = inBuf.readableBytes > 0
+        let n = readClient()
+        if n > 0 && !hadBytes {
+            // First bytes of a head: the header deadline replaces the idle one.
+            deadline.set(context.loop.now &+ context.headerTimeoutNanos, fd: fd, loop: context.loop)
+        }
+        return n > 0 || sawEOF
+    }
+
+    /// Reads from the client into `inBuf`; returns bytes read (0 on EOF/EAGAIN/error).
+    @inline(__always)
+    private func readClient() -> Int {
+        let want = inBuf.writableBytes
+        do {
+            switch try Sys.read(fd, inBuf.writePointer, want) {
+            case .processed(let n):
+                if n == 0 { sawEOF = true; isReadable = false; return 0 }
+                inBuf.writerIndex += n
+                if n < want { isReadable = false }   // drained (edge-triggered: a new edge will come)
+                return n
+            case .wouldBlock:
+                isReadable = false
+                return 0
+            }
+        } catch {
+            sawEOF = true
+            isReadable = false
+            return 0
+        }
+    }
+
+    // MARK: starting an exchange
+
+    private func startExchange(headLength: Int) {
+        state = .proxying
+        deadline.clear()
+        closeAfterResponse = request.wantsClose || isDrainRequested
+        requestBodyReceived = 0
+        isRequestSent = false
+        isResponseHeadSent = false
+        responseBody = .awaitingHead
+        responsePass = 0
+        requestPass = 0
+        hasRetried = false
+        assignRequestID()
+
+        switch request.framing {
+        case .none, .untilClose: requestBody = .none
+        case .contentLength(let n): requestBody = n == 0 ? .none : .length(remaining: n)
+        case .chunked:
+            requestBody = .chunked
+            requestChunks.reset()
+        }
+
+        // Route on the path (normalisation and the policy phases come with the policy work).
+        let head = inBuf.readable
+        let pathPtr = UnsafeRawBufferPointer(rebasing: head[Int(request.path.offset)..<request.path.end])
+        let method = MethodSet(rawValue: 1 << UInt16(request.method.rawValue))
+        guard let route = context.snapshot.route(method: method, path: pathPtr) else {
+            return deny(.noRoute, headLength: headLength)
+        }
+        routeBackend = route.backend
+        maxBodyBytes = route.maxBodyBytes
+        if case .contentLength(let n) = request.framing, n > Int64(maxBodyBytes) {
+            return replyLocal(status: 413, code: .badRequest, message: "request body larger than the route allows", headLength: headLength, forceClose: true)
+        }
+        forward(headLength: headLength)
+    }
+
+    private func assignRequestID() {
+        // Pass a sane client X-Request-Id through; generate one otherwise.
+        let head = inBuf.readable
+        for i in 0..<headers.count {
+            let f = headers[i]
+            if f.name.count == 12, HeaderNames.lowerEquals(head.baseAddress! + Int(f.name.offset), 12, HeaderNames.xRequestID) {
+                let n = Int(f.value.count)
+                if n >= 1 && n <= 64 && Self.isSafeID(head.baseAddress! + Int(f.value.offset), n) {
+                    withUnsafeMutableBytes(of: &requestIDBytes) { $0.baseAddress!.copyMemory(from: head.baseAddress! + Int(f.value.offset), byteCount: n) }
+                    requestIDCount = n
+                    return
+                }
+            }
+        }
+        requestIDCount = withUnsafeMutableBytes(of: &requestIDBytes) { context.nextRequestID(into: $0.baseAddress!) }
+    }
+
+    private static func isSafeID(_ p: UnsafeRawPointer, _ n: Int) -> Bool {
+        for i in 0..<n {
+            let c = p.load(fromByteOffset: i, as: UInt8.self)
+            let ok = (c >= 0x30 && c <= 0x39) || (c | 0x20 >= 0x61 && c | 0x20 <= 0x7A) || c == 0x2D || c == 0x5F || c == 0x2E || c == 0x3A
+            if !ok { return false }
+        }
+        return true
+    }
+
+    func withRequestID<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
+        withUnsafeBytes(of: &requestIDBytes) { body(UnsafeRawBufferPointer(rebasing: $0[0..<requestIDCount])) }
+    }
+
+    // MARK: forwarding
+
+    private func forward(headLength: Int) {
+        let pool = context.pools[routeBackend]
+        let up: UpstreamConnection
+        switch pool.acquire() {
+        case .success(let c): up = c
+        case .failure(let f):
+            return replyLocal(status: f.status, code: .upstreamUnavailable, message: Self.message(for: f), headLength: headLength,
+                              forceClose: requestBody != .none)
+        }
+        up.client = self
+        upstream = up
+        up.outBuf.clear()
+        up.inBuf.clear()
+        up.parser.reset()
+        up.sawEOF = false
+        if !RequestHeadWriter.write(self, into: up.outBuf) {
+            up.pool.retire(up)
+            upstream = nil
+            return replyLocal(status: 431, code: .badRequest, message: "request head too large to forward", headLength: headLength, forceClose: true)
+        }
+        inBuf.readerIndex += headLength
+        if request.expectsContinue && requestBody != .none && inBuf.readableBytes == 0 {
+            outBuf.write(Self.continue100)
+        }
+        if up.state == .active {
+            up.deadline.set(context.loop.now &+ up.pool.responseTimeoutNanos, fd: up.fd, loop: context.loop)
+            up.isWritable = true
+        }
+        if requestBody != .none {
+            deadline.set(context.loop.now &+ context.bodyTimeoutNanos, fd: fd, loop: context.loop)
+        }
+    }
+
+    /// One round of the exchange; true when something moved.
+    private func stepProxying() -> Bool {
+        guard let up = upstream else {
+            // A local reply replaced the exchange, or it finished.
+            return false
+        }
+        var progress = false
+
+        // Request side: client → upstream.
+        if !isRequestSent {
+            if requestBody != .none && requestBody != .done {
+                if frameRequestBody(up) { progress = true }
+                if case .closed = state { return false }
+            }
+            if up.state == .active && up.isWritable && (up.outBuf.readableBytes > 0 || requestPass > 0) {
+                if flushUpstream(up) { progress = true }
+                if state == .closed || upstream !== up { return true }
+            }
+            if up.outBuf.readableBytes == 0 && requestPass == 0 && (requestBody == .none || requestBody == .done) {
+                isRequestSent = true
+                progress = true
+            }
+        } else if requestBody == .none || requestBody == .done {
+            // Pipelined bytes may wait; only watch for the client going away.
+        }
+
+        // Response side: upstream → client.
+        if up.state == .active && up.isReadable && responseBody != .done {
+            if readUpstream(up) { progress = true }
+            if state == .closed || upstream !== up { return true }
+        }
+        if isWritable && (outBuf.readableBytes > 0 || responsePass > 0) {
+            if flushClient() { progress = true }
+            if state == .closed { return false }
+        }
+        if responseBody == .done && outBuf.readableBytes == 0 && responsePass == 0 {
+            finishExchange(up)
+            return true
+        }
+        // A client that hung up while we wait: nothing can be delivered.
+        if isReadable && !sawEOF && (requestBody == .none || requestBody == .done) && inBuf.writableBytes > 0 {
+            _ = readClient()   // pipelined bytes, or EOF
+            if sawEOF { closeAfterResponse = true }
+            progress = progress || isReadable
+        }
+        return progress
+    }
+
+    /// Moves request-body bytes from `inBuf` toward the upstream (raw for Content-Length,
+    /// re-encoded for chunked). Reads more from the client when there is room.
+    private func frameRequestBody(_ up: UpstreamConnection) -> Bool {
+        var progress = false
+        if isReadable && inBuf.writableBytes == 0 && inBuf.readerIndex > 0 && requestPass == 0 { inBuf.compact() }
+        if isReadable && inBuf.writableBytes > 0 {
+            let n = readClient()
+            if n > 0 {
+                progress = true
+                deadline.set(context.loop.now &+ context.bodyTimeoutNanos, fd: fd, loop: context.loop)
+            }
+            if sawEOF && n == 0 {
+                // The client went away in the middle of its body.
+                abort()
+                return false
+            }
+        }
+        switch requestBody {
+        case .length(let remaining):
+            let avail = inBuf.readableBytes - requestPass
+            if avail > 0 {
+                let take = Int(min(Int64(avail), remaining))
+                requestPass += take
+                let left = remaining - Int64(take)
+                requestBody = left == 0 ? .done : .length(remaining: left)
+                if left == 0 { deadline.clear() }
+                progress = true
+            }
+        case .chunked:
+            chunkLoop: while inBuf.readableBytes > 0 {
+                // Room for a size line, the data and its CRLF.
+                let room = up.outBuf.writableBytes - 24
+                if room <= 0 {
+                    if up.outBuf.readerIndex > 0 { up.outBuf.compact(); continue }
+                    break
+                }
+                let input = UnsafeRawBufferPointer(rebasing: inBuf.readable[0..<min(inBuf.readableBytes, room)])
+                switch requestChunks.step(input) {
+                case .data(let skip, let count):
+                    requestBodyReceived += Int64(count)
+                    if requestBodyReceived > Int64(maxBodyBytes) {
+                        if isResponseHeadSent { abort() } else { replyAndClose(status: 413, code: .badRequest, message: "request body larger than the route allows") }
+                        return false
+                    }
+                    up.outBuf.write(hex: count)
+                    up.outBuf.write(Self.crlf)
+                    up.outBuf.write(input.baseAddress! + skip, count: count)
+                    up.outBuf.write(Self.crlf)
+                    inBuf.readerIndex += skip + count
+                    progress = true
+                case .needMore(let consumed):
+                    inBuf.readerIndex += consumed
+                    if consumed == 0 { break chunkLoop }
+                    progress = true
+                case .end(let consumed):
+                    inBuf.readerIndex += consumed
+                    up.outBuf.write(Self.lastChunk)
+                    requestBody = .done
+                    deadline.clear()
+                    progress = true
+                    break chunkLoop
+                case .failed:
+                    if isResponseHeadSent { abort() } else { replyAndClose(status: 400, code: .badRequest, message: "malformed chunked request body") }
+                    return false
+                }
+            }
+        case .none, .done:
+            break
+        }
+        return progress
+    }
+
+    /// writev(upstream head/re-encoded chunks, raw body bytes from inBuf).
+    private func flushUpstream(_ up: UpstreamConnection) -> Bool {
+        let a = up.outBuf.readableBytes
+        let total = a + requestPass
+        if total == 0 { return false }
+        let result: IOResult
+        do {
+            result = try Sys.writev(up.fd, up.outBuf.readPointer, a, inBuf.readPointer, requestPass)
+        } catch {
+            upstreamFailure(.reset(error.code))
+            return true
+        }
+        switch result {
+        case .wouldBlock:
+            up.isWritable = false
+            return false
+        case .processed(let n):
+            let fromOut = min(n, a)
+            up.outBuf.readerIndex += fromOut
+            let fromIn = n - fromOut
+            inBuf.readerIndex += fromIn
+            requestPass -= fromIn
+            if n < total { up.isWritable = false }
+            return n > 0
+        }
+    }
+
+    /// Reads upstream bytes and frames them (head, then body) for the client.
+    private func readUpstream(_ up: UpstreamConnection) -> Bool {
+        let buf = up.inBuf
+        if buf.writableBytes == 0 {
+            if buf.readerIndex > 0 { buf.compact() } else if responsePass > 0 { return false }
+        }
+        if buf.writableBytes == 0 {
+            if responseBody == .awaitingHead { upstreamFailure(.badResponse) ; return true }
+            return false
+        }
+        let want = buf.writableBytes
+        var got = 0
+        do {
+            switch try Sys.read(up.fd, buf.writePointer, want) {
+            case .processed(let n):
+                if n == 0 { up.sawEOF = true; up.isReadable = false } else {
+                    buf.writerIndex += n
+                    got = n
+                    if n < want { up.isReadable = false }
+                }
+            case .wouldBlock:
+                up.isReadable = false
+            }
+        } catch {
+            upstreamFailure(.reset(error.code))
+            return true
+        }
+        if got > 0 {
+            up.deadline.set(context.loop.now &+ (responseBody == .awaitingHead ? up.pool.responseTimeoutNanos : up.pool.idleTimeoutNanos),
+                            fd: up.fd, loop: context.loop)
+        }
+        frameResponse(up)
+        if up.sawEOF && responseBody != .done && state != .closed && upstream === up {
+            if responseBody == .untilClose {
+                responseBody = .done
+            } else {
+                upstreamFailure(up.inBuf.readableBytes == 0 && responseBody == .awaitingHead ? .closedEarly : .badResponse)
+            }
+            return true
+        }
+        return got > 0
+    }
+
+    private func frameResponse(_ up: UpstreamConnection) {
+        let buf = up.inBuf
+        while true {
+            switch responseBody {
+            case .awaitingHead:
+                if buf.readableBytes == 0 { return }
+                switch up.parser.parse(buf.readable, requestMethod: request.method, into: &up.head, headers: up.headers) {
+                case .incomplete:
+                    return
+                case .failed:
+                    upstreamFailure(.badResponse)
+                    return
+                case .complete(let consumed):
+                    if up.head.status >= 100 && up.head.status < 200 {
+                        if up.head.status == 101 { upstreamFailure(.badResponse); return }
+                        // Interim response: relay 100/103 to an HTTP/1.1 client, then read on.
+                        if request.version == .http11 && up.head.status != 100 {
+                            _ = ResponseHeadWriter.writeInterim(self, up, into: outBuf)
+                        }
+                        buf.readerIndex += consumed
+                        up.parser.reset()
+                        continue
+                    }
+                    guard ResponseHeadWriter.write(self, up, into: outBuf) else {
+                        upstreamFailure(.badResponse)
+                        return
+                    }
+                    isResponseHeadSent = true
+                    buf.readerIndex += consumed
+                }
+            case .length(let remaining):
+                let avail = buf.readableBytes - responsePass
+                if avail <= 0 { return }
+                let take = Int(min(Int64(avail), remaining))
+                responsePass += take
+                let left = remaining - Int64(take)
+                responseBody = left == 0 ? .done : .length(remaining: left)
+                return
+            case .chunkedPass:
+                let avail = buf.readableBytes - responsePass
+                if avail <= 0 { return }
+                let input = UnsafeRawBufferPointer(start: buf.readPointer + responsePass, count: avail)
+                switch responseChunks.step(input) {
+                case .data(let skip, let count): responsePass += skip + count
+                case .needMore(let consumed): responsePass += consumed; return
+                case .end(let consumed): responsePass += consumed; responseBody = .done; return
+                case .failed: upstreamFailure(.badResponse); return
+                }
+            case .chunkedDecode:
+                if buf.readableBytes == 0 { return }
+                let room = outBuf.writableBytes
+                if room == 0 { if outBuf.readerIndex > 0 { outBuf.compact(); continue }; return }
+                let input = UnsafeRawBufferPointer(rebasing: buf.readable[0..<min(buf.readableBytes, room)])
+                switch responseChunks.step(input) {
+                case .data(let skip, let count):
+                    outBuf.write(input.baseAddress! + skip, count: count)
+                    buf.readerIndex += skip + count
+                case .needMore(let consumed): buf.readerIndex += consumed; if consumed == 0 || buf.readableBytes == 0 { return }
+                case .end(let consumed): buf.readerIndex += consumed; responseBody = .done; return
+                case .failed: upstreamFailure(.badResponse); return
+                }
+            case .untilClose:
+                responsePass = buf.readableBytes
+                return
+            case .done:
+                return
+            }
+        }
+    }
+
+    /// writev(outBuf, raw response bytes from the upstream's buffer) to the client.
+    @discardableResult
+    private func flushClient() -> Bool {
+        let a = outBuf.readableBytes
+        let up = upstream
+        let b = up == nil ? 0 : responsePass
+        if a + b == 0 { return false }
+        if !isWritable { return false }
+        let result: IOResult
+        do {
+            result = try Sys.writev(fd, outBuf.readPointer, a, up?.inBuf.readPointer, b)
+        } catch {
+            abort()
+            return false
+        }
+        switch result {
+        case .wouldBlock:
+            isWritable = false
+            return false
+        case .processed(let n):
+            let fromOut = min(n, a)
+            outBuf.readerIndex += fromOut
+            if outBuf.readerIndex == outBuf.writerIndex { outBuf.clear() }
+            let fromUp = n - fromOut
+            if fromUp > 0, let up {
+                up.inBuf.readerIndex += fromUp
+                responsePass -= fromUp
+                if up.inBuf.readableBytes == 0 { up.inBuf.clear() }
+            }
+            if n < a + b { isWritable = false }
+            return n > 0
+        }
+    }
+
+    // MARK: ending an exchange
+
+    private func finishExchange(_ up: UpstreamConnection) {
+        upstream = nil
+        let reusable = isRequestSent && !up.head.wantsClose && !up.sawEOF && up.inBuf.readableBytes == 0
+        if reusable { up.pool.release(up) } else { up.pool.retire(up) }
+        if !isRequestSent {
+            // The response ended before the request body did: the rest of it can't be framed.
+            closeAfterResponse = true
+        }
+        nextRequest()
+    }
+
+    private func nextRequest() {
+        if closeAfterResponse || isDrainRequested && inBuf.readableBytes == 0 {
+            close()
+            return
+        }
+        state = .readingHead
+        parser.reset()
+        upstream = nil
+        if inBuf.readableBytes == 0 {
+            inBuf.clear()
+            deadline.set(context.loop.now &+ context.idleTimeoutNanos, fd: fd, loop: context.loop)
+        } else {
+            inBuf.compact()
+            deadline.set(context.loop.now &+ context.headerTimeoutNanos, fd: fd, loop: context.loop)
+        }
+    }
+
+    private func upstreamFailure(_ failure: UpstreamFailure) {
+        guard let up = upstream else { return }
+        // A reused connection closed under an idempotent, body-less request: retry once, fresh.
+        if up.isReused && !hasRetried && !isResponseHeadSent && up.inBuf.readableBytes == 0
+            && request.method.isIdempotent && request.framing == .none && responseBody == .awaitingHead {
+            switch failure {
+            case .reset, .closedEarly:
+                hasRetried = true
+                if retry(from: up) { return }
+            default: break
+            }
+        }
+        upstream = nil
+        up.pool.retire(up)
+        if isResponseHeadSent {
+            abort()    // the head is out: a truncated body is signalled by closing
+            return
+        }
+        outBuf.clear()
+        replyLocal(status: failure.status, code: .upstreamUnavailable, message: Self.message(for: failure), headLength: 0,
+                   forceClose: requestBody != .none && requestBody != .done)
+    }
+
+    private func retry(from old: UpstreamConnection) -> Bool {
+        let head = old.outBuf
+        let pool = old.pool
+        guard case .success(let fresh) = pool.acquire(fresh: true) else { return false }
+        upstream = fresh
+        fresh.client = self
+        fresh.outBuf.write(head.base, count: head.writerIndex)   // the same head again
+        old.client = nil
+        pool.retire(old)
+        isRequestSent = false
+        if fresh.state == .active {
+            fresh.deadline.set(context.loop.now &+ pool.responseTimeoutNanos, fd: fresh.fd, loop: context.loop)
+        }
+        return true
+    }
+
+    // MARK: local replies
+
+    func deny(_ code: DenialCode, headLength: Int) {
+        replyLocal(status: code.status, code: code, message: code.defaultMessage, headLength: headLength,
+                   forceClose: requestBody != .none)
+    }
+
+    /// Answers locally; the head (and any body: we close instead of reading it) is skipped.
+    func replyLocal(status: Int, code: DenialCode, message: String, headLength: Int, forceClose: Bool) {
+        if forceClose { closeAfterResponse = true }
+        inBuf.readerIndex += headLength
+        LocalReply.write(self, status: status, code: code, message: message, into: outBuf)
+        state = .replying
+        deadline.set(context.loop.now &+ context.headerTimeoutNanos, fd: fd, loop: context.loop)
+    }
+
+    func replyAndClose(status: Int, code: DenialCode, message: String) {
+        if let up = upstream { upstream = nil; up.pool.retire(up) }
+        closeAfterResponse = true
+        if requestIDCount == 0 {
+            requestIDCount = withUnsafeMutableBytes(of: &requestIDBytes) { context.nextRequestID(into: $0.baseAddress!) }
+        }
+        outBuf.clear()
+        LocalReply.write(self, status: status, code: code, message: message, into: outBuf)
+        state = .replying
+        deadline.set(context.loop.now &+ context.headerTimeoutNanos, fd: fd, loop: context.loop)
+    }
+
+    private func finishLocalReply() {
+        if let up = upstream { upstream = nil; up.pool.retire(up) }
+        nextRequest()
+    }
+
+    // MARK: closing
+
+    func drain() {
+        isDrainRequested = true
+        if state == .readingHead && inBuf.readableBytes == 0 { close() } else { closeAfterResponse = true }
+    }
+
+    func abort() {
+        if let up = upstream { upstream = nil; up.pool.retire(up) }
+        close()
+    }
+
+    func close() {
+        if state == .closed { return }
+        if let up = upstream { upstream = nil; up.pool.retire(up) }
+        state = .closed
+        context.loop.close(fd: fd)
+        context.remove(self)
+    }
+
+    // MARK: constants
+
+    static let crlf = StaticBytes("\r\n")
+    static let lastChunk = StaticBytes("0\r\n\r\n")
+    static let continue100 = StaticBytes("HTTP/1.1 100 Continue\r\n\r\n")
+
+    static func message(for e: HTTP1ParseError) -> String {
+        switch e.kind {
+        case .headTooLarge, .tooManyHeaders: return "request head too large"
+        case .uriTooLong: return "request target too long"
+        case .unsupportedVersion: return "HTTP version not supported"
+        case .contentLengthWithTransferEncoding: return "Content-Length together with Transfer-Encoding"
+        case .conflictingContentLength, .badContentLength: return "invalid Content-Length"
+        case .badTransferEncoding, .transferEncodingInHTTP10: return "unsupported Transfer-Encoding"
+        case .missingHost: return "missing Host header"
+        case .duplicateHost: return "more than one Host header"
+        case .hostMismatch: return "request target and Host disagree"
+        case .obsFold: return "obsolete line folding"
+        case .bareCR, .bareLF: return "line ending is not CRLF"
+        default: return "malformed request"
+        }
+    }
+
+    static func message(for f: UpstreamFailure) -> String {
+        switch f {
+        case .connect: return "backend refused the connection"
+        case .connectTimeout: return "backend connection timed out"
+        case .responseTimeout: return "backend did not answer in time"
+        case .reset: return "backend connection was reset"
+        case .closedEarly: return "backend closed the connection"
+        case .badResponse: return "backend sent an invalid response"
+        }
+    }
+}

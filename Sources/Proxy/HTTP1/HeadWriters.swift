@@ -1,0 +1,321 @@
+import Policy
+import Runtime
+
+/// Writes the request head sent upstream: hop-by-hop and Tollgate-owned fields dropped,
+/// framing re-stated, X-Forwarded-*, X-Request-Id and identity added.
+enum RequestHeadWriter {
+    static let http11 = StaticBytes(" HTTP/1.1\r\n")
+    static let colonSpace = StaticBytes(": ")
+    static let crlf = StaticBytes("\r\n")
+    static let contentLength = StaticBytes("Content-Length: ")
+    static let chunked = StaticBytes("Transfer-Encoding: chunked\r\n")
+    static let xff = StaticBytes("X-Forwarded-For: ")
+    static let xfpHTTP = StaticBytes("X-Forwarded-Proto: http\r\n")
+    static let xfpHTTPS = StaticBytes("X-Forwarded-Proto: https\r\n")
+    static let xfh = StaticBytes("X-Forwarded-Host: ")
+    static let xrid = StaticBytes("X-Request-Id: ")
+    static let host = StaticBytes("Host: ")
+
+    static func write(_ c: ClientConnection, into out: IOBuffer) -> Bool {
+        let req = c.request
+        let head = c.inBuf.readable
+        let base = head.baseAddress!
+        if out.writableBytes < req.headLength + 1024 + c.peer.text.count { return false }
+
+        out.write(base + Int(req.methodRange.offset), count: Int(req.methodRange.count))
+        out.write(byte: 0x20)
+        if req.path.isEmpty {
+            out.write(byte: 0x2F)
+        } else {
+            out.write(base + Int(req.path.offset), count: Int(req.path.count))
+        }
+        if req.hasQuery {
+            out.write(byte: 0x3F)
+            out.write(base + Int(req.query.offset), count: Int(req.query.count))
+        }
+        out.write(http11)
+
+        let tokens = ConnectionTokens(headers: c.headers, base: base)
+        var hostValue = ByteRange.empty
+        var hasHost = false
+        let headers = c.headers
+        for i in 0..<headers.count {
+            let f = headers[i]
+            let np = base + Int(f.name.offset)
+            let nn = Int(f.name.count)
+            switch HeaderNames.classify(np, nn) {
+            case .other:
+                if tokens.count > 0 && tokens.names(np, nn) { continue }
+            case .host:
+                hasHost = true
+                hostValue = f.value
+            case .authorization, .traceparent:
+                break
+            case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .upgrade,
+                 .proxyAuthorization, .proxyAuthenticate, .contentLength, .expect,
+                 .xForwardedFor, .xForwardedProto, .xForwardedHost, .xRequestID, .xTollgate:
+                continue
+            }
+            out.write(np, count: nn)
+            out.write(colonSpace)
+            out.write(base + Int(f.value.offset), count: Int(f.value.count))
+            out.write(crlf)
+        }
+        if !hasHost {
+            out.write(host)
+            out.write(string: c.context.snapshot.backends[c.routeBackend].host)
+            out.write(crlf)
+        }
+        switch req.framing {
+        case .contentLength(let n):
+            out.write(contentLength)
+            out.write(decimal: Int(n))
+            out.write(crlf)
+        case .chunked:
+            out.write(chunked)
+        case .none, .untilClose:
+            break
+        }
+        out.write(xff)
+        c.peer.text.withUnsafeBytes { out.write($0) }
+        out.write(crlf)
+        out.write(c.isTLS ? xfpHTTPS : xfpHTTP)
+        if hasHost {
+            out.write(xfh)
+            out.write(base + Int(hostValue.offset), count: Int(hostValue.count))
+            out.write(crlf)
+        }
+        out.write(xrid)
+        c.withRequestID { out.write($0) }
+        out.write(crlf)
+        out.write(crlf)
+        return true
+    }
+}
+
+/// The field names listed in a message's Connection header(s): removed from what is forwarded.
+struct ConnectionTokens {
+    private var ranges: (ByteRange, ByteRange, ByteRange, ByteRange, ByteRange, ByteRange, ByteRange, ByteRange)
+        = (.empty, .empty, .empty, .empty, .empty, .empty, .empty, .empty)
+    private(set) var count = 0
+    private let base: UnsafeRawPointer
+
+    init(headers: HeaderTable, base: UnsafeRawPointer) {
+        self.base = base
+        for i in 0..<headers.count {
+            let f = headers[i]
+            guard f.name.count == 10, HeaderNames.lowerEquals(base + Int(f.name.offset), 10, HeaderNames.connection) else { continue }
+            let vp = base + Int(f.value.offset)
+            HeaderNames.forEachToken(vp, Int(f.value.count)) { p, n in
+                guard count < 8 else { return }
+                let r = ByteRange(offset: p - base, count: n)
+                withUnsafeMutableBytes(of: &ranges) { $0.storeBytes(of: r, toByteOffset: count * MemoryLayout<ByteRange>.stride, as: ByteRange.self) }
+                count += 1
+            }
+        }
+    }
+
+    /// True when `name` is one of the listed tokens (ASCII case-insensitive).
+    func names(_ p: UnsafeRawPointer, _ n: Int) -> Bool {
+        var r = ranges
+        return withUnsafeBytes(of: &r) { raw in
+            for k in 0..<count {
+                let t = raw.load(fromByteOffset: k * MemoryLayout<ByteRange>.stride, as: ByteRange.self)
+                if Int(t.count) != n { continue }
+                var same = true
+                for j in 0..<n {
+                    var a = p.load(fromByteOffset: j, as: UInt8.self)
+                    var b = base.load(fromByteOffset: Int(t.offset) + j, as: UInt8.self)
+                    if a &- 0x41 < 26 { a |= 0x20 }
+                    if b &- 0x41 < 26 { b |= 0x20 }
+                    if a != b { same = false; break }
+                }
+                if same { return true }
+            }
+            return false
+        }
+    }
+}
+
+/// Writes the response head sent to the client, and picks how its body is relayed.
+enum ResponseHeadWriter {
+    static let http11 = StaticBytes("HTTP/1.1 ")
+    static let colonSpace = StaticBytes(": ")
+    static let crlf = StaticBytes("\r\n")
+    static let contentLength = StaticBytes("Content-Length: ")
+    static let chunked = StaticBytes("Transfer-Encoding: chunked\r\n")
+    static let close = StaticBytes("Connection: close\r\n")
+    static let keepAlive = StaticBytes("Connection: keep-alive\r\n")
+    static let xrid = StaticBytes("X-Request-Id: ")
+
+    static func write(_ c: ClientConnection, _ up: UpstreamConnection, into out: IOBuffer) -> Bool {
+        let head = up.head
+        let base = up.inBuf.readPointer
+        if out.readableBytes == 0 { out.clear() }
+        if out.writableBytes < head.headLength + 512 { return false }
+
+        var keepContentLength = false
+        switch head.framing {
+        case .none:
+            c.responseBody = .done
+            keepContentLength = true      // HEAD / 304: the length of the representation
+        case .contentLength(let n):
+            c.responseBody = n == 0 ? .done : .length(remaining: n)
+        case .chunked:
+            if c.request.version == .http11 {
+                c.responseBody = .chunkedPass
+            } else {
+                c.responseBody = .chunkedDecode
+                c.closeAfterResponse = true
+            }
+            c.responseChunks.reset()
+        case .untilClose:
+            c.responseBody = .untilClose
+            c.closeAfterResponse = true
+        }
+
+        out.write(http11)
+        out.write(decimal: head.status)
+        out.write(byte: 0x20)
+        if !head.reason.isEmpty { out.write(base + Int(head.reason.offset), count: Int(head.reason.count)) }
+        out.write(crlf)
+
+        let tokens = ConnectionTokens(headers: up.headers, base: UnsafeRawPointer(base))
+        var hasRequestID = false
+        for i in 0..<up.headers.count {
+            let f = up.headers[i]
+            let np = base + Int(f.name.offset)
+            let nn = Int(f.name.count)
+            switch HeaderNames.classify(np, nn) {
+            case .other:
+                if tokens.count > 0 && tokens.names(np, nn) { continue }
+            case .contentLength:
+                if !keepContentLength { continue }
+            case .xRequestID:
+                hasRequestID = true
+            case .host, .expect, .xForwardedFor, .xForwardedProto, .xForwardedHost, .xTollgate, .authorization, .traceparent:
+                break
+            case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .upgrade,
+                 .proxyAuthorization, .proxyAuthenticate:
+                continue
+            }
+            out.write(np, count: nn)
+            out.write(colonSpace)
+            out.write(base + Int(f.value.offset), count: Int(f.value.count))
+            out.write(crlf)
+        }
+        switch head.framing {
+        case .contentLength(let n):
+            out.write(contentLength)
+            out.write(decimal: Int(n))
+            out.write(crlf)
+        case .chunked:
+            if c.responseBody == .chunkedPass { out.write(chunked) }
+        case .none, .untilClose:
+            break
+        }
+        if !hasRequestID {
+            out.write(xrid)
+            c.withRequestID { out.write($0) }
+            out.write(crlf)
+        }
+        if c.closeAfterResponse {
+            out.write(close)
+        } else if c.request.version == .http10 {
+            out.write(keepAlive)
+        }
+        out.write(crlf)
+        return true
+    }
+
+    /// Relays an interim (1xx) response head as is, minus hop-by-hop fields.
+    static func writeInterim(_ c: ClientConnection, _ up: UpstreamConnection, into out: IOBuffer) -> Bool {
+        let head = up.head
+        let base = up.inBuf.readPointer
+        if out.writableBytes < head.headLength + 64 { return false }
+        out.write(http11)
+        out.write(decimal: head.status)
+        out.write(byte: 0x20)
+        if !head.reason.isEmpty { out.write(base + Int(head.reason.offset), count: Int(head.reason.count)) }
+        out.write(crlf)
+        for i in 0..<up.headers.count {
+            let f = up.headers[i]
+            let np = base + Int(f.name.offset)
+            let nn = Int(f.name.count)
+            if HeaderNames.classify(np, nn).isHopByHop { continue }
+            out.write(np, count: nn)
+            out.write(colonSpace)
+            out.write(base + Int(f.value.offset), count: Int(f.value.count))
+            out.write(crlf)
+        }
+        out.write(crlf)
+        return true
+    }
+}
+
+/// Responses Tollgate writes itself: the stable JSON error body of DESIGN.md.
+enum LocalReply {
+    static let http11 = StaticBytes("HTTP/1.1 ")
+    static let crlf = StaticBytes("\r\n")
+    static let json = StaticBytes("Content-Type: application/json\r\nCache-Control: no-store\r\n")
+    static let contentLength = StaticBytes("Content-Length: ")
+    static let close = StaticBytes("Connection: close\r\n")
+    static let keepAlive = StaticBytes("Connection: keep-alive\r\n")
+    static let xrid = StaticBytes("X-Request-Id: ")
+    static let challenge = StaticBytes("WWW-Authenticate: ApiKey realm=\"tollgate\", Bearer realm=\"tollgate\"\r\n")
+    static let bodyStart = StaticBytes("{\"error\":{\"code\":\"")
+    static let bodyMessage = StaticBytes("\",\"message\":\"")
+    static let bodyRequestID = StaticBytes("\",\"request_id\":\"")
+    static let bodyEnd = StaticBytes("\"}}")
+
+    static func write(_ c: ClientConnection, status: Int, code: DenialCode, message: String, into out: IOBuffer) {
+        if out.readableBytes == 0 { out.clear() }
+        var msg = message
+        let codeCount = code.rawValue.utf8.count
+        let bodyLength = bodyStart.count + codeCount + bodyMessage.count + msg.utf8.count + bodyRequestID.count
+            + c.requestIDCount + bodyEnd.count
+        out.write(http11)
+        out.write(decimal: status)
+        out.write(byte: 0x20)
+        out.write(string: reason(status))
+        out.write(crlf)
+        out.write(json)
+        out.write(contentLength)
+        out.write(decimal: bodyLength)
+        out.write(crlf)
+        out.write(xrid)
+        c.withRequestID { out.write($0) }
+        out.write(crlf)
+        if status == 401 { out.write(challenge) }
+        if c.closeAfterResponse { out.write(close) } else if c.request.version == .http10 { out.write(keepAlive) }
+        out.write(crlf)
+        out.write(bodyStart)
+        out.write(string: code.rawValue)
+        out.write(bodyMessage)
+        msg.withUTF8 { out.write(UnsafeRawBufferPointer($0)) }
+        out.write(bodyRequestID)
+        c.withRequestID { out.write($0) }
+        out.write(bodyEnd)
+    }
+
+    static func reason(_ status: Int) -> String {
+        switch status {
+        case 400: return "Bad Request"
+        case 401: return "Unauthorized"
+        case 402: return "Payment Required"
+        case 403: return "Forbidden"
+        case 404: return "Not Found"
+        case 408: return "Request Timeout"
+        case 413: return "Content Too Large"
+        case 414: return "URI Too Long"
+        case 429: return "Too Many Requests"
+        case 431: return "Request Header Fields Too Large"
+        case 500: return "Internal Server Error"
+        case 502: return "Bad Gateway"
+        case 503: return "Service Unavailable"
+        case 504: return "Gateway Timeout"
+        case 505: return "HTTP Version Not Supported"
+        default: return "Error"
+        }
+    }
+}

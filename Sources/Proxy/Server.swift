@@ -1,0 +1,90 @@
+import Glibc
+import Policy
+import Runtime
+import Synchronization
+
+/// N event loops, each on its own thread with its own listeners, connections and pools.
+final class Server: @unchecked Sendable {
+    // SAFETY: `contexts` is built in `start()` before any loop thread runs and never
+    // mutated afterwards; each context is touched only on its own loop (via `execute`).
+    let settings: ServerSettings
+    private(set) var loops: [EventLoop] = []
+    private var contexts: [LoopContext] = []
+    private var threads: [pthread_t] = []
+    private let drained = DrainCounter()
+
+    init(settings: ServerSettings) {
+        self.settings = settings
+    }
+
+    /// Binds every listener on every loop (so a bind error surfaces before anything runs).
+    func start(snapshot: PolicySnapshot) throws {
+        for i in 0..<max(1, settings.threads) {
+            let loop = try EventLoop(index: i)
+            let ctx = LoopContext(loop: loop, snapshot: snapshot, settings: settings)
+            for spec in snapshot.listeners {
+                do {
+                    ctx.listeners.append(try Listener(spec: spec, context: ctx))
+                } catch {
+                    throw ServerError.bind(address: "\(spec.host):\(spec.port)", reason: error.description)
+                }
+            }
+            let counter = drained
+            ctx.onDrained = {
+                counter.value.add(1, ordering: .sequentiallyConsistent)
+                loop.stop()
+            }
+            loops.append(loop)
+            contexts.append(ctx)
+        }
+        for (i, loop) in loops.enumerated() {
+            threads.append(spawnThread(name: "tollgate-loop-\(i)") { loop.run() })
+        }
+    }
+
+    /// Publishes a new snapshot to every loop.
+    func install(_ snapshot: PolicySnapshot) {
+        for (i, loop) in loops.enumerated() {
+            let ctx = UncheckedBox(contexts[i])
+            let snap = snapshot
+            loop.execute { ctx.value.install(snap) }
+        }
+    }
+
+    /// Stops accepting, lets in-flight exchanges finish for up to `timeout`, then stops.
+    /// Returns true when every loop drained in time.
+    func drain(timeout: Duration) -> Bool {
+        for (i, loop) in loops.enumerated() {
+            let ctx = UncheckedBox(contexts[i])
+            loop.execute { ctx.value.beginDrain() }
+        }
+        let deadline = monotonicNanos() &+ timeout.nanoseconds
+        while drained.value.load(ordering: .sequentiallyConsistent) < loops.count && monotonicNanos() < deadline {
+            usleep(5_000)
+        }
+        let clean = drained.value.load(ordering: .sequentiallyConsistent) >= loops.count
+        for loop in loops { loop.stop() }
+        for t in threads { pthread_join(t, nil) }
+        return clean
+    }
+}
+
+enum ServerError: Error, CustomStringConvertible {
+    case bind(address: String, reason: String)
+    var description: String {
+        switch self {
+        case .bind(let a, let r): return "cannot listen on \(a): \(r)"
+        }
+    }
+}
+
+/// Carries a loop-confined value into `loop.execute`.
+struct UncheckedBox<T>: @unchecked Sendable {
+    // SAFETY: the value is only used inside a closure that runs on its owning loop.
+    let value: T
+    init(_ v: T) { value = v }
+}
+
+final class DrainCounter: Sendable {
+    let value = Atomic<Int>(0)
+}
