@@ -1,0 +1,1 @@
+// BackendsTests: placeholder so the package loads; replace with real tests.

@@ -1,0 +1,1 @@
+// PolicyTests: placeholder so the package loads; replace with real tests.

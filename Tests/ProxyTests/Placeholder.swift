@@ -1,0 +1,1 @@
+// ProxyTests: placeholder so the package loads; replace with real tests.
