@@ -23,6 +23,9 @@ enum HTTP1Lexer {
     static let hex: UInt8 = 1 << 5
     /// DIGIT.
     static let digit: UInt8 = 1 << 6
+    /// CTL other than HTAB, CR and LF (which have rules of their own): 0x00–0x08, 0x0B, 0x0C,
+    /// 0x0E–0x1F, 0x7F. Anywhere in a head these are `controlCharacter`.
+    static let ctl: UInt8 = 1 << 7
 
     /// 256-entry class table, built once.
     static let classes: StaticBytes = {
@@ -43,6 +46,7 @@ enum HTTP1Lexer {
             }
             if isDigit || (c >= 0x41 && c <= 0x46) || (c >= 0x61 && c <= 0x66) { k |= hex }
             if isDigit { k |= digit }
+            if (c < 0x20 && c != htab && c != cr && c != lf) || c == 0x7F { k |= ctl }
             t[b] = k
         }
         return StaticBytes(bytes: t)
@@ -224,6 +228,7 @@ extension HTTP1Lexer {
                     return HTTP1ParseError(byte(p, j) == 0x3A ? .whitespaceBeforeColon : .badHeaderName, at: i)
                 }
                 if c == cr && byte(p, i + 1) != lf { return HTTP1ParseError(.bareCR, at: i) }
+                if byte(t, Int(c)) & ctl != 0 { return HTTP1ParseError(.controlCharacter, at: i) }
                 return HTTP1ParseError(.badHeaderName, at: i)
             }
             if i == ls { return HTTP1ParseError(.badHeaderName, at: ls) }

@@ -112,6 +112,7 @@ struct RequestParseState: Sendable {
                 if c == HTTP1Lexer.sp || c == HTTP1Lexer.htab || c == HTTP1Lexer.cr || c == HTTP1Lexer.lf {
                     return HTTP1ParseError(.badRequestLine, at: i)
                 }
+                if HTTP1Lexer.byte(t, Int(c)) & HTTP1Lexer.ctl != 0 { return HTTP1ParseError(.controlCharacter, at: i) }
                 return HTTP1ParseError(.badMethod, at: i)
             }
         }
@@ -132,6 +133,7 @@ struct RequestParseState: Sendable {
                 if c == HTTP1Lexer.sp || c == HTTP1Lexer.htab || c == HTTP1Lexer.cr || c == HTTP1Lexer.lf {
                     return HTTP1ParseError(.badRequestLine, at: i)
                 }
+                if HTTP1Lexer.byte(t, Int(c)) & HTTP1Lexer.ctl != 0 { return HTTP1ParseError(.controlCharacter, at: i) }
                 return HTTP1ParseError(.badTarget, at: i)
             }
         }
@@ -150,6 +152,7 @@ struct RequestParseState: Sendable {
             let c = HTTP1Lexer.byte(p, i)
             if HTTP1Lexer.isWS(c) { return HTTP1ParseError(.badRequestLine, at: i) }
             if c == HTTP1Lexer.cr { return HTTP1ParseError(.bareCR, at: i) }
+            if c < 0x20 || c == 0x7F { return HTTP1ParseError(.controlCharacter, at: i) }
             i += 1
         }
         switch versionAt(p, vs, ve) {
