@@ -166,6 +166,8 @@ package final class ReferenceServer: Sendable {
             request.pathParameters = parameters
             do {
                 return try handler(request)
+            } catch let failure as ReferenceHTTPError {
+                return .json(failure.status, failure.body, headers: failure.headers)
             } catch {
                 return .json(500, ["error": "internal error", "detail": .string("\(error)")])
             }
