@@ -62,14 +62,15 @@ struct RequestReader {
     }
 
     mutating func readHead() -> HeadOutcome {
-        var scanFrom = start
+        // Bytes after `start` already searched for the blank line (fill() may move `start`).
+        var searched = 0
         while true {
             // Ignore empty lines before a request line (RFC 9112 §2.2).
             while available >= 2 && buffer[start] == 13 && buffer[start + 1] == 10 {
                 start += 2
-                scanFrom = max(scanFrom, start)
+                searched = 0
             }
-            if let end = Self.find(crlfcrlfIn: buffer, from: max(start, scanFrom - 3)) {
+            if let end = Self.find(crlfcrlfIn: buffer, from: start + max(0, searched - 3)) {
                 let head = Array(buffer[start..<end])
                 start = end + 4
                 do {
@@ -81,7 +82,7 @@ struct RequestReader {
             if available > Self.maximumHeadBytes {
                 return .rejected(RequestRejection(status: 431, reason: "request head too large"))
             }
-            scanFrom = buffer.count
+            searched = available
             guard fill() else {
                 return available == 0 ? .endOfStream
                     : .rejected(RequestRejection(status: 400, reason: "incomplete request head"))
