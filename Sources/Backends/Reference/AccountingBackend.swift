@@ -25,7 +25,7 @@ package final class AccountingBackend: Sendable {
     /// Credits per unit, by service and operation (`POST /api/credits/calculate`).
     static let priceTable: [(service: String, operation: String, creditsPerUnit: Decimal)] = [
         ("flowise", "prediction", 1),
-        ("flowise", "token", Decimal(string: "0.01")!),
+        ("flowise", "token", Decimal(1) / 100),
         ("chat", "message", 1),
         ("chat", "stream", 2),
         ("file", "upload", 3),

@@ -22,7 +22,8 @@ package final class FinanceBackend: Sendable {
     private let options: Options
     private let counter = RequestCounter()
     private let stopSignal = ReferenceStopSignal()
-    private let importThreads = Mutex<[ReferenceThread]>([])
+    /// Import jobs still running on their background threads.
+    private let runningImports = Mutex(0)
 
     package init(dataDirectory: String, options: Options = Options()) throws(ReferenceServerError) {
         self.options = options
@@ -41,10 +42,13 @@ package final class FinanceBackend: Sendable {
         }
     }
 
-    /// Stops background import jobs and waits for them.
+    /// Stops background import jobs and waits (up to five seconds) for them.
     package func shutdown() {
         stopSignal.raise()
-        for thread in importThreads.withLock({ $0 }) { thread.join() }
+        let deadline = ContinuousClock.now.advanced(by: .seconds(5))
+        while runningImports.withLock({ $0 }) > 0 && ContinuousClock.now < deadline {
+            ReferenceStopSignal().sleep(for: .milliseconds(2))
+        }
     }
 
     package func router() -> ReferenceRouter {
@@ -260,8 +264,16 @@ package final class FinanceBackend: Sendable {
                             accountId: request.query("accountId"), importedRows: 0, failedRows: 0, errors: [],
                             note: nil, createdAt: Date(), completedAt: nil)
         try store.mutate { $0.imports[job.id] = job }
-        let thread = try ReferenceThread.spawn { [self] in runImport(job, payload: upload.payload) }
-        importThreads.withLock { $0.append(thread) }
+        runningImports.withLock { $0 += 1 }
+        do {
+            try ReferenceThread.detach { [self] in
+                defer { runningImports.withLock { $0 -= 1 } }
+                runImport(job, payload: upload.payload)
+            }
+        } catch {
+            runningImports.withLock { $0 -= 1 }
+            throw error
+        }
         return .json(202, ["jobId": .string(job.id), "status": "queued",
                            "statusUrl": .string("/api/finance/imports/\(job.id)")],
                      headers: [("Location", "/api/finance/imports/\(job.id)")])

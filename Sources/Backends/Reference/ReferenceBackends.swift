@@ -94,29 +94,35 @@ package struct ReferenceBackends: Sendable {
         var started: [ReferenceServer] = []
         var financeBackend: FinanceBackend?
         do {
-            var servers: [ReferenceServer?] = [nil, nil, nil]
             var accountingBackend: AccountingBackend?
             var flowiseBackend: FlowiseBackend?
+            var financeServer: ReferenceServer?
+            var accountingServer: ReferenceServer?
+            var flowiseServer: ReferenceServer?
             if let finance {
                 let backend = try FinanceBackend(dataDirectory: dataDirectory, options: options.finance)
                 financeBackend = backend
-                servers[0] = try ReferenceServer(host: finance.host, port: finance.port, router: backend.router())
-                started.append(servers[0]!)
+                let server = try ReferenceServer(host: finance.host, port: finance.port, router: backend.router())
+                started.append(server)
+                financeServer = server
             }
             if let accounting {
                 let backend = try AccountingBackend(dataDirectory: dataDirectory, options: options.accounting)
                 accountingBackend = backend
-                servers[1] = try ReferenceServer(host: accounting.host, port: accounting.port, router: backend.router())
-                started.append(servers[1]!)
+                let server = try ReferenceServer(host: accounting.host, port: accounting.port, router: backend.router())
+                started.append(server)
+                accountingServer = server
             }
             if let flowise {
                 let backend = try FlowiseBackend(dataDirectory: dataDirectory, options: options.flowise)
                 flowiseBackend = backend
-                servers[2] = try ReferenceServer(host: flowise.host, port: flowise.port, router: backend.router())
-                started.append(servers[2]!)
+                let server = try ReferenceServer(host: flowise.host, port: flowise.port, router: backend.router())
+                started.append(server)
+                flowiseServer = server
             }
             return ReferenceBackends(finance: financeBackend, accounting: accountingBackend, flowise: flowiseBackend,
-                                     financeServer: servers[0], accountingServer: servers[1], flowiseServer: servers[2])
+                                     financeServer: financeServer, accountingServer: accountingServer,
+                                     flowiseServer: flowiseServer)
         } catch {
             for server in started { server.stop() }
             financeBackend?.shutdown()
