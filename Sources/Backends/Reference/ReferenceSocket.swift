@@ -15,8 +15,9 @@ final class ReferenceSocket: Sendable {
     func sendAll(_ bytes: [UInt8]) throws(ReferenceServerError) {
         var offset = 0
         while offset < bytes.count {
-            let sent = bytes.withUnsafeBytes { raw in
-                send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
+            let sent = bytes.withUnsafeBytes { raw -> Int in
+                guard let base = raw.baseAddress else { return 0 }
+                return send(fd, base + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
             }
             if sent < 0 {
                 if errno == EINTR { continue }
@@ -30,7 +31,10 @@ final class ReferenceSocket: Sendable {
     func receive(maximum: Int) throws(ReferenceServerError) -> [UInt8] {
         var buffer = [UInt8](repeating: 0, count: maximum)
         while true {
-            let count = buffer.withUnsafeMutableBytes { raw in recv(fd, raw.baseAddress!, maximum, 0) }
+            let count = buffer.withUnsafeMutableBytes { raw -> Int in
+                guard let base = raw.baseAddress else { return 0 }
+                return recv(fd, base, raw.count, 0)
+            }
             if count < 0 {
                 if errno == EINTR { continue }
                 throw .socketFailed(operation: "recv", errno: errno)

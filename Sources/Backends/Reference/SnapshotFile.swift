@@ -44,7 +44,10 @@ struct SnapshotFile: Sendable {
         let bytes = [UInt8](data)
         var offset = 0
         while offset < bytes.count {
-            let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, bytes.count - offset) }
+            let written = bytes.withUnsafeBytes { raw -> Int in
+                guard let base = raw.baseAddress else { return 0 }
+                return write(fd, base + offset, raw.count - offset)
+            }
             if written < 0 {
                 if errno == EINTR { continue }
                 let code = errno
