@@ -1,0 +1,117 @@
+import Foundation
+import Synchronization
+
+/// A handler's refusal: answered as JSON with `status`.
+package struct ReferenceHTTPError: Error, Sendable {
+    package var status: Int
+    package var body: JSONValue
+    package var headers: [(name: String, value: String)]
+
+    package init(_ status: Int, _ body: JSONValue, headers: [(name: String, value: String)] = []) {
+        self.status = status
+        self.body = body
+        self.headers = headers
+    }
+
+    /// `{"error": message}` with `status`.
+    package static func message(_ status: Int, _ message: String) -> ReferenceHTTPError {
+        ReferenceHTTPError(status, ["error": .string(message)])
+    }
+}
+
+/// Identity headers the proxy adds in front of the reference backends.
+package enum TollgateHeader {
+    package static let keyID = "X-Tollgate-Key-Id"
+    package static let consumer = "X-Tollgate-Consumer"
+    package static let scopes = "X-Tollgate-Scopes"
+    /// Records without a consumer header belong to this owner.
+    package static let anonymousConsumer = "anonymous"
+}
+
+extension ReferenceRequest {
+    /// The consumer named by the proxy, or `anonymous`.
+    var consumer: String {
+        guard let value = header(TollgateHeader.consumer), !value.isEmpty else { return TollgateHeader.anonymousConsumer }
+        return value
+    }
+
+    /// The body as a JSON object; `400` when it is missing or not an object.
+    func jsonObject() throws(ReferenceHTTPError) -> JSONValue {
+        guard !body.isEmpty else { throw .message(400, "request body must be a JSON object") }
+        guard let value = try? JSONValue.parse(body), value.isObject else {
+            throw .message(400, "request body must be a JSON object")
+        }
+        return value
+    }
+}
+
+/// A backend's state behind a mutex, saved as a JSON snapshot after every
+/// mutation. A mutation that cannot be saved is rolled back and fails.
+final class StateStore<State: Codable & Sendable>: Sendable {
+    private let state: Mutex<State>
+    private let snapshot: SnapshotFile
+
+    init(directory: String, name: String, initial: State) throws(ReferenceServerError) {
+        try SnapshotFile.makeDirectory(directory)
+        self.snapshot = SnapshotFile(directory: directory, name: name)
+        self.state = Mutex(try snapshot.load(State.self) ?? initial)
+    }
+
+    func read<Result: Sendable>(_ body: (State) throws -> Result) rethrows -> Result {
+        try state.withLock { current in try body(current) }
+    }
+
+    /// Applies `body` to a copy, saves it, then publishes it (all under the lock).
+    func mutate<Result: Sendable>(_ body: (inout State) throws -> Result) throws -> Result {
+        try state.withLock { current in
+            var next = current
+            let result = try body(&next)
+            try snapshot.save(next)
+            current = next
+            return result
+        }
+    }
+}
+
+enum Timestamp {
+    static func iso(_ date: Date) -> String {
+        date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+    }
+
+    static func iso(_ date: Date?) -> JSONValue {
+        date.map { .string(iso($0)) } ?? .null
+    }
+}
+
+enum Money {
+    /// Rounds to two decimal places (currency minor units).
+    static func rounded(_ value: Decimal) -> Decimal {
+        var input = value
+        var output = Decimal()
+        NSDecimalRound(&output, &input, 2, .plain)
+        return output
+    }
+}
+
+/// Counts requests per backend for `/admin/stats`.
+final class RequestCounter: Sendable {
+    private let count = Atomic(0)
+    private let started = Date()
+
+    func wrap(_ handler: @escaping ReferenceRouter.Handler) -> ReferenceRouter.Handler {
+        { [self] request in
+            count.add(1, ordering: .relaxed)
+            return try handler(request)
+        }
+    }
+
+    var value: Int { count.load(ordering: .relaxed) }
+    var uptimeSeconds: Double { Date().timeIntervalSince(started) }
+}
+
+extension ReferenceRouter {
+    mutating func add(_ method: String, _ pattern: String, counting counter: RequestCounter,
+                      _ handler: @escaping Handler) {
+        add(method, pattern, counter.wrap(handler))
+    }
+}

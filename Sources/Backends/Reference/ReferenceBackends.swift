@@ -1,0 +1,180 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// A `host:port` to listen on.
+package struct ReferenceAddress: Sendable, Equatable, CustomStringConvertible {
+    package var host: String
+    package var port: UInt16
+
+    package init(host: String, port: UInt16) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `HOST:PORT`, `[V6]:PORT`, `:PORT` or `PORT` (host defaults to `defaultHost`).
+    package init?(parsing text: String, defaultHost: String = "127.0.0.1") {
+        var host = defaultHost
+        var portText = Substring(text)
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+            host = String(text[text.index(after: text.startIndex)..<close])
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { return nil }
+            portText = rest.dropFirst()
+        } else if let colon = text.lastIndex(of: ":") {
+            let hostPart = text[..<colon]
+            if !hostPart.isEmpty { host = String(hostPart) }
+            portText = text[text.index(after: colon)...]
+        }
+        guard let port = UInt16(portText) else { return nil }
+        self.init(host: host, port: port)
+    }
+
+    package var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    package static let defaultFinance = ReferenceAddress(host: "127.0.0.1", port: 7001)
+    package static let defaultAccounting = ReferenceAddress(host: "127.0.0.1", port: 7002)
+    package static let defaultFlowise = ReferenceAddress(host: "127.0.0.1", port: 7003)
+}
+
+/// The reference backends running in this process: what `tollgate backends`
+/// starts, and what integration tests start on ephemeral ports.
+///
+/// ```swift
+/// let backends = try ReferenceBackends.start(finance: .defaultFinance, accounting: .defaultAccounting,
+///                                            flowise: .defaultFlowise, dataDirectory: "./data/backends",
+///                                            options: .fromEnvironment())
+/// backends.runUntilSignalled()   // SIGINT / SIGTERM → stop()
+/// ```
+package struct ReferenceBackends: Sendable {
+    package struct Options: Sendable {
+        package var finance = FinanceBackend.Options()
+        package var accounting = AccountingBackend.Options()
+        package var flowise = FlowiseBackend.Options()
+
+        package init() {}
+
+        /// Options from `ACCOUNTING_JWT_SECRET`, `ACCOUNTING_INITIAL_CREDITS`,
+        /// `FLOWISE_API_KEY` and `FLOWISE_TOKEN_DELAY_MS` (unset or unparsable: defaults).
+        package static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> Options {
+            var options = Options()
+            if let secret = environment["ACCOUNTING_JWT_SECRET"], !secret.isEmpty { options.accounting.jwtSecret = secret }
+            if let credits = environment["ACCOUNTING_INITIAL_CREDITS"].flatMap({ Int($0) }), credits >= 0 {
+                options.accounting.initialCredits = credits
+            }
+            if let key = environment["FLOWISE_API_KEY"], !key.isEmpty { options.flowise.apiKey = key }
+            if let delay = environment["FLOWISE_TOKEN_DELAY_MS"].flatMap({ Int($0) }), delay >= 0 {
+                options.flowise.tokenDelay = .milliseconds(delay)
+            }
+            return options
+        }
+    }
+
+    package static let defaultDataDirectory = "./data/backends"
+
+    package let finance: FinanceBackend?
+    package let accounting: AccountingBackend?
+    package let flowise: FlowiseBackend?
+    package let financeServer: ReferenceServer?
+    package let accountingServer: ReferenceServer?
+    package let flowiseServer: ReferenceServer?
+
+    /// Bound ports (the real ones when started on port 0); `nil` when not started.
+    package var financePort: UInt16? { financeServer?.port }
+    package var accountingPort: UInt16? { accountingServer?.port }
+    package var flowisePort: UInt16? { flowiseServer?.port }
+
+    /// Starts the backends whose address is given; each keeps its state in
+    /// `dataDirectory` (`finance.json`, `accounting.json`, `flowise.json`).
+    /// If one fails to start, those already started are stopped.
+    package static func start(finance: ReferenceAddress?, accounting: ReferenceAddress?, flowise: ReferenceAddress?,
+                              dataDirectory: String = defaultDataDirectory,
+                              options: Options = Options()) throws(ReferenceServerError) -> ReferenceBackends {
+        var started: [ReferenceServer] = []
+        var financeBackend: FinanceBackend?
+        do {
+            var accountingBackend: AccountingBackend?
+            var flowiseBackend: FlowiseBackend?
+            var financeServer: ReferenceServer?
+            var accountingServer: ReferenceServer?
+            var flowiseServer: ReferenceServer?
+            if let finance {
+                let backend = try FinanceBackend(dataDirectory: dataDirectory, options: options.finance)
+                financeBackend = backend
+                let server = try ReferenceServer(host: finance.host, port: finance.port, router: backend.router())
+                started.append(server)
+                financeServer = server
+            }
+            if let accounting {
+                let backend = try AccountingBackend(dataDirectory: dataDirectory, options: options.accounting)
+                accountingBackend = backend
+                let server = try ReferenceServer(host: accounting.host, port: accounting.port, router: backend.router())
+                started.append(server)
+                accountingServer = server
+            }
+            if let flowise {
+                let backend = try FlowiseBackend(dataDirectory: dataDirectory, options: options.flowise)
+                flowiseBackend = backend
+                let server = try ReferenceServer(host: flowise.host, port: flowise.port, router: backend.router())
+                started.append(server)
+                flowiseServer = server
+            }
+            return ReferenceBackends(finance: financeBackend, accounting: accountingBackend, flowise: flowiseBackend,
+                                     financeServer: financeServer, accountingServer: accountingServer,
+                                     flowiseServer: flowiseServer)
+        } catch {
+            for server in started { server.stop() }
+            financeBackend?.shutdown()
+            throw error
+        }
+    }
+
+    /// Stops the servers (closing their connections) and waits for import jobs.
+    package func stop() {
+        financeServer?.stop()
+        accountingServer?.stop()
+        flowiseServer?.stop()
+        finance?.shutdown()
+    }
+
+    /// One line per running backend: `finance http://127.0.0.1:7001`.
+    package var summary: [String] {
+        [("finance", financeServer), ("accounting", accountingServer), ("flowise", flowiseServer)]
+            .compactMap { name, server in
+                server.map { "\(name) http://\(ReferenceAddress(host: $0.host, port: $0.port))" }
+            }
+    }
+
+    /// Blocks until SIGINT or SIGTERM, then calls ``stop()``.
+    package func runUntilSignalled() {
+        SignalWaiter.waitForTermination()
+        stop()
+    }
+}
+
+/// Self-pipe signal wait: the handler writes one byte, the caller reads it.
+private enum SignalWaiter {
+    // SAFETY: written once before the handlers are installed, then only read
+    // (by the signal handler); never changed afterwards.
+    nonisolated(unsafe) static var writeFD: Int32 = -1
+
+    static func waitForTermination() {
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else {
+            // No pipe: fall back to pausing until a signal ends the process.
+            while true { pause() }
+        }
+        writeFD = fds[1]
+        let handler: @convention(c) (Int32) -> Void = { _ in
+            var byte: UInt8 = 1
+            _ = write(SignalWaiter.writeFD, &byte, 1)
+        }
+        signal(SIGINT, handler)
+        signal(SIGTERM, handler)
+        var byte: UInt8 = 0
+        while read(fds[0], &byte, 1) < 0 && errno == EINTR {}
+        signal(SIGINT, SIG_DFL)
+        signal(SIGTERM, SIG_DFL)
+    }
+}

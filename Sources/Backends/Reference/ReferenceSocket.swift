@@ -1,0 +1,111 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A connected blocking TCP socket owned by one connection thread.
+///
+/// The descriptor is closed by the connection thread only; ``ReferenceServer``
+/// may `shutdown(2)` it concurrently (under its lock) to wake a blocked read.
+final class ReferenceSocket: Sendable {
+    let fd: Int32
+
+    init(fd: Int32) { self.fd = fd }
+
+    /// Sends every byte (retrying short writes and EINTR); never raises SIGPIPE.
+    func sendAll(_ bytes: [UInt8]) throws(ReferenceServerError) {
+        var offset = 0
+        while offset < bytes.count {
+            let sent = bytes.withUnsafeBytes { raw -> Int in
+                guard let base = raw.baseAddress else { return 0 }
+                return send(fd, base + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
+            }
+            if sent < 0 {
+                if errno == EINTR { continue }
+                throw .socketFailed(operation: "send", errno: errno)
+            }
+            offset += sent
+        }
+    }
+
+    /// Reads what is available (at most `maximum` bytes); an empty result is end of stream.
+    func receive(maximum: Int) throws(ReferenceServerError) -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: maximum)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { raw -> Int in
+                guard let base = raw.baseAddress else { return 0 }
+                return recv(fd, base, raw.count, 0)
+            }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw .socketFailed(operation: "recv", errno: errno)
+            }
+            buffer.removeSubrange(count...)
+            return buffer
+        }
+    }
+}
+
+/// IPv4/IPv6 listen addresses for the reference servers.
+enum SocketAddress {
+    /// Binds and listens; returns the listening descriptor and the bound port.
+    static func listen(host: String, port: UInt16) throws(ReferenceServerError) -> (fd: Int32, port: UInt16) {
+        let literal = host == "localhost" ? "127.0.0.1" : host
+        var v4 = sockaddr_in()
+        var v6 = sockaddr_in6()
+        let family: Int32
+        if inet_pton(AF_INET, literal, &v4.sin_addr) == 1 {
+            family = AF_INET
+            v4.sin_family = sa_family_t(AF_INET)
+            v4.sin_port = port.bigEndian
+        } else if inet_pton(AF_INET6, literal, &v6.sin6_addr) == 1 {
+            family = AF_INET6
+            v6.sin6_family = sa_family_t(AF_INET6)
+            v6.sin6_port = port.bigEndian
+        } else {
+            throw .invalidAddress(host)
+        }
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw .socketFailed(operation: "socket", errno: errno) }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let bound: Int32 = family == AF_INET
+            ? withUnsafePointer(to: &v4) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            : withUnsafePointer(to: &v6) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size))
+                }
+            }
+        guard bound == 0 else {
+            let code = errno
+            close(fd)
+            throw .socketFailed(operation: "bind \(host):\(port)", errno: code)
+        }
+        guard Glibc.listen(fd, 128) == 0 else {
+            let code = errno
+            close(fd)
+            throw .socketFailed(operation: "listen", errno: code)
+        }
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let named = withUnsafeMutablePointer(to: &storage) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard named == 0 else {
+            let code = errno
+            close(fd)
+            throw .socketFailed(operation: "getsockname", errno: code)
+        }
+        let boundPort: UInt16 = withUnsafePointer(to: &storage) { pointer in
+            if family == AF_INET {
+                pointer.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
+            } else {
+                pointer.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin6_port) }
+            }
+        }
+        return (fd, boundPort)
+    }
+}
