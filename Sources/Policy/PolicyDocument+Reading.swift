@@ -98,18 +98,18 @@ struct NodeReader {
         case .sequence: return "a list"
         case .alias: return "an alias"
         case .scalar(let s):
-            if s.tag.rawValue == Tag.Name.null.rawValue { return "null" }
+            if n.tag.rawValue == Tag.Name.null.rawValue { return "null" }
             return "'\(s.string)'"
         }
     }
 
     static func isNull(_ n: Node) -> Bool {
-        if case .scalar(let s) = n, s.tag.rawValue == Tag.Name.null.rawValue { return true }
+        if case .scalar = n, n.tag.rawValue == Tag.Name.null.rawValue { return true }
         return false
     }
 
     mutating func string(_ n: Node, _ path: String) -> String? {
-        guard case .scalar(let s) = n, s.tag.rawValue != Tag.Name.null.rawValue else {
+        guard case .scalar(let s) = n, n.tag.rawValue != Tag.Name.null.rawValue else {
             fail(n, path, "expected a string, found \(NodeReader.kind(n))")
             return nil
         }
@@ -132,7 +132,7 @@ struct NodeReader {
     }
 
     mutating func int(_ n: Node, _ path: String, min: Int, max: Int = Int.max) -> Int? {
-        guard case .scalar(let s) = n, s.tag.rawValue == Tag.Name.int.rawValue, let v = Int(s.string) else {
+        guard case .scalar(let s) = n, n.tag.rawValue == Tag.Name.int.rawValue, let v = Int(s.string) else {
             fail(n, path, "expected an integer, found \(NodeReader.kind(n))")
             return nil
         }
@@ -144,7 +144,7 @@ struct NodeReader {
     }
 
     mutating func bool(_ n: Node, _ path: String) -> Bool? {
-        guard case .scalar(let s) = n, s.tag.rawValue == Tag.Name.bool.rawValue else {
+        guard case .scalar(let s) = n, n.tag.rawValue == Tag.Name.bool.rawValue else {
             fail(n, path, "expected true or false, found \(NodeReader.kind(n))")
             return nil
         }
