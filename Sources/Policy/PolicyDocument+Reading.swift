@@ -98,18 +98,23 @@ struct NodeReader {
         case .sequence: return "a list"
         case .alias: return "an alias"
         case .scalar(let s):
-            if n.tag.rawValue == Tag.Name.null.rawValue { return "null" }
+            if isNull(n) { return "null" }
             return "'\(s.string)'"
         }
     }
 
+    /// YAML core-schema null, decided from the text (plain style only) rather than via
+    /// `Node.tag`, whose resolver runs regular expressions for every scalar.
     static func isNull(_ n: Node) -> Bool {
-        if case .scalar = n, n.tag.rawValue == Tag.Name.null.rawValue { return true }
-        return false
+        guard case .scalar(let s) = n, s.style == .plain else { return false }
+        switch s.string {
+        case "", "~", "null", "Null", "NULL": return true
+        default: return false
+        }
     }
 
     mutating func string(_ n: Node, _ path: String) -> String? {
-        guard case .scalar(let s) = n, n.tag.rawValue != Tag.Name.null.rawValue else {
+        guard case .scalar(let s) = n, !NodeReader.isNull(n) else {
             fail(n, path, "expected a string, found \(NodeReader.kind(n))")
             return nil
         }
@@ -132,7 +137,7 @@ struct NodeReader {
     }
 
     mutating func int(_ n: Node, _ path: String, min: Int, max: Int = Int.max) -> Int? {
-        guard case .scalar(let s) = n, n.tag.rawValue == Tag.Name.int.rawValue, let v = Int(s.string) else {
+        guard case .scalar(let s) = n, s.style == .plain, let v = Int(s.string) else {
             fail(n, path, "expected an integer, found \(NodeReader.kind(n))")
             return nil
         }
@@ -144,13 +149,13 @@ struct NodeReader {
     }
 
     mutating func bool(_ n: Node, _ path: String) -> Bool? {
-        guard case .scalar(let s) = n, n.tag.rawValue == Tag.Name.bool.rawValue else {
+        guard case .scalar(let s) = n, s.style == .plain else {
             fail(n, path, "expected true or false, found \(NodeReader.kind(n))")
             return nil
         }
-        switch s.string.lowercased() {
-        case "true": return true
-        case "false": return false
+        switch s.string {
+        case "true", "True", "TRUE": return true
+        case "false", "False", "FALSE": return false
         default:
             fail(n, path, "expected true or false, found '\(s.string)'")
             return nil
