@@ -43,6 +43,29 @@ package struct CredentialRule: Sendable, Equatable {
     }
 }
 
+extension CredentialRule {
+    /// The value of parameter `name` in a raw query string (`a=1&api_key=K&b`), as a
+    /// range into `query`; the first occurrence wins and nothing is percent-decoded
+    /// (minted keys are base62; a foreign key needing escapes belongs in a header).
+    package static func queryValue(named name: [UInt8], in query: UnsafeRawBufferPointer) -> Range<Int>? {
+        var start = 0
+        let n = query.count
+        while start <= n {
+            var end = start
+            while end < n, query[end] != UInt8(ascii: "&") { end += 1 }
+            var eq = start
+            while eq < end, query[eq] != UInt8(ascii: "=") { eq += 1 }
+            if eq - start == name.count, eq < end {
+                var same = true
+                for k in 0..<name.count where query[start + k] != name[k] { same = false; break }
+                if same { return (eq + 1)..<end }
+            }
+            start = end + 1
+        }
+        return nil
+    }
+}
+
 /// The optional JWT credential (parsed and kept; verification lives in JWT.swift later).
 package struct JWTRule: Sendable, Equatable {
     package struct Claim: Sendable, Equatable {

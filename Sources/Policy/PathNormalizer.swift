@@ -13,21 +13,19 @@
 /// - `.` and `..` segments (also when spelled `%2e`) are resolved; a `..` that would climb
 ///   above the root is refused rather than clamped;
 /// - a trailing slash is kept (`/a/./b/` → `/a/b/`; `/a/b/..` → `/a/`).
+///
+/// The route table matches on the output; the proxy forwards the normalised path too,
+/// so the backend sees exactly what was authorised.
 package enum PathNormalizer {
     package enum Rejection: Sendable, Equatable {
         case notAbsolute, badEscape, encodedSlash, encodedBackslash, nul, backslash, pathParameter,
              aboveRoot, invalidByte
     }
 
-    package enum Result: Sendable, Equatable {
-        case normalized(count: Int)
-        case rejected(Rejection)
-    }
-
     /// - Parameters:
     ///   - input: the raw path, without the query.
     ///   - out: capacity must be at least `input.count` (the output never grows).
-    package static func normalize(_ input: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) -> Result {
+    package static func normalize(_ input: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) -> NormalizeResult {
         let n = input.count
         guard n > 0, input[0] == UInt8(ascii: "/") else { return .rejected(.notAbsolute) }
         precondition(out.count >= n, "PathNormalizer: output buffer too small")
@@ -85,13 +83,14 @@ package enum PathNormalizer {
         return .normalized(count: o)
     }
 
-    /// Convenience for tests, the CLI and the compiler: nil when rejected.
-    package static func normalize(_ path: String) -> Result {
+    /// Convenience for tests, the CLI and the compiler.
+    package static func normalize(_ path: String) -> NormalizeResult {
         let bytes = Array(path.utf8)
         var out = [UInt8](repeating: 0, count: max(bytes.count, 1))
         return bytes.withUnsafeBytes { inp in out.withUnsafeMutableBytes { normalize(inp, into: $0) } }
     }
 
+    /// The normalised text, or nil when rejected.
     package static func normalizedString(_ path: String) -> String? {
         let bytes = Array(path.utf8)
         var out = [UInt8](repeating: 0, count: max(bytes.count, 1))
@@ -134,4 +133,12 @@ package enum PathNormalizer {
         default: return false
         }
     }
+}
+
+/// What ``PathNormalizer/normalize(_:into:)`` did.
+package enum NormalizeResult: Sendable, Equatable {
+    /// The first `count` bytes of the output buffer hold the normalised path.
+    case normalized(count: Int)
+    /// Reply 400 `BAD_REQUEST`.
+    case rejected(PathNormalizer.Rejection)
 }

@@ -1,3 +1,5 @@
+import Foundation
+import Synchronization
 import Testing
 @testable import Policy
 
@@ -111,6 +113,34 @@ struct LimiterTests {
             return await g.reduce(0, +)
         }
         #expect(allowed == n)
+    }
+
+    final class Counter: Sendable {
+        let value = Mutex(0)
+    }
+
+    /// 8 OS threads × 500 admits on one key with a budget of 1000 → exactly 1000 pass.
+    @Test func eightThreadsAdmitExactlyTheBudget() {
+        let n = 1000
+        let p = plan([(n, .seconds(3600), nil)])
+        let limiter = RateLimiter()
+        let key = KeyHash.sha256("shared-threads")
+        let counter = Counter()
+        let group = DispatchGroup()
+        for _ in 0..<8 {
+            group.enter()
+            let t = Thread {
+                var mine = 0
+                for _ in 0..<500 where limiter.admit(key: key, plan: p, now: 7 * LimiterTests.second).isAllowed {
+                    mine += 1
+                }
+                counter.value.withLock { $0 += mine }
+                group.leave()
+            }
+            t.start()
+        }
+        group.wait()
+        #expect(counter.value.withLock { $0 } == n)
     }
 
     @Test func rateLimitHeaders() {
