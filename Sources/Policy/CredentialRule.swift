@@ -1,0 +1,81 @@
+/// Where the proxy reads the API key, and whether it is forwarded upstream.
+///
+/// Order of reading: each configured header (first non-empty wins), then
+/// `Authorization: Bearer <key>`, then the query parameter if one is named.
+package struct CredentialRule: Sendable, Equatable {
+    /// Header names as configured (for logs and stripping).
+    package var headerNames: [String]
+    /// The same names, ASCII-lowercased, for caseless byte comparison.
+    package var headerNamesLowercased: [[UInt8]]
+    /// `Authorization: Bearer` is always read.
+    package var readsBearer: Bool { true }
+    package var queryParam: [UInt8]?
+    /// False (default): the key header / query parameter is stripped before the backend.
+    package var forwardsCredential: Bool
+    package var jwt: JWTRule?
+
+    package init(headerNames: [String] = ["X-API-Key"], queryParam: String? = nil, forwardsCredential: Bool = false,
+                 jwt: JWTRule? = nil) {
+        self.headerNames = headerNames
+        self.headerNamesLowercased = headerNames.map { Array($0.lowercased().utf8) }
+        self.queryParam = queryParam.map { Array($0.utf8) }
+        self.forwardsCredential = forwardsCredential
+        self.jwt = jwt
+    }
+
+    /// The token of an `Authorization` value of the form `Bearer <token>` (scheme
+    /// caseless, one or more spaces), as a range into `value`; nil otherwise.
+    package static func bearerToken(in value: UnsafeRawBufferPointer) -> Range<Int>? {
+        let scheme = "bearer".utf8
+        guard value.count > 7 else { return nil }
+        var i = 0
+        for c in scheme {
+            guard value[i] | 0x20 == c else { return nil }
+            i += 1
+        }
+        guard value[i] == 0x20 else { return nil }
+        while i < value.count, value[i] == 0x20 { i += 1 }
+        var end = value.count
+        while end > i, value[end - 1] == 0x20 || value[end - 1] == 0x09 { end -= 1 }
+        guard end > i else { return nil }
+        for k in i..<end where value[k] == 0x20 || value[k] == 0x09 { return nil }
+        return i..<end
+    }
+}
+
+extension CredentialRule {
+    /// The value of parameter `name` in a raw query string (`a=1&api_key=K&b`), as a
+    /// range into `query`; the first occurrence wins and nothing is percent-decoded
+    /// (minted keys are base62; a foreign key needing escapes belongs in a header).
+    package static func queryValue(named name: [UInt8], in query: UnsafeRawBufferPointer) -> Range<Int>? {
+        var start = 0
+        let n = query.count
+        while start <= n {
+            var end = start
+            while end < n, query[end] != UInt8(ascii: "&") { end += 1 }
+            var eq = start
+            while eq < end, query[eq] != UInt8(ascii: "=") { eq += 1 }
+            if eq - start == name.count, eq < end {
+                var same = true
+                for k in 0..<name.count where query[start + k] != name[k] { same = false; break }
+                if same { return (eq + 1)..<end }
+            }
+            start = end + 1
+        }
+        return nil
+    }
+}
+
+/// The optional JWT credential (parsed and kept; verification lives in JWT.swift later).
+package struct JWTRule: Sendable, Equatable {
+    package struct Claim: Sendable, Equatable {
+        package var name: String
+        package var value: String
+    }
+    package static let knownAlgorithms: Set<String> = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512",
+                                                       "ES256", "ES384"]
+    package var algorithms: [String]
+    /// Environment variable holding the HMAC secret / public key.
+    package var secretEnv: String
+    package var requiredClaims: [Claim]
+}

@@ -1,0 +1,138 @@
+/// The outcome of the gate for one request, and the stable wire codes of every refusal.
+///
+/// A denial is data, not an error (STYLE.md 2.5): the proxy turns a ``Denial`` into a
+/// local reply (status, `WWW-Authenticate` when ``DenialCode/challengesClient``,
+/// `Retry-After` + RateLimit headers when ``Denial/limit`` is set, and the JSON body
+/// from ``ErrorBody``).
+package enum DenialCode: String, CaseIterable, Sendable {
+    case missingCredential = "MISSING_CREDENTIAL"
+    case invalidKey = "INVALID_KEY"
+    case expired = "EXPIRED"
+    case revoked = "REVOKED"
+    case disabled = "DISABLED"
+    case ipDenied = "IP_DENIED"
+    case insufficientScope = "INSUFFICIENT_SCOPE"
+    case httpsRequired = "HTTPS_REQUIRED"
+    case lockedOut = "LOCKED_OUT"
+    case rateLimited = "RATE_LIMITED"
+    case quotaExceeded = "QUOTA_EXCEEDED"
+    case insufficientCredits = "INSUFFICIENT_CREDITS"
+    case noRoute = "NO_ROUTE"
+    case badRequest = "BAD_REQUEST"
+    case storeUnavailable = "STORE_UNAVAILABLE"
+    /// 502 by default; the proxy may answer 503/504 for the same code (DESIGN.md).
+    case upstreamUnavailable = "UPSTREAM_UNAVAILABLE"
+
+    /// The HTTP status of the local reply.
+    package var status: Int {
+        switch self {
+        case .missingCredential, .invalidKey, .expired, .revoked: return 401
+        case .disabled, .ipDenied, .insufficientScope, .httpsRequired: return 403
+        case .lockedOut, .rateLimited, .quotaExceeded: return 429
+        case .insufficientCredits: return 402
+        case .noRoute: return 404
+        case .badRequest: return 400
+        case .storeUnavailable: return 503
+        case .upstreamUnavailable: return 502
+        }
+    }
+
+    /// Short human text for the JSON body.
+    package var defaultMessage: String {
+        switch self {
+        case .missingCredential: return "An API key is required."
+        case .invalidKey: return "The API key is not valid."
+        case .expired: return "The API key has expired."
+        case .revoked: return "The API key has been revoked."
+        case .disabled: return "The API key is disabled."
+        case .ipDenied: return "Requests from this address are not allowed."
+        case .insufficientScope: return "The API key lacks a scope this route requires."
+        case .httpsRequired: return "This route requires HTTPS."
+        case .lockedOut: return "Too many failed attempts; try again later."
+        case .rateLimited: return "Rate limit exceeded."
+        case .quotaExceeded: return "Quota exceeded."
+        case .insufficientCredits: return "Not enough credits."
+        case .noRoute: return "No route matches this request."
+        case .badRequest: return "The request is malformed."
+        case .storeUnavailable: return "The key store is unavailable."
+        case .upstreamUnavailable: return "The upstream service is unavailable."
+        }
+    }
+
+    /// True for the 401s: the reply carries `WWW-Authenticate`.
+    package var challengesClient: Bool { status == 401 }
+}
+
+/// Why a request is refused, with what the reply needs beyond the code.
+package struct Denial: Sendable, Equatable {
+    package var code: DenialCode
+    /// `Retry-After` in whole seconds (429s).
+    package var retryAfterSeconds: Int?
+    /// The limiter window that refused (for the `RateLimit` header).
+    package var limit: LimitReport?
+
+    package init(_ code: DenialCode, retryAfterSeconds: Int? = nil, limit: LimitReport? = nil) {
+        self.code = code
+        self.retryAfterSeconds = retryAfterSeconds
+        self.limit = limit
+    }
+}
+
+package enum Decision: Sendable, Equatable {
+    case allow
+    case deny(Denial)
+
+    package static func deny(_ code: DenialCode) -> Decision { .deny(Denial(code)) }
+
+    /// The denial code, or nil when allowed (convenient in tests and logs).
+    package var denialCode: DenialCode? {
+        switch self {
+        case .allow: return nil
+        case .deny(let d): return d.code
+        }
+    }
+}
+
+/// The JSON error body: `{"error":{"code":"…","message":"…","request_id":"…"}}`.
+package enum ErrorBody {
+    package static func render(code: DenialCode, message: String, requestID: String) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(64 + message.utf8.count + requestID.utf8.count)
+        out.append(contentsOf: #"{"error":{"code":""#.utf8)
+        out.append(contentsOf: code.rawValue.utf8)
+        out.append(contentsOf: #"","message":""#.utf8)
+        appendEscaped(message.utf8, to: &out)
+        out.append(contentsOf: #"","request_id":""#.utf8)
+        appendEscaped(requestID.utf8, to: &out)
+        out.append(contentsOf: #""}}"#.utf8)
+        return out
+    }
+
+    /// The body with ``DenialCode/defaultMessage``.
+    package static func render(code: DenialCode, requestID: String) -> [UInt8] {
+        render(code: code, message: code.defaultMessage, requestID: requestID)
+    }
+
+    /// JSON string escaping (RFC 8259 §7): quote, backslash and C0 controls (and DEL);
+    /// everything else, including UTF-8 multi-byte sequences, is copied.
+    package static func appendEscaped<S: Sequence<UInt8>>(_ bytes: S, to out: inout [UInt8]) {
+        for b in bytes {
+            switch b {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"):
+                out.append(UInt8(ascii: "\\")); out.append(b)
+            case 0x0A: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "n"))
+            case 0x0D: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "r"))
+            case 0x09: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "t"))
+            case 0x00..<0x20, 0x7F:
+                out.append(contentsOf: "\\u00".utf8)
+                out.append(hexDigit(b >> 4))
+                out.append(hexDigit(b & 0xF))
+            default: out.append(b)
+            }
+        }
+    }
+
+    @inline(__always) static func hexDigit(_ v: UInt8) -> UInt8 {
+        v < 10 ? UInt8(ascii: "0") + v : UInt8(ascii: "a") + v - 10
+    }
+}

@@ -1,0 +1,72 @@
+import COpenSSL
+
+/// SHA-256 of a plain key, as four big-endian words: Hashable, no heap, cheap to copy.
+/// `w0` holds digest bytes 0..<8, `w3` bytes 24..<32.
+package struct KeyHash: Hashable, Sendable, CustomStringConvertible {
+    package var w0: UInt64
+    package var w1: UInt64
+    package var w2: UInt64
+    package var w3: UInt64
+
+    package init(w0: UInt64, w1: UInt64, w2: UInt64, w3: UInt64) {
+        self.w0 = w0; self.w1 = w1; self.w2 = w2; self.w3 = w3
+    }
+
+    /// Hashes `bytes` straight from the caller's buffer; nothing is copied or kept.
+    package static func sha256(_ bytes: UnsafeRawBufferPointer) -> KeyHash {
+        var digest = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        withUnsafeMutableBytes(of: &digest) { out in
+            let d = out.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            if let base = bytes.baseAddress {
+                _ = SHA256(base.assumingMemoryBound(to: UInt8.self), bytes.count, d)
+            } else {
+                var empty: UInt8 = 0
+                _ = SHA256(&empty, 0, d)
+            }
+        }
+        return KeyHash(w0: UInt64(bigEndian: digest.0), w1: UInt64(bigEndian: digest.1),
+                       w2: UInt64(bigEndian: digest.2), w3: UInt64(bigEndian: digest.3))
+    }
+
+    package static func sha256(_ string: String) -> KeyHash {
+        var s = string
+        return s.withUTF8 { sha256(UnsafeRawBufferPointer($0)) }
+    }
+
+    /// Hashes are spread already: feeding one word is enough and keeps hashing cheap.
+    package func hash(into hasher: inout Hasher) { hasher.combine(w0 ^ w2) }
+
+    /// Parses 64 lowercase hex digits (no `sha256:` prefix).
+    package init?(hex: some StringProtocol) {
+        let utf8 = Array(hex.utf8)
+        guard utf8.count == 64 else { return nil }
+        var words: [UInt64] = [0, 0, 0, 0]
+        for (i, c) in utf8.enumerated() {
+            let v: UInt64
+            switch c {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): v = UInt64(c - UInt8(ascii: "0"))
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): v = UInt64(c - UInt8(ascii: "a") + 10)
+            default: return nil
+            }
+            words[i / 16] = words[i / 16] << 4 | v
+        }
+        self.init(w0: words[0], w1: words[1], w2: words[2], w3: words[3])
+    }
+
+    /// 64 lowercase hex digits.
+    package var hex: String {
+        var out = [UInt8]()
+        out.reserveCapacity(64)
+        for w in [w0, w1, w2, w3] {
+            var shift = 60
+            while shift >= 0 {
+                out.append(ErrorBody.hexDigit(UInt8(truncatingIfNeeded: w >> UInt64(shift)) & 0xF))
+                shift -= 4
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// `sha256:<hex>`, the form used in policy files and by `tollgate keys new`.
+    package var description: String { "sha256:" + hex }
+}

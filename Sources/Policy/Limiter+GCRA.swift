@@ -1,0 +1,128 @@
+/// Pure GCRA math (the "virtual scheduling" form of a token bucket), one window at a
+/// time. State is a theoretical arrival time (TAT) in monotonic nanoseconds; a fresh
+/// window has TAT 0. With emission interval T = per/requests and capacity τ = burst×T:
+///
+///     newTAT  = max(TAT, now) + T
+///     allowed = newTAT − now ≤ τ
+///
+/// A refused request leaves TAT unchanged. Remaining = ⌊(τ − (newTAT − now)) / T⌋.
+package enum GCRA {
+    package struct Outcome: Sendable, Equatable {
+        package var isAllowed: Bool
+        /// TAT to store when the request is admitted.
+        package var newTAT: UInt64
+        /// Requests still admissible right after this one (0 when refused).
+        package var remaining: Int
+        /// Allowed: ns until the window is full again. Refused: ns until one fits.
+        package var resetNanos: UInt64
+    }
+
+    @inline(__always)
+    package static func evaluate(tat: UInt64, window w: RateWindow, now: UInt64) -> Outcome {
+        let base = max(tat, now)
+        let newTAT = base &+ w.emissionNanos
+        let used = newTAT - now
+        if used <= w.capacityNanos {
+            let remaining = Int((w.capacityNanos - used) / w.emissionNanos)
+            return Outcome(isAllowed: true, newTAT: newTAT, remaining: remaining, resetNanos: used)
+        }
+        return Outcome(isAllowed: false, newTAT: tat, remaining: 0, resetNanos: used - w.capacityNanos)
+    }
+
+    @inline(__always) static func ceilSeconds(_ ns: UInt64) -> Int {
+        Int((ns + 999_999_999) / 1_000_000_000)
+    }
+
+    /// All-or-nothing over several windows: if every window has room, every TAT advances;
+    /// otherwise nothing changes. `tats` holds one TAT per window of `plan`.
+    package static func admit(tats: inout InlineArray<8, UInt64>, plan: PlanSpec, now: UInt64) -> LimitVerdict {
+        var v = LimitVerdict(planIndex: plan.index, windowCount: plan.windows.count)
+        var outcomes = InlineArray<8, Outcome>(repeating: Outcome(isAllowed: true, newTAT: 0, remaining: 0, resetNanos: 0))
+        var allAllowed = true
+        var worstRetry: UInt64 = 0
+        var worst = -1
+        for i in 0..<plan.windows.count {
+            let o = evaluate(tat: tats[i], window: plan.windows[i], now: now)
+            outcomes[i] = o
+            if !o.isAllowed {
+                allAllowed = false
+                if worst < 0 || outcomes[worst].isAllowed || o.resetNanos > worstRetry { worst = i; worstRetry = o.resetNanos }
+            }
+        }
+        if allAllowed {
+            for i in 0..<plan.windows.count {
+                tats[i] = outcomes[i].newTAT
+                v.windows[i] = WindowState(remaining: outcomes[i].remaining, resetSeconds: ceilSeconds(outcomes[i].resetNanos))
+            }
+            // Most restrictive: fewest remaining; ties → the later reset.
+            var best = 0
+            for i in 1..<max(1, plan.windows.count) where i < plan.windows.count {
+                let a = v.windows[i], b = v.windows[best]
+                if a.remaining < b.remaining || (a.remaining == b.remaining && a.resetSeconds > b.resetSeconds) { best = i }
+            }
+            v.isAllowed = true
+            if plan.windows.count > 0 {
+                v.report = LimitReport(planIndex: plan.index, windowIndex: best,
+                                       remaining: v.windows[best].remaining, resetSeconds: v.windows[best].resetSeconds)
+            }
+            return v
+        }
+        // Refused: report what a client would see if it asked now (nothing consumed).
+        for i in 0..<plan.windows.count {
+            let o = outcomes[i]
+            if o.isAllowed {
+                // Would-be remaining counts this request; without it there is one more.
+                v.windows[i] = WindowState(remaining: o.remaining + 1,
+                                           resetSeconds: ceilSeconds(max(tats[i], now) - now))
+            } else {
+                v.windows[i] = WindowState(remaining: 0, resetSeconds: max(1, ceilSeconds(o.resetNanos)))
+            }
+        }
+        v.isAllowed = false
+        v.retryAfterSeconds = max(1, ceilSeconds(worstRetry))
+        v.report = LimitReport(planIndex: plan.index, windowIndex: worst, remaining: 0,
+                               resetSeconds: v.retryAfterSeconds)
+        return v
+    }
+}
+
+/// Remaining budget of one window after a decision.
+package struct WindowState: Sendable, Equatable {
+    package var remaining: Int
+    package var resetSeconds: Int
+    package init(remaining: Int, resetSeconds: Int) { self.remaining = remaining; self.resetSeconds = resetSeconds }
+}
+
+/// The window reported in the `RateLimit` header (the most restrictive one), and the
+/// payload of a `RATE_LIMITED` ``Denial``.
+package struct LimitReport: Sendable, Equatable {
+    package var planIndex: Int
+    package var windowIndex: Int
+    package var remaining: Int
+    package var resetSeconds: Int
+    package init(planIndex: Int, windowIndex: Int, remaining: Int, resetSeconds: Int) {
+        self.planIndex = planIndex; self.windowIndex = windowIndex
+        self.remaining = remaining; self.resetSeconds = resetSeconds
+    }
+}
+
+/// The limiter's answer for one request. No heap: per-window state is inline.
+package struct LimitVerdict: Sendable {
+    package var isAllowed = true
+    /// ≥ 1 when refused, 0 when allowed.
+    package var retryAfterSeconds = 0
+    package var report: LimitReport
+    package var windowCount: Int
+    /// Valid for `0..<windowCount`, in the plan's window order.
+    package var windows = InlineArray<8, WindowState>(repeating: WindowState(remaining: 0, resetSeconds: 0))
+
+    init(planIndex: Int, windowCount: Int) {
+        self.windowCount = windowCount
+        self.report = LimitReport(planIndex: planIndex, windowIndex: 0, remaining: 0, resetSeconds: 0)
+    }
+
+    /// The denial for a refused verdict.
+    package var denial: Denial {
+        Denial(.rateLimited, retryAfterSeconds: retryAfterSeconds, limit: report)
+    }
+}

@@ -1,0 +1,171 @@
+/// Documents (one per file, in file-name order) → one immutable ``PolicySnapshot``.
+///
+/// Merge rules (POLICY.md): `listen`, `routes` and `keys` concatenate in file order;
+/// `backends` and `plans` merge and a name defined twice is an error; `store`, `admin`,
+/// `clients` and `credentials` may appear in one file only. Then cross-references are
+/// resolved: route → backend, key → plan, unique route names, key ids and key hashes,
+/// scopes → bits. Every problem is collected; nothing is built if there is one.
+enum PolicyCompiler {
+    static func compile(_ docs: [PolicyDocument], errors: inout [PolicyError]) -> PolicySnapshot? {
+        var found: [PolicyError] = []
+
+        // Scalar blocks: one file only.
+        func single<T>(_ pick: (PolicyDocument) -> PolicyDocument.Block<T>?, _ key: String) -> T? {
+            var first: PolicyDocument.Block<T>?
+            for d in docs {
+                guard let b = pick(d) else { continue }
+                if let f = first {
+                    found.append(b.at.error("already defined at \(f.at.short); '\(key)' may appear in one file only"))
+                } else {
+                    first = b
+                }
+            }
+            return first?.value
+        }
+        let admin = single({ $0.admin }, "admin")
+        let store = single({ $0.store }, "store")
+        let clients = single({ $0.clients }, "clients") ?? ClientRules()
+        let creds = single({ $0.credentials }, "credentials") ?? PolicyDocument.Credentials()
+
+        let listeners = docs.flatMap(\.listen).map {
+            ListenerSpec(host: $0.address.host, port: $0.address.port, isIPv6: $0.address.isIPv6,
+                         tlsCertificatePath: $0.tlsCertificate, tlsPrivateKeyPath: $0.tlsPrivateKey)
+        }
+
+        // Backends.
+        var backends: [BackendSpec] = []
+        var backendIndex: [String: (Int, SourceLocation)] = [:]
+        for b in docs.flatMap(\.backends) {
+            if let (_, first) = backendIndex[b.name] {
+                found.append(b.at.error("backend '\(b.name)' already defined at \(first.short)"))
+                continue
+            }
+            backendIndex[b.name] = (backends.count, b.at)
+            backends.append(BackendSpec(
+                index: backends.count, name: b.name, scheme: b.url.scheme == "https" ? .https : .http,
+                host: b.url.host, port: b.url.port, isIPv6: b.url.isIPv6, basePath: b.url.basePath,
+                injectHeader: b.injectHeader, injectSecret: b.injectSecret, connectTimeout: b.connectTimeout,
+                responseTimeout: b.responseTimeout, idleTimeout: b.idleTimeout, maxIdle: b.maxIdle))
+        }
+
+        // Plans.
+        var plans: [PlanSpec] = []
+        var planIndex: [String: (Int, SourceLocation)] = [:]
+        for p in docs.flatMap(\.plans) {
+            if let (_, first) = planIndex[p.name] {
+                found.append(p.at.error("plan '\(p.name)' already defined at \(first.short)"))
+                continue
+            }
+            if p.windows.count > PlanSpec.maxWindows {
+                found.append(p.at.error("at most \(PlanSpec.maxWindows) rate_limits per plan"))
+                continue
+            }
+            var windows: [RateWindow] = []
+            var seen: Set<String> = []
+            var ok = true
+            for w in p.windows {
+                let rw = RateWindow(plan: p.name, requests: w.requests, per: w.per, burst: w.burst)
+                if !seen.insert(rw.name).inserted {
+                    found.append(SourceLocation(file: w.at.file, line: w.at.line, keyPath: w.at.keyPath + ".per")
+                        .error("another window of plan '\(p.name)' has the same period"))
+                    ok = false
+                }
+                windows.append(rw)
+            }
+            guard ok else { continue }
+            planIndex[p.name] = (plans.count, p.at)
+            plans.append(PlanSpec(index: plans.count, name: p.name, windows: windows))
+        }
+
+        // Routes: scopes are interned in route order.
+        var scopeTable = ScopeTable()
+        var routes: [RouteSpec] = []
+        var routeNames: [String: SourceLocation] = [:]
+        for r in docs.flatMap(\.routes) {
+            var ok = true
+            if let first = routeNames[r.name] {
+                found.append(r.nameAt.error("duplicate route name '\(r.name)' (first at \(first.short))"))
+                ok = false
+            } else {
+                routeNames[r.name] = r.nameAt
+            }
+            let backend = backendIndex[r.backend]?.0
+            if backend == nil {
+                found.append(r.backendAt.error("unknown backend '\(r.backend)'"))
+                ok = false
+            }
+            var scopes = ScopeSet()
+            for s in r.scopes {
+                if let bit = scopeTable.intern(s) { scopes.insert(bit: bit) } else {
+                    found.append(r.scopesAt.error("more than \(ScopeSet.capacity) distinct scopes across routes"))
+                    ok = false
+                    break
+                }
+            }
+            guard ok, let backend else { continue }
+            routes.append(RouteSpec(
+                index: routes.count, name: r.name, backend: backend, scopes: scopes, scopeNames: r.scopes,
+                requiresHTTPS: r.requiresHTTPS, isPublic: r.isPublic, creditsPerRequest: r.creditsPerRequest,
+                maxBodyBytes: r.maxBodyBytes, methods: r.methods, path: r.path, isPrefix: r.isPrefix))
+        }
+
+        // Keys.
+        let allKeys = docs.flatMap(\.keys)
+        var keys: [KeyRecord] = []
+        keys.reserveCapacity(allKeys.count)
+        var byHash: [KeyHash: KeyRecord] = [:]
+        byHash.reserveCapacity(allKeys.count)
+        var ids: [String: SourceLocation] = [:]
+        ids.reserveCapacity(allKeys.count)
+        var hashes: [KeyHash: (String, SourceLocation)] = [:]
+        hashes.reserveCapacity(allKeys.count)
+        for k in allKeys {
+            var ok = true
+            if let first = ids[k.id] {
+                found.append(k.idAt.error("duplicate key id '\(k.id)' (first at \(first.short))"))
+                ok = false
+            } else {
+                ids[k.id] = k.idAt
+            }
+            if let (other, at) = hashes[k.hash] {
+                found.append(k.hashAt.error("hash already declared for key '\(other)' (\(at.short))"))
+                ok = false
+            } else {
+                hashes[k.hash] = (k.id, k.hashAt)
+            }
+            var plan: Int?
+            if let name = k.plan {
+                plan = planIndex[name]?.0
+                if plan == nil {
+                    found.append(k.planAt.error("unknown plan '\(name)'"))
+                    ok = false
+                }
+            }
+            guard ok else { continue }
+            let rec = KeyRecord(id: k.id, hash: k.hash, prefix: "", consumer: k.consumer, planIndex: plan,
+                                scopes: scopeTable.set(of: k.scopes), scopeNames: k.scopes, allowIPs: k.allowIPs,
+                                expiresAt: k.expiresAt, status: k.status)
+            keys.append(rec)
+            byHash[k.hash] = rec
+        }
+
+        errors.append(contentsOf: found)
+        guard errors.isEmpty else { return nil }
+        return PolicySnapshot(
+            listeners: listeners,
+            admin: admin.map { AdminSpec(host: $0.address.host, port: $0.address.port, isIPv6: $0.address.isIPv6) },
+            store: store.map { s in
+                s.redis.map {
+                    StoreSpec(url: $0.text, isTLS: $0.isTLS, host: $0.host, port: $0.port, database: $0.database,
+                              password: $0.password, onError: s.onError, deadline: s.deadline)
+                }
+            } ?? nil,
+            storeFailMode: store?.onError ?? .closed,
+            storeDeadline: store?.deadline ?? .milliseconds(10),
+            backends: backends,
+            credentials: CredentialRule(headerNames: creds.headers, queryParam: creds.query,
+                                        forwardsCredential: creds.forward, jwt: creds.jwt),
+            clients: clients, plans: plans, routes: RouteTable(routes), scopeTable: scopeTable,
+            keys: keys, keyIndex: byHash)
+    }
+}

@@ -1,0 +1,668 @@
+import Yams
+
+extension PolicyDocument {
+    /// Parses one file's text. Syntax and per-value errors are appended to `errors`;
+    /// whatever could be read is returned so the compiler can report further problems.
+    static func read(yaml: String, file: String, errors: inout [PolicyError]) -> PolicyDocument {
+        var r = NodeReader(file: file)
+        var doc = PolicyDocument(file: file)
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: yaml)
+        } catch let e as YamlError {
+            errors.append(PolicyError(file: file, line: NodeReader.line(of: e), keyPath: "",
+                                      reason: "invalid YAML: " + NodeReader.problem(of: e)))
+            return doc
+        } catch {
+            errors.append(PolicyError(file: file, line: 1, keyPath: "", reason: "invalid YAML: \(error)"))
+            return doc
+        }
+        guard let root else {
+            errors.append(PolicyError(file: file, line: 1, keyPath: "", reason: "empty policy file (expected version: 1)"))
+            return doc
+        }
+        r.readDocument(root, into: &doc)
+        errors.append(contentsOf: r.errors)
+        return doc
+    }
+}
+
+/// Walks Yams nodes with line numbers, reporting every problem it sees.
+struct NodeReader {
+    let file: String
+    var errors: [PolicyError] = []
+
+    init(file: String) { self.file = file }
+
+    static func line(of e: YamlError) -> Int {
+        switch e {
+        case .scanner(_, _, let m, _), .parser(_, _, let m, _), .composer(_, _, let m, _): return max(1, m.line)
+        case .duplicatedKeysInMapping(_, let ctx): return max(1, ctx.mark.line)
+        default: return 1
+        }
+    }
+
+    static func problem(of e: YamlError) -> String {
+        switch e {
+        case .scanner(let c, let p, _, _), .parser(let c, let p, _, _), .composer(let c, let p, _, _):
+            if let c { return "\(p) (\(c.text))" }
+            return p
+        case .duplicatedKeysInMapping(let d, _): return "duplicate key " + d.map { "'\($0)'" }.joined(separator: ", ")
+        default: return "\(e)".split(separator: "\n").first.map(String.init) ?? "unreadable"
+        }
+    }
+
+    // MARK: - Primitives
+
+    static func line(_ n: Node) -> Int { max(1, n.mark?.line ?? 1) }
+
+    func loc(_ n: Node, _ path: String) -> SourceLocation {
+        SourceLocation(file: file, line: NodeReader.line(n), keyPath: path)
+    }
+
+    mutating func fail(_ n: Node, _ path: String, _ reason: String) {
+        errors.append(PolicyError(file: file, line: NodeReader.line(n), keyPath: path, reason: reason))
+    }
+
+    static func join(_ path: String, _ key: String) -> String { path.isEmpty ? key : path + "." + key }
+
+    /// The entries of a mapping, keys as strings; nil (with an error) if `n` is not one.
+    mutating func mapping(_ n: Node, _ path: String) -> [(key: String, keyNode: Node, value: Node)]? {
+        guard case .mapping(let m) = n else {
+            fail(n, path, "expected a mapping, found \(NodeReader.kind(n))")
+            return nil
+        }
+        var out: [(key: String, keyNode: Node, value: Node)] = []
+        out.reserveCapacity(m.count)
+        for (k, v) in m {
+            guard case .scalar(let s) = k else {
+                fail(k, path, "mapping keys must be plain strings")
+                continue
+            }
+            out.append((s.string, k, v))
+        }
+        return out
+    }
+
+    mutating func sequence(_ n: Node, _ path: String) -> [Node]? {
+        guard case .sequence(let s) = n else {
+            fail(n, path, "expected a list, found \(NodeReader.kind(n))")
+            return nil
+        }
+        return Array(s)
+    }
+
+    static func kind(_ n: Node) -> String {
+        switch n {
+        case .mapping: return "a mapping"
+        case .sequence: return "a list"
+        case .alias: return "an alias"
+        case .scalar(let s):
+            if isNull(n) { return "null" }
+            return "'\(s.string)'"
+        }
+    }
+
+    /// YAML core-schema null, decided from the text (plain style only) rather than via
+    /// `Node.tag`, whose resolver runs regular expressions for every scalar.
+    static func isNull(_ n: Node) -> Bool {
+        guard case .scalar(let s) = n, s.style == .plain else { return false }
+        switch s.string {
+        case "", "~", "null", "Null", "NULL": return true
+        default: return false
+        }
+    }
+
+    mutating func string(_ n: Node, _ path: String) -> String? {
+        guard case .scalar(let s) = n, !NodeReader.isNull(n) else {
+            fail(n, path, "expected a string, found \(NodeReader.kind(n))")
+            return nil
+        }
+        return s.string
+    }
+
+    mutating func nonEmptyString(_ n: Node, _ path: String) -> String? {
+        guard let s = string(n, path) else { return nil }
+        guard !s.isEmpty else { fail(n, path, "must not be empty"); return nil }
+        return s
+    }
+
+    mutating func name(_ n: Node, _ path: String) -> String? {
+        guard let s = string(n, path) else { return nil }
+        guard PolicyValues.isName(s) else {
+            fail(n, path, "invalid name '\(s)' (letters, digits, '-', '_', '.', ':')")
+            return nil
+        }
+        return s
+    }
+
+    mutating func int(_ n: Node, _ path: String, min: Int, max: Int = Int.max) -> Int? {
+        guard case .scalar(let s) = n, s.style == .plain, let v = Int(s.string) else {
+            fail(n, path, "expected an integer, found \(NodeReader.kind(n))")
+            return nil
+        }
+        guard v >= min, v <= max else {
+            fail(n, path, max == Int.max ? "must be at least \(min)" : "must be between \(min) and \(max)")
+            return nil
+        }
+        return v
+    }
+
+    mutating func bool(_ n: Node, _ path: String) -> Bool? {
+        guard case .scalar(let s) = n, s.style == .plain else {
+            fail(n, path, "expected true or false, found \(NodeReader.kind(n))")
+            return nil
+        }
+        switch s.string {
+        case "true", "True", "TRUE": return true
+        case "false", "False", "FALSE": return false
+        default:
+            fail(n, path, "expected true or false, found '\(s.string)'")
+            return nil
+        }
+    }
+
+    mutating func duration(_ n: Node, _ path: String, allowZero: Bool = false) -> Duration? {
+        guard let s = string(n, path) else { return nil }
+        guard let d = PolicyValues.duration(s) else {
+            fail(n, path, "invalid duration '\(s)' (expected a number followed by ms, s, m, h or d)")
+            return nil
+        }
+        guard allowZero || d > .zero else { fail(n, path, "duration must be greater than zero"); return nil }
+        return d
+    }
+
+    mutating func size(_ n: Node, _ path: String) -> Int? {
+        guard let s = string(n, path) else { return nil }
+        guard let v = PolicyValues.size(s), v > 0 else {
+            fail(n, path, "invalid size '\(s)' (expected bytes, or a number followed by KiB, MiB or GiB)")
+            return nil
+        }
+        return v
+    }
+
+    mutating func stringList(_ n: Node, _ path: String) -> [String]? {
+        guard let items = sequence(n, path) else { return nil }
+        var out: [String] = []
+        var ok = true
+        for (i, item) in items.enumerated() {
+            if let s = nonEmptyString(item, "\(path)[\(i)]") { out.append(s) } else { ok = false }
+        }
+        return ok ? out : nil
+    }
+
+    mutating func cidrs(_ n: Node, _ path: String) -> CIDRSet? {
+        guard let items = sequence(n, path) else { return nil }
+        var out: [CIDR] = []
+        var ok = true
+        for (i, item) in items.enumerated() {
+            let p = "\(path)[\(i)]"
+            guard let s = string(item, p) else { ok = false; continue }
+            switch CIDR.parse(s) {
+            case .success(let c): out.append(c)
+            case .failure(.hostBitsSet):
+                fail(item, p, "invalid CIDR '\(s)' (address has bits set beyond the prefix)"); ok = false
+            case .failure:
+                fail(item, p, "invalid CIDR '\(s)'"); ok = false
+            }
+        }
+        return ok ? CIDRSet(out) : nil
+    }
+
+    mutating func address(_ n: Node, _ path: String) -> PolicyValues.HostPort? {
+        guard let s = string(n, path) else { return nil }
+        guard let a = PolicyValues.address(s, allowZeroPort: true) else {
+            fail(n, path, "invalid address '\(s)' (expected IPv4:port, [IPv6]:port or localhost:port)")
+            return nil
+        }
+        return a
+    }
+
+    mutating func unknown(_ keyNode: Node, _ path: String) {
+        fail(keyNode, path, "unknown field")
+    }
+
+    mutating func missing(_ n: Node, _ path: String, _ field: String) {
+        fail(n, NodeReader.join(path, field), "missing required field")
+    }
+
+    // MARK: - Document
+
+    mutating func readDocument(_ root: Node, into doc: inout PolicyDocument) {
+        guard let top = mapping(root, "") else { return }
+        for (k, kn, v) in top {
+            switch k {
+            case "version":
+                if let n = int(v, k, min: 0) {
+                    if n == 1 { doc.version = 1 } else { fail(v, k, "unsupported version \(n) (expected 1)") }
+                }
+            case "listen":
+                guard let items = sequence(v, k) else { continue }
+                for (i, item) in items.enumerated() {
+                    if let l = readListen(item, "listen[\(i)]") { doc.listen.append(l) }
+                }
+            case "admin":
+                if let a = readAdmin(v, k) { doc.admin = .init(value: a, at: loc(kn, k)) }
+            case "store":
+                if let s = readStore(v, k) { doc.store = .init(value: s, at: loc(kn, k)) }
+            case "clients":
+                if let c = readClients(v, k) { doc.clients = .init(value: c, at: loc(kn, k)) }
+            case "credentials":
+                if let c = readCredentials(v, k) { doc.credentials = .init(value: c, at: loc(kn, k)) }
+            case "backends":
+                guard let m = mapping(v, k) else { continue }
+                for (name, nameNode, b) in m {
+                    let p = k + "." + name
+                    guard PolicyValues.isName(name) else { fail(nameNode, p, "invalid backend name"); continue }
+                    if let be = readBackend(b, p, name: name, at: loc(nameNode, p)) { doc.backends.append(be) }
+                }
+            case "plans":
+                guard let m = mapping(v, k) else { continue }
+                for (name, nameNode, pl) in m {
+                    let p = k + "." + name
+                    guard PolicyValues.isName(name) else { fail(nameNode, p, "invalid plan name"); continue }
+                    if let plan = readPlan(pl, p, name: name, at: loc(nameNode, p)) { doc.plans.append(plan) }
+                }
+            case "routes":
+                guard let items = sequence(v, k) else { continue }
+                for (i, item) in items.enumerated() {
+                    if let rt = readRoute(item, "routes[\(i)]") { doc.routes.append(rt) }
+                }
+            case "keys":
+                guard let items = sequence(v, k) else { continue }
+                doc.keys.reserveCapacity(items.count)
+                for (i, item) in items.enumerated() {
+                    if let key = readKey(item, "keys[\(i)]") { doc.keys.append(key) }
+                }
+            default:
+                unknown(kn, k)
+            }
+        }
+        if doc.version == nil, !top.contains(where: { $0.key == "version" }) {
+            fail(root, "version", "missing required field (expected version: 1)")
+        }
+    }
+
+    mutating func readListen(_ n: Node, _ path: String) -> PolicyDocument.Listen? {
+        guard let m = mapping(n, path) else { return nil }
+        var address: PolicyValues.HostPort?
+        var cert: String?, key: String?
+        var ok = true
+        for (k, kn, v) in m {
+            let p = NodeReader.join(path, k)
+            switch k {
+            case "address": address = self.address(v, p); ok = ok && address != nil
+            case "tls":
+                guard let t = mapping(v, p) else { ok = false; continue }
+                for (tk, tkn, tv) in t {
+                    let tp = NodeReader.join(p, tk)
+                    switch tk {
+                    case "certificate": cert = nonEmptyString(tv, tp)
+                    case "private_key": key = nonEmptyString(tv, tp)
+                    default: unknown(tkn, tp); ok = false
+                    }
+                }
+                if cert == nil, !t.contains(where: { $0.key == "certificate" }) { missing(v, p, "certificate"); ok = false }
+                if key == nil, !t.contains(where: { $0.key == "private_key" }) { missing(v, p, "private_key"); ok = false }
+                if cert == nil || key == nil { ok = false }
+            default: unknown(kn, p); ok = false
+            }
+        }
+        if !m.contains(where: { $0.key == "address" }) { missing(n, path, "address") }
+        guard ok, let address else { return nil }
+        return .init(address: address, tlsCertificate: cert, tlsPrivateKey: key)
+    }
+
+    mutating func readAdmin(_ n: Node, _ path: String) -> PolicyDocument.Admin? {
+        guard let m = mapping(n, path) else { return nil }
+        var address: PolicyValues.HostPort?
+        for (k, kn, v) in m {
+            let p = NodeReader.join(path, k)
+            switch k {
+            case "address": address = self.address(v, p)
+            default: unknown(kn, p)
+            }
+        }
+        if !m.contains(where: { $0.key == "address" }) { missing(n, path, "address") }
+        return address.map { .init(address: $0) }
+    }
+
+    mutating func readStore(_ n: Node, _ path: String) -> PolicyDocument.Store? {
+        guard let m = mapping(n, path) else { return nil }
+        var s = PolicyDocument.Store()
+        for (k, kn, v) in m {
+            let p = NodeReader.join(path, k)
+            switch k {
+            case "redis":
+                if NodeReader.isNull(v) { continue }
+                guard let text = string(v, p) else { continue }
+                if let u = PolicyValues.redisURL(text) { s.redis = u } else {
+                    fail(v, p, "invalid Redis URL '\(text)' (expected redis://host:port[/db] or rediss://…)")
+                }
+            case "on_error":
+                guard let text = string(v, p) else { continue }
+                if let mode = StoreFailMode(rawValue: text) { s.onError = mode } else {
+                    fail(v, p, "invalid value '\(text)' (expected closed, open or local)")
+                }
+            case "deadline":
+                if let d = duration(v, p) { s.deadline = d }
+            default: unknown(kn, p)
+            }
+        }
+        return s
+    }
+
+    mutating func readClients(_ n: Node, _ path: String) -> ClientRules? {
+        guard let m = mapping(n, path) else { return nil }
+        var c = ClientRules()
+        for (k, kn, v) in m {
+            let p = NodeReader.join(path, k)
+            switch k {
+            case "trusted_proxies": if let s = cidrs(v, p) { c.trustedProxies = s }
+            case "deny": if let s = cidrs(v, p) { c.deny = s }
+            case "allow": if let s = cidrs(v, p) { c.allow = s }
+            default: unknown(kn, p)
+            }
+        }
+        return c
+    }
+
+    mutating func readCredentials(_ n: Node, _ path: String) -> PolicyDocument.Credentials? {
+        guard let m = mapping(n, path) else { return nil }
+        var c = PolicyDocument.Credentials()
+        for (k, kn, v) in m {
+            let p = NodeReader.join(path, k)
+            switch k {
+            case "api_key":
+                guard let a = mapping(v, p) else { continue }
+                for (ak, akn, av) in a {
+                    let ap = NodeReader.join(p, ak)
+                    switch ak {
+                    case "headers":
+                        guard let hs = stringList(av, ap) else { continue }
+                        var good: [String] = []
+                        for (i, h) in hs.enumerated() {
+                            if PolicyValues.isToken(h), h.lowercased() != "authorization" { good.append(h) } else {
+                                fail(av, "\(ap)[\(i)]", "invalid header name '\(h)'")
+                            }
+                        }
+                        c.headers = good
+                    case "query":
+                        if NodeReader.isNull(av) { c.query = nil; continue }
+                        if let q = nonEmptyString(av, ap) {
+                            if q.utf8.allSatisfy({ PathNormalizer.isUnreserved($0) }) { c.query = q } else {
+                                fail(av, ap, "invalid query parameter name '\(q)'")
+                            }
+                        }
+                    case "forward":
+                        if let b = bool(av, ap) { c.forward = b }
+                    default: unknown(akn, ap)
+                    }
+                }
+            case "jwt":
+                guard let j = mapping(v, p) else { continue }
+                var rule = JWTRule(algorithms: [], secretEnv: "", requiredClaims: [])
+                var hasSecret = false
+                for (jk, jkn, jv) in j {
+                    let jp = NodeReader.join(p, jk)
+                    switch jk {
+                    case "algorithms":
+                        guard let algs = stringList(jv, jp) else { continue }
+                        for (i, a) in algs.enumerated() where !JWTRule.knownAlgorithms.contains(a) {
+                            fail(jv, "\(jp)[\(i)]", "unsupported algorithm '\(a)'")
+                        }
+                        rule.algorithms = algs.filter { JWTRule.knownAlgorithms.contains($0) }
+                    case "secret_env":
+                        if let s = nonEmptyString(jv, jp) { rule.secretEnv = s; hasSecret = true }
+                    case "required_claims":
+                        guard let cm = mapping(jv, jp) else { continue }
+                        for (ck, _, cv) in cm {
+                            if let s = string(cv, NodeReader.join(jp, ck)) {
+                                rule.requiredClaims.append(.init(name: ck, value: s))
+                            }
+                        }
+                    default: unknown(jkn, jp)
+                    }
+                }
+                if rule.algorithms.isEmpty, !j.contains(where: { $0.key == "algorithms" }) { missing(v, p, "algorithms") }
+                if !hasSecret, !j.contains(where: { $0.key == "secret_env" }) { missing(v, p, "secret_env") }
+                c.jwt = rule
+            default: unknown(kn, p)
+            }
+        }
+        return c
+    }
+
+    mutating func readBackend(_ n: Node, _ path: String, name: String, at: SourceLocation) -> PolicyDocument.Backend? {
+        guard let m = mapping(n, path) else { return nil }
+        var url: PolicyValues.ParsedURL?
+        var b = PolicyDocument.Backend(name: name, at: at,
+                                       url: .init(scheme: "http", host: "", port: 0, isIPv6: false, basePath: ""))
+        for (k, kn, v) in m {
+            let p = NodeReader.join(path, k)
+            switch k {
+            case "url":
+                guard let s = string(v, p) else { continue }
+                url = PolicyValues.url(s, schemes: ["http": 80, "https": 443])
+                if url == nil { fail(v, p, "invalid URL '\(s)' (expected http://host:port[/base] or https://…)") }
+            case "inject":
+                guard let im = mapping(v, p) else { continue }
+                for (ik, ikn, iv) in im {
+                    let ip = NodeReader.join(p, ik)
+                    switch ik {
+                    case "header":
+                        if let h = string(iv, ip) {
+                            if PolicyValues.isToken(h) { b.injectHeader = h } else { fail(iv, ip, "invalid header name '\(h)'") }
+                        }
+                    case "secret": b.injectSecret = nonEmptyString(iv, ip)
+                    default: unknown(ikn, ip)
+                    }
+                }
+                if b.injectHeader == nil, !im.contains(where: { $0.key == "header" }) { missing(v, p, "header") }
+                if b.injectSecret == nil, !im.contains(where: { $0.key == "secret" }) { missing(v, p, "secret") }
+            case "timeouts":
+                guard let tm = mapping(v, p) else { continue }
+                for (tk, tkn, tv) in tm {
+                    let tp = NodeReader.join(p, tk)
+                    switch tk {
+                    case "connect": if let d = duration(tv, tp) { b.connectTimeout = d }
+                    case "response": if let d = duration(tv, tp) { b.responseTimeout = d }
+                    case "idle": if let d = duration(tv, tp) { b.idleTimeout = d }
+                    default: unknown(tkn, tp)
+                    }
+                }
+            case "pool":
+                guard let pm = mapping(v, p) else { continue }
+                for (pk, pkn, pv) in pm {
+                    let pp = NodeReader.join(p, pk)
+                    switch pk {
+                    case "max_idle": if let i = int(pv, pp, min: 0, max: 100_000) { b.maxIdle = i }
+                    default: unknown(pkn, pp)
+                    }
+                }
+            default: unknown(kn, p)
+            }
+        }
+        if !m.contains(where: { $0.key == "url" }) { missing(n, path, "url") }
+        guard let url else { return nil }
+        b.url = url
+        return b
+    }
+
+    mutating func readPlan(_ n: Node, _ path: String, name: String, at: SourceLocation) -> PolicyDocument.Plan? {
+        var plan = PolicyDocument.Plan(name: name, at: at, windows: [])
+        if NodeReader.isNull(n) { return plan }
+        guard let m = mapping(n, path) else { return nil }
+        for (k, kn, v) in m {
+            let p = NodeReader.join(path, k)
+            switch k {
+            case "rate_limits":
+                guard let items = sequence(v, p) else { continue }
+                for (i, item) in items.enumerated() {
+                    let wp = "\(p)[\(i)]"
+                    guard let wm = mapping(item, wp) else { continue }
+                    var requests: Int?, per: Duration?, burst: Int?
+                    var ok = true
+                    for (wk, wkn, wv) in wm {
+                        let fp = NodeReader.join(wp, wk)
+                        switch wk {
+                        case "requests": requests = int(wv, fp, min: 1, max: 1_000_000_000); ok = ok && requests != nil
+                        case "per": per = duration(wv, fp); ok = ok && per != nil
+                        case "burst": burst = int(wv, fp, min: 1, max: 1_000_000_000); ok = ok && burst != nil
+                        default: unknown(wkn, fp); ok = false
+                        }
+                    }
+                    if !wm.contains(where: { $0.key == "requests" }) { missing(item, wp, "requests"); ok = false }
+                    if !wm.contains(where: { $0.key == "per" }) { missing(item, wp, "per"); ok = false }
+                    if ok, let requests, let per {
+                        plan.windows.append(.init(requests: requests, per: per, burst: burst, at: loc(item, wp)))
+                    }
+                }
+            default: unknown(kn, p)
+            }
+        }
+        return plan
+    }
+
+    mutating func readRoute(_ n: Node, _ path: String) -> PolicyDocument.Route? {
+        guard let m = mapping(n, path) else { return nil }
+        var ok = true
+        var name: String?, nameAt = loc(n, path + ".name")
+        var methods = MethodSet.any
+        var matchPath: [UInt8]?, isPrefix = false
+        var backend: String?, backendAt = loc(n, path + ".backend")
+        var scopes: [String] = [], scopesAt = loc(n, path + ".scopes")
+        var requiresHTTPS = false, isPublic = false
+        var credits = 0
+        var maxBody = 10 << 20
+        for (k, kn, v) in m {
+            let p = NodeReader.join(path, k)
+            switch k {
+            case "name":
+                name = self.name(v, p); nameAt = loc(v, p); ok = ok && name != nil
+            case "match":
+                guard let mm = mapping(v, p) else { ok = false; continue }
+                var seen = 0
+                for (mk, mkn, mv) in mm {
+                    let mp = NodeReader.join(p, mk)
+                    switch mk {
+                    case "methods":
+                        guard let names = stringList(mv, mp) else { ok = false; continue }
+                        var set = MethodSet()
+                        for (i, s) in names.enumerated() {
+                            if let bit = MethodSet.named(s) { set.insert(bit) } else {
+                                fail(mv, "\(mp)[\(i)]", "unknown method '\(s)'"); ok = false
+                            }
+                        }
+                        if names.isEmpty { fail(mv, mp, "must list at least one method (omit it for any)"); ok = false }
+                        methods = set
+                    case "path", "path_prefix":
+                        seen += 1
+                        guard let s = string(mv, mp) else { ok = false; continue }
+                        guard s.hasPrefix("/") else { fail(mv, mp, "must start with '/'"); ok = false; continue }
+                        guard PathNormalizer.normalizedString(s) == s else {
+                            fail(mv, mp, "'\(s)' is not in normalised form (no '//', '.', '..', ';' or encoded unreserved characters)")
+                            ok = false; continue
+                        }
+                        matchPath = Array(s.utf8)
+                        isPrefix = mk == "path_prefix"
+                    default: unknown(mkn, mp); ok = false
+                    }
+                }
+                if seen == 0 { fail(v, p, "needs path or path_prefix"); ok = false }
+                if seen > 1 { fail(v, p, "has both path and path_prefix"); ok = false }
+            case "backend":
+                backend = string(v, p); backendAt = loc(v, p); ok = ok && backend != nil
+            case "scopes":
+                scopesAt = loc(v, p)
+                if let s = stringList(v, p) { scopes = s } else { ok = false }
+            case "require_https":
+                if let b = bool(v, p) { requiresHTTPS = b } else { ok = false }
+            case "auth":
+                guard let s = string(v, p) else { ok = false; continue }
+                switch s {
+                case "none": isPublic = true
+                case "required": isPublic = false
+                default: fail(v, p, "invalid value '\(s)' (expected none or required)"); ok = false
+                }
+            case "credits":
+                guard let cm = mapping(v, p) else { ok = false; continue }
+                for (ck, ckn, cv) in cm {
+                    let cp = NodeReader.join(p, ck)
+                    switch ck {
+                    case "per_request": if let c = int(cv, cp, min: 0, max: 1_000_000_000) { credits = c } else { ok = false }
+                    default: unknown(ckn, cp); ok = false
+                    }
+                }
+            case "max_body":
+                if let s = size(v, p) { maxBody = s } else { ok = false }
+            default: unknown(kn, p); ok = false
+            }
+        }
+        for required in ["name", "match", "backend"] where !m.contains(where: { $0.key == required }) {
+            missing(n, path, required); ok = false
+        }
+        if isPublic, !scopes.isEmpty {
+            fail(n, path + ".scopes", "a route with auth: none cannot require scopes"); ok = false
+        }
+        guard ok, let name, let matchPath, let backend else { return nil }
+        return .init(name: name, at: loc(n, path), nameAt: nameAt, methods: methods, path: matchPath, isPrefix: isPrefix,
+                     backend: backend, backendAt: backendAt, scopes: scopes, scopesAt: scopesAt,
+                     requiresHTTPS: requiresHTTPS, isPublic: isPublic, creditsPerRequest: credits,
+                     maxBodyBytes: maxBody)
+    }
+
+    mutating func readKey(_ n: Node, _ path: String) -> PolicyDocument.Key? {
+        guard let m = mapping(n, path) else { return nil }
+        var ok = true
+        var id: String?, idAt = loc(n, path + ".id")
+        var hash: KeyHash?, hashAt = loc(n, path + ".hash")
+        var consumer: String?
+        var plan: String?, planAt = loc(n, path + ".plan")
+        var scopes: [String] = []
+        var allow: CIDRSet?
+        var expires: Int64?
+        var status = KeyStatus.active
+        for (k, kn, v) in m {
+            let p = NodeReader.join(path, k)
+            switch k {
+            case "id": id = name(v, p); idAt = loc(v, p); ok = ok && id != nil
+            case "hash":
+                hashAt = loc(v, p)
+                guard let s = string(v, p) else { ok = false; continue }
+                hash = PolicyValues.hash(s)
+                if hash == nil {
+                    fail(v, p, "invalid hash (expected sha256: followed by 64 lowercase hex digits)"); ok = false
+                }
+            case "consumer": consumer = nonEmptyString(v, p); ok = ok && consumer != nil
+            case "plan":
+                planAt = loc(v, p)
+                if NodeReader.isNull(v) { continue }
+                plan = string(v, p); ok = ok && plan != nil
+            case "scopes": if let s = stringList(v, p) { scopes = s } else { ok = false }
+            case "allow_ips":
+                if NodeReader.isNull(v) { continue }
+                allow = cidrs(v, p); ok = ok && allow != nil
+            case "expires":
+                if NodeReader.isNull(v) { continue }
+                guard let s = string(v, p) else { ok = false; continue }
+                expires = PolicyValues.timestamp(s)
+                if expires == nil {
+                    fail(v, p, "invalid timestamp '\(s)' (expected RFC 3339, e.g. 2027-01-01T00:00:00Z)"); ok = false
+                }
+            case "status":
+                guard let s = string(v, p) else { ok = false; continue }
+                if let st = KeyStatus(rawValue: s) { status = st } else {
+                    fail(v, p, "invalid value '\(s)' (expected active, disabled or revoked)"); ok = false
+                }
+            default: unknown(kn, p); ok = false
+            }
+        }
+        for required in ["id", "hash", "consumer"] where !m.contains(where: { $0.key == required }) {
+            missing(n, path, required); ok = false
+        }
+        guard ok, let id, let hash, let consumer else { return nil }
+        return .init(id: id, idAt: idAt, hash: hash, hashAt: hashAt, consumer: consumer, plan: plan, planAt: planAt,
+                     scopes: scopes, allowIPs: allow, expiresAt: expires, status: status)
+    }
+}

@@ -1,0 +1,169 @@
+/// The policy file as written: one value per YAML file, before merging and before
+/// cross-references (backend and plan names, duplicates, scopes) are resolved.
+///
+/// It is built by walking Yams' `Node` tree (``PolicyDocument/read(yaml:file:)``) rather
+/// than through `Decodable`, because every error must name the line of the offending
+/// key, and unknown keys must be errors; each value that a later check refers to keeps
+/// its ``SourceLocation``. These are the only String-keyed types; everything after the
+/// compiler is indices, bitsets and bytes.
+///
+/// Fields are those of `shared/POLICY.md`, plus these extensions:
+///
+/// ```yaml
+/// version: 1                        # required in every file
+/// listen:
+///   - address: 0.0.0.0:8443         # a.b.c.d:port, [v6]:port or localhost:port (port 0 = any)
+///     tls: {certificate: PATH, private_key: PATH}   # parsed and kept
+/// store:
+///   redis: redis://[:password@]host[:port][/db]    # or rediss://
+///   on_error: closed                # closed | open | local (default closed)
+///   deadline: 10ms                  # default 10ms
+/// credentials:
+///   api_key: {headers: [X-API-Key], query: null, forward: false}   # these are the defaults
+///   jwt: {algorithms: [HS256], secret_env: NAME, required_claims: {type: access}}  # kept
+/// backends:
+///   NAME:
+///     url: http://host:port[/base]  # https allowed; the base path is prefixed upstream
+///     inject: {header: Authorization, secret: NAME}   # parsed and kept
+///     timeouts: {connect: 2s, response: 30s, idle: 300s}   # the defaults
+///     pool: {max_idle: 64}          # default 64 idle connections per loop
+/// plans:
+///   NAME:
+///     rate_limits:
+///       - {requests: 10, per: 1s, burst: 20}   # burst defaults to requests; ≤ 8 windows
+/// routes:
+///   - name: NAME                    # unique, [A-Za-z0-9_.:-]
+///     match: {methods: [GET], path: /exact}     # or path_prefix; exactly one of them;
+///                                   # methods omitted = any; paths in normalised form
+///     backend: NAME
+///     scopes: [a, b]                # all required
+///     require_https: false
+///     auth: none                    # none | required (default required)
+///     credits: {per_request: 1}     # default 0
+///     max_body: 1MiB                # default 10MiB; bytes, KiB, MiB, GiB
+/// keys:
+///   - id: ID                        # unique across files
+///     hash: sha256:<64 lowercase hex>   # unique across files
+///     consumer: NAME
+///     plan: NAME                    # optional: no plan = no rate limits
+///     scopes: [a, b]                # default []
+///     allow_ips: [CIDR]             # optional
+///     expires: 2027-01-01T00:00:00Z # optional, RFC 3339
+///     status: active                # active | disabled | revoked
+/// ```
+///
+/// Durations: an integer and one of `ms`, `s`, `m`, `h`, `d`. CIDRs: `a.b.c.d/n`,
+/// `v6/n` or a bare address; host bits must be zero.
+struct PolicyDocument {
+    var file: String
+    var version: Int?
+    var listen: [Listen] = []
+    var admin: Block<Admin>?
+    var store: Block<Store>?
+    var clients: Block<ClientRules>?
+    var credentials: Block<Credentials>?
+    var backends: [Backend] = []
+    var plans: [Plan] = []
+    var routes: [Route] = []
+    var keys: [Key] = []
+
+    init(file: String) { self.file = file }
+
+    /// A scalar block (`store`, `admin`, …) that may appear in one file only.
+    struct Block<T> {
+        var value: T
+        var at: SourceLocation
+    }
+
+    struct Listen {
+        var address: PolicyValues.HostPort
+        var tlsCertificate: String?
+        var tlsPrivateKey: String?
+    }
+
+    struct Admin {
+        var address: PolicyValues.HostPort
+    }
+
+    struct Store {
+        var redis: PolicyValues.RedisURL?
+        var onError: StoreFailMode = .closed
+        var deadline: Duration = .milliseconds(10)
+    }
+
+    struct Credentials {
+        var headers: [String] = ["X-API-Key"]
+        var query: String?
+        var forward = false
+        var jwt: JWTRule?
+    }
+
+    struct Backend {
+        var name: String
+        var at: SourceLocation
+        var url: PolicyValues.ParsedURL
+        var injectHeader: String?
+        var injectSecret: String?
+        var connectTimeout: Duration = .seconds(2)
+        var responseTimeout: Duration = .seconds(30)
+        var idleTimeout: Duration = .seconds(300)
+        var maxIdle = 64
+    }
+
+    struct Plan {
+        var name: String
+        var at: SourceLocation
+        var windows: [Window]
+    }
+
+    struct Window {
+        var requests: Int
+        var per: Duration
+        var burst: Int?
+        var at: SourceLocation
+    }
+
+    struct Route {
+        var name: String
+        var at: SourceLocation
+        var nameAt: SourceLocation
+        var methods: MethodSet
+        var path: [UInt8]
+        var isPrefix: Bool
+        var backend: String
+        var backendAt: SourceLocation
+        var scopes: [String]
+        var scopesAt: SourceLocation
+        var requiresHTTPS: Bool
+        var isPublic: Bool
+        var creditsPerRequest: Int
+        var maxBodyBytes: Int
+    }
+
+    struct Key {
+        var id: String
+        var idAt: SourceLocation
+        var hash: KeyHash
+        var hashAt: SourceLocation
+        var consumer: String
+        var plan: String?
+        var planAt: SourceLocation
+        var scopes: [String]
+        var allowIPs: CIDRSet?
+        var expiresAt: Int64?
+        var status: KeyStatus
+    }
+}
+
+/// Where a value was written: file, 1-based line, key path.
+struct SourceLocation: Sendable, Equatable {
+    var file: String
+    var line: Int
+    var keyPath: String
+
+    func error(_ reason: String) -> PolicyError {
+        PolicyError(file: file, line: line, keyPath: keyPath, reason: reason)
+    }
+
+    var short: String { "\(file):\(line)" }
+}
