@@ -628,6 +628,7 @@ final class ClientConnection: EventHandler {
 
     private func upstreamFailure(_ failure: UpstreamFailure) {
         guard let up = upstream else { return }
+        if getenv("TOLLGATE_DEBUG") != nil { print("upstream failure \(failure) reused=\(up.isReused) state=\(up.state)") }
         // A reused connection closed under an idempotent, body-less request: retry once, fresh.
         if up.isReused && !hasRetried && !isResponseHeadSent && up.inBuf.readableBytes == 0
             && request.method.isIdempotent && request.framing == .none && responseBody == .awaitingHead {

@@ -15,7 +15,8 @@ final class ScriptedUpstream: @unchecked Sendable {
 
     init(handler: @escaping @Sendable (UpstreamPeer) -> Void) throws {
         self.handler = handler
-        listenFD = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let listenFD = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.listenFD = listenFD
         var one: Int32 = 1
         setsockopt(listenFD, SOL_SOCKET, SO_REUSEADDR, &one, 4)
         var sin = sockaddr_in()
@@ -27,6 +28,10 @@ final class ScriptedUpstream: @unchecked Sendable {
         _ = withUnsafeMutablePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listenFD, $0, &len) } }
         port = UInt16(bigEndian: sin.sin_port)
         listen(listenFD, 128)
+        startAccepting()
+    }
+
+    private func startAccepting() {
         let t = Thread { [self] in self.acceptLoop() }
         t.start()
     }

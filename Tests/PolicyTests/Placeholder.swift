@@ -1,1 +1,0 @@
-// PolicyTests: placeholder so the package loads; replace with real tests.
