@@ -231,6 +231,8 @@ struct NodeReader {
     mutating func readDocument(_ root: Node, into doc: inout PolicyDocument) {
         guard let top = mapping(root, "") else { return }
         for (k, kn, v) in top {
+            // An empty list/map section (`keys:` with every entry commented out) is empty.
+            if ["listen", "backends", "plans", "routes", "keys"].contains(k), NodeReader.isNull(v) { continue }
             switch k {
             case "version":
                 if let n = int(v, k, min: 0) {

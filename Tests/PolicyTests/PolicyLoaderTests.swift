@@ -281,6 +281,11 @@ struct PolicyLoaderTests {
         ])
     }
 
+    @Test func emptySectionsAreEmpty() throws {
+        let s = try PolicyLoader.load(yaml: "version: 1\nkeys:\nroutes:\nbackends:\n", file: "e.yaml")
+        #expect(s.keys.isEmpty && s.routes.isEmpty && s.backends.isEmpty)
+    }
+
     @Test func versionIsRequired() {
         #expect(errors("backends: {}\n") == ["p.yaml:1: version: missing required field (expected version: 1)"])
         #expect(errors("version: 2\n") == ["p.yaml:1: version: unsupported version 2 (expected 1)"])
