@@ -111,6 +111,7 @@ final class ClientConnection: EventHandler {
         case .closed:
             break
         }
+        drive()
     }
 
     func upstreamConnected(_ up: UpstreamConnection) {
