@@ -1,0 +1,149 @@
+import Backends
+import Foundation
+import Glibc
+import Policy
+import Runtime
+import Testing
+
+struct RedisConnectionTests {
+    @Test func connectsThenSetsAndGets() throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        let live = try LiveConnection(url: server.url)
+        defer { live.shutdown() }
+        #expect(live.waitUp())
+        #expect(live.health.all == [.up])
+
+        let c = Collector()
+        let immediate = live.on { conn -> [RedisResult?] in
+            [conn.command("SET", "greeting", "hello", waiter: c, token: 1),
+             conn.command("GET", "greeting", waiter: c, token: 2),
+             conn.command("GET", "missing", waiter: c, token: 3),
+             conn.command("INCR", "greeting", waiter: c, token: 4)]
+        }
+        #expect(immediate.allSatisfy { $0 == nil })
+        #expect(c.count == 0)   // never completed from inside the call
+        #expect(eventually { c.count == 4 })
+        #expect(c.results(for: 1).first?.replyText == "OK")
+        #expect(c.results(for: 2).first?.replyText == "hello")
+        #expect(c.results(for: 3).first?.isNilReply == true)
+        if case .reply(let r) = c.results(for: 4).first { #expect(r.isError) } else { Issue.record("no error reply") }
+    }
+
+    @Test func pipelinesABatchAndCompletesInOrder() throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        let live = try LiveConnection(url: server.url)
+        defer { live.shutdown() }
+        #expect(live.waitUp())
+        let c = Collector()
+        let n = 2000
+        live.on { conn in
+            for i in 0..<n {
+                _ = conn.command("SET", "k\(i)", "v\(i)", waiter: c, token: UInt64(2 * i))
+                _ = conn.command("GET", "k\(i)", waiter: c, token: UInt64(2 * i + 1))
+            }
+        }
+        #expect(eventually { c.count == 2 * n })
+        let all = c.all
+        #expect(all.map(\.token) == (0..<UInt64(2 * n)).map { $0 })
+        for i in stride(from: 1, to: 2 * n, by: 2) {
+            #expect(all[i].result.replyText == "v\(i / 2)")
+        }
+    }
+
+    @Test func looksUpKeyRecordsByHash() throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        let dir = try server.client()
+        let hash = KeyHash.sha256("tg_test_lookup")
+        try dir.put(KeyLogEntry(op: .put, id: "k1", hash: "sha256:" + hash.hex, prefix: "tg_test", plan: "free", at: 1))
+        let live = try LiveConnection(url: server.url)
+        defer { live.shutdown() }
+        #expect(live.waitUp())
+        let c = Collector()
+        live.on { conn in
+            _ = conn.lookupKey(hash, waiter: c, token: 1)
+            _ = conn.lookupKey(KeyHash.sha256("unknown"), waiter: c, token: 2)
+        }
+        #expect(eventually { c.count == 2 })
+        guard case .reply(.string(let json)) = c.results(for: 1).first else { Issue.record("no record"); return }
+        let rec = try RedisKeyDirectory.decode(json)
+        #expect(rec.id == "k1" && rec.status == "active" && rec.plan == "free")
+        #expect(c.results(for: 2).first?.isNilReply == true)
+    }
+
+    @Test func selectsTheURLDatabase() throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        var url = server.url
+        url.database = 5
+        let dir5 = try RedisKeyDirectory(url: url)
+        try dir5.run(["SET", "where", "db5"])
+        let live = try LiveConnection(url: url)
+        defer { live.shutdown() }
+        #expect(live.waitUp())
+        let c = Collector()
+        live.on { _ = $0.command("GET", "where", waiter: c, token: 1) }
+        #expect(eventually { c.count == 1 })
+        #expect(c.results(for: 1).first?.replyText == "db5")
+    }
+
+    @Test func timesOutAtTheDeadlineAndDropsTheLateReply() throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        var opts = RedisConnection.Options()
+        opts.failureThreshold = 100
+        let live = try LiveConnection(url: server.url, deadline: .milliseconds(50), options: opts)
+        defer { live.shutdown() }
+        #expect(live.waitUp())
+        let other = try server.client()
+        try other.run(["SET", "x", "1"])
+        // Another connection stalls the server for 300 ms (CLIENT PAUSE is DEBUG SLEEP's
+        // deterministic twin: it returns at once, then holds every other client's commands).
+        try other.run(["CLIENT", "PAUSE", "300", "ALL"])
+        let c = Collector()
+        live.on { _ = $0.command("GET", "x", waiter: c, token: 1) }
+        #expect(eventually { c.count >= 1 })
+        #expect(c.results(for: 1).count == 1)
+        #expect(c.results(for: 1).first?.isTimedOut == true)
+        // The late reply arrives after the pause; it must be dropped, and FIFO alignment kept.
+        live.on { _ = $0.command("GET", "x", waiter: c, token: 2) }
+        #expect(eventually { c.results(for: 2).contains { $0.replyText == "1" } })
+        usleep(100_000)
+        #expect(c.results(for: 1).count == 1)
+        #expect(c.results(for: 2).count == 1)
+        #expect(live.isUp)
+    }
+
+    @Test func heartbeatCountsLiveInstances() throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        var opts = RedisConnection.Options()
+        opts.heartbeatInterval = .milliseconds(100)
+        let a = try LiveConnection(url: server.url, instanceID: "instance-a", options: opts)
+        defer { a.shutdown() }
+        let b = try LiveConnection(url: server.url, instanceID: "instance-b", options: opts)
+        defer { b.shutdown() }
+        #expect(a.waitUp() && b.waitUp())
+        #expect(eventually { a.on { $0.liveInstances } == 2 && b.on { $0.liveInstances } == 2 })
+        let members = try server.client().run(["ZRANGE", "tg:instances", "0", "-1"])
+        guard case .array(let ids) = members else { Issue.record("no set"); return }
+        #expect(Set(ids.compactMap(\.text)) == ["instance-a", "instance-b"])
+    }
+
+    @Test func stopCompletesOrAnswersEveryPendingCommand() throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        let live = try LiveConnection(url: server.url)
+        #expect(live.waitUp())
+        let c = Collector()
+        live.on { conn in
+            for i in 0..<100 { _ = conn.command("PING", waiter: c, token: UInt64(i)) }
+            conn.stop()
+        }
+        #expect(eventually { c.count == 100 })
+        live.thread.shutdown()
+        #expect(Set(c.all.map(\.token)).count == 100)
+    }
+}
