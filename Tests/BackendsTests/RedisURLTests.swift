@@ -99,7 +99,7 @@ struct RedisRESPWriterTests {
         w.reset()
         let big = [UInt8](repeating: 0x61, count: 10_000)
         w.bulk(big)
-        #expect(w.count == 10_000 + 9)
+        #expect(w.count == 10_000 + 10)   // $10000\r\n … \r\n
     }
 
     @Test func scriptSHAsAreSHA1() {

@@ -135,8 +135,11 @@ package struct RedisURL: Sendable, Equatable, CustomStringConvertible {
             user = info[..<colon]
             pass = info[info.index(after: colon)...]
         }
-        guard let u = percentDecode(user), let p = pass.map({ percentDecode($0) }) ?? .some(nil) else {
-            throw .badUserInfo(original)
+        guard let u = percentDecode(user) else { throw .badUserInfo(original) }
+        var p: String?
+        if let pass {
+            guard let decoded = percentDecode(pass) else { throw .badUserInfo(original) }
+            p = decoded
         }
         return (u.isEmpty ? nil : u, p, rest)
     }
