@@ -15,14 +15,15 @@ struct RedisConnectionTests {
         #expect(live.health.all == [.up])
 
         let c = Collector()
-        let immediate = live.on { conn -> [RedisResult?] in
-            [conn.command("SET", "greeting", "hello", waiter: c, token: 1),
-             conn.command("GET", "greeting", waiter: c, token: 2),
-             conn.command("GET", "missing", waiter: c, token: 3),
-             conn.command("INCR", "greeting", waiter: c, token: 4)]
+        let (immediate, completedInline) = live.on { conn -> ([RedisResult?], Int) in
+            let r = [conn.command("SET", "greeting", "hello", waiter: c, token: 1),
+                     conn.command("GET", "greeting", waiter: c, token: 2),
+                     conn.command("GET", "missing", waiter: c, token: 3),
+                     conn.command("INCR", "greeting", waiter: c, token: 4)]
+            return (r, c.count)
         }
         #expect(immediate.allSatisfy { $0 == nil })
-        #expect(c.count == 0)   // never completed from inside the call
+        #expect(completedInline == 0)   // never completed from inside the call
         #expect(eventually { c.count == 4 })
         #expect(c.results(for: 1).first?.replyText == "OK")
         #expect(c.results(for: 2).first?.replyText == "hello")
@@ -154,5 +155,59 @@ struct RedisConnectionTests {
         #expect(eventually { c.count == 100 })
         live.thread.shutdown()
         #expect(Set(c.all.map(\.token)).count == 100)
+    }
+}
+
+/// Issues the next command from inside each completion (the proxy's resume path).
+final class ChainWaiter: RedisWaiter {
+    let conn: RedisConnection
+    let log: Collector
+    let limit: UInt64
+    init(conn: RedisConnection, log: Collector, limit: UInt64) { self.conn = conn; self.log = log; self.limit = limit }
+
+    func redisCompleted(token: UInt64, result: RedisResult) {
+        log.redisCompleted(token: token, result: result)
+        if token + 1 < limit {
+            let immediate = conn.command("INCR", "chain", waiter: self, token: token + 1)
+            if immediate != nil { log.redisCompleted(token: 999_999, result: .unavailable) }
+        }
+    }
+}
+
+struct RedisReentrancyTests {
+    @Test func commandsIssuedFromACompletionAreSentAndAnswered() throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        let live = try LiveConnection(url: server.url)
+        defer { live.shutdown() }
+        #expect(live.waitUp())
+        let log = Collector()
+        live.on { conn in
+            let w = ChainWaiter(conn: conn, log: log, limit: 200)
+            _ = conn.command("INCR", "chain", waiter: w, token: 0)
+        }
+        #expect(eventually { log.count == 200 })
+        #expect(log.all.map(\.token) == (0..<200).map { UInt64($0) })
+        #expect(log.all.last?.result.replyText == "200")
+    }
+
+    @Test func decodesTheScriptReplyLikeTheCPath() {
+        let plan = PlanSpec(index: 2, name: "p", windows: [RateWindow(plan: "p", requests: 2, per: .seconds(4)),
+                                                          RateWindow(plan: "p", requests: 5, per: .seconds(50))])
+        // Refused by window 0 (wait 1.5 s), window 1 had 3 left.
+        let refused = RedisReply.array([.integer(0), .integer(1500), .integer(0),
+                                        .integer(0), .integer(1500), .integer(3), .integer(20_000)])
+        let v = RedisScripts.verdict(from: refused, plan: plan)
+        #expect(v?.isAllowed == false)
+        #expect(v?.retryAfterSeconds == 2)
+        #expect(v?.report == LimitReport(planIndex: 2, windowIndex: 0, remaining: 0, resetSeconds: 2))
+        #expect(v?.windows[1] == WindowState(remaining: 3, resetSeconds: 20))
+        let allowed = RedisReply.array([.integer(1), .integer(0), .integer(0),
+                                        .integer(1), .integer(2000), .integer(4), .integer(10_000)])
+        let a = RedisScripts.verdict(from: allowed, plan: plan)
+        #expect(a?.isAllowed == true && a?.retryAfterSeconds == 0)
+        #expect(a?.report == LimitReport(planIndex: 2, windowIndex: 0, remaining: 1, resetSeconds: 2))
+        #expect(RedisScripts.verdict(from: .error(Array("NOSCRIPT".utf8)), plan: plan) == nil)
+        #expect(RedisScripts.verdict(from: .array([.integer(1)]), plan: plan) == nil)
     }
 }

@@ -28,7 +28,8 @@ final class RedisLink: EventHandler, TimerHandler {
     private var wantsRead = false
     private var wantsWrite = false
     private var pollsWrite = false
-    private var inHandler = false
+    /// Inside `redisAsyncHandleWrite`: a new addWrite then means the socket buffer is full.
+    private var inWrite = false
     private var mask: EventSet = []
     private var isFlushScheduled = false
     private var isCloseScheduled = false
@@ -150,7 +151,7 @@ final class RedisLink: EventHandler, TimerHandler {
         wantsWrite = write
         if !write {
             pollsWrite = false
-        } else if !isConnected || inHandler {
+        } else if !isConnected || inWrite {
             // Connecting (writability = connect done), or a flush left bytes behind (buffer full).
             pollsWrite = true
         } else if !isFlushScheduled {
@@ -186,13 +187,13 @@ final class RedisLink: EventHandler, TimerHandler {
     // MARK: loop callbacks
 
     func handleEvent(_ events: EventSet, loop: EventLoop) {
-        inHandler = true
-        defer { inHandler = false }
         if !events.isDisjoint(with: [.readable, .error, .hangup, .readHangup]), let ac {
             redisAsyncHandleRead(ac)
         }
         if events.contains(.writable), let ac {
+            inWrite = true
             redisAsyncHandleWrite(ac)
+            inWrite = false
         }
     }
 
@@ -200,9 +201,9 @@ final class RedisLink: EventHandler, TimerHandler {
         if isFlushScheduled {
             isFlushScheduled = false
             if let ac, isConnected, wantsWrite, !pollsWrite {
-                inHandler = true
+                inWrite = true
                 redisAsyncHandleWrite(ac)
-                inHandler = false
+                inWrite = false
             }
         }
         if isCloseScheduled {
