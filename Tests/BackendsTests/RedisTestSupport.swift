@@ -9,16 +9,23 @@ import Synchronization
 final class RedisServer: @unchecked Sendable {
     // SAFETY: `process` is only touched by the test that owns the server, one call at a time.
     let port: Int
+    let extraArguments: [String]
+    let password: String?
     private var process: Process?
 
-    init() throws {
+    /// - Parameters:
+    ///   - extraArguments: more `redis-server` options (e.g. `--requirepass`).
+    ///   - password: what the readiness PING authenticates with.
+    init(extraArguments: [String] = [], password: String? = nil) throws {
+        self.extraArguments = extraArguments
+        self.password = password
         var lastError: (any Error)?
         var started: (Int, Process?)?
         for _ in 0..<5 where started == nil {
             let p = RedisServer.freePort()
             var proc: Process?
             do {
-                try RedisServer.launch(port: p, into: &proc)
+                try RedisServer.launch(port: p, extra: extraArguments, password: password, into: &proc)
                 started = (p, proc)
             } catch {
                 lastError = error
@@ -29,7 +36,7 @@ final class RedisServer: @unchecked Sendable {
         process = proc
     }
 
-    var url: RedisURL { RedisURL(endpoint: .tcp(host: "127.0.0.1", port: port)) }
+    var url: RedisURL { RedisURL(endpoint: .tcp(host: "127.0.0.1", port: port), password: password) }
     var pid: Int32 { process?.processIdentifier ?? 0 }
 
     struct Failure: Error, CustomStringConvertible {
@@ -37,11 +44,11 @@ final class RedisServer: @unchecked Sendable {
         init(_ s: String) { description = s }
     }
 
-    private static func launch(port: Int, into slot: inout Process?) throws {
+    private static func launch(port: Int, extra: [String], password: String?, into slot: inout Process?) throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/redis-server")
         p.arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                       "--daemonize", "no", "--enable-debug-command", "local"]
+                       "--daemonize", "no", "--enable-debug-command", "local"] + extra.map { $0.replacingOccurrences(of: "{port}", with: String(port)) }
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()
@@ -49,7 +56,7 @@ final class RedisServer: @unchecked Sendable {
         let until = monotonicNanos() + 5_000_000_000
         while monotonicNanos() < until {
             if !p.isRunning { slot = nil; throw Failure("redis-server exited on port \(port)") }
-            if ping(port: port) { return }
+            if ping(port: port, password: password) { return }
             usleep(10_000)
         }
         kill(p.processIdentifier, SIGKILL)
@@ -58,8 +65,8 @@ final class RedisServer: @unchecked Sendable {
         throw Failure("redis-server on port \(port) never answered PING")
     }
 
-    static func ping(port: Int) -> Bool {
-        let url = RedisURL(endpoint: .tcp(host: "127.0.0.1", port: port))
+    static func ping(port: Int, password: String? = nil) -> Bool {
+        let url = RedisURL(endpoint: .tcp(host: "127.0.0.1", port: port), password: password)
         guard let c = try? RedisKeyDirectory(url: url, timeout: .milliseconds(200)) else { return false }
         return (try? c.run(["PING"])) != nil
     }
@@ -87,7 +94,7 @@ final class RedisServer: @unchecked Sendable {
 
     /// Starts again on the same port.
     func restart() throws {
-        try RedisServer.launch(port: port, into: &process)
+        try RedisServer.launch(port: port, extra: extraArguments, password: password, into: &process)
     }
 
     func stop() { kill9() }

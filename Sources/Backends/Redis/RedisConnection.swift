@@ -523,7 +523,9 @@ package final class RedisConnection {
             let e = fifo[i]
             if e.isAbandoned { continue }
             if e.deadline <= now {
+                // Keep the slot (replies stay aligned) but drop the waiter reference now.
                 fifo[i].isAbandoned = true
+                fifo[i].kind = .ignored
                 expired.append(e)
             } else if e.deadline < next {
                 next = e.deadline

@@ -49,16 +49,11 @@ package final class RedisKeyDirectory {
             throw .connect(msg)
         }
         _ = redisSetTimeout(c, tv)
-        ctx = c
-        do {
-            if let pass = url.password {
-                if let user = url.username { _ = try run(["AUTH", user, pass]) } else { _ = try run(["AUTH", pass]) }
-            }
-            if url.database != 0 { _ = try run(["SELECT", String(url.database)]) }
-        } catch {
-            redisFree(c)
-            throw error
+        ctx = c   // from here on, deinit frees it (also when the handshake below throws)
+        if let pass = url.password {
+            if let user = url.username { try run(["AUTH", user, pass]) } else { try run(["AUTH", pass]) }
         }
+        if url.database != 0 { try run(["SELECT", String(url.database)]) }
     }
 
     deinit { redisFree(ctx) }
