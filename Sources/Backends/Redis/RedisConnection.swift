@@ -115,7 +115,7 @@ package final class RedisConnection {
         guard phase != .stopped else { return }
         let wasReady = phase == .ready
         phase = .stopped
-        setHealth(.down)
+        health = .down   // not reported: stopping is not an outage
         if let l = subLink { subLink = nil; l.closeNow() }
         guard let l = link else { return }
         if wasReady {
