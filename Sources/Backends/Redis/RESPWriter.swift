@@ -1,0 +1,169 @@
+import Policy
+
+/// Formats RESP commands (`*N\r\n$len\r\narg\r\n…`) into one reusable, growable buffer.
+/// Arguments are binary-safe; nothing is allocated per command once the buffer has grown
+/// to the largest command seen. Loop-confined, like the connection that owns it.
+///
+///     w.reset()
+///     w.arrayHeader(2)
+///     w.bulk("GET")
+///     w.bulkKey(.record, hash)          // tg:{<hex>}:key
+///     hiredis gets (w.bytes, w.count)
+package final class RESPWriter {
+    package private(set) var bytes: UnsafeMutableRawPointer
+    package private(set) var capacity: Int
+    package private(set) var count = 0
+
+    package init(capacity: Int = 512) {
+        self.capacity = max(64, capacity)
+        bytes = .allocate(byteCount: self.capacity, alignment: 8)
+    }
+    deinit { bytes.deallocate() }
+
+    @inline(__always) package func reset() { count = 0 }
+
+    /// The formatted command so far.
+    package var formatted: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: bytes, count: count) }
+
+    @inline(__always) private func reserve(_ n: Int) {
+        if count + n > capacity { grow(count + n) }
+    }
+    private func grow(_ need: Int) {
+        var c = capacity * 2
+        while c < need { c *= 2 }
+        let nb = UnsafeMutableRawPointer.allocate(byteCount: c, alignment: 8)
+        nb.copyMemory(from: bytes, byteCount: count)
+        bytes.deallocate()
+        bytes = nb
+        capacity = c
+    }
+
+    @inline(__always) private func put(_ b: UInt8) {
+        bytes.storeBytes(of: b, toByteOffset: count, as: UInt8.self)
+        count += 1
+    }
+    @inline(__always) private func crlf() { put(13); put(10) }
+    private func putRaw(_ p: UnsafeRawPointer, _ n: Int) {
+        reserve(n)
+        (bytes + count).copyMemory(from: p, byteCount: n)
+        count += n
+    }
+    /// Decimal digits of a non-negative or negative integer.
+    private func putDecimal(_ v: Int) {
+        reserve(21)
+        if v < 0 { put(UInt8(ascii: "-")) }
+        var m = v.magnitude
+        var tmp: (UInt64, UInt64, UInt64) = (0, 0, 0)
+        let n = withUnsafeMutableBytes(of: &tmp) { t -> Int in
+            var i = 24
+            repeat {
+                i -= 1
+                t[i] = UInt8(truncatingIfNeeded: m % 10) + UInt8(ascii: "0")
+                m /= 10
+            } while m > 0
+            (bytes + count).copyMemory(from: t.baseAddress! + i, byteCount: 24 - i)
+            return 24 - i
+        }
+        count += n
+    }
+    private static func decimalWidth(_ v: Int) -> Int {
+        var n = v < 0 ? 2 : 1
+        var m = v.magnitude
+        while m >= 10 { m /= 10; n += 1 }
+        return n
+    }
+
+    /// `*n\r\n`: the start of a command of `n` arguments.
+    package func arrayHeader(_ n: Int) {
+        reserve(1); put(UInt8(ascii: "*")); putDecimal(n); reserve(2); crlf()
+    }
+    /// `$len\r\n`.
+    @inline(__always) private func bulkHeader(_ len: Int) {
+        reserve(1); put(UInt8(ascii: "$")); putDecimal(len); reserve(2); crlf()
+    }
+
+    /// One binary-safe argument.
+    package func bulk(_ arg: UnsafeRawBufferPointer) {
+        bulkHeader(arg.count)
+        if let b = arg.baseAddress { putRaw(b, arg.count) }
+        reserve(2); crlf()
+    }
+    package func bulk(_ arg: [UInt8]) { arg.withUnsafeBytes { bulk($0) } }
+    package func bulk(_ arg: StaticString) {
+        bulk(UnsafeRawBufferPointer(start: arg.utf8Start, count: arg.utf8CodeUnitCount))
+    }
+    package func bulk(_ arg: String) {
+        var s = arg
+        s.withUTF8 { bulk(UnsafeRawBufferPointer($0)) }
+    }
+    /// An integer argument, as decimal text.
+    package func bulk(decimal v: Int) {
+        bulkHeader(RESPWriter.decimalWidth(v))
+        putDecimal(v)
+        reserve(2); crlf()
+    }
+
+    /// A hash-tagged key `tg:{<64 hex>}<suffix>`: every key of one API key lands in the
+    /// same Redis Cluster slot, so one script may touch all of them.
+    package func bulkKey(_ hash: KeyHash, suffix: StaticString) {
+        bulkHeader(RedisKeys.taggedPrefixLength + suffix.utf8CodeUnitCount)
+        putTaggedHash(hash)
+        putRaw(suffix.utf8Start, suffix.utf8CodeUnitCount)
+        reserve(2); crlf()
+    }
+    /// `tg:{<hex>}<suffix><index>` (the limiter's per-window keys).
+    package func bulkKey(_ hash: KeyHash, suffix: StaticString, index: Int) {
+        bulkHeader(RedisKeys.taggedPrefixLength + suffix.utf8CodeUnitCount + RESPWriter.decimalWidth(index))
+        putTaggedHash(hash)
+        putRaw(suffix.utf8Start, suffix.utf8CodeUnitCount)
+        putDecimal(index)
+        reserve(2); crlf()
+    }
+    /// A bare 64-hex-digit hash argument.
+    package func bulkHex(_ hash: KeyHash) {
+        bulkHeader(64)
+        putHex(hash)
+        reserve(2); crlf()
+    }
+
+    private func putTaggedHash(_ hash: KeyHash) {
+        reserve(RedisKeys.taggedPrefixLength)
+        put(UInt8(ascii: "t")); put(UInt8(ascii: "g")); put(UInt8(ascii: ":")); put(UInt8(ascii: "{"))
+        putHex(hash)
+        put(UInt8(ascii: "}"))
+    }
+    private func putHex(_ hash: KeyHash) {
+        reserve(64)
+        for w in [hash.w0, hash.w1, hash.w2, hash.w3] {
+            var shift: UInt64 = 60
+            while true {
+                let d = UInt8(truncatingIfNeeded: w >> shift) & 0xF
+                put(d < 10 ? d + 48 : d + 87)
+                if shift == 0 { break }
+                shift -= 4
+            }
+        }
+    }
+}
+
+/// Key names in Redis. Every per-key name carries the key hash as a Cluster hash tag.
+package enum RedisKeys {
+    /// `tg:{` + 64 hex + `}`.
+    package static let taggedPrefixLength = 4 + 64 + 1
+    /// `tg:{<hex>}:key` → the key record (JSON of ``KeyLogEntry``).
+    package static let recordSuffix: StaticString = ":key"
+    /// `tg:{<hex>}:rl:<i>` → the GCRA TAT (µs, server clock) of window `i`.
+    package static let limiterSuffix: StaticString = ":rl:"
+    /// `tg:keyid:<id>` → hex of the key with that id.
+    package static let idPrefix = "tg:keyid:"
+    /// Set of every key id stored.
+    package static let idSet = "tg:keyids"
+    /// Pub/sub channel; each message is the 64-hex hash of a key whose record changed.
+    package static let invalidationChannel = "tg:invalidate"
+    /// Sorted set instanceID → last heartbeat (server ms).
+    package static let instances = "tg:instances"
+
+    package static func record(_ hash: KeyHash) -> String { "tg:{\(hash.hex)}:key" }
+    package static func limiter(_ hash: KeyHash, window: Int) -> String { "tg:{\(hash.hex)}:rl:\(window)" }
+    package static func id(_ id: String) -> String { idPrefix + id }
+}

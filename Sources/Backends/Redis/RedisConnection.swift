@@ -1,0 +1,574 @@
+import CHiredis
+import Glibc
+import Policy
+import Runtime
+
+/// The store client of one event loop: one pipelined hiredis connection for commands (and,
+/// once ``subscribeInvalidations(_:)`` is called, a second one in subscribe mode), driven by
+/// the loop, never blocking it. Loop-confined: create, call and stop it on its loop.
+///
+/// ```
+///  lookupKey/admit/command ──format──▶ RESPWriter ──redisAsyncFormattedCommand──▶ hiredis obuf
+///        │ (immediate .unavailable when the breaker is open)            │ one write per loop turn
+///        ▼                                                              ▼
+///   FIFO of RedisPending (waiter, token, deadline) ◀──replies in order── Redis
+///        │ deadline timer: oldest live entry → .timedOut, late reply dropped
+/// ```
+///
+/// Health is a circuit breaker. It starts `.down` (nothing reported) and reports `.up` once
+/// the first handshake (AUTH, SELECT, SCRIPT LOAD) succeeds. It opens (`.down`) on a
+/// disconnect or after `failureThreshold` consecutive command timeouts; while open, every
+/// command fails fast with `.unavailable`. Recovery: reconnect with exponential back-off
+/// (`backoff` range), or, when still connected, a PING probe on each back-off tick; the
+/// first on-time answer closes it. `onStateChange` runs once per transition, on the loop.
+package final class RedisConnection {
+    package struct Options: Sendable {
+        /// Consecutive timeouts that open the breaker.
+        package var failureThreshold = 3
+        /// Reconnect/probe back-off, doubling from the lower to the upper bound.
+        package var backoff: ClosedRange<Duration> = .milliseconds(50) ... .seconds(1)
+        /// Connect + handshake must finish within this.
+        package var connectTimeout: Duration = .seconds(2)
+        /// How often this instance announces itself.
+        package var heartbeatInterval: Duration = .seconds(1)
+        /// Instances not seen for this long no longer count.
+        package var instanceWindow: Duration = .seconds(3)
+        package init() {}
+    }
+
+    enum Phase { case idle, waitingToReconnect, connecting, handshaking, ready, stopped }
+
+    package let loop: EventLoop
+    package let url: RedisURL
+    package let instanceID: String
+    let options: Options
+    let deadlineNanos: UInt64
+    private let onStateChange: (RedisHealth) -> Void
+
+    /// `.up` / `.down`; see the type's discussion.
+    package private(set) var health: RedisHealth = .down
+    /// Live instances (this one included) from the last heartbeat; kept through an outage
+    /// (that is when `local` mode needs it). ≥ 1.
+    package private(set) var liveInstances = 1
+    /// The last connection or protocol error, for logs.
+    package private(set) var lastError: String?
+
+    var phase: Phase = .idle
+    private var link: RedisLink?
+    private var fifo = RedisFIFO()
+    private let writer = RESPWriter(capacity: 1024)
+    private var consecutiveFailures = 0
+    private var probeFailures = 0
+    private var backoffNanos: UInt64
+    private var handshakeLeft = 0
+    private var connectDeadline: UInt64 = 0
+    private var reconnectAt: UInt64 = 0
+    private var probeAt: UInt64 = 0
+    private var heartbeatAt: UInt64 = 0
+    private var isProbeInFlight = false
+    private var isHeartbeatInFlight = false
+    private lazy var ticker = Ticker(self)
+    private var tickArmed: UInt64 = 0
+    private lazy var deadlineTimer = DeadlineTimer(self)
+    private var deadlineArmed: UInt64 = 0
+
+    // Invalidation subscription.
+    private var onInvalidation: (([UInt8]) -> Void)?
+    private var subLink: RedisLink?
+    private var subRetryAt: UInt64 = 0
+    private var isSubscribed = false
+
+    /// - Parameters:
+    ///   - commandDeadline: per-command bound (the policy's `store.deadline`).
+    ///   - instanceID: this process+loop's name in the instance heartbeat.
+    ///   - onStateChange: called on the loop once per health transition.
+    package init(loop: EventLoop, url: RedisURL, commandDeadline: Duration, instanceID: String,
+                 options: Options = Options(), onStateChange: @escaping (RedisHealth) -> Void) {
+        self.loop = loop
+        self.url = url
+        self.instanceID = instanceID
+        self.options = options
+        self.deadlineNanos = max(1, RedisConnection.nanos(commandDeadline))
+        self.onStateChange = onStateChange
+        self.backoffNanos = RedisConnection.nanos(options.backoff.lowerBound)
+    }
+
+    static func nanos(_ d: Duration) -> UInt64 {
+        let (s, a) = d.components
+        return UInt64(max(0, s)) &* 1_000_000_000 &+ UInt64(max(0, a / 1_000_000_000))
+    }
+
+    // MARK: lifecycle
+
+    /// Connects; reconnects with back-off for as long as the connection is not stopped.
+    package func start() {
+        loop.assertOnLoop()
+        guard phase == .idle else { return }
+        connect()
+    }
+
+    /// Stops for good. Connected: removes this instance from the heartbeat set and closes
+    /// once pending replies are in (waiters get their replies or `.disconnected`).
+    /// Otherwise pending waiters get `.disconnected` before this returns.
+    package func stop() {
+        loop.assertOnLoop()
+        guard phase != .stopped else { return }
+        let wasReady = phase == .ready
+        phase = .stopped
+        health = .down   // not reported: stopping is not an outage
+        if let l = subLink { subLink = nil; l.closeNow() }
+        guard let l = link else { return }
+        if wasReady {
+            writer.reset()
+            writer.arrayHeader(3)
+            writer.bulk("ZREM")
+            writer.bulk(RedisKeys.instances)
+            writer.bulk(instanceID)
+            _ = enqueue(.ignored, deadline: loop.now &+ deadlineNanos)
+            l.disconnectWhenDrained()
+        } else {
+            link = nil
+            l.closeNow()
+        }
+    }
+
+    private func connect() {
+        let l = RedisLink(role: .command, loop: loop, owner: self)
+        if let err = l.open(url) {
+            lastError = err
+            scheduleReconnect()
+            return
+        }
+        link = l
+        phase = .connecting
+        connectDeadline = loop.now &+ RedisConnection.nanos(options.connectTimeout)
+        armTick(connectDeadline)
+    }
+
+    private func scheduleReconnect() {
+        phase = .waitingToReconnect
+        reconnectAt = loop.now &+ backoffNanos
+        growBackoff()
+        armTick(reconnectAt)
+    }
+
+    private func growBackoff() {
+        backoffNanos = min(backoffNanos &* 2, RedisConnection.nanos(options.backoff.upperBound))
+    }
+
+    private func setHealth(_ h: RedisHealth) {
+        guard h != health else { return }
+        health = h
+        onStateChange(h)
+    }
+
+    // MARK: link events (called by RedisLink)
+
+    func linkConnected(_ l: RedisLink, ok: Bool) {
+        if l === subLink {
+            if ok { startSubscription(l) } else { lastError = l.lastError }
+            return
+        }
+        guard l === link, phase == .connecting else { return }
+        guard ok else { lastError = l.lastError; return }   // cleanup follows → linkClosed
+        phase = .handshaking
+        let hsDeadline = connectDeadline
+        handshakeLeft = 0
+        if let pass = url.password {
+            writer.reset()
+            if let user = url.username {
+                writer.arrayHeader(3); writer.bulk("AUTH"); writer.bulk(user); writer.bulk(pass)
+            } else {
+                writer.arrayHeader(2); writer.bulk("AUTH"); writer.bulk(pass)
+            }
+            if enqueue(.handshake, deadline: hsDeadline) { handshakeLeft += 1 }
+        }
+        if url.database != 0 {
+            writer.reset()
+            writer.arrayHeader(2); writer.bulk("SELECT"); writer.bulk(decimal: url.database)
+            if enqueue(.handshake, deadline: hsDeadline) { handshakeLeft += 1 }
+        }
+        for body in [RedisScripts.limiterBody, RedisScripts.heartbeatBody] {
+            writer.reset()
+            writer.arrayHeader(3); writer.bulk("SCRIPT"); writer.bulk("LOAD"); writer.bulk(body)
+            if enqueue(.handshake, deadline: hsDeadline) { handshakeLeft += 1 }
+        }
+    }
+
+    func linkClosed(_ l: RedisLink) {
+        if l === subLink {
+            subLink = nil
+            isSubscribed = false
+            if phase != .stopped {
+                subRetryAt = loop.now &+ RedisConnection.nanos(options.backoff.lowerBound) &* 4
+                armTick(subRetryAt)
+            }
+            return
+        }
+        guard l === link else { return }
+        link = nil
+        if let e = l.lastError { lastError = e }
+        // hiredis answered every pending command with NULL before cleanup; anything left
+        // (a command hiredis refused mid-close) is failed here.
+        while let e = fifo.popFirst() { finish(e, .disconnected) }
+        isProbeInFlight = false
+        isHeartbeatInFlight = false
+        consecutiveFailures = 0
+        probeFailures = 0
+        guard phase != .stopped else { return }
+        setHealth(.down)
+        scheduleReconnect()
+    }
+
+    private func handshakeDone() {
+        phase = .ready
+        backoffNanos = RedisConnection.nanos(options.backoff.lowerBound)
+        consecutiveFailures = 0
+        probeFailures = 0
+        setHealth(.up)
+        heartbeatAt = loop.now
+        sendHeartbeat()
+        if onInvalidation != nil && subLink == nil { openSubscriber() }
+    }
+
+    // MARK: replies
+
+    /// A reply (or NULL: the connection went away) for the oldest pending command.
+    func commandReply(_ r: UnsafeMutablePointer<redisReply>?) {
+        guard let e = fifo.popFirst() else { return }
+        guard let r else { finish(e, .disconnected); return }
+        if e.isAbandoned { return }
+        consecutiveFailures = 0
+        switch e.kind {
+        case .user(let w, let token):
+            w.redisCompleted(token: token, result: .reply(RedisReply(copying: r)))
+        case .admit(let w, let token, let hash, let plan):
+            if let v = RedisScripts.verdict(from: r, plan: plan) {
+                w.redisCompleted(token: token, result: .limit(v))
+            } else if RedisConnection.isNoScript(r) {
+                // Script cache flushed (restart, failover, SCRIPT FLUSH): EVAL loads it again.
+                formatAdmit(hash, plan: plan, evalBody: true)
+                if !enqueue(e.kind, deadline: loop.now &+ deadlineNanos) {
+                    w.redisCompleted(token: token, result: .disconnected)
+                }
+            } else {
+                w.redisCompleted(token: token, result: .reply(RedisReply(copying: r)))
+            }
+        case .handshake:
+            if r.pointee.type == REDIS_REPLY_ERROR {
+                lastError = "handshake: " + (RedisReply(copying: r).text ?? "error")
+                link?.closeSoon()
+                return
+            }
+            handshakeLeft -= 1
+            if handshakeLeft == 0 && phase == .handshaking { handshakeDone() }
+        case .probe:
+            isProbeInFlight = false
+            probeFailures = 0
+            if phase == .ready {
+                backoffNanos = RedisConnection.nanos(options.backoff.lowerBound)
+                setHealth(.up)
+                if heartbeatAt <= loop.now { sendHeartbeat() }
+            }
+        case .heartbeat:
+            isHeartbeatInFlight = false
+            if r.pointee.type == REDIS_REPLY_INTEGER {
+                liveInstances = max(1, Int(r.pointee.integer))
+            } else if RedisConnection.isNoScript(r) {
+                formatHeartbeat(evalBody: true)
+                if enqueue(.heartbeat, deadline: loop.now &+ deadlineNanos) { isHeartbeatInFlight = true }
+            } else {
+                lastError = "heartbeat: " + (RedisReply(copying: r).text ?? "unexpected reply")
+            }
+        case .ignored:
+            break
+        }
+    }
+
+    static func isNoScript(_ r: UnsafeMutablePointer<redisReply>) -> Bool {
+        guard r.pointee.type == REDIS_REPLY_ERROR, r.pointee.len >= 8, let s = r.pointee.str else { return false }
+        return memcmp(s, "NOSCRIPT", 8) == 0
+    }
+
+    /// Completes an entry that got no reply.
+    private func finish(_ e: RedisPending, _ result: RedisResult) {
+        if e.isAbandoned { return }
+        switch e.kind {
+        case .user(let w, let token), .admit(let w, let token, _, _): w.redisCompleted(token: token, result: result)
+        case .probe: isProbeInFlight = false
+        case .heartbeat: isHeartbeatInFlight = false
+        case .handshake, .ignored: break
+        }
+    }
+
+    // MARK: sending
+
+    @inline(__always)
+    private var isAccepting: Bool { phase == .ready && health == .up }
+
+    /// Sends the command in `writer`; false when hiredis refused it.
+    @inline(__always)
+    private func enqueue(_ kind: RedisPending.Kind, deadline: UInt64) -> Bool {
+        guard let link, link.send(writer) else { return false }
+        fifo.append(RedisPending(kind: kind, deadline: deadline))
+        armDeadline(deadline)
+        return true
+    }
+
+    /// GET `tg:{<hex>}:key`. Completes with `.reply(.string(json))`, `.reply(.nil)` (no such
+    /// key), `.timedOut` or `.disconnected`.
+    /// - Returns: nil when `waiter` will be called later (always from a later loop callback);
+    ///   `.unavailable` at once when the breaker is open (the waiter is then never called).
+    package func lookupKey(_ hash: KeyHash, waiter: any RedisWaiter, token: UInt64) -> RedisResult? {
+        loop.assertOnLoop()
+        guard isAccepting else { return .unavailable }
+        writer.reset()
+        writer.arrayHeader(2)
+        writer.bulk("GET")
+        writer.bulkKey(hash, suffix: RedisKeys.recordSuffix)
+        return enqueue(.user(waiter, token), deadline: loop.now &+ deadlineNanos) ? nil : .unavailable
+    }
+
+    /// One GCRA decision over every window of `plan` for `hash`: a single EVALSHA
+    /// (EVAL after a NOSCRIPT). Completes with `.limit(verdict)`; `.reply(.error)` if the
+    /// script failed; `.timedOut`/`.disconnected`. A plan without windows answers
+    /// `.limit(allowed)` at once.
+    /// - Returns: nil when `waiter` will be called later; otherwise the immediate result.
+    package func admit(_ hash: KeyHash, plan: PlanSpec, waiter: any RedisWaiter, token: UInt64) -> RedisResult? {
+        loop.assertOnLoop()
+        if plan.windows.isEmpty { return .limit(RedisScripts.blankVerdict(plan)) }
+        guard isAccepting else { return .unavailable }
+        formatAdmit(hash, plan: plan, evalBody: false)
+        return enqueue(.admit(waiter, token, hash, plan), deadline: loop.now &+ deadlineNanos) ? nil : .unavailable
+    }
+
+    /// Any command, arguments as bytes (admin, tests). Same completion rules as `lookupKey`.
+    package func command(_ args: [[UInt8]], waiter: any RedisWaiter, token: UInt64) -> RedisResult? {
+        loop.assertOnLoop()
+        guard isAccepting, !args.isEmpty else { return .unavailable }
+        writer.reset()
+        writer.arrayHeader(args.count)
+        for a in args { writer.bulk(a) }
+        return enqueue(.user(waiter, token), deadline: loop.now &+ deadlineNanos) ? nil : .unavailable
+    }
+
+    package func command(_ args: String..., waiter: any RedisWaiter, token: UInt64) -> RedisResult? {
+        command(args.map { Array($0.utf8) }, waiter: waiter, token: token)
+    }
+
+    private func formatAdmit(_ hash: KeyHash, plan: PlanSpec, evalBody: Bool) {
+        let n = plan.windows.count
+        writer.reset()
+        writer.arrayHeader(3 + 3 * n)
+        if evalBody {
+            writer.bulk("EVAL"); writer.bulk(RedisScripts.limiterBody)
+        } else {
+            writer.bulk("EVALSHA"); writer.bulk(RedisScripts.limiterSHA)
+        }
+        writer.bulk(decimal: n)
+        for i in 0..<n { writer.bulkKey(hash, suffix: RedisKeys.limiterSuffix, index: i) }
+        for w in plan.windows {
+            let (t, cap) = RedisScripts.micros(w)
+            writer.bulk(decimal: t)
+            writer.bulk(decimal: cap)
+        }
+    }
+
+    private func formatHeartbeat(evalBody: Bool) {
+        writer.reset()
+        writer.arrayHeader(6)
+        if evalBody {
+            writer.bulk("EVAL"); writer.bulk(RedisScripts.heartbeatBody)
+        } else {
+            writer.bulk("EVALSHA"); writer.bulk(RedisScripts.heartbeatSHA)
+        }
+        writer.bulk(decimal: 1)
+        writer.bulk(RedisKeys.instances)
+        writer.bulk(instanceID)
+        writer.bulk(decimal: Int(RedisConnection.nanos(options.instanceWindow) / 1_000_000))
+    }
+
+    private func sendHeartbeat() {
+        heartbeatAt = loop.now &+ RedisConnection.nanos(options.heartbeatInterval)
+        armTick(heartbeatAt)
+        guard !isHeartbeatInFlight, phase == .ready, health == .up else { return }
+        formatHeartbeat(evalBody: false)
+        if enqueue(.heartbeat, deadline: loop.now &+ deadlineNanos) { isHeartbeatInFlight = true }
+    }
+
+    // MARK: invalidations
+
+    /// Subscribes (on a second, subscribe-mode connection of this loop) to `tg:invalidate`.
+    /// `onMessage` gets the 64-hex hash of each key whose record changed, on this loop; and an
+    /// empty message each time the subscription is (re)established, meaning "anything may
+    /// have changed while unsubscribed: drop every cached record".
+    package func subscribeInvalidations(_ onMessage: @escaping ([UInt8]) -> Void) {
+        loop.assertOnLoop()
+        onInvalidation = onMessage
+        if phase == .ready && subLink == nil { openSubscriber() }
+    }
+
+    private func openSubscriber() {
+        guard phase != .stopped else { return }
+        let l = RedisLink(role: .subscriber, loop: loop, owner: self)
+        if let err = l.open(url) {
+            lastError = "subscriber: " + err
+            subRetryAt = loop.now &+ RedisConnection.nanos(options.backoff.upperBound)
+            armTick(subRetryAt)
+            return
+        }
+        subLink = l
+    }
+
+    private func startSubscription(_ l: RedisLink) {
+        if let pass = url.password {
+            writer.reset()
+            if let user = url.username {
+                writer.arrayHeader(3); writer.bulk("AUTH"); writer.bulk(user); writer.bulk(pass)
+            } else {
+                writer.arrayHeader(2); writer.bulk("AUTH"); writer.bulk(pass)
+            }
+            _ = l.send(writer)
+        }
+        writer.reset()
+        writer.arrayHeader(2)
+        writer.bulk("SUBSCRIBE")
+        writer.bulk(RedisKeys.invalidationChannel)
+        _ = l.send(writer)
+    }
+
+    func subscriberReply(_ r: UnsafeMutablePointer<redisReply>?, link l: RedisLink) {
+        guard let r, l === subLink else { return }
+        let p = r.pointee
+        if p.type == REDIS_REPLY_ERROR {
+            lastError = "subscriber: " + (RedisReply(copying: r).text ?? "error")
+            l.closeSoon()
+            return
+        }
+        guard p.type == REDIS_REPLY_ARRAY, p.elements == 3, let el = p.element,
+              let kind = el[0], kind.pointee.type == REDIS_REPLY_STRING, let k = kind.pointee.str else { return }
+        if kind.pointee.len == 7 && memcmp(k, "message", 7) == 0 {
+            if let payload = el[2], payload.pointee.type == REDIS_REPLY_STRING {
+                onInvalidation?(RedisReply.bytes(payload.pointee.str, payload.pointee.len))
+            }
+        } else if kind.pointee.len == 9 && memcmp(k, "subscribe", 9) == 0 {
+            isSubscribed = true
+            onInvalidation?([])
+        }
+    }
+
+    /// True once the invalidation subscription is confirmed (tests, admin).
+    package var isSubscribedToInvalidations: Bool { isSubscribed }
+
+    // MARK: timers
+
+    private func armTick(_ at: UInt64) {
+        if tickArmed == 0 || at < tickArmed || tickArmed <= loop.now {
+            tickArmed = at
+            loop.schedule(at: at, handler: ticker)
+        }
+    }
+
+    fileprivate func tick() {
+        let now = loop.now
+        if tickArmed <= now { tickArmed = 0 }
+        switch phase {
+        case .idle, .stopped:
+            return
+        case .waitingToReconnect:
+            if now >= reconnectAt { connect() } else { armTick(reconnectAt) }
+        case .connecting, .handshaking:
+            if now >= connectDeadline {
+                lastError = lastError ?? "connect timed out"
+                link?.closeSoon()
+            } else {
+                armTick(connectDeadline)
+            }
+        case .ready:
+            if health == .down {
+                if now >= probeAt && !isProbeInFlight {
+                    writer.reset()
+                    writer.arrayHeader(1)
+                    writer.bulk("PING")
+                    if enqueue(.probe, deadline: now &+ deadlineNanos) { isProbeInFlight = true }
+                    probeAt = now &+ backoffNanos
+                    growBackoff()
+                }
+                armTick(max(probeAt, now &+ 1_000_000))
+            } else if now >= heartbeatAt {
+                sendHeartbeat()
+            } else {
+                armTick(heartbeatAt)
+            }
+        }
+        if onInvalidation != nil && subLink == nil && phase == .ready {
+            if now >= subRetryAt { openSubscriber() } else { armTick(subRetryAt) }
+        }
+    }
+
+    private func armDeadline(_ at: UInt64) {
+        if deadlineArmed == 0 || at < deadlineArmed || deadlineArmed <= loop.now {
+            deadlineArmed = at
+            loop.schedule(at: at, handler: deadlineTimer)
+        }
+    }
+
+    /// Times out every live entry whose deadline passed; re-arms for the earliest live one.
+    fileprivate func checkDeadlines() {
+        let now = loop.now
+        if deadlineArmed <= now { deadlineArmed = 0 }
+        var expired: [RedisPending] = []
+        var next: UInt64 = .max
+        for i in 0..<fifo.count {
+            let e = fifo[i]
+            if e.isAbandoned { continue }
+            if e.deadline <= now {
+                // Keep the slot (replies stay aligned) but drop the waiter reference now.
+                fifo[i].isAbandoned = true
+                fifo[i].kind = .ignored
+                expired.append(e)
+            } else if e.deadline < next {
+                next = e.deadline
+            }
+        }
+        if next != .max { armDeadline(next) }
+        if expired.isEmpty { return }
+        var handshakeTimedOut = false
+        for e in expired {
+            switch e.kind {
+            case .user, .admit, .heartbeat: consecutiveFailures += 1
+            case .probe: probeFailures += 1
+            case .handshake: handshakeTimedOut = true
+            case .ignored: break
+            }
+        }
+        if handshakeTimedOut {
+            lastError = "handshake timed out"
+            link?.closeSoon()
+        } else if phase == .ready {
+            if health == .up && consecutiveFailures >= options.failureThreshold {
+                lastError = "\(consecutiveFailures) consecutive commands timed out"
+                probeAt = now &+ backoffNanos
+                setHealth(.down)
+                armTick(probeAt)
+            } else if health == .down && probeFailures >= options.failureThreshold {
+                // Alive socket, dead server (or a partition): start over on a new connection.
+                lastError = "breaker probes timed out"
+                link?.closeSoon()
+            }
+        }
+        for e in expired { finish(e, .timedOut) }
+    }
+
+    final class Ticker: TimerHandler {
+        weak var owner: RedisConnection?
+        init(_ o: RedisConnection) { owner = o }
+        func timerFired(loop: EventLoop) { owner?.tick() }
+    }
+
+    final class DeadlineTimer: TimerHandler {
+        weak var owner: RedisConnection?
+        init(_ o: RedisConnection) { owner = o }
+        func timerFired(loop: EventLoop) { owner?.checkDeadlines() }
+    }
+}

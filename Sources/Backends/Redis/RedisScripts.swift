@@ -1,0 +1,184 @@
+import CHiredis
+import COpenSSL
+import Policy
+
+/// The Lua scripts Tollgate runs in Redis, with their SHA-1 (computed once, at first use).
+package enum RedisScripts {
+    /// GCRA over several windows of one key, atomically, on the server's clock.
+    ///
+    /// - `KEYS[i]`: `tg:{<hex>}:rl:<i-1>`, one per window (same hash tag: one slot).
+    /// - `ARGV[2i-1]`, `ARGV[2i]`: window i's emission interval T and capacity τ = burst×T, in µs.
+    /// - Time: `redis.call('TIME')` in µs, so instances' clocks never matter.
+    ///
+    /// Same math as `GCRA.admit`: newTAT = max(TAT, now) + T; a window admits when
+    /// newTAT − now ≤ τ. All or nothing: only when every window admits are the TATs stored
+    /// (each with a PX of its own need, ⌈(newTAT − now)/1000⌉ ms, after which a missing key
+    /// equals a full window). A refused request writes nothing.
+    ///
+    /// Returns `{allowed, retry_ms, worst, rem_1, reset_ms_1, …, rem_n, reset_ms_n}`:
+    /// - allowed: `rem_i` = ⌊(τ − used)/T⌋, `reset_ms_i` = ⌈used/1000⌉; retry_ms 0.
+    /// - refused: `worst` is the 0-based refused window with the longest wait (first on ties),
+    ///   `retry_ms` = ⌈its (used − τ)/1000⌉; refused windows give rem 0 and their own wait;
+    ///   windows that had room give rem + 1 (the request was not counted) and
+    ///   ⌈(max(TAT, now) − now)/1000⌉.
+    package static let limiterSource: String = """
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+        local n = #KEYS
+        local tat, newtat, used = {}, {}, {}
+        local allowed = true
+        local worst, worstwait = -1, -1
+        for i = 1, n do
+          local T = tonumber(ARGV[2 * i - 1])
+          local cap = tonumber(ARGV[2 * i])
+          local v = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
+          local base = v > now and v or now
+          tat[i] = v
+          newtat[i] = base + T
+          used[i] = newtat[i] - now
+          if used[i] > cap then
+            allowed = false
+            local wait = used[i] - cap
+            if wait > worstwait then worst = i - 1; worstwait = wait end
+          end
+        end
+        local out = {0, 0, 0}
+        if allowed then
+          out[1] = 1
+          for i = 1, n do
+            local T = tonumber(ARGV[2 * i - 1])
+            local cap = tonumber(ARGV[2 * i])
+            local px = math.ceil(used[i] / 1000)
+            if px < 1 then px = 1 end
+            redis.call('SET', KEYS[i], string.format('%d', newtat[i]), 'PX', px)
+            out[2 + 2 * i] = math.floor((cap - used[i]) / T)
+            out[3 + 2 * i] = math.ceil(used[i] / 1000)
+          end
+          return out
+        end
+        out[2] = math.ceil(worstwait / 1000)
+        out[3] = worst
+        for i = 1, n do
+          local T = tonumber(ARGV[2 * i - 1])
+          local cap = tonumber(ARGV[2 * i])
+          if used[i] <= cap then
+            local base = tat[i] > now and tat[i] or now
+            out[2 + 2 * i] = math.floor((cap - used[i]) / T) + 1
+            out[3 + 2 * i] = math.ceil((base - now) / 1000)
+          else
+            out[2 + 2 * i] = 0
+            out[3 + 2 * i] = math.ceil((used[i] - cap) / 1000)
+          end
+        end
+        return out
+        """
+
+    /// Announces an instance and counts the live ones, on the server's clock.
+    /// `KEYS[1]` = `tg:instances`; `ARGV[1]` = instance id, `ARGV[2]` = liveness window (ms).
+    /// Returns the number of instances seen within the window (this one included).
+    package static let heartbeatSource: String = """
+        local t = redis.call('TIME')
+        local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local window = tonumber(ARGV[2])
+        redis.call('ZADD', KEYS[1], ms, ARGV[1])
+        redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms - window)
+        redis.call('PEXPIRE', KEYS[1], window * 10)
+        return redis.call('ZCARD', KEYS[1])
+        """
+
+    package static let limiterSHA: [UInt8] = sha1Hex(limiterSource)
+    package static let heartbeatSHA: [UInt8] = sha1Hex(heartbeatSource)
+    package static let limiterBody: [UInt8] = Array(limiterSource.utf8)
+    package static let heartbeatBody: [UInt8] = Array(heartbeatSource.utf8)
+
+    /// Lowercase hex SHA-1, the name Redis gives a script.
+    package static func sha1Hex(_ text: String) -> [UInt8] {
+        var digest = [UInt8](repeating: 0, count: 20)
+        var bytes = Array(text.utf8)
+        bytes.withUnsafeMutableBufferPointer { src in
+            digest.withUnsafeMutableBufferPointer { d in
+                _ = SHA1(src.baseAddress, src.count, d.baseAddress)
+            }
+        }
+        var out = [UInt8]()
+        out.reserveCapacity(40)
+        for b in digest {
+            let hi = b >> 4, lo = b & 0xF
+            out.append(hi < 10 ? hi + 48 : hi + 87)
+            out.append(lo < 10 ? lo + 48 : lo + 87)
+        }
+        return out
+    }
+
+    /// Per-window limiter arguments in µs: (T, τ = burst × T).
+    @inline(__always)
+    static func micros(_ w: RateWindow) -> (emission: Int, capacity: Int) {
+        let t = max(1, Int(w.emissionNanos / 1000))
+        return (t, t &* max(1, w.burst))
+    }
+
+    /// Turns the limiter script's reply into the verdict the in-process limiter would give:
+    /// same `isAllowed`, `retryAfterSeconds`, per-window remaining/reset and reported window.
+    /// Nil when the reply is not the script's shape (an error reply, a wrong window count).
+    package static func verdict(from reply: RedisReply, plan: PlanSpec) -> LimitVerdict? {
+        guard case .array(let items) = reply, items.count == 3 + 2 * plan.windows.count else { return nil }
+        var ints = InlineArray<19, Int64>(repeating: 0)
+        for (i, item) in items.enumerated() {
+            guard case .integer(let v) = item else { return nil }
+            ints[i] = v
+        }
+        return verdict(plan: plan) { ints[$0] }
+    }
+
+    /// Same, reading the C reply directly (no copy: the hot path).
+    static func verdict(from r: UnsafePointer<redisReply>, plan: PlanSpec) -> LimitVerdict? {
+        let p = r.pointee
+        let n = plan.windows.count
+        guard p.type == REDIS_REPLY_ARRAY, p.elements == 3 + 2 * n, let el = p.element else { return nil }
+        for i in 0..<p.elements {
+            guard let e = el[i], e.pointee.type == REDIS_REPLY_INTEGER else { return nil }
+        }
+        return verdict(plan: plan) { Int64(el[$0]!.pointee.integer) }
+    }
+
+    @inline(__always)
+    private static func verdict(plan: PlanSpec, _ at: (Int) -> Int64) -> LimitVerdict {
+        var v = blankVerdict(plan)
+        let n = plan.windows.count
+        let isAllowed = at(0) == 1
+        v.isAllowed = isAllowed
+        for i in 0..<n {
+            let rem = Int(max(0, at(3 + 2 * i)))
+            let resetSeconds = ceilSeconds(ms: at(4 + 2 * i))
+            v.windows[i] = WindowState(remaining: rem, resetSeconds: isAllowed || rem > 0 ? resetSeconds : max(1, resetSeconds))
+        }
+        if isAllowed {
+            v.retryAfterSeconds = 0
+            var best = 0
+            for i in 1..<max(1, n) where i < n {
+                let a = v.windows[i], b = v.windows[best]
+                if a.remaining < b.remaining || (a.remaining == b.remaining && a.resetSeconds > b.resetSeconds) { best = i }
+            }
+            if n > 0 {
+                v.report = LimitReport(planIndex: plan.index, windowIndex: best,
+                                       remaining: v.windows[best].remaining, resetSeconds: v.windows[best].resetSeconds)
+            }
+        } else {
+            let worst = Int(min(max(0, at(2)), Int64(max(0, n - 1))))
+            v.retryAfterSeconds = max(1, ceilSeconds(ms: at(1)))
+            v.report = LimitReport(planIndex: plan.index, windowIndex: worst, remaining: 0, resetSeconds: v.retryAfterSeconds)
+        }
+        return v
+    }
+
+    @inline(__always) static func ceilSeconds(ms: Int64) -> Int { Int((max(0, ms) + 999) / 1000) }
+
+    /// A verdict value for `plan` to fill in. `LimitVerdict`'s memberwise init is internal to
+    /// Policy; evaluating a fresh cell (every window full, nothing stored) yields one with the
+    /// right plan index and window count, whose fields are then all overwritten.
+    @inline(__always)
+    static func blankVerdict(_ plan: PlanSpec) -> LimitVerdict {
+        var tats = InlineArray<8, UInt64>(repeating: 0)
+        return GCRA.admit(tats: &tats, plan: plan, now: 1 << 40)
+    }
+}
