@@ -165,7 +165,7 @@ func echoUpstream() throws -> ScriptedUpstream {
         try c.send(payload)
         let r = try c.readResponse()
         #expect(r.status == 200)
-        #expect(r.text.hasSuffix("BODY:" + payload))
+        #expect(r.text.hasSuffix("BODY:" + payload), "body of \(r.body.count) bytes did not end with the payload")
     }
 
     @Test func chunkedResponseStreamsEventByEvent() throws {

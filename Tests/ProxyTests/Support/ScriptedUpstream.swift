@@ -10,7 +10,7 @@ final class ScriptedUpstream: @unchecked Sendable {
     private let handler: @Sendable (UpstreamPeer) -> Void
     private let lock = NSLock()
     private var stopped = false
-    private var peers: [Int32] = []
+    private var peers: [UpstreamPeer] = []
     private(set) var acceptedCount = 0
 
     init(handler: @escaping @Sendable (UpstreamPeer) -> Void) throws {
@@ -42,10 +42,10 @@ final class ScriptedUpstream: @unchecked Sendable {
             if c < 0 { return }
             lock.lock()
             if stopped { lock.unlock(); Glibc.close(c); return }
-            peers.append(c)
+            let peer = UpstreamPeer(fd: c)
+            peers.append(peer)
             acceptedCount += 1
             lock.unlock()
-            let peer = UpstreamPeer(fd: c)
             let h = handler
             let t = Thread { h(peer); peer.close() }
             t.start()
@@ -54,14 +54,16 @@ final class ScriptedUpstream: @unchecked Sendable {
 
     var connections: Int { lock.lock(); defer { lock.unlock() }; return acceptedCount }
 
+    /// Idempotent: a second call must not touch `listenFD`, whose number may have been reused.
     func stop() {
         lock.lock()
+        if stopped { lock.unlock(); return }
         stopped = true
         let ps = peers
         lock.unlock()
         shutdown(listenFD, Int32(SHUT_RDWR))
         Glibc.close(listenFD)
-        for p in ps { shutdown(p, Int32(SHUT_RDWR)) }
+        for p in ps { p.shutdownIfOpen() }
     }
     deinit { stop() }
 }
@@ -71,6 +73,7 @@ final class UpstreamPeer: @unchecked Sendable {
     // SAFETY: used by exactly one handler thread.
     let fd: Int32
     private var buffer: [UInt8] = []
+    private let lock = NSLock()
     private var closed = false
     init(fd: Int32) {
         self.fd = fd
@@ -150,9 +153,18 @@ final class UpstreamPeer: @unchecked Sendable {
     }
 
     func close() {
+        lock.lock()
+        defer { lock.unlock() }
         if closed { return }
         closed = true
         Glibc.close(fd)
+    }
+
+    /// Wakes a blocked handler; never touches an fd number that was already closed (and maybe reused).
+    func shutdownIfOpen() {
+        lock.lock()
+        defer { lock.unlock() }
+        if !closed { shutdown(fd, Int32(SHUT_RDWR)) }
     }
 }
 

@@ -1,1 +1,0 @@
-// BackendsTests: placeholder so the package loads; replace with real tests.

@@ -1,1 +1,0 @@
-// ProxyTests: placeholder so the package loads; replace with real tests.
