@@ -1,3 +1,4 @@
+import Backends
 import Glibc
 import Policy
 import Runtime
@@ -20,6 +21,10 @@ final class LoopContext {
     let loop: EventLoop
     let settings: ServerSettings
     private(set) var snapshot: PolicySnapshot
+    /// Keys known in-process (declared + embedded store), compiled against `snapshot`.
+    var keys: KeyDirectory = .empty
+    /// Shared by every loop: per-key cells built for concurrent use.
+    let limiter: RateLimiter
     private(set) var pools: [UpstreamPool] = []
     var listeners: [Listener] = []
     private(set) var clients: [ClientConnection] = []
@@ -34,8 +39,9 @@ final class LoopContext {
     private var requestCounter: UInt64 = 0
     private let requestIDSeed: UInt64
 
-    init(loop: EventLoop, snapshot: PolicySnapshot, settings: ServerSettings) {
+    init(loop: EventLoop, snapshot: PolicySnapshot, settings: ServerSettings, limiter: RateLimiter) {
         self.loop = loop
+        self.limiter = limiter
         self.snapshot = snapshot
         self.settings = settings
         headerTimeoutNanos = settings.headerTimeout.nanoseconds
@@ -68,6 +74,24 @@ final class LoopContext {
         for p in pools { p.closeAll() }
         pools = newPools
         snapshot = new
+    }
+
+    // MARK: store-backed phases
+
+    /// A key not known in-process. The embedded store has every key in memory, so it is unknown.
+    func lookupRemote(for c: ClientConnection) -> PhaseResult {
+        .reply(Denial(.invalidKey))
+    }
+
+    /// Rate limits in-process: exact across loops (the cells are shared).
+    func admit(for c: ClientConnection, plan: PlanSpec) -> PhaseResult {
+        let v = limiter.admit(key: c.exchange.keyHash, plan: plan, now: loop.now)
+        c.exchange.limitPlan = plan.index
+        c.exchange.limitReport = v.report
+        if !v.isAllowed {
+            return .reply(Denial(.rateLimited, retryAfterSeconds: max(1, v.retryAfterSeconds), limit: v.report))
+        }
+        return .next
     }
 
     // MARK: connections

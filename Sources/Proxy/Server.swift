@@ -1,3 +1,4 @@
+import Backends
 import Glibc
 import Policy
 import Runtime
@@ -12,16 +13,18 @@ final class Server: @unchecked Sendable {
     private var contexts: [LoopContext] = []
     private var threads: [pthread_t] = []
     private let drained = DrainCounter()
+    let limiter = RateLimiter()
 
     init(settings: ServerSettings) {
         self.settings = settings
     }
 
     /// Binds every listener on every loop (so a bind error surfaces before anything runs).
-    func start(snapshot: PolicySnapshot) throws {
+    func start(snapshot: PolicySnapshot, keys: KeyDirectory) throws {
         for i in 0..<max(1, settings.threads) {
             let loop = try EventLoop(index: i)
-            let ctx = LoopContext(loop: loop, snapshot: snapshot, settings: settings)
+            let ctx = LoopContext(loop: loop, snapshot: snapshot, settings: settings, limiter: limiter)
+            ctx.keys = keys
             for spec in snapshot.listeners {
                 do {
                     ctx.listeners.append(try Listener(spec: spec, context: ctx))
@@ -42,12 +45,23 @@ final class Server: @unchecked Sendable {
         }
     }
 
-    /// Publishes a new snapshot to every loop.
-    func install(_ snapshot: PolicySnapshot) {
+    /// Publishes a new snapshot and the key directory compiled against it to every loop.
+    func install(_ snapshot: PolicySnapshot, keys: KeyDirectory) {
         for (i, loop) in loops.enumerated() {
             let ctx = UncheckedBox(contexts[i])
             let snap = snapshot
-            loop.execute { ctx.value.install(snap) }
+            loop.execute {
+                ctx.value.install(snap)
+                ctx.value.keys = keys
+            }
+        }
+    }
+
+    /// Publishes a new key directory (store changed, policy unchanged).
+    func install(keys: KeyDirectory) {
+        for (i, loop) in loops.enumerated() {
+            let ctx = UncheckedBox(contexts[i])
+            loop.execute { ctx.value.keys = keys }
         }
     }
 

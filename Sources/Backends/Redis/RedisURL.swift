@@ -201,7 +201,7 @@ package enum RedisURLError: Error, Equatable, CustomStringConvertible {
     }
 
     /// Hides the password of a URL quoted in an error.
-    static func redact(_ url: String) -> String {
+    package static func redact(_ url: String) -> String {
         guard let at = url.lastIndex(of: "@"), let colon0 = url.firstIndex(of: ":") else { return url }
         var start = url.index(after: colon0)
         while start < at, url[start] == "/" { start = url.index(after: start) }

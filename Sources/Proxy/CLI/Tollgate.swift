@@ -9,7 +9,7 @@ struct Tollgate: ParsableCommand {
         commandName: "tollgate",
         abstract: "API-key enforcement sidecar: a reverse proxy that checks every request against policy files.",
         version: "0.1.0",
-        subcommands: [Serve.self, Check.self]
+        subcommands: [Serve.self, Check.self, Keys.self, BackendsCommand.self]
     )
 }
 
@@ -33,11 +33,16 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         Signals.blockForAllThreads()
-        let snapshot: PolicySnapshot
+        let reloader: Reloader
         do {
-            snapshot = try PolicyLoader.load(path: policies)
+            reloader = try Reloader(policiesPath: policies)
         } catch {
             for e in error.errors { Log.error("\(e)") }
+            throw ExitCode(2)
+        }
+        let snapshot = reloader.snapshot
+        if snapshot.listeners.isEmpty {
+            Log.error("\(policies): no `listen` address: nothing to serve")
             throw ExitCode(2)
         }
         var settings = ServerSettings()
@@ -49,25 +54,21 @@ struct Serve: ParsableCommand {
         settings.maxConnectionsPerLoop = maxConnections
         let server = Server(settings: settings)
         do {
-            try server.start(snapshot: snapshot)
+            try server.start(snapshot: snapshot, keys: reloader.keyDirectory())
         } catch {
             Log.error("\(error)")
             throw ExitCode(1)
         }
+        reloader.attach(server)
+        reloader.startWatching()
         for l in snapshot.listeners {
             Log.info("listening on \(l.isIPv6 ? "[\(l.host)]" : l.host):\(l.port) with \(settings.threads) loop(s)")
         }
         while true {
             let sig = Signals.wait()
             if sig == SIGHUP {
-                do {
-                    let next = try PolicyLoader.load(path: policies)
-                    server.install(next)
-                    Log.info("policy reloaded from \(policies)")
-                } catch {
-                    Log.error("policy reload failed, keeping the current policy:")
-                    for e in error.errors { Log.error("  \(e)") }
-                }
+                reloader.reloadPolicy(reason: "SIGHUP")
+                reloader.reloadKeys()
                 continue
             }
             Log.info("signal \(sig): draining (up to \(drainTimeout)s)")

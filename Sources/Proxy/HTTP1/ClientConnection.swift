@@ -12,8 +12,10 @@ final class ClientConnection: EventHandler {
     enum State: UInt8 {
         /// Waiting for (the rest of) a request head.
         case readingHead
-        /// Forwarding an exchange to an upstream.
+        /// Forwarding an exchange to an upstream (or running its phases).
         case proxying
+        /// A phase waits for a store (Redis) reply; nothing is read meanwhile.
+        case waiting
         /// Writing a locally generated response.
         case replying
         case closed
@@ -38,6 +40,7 @@ final class ClientConnection: EventHandler {
 
     let fd: Int32
     let peer: PeerAddress
+    let peerIP: IPAddress
     let isTLS: Bool
     unowned(unsafe) let context: LoopContext
     var slot = -1
@@ -71,18 +74,27 @@ final class ClientConnection: EventHandler {
     var responsePass = 0
     var isResponseHeadSent = false
     var hasRetried = false
+    var exchange = ExchangeFacts()
+    /// The normalised path of the current request.
+    let pathBuffer: UnsafeMutableRawPointer
+    let pathCapacity: Int
     var requestIDBytes = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
     var requestIDCount = 0
 
     init(fd: Int32, peer: PeerAddress, isTLS: Bool, context: LoopContext) {
         self.fd = fd
         self.peer = peer
+        self.peerIP = peer.text.withUnsafeBytes { IPAddress.parse($0) } ?? IPAddress(hi: 0, lo: 0)
         self.isTLS = isTLS
         self.context = context
         let limits = context.settings.limits
         inBuf = IOBuffer(capacity: limits.maxHeadBytes + 4096)
         parser = HTTP1RequestParser(limits: limits)
+        pathCapacity = limits.maxTargetBytes + 16
+        pathBuffer = .allocate(byteCount: pathCapacity, alignment: 8)
     }
+
+    deinit { pathBuffer.deallocate() }
 
     func start() {
         deadline.set(context.loop.now &+ context.idleTimeoutNanos, fd: fd, loop: context.loop)
@@ -108,7 +120,7 @@ final class ClientConnection: EventHandler {
             }
         case .replying:
             close()   // the client does not read what we write
-        case .closed:
+        case .waiting, .closed:
             break
         }
         drive()
@@ -142,6 +154,8 @@ final class ClientConnection: EventHandler {
             case .replying:
                 if !flushClient() { return }
                 if outBuf.readableBytes == 0 { finishLocalReply() } else { return }
+            case .waiting:
+                return
             case .closed:
                 return
             }
@@ -223,19 +237,8 @@ final class ClientConnection: EventHandler {
             requestChunks.reset()
         }
 
-        // Route on the path (normalisation and the policy phases come with the policy work).
-        let head = inBuf.readable
-        let pathPtr = UnsafeRawBufferPointer(rebasing: head[Int(request.path.offset)..<request.path.end])
-        let method = MethodSet(rawValue: 1 << UInt16(request.method.rawValue))
-        guard let route = context.snapshot.route(method: method, path: pathPtr) else {
-            return deny(.noRoute, headLength: headLength)
-        }
-        routeBackend = route.backend
-        maxBodyBytes = route.maxBodyBytes
-        if case .contentLength(let n) = request.framing, n > Int64(maxBodyBytes) {
-            return replyLocal(status: 413, code: .badRequest, message: "request body larger than the route allows", headLength: headLength, forceClose: true)
-        }
-        forward(headLength: headLength)
+        exchange.reset(headLength: headLength)
+        advance()
     }
 
     private func assignRequestID() {
@@ -270,7 +273,7 @@ final class ClientConnection: EventHandler {
 
     // MARK: forwarding
 
-    private func forward(headLength: Int) {
+    func forward(headLength: Int) {
         let pool = context.pools[routeBackend]
         let up: UpstreamConnection
         switch pool.acquire() {

@@ -15,6 +15,10 @@ enum RequestHeadWriter {
     static let xfh = StaticBytes("X-Forwarded-Host: ")
     static let xrid = StaticBytes("X-Request-Id: ")
     static let host = StaticBytes("Host: ")
+    static let keyID = StaticBytes("X-Tollgate-Key-Id: ")
+    static let consumer = StaticBytes("X-Tollgate-Consumer: ")
+    static let scopes = StaticBytes("X-Tollgate-Scopes: ")
+    static let commaSpace = StaticBytes(", ")
 
     static func write(_ c: ClientConnection, into out: IOBuffer) -> Bool {
         let req = c.request
@@ -22,18 +26,23 @@ enum RequestHeadWriter {
         let base = head.baseAddress!
         if out.writableBytes < req.headLength + 1024 + c.peer.text.count { return false }
 
+        let ex = c.exchange
         out.write(base + Int(req.methodRange.offset), count: Int(req.methodRange.count))
         out.write(byte: 0x20)
-        if req.path.isEmpty {
-            out.write(byte: 0x2F)
-        } else {
-            out.write(base + Int(req.path.offset), count: Int(req.path.count))
-        }
+        // The normalised path: what the route was matched on is what the backend sees.
+        out.write(c.pathBuffer, count: ex.pathCount)
         if req.hasQuery {
-            out.write(byte: 0x3F)
-            out.write(base + Int(req.query.offset), count: Int(req.query.count))
+            if ex.credentialSource == .query && !c.context.snapshot.credentials.forwardsCredential {
+                writeQuery(base: base, query: req.query, without: ex.credential, into: out)
+            } else {
+                out.write(byte: 0x3F)
+                out.write(base + Int(req.query.offset), count: Int(req.query.count))
+            }
         }
         out.write(http11)
+        let stripCredential = ex.credentialHeader >= 0 && !c.context.snapshot.credentials.forwardsCredential
+        var clientXFF = ByteRange.empty
+        var clientXFP = ByteRange.empty
 
         let tokens = ConnectionTokens(headers: c.headers, base: base)
         var hostValue = ByteRange.empty
@@ -43,6 +52,7 @@ enum RequestHeadWriter {
             let f = headers[i]
             let np = base + Int(f.name.offset)
             let nn = Int(f.name.count)
+            if stripCredential && i == ex.credentialHeader { continue }
             switch HeaderNames.classify(np, nn) {
             case .other:
                 if tokens.count > 0 && tokens.names(np, nn) { continue }
@@ -51,9 +61,15 @@ enum RequestHeadWriter {
                 hostValue = f.value
             case .authorization, .traceparent:
                 break
+            case .xForwardedFor:
+                clientXFF = f.value
+                continue
+            case .xForwardedProto:
+                clientXFP = f.value
+                continue
             case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .upgrade,
                  .proxyAuthorization, .proxyAuthenticate, .contentLength, .expect,
-                 .xForwardedFor, .xForwardedProto, .xForwardedHost, .xRequestID, .xTollgate:
+                 .xForwardedHost, .xRequestID, .xTollgate:
                 continue
             }
             out.write(np, count: nn)
@@ -76,10 +92,21 @@ enum RequestHeadWriter {
         case .none, .untilClose:
             break
         }
+        // A trusted proxy's chain is extended; anyone else's X-Forwarded-* is replaced.
         out.write(xff)
+        if ex.isPeerTrusted && !clientXFF.isEmpty {
+            out.write(base + Int(clientXFF.offset), count: Int(clientXFF.count))
+            out.write(commaSpace)
+        }
         c.peer.text.withUnsafeBytes { out.write($0) }
         out.write(crlf)
-        out.write(c.isTLS ? xfpHTTPS : xfpHTTP)
+        if ex.isPeerTrusted && !clientXFP.isEmpty {
+            out.write(StaticBytes.xfpPrefix)
+            out.write(base + Int(clientXFP.offset), count: Int(clientXFP.count))
+            out.write(crlf)
+        } else {
+            out.write(c.isTLS ? xfpHTTPS : xfpHTTP)
+        }
         if hasHost {
             out.write(xfh)
             out.write(base + Int(hostValue.offset), count: Int(hostValue.count))
@@ -88,8 +115,71 @@ enum RequestHeadWriter {
         out.write(xrid)
         c.withRequestID { out.write($0) }
         out.write(crlf)
+        if let r = ex.record {
+            // Identity for the backend (client-sent X-Tollgate-* were dropped above).
+            let need = r.id.utf8.count + r.consumer.utf8.count + r.scopeNames.reduce(0) { $0 + $1.utf8.count + 1 } + 96
+            if out.writableBytes < need { return false }
+            out.write(keyID)
+            out.write(string: r.id)
+            out.write(crlf)
+            out.write(consumer)
+            out.write(string: r.consumer)
+            out.write(crlf)
+            out.write(scopes)
+            for (k, name) in r.scopeNames.enumerated() {
+                if k > 0 { out.write(byte: 0x2C) }
+                out.write(string: name)
+            }
+            out.write(crlf)
+        }
         out.write(crlf)
         return true
+    }
+
+    /// The query without the credential parameter (`a=1&api_key=K&b=2` → `a=1&b=2`).
+    private static func writeQuery(base: UnsafeRawPointer, query: ByteRange, without value: ByteRange, into out: IOBuffer) {
+        // The parameter spans from the `&` (or query start) before its name to its value's end.
+        var start = Int(value.offset)
+        let qStart = Int(query.offset)
+        while start > qStart && base.load(fromByteOffset: start - 1, as: UInt8.self) != 0x26 { start -= 1 }
+        var end = value.end
+        if end < query.end { end += 1 }   // swallow the following `&`
+        else if start > qStart { start -= 1 }   // last parameter: swallow the preceding `&`
+        let before = start - qStart
+        let after = query.end - end
+        if before + after == 0 { return }
+        out.write(byte: 0x3F)
+        out.write(base + qStart, count: before)
+        out.write(base + end, count: after)
+    }
+}
+
+extension StaticBytes {
+    static let xfpPrefix = StaticBytes("X-Forwarded-Proto: ")
+}
+
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) for the exchange's plan.
+enum RateLimitFields {
+    static let policy = StaticBytes("RateLimit-Policy: ")
+    static let state = StaticBytes("RateLimit: ")
+    static let retryAfter = StaticBytes("Retry-After: ")
+    static let crlf = StaticBytes("\r\n")
+
+    static func write(_ c: ClientConnection, into out: IOBuffer) {
+        let ex = c.exchange
+        guard ex.limitPlan >= 0 else { return }
+        let plans = c.context.snapshot.plans
+        guard ex.limitPlan < plans.count else { return }
+        let plan = plans[ex.limitPlan]
+        guard out.writableBytes > plan.policyHeader.count + 160 else { return }
+        out.write(policy)
+        out.write(plan.policyHeader)
+        out.write(crlf)
+        out.write(state)
+        let n = RateLimitHeaders.writeState(plan: plan, report: ex.limitReport,
+                                            into: UnsafeMutableRawBufferPointer(start: out.writePointer, count: 128))
+        out.writerIndex += n
+        out.write(crlf)
     }
 }
 
@@ -219,6 +309,7 @@ enum ResponseHeadWriter {
             c.withRequestID { out.write($0) }
             out.write(crlf)
         }
+        RateLimitFields.write(c, into: out)
         if c.closeAfterResponse {
             out.write(close)
         } else if c.request.version == .http10 {
@@ -287,6 +378,12 @@ enum LocalReply {
         c.withRequestID { out.write($0) }
         out.write(crlf)
         if status == 401 { out.write(challenge) }
+        if status != 100 { RateLimitFields.write(c, into: out) }
+        if status == 429 || status == 503, c.exchange.retryAfterSeconds > 0 {
+            out.write(RateLimitFields.retryAfter)
+            out.write(decimal: c.exchange.retryAfterSeconds)
+            out.write(crlf)
+        }
         if c.closeAfterResponse { out.write(close) } else if c.request.version == .http10 { out.write(keepAlive) }
         out.write(crlf)
         out.write(bodyStart)

@@ -1,0 +1,34 @@
+import ArgumentParser
+import Backends
+import Foundation
+
+/// `tollgate backends`: the reference finance, accounting and Flowise-style services.
+struct BackendsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "backends",
+        abstract: "Run the reference backends of the seeds (finance, accounting, Flowise-style chat).")
+
+    @Option(help: "Finance API address (host:port, or 'off').") var finance: String = "127.0.0.1:7001"
+    @Option(help: "Accounting/credit service address (or 'off').") var accounting: String = "127.0.0.1:7002"
+    @Option(help: "Flowise-style chat address (or 'off').") var flowise: String = "127.0.0.1:7003"
+    @Option(help: "Where the backends keep their state.") var data: String = ReferenceBackends.defaultDataDirectory
+    @Option(help: "HS256 secret for the accounting service's JWTs (else ACCOUNTING_JWT_SECRET).") var jwtSecret: String?
+    @Option(help: "API key the Flowise-style service requires (else FLOWISE_API_KEY).") var flowiseApiKey: String?
+    @Option(help: "Delay between streamed tokens, ms (else FLOWISE_TOKEN_DELAY_MS).") var tokenDelayMs: Int?
+
+    func run() throws {
+        func address(_ s: String) throws -> ReferenceAddress? {
+            if s == "off" { return nil }
+            guard let a = ReferenceAddress(parsing: s) else { throw ValidationError("not an address: \(s)") }
+            return a
+        }
+        var options = ReferenceBackends.Options.fromEnvironment()
+        if let s = jwtSecret { options.accounting.jwtSecret = s }
+        if let k = flowiseApiKey { options.flowise.apiKey = k }
+        if let d = tokenDelayMs { options.flowise.tokenDelay = .milliseconds(d) }
+        let b = try ReferenceBackends.start(finance: address(finance), accounting: address(accounting), flowise: address(flowise),
+                                            dataDirectory: data, options: options)
+        for line in b.summary { print(line) }
+        b.runUntilSignalled()
+    }
+}

@@ -1,0 +1,59 @@
+import Policy
+import Runtime
+
+/// The request phases, in the one order they run (declaration order is the contract).
+/// Nothing is consumed by a request a phase refuses: the limiter runs last.
+enum Phase: UInt8 {
+    case route, resolveClient, extractCredential, lookupKey, authorize, admit, forward
+}
+
+/// What a phase did: go on, park the exchange until `resume`, or answer locally.
+enum PhaseResult {
+    case next
+    case wait
+    case reply(Denial)
+    /// The phase already wrote a local reply (a status no Denial carries, e.g. 413).
+    case replied
+}
+
+/// Where the credential was found.
+enum CredentialSource: UInt8 { case none, header, bearer, query }
+
+/// Per-exchange facts the phases fill in (reset for every request on a connection).
+struct ExchangeFacts {
+    var phase: Phase = .route
+    var headLength = 0
+    var route: RouteSpec?
+    /// Normalised path, in the connection's `pathBuffer`.
+    var pathCount = 0
+    var clientIP = IPAddress(hi: 0, lo: 0)
+    var isPeerTrusted = false
+    var isHTTPS = false
+    var credentialSource: CredentialSource = .none
+    /// Header index of the credential (header or bearer).
+    var credentialHeader = -1
+    /// The key's bytes, relative to the start of the head.
+    var credential = ByteRange.empty
+    var keyHash = KeyHash(w0: 0, w1: 0, w2: 0, w3: 0)
+    var record: KeyRecord?
+    /// Rate-limit state for the response headers (-1: none).
+    var limitPlan = -1
+    var limitReport = LimitReport(planIndex: 0, windowIndex: 0, remaining: 0, resetSeconds: 0)
+    var retryAfterSeconds = 0
+    /// Bumped per exchange so a late completion for an old one is ignored.
+    var token: UInt64 = 0
+
+    mutating func reset(headLength: Int) {
+        phase = .route
+        self.headLength = headLength
+        route = nil
+        pathCount = 0
+        credentialSource = .none
+        credentialHeader = -1
+        credential = .empty
+        record = nil
+        limitPlan = -1
+        retryAfterSeconds = 0
+        token &+= 1
+    }
+}

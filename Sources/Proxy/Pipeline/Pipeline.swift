@@ -1,0 +1,198 @@
+import Backends
+import Glibc
+import Policy
+import Runtime
+
+/// The phase driver: the only place the order of phases is written.
+extension ClientConnection {
+    func advance() {
+        while state == .proxying || state == .waiting {
+            let result: PhaseResult
+            switch exchange.phase {
+            case .route: result = routePhase()
+            case .resolveClient: result = resolveClientPhase()
+            case .extractCredential: result = extractCredentialPhase()
+            case .lookupKey: result = lookupKeyPhase()
+            case .authorize: result = authorizePhase()
+            case .admit: result = admitPhase()
+            case .forward:
+                state = .proxying
+                forward(headLength: exchange.headLength)
+                return
+            }
+            switch result {
+            case .next:
+                if exchange.phase == .resolveClient, exchange.route?.isPublic == true {
+                    exchange.phase = .forward
+                } else {
+                    exchange.phase = Phase(rawValue: exchange.phase.rawValue &+ 1) ?? .forward
+                }
+            case .wait:
+                state = .waiting
+                return
+            case .replied:
+                return
+            case .reply(let denial):
+                state = .proxying
+                exchange.retryAfterSeconds = denial.retryAfterSeconds ?? 0
+                deny(denial.code, headLength: exchange.headLength)
+                return
+            }
+        }
+    }
+
+    /// A phase that returned `.wait` completed: continue where it left off.
+    func resume(token: UInt64) {
+        guard state == .waiting, token == exchange.token else { return }
+        state = .proxying
+        advance()
+        drive()
+    }
+
+    // MARK: phases
+
+    /// Normalise the path once, match the route on the normalised form.
+    private func routePhase() -> PhaseResult {
+        let head = inBuf.readable
+        let out = UnsafeMutableRawBufferPointer(start: pathBuffer, count: pathCapacity)
+        if request.form == .asterisk || request.form == .authority { return .reply(Denial(.noRoute)) }
+        if request.path.isEmpty {
+            out[0] = 0x2F
+            exchange.pathCount = 1
+        } else {
+            let raw = UnsafeRawBufferPointer(rebasing: head[Int(request.path.offset)..<request.path.end])
+            switch PathNormalizer.normalize(raw, into: out) {
+            case .normalized(let n): exchange.pathCount = n
+            case .rejected: return .reply(Denial(.badRequest))
+            }
+        }
+        let method = MethodSet(rawValue: 1 << UInt16(request.method.rawValue))
+        let path = UnsafeRawBufferPointer(start: pathBuffer, count: exchange.pathCount)
+        guard let route = context.snapshot.route(method: method, path: path) else { return .reply(Denial(.noRoute)) }
+        exchange.route = route
+        routeBackend = route.backend
+        maxBodyBytes = route.maxBodyBytes
+        if case .contentLength(let n) = request.framing, n > Int64(maxBodyBytes) {
+            replyLocal(status: 413, code: .badRequest, message: "request body larger than the route allows",
+                       headLength: exchange.headLength, forceClose: true)
+            return .replied
+        }
+        return .next
+    }
+
+    /// The client address: the peer, or X-Forwarded-For walked through trusted proxies only.
+    private func resolveClientPhase() -> PhaseResult {
+        let rules = context.snapshot.clients
+        exchange.isPeerTrusted = !rules.trustedProxies.isEmpty && rules.trustedProxies.contains(peerIP)
+        exchange.isHTTPS = isTLS
+        if exchange.isPeerTrusted {
+            let head = inBuf.readable
+            var xff: UnsafeRawBufferPointer?
+            for i in 0..<headers.count {
+                let f = headers[i]
+                let np = head.baseAddress! + Int(f.name.offset)
+                switch HeaderNames.classify(np, Int(f.name.count)) {
+                case .xForwardedFor:
+                    xff = UnsafeRawBufferPointer(rebasing: head[Int(f.value.offset)..<f.value.end])   // the last one wins
+                case .xForwardedProto:
+                    if !isTLS && f.value.count == 5 {
+                        exchange.isHTTPS = HeaderNames.lowerEquals(head.baseAddress! + Int(f.value.offset), 5, Self.https)
+                    }
+                default: break
+                }
+            }
+            exchange.clientIP = rules.resolveClient(peer: peerIP, forwardedFor: xff)
+        } else {
+            exchange.clientIP = peerIP
+        }
+        if !rules.admits(exchange.clientIP) { return .reply(Denial(.ipDenied)) }
+        return .next
+    }
+
+    /// The key: a configured header, `Authorization: Bearer`, or the query parameter if enabled.
+    private func extractCredentialPhase() -> PhaseResult {
+        let rule = context.snapshot.credentials
+        let head = inBuf.readable
+        let base = head.baseAddress!
+        var bearerIndex = -1
+        search: for i in 0..<headers.count {
+            let f = headers[i]
+            let np = base + Int(f.name.offset)
+            let nn = Int(f.name.count)
+            for name in rule.headerNamesLowercased where name.count == nn {
+                if name.withUnsafeBytes({ Self.caselessEquals(np, $0.baseAddress!, nn) }), f.value.count > 0 {
+                    exchange.credentialSource = .header
+                    exchange.credentialHeader = i
+                    exchange.credential = f.value
+                    break search
+                }
+            }
+            if bearerIndex < 0 && nn == 13 && HeaderNames.lowerEquals(np, 13, HeaderNames.authorization) { bearerIndex = i }
+        }
+        if exchange.credentialSource == .none && bearerIndex >= 0 {
+            let f = headers[bearerIndex]
+            let value = UnsafeRawBufferPointer(rebasing: head[Int(f.value.offset)..<f.value.end])
+            if let r = CredentialRule.bearerToken(in: value), !r.isEmpty {
+                exchange.credentialSource = .bearer
+                exchange.credentialHeader = bearerIndex
+                exchange.credential = ByteRange(offset: Int(f.value.offset) + r.lowerBound, count: r.count)
+            }
+        }
+        if exchange.credentialSource == .none, let q = rule.queryParam, request.hasQuery {
+            let query = UnsafeRawBufferPointer(rebasing: head[Int(request.query.offset)..<request.query.end])
+            if let r = CredentialRule.queryValue(named: q, in: query), !r.isEmpty {
+                exchange.credentialSource = .query
+                exchange.credential = ByteRange(offset: Int(request.query.offset) + r.lowerBound, count: r.count)
+            }
+        }
+        if exchange.credentialSource == .none { return .reply(Denial(.missingCredential)) }
+        let key = UnsafeRawBufferPointer(rebasing: head[Int(exchange.credential.offset)..<exchange.credential.end])
+        // A key in Tollgate's own format with a bad checksum is refused without any lookup.
+        if KeyFormat.classify(key) == .mintedBadChecksum { return .reply(Denial(.invalidKey)) }
+        exchange.keyHash = KeyHash.sha256(key)
+        return .next
+    }
+
+    /// In-process key directory (declared keys + embedded store); the store's lookup may wait.
+    private func lookupKeyPhase() -> PhaseResult {
+        if let r = context.keys.lookup(exchange.keyHash, in: context.snapshot) {
+            exchange.record = r
+            return .next
+        }
+        return context.lookupRemote(for: self)
+    }
+
+    /// Status, expiry, the key's IP allow-list, scopes, HTTPS: checks that consume nothing.
+    private func authorizePhase() -> PhaseResult {
+        guard let record = exchange.record, let route = exchange.route else { return .reply(Denial(.invalidKey)) }
+        switch Authorizer.authorize(record: record, route: route, clientIP: exchange.clientIP,
+                                    isHTTPS: exchange.isHTTPS, now: Int64(time(nil))) {
+        case .allow: return .next
+        case .deny(let d): return .reply(d)
+        }
+    }
+
+    /// Rate limits of the key's plan: every window at once, all or nothing.
+    private func admitPhase() -> PhaseResult {
+        guard let record = exchange.record, let planIndex = record.planIndex else { return .next }
+        let plans = context.snapshot.plans
+        guard planIndex < plans.count, !plans[planIndex].windows.isEmpty else { return .next }
+        return context.admit(for: self, plan: plans[planIndex])
+    }
+
+    // MARK: helpers
+
+    static let https = StaticBytes("https")
+
+    @inline(__always)
+    static func caselessEquals(_ a: UnsafeRawPointer, _ lower: UnsafeRawPointer, _ n: Int) -> Bool {
+        var i = 0
+        while i < n {
+            var c = a.load(fromByteOffset: i, as: UInt8.self)
+            if c &- 0x41 < 26 { c |= 0x20 }
+            if c != lower.load(fromByteOffset: i, as: UInt8.self) { return false }
+            i &+= 1
+        }
+        return true
+    }
+}

@@ -1,0 +1,121 @@
+import Backends
+import CSystem
+import Foundation
+import Glibc
+import Policy
+import Runtime
+import Synchronization
+
+/// Owns what `serve` was configured from: the policy path and the embedded key log. Reloads
+/// either on SIGHUP or when a file changes (inotify), validating first: a policy that fails
+/// to load leaves the current one serving, and the reason is logged with file and line.
+final class Reloader: Sendable {
+    let policiesPath: String
+    let keyLog: EmbeddedKeyLog
+    private struct Current {
+        var snapshot: PolicySnapshot
+        var keyState: KeyLogState
+    }
+    private let current: Mutex<Current>
+    private let server: Mutex<Server?> = Mutex(nil)
+
+    init(policiesPath: String) throws(PolicyLoadError) {
+        self.policiesPath = policiesPath
+        keyLog = EmbeddedKeyLog(directory: EmbeddedKeyLog.defaultDirectory(forPolicies: policiesPath))
+        let snapshot = try PolicyLoader.load(path: policiesPath)
+        let state = (try? keyLog.load()) ?? KeyLogState()
+        current = Mutex(Current(snapshot: snapshot, keyState: state))
+    }
+
+    var snapshot: PolicySnapshot { current.withLock { $0.snapshot } }
+
+    func keyDirectory() -> KeyDirectory {
+        let (s, k) = current.withLock { ($0.snapshot, $0.keyState) }
+        let dir = KeyDirectory(snapshot: s, state: k)
+        for w in dir.warnings { Log.warn(w) }
+        return dir
+    }
+
+    func attach(_ s: Server) { server.withLock { $0 = s } }
+
+    /// Loads the policy again; on success installs it (with keys recompiled) everywhere.
+    func reloadPolicy(reason: String) {
+        do {
+            let next = try PolicyLoader.load(path: policiesPath)
+            current.withLock { $0.snapshot = next }
+            let keys = keyDirectory()
+            server.withLock { $0?.install(next, keys: keys) }
+            Log.info("policy reloaded (\(reason)): \(next.routes.count) route(s), \(next.keys.count) declared key(s)")
+        } catch {
+            Log.error("policy reload (\(reason)) failed; the current policy keeps serving:")
+            for e in error.errors { Log.error("  \(e)") }
+        }
+    }
+
+    /// Reads the key log again and installs the recompiled directory.
+    func reloadKeys() {
+        do {
+            let state = try keyLog.load()
+            let changed = current.withLock { cur -> Bool in
+                if cur.keyState == state { return false }
+                cur.keyState = state
+                return true
+            }
+            guard changed else { return }
+            let keys = keyDirectory()
+            server.withLock { $0?.install(keys: keys) }
+            Log.info("key store reloaded: \(state.records.count) stored key(s)")
+        } catch {
+            Log.error("key store reload failed: \(error)")
+        }
+    }
+
+    /// Watches the policy files and the key log; runs on its own thread for the process's life.
+    func startWatching() {
+        try? FileManager.default.createDirectory(atPath: keyLog.directory, withIntermediateDirectories: true,
+                                                 attributes: [.posixPermissions: 0o700])
+        var isDir: ObjCBool = false
+        FileManager.default.fileExists(atPath: policiesPath, isDirectory: &isDir)
+        let policyDir = isDir.boolValue ? policiesPath : (policiesPath as NSString).deletingLastPathComponent
+        let box = UncheckedBox(self)
+        _ = spawnThreadDetached(name: "tollgate-watch") {
+            box.value.watchLoop(policyDir: policyDir.isEmpty ? "." : policyDir)
+        }
+    }
+
+    private func watchLoop(policyDir: String) {
+        let fd = inotify_init1(Int32(IN_CLOEXEC))
+        guard fd >= 0 else { Log.warn("inotify unavailable; reload with SIGHUP"); return }
+        let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE)
+        let policyWatch = inotify_add_watch(fd, policyDir, mask)
+        let keyWatch = inotify_add_watch(fd, keyLog.directory, mask | UInt32(IN_MODIFY))
+        var buf = [UInt8](repeating: 0, count: 8192)
+        while true {
+            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { if errno == EINTR { continue }; return }
+            var policyChanged = false
+            var keysChanged = false
+            var off = 0
+            buf.withUnsafeBytes { raw in
+                while off + MemoryLayout<inotify_event>.size <= n {
+                    let ev = raw.load(fromByteOffset: off, as: inotify_event.self)
+                    let nameStart = off + MemoryLayout<inotify_event>.size
+                    let name = ev.len > 0 ? String(cString: raw.baseAddress!.advanced(by: nameStart).assumingMemoryBound(to: CChar.self)) : ""
+                    if ev.wd == policyWatch && (name.hasSuffix(".yaml") || name.hasSuffix(".yml")) { policyChanged = true }
+                    if ev.wd == keyWatch && name == "keys.jsonl" { keysChanged = true }
+                    off = nameStart + Int(ev.len)
+                }
+            }
+            // Editors write in several steps: let them finish.
+            if policyChanged || keysChanged { usleep(30_000) }
+            if policyChanged { reloadPolicy(reason: "file change") } else if keysChanged { reloadKeys() }
+        }
+    }
+}
+
+/// A thread nobody joins (the watcher).
+func spawnThreadDetached(name: String, _ body: @escaping @Sendable () -> Void) -> pthread_t {
+    let t = spawnThread(name: name, body)
+    pthread_detach(t)
+    return t
+}
