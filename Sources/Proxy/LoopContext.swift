@@ -23,6 +23,8 @@ final class LoopContext {
     private(set) var snapshot: PolicySnapshot
     /// Keys known in-process (declared + embedded store), compiled against `snapshot`.
     var keys: KeyDirectory = .empty
+    /// The shared store (Redis), when the policy names one.
+    private(set) var store: SharedStore?
     /// Shared by every loop: per-key cells built for concurrent use.
     let limiter: RateLimiter
     private(set) var pools: [UpstreamPool] = []
@@ -55,6 +57,13 @@ final class LoopContext {
         }
     }
 
+    /// Connects this loop to the shared store (on the loop's thread, before it serves).
+    func startStore(instanceID: String) {
+        guard let spec = snapshot.store, let url = try? RedisURL(parsing: spec.url) else { return }
+        store = SharedStore(loop: loop, url: url, deadline: spec.deadline, mode: spec.onError,
+                            instanceID: instanceID + "-\(loop.index)")
+    }
+
     /// Installs a new policy snapshot (called on this loop). Pools are matched by backend name.
     func install(_ new: PolicySnapshot) {
         var newPools: [UpstreamPool] = []
@@ -78,20 +87,124 @@ final class LoopContext {
 
     // MARK: store-backed phases
 
-    /// A key not known in-process. The embedded store has every key in memory, so it is unknown.
-    func lookupRemote(for c: ClientConnection) -> PhaseResult {
-        .reply(Denial(.invalidKey))
+    /// The key's record: in-process (declared + embedded store), or through the shared store's
+    /// cache, then Redis, then the declared keys.
+    func lookup(for c: ClientConnection) -> PhaseResult {
+        let h = c.exchange.keyHash
+        guard let store else {
+            if let r = keys.lookup(h, in: snapshot) {
+                c.exchange.record = r
+                return .next
+            }
+            return .reply(Denial(.invalidKey))
+        }
+        switch store.cached(h, now: loop.now, allowStale: false) {
+        case .hit(let r):
+            c.exchange.record = r
+            return .next
+        case .negative:
+            return .reply(Denial(.invalidKey))
+        case .miss:
+            break
+        }
+        if let failed = store.redis.lookupKey(h, waiter: c, token: c.exchange.token) {
+            return keyLookupFailed(c, store, failed)
+        }
+        return .wait
     }
 
-    /// Rate limits in-process: exact across loops (the cells are shared).
+    /// Rate limits: Redis (one script, every window) when configured, else in-process (exact
+    /// across loops: the cells are shared).
     func admit(for c: ClientConnection, plan: PlanSpec) -> PhaseResult {
+        if let store {
+            if let failed = store.redis.admit(c.exchange.keyHash, plan: plan, waiter: c, token: c.exchange.token) {
+                return limitFailed(c, store, plan, failed)
+            }
+            return .wait
+        }
+        return admitLocally(c, plan: plan)
+    }
+
+    private func admitLocally(_ c: ClientConnection, plan: PlanSpec) -> PhaseResult {
         let v = limiter.admit(key: c.exchange.keyHash, plan: plan, now: loop.now)
+        return apply(v, to: c, plan: plan)
+    }
+
+    private func apply(_ v: LimitVerdict, to c: ClientConnection, plan: PlanSpec) -> PhaseResult {
         c.exchange.limitPlan = plan.index
         c.exchange.limitReport = v.report
         if !v.isAllowed {
             return .reply(Denial(.rateLimited, retryAfterSeconds: max(1, v.retryAfterSeconds), limit: v.report))
         }
         return .next
+    }
+
+    /// A store reply (or failure) for the phase the exchange is parked in.
+    func completeStore(for c: ClientConnection, result: RedisResult) -> PhaseResult {
+        guard let store else { return .reply(Denial(.storeUnavailable)) }
+        let h = c.exchange.keyHash
+        switch c.exchange.phase {
+        case .lookupKey:
+            switch result {
+            case .reply(.string(let json)):
+                guard let entry = try? RedisKeyDirectory.decode(json), let hash = entry.hash.flatMap({ KeyHash(hex: $0.hasPrefix("sha256:") ? String($0.dropFirst(7)) : $0) }), hash == h else {
+                    return keyLookupFailed(c, store, .reply(.nil))
+                }
+                var warnings: [String] = []
+                let r = KeyDirectory.record(from: entry, hash: h, snapshot: snapshot, warnings: &warnings)
+                store.remember(h, record: r, now: loop.now)
+                c.exchange.record = r
+                return .next
+            case .reply(.nil):
+                let declared = keys.lookup(h, in: snapshot)
+                store.remember(h, record: declared, now: loop.now)
+                guard let declared else { return .reply(Denial(.invalidKey)) }
+                c.exchange.record = declared
+                return .next
+            default:
+                return keyLookupFailed(c, store, result)
+            }
+        case .admit:
+            guard let record = c.exchange.record, let pi = record.planIndex, pi < snapshot.plans.count else { return .next }
+            if case .limit(let v) = result { return apply(v, to: c, plan: snapshot.plans[pi]) }
+            return limitFailed(c, store, snapshot.plans[pi], result)
+        default:
+            return .next
+        }
+    }
+
+    /// Redis could not say: a cached record (even stale) is used; an unknown key is refused 503.
+    private func keyLookupFailed(_ c: ClientConnection, _ store: SharedStore, _ result: RedisResult) -> PhaseResult {
+        if case .hit(let r) = store.cached(c.exchange.keyHash, now: loop.now, allowStale: true) {
+            c.exchange.record = r
+            c.exchange.degraded = .staleKey
+            return .next
+        }
+        if case .reply(.nil) = result { return .reply(Denial(.invalidKey)) }
+        return .reply(Denial(.storeUnavailable, retryAfterSeconds: 1))
+    }
+
+    /// Redis could not decide a limit: `store.on_error` says what happens.
+    private func limitFailed(_ c: ClientConnection, _ store: SharedStore, _ plan: PlanSpec, _ result: RedisResult) -> PhaseResult {
+        switch store.mode {
+        case .closed:
+            return .reply(Denial(.storeUnavailable, retryAfterSeconds: 1))
+        case .open:
+            store.countOpenAdmit()
+            c.exchange.degraded = .open
+            return .next
+        case .local:
+            store.countLocalLimit()
+            c.exchange.degraded = .local
+            let scaled = store.localPlan(plan)
+            let v = limiter.admit(key: c.exchange.keyHash, plan: scaled, now: loop.now)
+            c.exchange.limitPlan = plan.index
+            c.exchange.limitReport = v.report
+            if !v.isAllowed {
+                return .reply(Denial(.rateLimited, retryAfterSeconds: max(1, v.retryAfterSeconds), limit: v.report))
+            }
+            return .next
+        }
     }
 
     // MARK: connections

@@ -40,9 +40,19 @@ final class Server: @unchecked Sendable {
             loops.append(loop)
             contexts.append(ctx)
         }
+        let instanceID = Self.instanceID()
         for (i, loop) in loops.enumerated() {
+            let ctx = UncheckedBox(contexts[i])
+            loop.execute { ctx.value.startStore(instanceID: instanceID) }
             threads.append(spawnThread(name: "tollgate-loop-\(i)") { loop.run() })
         }
+    }
+
+    /// host-pid-random: names this process among the instances sharing a store.
+    static func instanceID() -> String {
+        var host = [CChar](repeating: 0, count: 64)
+        gethostname(&host, 63)
+        return "\(String(cString: host))-\(getpid())-\(UInt32.random(in: 0 ... .max))"
     }
 
     /// Publishes a new snapshot and the key directory compiled against it to every loop.

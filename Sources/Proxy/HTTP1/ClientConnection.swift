@@ -1,3 +1,4 @@
+import Backends
 import Glibc
 import Policy
 import Runtime
@@ -8,7 +9,7 @@ import Runtime
 /// Every event (its own, or its upstream's) lands in `drive()`, which pumps the state
 /// machine until no step makes progress: no callback nests another, and pipelined
 /// requests are served in a loop, not by recursion.
-final class ClientConnection: EventHandler {
+final class ClientConnection: EventHandler, RedisWaiter {
     enum State: UInt8 {
         /// Waiting for (the rest of) a request head.
         case readingHead

@@ -310,6 +310,7 @@ enum ResponseHeadWriter {
             out.write(crlf)
         }
         RateLimitFields.write(c, into: out)
+        if let d = c.exchange.degraded.headerValue { out.write(d) }
         if c.closeAfterResponse {
             out.write(close)
         } else if c.request.version == .http10 {
@@ -379,6 +380,7 @@ enum LocalReply {
         out.write(crlf)
         if status == 401 { out.write(challenge) }
         if status != 100 { RateLimitFields.write(c, into: out) }
+        if let d = c.exchange.degraded.headerValue { out.write(d) }
         if status == 429 || status == 503, c.exchange.retryAfterSeconds > 0 {
             out.write(RateLimitFields.retryAfter)
             out.write(decimal: c.exchange.retryAfterSeconds)

@@ -40,6 +40,8 @@ struct ExchangeFacts {
     var limitPlan = -1
     var limitReport = LimitReport(planIndex: 0, windowIndex: 0, remaining: 0, resetSeconds: 0)
     var retryAfterSeconds = 0
+    /// Decided without the shared store (see `SharedStore`): marked on the response.
+    var degraded: Degraded = .none
     /// Bumped per exchange so a late completion for an old one is ignored.
     var token: UInt64 = 0
 
@@ -54,6 +56,22 @@ struct ExchangeFacts {
         record = nil
         limitPlan = -1
         retryAfterSeconds = 0
+        degraded = .none
         token &+= 1
     }
+}
+
+enum Degraded: UInt8 {
+    case none, open, local, staleKey
+    var headerValue: StaticBytes? {
+        switch self {
+        case .none: return nil
+        case .open: return Degraded.open_
+        case .local: return Degraded.local_
+        case .staleKey: return Degraded.stale_
+        }
+    }
+    static let open_ = StaticBytes("X-Tollgate-Degraded: store-unavailable; limits=open\r\n")
+    static let local_ = StaticBytes("X-Tollgate-Degraded: store-unavailable; limits=local\r\n")
+    static let stale_ = StaticBytes("X-Tollgate-Degraded: store-unavailable; key=cached\r\n")
 }

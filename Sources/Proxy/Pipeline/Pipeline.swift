@@ -6,7 +6,7 @@ import Runtime
 /// The phase driver: the only place the order of phases is written.
 extension ClientConnection {
     func advance() {
-        while state == .proxying || state == .waiting {
+        while state == .proxying {
             let result: PhaseResult
             switch exchange.phase {
             case .route: result = routePhase()
@@ -20,32 +20,40 @@ extension ClientConnection {
                 forward(headLength: exchange.headLength)
                 return
             }
-            switch result {
-            case .next:
-                if exchange.phase == .resolveClient, exchange.route?.isPublic == true {
-                    exchange.phase = .forward
-                } else {
-                    exchange.phase = Phase(rawValue: exchange.phase.rawValue &+ 1) ?? .forward
-                }
-            case .wait:
-                state = .waiting
-                return
-            case .replied:
-                return
-            case .reply(let denial):
-                state = .proxying
-                exchange.retryAfterSeconds = denial.retryAfterSeconds ?? 0
-                deny(denial.code, headLength: exchange.headLength)
-                return
-            }
+            if !apply(result) { return }
         }
     }
 
-    /// A phase that returned `.wait` completed: continue where it left off.
-    func resume(token: UInt64) {
+    /// Moves the exchange on by a phase's result; false when the driver must stop.
+    private func apply(_ result: PhaseResult) -> Bool {
+        switch result {
+        case .next:
+            if exchange.phase == .resolveClient, exchange.route?.isPublic == true {
+                exchange.phase = .forward
+            } else {
+                exchange.phase = Phase(rawValue: exchange.phase.rawValue &+ 1) ?? .forward
+            }
+            return true
+        case .wait:
+            state = .waiting
+            return false
+        case .replied:
+            return false
+        case .reply(let denial):
+            state = .proxying
+            exchange.retryAfterSeconds = denial.retryAfterSeconds ?? 0
+            deny(denial.code, headLength: exchange.headLength)
+            return false
+        }
+    }
+
+    /// The store answered the phase this exchange waits in (never called from inside the
+    /// call that started the wait: the Redis client defers every completion).
+    func redisCompleted(token: UInt64, result: RedisResult) {
         guard state == .waiting, token == exchange.token else { return }
         state = .proxying
-        advance()
+        let r = context.completeStore(for: self, result: result)
+        if apply(r) { advance() }
         drive()
     }
 
@@ -153,13 +161,9 @@ extension ClientConnection {
         return .next
     }
 
-    /// In-process key directory (declared keys + embedded store); the store's lookup may wait.
+    /// In-process key directory, or the shared store (which may wait for Redis).
     private func lookupKeyPhase() -> PhaseResult {
-        if let r = context.keys.lookup(exchange.keyHash, in: context.snapshot) {
-            exchange.record = r
-            return .next
-        }
-        return context.lookupRemote(for: self)
+        context.lookup(for: self)
     }
 
     /// Status, expiry, the key's IP allow-list, scopes, HTTPS: checks that consume nothing.

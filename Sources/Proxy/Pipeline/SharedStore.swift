@@ -1,0 +1,127 @@
+import Backends
+import Foundation
+import Glibc
+import Policy
+import Runtime
+import Synchronization
+
+/// One loop's view of the shared store (Redis): its connection, a TTL cache of key records,
+/// a bounded negative cache, and the outage behaviour of `store.on_error`.
+///
+/// Key records: a cache hit costs nothing; a miss suspends the exchange until Redis answers.
+/// If Redis cannot answer, a cached record (even a stale one) is used; an unknown key is never
+/// admitted unverified — it gets 503 STORE_UNAVAILABLE whatever the mode.
+/// Rate limits: one EVALSHA per request; when Redis cannot answer, `closed` answers 503,
+/// `open` admits (counted, marked), `local` uses the in-process limiter with each window's
+/// limit divided by the number of live instances last announced through Redis.
+final class SharedStore {
+    let redis: RedisConnection
+    let mode: StoreFailMode
+    private let loop: EventLoop
+    private struct Cached {
+        var record: KeyRecord?
+        var expires: UInt64
+    }
+    private var cache: [KeyHash: Cached] = [:]
+    private var negativeCount = 0
+    let positiveTTL: UInt64 = 30_000_000_000      // invalidation is pushed; the TTL bounds a missed message
+    let negativeTTL: UInt64 = 2_000_000_000
+    let maxEntries = 100_000
+    let maxNegative = 10_000
+    private var scaledPlans: [Int: (Int, PlanSpec)] = [:]
+    /// Counts for the log and tests.
+    private(set) var admittedOpen = 0
+    private(set) var limitedLocally = 0
+
+    init(loop: EventLoop, url: RedisURL, deadline: Duration, mode: StoreFailMode, instanceID: String) {
+        self.loop = loop
+        self.mode = mode
+        let loopIndex = loop.index
+        redis = RedisConnection(loop: loop, url: url, commandDeadline: deadline, instanceID: instanceID) { health in
+            StoreHealthLog.report(health, loop: loopIndex, mode: mode)
+        }
+        redis.subscribeInvalidations { [unowned self] message in
+            self.invalidate(message)
+        }
+        redis.start()
+    }
+
+    func stop() { redis.stop() }
+
+    // MARK: key records
+
+    enum CacheAnswer { case hit(KeyRecord), negative, miss }
+
+    func cached(_ hash: KeyHash, now: UInt64, allowStale: Bool) -> CacheAnswer {
+        guard let c = cache[hash] else { return .miss }
+        if c.expires <= now && !allowStale { return .miss }
+        if let r = c.record { return .hit(r) }
+        return c.expires > now ? .negative : .miss
+    }
+
+    func remember(_ hash: KeyHash, record: KeyRecord?, now: UInt64) {
+        if cache.count >= maxEntries { evict(now: now) }
+        if record == nil {
+            if negativeCount >= maxNegative { evict(now: now) }
+            if negativeCount >= maxNegative { return }   // a random-key flood must not grow memory
+            negativeCount += 1
+        }
+        if let old = cache[hash], old.record == nil { negativeCount -= 1 }
+        cache[hash] = Cached(record: record, expires: now &+ (record == nil ? negativeTTL : positiveTTL))
+    }
+
+    private func evict(now: UInt64) {
+        cache = cache.filter { $0.value.expires > now }
+        negativeCount = cache.values.reduce(0) { $0 + ($1.record == nil ? 1 : 0) }
+        if cache.count >= maxEntries { cache.removeAll(); negativeCount = 0 }
+    }
+
+    /// A key changed somewhere (hex of its hash), or "" after a resubscribe: drop it (or all).
+    func invalidate(_ message: [UInt8]) {
+        if message.isEmpty {
+            cache.removeAll()
+            negativeCount = 0
+            return
+        }
+        guard let h = KeyHash(hex: String(decoding: message, as: UTF8.self)) else { return }
+        if let old = cache.removeValue(forKey: h), old.record == nil { negativeCount -= 1 }
+    }
+
+    // MARK: limits
+
+    /// The plan with every window's limit divided among `n` live instances.
+    func localPlan(_ plan: PlanSpec) -> PlanSpec {
+        let n = max(1, redis.liveInstances)
+        if n == 1 { return plan }
+        if let (count, p) = scaledPlans[plan.index], count == n { return p }
+        let windows = plan.windows.map {
+            RateWindow(plan: plan.name, requests: max(1, $0.requests / n), per: $0.per, burst: max(1, $0.burst / n))
+        }
+        let p = PlanSpec(index: plan.index, name: plan.name, windows: windows)
+        scaledPlans[plan.index] = (n, p)
+        return p
+    }
+
+    func countOpenAdmit() { admittedOpen += 1 }
+    func countLocalLimit() { limitedLocally += 1 }
+}
+
+/// Logs store health once per transition, not per request (every loop reports; one line each way).
+enum StoreHealthLog {
+    private static let state = Mutex<(down: Int, total: Int)>((0, 0))
+
+    static func report(_ health: RedisHealth, loop: Int, mode: StoreFailMode) {
+        switch health {
+        case .down:
+            let first = state.withLock { s -> Bool in s.down += 1; return s.down == 1 }
+            if first { Log.warn("store unavailable: on_error=\(mode) (closed: 503 STORE_UNAVAILABLE; open: admit; local: in-process limits)") }
+        case .up:
+            let last = state.withLock { s -> Bool in
+                if s.down == 0 { return false }
+                s.down -= 1
+                return s.down == 0
+            }
+            if last { Log.info("store recovered") }
+        }
+    }
+}
