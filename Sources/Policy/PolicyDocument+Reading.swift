@@ -280,7 +280,9 @@ struct NodeReader {
                 unknown(kn, k)
             }
         }
-        if doc.version == nil, !top.contains(where: { $0.key == "version" }) {
+        // A keys-only file (thousands of keys kept on their own) may omit `version`.
+        let keysOnly = !top.isEmpty && top.allSatisfy { $0.0 == "keys" }
+        if doc.version == nil, !keysOnly, !top.contains(where: { $0.0 == "version" }) {
             fail(root, "version", "missing required field (expected version: 1)")
         }
     }

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The demo: reference backends + Tollgate on policies/ (embedded store, no Redis), a freshly
+# minted key, and requests that show what gets through and what does not.
+# Stops everything it started (by PID) on exit or Ctrl-C. DEMO_KEEP=0 exits after the tour.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+echo "== building (debug) …"
+swift build 2>&1 | tail -1
+BIN=$PWD/.build/debug/tollgate
+DATA=$PWD/demo-data
+mkdir -p "$DATA"
+export TOLLGATE_STATE_DIR=$DATA/state          # where `keys new` records minted keys
+export FLOWISE_API_KEY=demo-flowise-secret      # the chat backend requires it; Tollgate injects nothing yet,
+unset FLOWISE_API_KEY                           # so the demo runs the chat backend open
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+for port in 7001 7002 7003 8080; do
+    if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then echo "port $port is busy: stop what uses it first"; exit 1; fi
+done
+
+"$BIN" backends --data "$DATA/backends" >"$DATA/backends.log" 2>&1 & pids+=($!)
+"$BIN" serve --policies policies --threads 2 >"$DATA/tollgate.log" 2>&1 & pids+=($!)
+for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:8080/health && break; sleep 0.1; done
+
+echo "== minting a demo key (printed once; only its hash is stored)"
+out=$("$BIN" keys new --policies policies --consumer demo --scopes finance:read,chat,credits --plan free)
+echo "$out"
+KEY=$(sed -n 's/^key: //p' <<<"$out")
+ID=$(sed -n 's/^id: //p' <<<"$out")
+sleep 0.3   # the running proxy picks the new key up from the store (inotify)
+
+show() {   # show "what" curl-args…
+    local what=$1; shift
+    printf '\n$ curl %s\n' "$*"
+    curl -s -i "$@" | grep -iE '^HTTP/|^ratelimit|^retry-after|^www-auth|^\{|^x-tollgate-degraded' | sed 's/^/  /'
+    printf '  ^ %s\n' "$what"
+}
+H="X-API-Key: $KEY"
+U=http://127.0.0.1:8080
+show "public route, no key needed"                      $U/health
+show "allowed: the finance backend answers"             -H "$H" $U/api/finance/accounts
+show "what the backend saw (identity, no key)"          -H "$H" $U/api/finance/whoami
+show "Bearer works too"                                 -H "Authorization: Bearer $KEY" $U/api/credits/total-balance
+show "MISSING_CREDENTIAL"                               $U/api/finance/accounts
+show "INVALID_KEY (unknown key)"                        -H "X-API-Key: not-a-key" $U/api/finance/accounts
+show "INVALID_KEY (tg_ format, bad checksum: no lookup)" -H "X-API-Key: ${KEY%?}x" $U/api/finance/accounts
+show "INSUFFICIENT_SCOPE (admin)"                       -H "$H" $U/admin/stats
+show "HTTPS_REQUIRED (writes need TLS)"                 -H "$H" -X POST $U/api/finance/accounts
+show "NO_ROUTE"                                         -H "$H" $U/nowhere
+show "BAD_REQUEST (path escaping the root)"             --path-as-is -H "$H" "$U/../admin/x"
+echo
+echo "\$ for i in 1..8: curl -H '$H' $U/api/finance/accounts   (plan free: 5/s)"
+for i in $(seq 8); do curl -s -o /dev/null -w '%{http_code} ' -H "$H" $U/api/finance/accounts; done
+echo "  ^ RATE_LIMITED after the burst"
+sleep 1.1
+printf '\n$ curl -N -H "%s" -d {"question":"hello","streaming":true} %s/api/v1/prediction/support-bot\n' "$H" "$U"
+curl -s -N -H "$H" -H 'Content-Type: application/json' -d '{"question":"What does Tollgate do?","streaming":true}' \
+    $U/api/v1/prediction/support-bot | head -12 | sed 's/^/  /'
+echo "  ^ Flowise SSE events, relayed one by one"
+"$BIN" keys revoke "$ID" --policies policies >/dev/null
+sleep 0.3
+show "REVOKED (tollgate keys revoke $ID)"               -H "$H" $U/api/finance/accounts
+
+cat <<EOT
+
+Tollgate is on http://127.0.0.1:8080 (policies/), backends on :7001-:7003, logs in demo-data/.
+Mint another key:   $BIN keys new --policies policies --consumer you --scopes finance:read,chat
+List keys:          $BIN keys list --policies policies
+EOT
+if [[ ${DEMO_KEEP:-1} == 1 && -t 0 ]]; then
+    echo "Ctrl-C stops everything."
+    wait
+fi
