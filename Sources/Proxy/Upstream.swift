@@ -80,11 +80,11 @@ final class UpstreamConnection: EventHandler {
     }
 
     func handleEvent(_ events: EventSet, loop: EventLoop) {
-        if !events.isDisjoint(with: [.readable, .readHangup, .hangup, .error]) { isReadable = true }
-        if events.contains(.writable) { isWritable = true }
+        if events.hasInput { isReadable = true }
+        if events.hasOutput { isWritable = true }
         switch state {
         case .connecting:
-            if !events.isDisjoint(with: [.writable, .error, .hangup]) {
+            if events.hasOutputOrFailure {
                 let err = Sys.socketError(fd)
                 if err == 0 {
                     state = .active

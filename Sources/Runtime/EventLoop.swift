@@ -20,18 +20,24 @@ package protocol TimerHandler: AnyObject {
     func timerFired(loop: EventLoop)
 }
 
-/// The epoll mask, typed.
+/// The epoll mask, typed. Values are the Linux constants as literals (no lazy globals, no
+/// generic SetAlgebra code on the hot path: test with `hasInput`/`hasOutput`).
 package struct EventSet: OptionSet, Sendable {
     package let rawValue: UInt32
-    package init(rawValue: UInt32) { self.rawValue = rawValue }
-    package static let readable = EventSet(rawValue: tollgate_EPOLLIN)
-    package static let writable = EventSet(rawValue: tollgate_EPOLLOUT)
-    package static let error = EventSet(rawValue: tollgate_EPOLLERR)
-    package static let hangup = EventSet(rawValue: tollgate_EPOLLHUP)
-    package static let readHangup = EventSet(rawValue: tollgate_EPOLLRDHUP)
-    package static let edgeTriggered = EventSet(rawValue: tollgate_EPOLLET)
+    @inlinable package init(rawValue: UInt32) { self.rawValue = rawValue }
+    @inlinable package static var readable: EventSet { EventSet(rawValue: 0x001) }        // EPOLLIN
+    @inlinable package static var writable: EventSet { EventSet(rawValue: 0x004) }        // EPOLLOUT
+    @inlinable package static var error: EventSet { EventSet(rawValue: 0x008) }           // EPOLLERR
+    @inlinable package static var hangup: EventSet { EventSet(rawValue: 0x010) }          // EPOLLHUP
+    @inlinable package static var readHangup: EventSet { EventSet(rawValue: 0x2000) }     // EPOLLRDHUP
+    @inlinable package static var edgeTriggered: EventSet { EventSet(rawValue: 0x8000_0000) } // EPOLLET
     /// What every stream socket registers once: both directions, edge-triggered, no later epoll_ctl.
-    package static let streamSocket: EventSet = [.readable, .writable, .readHangup, .edgeTriggered]
+    @inlinable package static var streamSocket: EventSet { EventSet(rawValue: 0x8000_2005) }
+    /// Readable, or an error/hang-up a read will report.
+    @inlinable package var hasInput: Bool { rawValue & 0x2019 != 0 }
+    @inlinable package var hasOutput: Bool { rawValue & 0x004 != 0 }
+    /// Writable or failed (a connect finished either way).
+    @inlinable package var hasOutputOrFailure: Bool { rawValue & 0x01C != 0 }
 }
 
 /// One epoll event loop, owned by one thread. Registrations are indexed by fd; the epoll
@@ -78,7 +84,7 @@ package final class EventLoop: @unchecked Sendable {
         events = .allocate(capacity: maxEvents)
         now = monotonicNanos()
         var e = epoll_event()
-        e.events = tollgate_EPOLLIN
+        e.events = EventSet.readable.rawValue
         e.data.u64 = UInt64(UInt32(bitPattern: ev))
         _ = epoll_ctl(epfd, EPOLL_CTL_ADD, ev, &e)
     }

@@ -17,18 +17,18 @@ package final class IOBuffer {
     }
     deinit { base.deallocate() }
 
-    @inline(__always) package var readableBytes: Int { writerIndex &- readerIndex }
-    @inline(__always) package var writableBytes: Int { capacity &- writerIndex }
-    @inline(__always) package var isEmpty: Bool { readerIndex == writerIndex }
-    @inline(__always) package var readPointer: UnsafeMutableRawPointer { base + readerIndex }
-    @inline(__always) package var writePointer: UnsafeMutableRawPointer { base + writerIndex }
+    @inlinable @inline(__always) package var readableBytes: Int { writerIndex &- readerIndex }
+    @inlinable @inline(__always) package var writableBytes: Int { capacity &- writerIndex }
+    @inlinable @inline(__always) package var isEmpty: Bool { readerIndex == writerIndex }
+    @inlinable @inline(__always) package var readPointer: UnsafeMutableRawPointer { base + readerIndex }
+    @inlinable @inline(__always) package var writePointer: UnsafeMutableRawPointer { base + writerIndex }
 
     /// The readable bytes, as a raw buffer valid until the next mutation.
-    @inline(__always) package var readable: UnsafeRawBufferPointer {
+    @inlinable @inline(__always) package var readable: UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: base + readerIndex, count: writerIndex &- readerIndex)
     }
 
-    @inline(__always) package func clear() { readerIndex = 0; writerIndex = 0 }
+    @inlinable @inline(__always) package func clear() { readerIndex = 0; writerIndex = 0 }
 
     /// Moves the readable bytes to the start of the buffer. Returns how far they moved
     /// (offsets into the readable region stay valid relative to `readerIndex`).
@@ -44,19 +44,32 @@ package final class IOBuffer {
     }
 
     /// Appends bytes; the caller has checked `writableBytes` (precondition otherwise).
-    @inline(__always)
+    @inlinable @inline(__always)
     package func write(_ p: UnsafeRawPointer, count: Int) {
-        precondition(count <= writableBytes, "IOBuffer overflow")
-        (base + writerIndex).copyMemory(from: p, byteCount: count)
+        precondition(count <= capacity &- writerIndex, "IOBuffer overflow")
+        let dst = base + writerIndex
+        if count <= 16 {
+            // Header fragments are short: a byte loop beats a memcpy call.
+            var i = 0
+            while i < count {
+                dst.storeBytes(of: p.load(fromByteOffset: i, as: UInt8.self), toByteOffset: i, as: UInt8.self)
+                i &+= 1
+            }
+        } else {
+            dst.copyMemory(from: p, byteCount: count)
+        }
         writerIndex &+= count
     }
-    @inline(__always)
+    /// Constant text (static data in the binary: no allocation, no lazy global).
+    @inlinable @inline(__always)
+    package func write(_ s: StaticString) { write(UnsafeRawPointer(s.utf8Start), count: s.utf8CodeUnitCount) }
+    @inlinable @inline(__always)
     package func write(_ bytes: UnsafeRawBufferPointer) {
         if let p = bytes.baseAddress { write(p, count: bytes.count) }
     }
     @inline(__always)
     package func write(_ bytes: StaticBytes) { write(bytes.pointer, count: bytes.count) }
-    @inline(__always)
+    @inlinable @inline(__always)
     package func write(byte: UInt8) {
         precondition(writerIndex < capacity, "IOBuffer overflow")
         base.storeBytes(of: byte, toByteOffset: writerIndex, as: UInt8.self)

@@ -187,10 +187,10 @@ final class RedisLink: EventHandler, TimerHandler {
     // MARK: loop callbacks
 
     func handleEvent(_ events: EventSet, loop: EventLoop) {
-        if !events.isDisjoint(with: [.readable, .error, .hangup, .readHangup]), let ac {
+        if events.hasInput, let ac {
             redisAsyncHandleRead(ac)
         }
-        if events.contains(.writable), let ac {
+        if events.hasOutput, let ac {
             inWrite = true
             redisAsyncHandleWrite(ac)
             inWrite = false

@@ -104,8 +104,8 @@ final class ClientConnection: EventHandler, RedisWaiter {
     // MARK: events
 
     func handleEvent(_ events: EventSet, loop: EventLoop) {
-        if !events.isDisjoint(with: [.readable, .readHangup, .hangup, .error]) { isReadable = true }
-        if events.contains(.writable) { isWritable = true }
+        if events.hasInput { isReadable = true }
+        if events.hasOutput { isWritable = true }
         drive()
     }
 
@@ -726,9 +726,9 @@ final class ClientConnection: EventHandler, RedisWaiter {
 
     // MARK: constants
 
-    static let crlf = StaticBytes("\r\n")
-    static let lastChunk = StaticBytes("0\r\n\r\n")
-    static let continue100 = StaticBytes("HTTP/1.1 100 Continue\r\n\r\n")
+    static let crlf: StaticString = "\r\n"
+    static let lastChunk: StaticString = "0\r\n\r\n"
+    static let continue100: StaticString = "HTTP/1.1 100 Continue\r\n\r\n"
 
     static func message(for e: HTTP1ParseError) -> String {
         switch e.kind {

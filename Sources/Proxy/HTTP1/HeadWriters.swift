@@ -4,21 +4,21 @@ import Runtime
 /// Writes the request head sent upstream: hop-by-hop and Tollgate-owned fields dropped,
 /// framing re-stated, X-Forwarded-*, X-Request-Id and identity added.
 enum RequestHeadWriter {
-    static let http11 = StaticBytes(" HTTP/1.1\r\n")
-    static let colonSpace = StaticBytes(": ")
-    static let crlf = StaticBytes("\r\n")
-    static let contentLength = StaticBytes("Content-Length: ")
-    static let chunked = StaticBytes("Transfer-Encoding: chunked\r\n")
-    static let xff = StaticBytes("X-Forwarded-For: ")
-    static let xfpHTTP = StaticBytes("X-Forwarded-Proto: http\r\n")
-    static let xfpHTTPS = StaticBytes("X-Forwarded-Proto: https\r\n")
-    static let xfh = StaticBytes("X-Forwarded-Host: ")
-    static let xrid = StaticBytes("X-Request-Id: ")
-    static let host = StaticBytes("Host: ")
-    static let keyID = StaticBytes("X-Tollgate-Key-Id: ")
-    static let consumer = StaticBytes("X-Tollgate-Consumer: ")
-    static let scopes = StaticBytes("X-Tollgate-Scopes: ")
-    static let commaSpace = StaticBytes(", ")
+    static let http11: StaticString = " HTTP/1.1\r\n"
+    static let colonSpace: StaticString = ": "
+    static let crlf: StaticString = "\r\n"
+    static let contentLength: StaticString = "Content-Length: "
+    static let chunked: StaticString = "Transfer-Encoding: chunked\r\n"
+    static let xff: StaticString = "X-Forwarded-For: "
+    static let xfpHTTP: StaticString = "X-Forwarded-Proto: http\r\n"
+    static let xfpHTTPS: StaticString = "X-Forwarded-Proto: https\r\n"
+    static let xfh: StaticString = "X-Forwarded-Host: "
+    static let xrid: StaticString = "X-Request-Id: "
+    static let host: StaticString = "Host: "
+    static let keyID: StaticString = "X-Tollgate-Key-Id: "
+    static let consumer: StaticString = "X-Tollgate-Consumer: "
+    static let scopes: StaticString = "X-Tollgate-Scopes: "
+    static let commaSpace: StaticString = ", "
 
     static func write(_ c: ClientConnection, into out: IOBuffer) -> Bool {
         let req = c.request
@@ -101,7 +101,7 @@ enum RequestHeadWriter {
         c.peer.text.withUnsafeBytes { out.write($0) }
         out.write(crlf)
         if ex.isPeerTrusted && !clientXFP.isEmpty {
-            out.write(StaticBytes.xfpPrefix)
+            out.write(RequestHeadWriter.xfpPrefix)
             out.write(base + Int(clientXFP.offset), count: Int(clientXFP.count))
             out.write(crlf)
         } else {
@@ -154,16 +154,16 @@ enum RequestHeadWriter {
     }
 }
 
-extension StaticBytes {
-    static let xfpPrefix = StaticBytes("X-Forwarded-Proto: ")
+extension RequestHeadWriter {
+    static let xfpPrefix: StaticString = "X-Forwarded-Proto: "
 }
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) for the exchange's plan.
 enum RateLimitFields {
-    static let policy = StaticBytes("RateLimit-Policy: ")
-    static let state = StaticBytes("RateLimit: ")
-    static let retryAfter = StaticBytes("Retry-After: ")
-    static let crlf = StaticBytes("\r\n")
+    static let policy: StaticString = "RateLimit-Policy: "
+    static let state: StaticString = "RateLimit: "
+    static let retryAfter: StaticString = "Retry-After: "
+    static let crlf: StaticString = "\r\n"
 
     static func write(_ c: ClientConnection, into out: IOBuffer) {
         let ex = c.exchange
@@ -184,9 +184,11 @@ enum RateLimitFields {
 }
 
 /// The field names listed in a message's Connection header(s): removed from what is forwarded.
+/// Up to 8 tokens, kept inline (no allocation); `keep-alive` and `close` are not field names
+/// anyone sends, so the common `Connection: keep-alive` costs one short comparison later.
 struct ConnectionTokens {
-    private var ranges: (ByteRange, ByteRange, ByteRange, ByteRange, ByteRange, ByteRange, ByteRange, ByteRange)
-        = (.empty, .empty, .empty, .empty, .empty, .empty, .empty, .empty)
+    private var offsets: (Int32, Int32, Int32, Int32, Int32, Int32, Int32, Int32) = (0, 0, 0, 0, 0, 0, 0, 0)
+    private var counts: (Int32, Int32, Int32, Int32, Int32, Int32, Int32, Int32) = (0, 0, 0, 0, 0, 0, 0, 0)
     private(set) var count = 0
     private let base: UnsafeRawPointer
 
@@ -196,47 +198,45 @@ struct ConnectionTokens {
             let f = headers[i]
             guard f.name.count == 10, HeaderNames.lowerEquals(base + Int(f.name.offset), 10, HeaderNames.connection) else { continue }
             let vp = base + Int(f.value.offset)
-            HeaderNames.forEachToken(vp, Int(f.value.count)) { p, n in
-                guard count < 8 else { return }
-                let r = ByteRange(offset: p - base, count: n)
-                withUnsafeMutableBytes(of: &ranges) { $0.storeBytes(of: r, toByteOffset: count * MemoryLayout<ByteRange>.stride, as: ByteRange.self) }
+            let vn = Int(f.value.count)
+            var at = 0
+            while count < 8, let (s, n, next) = HeaderNames.nextToken(vp, vn, from: at) {
+                at = next
+                // `close` / `keep-alive` name no field worth removing.
+                if HeaderNames.lowerEquals(vp + s, n, HeaderNames.keepAlive) || HeaderNames.lowerEquals(vp + s, n, "close") { continue }
+                set(count, offset: Int32(Int(f.value.offset) + s), length: Int32(n))
                 count += 1
             }
         }
     }
 
+    private mutating func set(_ k: Int, offset: Int32, length: Int32) {
+        withUnsafeMutableBytes(of: &offsets) { $0.storeBytes(of: offset, toByteOffset: k * 4, as: Int32.self) }
+        withUnsafeMutableBytes(of: &counts) { $0.storeBytes(of: length, toByteOffset: k * 4, as: Int32.self) }
+    }
+
     /// True when `name` is one of the listed tokens (ASCII case-insensitive).
     func names(_ p: UnsafeRawPointer, _ n: Int) -> Bool {
-        var r = ranges
-        return withUnsafeBytes(of: &r) { raw in
-            for k in 0..<count {
-                let t = raw.load(fromByteOffset: k * MemoryLayout<ByteRange>.stride, as: ByteRange.self)
-                if Int(t.count) != n { continue }
-                var same = true
-                for j in 0..<n {
-                    var a = p.load(fromByteOffset: j, as: UInt8.self)
-                    var b = base.load(fromByteOffset: Int(t.offset) + j, as: UInt8.self)
-                    if a &- 0x41 < 26 { a |= 0x20 }
-                    if b &- 0x41 < 26 { b |= 0x20 }
-                    if a != b { same = false; break }
-                }
-                if same { return true }
-            }
-            return false
+        for k in 0..<count {
+            let len = withUnsafeBytes(of: counts) { Int($0.load(fromByteOffset: k * 4, as: Int32.self)) }
+            if len != n { continue }
+            let off = withUnsafeBytes(of: offsets) { Int($0.load(fromByteOffset: k * 4, as: Int32.self)) }
+            if ClientConnection.caselessEqualsMixed(p, base + off, n) { return true }
         }
+        return false
     }
 }
 
 /// Writes the response head sent to the client, and picks how its body is relayed.
 enum ResponseHeadWriter {
-    static let http11 = StaticBytes("HTTP/1.1 ")
-    static let colonSpace = StaticBytes(": ")
-    static let crlf = StaticBytes("\r\n")
-    static let contentLength = StaticBytes("Content-Length: ")
-    static let chunked = StaticBytes("Transfer-Encoding: chunked\r\n")
-    static let close = StaticBytes("Connection: close\r\n")
-    static let keepAlive = StaticBytes("Connection: keep-alive\r\n")
-    static let xrid = StaticBytes("X-Request-Id: ")
+    static let http11: StaticString = "HTTP/1.1 "
+    static let colonSpace: StaticString = ": "
+    static let crlf: StaticString = "\r\n"
+    static let contentLength: StaticString = "Content-Length: "
+    static let chunked: StaticString = "Transfer-Encoding: chunked\r\n"
+    static let close: StaticString = "Connection: close\r\n"
+    static let keepAlive: StaticString = "Connection: keep-alive\r\n"
+    static let xrid: StaticString = "X-Request-Id: "
 
     static func write(_ c: ClientConnection, _ up: UpstreamConnection, into out: IOBuffer) -> Bool {
         let head = up.head
@@ -347,25 +347,25 @@ enum ResponseHeadWriter {
 
 /// Responses Tollgate writes itself: the stable JSON error body of DESIGN.md.
 enum LocalReply {
-    static let http11 = StaticBytes("HTTP/1.1 ")
-    static let crlf = StaticBytes("\r\n")
-    static let json = StaticBytes("Content-Type: application/json\r\nCache-Control: no-store\r\n")
-    static let contentLength = StaticBytes("Content-Length: ")
-    static let close = StaticBytes("Connection: close\r\n")
-    static let keepAlive = StaticBytes("Connection: keep-alive\r\n")
-    static let xrid = StaticBytes("X-Request-Id: ")
-    static let challenge = StaticBytes("WWW-Authenticate: ApiKey realm=\"tollgate\", Bearer realm=\"tollgate\"\r\n")
-    static let bodyStart = StaticBytes("{\"error\":{\"code\":\"")
-    static let bodyMessage = StaticBytes("\",\"message\":\"")
-    static let bodyRequestID = StaticBytes("\",\"request_id\":\"")
-    static let bodyEnd = StaticBytes("\"}}")
+    static let http11: StaticString = "HTTP/1.1 "
+    static let crlf: StaticString = "\r\n"
+    static let json: StaticString = "Content-Type: application/json\r\nCache-Control: no-store\r\n"
+    static let contentLength: StaticString = "Content-Length: "
+    static let close: StaticString = "Connection: close\r\n"
+    static let keepAlive: StaticString = "Connection: keep-alive\r\n"
+    static let xrid: StaticString = "X-Request-Id: "
+    static let challenge: StaticString = "WWW-Authenticate: ApiKey realm=\"tollgate\", Bearer realm=\"tollgate\"\r\n"
+    static let bodyStart: StaticString = "{\"error\":{\"code\":\""
+    static let bodyMessage: StaticString = "\",\"message\":\""
+    static let bodyRequestID: StaticString = "\",\"request_id\":\""
+    static let bodyEnd: StaticString = "\"}}"
 
     static func write(_ c: ClientConnection, status: Int, code: DenialCode, message: String, into out: IOBuffer) {
         if out.readableBytes == 0 { out.clear() }
         var msg = message
         let codeCount = code.rawValue.utf8.count
-        let bodyLength = bodyStart.count + codeCount + bodyMessage.count + msg.utf8.count + bodyRequestID.count
-            + c.requestIDCount + bodyEnd.count
+        let bodyLength = bodyStart.utf8CodeUnitCount + codeCount + bodyMessage.utf8CodeUnitCount + msg.utf8.count + bodyRequestID.utf8CodeUnitCount
+            + c.requestIDCount + bodyEnd.utf8CodeUnitCount
         out.write(http11)
         out.write(decimal: status)
         out.write(byte: 0x20)

@@ -23,34 +23,41 @@ enum KnownHeader: UInt8 {
 }
 
 enum HeaderNames {
-    static let connection = StaticBytes("connection")
-    static let keepAlive = StaticBytes("keep-alive")
-    static let proxyConnection = StaticBytes("proxy-connection")
-    static let te = StaticBytes("te")
-    static let trailer = StaticBytes("trailer")
-    static let transferEncoding = StaticBytes("transfer-encoding")
-    static let upgrade = StaticBytes("upgrade")
-    static let proxyAuthorization = StaticBytes("proxy-authorization")
-    static let proxyAuthenticate = StaticBytes("proxy-authenticate")
-    static let contentLength = StaticBytes("content-length")
-    static let expect = StaticBytes("expect")
-    static let host = StaticBytes("host")
-    static let xForwardedFor = StaticBytes("x-forwarded-for")
-    static let xForwardedProto = StaticBytes("x-forwarded-proto")
-    static let xForwardedHost = StaticBytes("x-forwarded-host")
-    static let xRequestID = StaticBytes("x-request-id")
-    static let xTollgatePrefix = StaticBytes("x-tollgate-")
-    static let authorization = StaticBytes("authorization")
-    static let traceparent = StaticBytes("traceparent")
+    static let connection: StaticString = "connection"
+    static let keepAlive: StaticString = "keep-alive"
+    static let proxyConnection: StaticString = "proxy-connection"
+    static let te: StaticString = "te"
+    static let trailer: StaticString = "trailer"
+    static let transferEncoding: StaticString = "transfer-encoding"
+    static let upgrade: StaticString = "upgrade"
+    static let proxyAuthorization: StaticString = "proxy-authorization"
+    static let proxyAuthenticate: StaticString = "proxy-authenticate"
+    static let contentLength: StaticString = "content-length"
+    static let expect: StaticString = "expect"
+    static let host: StaticString = "host"
+    static let xForwardedFor: StaticString = "x-forwarded-for"
+    static let xForwardedProto: StaticString = "x-forwarded-proto"
+    static let xForwardedHost: StaticString = "x-forwarded-host"
+    static let xRequestID: StaticString = "x-request-id"
+    static let xTollgatePrefix: StaticString = "x-tollgate-"
+    static let authorization: StaticString = "authorization"
+    static let traceparent: StaticString = "traceparent"
 
     @inline(__always)
-    static func lowerEquals(_ p: UnsafeRawPointer, _ n: Int, _ lit: StaticBytes) -> Bool {
-        if n != lit.count { return false }
+    static func lowerEquals(_ p: UnsafeRawPointer, _ n: Int, _ lit: StaticString) -> Bool {
+        if n != lit.utf8CodeUnitCount { return false }
+        let q = UnsafeRawPointer(lit.utf8Start)
         var i = 0
+        // Eight bytes at a time: OR 0x20 lowercases letters (and leaves '-' and digits, which
+        // the literals contain, unchanged); the literal is lowercase already.
+        while i &+ 8 <= n {
+            let a = p.loadUnaligned(fromByteOffset: i, as: UInt64.self) | 0x2020_2020_2020_2020
+            let b = q.loadUnaligned(fromByteOffset: i, as: UInt64.self) | 0x2020_2020_2020_2020
+            if a != b { return false }
+            i &+= 8
+        }
         while i < n {
-            var c = p.load(fromByteOffset: i, as: UInt8.self)
-            if c &- 0x41 < 26 { c |= 0x20 }
-            if c != lit.pointer.load(fromByteOffset: i, as: UInt8.self) { return false }
+            if p.load(fromByteOffset: i, as: UInt8.self) | 0x20 != q.load(fromByteOffset: i, as: UInt8.self) | 0x20 { return false }
             i &+= 1
         }
         return true
@@ -92,17 +99,18 @@ enum HeaderNames {
         n > 11 && lowerEquals(p, 11, xTollgatePrefix)
     }
 
-    /// Calls `body` with each comma-separated token of a field value (OWS trimmed).
-    static func forEachToken(_ p: UnsafeRawPointer, _ n: Int, _ body: (UnsafeRawPointer, Int) -> Void) {
-        var i = 0
-        while i < n {
-            while i < n, isOWSorComma(p.load(fromByteOffset: i, as: UInt8.self)) { i += 1 }
-            let start = i
-            while i < n, p.load(fromByteOffset: i, as: UInt8.self) != 0x2C { i += 1 }
-            var end = i
-            while end > start, isOWS(p.load(fromByteOffset: end - 1, as: UInt8.self)) { end -= 1 }
-            if end > start { body(p + start, end - start) }
-        }
+    /// The next comma-separated token of a field value at or after `i` (OWS trimmed):
+    /// (start, count, next i), or nil at the end.
+    @inline(__always)
+    static func nextToken(_ p: UnsafeRawPointer, _ n: Int, from i0: Int) -> (Int, Int, Int)? {
+        var i = i0
+        while i < n, isOWSorComma(p.load(fromByteOffset: i, as: UInt8.self)) { i += 1 }
+        if i >= n { return nil }
+        let start = i
+        while i < n, p.load(fromByteOffset: i, as: UInt8.self) != 0x2C { i += 1 }
+        var end = i
+        while end > start, isOWS(p.load(fromByteOffset: end - 1, as: UInt8.self)) { end -= 1 }
+        return (start, end - start, i)
     }
     @inline(__always) static func isOWS(_ c: UInt8) -> Bool { c == 0x20 || c == 0x09 }
     @inline(__always) static func isOWSorComma(_ c: UInt8) -> Bool { c == 0x20 || c == 0x09 || c == 0x2C }

@@ -63,7 +63,7 @@ struct ExchangeFacts {
 
 enum Degraded: UInt8 {
     case none, open, local, staleKey
-    var headerValue: StaticBytes? {
+    var headerValue: StaticString? {
         switch self {
         case .none: return nil
         case .open: return Degraded.open_
@@ -71,7 +71,7 @@ enum Degraded: UInt8 {
         case .staleKey: return Degraded.stale_
         }
     }
-    static let open_ = StaticBytes("X-Tollgate-Degraded: store-unavailable; limits=open\r\n")
-    static let local_ = StaticBytes("X-Tollgate-Degraded: store-unavailable; limits=local\r\n")
-    static let stale_ = StaticBytes("X-Tollgate-Degraded: store-unavailable; key=cached\r\n")
+    static let open_: StaticString = "X-Tollgate-Degraded: store-unavailable; limits=open\r\n"
+    static let local_: StaticString = "X-Tollgate-Degraded: store-unavailable; limits=local\r\n"
+    static let stale_: StaticString = "X-Tollgate-Degraded: store-unavailable; key=cached\r\n"
 }

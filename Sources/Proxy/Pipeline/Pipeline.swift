@@ -186,7 +186,22 @@ extension ClientConnection {
 
     // MARK: helpers
 
-    static let https = StaticBytes("https")
+    static let https: StaticString = "https"
+
+    /// ASCII case-insensitive comparison of two byte runs.
+    @inline(__always)
+    static func caselessEqualsMixed(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ n: Int) -> Bool {
+        var i = 0
+        while i < n {
+            var x = a.load(fromByteOffset: i, as: UInt8.self)
+            var y = b.load(fromByteOffset: i, as: UInt8.self)
+            if x &- 0x41 < 26 { x |= 0x20 }
+            if y &- 0x41 < 26 { y |= 0x20 }
+            if x != y { return false }
+            i &+= 1
+        }
+        return true
+    }
 
     @inline(__always)
     static func caselessEquals(_ a: UnsafeRawPointer, _ lower: UnsafeRawPointer, _ n: Int) -> Bool {
