@@ -19,6 +19,8 @@ enum RequestHeadWriter {
     static let consumer = StaticBytes("X-Tollgate-Consumer: ")
     static let scopes = StaticBytes("X-Tollgate-Scopes: ")
     static let commaSpace = StaticBytes(", ")
+    static let traceparentStart = StaticBytes("traceparent: 00-")
+    static let traceparentEnd = StaticBytes("-01\r\n")
 
     static func write(_ c: ClientConnection, into out: IOBuffer) -> Bool {
         let req = c.request
@@ -47,6 +49,7 @@ enum RequestHeadWriter {
         let tokens = ConnectionTokens(headers: c.headers, base: base)
         var hostValue = ByteRange.empty
         var hasHost = false
+        var hasTraceparent = false
         let headers = c.headers
         for i in 0..<headers.count {
             let f = headers[i]
@@ -59,8 +62,10 @@ enum RequestHeadWriter {
             case .host:
                 hasHost = true
                 hostValue = f.value
-            case .authorization, .traceparent:
+            case .authorization:
                 break
+            case .traceparent:
+                hasTraceparent = true
             case .xForwardedFor:
                 clientXFF = f.value
                 continue
@@ -115,6 +120,15 @@ enum RequestHeadWriter {
         out.write(xrid)
         c.withRequestID { out.write($0) }
         out.write(crlf)
+        if !hasTraceparent {
+            // W3C trace context: start a trace when the client did not send one (DESIGN.md, step 7).
+            out.write(traceparentStart)
+            out.writerIndex += c.context.nextRequestID(into: out.writePointer)
+            out.writerIndex += c.context.nextRequestID(into: out.writePointer)
+            out.write(byte: 0x2D)
+            out.writerIndex += c.context.nextRequestID(into: out.writePointer)
+            out.write(traceparentEnd)
+        }
         if let r = ex.record {
             // Identity for the backend (client-sent X-Tollgate-* were dropped above).
             let need = r.id.utf8.count + r.consumer.utf8.count + r.scopeNames.reduce(0) { $0 + $1.utf8.count + 1 } + 96
