@@ -42,7 +42,8 @@ enum RequestHeadWriter {
             }
         }
         out.write(http11)
-        let stripCredential = ex.credentialHeader >= 0 && !c.context.snapshot.credentials.forwardsCredential
+        let rule = c.context.snapshot.credentials
+        let stripCredential = !rule.forwardsCredential
         var clientXFF = ByteRange.empty
         var clientXFP = ByteRange.empty
 
@@ -59,6 +60,9 @@ enum RequestHeadWriter {
             switch HeaderNames.classify(np, nn) {
             case .other:
                 if tokens.count > 0 && tokens.names(np, nn) { continue }
+                // Every configured key header, not only the one read: a repeated header, or a
+                // key sent to a public route (where none is read), must not reach the backend.
+                if stripCredential && isCredentialHeader(np, nn, rule) { continue }
             case .host:
                 hasHost = true
                 hostValue = f.value
@@ -148,6 +152,14 @@ enum RequestHeadWriter {
         }
         out.write(crlf)
         return true
+    }
+
+    @inline(__always)
+    private static func isCredentialHeader(_ name: UnsafeRawPointer, _ count: Int, _ rule: CredentialRule) -> Bool {
+        for lower in rule.headerNamesLowercased where lower.count == count {
+            if lower.withUnsafeBytes({ ClientConnection.caselessEquals(name, $0.baseAddress!, count) }) { return true }
+        }
+        return false
     }
 
     /// The query without the credential parameter (`a=1&api_key=K&b=2` → `a=1&b=2`).
