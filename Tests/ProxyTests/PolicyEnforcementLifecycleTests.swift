@@ -268,3 +268,70 @@ extension PolicyEnforcementTests {
         #expect(okrc == 0, "\(okout)")
     }
 }
+
+extension PolicyEnforcementTests {
+    @Test func keyChangeArrivingWithAPolicyChangeIsNotLost() throws {
+        let g = try PolicyGate()
+        defer { g.stop() }
+        let gateway = try String(contentsOfFile: g.dir + "/00-gateway.yaml", encoding: .utf8)
+        let store = EmbeddedKeyLog(directory: g.dir + "/.state")
+        // The watcher is up once a first change has been applied (by an event or the startup catch-up).
+        writeFile(g.dir + "/00-gateway.yaml", gateway + "# touch 0\n")
+        #expect(poll(timeout: 5) { g.tg.log.contains("policy reloaded (") } != nil, "\(g.tg.log)")
+        // Wake the watcher with a policy write, then — while it waits for editors to finish —
+        // change a policy file and the key store together: both land in one batch of events.
+        writeFile(g.dir + "/00-gateway.yaml", gateway + "# touch 1\n")
+        usleep(5_000)
+        writeFile(g.dir + "/00-gateway.yaml", gateway + "# touch 2\n")
+        let key = KeyFormat.mint()
+        try store.append(KeyLogEntry(op: .put, id: "key_batch", hash: "sha256:" + KeyHash.sha256(key).hex,
+                                     prefix: KeyFormat.displayPrefix(of: key), consumer: "batch", scopes: ["finance:read"],
+                                     status: "active", at: Int64(time(nil))))
+        let took = try poll(timeout: 3) { try g.get("/api/finance/whoami", key: key).status == 200 }
+        #expect(took != nil, "a key added together with a policy change never took effect: \(g.tg.log)")
+    }
+
+    @Test func mintedKeyOptionsAreEnforced() throws {
+        let g = try PolicyGate()
+        defer { g.stop() }
+        let (rc1, out1) = try runTollgate(["keys", "new", "--policies", g.dir, "--consumer", "old", "--scopes", "finance:read",
+                                           "--expires", "2020-01-01T00:00:00Z"])
+        let (rc2, out2) = try runTollgate(["keys", "new", "--policies", g.dir, "--consumer", "lim", "--scopes", "finance:read",
+                                           "--plan", "tight"])
+        let (rc3, out3) = try runTollgate(["keys", "new", "--policies", g.dir, "--consumer", "far", "--scopes", "finance:read",
+                                           "--allow-ips", "10.0.0.0/8"])
+        #expect(rc1 == 0 && rc2 == 0 && rc3 == 0, "\(out1)\(out2)\(out3)")
+        let expired = try #require(parseMinted(out1)), limited = try #require(parseMinted(out2))
+        let remote = try #require(parseMinted(out3))
+        // Wait until the last one is known (INVALID_KEY → IP_DENIED), then judge them all.
+        #expect(try poll(timeout: 3) { try g.get("/open/x", key: remote.key).errorCode == "IP_DENIED" } != nil)
+        expectDenial(try g.get("/open/x", key: expired.key), "EXPIRED", 401)
+        for _ in 0..<3 { #expect(try g.get("/open/x", key: limited.key).status == 200) }
+        expectDenial(try g.get("/open/x", key: limited.key), "RATE_LIMITED", 429)
+        // A plan the policy does not define, and a duplicate id, are refused by the CLI.
+        let (badPlan, _) = try runTollgate(["keys", "new", "--policies", g.dir, "--consumer", "x", "--scopes", "a", "--plan", "gold"])
+        #expect(badPlan != 0)
+        let (dup, _) = try runTollgate(["keys", "new", "--policies", g.dir, "--consumer", "x", "--scopes", "a", "--id", "key_alice"])
+        #expect(dup != 0)
+    }
+}
+
+extension PolicyEnforcementTests {
+    @Test func changesRightAfterStartupAreNotLost() throws {
+        // The proxy listens before its file watcher is set up; what changes in between must
+        // still be picked up (not only at the next, unrelated change).
+        let g = try PolicyGate()
+        defer { g.stop() }
+        let key = KeyFormat.mint()
+        try EmbeddedKeyLog(directory: g.dir + "/.state").append(
+            KeyLogEntry(op: .put, id: "key_early", hash: "sha256:" + KeyHash.sha256(key).hex,
+                        prefix: KeyFormat.displayPrefix(of: key), consumer: "early", scopes: ["finance:read"],
+                        status: "active", at: Int64(time(nil))))
+        let gateway = try String(contentsOfFile: g.dir + "/00-gateway.yaml", encoding: .utf8)
+        writeFile(g.dir + "/00-gateway.yaml", gateway.replacingOccurrences(of: "path_prefix: /pub/", with: "path_prefix: /early/"))
+        let keyOK = try poll(timeout: 3) { try g.get("/api/finance/whoami", key: key).status == 200 }
+        #expect(keyOK != nil, "a key added right after startup never took effect: \(g.tg.log)")
+        let routeOK = try poll(timeout: 3) { try g.get("/early/x").status == 200 }
+        #expect(routeOK != nil, "a policy change right after startup never took effect: \(g.tg.log)")
+    }
+}
