@@ -335,3 +335,24 @@ extension PolicyEnforcementTests {
         #expect(routeOK != nil, "a policy change right after startup never took effect: \(g.tg.log)")
     }
 }
+
+extension PolicyEnforcementTests {
+    @Test func aPolicyReloadDoesNotRefillRateLimits() throws {
+        let g = try PolicyGate()
+        defer { g.stop() }
+        for _ in 0..<3 { #expect(try g.get("/open/x", key: PlainKey.limited).status == 200) }
+        expectDenial(try g.get("/open/x", key: PlainKey.limited), "RATE_LIMITED", 429)
+        // An unrelated change (a new public route) reloads the policy...
+        let gateway = try String(contentsOfFile: g.dir + "/00-gateway.yaml", encoding: .utf8)
+        writeFile(g.dir + "/00-gateway.yaml", gateway + """
+          - name: later
+            match: {path_prefix: /later/}
+            backend: recorder
+            auth: none
+
+        """)
+        #expect(try poll(timeout: 5) { try g.get("/later/x").status == 200 } != nil, "\(g.tg.log)")
+        // ...and the spent budget stays spent.
+        expectDenial(try g.get("/open/x", key: PlainKey.limited), "RATE_LIMITED", 429)
+    }
+}
