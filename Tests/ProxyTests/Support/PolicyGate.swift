@@ -51,6 +51,7 @@ enum PlainKey {
 final class PolicyGate {
     let dir: String
     let port: UInt16
+    let dataDir = makeTempDir("tgdata")
     let backends: ReferenceBackends
     let recorder: ScriptedUpstream
     let log = HeadLog()
@@ -66,7 +67,7 @@ final class PolicyGate {
         dir = makeTempDir("tgenf")
         port = freePort()
         backends = try ReferenceBackends.start(finance: ReferenceAddress(host: "127.0.0.1", port: 0), accounting: nil,
-                                               flowise: nil, dataDirectory: makeTempDir("tgdata"))
+                                               flowise: nil, dataDirectory: dataDir)
         recorder = try recordingUpstream(log)
         mintedGood = KeyFormat.mint()
         var bad = Array(mintedGood)
@@ -80,14 +81,19 @@ final class PolicyGate {
         } catch {
             recorder.stop()
             backends.stop()
+            try? FileManager.default.removeItem(atPath: dir)
+            try? FileManager.default.removeItem(atPath: dataDir)
             throw error
         }
     }
 
+    /// Stops everything started here and removes the policy and data directories.
     func stop() {
         tg?.stop()
         recorder.stop()
         backends.stop()
+        try? FileManager.default.removeItem(atPath: dir)
+        try? FileManager.default.removeItem(atPath: dataDir)
     }
 
     /// Restarts the proxy on the same policy directory (same port).
