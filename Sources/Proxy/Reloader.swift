@@ -18,10 +18,13 @@ final class Reloader: Sendable {
     }
     private let current: Mutex<Current>
     private let server: Mutex<Server?> = Mutex(nil)
+    /// The policy files as they were just before the first load (see `watchLoop`).
+    private let loadedFingerprint: [String]
 
     init(policiesPath: String) throws(PolicyLoadError) {
         self.policiesPath = policiesPath
         keyLog = EmbeddedKeyLog(directory: EmbeddedKeyLog.defaultDirectory(forPolicies: policiesPath))
+        loadedFingerprint = Self.fingerprint(policiesPath)
         let snapshot = try PolicyLoader.load(path: policiesPath)
         let state = (try? keyLog.load()) ?? KeyLogState()
         current = Mutex(Current(snapshot: snapshot, keyState: state))
@@ -89,6 +92,9 @@ final class Reloader: Sendable {
         let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE)
         let policyWatch = inotify_add_watch(fd, policyDir, mask)
         let keyWatch = inotify_add_watch(fd, keyLog.directory, mask | UInt32(IN_MODIFY))
+        // Changes made between the first load and these watches raised no event: catch up once.
+        if Self.fingerprint(policiesPath) != loadedFingerprint { reloadPolicy(reason: "changed during startup") }
+        reloadKeys()
         var buf = [UInt8](repeating: 0, count: 8192)
         while true {
             let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
@@ -108,7 +114,24 @@ final class Reloader: Sendable {
             }
             // Editors write in several steps: let them finish.
             if policyChanged || keysChanged { usleep(30_000) }
-            if policyChanged { reloadPolicy(reason: "file change") } else if keysChanged { reloadKeys() }
+            // Both may have changed in one batch: the policy reload alone keeps the old key state.
+            if policyChanged { reloadPolicy(reason: "file change") }
+            if keysChanged { reloadKeys() }
+        }
+    }
+
+    /// Name, size and modification time of every file `PolicyLoader.load` would read.
+    private static func fingerprint(_ path: String) -> [String] {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return [] }
+        let files = isDir.boolValue
+            ? ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [])
+                .filter { $0.hasSuffix(".yaml") && !$0.hasPrefix(".") }.sorted().map { path + "/" + $0 }
+            : [path]
+        return files.map { f in
+            var st = stat()
+            guard stat(f, &st) == 0 else { return f + " ?" }
+            return "\(f) \(st.st_size) \(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)"
         }
     }
 }

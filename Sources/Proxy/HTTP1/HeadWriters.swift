@@ -19,6 +19,8 @@ enum RequestHeadWriter {
     static let consumer: StaticString = "X-Tollgate-Consumer: "
     static let scopes: StaticString = "X-Tollgate-Scopes: "
     static let commaSpace: StaticString = ", "
+    static let traceparentStart: StaticString = "traceparent: 00-"
+    static let traceparentEnd: StaticString = "-01\r\n"
 
     static func write(_ c: ClientConnection, into out: IOBuffer) -> Bool {
         let req = c.request
@@ -40,13 +42,15 @@ enum RequestHeadWriter {
             }
         }
         out.write(http11)
-        let stripCredential = ex.credentialHeader >= 0 && !c.context.snapshot.credentials.forwardsCredential
+        let rule = c.context.snapshot.credentials
+        let stripCredential = !rule.forwardsCredential
         var clientXFF = ByteRange.empty
         var clientXFP = ByteRange.empty
 
         let tokens = ConnectionTokens(headers: c.headers, base: base)
         var hostValue = ByteRange.empty
         var hasHost = false
+        var hasTraceparent = false
         let headers = c.headers
         for i in 0..<headers.count {
             let f = headers[i]
@@ -56,11 +60,16 @@ enum RequestHeadWriter {
             switch HeaderNames.classify(np, nn) {
             case .other:
                 if tokens.count > 0 && tokens.names(np, nn) { continue }
+                // Every configured key header, not only the one read: a repeated header, or a
+                // key sent to a public route (where none is read), must not reach the backend.
+                if stripCredential && isCredentialHeader(np, nn, rule) { continue }
             case .host:
                 hasHost = true
                 hostValue = f.value
-            case .authorization, .traceparent:
+            case .authorization:
                 break
+            case .traceparent:
+                hasTraceparent = true
             case .xForwardedFor:
                 clientXFF = f.value
                 continue
@@ -115,6 +124,15 @@ enum RequestHeadWriter {
         out.write(xrid)
         c.withRequestID { out.write($0) }
         out.write(crlf)
+        if !hasTraceparent {
+            // W3C trace context: start a trace when the client did not send one (DESIGN.md, step 7).
+            out.write(traceparentStart)
+            out.writerIndex += c.context.nextRequestID(into: out.writePointer)
+            out.writerIndex += c.context.nextRequestID(into: out.writePointer)
+            out.write(byte: 0x2D)
+            out.writerIndex += c.context.nextRequestID(into: out.writePointer)
+            out.write(traceparentEnd)
+        }
         if let r = ex.record {
             // Identity for the backend (client-sent X-Tollgate-* were dropped above).
             let need = r.id.utf8.count + r.consumer.utf8.count + r.scopeNames.reduce(0) { $0 + $1.utf8.count + 1 } + 96
@@ -134,6 +152,14 @@ enum RequestHeadWriter {
         }
         out.write(crlf)
         return true
+    }
+
+    @inline(__always)
+    private static func isCredentialHeader(_ name: UnsafeRawPointer, _ count: Int, _ rule: CredentialRule) -> Bool {
+        for lower in rule.headerNamesLowercased where lower.count == count {
+            if lower.withUnsafeBytes({ ClientConnection.caselessEquals(name, $0.baseAddress!, count) }) { return true }
+        }
+        return false
     }
 
     /// The query without the credential parameter (`a=1&api_key=K&b=2` → `a=1&b=2`).

@@ -28,7 +28,7 @@ final class RawClient {
         sin.sin_port = port.bigEndian
         sin.sin_addr.s_addr = inet_addr(host)
         let rc = withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        if rc != 0 { Glibc.close(fd); throw HarnessError("connect \(port): errno \(errno)") }
+        if rc != 0 { let e = errno; close(); throw HarnessError("connect \(port): errno \(e)") }
         setTimeout(timeout)
     }
 
@@ -142,8 +142,14 @@ final class RawClient {
 
     var unreadBytes: [UInt8] { buffer }
 
-    func close() { Glibc.close(fd) }
-    deinit { Glibc.close(fd) }
+    /// Idempotent: `deinit` after `close()` must not close an fd number another thread may reuse.
+    private var isClosed = false
+    func close() {
+        if isClosed { return }
+        isClosed = true
+        Glibc.close(fd)
+    }
+    deinit { close() }
 }
 
 /// GET helper: one request on a fresh connection.
