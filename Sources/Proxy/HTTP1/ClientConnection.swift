@@ -26,6 +26,13 @@ final class ClientConnection: EventHandler, RedisWaiter {
         case length(remaining: Int64)
         case chunked
         case done
+        /// Body bytes are still to come from the client.
+        var isPending: Bool {
+            switch self {
+            case .length, .chunked: return true
+            case .none, .done: return false
+            }
+        }
     }
     enum ResponseBody: Equatable {
         /// No head yet.
@@ -37,6 +44,8 @@ final class ClientConnection: EventHandler, RedisWaiter {
         case chunkedDecode
         case untilClose
         case done
+        var isDone: Bool { if case .done = self { return true } else { return false } }
+        var isAwaitingHead: Bool { if case .awaitingHead = self { return true } else { return false } }
     }
 
     let fd: Int32
@@ -317,7 +326,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
 
         // Request side: client → upstream.
         if !isRequestSent {
-            if requestBody != .none && requestBody != .done {
+            if requestBody.isPending {
                 if frameRequestBody(up) { progress = true }
                 if case .closed = state { return false }
             }
@@ -325,16 +334,16 @@ final class ClientConnection: EventHandler, RedisWaiter {
                 if flushUpstream(up) { progress = true }
                 if state == .closed || upstream !== up { return true }
             }
-            if up.outBuf.readableBytes == 0 && requestPass == 0 && (requestBody == .none || requestBody == .done) {
+            if up.outBuf.readableBytes == 0 && requestPass == 0 && !requestBody.isPending {
                 isRequestSent = true
                 progress = true
             }
-        } else if requestBody == .none || requestBody == .done {
+        } else if !requestBody.isPending {
             // Pipelined bytes may wait; only watch for the client going away.
         }
 
         // Response side: upstream → client.
-        if up.state == .active && up.isReadable && responseBody != .done {
+        if up.state == .active && up.isReadable && !responseBody.isDone {
             if readUpstream(up) { progress = true }
             if state == .closed || upstream !== up { return true }
         }
@@ -342,12 +351,12 @@ final class ClientConnection: EventHandler, RedisWaiter {
             if flushClient() { progress = true }
             if state == .closed { return false }
         }
-        if responseBody == .done && outBuf.readableBytes == 0 && responsePass == 0 {
+        if responseBody.isDone && outBuf.readableBytes == 0 && responsePass == 0 {
             finishExchange(up)
             return true
         }
         // A client that hung up while we wait: nothing can be delivered.
-        if isReadable && !sawEOF && (requestBody == .none || requestBody == .done) && inBuf.writableBytes > 0 {
+        if isReadable && !sawEOF && !requestBody.isPending && inBuf.writableBytes > 0 {
             _ = readClient()   // pipelined bytes, or EOF
             if sawEOF { closeAfterResponse = true }
             progress = progress || isReadable
@@ -461,7 +470,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
             if buf.readerIndex > 0 { buf.compact() } else if responsePass > 0 { return false }
         }
         if buf.writableBytes == 0 {
-            if responseBody == .awaitingHead { upstreamFailure(.badResponse) ; return true }
+            if responseBody.isAwaitingHead { upstreamFailure(.badResponse) ; return true }
             return false
         }
         let want = buf.writableBytes
@@ -482,15 +491,15 @@ final class ClientConnection: EventHandler, RedisWaiter {
             return true
         }
         if got > 0 {
-            up.deadline.set(context.loop.now &+ (responseBody == .awaitingHead ? up.pool.responseTimeoutNanos : up.pool.idleTimeoutNanos),
+            up.deadline.set(context.loop.now &+ (responseBody.isAwaitingHead ? up.pool.responseTimeoutNanos : up.pool.idleTimeoutNanos),
                             fd: up.fd, loop: context.loop)
         }
         frameResponse(up)
-        if up.sawEOF && responseBody != .done && state != .closed && upstream === up {
+        if up.sawEOF && !responseBody.isDone && state != .closed && upstream === up {
             if responseBody == .untilClose {
                 responseBody = .done
             } else {
-                upstreamFailure(up.inBuf.readableBytes == 0 && responseBody == .awaitingHead ? .closedEarly : .badResponse)
+                upstreamFailure(up.inBuf.readableBytes == 0 && responseBody.isAwaitingHead ? .closedEarly : .badResponse)
             }
             return true
         }
@@ -636,7 +645,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
         if getenv("TOLLGATE_DEBUG") != nil { print("upstream failure \(failure) reused=\(up.isReused) state=\(up.state)") }
         // A reused connection closed under an idempotent, body-less request: retry once, fresh.
         if up.isReused && !hasRetried && !isResponseHeadSent && up.inBuf.readableBytes == 0
-            && request.method.isIdempotent && request.framing == .none && responseBody == .awaitingHead {
+            && request.method.isIdempotent && request.framing == .none && responseBody.isAwaitingHead {
             switch failure {
             case .reset, .closedEarly:
                 hasRetried = true
@@ -652,7 +661,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
         }
         outBuf.clear()
         replyLocal(status: failure.status, code: .upstreamUnavailable, message: Self.message(for: failure), headLength: 0,
-                   forceClose: requestBody != .none && requestBody != .done)
+                   forceClose: requestBody.isPending)
     }
 
     private func retry(from old: UpstreamConnection) -> Bool {

@@ -47,45 +47,55 @@ enum RequestHeadWriter {
         var clientXFF = ByteRange.empty
         var clientXFP = ByteRange.empty
 
-        let tokens = ConnectionTokens(headers: c.headers, base: base)
+        let tokens = req.hasConnectionOptions ? ConnectionTokens(headers: c.headers, base: base) : ConnectionTokens.none
         var hostValue = ByteRange.empty
         var hasHost = false
         var hasTraceparent = false
         let headers = c.headers
+        // Kept field lines are copied as they came (the parser validated them), and a run of
+        // consecutive kept lines in one write.
+        var runStart = -1
         for i in 0..<headers.count {
             let f = headers[i]
             let np = base + Int(f.name.offset)
             let nn = Int(f.name.count)
-            if stripCredential && i == ex.credentialHeader { continue }
-            switch HeaderNames.classify(np, nn) {
-            case .other:
-                if tokens.count > 0 && tokens.names(np, nn) { continue }
-                // Every configured key header, not only the one read: a repeated header, or a
-                // key sent to a public route (where none is read), must not reach the backend.
-                if stripCredential && isCredentialHeader(np, nn, rule) { continue }
-            case .host:
-                hasHost = true
-                hostValue = f.value
-            case .authorization:
-                break
-            case .traceparent:
-                hasTraceparent = true
-            case .xForwardedFor:
-                clientXFF = f.value
-                continue
-            case .xForwardedProto:
-                clientXFP = f.value
-                continue
-            case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .upgrade,
-                 .proxyAuthorization, .proxyAuthenticate, .contentLength, .expect,
-                 .xForwardedHost, .xRequestID, .xTollgate:
-                continue
+            var keep = true
+            if stripCredential && i == ex.credentialHeader {
+                keep = false
+            } else {
+                switch HeaderNames.classify(np, nn) {
+                case .other:
+                    if tokens.count > 0 && tokens.names(np, nn) { keep = false }
+                    // Every configured key header, not only the one read: a repeated header, or a
+                    // key sent to a public route (where none is read), must not reach the backend.
+                    else if stripCredential && isCredentialHeader(np, nn, rule) { keep = false }
+                case .host:
+                    hasHost = true
+                    hostValue = f.value
+                case .authorization:
+                    break
+                case .traceparent:
+                    hasTraceparent = true
+                case .xForwardedFor:
+                    clientXFF = f.value
+                    keep = false
+                case .xForwardedProto:
+                    clientXFP = f.value
+                    keep = false
+                case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .upgrade,
+                     .proxyAuthorization, .proxyAuthenticate, .contentLength, .expect,
+                     .xForwardedHost, .xRequestID, .xTollgate:
+                    keep = false
+                }
             }
-            out.write(np, count: nn)
-            out.write(colonSpace)
-            out.write(base + Int(f.value.offset), count: Int(f.value.count))
-            out.write(crlf)
+            if keep {
+                if runStart < 0 { runStart = Int(f.name.offset) }
+            } else if runStart >= 0 {
+                out.write(base + runStart, count: Int(f.name.offset) - runStart)
+                runStart = -1
+            }
         }
+        if runStart >= 0 { out.write(base + runStart, count: req.headLength - 2 - runStart) }
         if !hasHost {
             out.write(host)
             out.write(string: c.context.snapshot.backends[c.routeBackend].host)
@@ -218,6 +228,10 @@ struct ConnectionTokens {
     private(set) var count = 0
     private let base: UnsafeRawPointer
 
+    /// No Connection options: nothing to drop.
+    static var none: ConnectionTokens { ConnectionTokens() }
+    private init() { base = UnsafeRawPointer(bitPattern: 1)! }
+
     init(headers: HeaderTable, base: UnsafeRawPointer) {
         self.base = base
         for i in 0..<headers.count {
@@ -290,36 +304,47 @@ enum ResponseHeadWriter {
             c.closeAfterResponse = true
         }
 
-        out.write(http11)
-        out.write(decimal: head.status)
-        out.write(byte: 0x20)
-        if !head.reason.isEmpty { out.write(base + Int(head.reason.offset), count: Int(head.reason.count)) }
-        out.write(crlf)
+        if head.version == .http11 {
+            // The status line as the upstream sent it (the parser checked it).
+            let lineEnd = up.headers.count > 0 ? Int(up.headers[0].name.offset) : head.headLength - 2
+            out.write(base, count: lineEnd)
+        } else {
+            out.write(http11)
+            out.write(decimal: head.status)
+            out.write(byte: 0x20)
+            if !head.reason.isEmpty { out.write(base + Int(head.reason.offset), count: Int(head.reason.count)) }
+            out.write(crlf)
+        }
 
-        let tokens = ConnectionTokens(headers: up.headers, base: UnsafeRawPointer(base))
+        let tokens = head.hasConnectionOptions ? ConnectionTokens(headers: up.headers, base: UnsafeRawPointer(base)) : ConnectionTokens.none
         var hasRequestID = false
+        var runStart = -1
         for i in 0..<up.headers.count {
             let f = up.headers[i]
             let np = base + Int(f.name.offset)
             let nn = Int(f.name.count)
+            var keep = true
             switch HeaderNames.classify(np, nn) {
             case .other:
-                if tokens.count > 0 && tokens.names(np, nn) { continue }
+                if tokens.count > 0 && tokens.names(np, nn) { keep = false }
             case .contentLength:
-                if !keepContentLength { continue }
+                keep = keepContentLength
             case .xRequestID:
                 hasRequestID = true
             case .host, .expect, .xForwardedFor, .xForwardedProto, .xForwardedHost, .xTollgate, .authorization, .traceparent:
                 break
             case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .upgrade,
                  .proxyAuthorization, .proxyAuthenticate:
-                continue
+                keep = false
             }
-            out.write(np, count: nn)
-            out.write(colonSpace)
-            out.write(base + Int(f.value.offset), count: Int(f.value.count))
-            out.write(crlf)
+            if keep {
+                if runStart < 0 { runStart = Int(f.name.offset) }
+            } else if runStart >= 0 {
+                out.write(base + runStart, count: Int(f.name.offset) - runStart)
+                runStart = -1
+            }
         }
+        if runStart >= 0 { out.write(base + runStart, count: head.headLength - 2 - runStart) }
         switch head.framing {
         case .contentLength(let n):
             out.write(contentLength)

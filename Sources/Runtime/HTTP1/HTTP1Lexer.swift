@@ -132,22 +132,29 @@ enum HTTP1Lexer {
     /// Returns (has "close", has "keep-alive") or an error at the first non-token byte.
     static func scanConnection(_ p: UnsafeRawPointer, _ start: Int, _ end: Int)
         -> (close: Bool, keepAlive: Bool, error: HTTP1ParseError?) {
+        let r = scanConnectionOptions(p, start, end)
+        return (r.close, r.keepAlive, r.error)
+    }
+
+    static func scanConnectionOptions(_ p: UnsafeRawPointer, _ start: Int, _ end: Int)
+        -> (close: Bool, keepAlive: Bool, other: Bool, error: HTTP1ParseError?) {
         let t = classes.pointer
-        var close = false, keepAlive = false
+        var close = false, keepAlive = false, other = false
         var i = start
         while i < end {
             let c = byte(p, i)
             if c == 0x2C || isWS(c) { i += 1; continue }
             let ts = i
             while i < end && byte(t, Int(byte(p, i))) & tchar != 0 { i += 1 }
-            if i == ts { return (false, false, HTTP1ParseError(.badHeaderValue, at: i)) }
+            if i == ts { return (false, false, false, HTTP1ParseError(.badHeaderValue, at: i)) }
             if equalsLower(p, ts, i, lowerClose) { close = true }
             else if equalsLower(p, ts, i, lowerKeepAlive) { keepAlive = true }
+            else { other = true }
             // After a token: OWS then ',' or the end.
             while i < end && isWS(byte(p, i)) { i += 1 }
-            if i < end && byte(p, i) != 0x2C { return (false, false, HTTP1ParseError(.badHeaderValue, at: i)) }
+            if i < end && byte(p, i) != 0x2C { return (false, false, false, HTTP1ParseError(.badHeaderValue, at: i)) }
         }
-        return (close, keepAlive, nil)
+        return (close, keepAlive, other, nil)
     }
 }
 
@@ -193,6 +200,8 @@ struct FieldFacts {
     var hostIndex = -1
     var hostValue = ByteRange.empty
     var expectsContinue = false
+    /// A Connection header names something besides close/keep-alive (fields to drop).
+    var hasConnectionOptions = false
 }
 
 extension HTTP1Lexer {
@@ -236,6 +245,16 @@ extension HTTP1Lexer {
             i += 1
             while isWS(byte(p, i)) { i += 1 }
             let vs = i
+            // Eight bytes at a time while none is a CTL (< 0x20, which includes CR, LF and
+            // HTAB) or DEL; obs-text (>= 0x80) passes. The byte loop settles the rest.
+            while i &+ 8 <= end {
+                let w = p.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+                let low = (w &- 0x2020_2020_2020_2020) & ~w & 0x8080_8080_8080_8080
+                let x = w ^ 0x7F7F_7F7F_7F7F_7F7F
+                let del = (x &- 0x0101_0101_0101_0101) & ~x & 0x8080_8080_8080_8080
+                if low | del != 0 { break }
+                i &+= 8
+            }
             while byte(t, Int(byte(p, i))) & value != 0 { i += 1 }
             let v = byte(p, i)
             if v == cr {
@@ -288,10 +307,11 @@ extension HTTP1Lexer {
             facts.expectsContinue = version == .http11
         case 10:
             guard equalsLower(p, ls, nameEnd, lowerConnection) else { return nil }
-            let r = scanConnection(p, vs, ve)
+            let r = scanConnectionOptions(p, vs, ve)
             if let e = r.error { return e }
             facts.close = facts.close || r.close
             facts.keepAlive = facts.keepAlive || r.keepAlive
+            facts.hasConnectionOptions = facts.hasConnectionOptions || r.other
         case 14:
             guard equalsLower(p, ls, nameEnd, lowerContentLength) else { return nil }
             let (n, e) = parseContentLength(p, vs, ve, previous: facts.contentLength)

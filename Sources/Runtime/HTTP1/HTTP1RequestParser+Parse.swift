@@ -82,6 +82,7 @@ struct RequestParseState: Sendable {
         }
         head.wantsClose = facts.close || (version == .http10 && !facts.keepAlive)
         head.expectsContinue = facts.expectsContinue
+        head.hasConnectionOptions = facts.hasConnectionOptions
         head.headLength = end.end
         let consumed = end.end
         self = RequestParseState()

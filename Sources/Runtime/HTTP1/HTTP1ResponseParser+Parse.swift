@@ -89,6 +89,7 @@ struct ResponseParseState: Sendable {
         head.version = version
         head.reason = reason
         head.headLength = end.end
+        head.hasConnectionOptions = facts.hasConnectionOptions
         var wantsClose = facts.close || (version == .http10 && !facts.keepAlive)
         // RFC 9112 §6.3, in order.
         if requestMethod == .head || status < 200 || status == 204 || status == 304

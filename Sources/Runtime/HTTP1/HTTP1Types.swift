@@ -95,6 +95,8 @@ package struct HTTP1RequestHead: Sendable {
     package var wantsClose = false
     /// `Expect: 100-continue` (any other expectation is an error → 417 is not used: 400).
     package var expectsContinue = false
+    /// A Connection header lists field names (besides close/keep-alive) to drop on forwarding.
+    package var hasConnectionOptions = false
     /// Bytes of the head, request line to the final CRLF inclusive.
     package var headLength = 0
     package init() {}
@@ -109,6 +111,8 @@ package struct HTTP1ResponseHead: Sendable {
     package var framing: BodyFraming = .none
     /// `Connection: close`, HTTP/1.0 without keep-alive, or a close-delimited body.
     package var wantsClose = false
+    /// A Connection header lists field names (besides close/keep-alive) to drop on forwarding.
+    package var hasConnectionOptions = false
     package var headLength = 0
     package init() {}
 }
