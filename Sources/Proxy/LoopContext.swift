@@ -249,14 +249,29 @@ final class LoopContext {
     /// 16 lowercase hex digits, unique per process run and loop.
     func nextRequestID(into p: UnsafeMutableRawPointer) -> Int {
         requestCounter &+= 1
-        var v = (requestIDSeed &+ UInt64(loop.index) << 56) ^ (requestCounter &* 0x9E37_79B9_7F4A_7C15)
-        var i = 15
-        while i >= 0 {
-            let d = UInt8(truncatingIfNeeded: v & 0xF)
-            p.storeBytes(of: d < 10 ? 0x30 + d : 0x57 + d, toByteOffset: i, as: UInt8.self)
-            v >>= 4
-            i -= 1
-        }
+        let v = (requestIDSeed &+ UInt64(loop.index) << 56) ^ (requestCounter &* 0x9E37_79B9_7F4A_7C15)
+        Hex.write16(v, to: p)
         return 16
+    }
+}
+
+/// Lowercase hex without a loop per digit: nibbles spread into bytes, then ASCII in one add.
+enum Hex {
+    @inline(__always)
+    static func eight(_ x: UInt32) -> UInt64 {
+        var v = UInt64(x)
+        v = (v | (v << 16)) & 0x0000_FFFF_0000_FFFF
+        v = (v | (v << 8)) & 0x00FF_00FF_00FF_00FF
+        v = (v | (v << 4)) & 0x0F0F_0F0F_0F0F_0F0F
+        // Bytes holding 10…15 get 'a'-'0'-10 more.
+        let letters = ((v &+ 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101
+        v = v &+ 0x3030_3030_3030_3030 &+ letters &* 0x27
+        return v.byteSwapped   // most significant nibble first in memory
+    }
+
+    @inline(__always)
+    static func write16(_ v: UInt64, to p: UnsafeMutableRawPointer) {
+        p.storeBytes(of: eight(UInt32(truncatingIfNeeded: v >> 32)), toByteOffset: 0, as: UInt64.self)
+        p.storeBytes(of: eight(UInt32(truncatingIfNeeded: v)), toByteOffset: 8, as: UInt64.self)
     }
 }

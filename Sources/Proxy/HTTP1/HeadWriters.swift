@@ -28,22 +28,22 @@ enum RequestHeadWriter {
         let base = head.baseAddress!
         if out.writableBytes < req.headLength + 1024 + c.peer.text.count { return false }
 
-        let ex = c.exchange
         out.write(base + Int(req.methodRange.offset), count: Int(req.methodRange.count))
         out.write(byte: 0x20)
         // The normalised path: what the route was matched on is what the backend sees.
-        out.write(c.pathBuffer, count: ex.pathCount)
+        out.write(c.pathBuffer, count: c.exchange.pathCount)
+        let snapshot = c.context.snapshot
+        let stripCredential = !snapshot.credentials.forwardsCredential
         if req.hasQuery {
-            if ex.credentialSource == .query && !c.context.snapshot.credentials.forwardsCredential {
-                writeQuery(base: base, query: req.query, without: ex.credential, into: out)
+            if c.exchange.credentialSource == .query && stripCredential {
+                writeQuery(base: base, query: req.query, without: c.exchange.credential, into: out)
             } else {
                 out.write(byte: 0x3F)
                 out.write(base + Int(req.query.offset), count: Int(req.query.count))
             }
         }
         out.write(http11)
-        let rule = c.context.snapshot.credentials
-        let stripCredential = !rule.forwardsCredential
+        let credentialHeader = c.exchange.credentialHeader
         var clientXFF = ByteRange.empty
         var clientXFP = ByteRange.empty
 
@@ -60,7 +60,7 @@ enum RequestHeadWriter {
             let np = base + Int(f.name.offset)
             let nn = Int(f.name.count)
             var keep = true
-            if stripCredential && i == ex.credentialHeader {
+            if stripCredential && i == credentialHeader {
                 keep = false
             } else {
                 switch HeaderNames.classify(np, nn) {
@@ -68,7 +68,7 @@ enum RequestHeadWriter {
                     if tokens.count > 0 && tokens.names(np, nn) { keep = false }
                     // Every configured key header, not only the one read: a repeated header, or a
                     // key sent to a public route (where none is read), must not reach the backend.
-                    else if stripCredential && isCredentialHeader(np, nn, rule) { keep = false }
+                    else if stripCredential && isCredentialHeader(np, nn, snapshot) { keep = false }
                 case .host:
                     hasHost = true
                     hostValue = f.value
@@ -113,13 +113,13 @@ enum RequestHeadWriter {
         }
         // A trusted proxy's chain is extended; anyone else's X-Forwarded-* is replaced.
         out.write(xff)
-        if ex.isPeerTrusted && !clientXFF.isEmpty {
+        if c.exchange.isPeerTrusted && !clientXFF.isEmpty {
             out.write(base + Int(clientXFF.offset), count: Int(clientXFF.count))
             out.write(commaSpace)
         }
         c.peer.text.withUnsafeBytes { out.write($0) }
         out.write(crlf)
-        if ex.isPeerTrusted && !clientXFP.isEmpty {
+        if c.exchange.isPeerTrusted && !clientXFP.isEmpty {
             out.write(RequestHeadWriter.xfpPrefix)
             out.write(base + Int(clientXFP.offset), count: Int(clientXFP.count))
             out.write(crlf)
@@ -143,7 +143,7 @@ enum RequestHeadWriter {
             out.writerIndex += c.context.nextRequestID(into: out.writePointer)
             out.write(traceparentEnd)
         }
-        if let r = ex.record {
+        if let r = c.exchange.record {
             // Identity for the backend (client-sent X-Tollgate-* were dropped above).
             let need = r.id.utf8.count + r.consumer.utf8.count + r.scopeNames.reduce(0) { $0 + $1.utf8.count + 1 } + 96
             if out.writableBytes < need { return false }
@@ -165,8 +165,8 @@ enum RequestHeadWriter {
     }
 
     @inline(__always)
-    private static func isCredentialHeader(_ name: UnsafeRawPointer, _ count: Int, _ rule: CredentialRule) -> Bool {
-        for lower in rule.headerNamesLowercased where lower.count == count {
+    private static func isCredentialHeader(_ name: UnsafeRawPointer, _ count: Int, _ snapshot: PolicySnapshot) -> Bool {
+        for lower in snapshot.credentials.headerNamesLowercased where lower.count == count {
             if lower.withUnsafeBytes({ ClientConnection.caselessEquals(name, $0.baseAddress!, count) }) { return true }
         }
         return false
@@ -202,17 +202,17 @@ enum RateLimitFields {
     static let crlf: StaticString = "\r\n"
 
     static func write(_ c: ClientConnection, into out: IOBuffer) {
-        let ex = c.exchange
-        guard ex.limitPlan >= 0 else { return }
+        let limitPlan = c.exchange.limitPlan
+        guard limitPlan >= 0 else { return }
         let plans = c.context.snapshot.plans
-        guard ex.limitPlan < plans.count else { return }
-        let plan = plans[ex.limitPlan]
+        guard limitPlan < plans.count else { return }
+        let plan = plans[limitPlan]
         guard out.writableBytes > plan.policyHeader.count + 160 else { return }
         out.write(policy)
         out.write(plan.policyHeader)
         out.write(crlf)
         out.write(state)
-        let n = RateLimitHeaders.writeState(plan: plan, report: ex.limitReport,
+        let n = RateLimitHeaders.writeState(plan: plan, report: c.exchange.limitReport,
                                             into: UnsafeMutableRawBufferPointer(start: out.writePointer, count: 128))
         out.writerIndex += n
         out.write(crlf)

@@ -138,6 +138,9 @@ enum HTTP1Lexer {
 
     static func scanConnectionOptions(_ p: UnsafeRawPointer, _ start: Int, _ end: Int)
         -> (close: Bool, keepAlive: Bool, other: Bool, error: HTTP1ParseError?) {
+        // The common single-token values, without the general scan.
+        if end - start == 10 && equalsLower(p, start, end, lowerKeepAlive) { return (false, true, false, nil) }
+        if end - start == 5 && equalsLower(p, start, end, lowerClose) { return (true, false, false, nil) }
         let t = classes.pointer
         var close = false, keepAlive = false, other = false
         var i = start
