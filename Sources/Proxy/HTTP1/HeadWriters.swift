@@ -28,21 +28,21 @@ enum RequestHeadWriter {
         let base = head.baseAddress!
         if out.writableBytes < req.headLength + 1024 + c.peer.text.count { return false }
 
-        out.write(base + Int(req.methodRange.offset), count: Int(req.methodRange.count))
-        out.write(byte: 0x20)
+        out.put(base + Int(req.methodRange.offset), count: Int(req.methodRange.count))
+        out.put(byte: 0x20)
         // The normalised path: what the route was matched on is what the backend sees.
-        out.write(c.pathBuffer, count: c.exchange.pathCount)
+        out.put(c.pathBuffer, count: c.exchange.pathCount)
         let snapshot = c.context.snapshot
         let stripCredential = !snapshot.credentials.forwardsCredential
         if req.hasQuery {
             if c.exchange.credentialSource == .query && stripCredential {
                 writeQuery(base: base, query: req.query, without: c.exchange.credential, into: out)
             } else {
-                out.write(byte: 0x3F)
-                out.write(base + Int(req.query.offset), count: Int(req.query.count))
+                out.put(byte: 0x3F)
+                out.put(base + Int(req.query.offset), count: Int(req.query.count))
             }
         }
-        out.write(http11)
+        out.put(http11)
         let credentialHeader = c.exchange.credentialHeader
         var clientXFF = ByteRange.empty
         var clientXFP = ByteRange.empty
@@ -91,76 +91,76 @@ enum RequestHeadWriter {
             if keep {
                 if runStart < 0 { runStart = Int(f.name.offset) }
             } else if runStart >= 0 {
-                out.write(base + runStart, count: Int(f.name.offset) - runStart)
+                out.put(base + runStart, count: Int(f.name.offset) - runStart)
                 runStart = -1
             }
         }
-        if runStart >= 0 { out.write(base + runStart, count: req.headLength - 2 - runStart) }
+        if runStart >= 0 { out.put(base + runStart, count: req.headLength - 2 - runStart) }
         if !hasHost {
-            out.write(host)
-            out.write(string: c.context.snapshot.backends[c.routeBackend].host)
-            out.write(crlf)
+            out.put(host)
+            out.put(string: c.context.snapshot.backends[c.routeBackend].host)
+            out.put(crlf)
         }
         switch req.framing {
         case .contentLength(let n):
-            out.write(contentLength)
-            out.write(decimal: Int(n))
-            out.write(crlf)
+            out.put(contentLength)
+            out.put(decimal: Int(n))
+            out.put(crlf)
         case .chunked:
-            out.write(chunked)
+            out.put(chunked)
         case .none, .untilClose:
             break
         }
         // A trusted proxy's chain is extended; anyone else's X-Forwarded-* is replaced.
-        out.write(xff)
+        out.put(xff)
         if c.exchange.isPeerTrusted && !clientXFF.isEmpty {
-            out.write(base + Int(clientXFF.offset), count: Int(clientXFF.count))
-            out.write(commaSpace)
+            out.put(base + Int(clientXFF.offset), count: Int(clientXFF.count))
+            out.put(commaSpace)
         }
-        c.peer.text.withUnsafeBytes { out.write($0) }
-        out.write(crlf)
+        c.peer.text.withUnsafeBytes { out.put($0) }
+        out.put(crlf)
         if c.exchange.isPeerTrusted && !clientXFP.isEmpty {
-            out.write(RequestHeadWriter.xfpPrefix)
-            out.write(base + Int(clientXFP.offset), count: Int(clientXFP.count))
-            out.write(crlf)
+            out.put(RequestHeadWriter.xfpPrefix)
+            out.put(base + Int(clientXFP.offset), count: Int(clientXFP.count))
+            out.put(crlf)
         } else {
-            out.write(c.isTLS ? xfpHTTPS : xfpHTTP)
+            out.put(c.isTLS ? xfpHTTPS : xfpHTTP)
         }
         if hasHost {
-            out.write(xfh)
-            out.write(base + Int(hostValue.offset), count: Int(hostValue.count))
-            out.write(crlf)
+            out.put(xfh)
+            out.put(base + Int(hostValue.offset), count: Int(hostValue.count))
+            out.put(crlf)
         }
-        out.write(xrid)
-        c.withRequestID { out.write($0) }
-        out.write(crlf)
+        out.put(xrid)
+        c.withRequestID { out.put($0) }
+        out.put(crlf)
         if !hasTraceparent {
             // W3C trace context: start a trace when the client did not send one (DESIGN.md, step 7).
-            out.write(traceparentStart)
+            out.put(traceparentStart)
             out.writerIndex += c.context.nextRequestID(into: out.writePointer)
             out.writerIndex += c.context.nextRequestID(into: out.writePointer)
-            out.write(byte: 0x2D)
+            out.put(byte: 0x2D)
             out.writerIndex += c.context.nextRequestID(into: out.writePointer)
-            out.write(traceparentEnd)
+            out.put(traceparentEnd)
         }
         if let r = c.exchange.record {
             // Identity for the backend (client-sent X-Tollgate-* were dropped above).
             let need = r.id.utf8.count + r.consumer.utf8.count + r.scopeNames.reduce(0) { $0 + $1.utf8.count + 1 } + 96
             if out.writableBytes < need { return false }
-            out.write(keyID)
-            out.write(string: r.id)
-            out.write(crlf)
-            out.write(consumer)
-            out.write(string: r.consumer)
-            out.write(crlf)
-            out.write(scopes)
+            out.put(keyID)
+            out.put(string: r.id)
+            out.put(crlf)
+            out.put(consumer)
+            out.put(string: r.consumer)
+            out.put(crlf)
+            out.put(scopes)
             for (k, name) in r.scopeNames.enumerated() {
-                if k > 0 { out.write(byte: 0x2C) }
-                out.write(string: name)
+                if k > 0 { out.put(byte: 0x2C) }
+                out.put(string: name)
             }
-            out.write(crlf)
+            out.put(crlf)
         }
-        out.write(crlf)
+        out.put(crlf)
         return true
     }
 
@@ -184,9 +184,9 @@ enum RequestHeadWriter {
         let before = start - qStart
         let after = query.end - end
         if before + after == 0 { return }
-        out.write(byte: 0x3F)
-        out.write(base + qStart, count: before)
-        out.write(base + end, count: after)
+        out.put(byte: 0x3F)
+        out.put(base + qStart, count: before)
+        out.put(base + end, count: after)
     }
 }
 
@@ -208,14 +208,14 @@ enum RateLimitFields {
         guard limitPlan < plans.count else { return }
         let plan = plans[limitPlan]
         guard out.writableBytes > plan.policyHeader.count + 160 else { return }
-        out.write(policy)
-        out.write(plan.policyHeader)
-        out.write(crlf)
-        out.write(state)
+        out.put(policy)
+        out.put(plan.policyHeader)
+        out.put(crlf)
+        out.put(state)
         let n = RateLimitHeaders.writeState(plan: plan, report: c.exchange.limitReport,
                                             into: UnsafeMutableRawBufferPointer(start: out.writePointer, count: 128))
         out.writerIndex += n
-        out.write(crlf)
+        out.put(crlf)
     }
 }
 
@@ -307,13 +307,13 @@ enum ResponseHeadWriter {
         if head.version == .http11 {
             // The status line as the upstream sent it (the parser checked it).
             let lineEnd = up.headers.count > 0 ? Int(up.headers[0].name.offset) : head.headLength - 2
-            out.write(base, count: lineEnd)
+            out.put(base, count: lineEnd)
         } else {
-            out.write(http11)
-            out.write(decimal: head.status)
-            out.write(byte: 0x20)
-            if !head.reason.isEmpty { out.write(base + Int(head.reason.offset), count: Int(head.reason.count)) }
-            out.write(crlf)
+            out.put(http11)
+            out.put(decimal: head.status)
+            out.put(byte: 0x20)
+            if !head.reason.isEmpty { out.put(base + Int(head.reason.offset), count: Int(head.reason.count)) }
+            out.put(crlf)
         }
 
         let tokens = head.hasConnectionOptions ? ConnectionTokens(headers: up.headers, base: UnsafeRawPointer(base)) : ConnectionTokens.none
@@ -340,34 +340,34 @@ enum ResponseHeadWriter {
             if keep {
                 if runStart < 0 { runStart = Int(f.name.offset) }
             } else if runStart >= 0 {
-                out.write(base + runStart, count: Int(f.name.offset) - runStart)
+                out.put(base + runStart, count: Int(f.name.offset) - runStart)
                 runStart = -1
             }
         }
-        if runStart >= 0 { out.write(base + runStart, count: head.headLength - 2 - runStart) }
+        if runStart >= 0 { out.put(base + runStart, count: head.headLength - 2 - runStart) }
         switch head.framing {
         case .contentLength(let n):
-            out.write(contentLength)
-            out.write(decimal: Int(n))
-            out.write(crlf)
+            out.put(contentLength)
+            out.put(decimal: Int(n))
+            out.put(crlf)
         case .chunked:
-            if c.responseBody == .chunkedPass { out.write(chunked) }
+            if c.responseBody == .chunkedPass { out.put(chunked) }
         case .none, .untilClose:
             break
         }
         if !hasRequestID {
-            out.write(xrid)
-            c.withRequestID { out.write($0) }
-            out.write(crlf)
+            out.put(xrid)
+            c.withRequestID { out.put($0) }
+            out.put(crlf)
         }
         RateLimitFields.write(c, into: out)
-        if let d = c.exchange.degraded.headerValue { out.write(d) }
+        if let d = c.exchange.degraded.headerValue { out.put(d) }
         if c.closeAfterResponse {
-            out.write(close)
+            out.put(close)
         } else if c.request.version == .http10 {
-            out.write(keepAlive)
+            out.put(keepAlive)
         }
-        out.write(crlf)
+        out.put(crlf)
         return true
     }
 
@@ -376,22 +376,22 @@ enum ResponseHeadWriter {
         let head = up.head
         let base = up.inBuf.readPointer
         if out.writableBytes < head.headLength + 64 { return false }
-        out.write(http11)
-        out.write(decimal: head.status)
-        out.write(byte: 0x20)
-        if !head.reason.isEmpty { out.write(base + Int(head.reason.offset), count: Int(head.reason.count)) }
-        out.write(crlf)
+        out.put(http11)
+        out.put(decimal: head.status)
+        out.put(byte: 0x20)
+        if !head.reason.isEmpty { out.put(base + Int(head.reason.offset), count: Int(head.reason.count)) }
+        out.put(crlf)
         for i in 0..<up.headers.count {
             let f = up.headers[i]
             let np = base + Int(f.name.offset)
             let nn = Int(f.name.count)
             if HeaderNames.classify(np, nn).isHopByHop { continue }
-            out.write(np, count: nn)
-            out.write(colonSpace)
-            out.write(base + Int(f.value.offset), count: Int(f.value.count))
-            out.write(crlf)
+            out.put(np, count: nn)
+            out.put(colonSpace)
+            out.put(base + Int(f.value.offset), count: Int(f.value.count))
+            out.put(crlf)
         }
-        out.write(crlf)
+        out.put(crlf)
         return true
     }
 }
@@ -417,35 +417,35 @@ enum LocalReply {
         let codeCount = code.rawValue.utf8.count
         let bodyLength = bodyStart.utf8CodeUnitCount + codeCount + bodyMessage.utf8CodeUnitCount + msg.utf8.count + bodyRequestID.utf8CodeUnitCount
             + c.requestIDCount + bodyEnd.utf8CodeUnitCount
-        out.write(http11)
-        out.write(decimal: status)
-        out.write(byte: 0x20)
-        out.write(string: reason(status))
-        out.write(crlf)
-        out.write(json)
-        out.write(contentLength)
-        out.write(decimal: bodyLength)
-        out.write(crlf)
-        out.write(xrid)
-        c.withRequestID { out.write($0) }
-        out.write(crlf)
-        if status == 401 { out.write(challenge) }
+        out.put(http11)
+        out.put(decimal: status)
+        out.put(byte: 0x20)
+        out.put(string: reason(status))
+        out.put(crlf)
+        out.put(json)
+        out.put(contentLength)
+        out.put(decimal: bodyLength)
+        out.put(crlf)
+        out.put(xrid)
+        c.withRequestID { out.put($0) }
+        out.put(crlf)
+        if status == 401 { out.put(challenge) }
         if status != 100 { RateLimitFields.write(c, into: out) }
-        if let d = c.exchange.degraded.headerValue { out.write(d) }
+        if let d = c.exchange.degraded.headerValue { out.put(d) }
         if status == 429 || status == 503, c.exchange.retryAfterSeconds > 0 {
-            out.write(RateLimitFields.retryAfter)
-            out.write(decimal: c.exchange.retryAfterSeconds)
-            out.write(crlf)
+            out.put(RateLimitFields.retryAfter)
+            out.put(decimal: c.exchange.retryAfterSeconds)
+            out.put(crlf)
         }
-        if c.closeAfterResponse { out.write(close) } else if c.request.version == .http10 { out.write(keepAlive) }
-        out.write(crlf)
-        out.write(bodyStart)
-        out.write(string: code.rawValue)
-        out.write(bodyMessage)
-        msg.withUTF8 { out.write(UnsafeRawBufferPointer($0)) }
-        out.write(bodyRequestID)
-        c.withRequestID { out.write($0) }
-        out.write(bodyEnd)
+        if c.closeAfterResponse { out.put(close) } else if c.request.version == .http10 { out.put(keepAlive) }
+        out.put(crlf)
+        out.put(bodyStart)
+        out.put(string: code.rawValue)
+        out.put(bodyMessage)
+        msg.withUTF8 { out.put(UnsafeRawBufferPointer($0)) }
+        out.put(bodyRequestID)
+        c.withRequestID { out.put($0) }
+        out.put(bodyEnd)
     }
 
     static func reason(_ status: Int) -> String {
