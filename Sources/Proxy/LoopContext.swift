@@ -20,7 +20,11 @@ struct ServerSettings: Sendable {
 final class LoopContext {
     let loop: EventLoop
     let settings: ServerSettings
-    private(set) var snapshot: PolicySnapshot
+    private(set) var snapshot: PolicySnapshot {
+        didSet { hasClientRules = Self.hasClientRules(snapshot) }
+    }
+    /// The policy has trusted proxies or a deny/allow list (else the client phase is a no-op).
+    private(set) var hasClientRules = false
     /// Keys known in-process (declared + embedded store), compiled against `snapshot`.
     var keys: KeyDirectory = .empty
     /// The shared store (Redis), when the policy names one.
@@ -44,6 +48,7 @@ final class LoopContext {
     init(loop: EventLoop, snapshot: PolicySnapshot, settings: ServerSettings, limiter: RateLimiter) {
         self.loop = loop
         self.limiter = limiter
+        hasClientRules = Self.hasClientRules(snapshot)
         self.snapshot = snapshot
         self.settings = settings
         headerTimeoutNanos = settings.headerTimeout.nanoseconds
@@ -55,6 +60,10 @@ final class LoopContext {
         for (i, b) in snapshot.backends.enumerated() {
             pools.append(UpstreamPool(loop: loop, backendIndex: i, spec: b))
         }
+    }
+
+    static func hasClientRules(_ s: PolicySnapshot) -> Bool {
+        !(s.clients.trustedProxies.isEmpty && s.clients.deny.isEmpty && s.clients.allow.isEmpty)
     }
 
     /// Connects this loop to the shared store (on the loop's thread, before it serves).

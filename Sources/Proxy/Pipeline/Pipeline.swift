@@ -90,9 +90,15 @@ extension ClientConnection {
 
     /// The client address: the peer, or X-Forwarded-For walked through trusted proxies only.
     private func resolveClientPhase() -> PhaseResult {
+        exchange.isHTTPS = isTLS
+        if !context.hasClientRules {
+            // No trusted proxies, no deny/allow lists: the peer is the client, and admitted.
+            exchange.isPeerTrusted = false
+            exchange.clientIP = peerIP
+            return .next
+        }
         let rules = context.snapshot.clients
         exchange.isPeerTrusted = !rules.trustedProxies.isEmpty && rules.trustedProxies.contains(peerIP)
-        exchange.isHTTPS = isTLS
         if exchange.isPeerTrusted {
             let head = inBuf.readable
             var xff: UnsafeRawBufferPointer?

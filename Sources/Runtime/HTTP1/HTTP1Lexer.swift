@@ -177,11 +177,10 @@ struct HeadEndScanner: Sendable {
 
     mutating func scan(_ p: UnsafeRawPointer, _ n: Int) {
         while end < 0 && scanned < n {
-            guard let q = memchr(p + scanned, 0x0A, n - scanned) else {
+            guard let lf = Self.nextLF(p, from: scanned, to: n) else {
                 scanned = n
                 return
             }
-            let lf = UnsafeRawPointer(q) - p
             if firstLF < 0 { firstLF = lf }
             let len = lf - lineStart
             if len == 0 || (len == 1 && HTTP1Lexer.byte(p, lineStart) == HTTP1Lexer.cr) {
@@ -190,6 +189,24 @@ struct HeadEndScanner: Sendable {
             lineStart = lf + 1
             scanned = lf + 1
         }
+    }
+
+    /// The offset of the next LF in `p[from..<to]`: eight bytes per step (SWAR zero-byte
+    /// test on `w ^ 0x0A…`), which beats a memchr call for lines of a few dozen bytes.
+    @inline(__always)
+    static func nextLF(_ p: UnsafeRawPointer, from: Int, to: Int) -> Int? {
+        var i = from
+        while i &+ 8 <= to {
+            let x = p.loadUnaligned(fromByteOffset: i, as: UInt64.self) ^ 0x0A0A_0A0A_0A0A_0A0A
+            let found = (x &- 0x0101_0101_0101_0101) & ~x & 0x8080_8080_8080_8080
+            if found != 0 { return i &+ (found.trailingZeroBitCount >> 3) }
+            i &+= 8
+        }
+        while i < to {
+            if p.load(fromByteOffset: i, as: UInt8.self) == 0x0A { return i }
+            i &+= 1
+        }
+        return nil
     }
 }
 
