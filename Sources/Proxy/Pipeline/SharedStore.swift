@@ -13,7 +13,8 @@ import Synchronization
 /// admitted unverified — it gets 503 STORE_UNAVAILABLE whatever the mode.
 /// Rate limits: one EVALSHA per request; when Redis cannot answer, `closed` answers 503,
 /// `open` admits (counted, marked), `local` uses the in-process limiter with each window's
-/// limit divided by the number of live instances last announced through Redis.
+/// limit divided by the number of live instances (processes: the in-process limiter is shared
+/// by all loops of one) last announced through Redis.
 final class SharedStore {
     let redis: RedisConnection
     let mode: StoreFailMode
