@@ -129,17 +129,28 @@ import Testing
             return t.response
         }
 
+        // The heartbeat counts processes (3), not loops (6): `local` divides by it.
+        let announced = try poll(timeout: 5) { try fleet.redis.client().run(["ZCARD", RedisKeys.instances]).text == "3" }
+        let members = try fleet.redis.client().run(["ZRANGE", RedisKeys.instances, "0", "-1"])
+        #expect(announced != nil, "tg:instances: \(members)")
         // Every loop announces itself each second: let all of them see all three processes.
         usleep(1_500_000)
         // Warm: the planned and the plan-less key are cached on every loop of every instance.
+        // (A 503 here can only be a 20 ms deadline missed on a loaded machine: tried again.)
         for port in fleet.ports {
             for i in 0..<10 {
                 for key in [OutageKeys.warm, OutageKeys.free] {
-                    let r = try timed(port, "/api/warm/\(i)", key)
+                    var r = try timed(port, "/api/warm/\(i)", key)
+                    for _ in 0..<5 where r.status == 503 { r = try timed(port, "/api/warm/\(i)", key) }
                     #expect(r.status == 200 && r.header("X-Tollgate-Degraded") == nil, ":\(port) warm-up: \(r.status) \(r.headers)")
                 }
             }
         }
+        // Health lines so far (none, unless a loaded machine already tripped a breaker).
+        func count(_ text: String, _ tg: TollgateProcess) -> Int { tg.log.components(separatedBy: text).count - 1 }
+        let downBefore = fleet.processes.map { count("store unavailable", $0) }
+        let upBefore = fleet.processes.map { count("store recovered", $0) }
+        #expect(downBefore == [0, 0, 0], "before the kill: \(fleet.processes.map(\.log))")
 
         // Load on every instance (its own planned key), through the kill and the restart.
         let load = LoadRun(ports: fleet.ports, key: OutageKeys.load, latencies: latencies)
@@ -204,7 +215,8 @@ import Testing
         #expect(outageLoad.requests > 50, "the load did not run: \(outageLoad.summary)")
         for (i, tg) in fleet.processes.enumerated() {
             #expect(tg.process.isRunning, "instance \(i) died: \(tg.log)")
-            #expect(tg.log.components(separatedBy: "store unavailable").count - 1 == 1, "instance \(i) log:\n\(tg.log)")
+            // One line for the transition, however many requests failed over.
+            #expect(count("store unavailable", tg) == downBefore[i] + 1, "instance \(i) log:\n\(tg.log)")
         }
 
         // 4. Redis back on the same port (empty: no persistence) → normal service again.
@@ -238,9 +250,8 @@ import Testing
         #expect(latencies.maxMillis < 1000, "a request took \(latencies.maxMillis) ms")
         for (i, tg) in fleet.processes.enumerated() {
             #expect(tg.process.isRunning, "instance \(i) died: \(tg.log)")
-            let log = tg.log
-            #expect(log.components(separatedBy: "store unavailable").count - 1 == 1, "instance \(i) log:\n\(log)")
-            #expect(log.components(separatedBy: "store recovered").count - 1 == 1, "instance \(i) log:\n\(log)")
+            #expect(count("store unavailable", tg) == downBefore[i] + 1, "instance \(i) log:\n\(tg.log)")
+            #expect(count("store recovered", tg) == upBefore[i] + 1, "instance \(i) log:\n\(tg.log)")
         }
     }
 
