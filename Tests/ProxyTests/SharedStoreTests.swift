@@ -255,6 +255,55 @@ import Testing
         }
     }
 
+    @Test func instanceStartedBeforeRedisServesOnceRedisAnswers() throws {
+        // The policy names a Redis that is not there yet.
+        let redisPort = Int(freePort())
+        let upstream = try ScriptedUpstream { peer in
+            while peer.readHead() != nil { peer.write(okResponse("ok")) }
+        }
+        defer { upstream.stop() }
+        let dir = makeTempDir("tgredis")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let port = freePort()
+        writeFile(dir + "/00-gateway.yaml", RedisFleet.policy(port: port, redis: "redis://127.0.0.1:\(redisPort)/0", mode: "open",
+                                                           deadline: "20ms", upstream: upstream.port))
+        writeFile(dir + "/10-keys.yaml", OutageKeys.yaml)
+        let tg = try TollgateProcess(policies: dir, port: port, threads: 2)
+        defer { tg.stop() }
+        let latencies = LatencyLog()
+        // No record can be verified: refused 503 (even in `open` mode, even a declared key), at once.
+        for i in 0..<20 {
+            let t = try timedGet(port, "/api/early/\(i)", key: OutageKeys.warm)
+            latencies.add(t.nanos)
+            expectStoreUnavailable(t.response)
+        }
+        usleep(1_500_000)   // long enough for the reconnect back-off to grow
+        print("started without Redis: \(latencies.summary); log: \(tg.log.split(separator: "\n").filter { $0.contains("store") })")
+        #expect(latencies.maxMillis < 1000)
+        // An operator must see why every request is refused: logged once, not per request.
+        #expect(tg.log.components(separatedBy: "store unavailable").count - 1 == 1, "log:\n\(tg.log)")
+
+        let redis = try RedisServer(port: redisPort)
+        defer { redis.stop() }
+        let answeredAt = monotonicNanos()
+        let took = try poll(timeout: 5) { () throws -> Bool in
+            let r = try get(port, "/api/late", headers: ["X-API-Key": OutageKeys.warm])
+            return r.status == 200 && r.header("X-Tollgate-Degraded") == nil
+        }
+        #expect(took != nil, "never served once Redis answered: \(tg.log)")
+        print(String(format: "started without Redis: served %.3f s after Redis answered", Double(monotonicNanos() - answeredAt) / 1e9))
+        for port in [port] {
+            let every = try RedisFleet.untilEveryLoopAnswers(port, key: OutageKeys.warm, timeout: 3) {
+                $0.status == 200 && $0.header("X-Tollgate-Degraded") == nil
+            }
+            #expect(every != nil)
+        }
+        #expect(tg.process.isRunning)
+        let recovered = poll(timeout: 5) { tg.log.contains("store recovered") }
+        #expect(recovered != nil, "log:\n\(tg.log)")
+        #expect(tg.log.components(separatedBy: "store unavailable").count - 1 == 1, "log:\n\(tg.log)")
+    }
+
     // MARK: 5. the negative cache
 
     @Test func unknownKeysAreRememberedNotLookedUpEachTime() throws {
@@ -463,6 +512,11 @@ final class RedisFleet {
     /// connections (so every loop of the instance answers the same); the seconds since `since`.
     func untilEveryLoop(_ port: UInt16, key: String, timeout: Double = 3, since: UInt64 = monotonicNanos(),
                         _ condition: (HTTPResponse) -> Bool) throws -> Double? {
+        try Self.untilEveryLoopAnswers(port, key: key, timeout: timeout, since: since, condition)
+    }
+
+    static func untilEveryLoopAnswers(_ port: UInt16, key: String, timeout: Double = 3, since: UInt64 = monotonicNanos(),
+                                      _ condition: (HTTPResponse) -> Bool) throws -> Double? {
         let until = since + UInt64(timeout * 1e9)
         var firstOfStreak: UInt64?
         var streak = 0

@@ -25,6 +25,12 @@ final class RedisServer: @unchecked Sendable {
         throw lastError ?? HarnessError("cannot start redis-server")
     }
 
+    /// Starts on a given port (a policy may already name it).
+    init(port: Int) throws {
+        self.port = port
+        process = try RedisServer.launch(port: port)
+    }
+
     /// `redis://127.0.0.1:PORT/0`, as a policy names it.
     var urlText: String { "redis://127.0.0.1:\(port)/0" }
     var url: RedisURL { RedisURL(endpoint: .tcp(host: "127.0.0.1", port: port)) }
