@@ -281,6 +281,7 @@ import Testing
         print("started without Redis: \(latencies.summary); log: \(tg.log.split(separator: "\n").filter { $0.contains("store") })")
         #expect(latencies.maxMillis < 1000)
         // An operator must see why every request is refused: logged once, not per request.
+        #expect(poll(timeout: 5) { tg.log.contains("store unavailable") } != nil, "log:\n\(tg.log)")
         #expect(tg.log.components(separatedBy: "store unavailable").count - 1 == 1, "log:\n\(tg.log)")
 
         let redis = try RedisServer(port: redisPort)
