@@ -220,6 +220,9 @@ import Testing
         }
 
         // 4. Redis back on the same port (empty: no persistence) → normal service again.
+        // Keep it down ≥ 2.5 s (load still running) so the reconnect back-off reaches its 1 s cap.
+        let down = Double(monotonicNanos() - killedAt) / 1e9
+        if down < 2.5 { usleep(UInt32((2.5 - down) * 1e6)) }
         try fleet.redis.restart()
         let answeredAt = monotonicNanos()
         var recovery: [Double] = []
