@@ -67,10 +67,12 @@ final class LoopContext {
     }
 
     /// Connects this loop to the shared store (on the loop's thread, before it serves).
+    /// Every loop announces the same `instanceID` (the process's): the heartbeat counts
+    /// processes, because that is what shares one in-process limiter in `local` mode.
     func startStore(instanceID: String) {
         guard let spec = snapshot.store, let url = try? RedisURL(parsing: spec.url) else { return }
         store = SharedStore(loop: loop, url: url, deadline: spec.deadline, mode: spec.onError,
-                            instanceID: instanceID + "-\(loop.index)")
+                            instanceID: instanceID)
     }
 
     /// Installs a new policy snapshot (called on this loop). Pools are matched by backend name.

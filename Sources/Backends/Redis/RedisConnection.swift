@@ -80,7 +80,9 @@ package final class RedisConnection {
 
     /// - Parameters:
     ///   - commandDeadline: per-command bound (the policy's `store.deadline`).
-    ///   - instanceID: this process+loop's name in the instance heartbeat.
+    ///   - instanceID: this instance's name in the heartbeat. Connections that share one
+    ///     in-process limiter (the loops of one process) announce the same name, so that
+    ///     ``liveInstances`` counts limiters.
     ///   - onStateChange: called on the loop once per health transition.
     package init(loop: EventLoop, url: RedisURL, commandDeadline: Duration, instanceID: String,
                  options: Options = Options(), onStateChange: @escaping (RedisHealth) -> Void) {

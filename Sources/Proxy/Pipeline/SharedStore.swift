@@ -13,7 +13,8 @@ import Synchronization
 /// admitted unverified — it gets 503 STORE_UNAVAILABLE whatever the mode.
 /// Rate limits: one EVALSHA per request; when Redis cannot answer, `closed` answers 503,
 /// `open` admits (counted, marked), `local` uses the in-process limiter with each window's
-/// limit divided by the number of live instances last announced through Redis.
+/// limit divided by the number of live instances (processes: the in-process limiter is shared
+/// by all loops of one) last announced through Redis.
 final class SharedStore {
     let redis: RedisConnection
     let mode: StoreFailMode
@@ -33,17 +34,42 @@ final class SharedStore {
     private(set) var admittedOpen = 0
     private(set) var limitedLocally = 0
 
+    /// Whether the connection has reported any health yet (it reports nothing until it first
+    /// comes up, so a store that is unreachable from the start would otherwise never be logged).
+    private final class Reported { var any = false }
+    private let reported: Reported
+    /// How long a store that never came up may take before it is logged as unavailable.
+    static let startupGrace: UInt64 = 1_000_000_000
+
     init(loop: EventLoop, url: RedisURL, deadline: Duration, mode: StoreFailMode, instanceID: String) {
         self.loop = loop
         self.mode = mode
         let loopIndex = loop.index
+        let reported = Reported()
+        self.reported = reported
         redis = RedisConnection(loop: loop, url: url, commandDeadline: deadline, instanceID: instanceID) { health in
+            reported.any = true
             StoreHealthLog.report(health, loop: loopIndex, mode: mode)
         }
         redis.subscribeInvalidations { [unowned self] message in
             self.invalidate(message)
         }
         redis.start()
+        loop.schedule(at: loop.now &+ SharedStore.startupGrace, handler: StartupCheck(self))
+    }
+
+    /// Still not up after the grace period, and never was: that is an outage too (counted like
+    /// one, so the connection's first `.up` logs the recovery).
+    fileprivate func checkStartup() {
+        guard !reported.any, redis.health != .up else { return }
+        reported.any = true
+        StoreHealthLog.report(.down, loop: loop.index, mode: mode)
+    }
+
+    private final class StartupCheck: TimerHandler {
+        weak var owner: SharedStore?
+        init(_ o: SharedStore) { owner = o }
+        func timerFired(loop: EventLoop) { owner?.checkStartup() }
     }
 
     func stop() { redis.stop() }
