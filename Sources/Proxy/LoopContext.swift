@@ -75,24 +75,16 @@ final class LoopContext {
                             instanceID: instanceID)
     }
 
-    /// Installs a new policy snapshot (called on this loop). Pools are matched by backend name.
+    /// Installs a new policy snapshot (called on this loop). The old pools are retired: their
+    /// idle connections close now, the ones lent to in-flight exchanges when they come back.
+    /// An exchange keeps the pool its route chose (`ExchangeFacts.pool`), so it is served as
+    /// the policy it started under said.
     func install(_ new: PolicySnapshot) {
-        var newPools: [UpstreamPool] = []
-        for (i, b) in new.backends.enumerated() {
-            if let old = pools.first(where: { snapshot.backends[$0.backendIndex].name == b.name }) {
-                // Same name: keep its warm connections only if the address is unchanged.
-                let ob = snapshot.backends[old.backendIndex]
-                if ob.host == b.host && ob.port == b.port {
-                    let p = UpstreamPool(loop: loop, backendIndex: i, spec: b)
-                    newPools.append(p)
-                    old.closeAll()
-                    continue
-                }
-            }
-            newPools.append(UpstreamPool(loop: loop, backendIndex: i, spec: b))
+        for p in pools {
+            p.isRetired = true
+            p.closeAll()
         }
-        for p in pools { p.closeAll() }
-        pools = newPools
+        pools = new.backends.enumerated().map { UpstreamPool(loop: loop, backendIndex: $0.offset, spec: $0.element) }
         snapshot = new
     }
 
@@ -112,6 +104,8 @@ final class LoopContext {
         switch store.cached(h, now: loop.now, allowStale: false) {
         case .hit(let r):
             c.exchange.record = r
+            // While Redis is down no invalidation can arrive: say the record is a cached one.
+            if store.redis.health == .down { c.exchange.degraded = .staleKey }
             return .next
         case .negative:
             return .reply(Denial(.invalidKey))

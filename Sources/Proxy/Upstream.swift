@@ -58,7 +58,9 @@ final class UpstreamConnection: EventHandler {
     enum State: UInt8 { case connecting, active, idle, closed }
 
     let fd: Int32
-    unowned(unsafe) let pool: UpstreamPool
+    /// Strong: a reload replaces the loop's pools while exchanges are in flight; the old pool
+    /// must outlive the connections it lent (it closes them on return once retired).
+    let pool: UpstreamPool
     let inBuf = IOBuffer(capacity: 20 * 1024)
     let outBuf = IOBuffer(capacity: 20 * 1024)
     let headers = HeaderTable(capacity: 128)
@@ -144,29 +146,25 @@ final class UpstreamPool {
     let backendIndex: Int
     var address: UpstreamAddress?
     var maxIdle: Int
+    /// `host:port`, the Host field for a request that came without one (HTTP/1.0).
+    let hostField: String
     var connectTimeoutNanos: UInt64
     var responseTimeoutNanos: UInt64
     var idleTimeoutNanos: UInt64
     private(set) var idle: [UpstreamConnection] = []
+    /// Replaced by a reload: connections coming back are closed, not pooled.
+    var isRetired = false
 
     init(loop: EventLoop, backendIndex: Int, spec: BackendSpec) {
         self.loop = loop
         self.backendIndex = backendIndex
         self.address = UpstreamAddress(host: spec.host, port: spec.port)
+        self.hostField = spec.isIPv6 ? "[\(spec.host)]:\(spec.port)" : "\(spec.host):\(spec.port)"
         self.maxIdle = spec.maxIdle
         self.connectTimeoutNanos = spec.connectTimeout.nanoseconds
         self.responseTimeoutNanos = spec.responseTimeout.nanoseconds
         self.idleTimeoutNanos = spec.idleTimeout.nanoseconds
         idle.reserveCapacity(maxIdle)
-    }
-
-    func update(spec: BackendSpec) {
-        address = UpstreamAddress(host: spec.host, port: spec.port)
-        maxIdle = spec.maxIdle
-        connectTimeoutNanos = spec.connectTimeout.nanoseconds
-        responseTimeoutNanos = spec.responseTimeout.nanoseconds
-        idleTimeoutNanos = spec.idleTimeout.nanoseconds
-        while idle.count > maxIdle { idle.removeLast().close(loop: loop) }
     }
 
     /// An idle connection, or a new one being connected. Throws when no socket could be made.
@@ -204,7 +202,7 @@ final class UpstreamPool {
     /// Returns a connection whose exchange finished cleanly.
     func release(_ c: UpstreamConnection) {
         c.client = nil
-        if idle.count >= maxIdle || c.state != .active {
+        if isRetired || idle.count >= maxIdle || c.state != .active {
             c.close(loop: loop)
             return
         }

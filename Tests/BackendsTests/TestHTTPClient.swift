@@ -55,7 +55,8 @@ final class TestHTTPClient {
         }
         guard connected == 0 else {
             let code = errno
-            Glibc.close(fd)
+            // Closed by `deinit` (which runs for a class whose init throws once it is fully
+            // initialised): closing here too could close a reused fd of another test.
             throw Failure(description: "connect to \(port) errno \(code)")
         }
     }

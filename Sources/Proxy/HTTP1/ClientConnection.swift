@@ -70,7 +70,6 @@ final class ClientConnection: EventHandler, RedisWaiter {
 
     // The exchange in progress.
     var upstream: UpstreamConnection?
-    var routeBackend = 0
     var maxBodyBytes = 0
     var requestBody: RequestBody = .none
     var requestBodyReceived: Int64 = 0
@@ -284,7 +283,10 @@ final class ClientConnection: EventHandler, RedisWaiter {
     // MARK: forwarding
 
     func forward(headLength: Int) {
-        let pool = context.pools[routeBackend]
+        guard let pool = exchange.pool else {
+            return replyLocal(status: 502, code: .upstreamUnavailable, message: "no backend", headLength: headLength,
+                              forceClose: true)
+        }
         let up: UpstreamConnection
         switch pool.acquire() {
         case .success(let c): up = c

@@ -98,7 +98,7 @@ enum RequestHeadWriter {
         if runStart >= 0 { out.put(base + runStart, count: req.headLength - 2 - runStart) }
         if !hasHost {
             out.put(host)
-            out.put(string: c.context.snapshot.backends[c.routeBackend].host)
+            out.put(string: c.exchange.pool?.hostField ?? "localhost")
             out.put(crlf)
         }
         switch req.framing {

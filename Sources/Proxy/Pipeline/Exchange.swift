@@ -24,6 +24,8 @@ struct ExchangeFacts {
     var phase: Phase = .route
     var headLength = 0
     var route: RouteSpec?
+    /// The upstream pool the route chose (kept across a reload while the exchange runs).
+    var pool: UpstreamPool?
     /// Normalised path, in the connection's `pathBuffer`.
     var pathCount = 0
     var clientIP = IPAddress(hi: 0, lo: 0)
@@ -49,6 +51,7 @@ struct ExchangeFacts {
         phase = .route
         self.headLength = headLength
         route = nil
+        pool = nil
         pathCount = 0
         credentialSource = .none
         credentialHeader = -1

@@ -78,7 +78,7 @@ extension ClientConnection {
         let path = UnsafeRawBufferPointer(start: pathBuffer, count: exchange.pathCount)
         guard let route = context.snapshot.route(method: method, path: path) else { return .reply(Denial(.noRoute)) }
         exchange.route = route
-        routeBackend = route.backend
+        exchange.pool = context.pools[route.backend]
         maxBodyBytes = route.maxBodyBytes
         if case .contentLength(let n) = request.framing, n > Int64(maxBodyBytes) {
             replyLocal(status: 413, code: .badRequest, message: "request body larger than the route allows",
