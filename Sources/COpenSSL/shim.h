@@ -20,4 +20,17 @@ static const uint64_t tollgate_SSL_OP_CIPHER_SERVER_PREFERENCE = SSL_OP_CIPHER_S
 static const long tollgate_SSL_MODE_ENABLE_PARTIAL_WRITE = SSL_MODE_ENABLE_PARTIAL_WRITE;
 static const long tollgate_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER = SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER;
 static const long tollgate_SSL_MODE_RELEASE_BUFFERS = SSL_MODE_RELEASE_BUFFERS;
+
+// SHA-256 with the context on the stack: OpenSSL 3's one-shot SHA256() fetches an EVP method,
+// allocates a context and takes a lock on every call. The low-level calls are deprecated in
+// 3.0 but stay; the pragma keeps their warning out of every build.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+static inline void tollgate_sha256(const void *data, size_t n, unsigned char out[32]) {
+    SHA256_CTX ctx;
+    SHA256_Init(&ctx);
+    if (n > 0) SHA256_Update(&ctx, data, n);
+    SHA256_Final(out, &ctx);
+}
+#pragma GCC diagnostic pop
 #endif

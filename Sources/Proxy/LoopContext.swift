@@ -29,6 +29,8 @@ final class LoopContext {
     var keys: KeyDirectory = .empty
     /// The shared store (Redis), when the policy names one.
     private(set) var store: SharedStore?
+    /// SHA-256 of recently seen keys (see `KeyHashMemo`).
+    let keyHashes = KeyHashMemo()
     /// Shared by every loop: per-key cells built for concurrent use.
     let limiter: RateLimiter
     private(set) var pools: [UpstreamPool] = []

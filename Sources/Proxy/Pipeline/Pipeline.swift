@@ -163,7 +163,7 @@ extension ClientConnection {
         let key = UnsafeRawBufferPointer(rebasing: head[Int(exchange.credential.offset)..<exchange.credential.end])
         // A key in Tollgate's own format with a bad checksum is refused without any lookup.
         if KeyFormat.classify(key) == .mintedBadChecksum { return .reply(Denial(.invalidKey)) }
-        exchange.keyHash = KeyHash.sha256(key)
+        exchange.keyHash = context.keyHashes.sha256(key)
         return .next
     }
 
