@@ -11,8 +11,7 @@ BIN=$PWD/.build/debug/tollgate
 DATA=$PWD/demo-data
 mkdir -p "$DATA"
 export TOLLGATE_STATE_DIR=$DATA/state          # where `keys new` records minted keys
-export FLOWISE_API_KEY=demo-flowise-secret      # the chat backend requires it; Tollgate injects nothing yet,
-unset FLOWISE_API_KEY                           # so the demo runs the chat backend open
+unset FLOWISE_API_KEY      # upstream credential injection is not built yet: the demo chat backend runs open
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -27,7 +26,7 @@ done
 for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:8080/health && break; sleep 0.1; done
 
 echo "== minting a demo key (printed once; only its hash is stored)"
-out=$("$BIN" keys new --policies policies --consumer demo --scopes finance:read,chat,credits --plan free)
+out=$("$BIN" keys new --policies policies --consumer demo --scopes finance:read,finance:write,chat,credits --plan free)
 echo "$out"
 KEY=$(sed -n 's/^key: //p' <<<"$out")
 ID=$(sed -n 's/^id: //p' <<<"$out")
@@ -49,7 +48,8 @@ show "MISSING_CREDENTIAL"                               $U/api/finance/accounts
 show "INVALID_KEY (unknown key)"                        -H "X-API-Key: not-a-key" $U/api/finance/accounts
 show "INVALID_KEY (tg_ format, bad checksum: no lookup)" -H "X-API-Key: ${KEY%?}x" $U/api/finance/accounts
 show "INSUFFICIENT_SCOPE (admin)"                       -H "$H" $U/admin/stats
-show "HTTPS_REQUIRED (writes need TLS)"                 -H "$H" -X POST $U/api/finance/accounts
+show "HTTPS_REQUIRED (writes need TLS or a trusted X-Forwarded-Proto)" -H "$H" -X POST $U/api/finance/accounts
+show "X-Forwarded-Proto from an untrusted client does not count" -H "$H" -H "X-Forwarded-Proto: https" -X POST $U/api/finance/accounts
 show "NO_ROUTE"                                         -H "$H" $U/nowhere
 show "BAD_REQUEST (path escaping the root)"             --path-as-is -H "$H" "$U/../admin/x"
 echo
@@ -57,9 +57,9 @@ echo "\$ for i in 1..8: curl -H '$H' $U/api/finance/accounts   (plan free: 5/s)"
 for i in $(seq 8); do curl -s -o /dev/null -w '%{http_code} ' -H "$H" $U/api/finance/accounts; done
 echo "  ^ RATE_LIMITED after the burst"
 sleep 1.1
-printf '\n$ curl -N -H "%s" -d {"question":"hello","streaming":true} %s/api/v1/prediction/support-bot\n' "$H" "$U"
+printf '\n$ curl -N -H "%s" -d {"question":"hello","streaming":true} %s/api/v1/prediction/8c1f3e52-3c4b-4d2a-9a57-0d5f2b7c6a11\n' "$H" "$U"
 curl -s -N -H "$H" -H 'Content-Type: application/json' -d '{"question":"What does Tollgate do?","streaming":true}' \
-    $U/api/v1/prediction/support-bot | head -12 | sed 's/^/  /'
+    $U/api/v1/prediction/8c1f3e52-3c4b-4d2a-9a57-0d5f2b7c6a11 | head -12 | sed 's/^/  /'
 echo "  ^ Flowise SSE events, relayed one by one"
 "$BIN" keys revoke "$ID" --policies policies >/dev/null
 sleep 0.3
