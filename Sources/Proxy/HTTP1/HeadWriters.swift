@@ -52,9 +52,7 @@ enum RequestHeadWriter {
         var hasHost = false
         var hasTraceparent = false
         let headers = c.headers
-        // Kept field lines are copied as they came (the parser validated them), and a run of
-        // consecutive kept lines in one write.
-        var runStart = -1
+        var runs = LineRuns(base: base)
         for i in 0..<headers.count {
             let f = headers[i]
             let np = base + Int(f.name.offset)
@@ -88,14 +86,9 @@ enum RequestHeadWriter {
                     keep = false
                 }
             }
-            if keep {
-                if runStart < 0 { runStart = Int(f.name.offset) }
-            } else if runStart >= 0 {
-                out.put(base + runStart, count: Int(f.name.offset) - runStart)
-                runStart = -1
-            }
+            runs.line(at: Int(f.name.offset), kept: keep, into: out)
         }
-        if runStart >= 0 { out.put(base + runStart, count: req.headLength - 2 - runStart) }
+        runs.finish(headLength: req.headLength, into: out)
         if !hasHost {
             out.put(host)
             out.put(string: c.exchange.pool?.hostField ?? "localhost")
@@ -267,6 +260,33 @@ struct ConnectionTokens {
     }
 }
 
+/// Copies the field lines a head writer keeps as they came (the parser validated them): a run
+/// of consecutive kept lines costs one write.
+struct LineRuns {
+    let base: UnsafeRawPointer
+    private var start = -1
+
+    init(base: UnsafeRawPointer) { self.base = base }
+
+    /// The field line starting at `offset` is kept or dropped.
+    @inline(__always)
+    mutating func line(at offset: Int, kept: Bool, into out: IOBuffer) {
+        if kept {
+            if start < 0 { start = offset }
+        } else if start >= 0 {
+            out.put(base + start, count: offset - start)
+            start = -1
+        }
+    }
+
+    /// Writes the last run (the field lines end 2 bytes before the head: its blank line).
+    @inline(__always)
+    mutating func finish(headLength: Int, into out: IOBuffer) {
+        if start >= 0 { out.put(base + start, count: headLength - 2 - start) }
+        start = -1
+    }
+}
+
 /// Writes the response head sent to the client, and picks how its body is relayed.
 enum ResponseHeadWriter {
     static let http11: StaticString = "HTTP/1.1 "
@@ -318,7 +338,7 @@ enum ResponseHeadWriter {
 
         let tokens = head.hasConnectionOptions ? ConnectionTokens(headers: up.headers, base: UnsafeRawPointer(base)) : ConnectionTokens.none
         var hasRequestID = false
-        var runStart = -1
+        var runs = LineRuns(base: UnsafeRawPointer(base))
         for i in 0..<up.headers.count {
             let f = up.headers[i]
             let np = base + Int(f.name.offset)
@@ -337,14 +357,9 @@ enum ResponseHeadWriter {
                  .proxyAuthorization, .proxyAuthenticate:
                 keep = false
             }
-            if keep {
-                if runStart < 0 { runStart = Int(f.name.offset) }
-            } else if runStart >= 0 {
-                out.put(base + runStart, count: Int(f.name.offset) - runStart)
-                runStart = -1
-            }
+            runs.line(at: Int(f.name.offset), kept: keep, into: out)
         }
-        if runStart >= 0 { out.put(base + runStart, count: head.headLength - 2 - runStart) }
+        runs.finish(headLength: head.headLength, into: out)
         switch head.framing {
         case .contentLength(let n):
             out.put(contentLength)
