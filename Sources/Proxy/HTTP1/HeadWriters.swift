@@ -191,6 +191,8 @@ extension RequestHeadWriter {
 enum RateLimitFields {
     static let policy: StaticString = "RateLimit-Policy: "
     static let state: StaticString = "RateLimit: "
+    static let stateRemaining: StaticString = "\";r="
+    static let stateReset: StaticString = ";t="
     static let retryAfter: StaticString = "Retry-After: "
     static let crlf: StaticString = "\r\n"
 
@@ -204,10 +206,17 @@ enum RateLimitFields {
         out.put(policy)
         out.put(plan.policyHeader)
         out.put(crlf)
+        // `"<window>";r=<remaining>;t=<reset>` — the value `RateLimitHeaders.writeState` renders,
+        // written here with inlined puts (that function costs ≈600 instructions; this ≈100).
+        let report = c.exchange.limitReport
+        guard report.windowIndex < plan.windows.count else { return }
         out.put(state)
-        let n = RateLimitHeaders.writeState(plan: plan, report: c.exchange.limitReport,
-                                            into: UnsafeMutableRawBufferPointer(start: out.writePointer, count: 128))
-        out.writerIndex += n
+        out.put(byte: 0x22)
+        out.put(string: plan.windows[report.windowIndex].name)
+        out.put(stateRemaining)
+        out.put(decimal: max(0, report.remaining))
+        out.put(stateReset)
+        out.put(decimal: max(0, report.resetSeconds))
         out.put(crlf)
     }
 }
