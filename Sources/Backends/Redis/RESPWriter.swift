@@ -1,4 +1,5 @@
 import Policy
+import Runtime
 
 /// Formats RESP commands (`*N\r\n$len\r\narg\r\n…`) into one reusable, growable buffer.
 /// Arguments are binary-safe; nothing is allocated per command once the buffer has grown
@@ -134,15 +135,12 @@ package final class RESPWriter {
     }
     private func putHex(_ hash: KeyHash) {
         reserve(64)
-        for w in [hash.w0, hash.w1, hash.w2, hash.w3] {
-            var shift: UInt64 = 60
-            while true {
-                let d = UInt8(truncatingIfNeeded: w >> shift) & 0xF
-                put(d < 10 ? d + 48 : d + 87)
-                if shift == 0 { break }
-                shift -= 4
-            }
-        }
+        let out = bytes + count
+        Hex.write16(hash.w0, to: out)
+        Hex.write16(hash.w1, to: out + 16)
+        Hex.write16(hash.w2, to: out + 32)
+        Hex.write16(hash.w3, to: out + 48)
+        count += 64
     }
 }
 

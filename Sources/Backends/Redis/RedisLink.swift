@@ -163,9 +163,11 @@ final class RedisLink: EventHandler, TimerHandler {
 
     private func updateMask() {
         guard fd >= 0 else { return }
-        var m: EventSet = []
-        if wantsRead { m.insert(.readable) }
-        if wantsWrite && pollsWrite { m.insert(.writable) }
+        // Raw bits: SetAlgebra's generic insert is not specialised here (callgrind).
+        var bits: UInt32 = 0
+        if wantsRead { bits |= EventSet.readable.rawValue }
+        if wantsWrite && pollsWrite { bits |= EventSet.writable.rawValue }
+        let m = EventSet(rawValue: bits)
         if m != mask {
             mask = m
             loop.modify(fd: fd, events: m)
