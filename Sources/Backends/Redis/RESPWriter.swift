@@ -98,6 +98,13 @@ package final class RESPWriter {
         s.withUTF8 { bulk(UnsafeRawBufferPointer($0)) }
     }
     /// An integer argument, as decimal text.
+    /// Bytes formatted earlier (a cached run of arguments).
+    package func raw(_ b: [UInt8]) {
+        reserve(b.count)
+        b.withUnsafeBytes { (bytes + count).copyMemory(from: $0.baseAddress!, byteCount: b.count) }
+        count += b.count
+    }
+
     package func bulk(decimal v: Int) {
         bulkHeader(RESPWriter.decimalWidth(v))
         putDecimal(v)

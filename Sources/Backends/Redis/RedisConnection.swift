@@ -369,11 +369,25 @@ package final class RedisConnection {
         }
         writer.bulk(decimal: n)
         for i in 0..<n { writer.bulkKey(hash, suffix: RedisKeys.limiterSuffix, index: i) }
-        for w in plan.windows {
-            let (t, cap) = RedisScripts.micros(w)
-            writer.bulk(decimal: t)
-            writer.bulk(decimal: cap)
+        writer.raw(windowArguments(plan))
+    }
+
+    /// The window arguments (interval and capacity per window) of a plan, formatted once.
+    /// Keyed by the plan object, which the entry keeps alive (so its identity is not reused).
+    private var windowArgumentCache: [ObjectIdentifier: (plan: PlanSpec, bytes: [UInt8])] = [:]
+
+    private func windowArguments(_ plan: PlanSpec) -> [UInt8] {
+        if let hit = windowArgumentCache[ObjectIdentifier(plan)] { return hit.bytes }
+        let w = RESPWriter(capacity: 256)
+        for window in plan.windows {
+            let (t, cap) = RedisScripts.micros(window)
+            w.bulk(decimal: t)
+            w.bulk(decimal: cap)
         }
+        let bytes = Array(UnsafeRawBufferPointer(start: w.bytes, count: w.count))
+        if windowArgumentCache.count >= 64 { windowArgumentCache.removeAll() }   // reloads make new plans
+        windowArgumentCache[ObjectIdentifier(plan)] = (plan, bytes)
+        return bytes
     }
 
     private func formatHeartbeat(evalBody: Bool) {
