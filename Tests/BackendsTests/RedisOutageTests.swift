@@ -52,15 +52,38 @@ struct RedisOutageTests {
         #expect(live.waitUp())
         try server.client().run(["CLIENT", "PAUSE", "400", "ALL"])
         let c = Collector()
-        live.on { conn in for i in 0..<5 { _ = conn.command("PING", waiter: c, token: UInt64(i)) } }
-        #expect(eventually { c.count == 5 })
+        // Three deadline sweeps with no reply in between (one batch each) open the breaker.
+        for round in 0..<3 {
+            live.on { conn in for i in 0..<5 { _ = conn.command("PING", waiter: c, token: UInt64(round * 5 + i)) } }
+            usleep(45_000)
+        }
+        #expect(eventually { c.count == 15 })
         #expect(c.all.allSatisfy { $0.result.isTimedOut })
         #expect(eventually { live.on { $0.health } == .down })
         // The pause ends; a PING probe on the back-off tick closes the breaker.
         #expect(eventually(15) { live.on { $0.health } == .up })
         #expect(live.health.all == [.up, .down, .up])
         usleep(100_000)
-        #expect(c.count == 5)   // late replies dropped
+        #expect(c.count == 15)   // late replies dropped
+    }
+
+    @Test func oneSlowBatchDoesNotOpenTheBreaker() throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        let live = try LiveConnection(url: server.url, deadline: .milliseconds(30), options: RedisConnection.Options())
+        defer { live.shutdown() }
+        #expect(live.waitUp())
+        // A short stall: one pipelined batch times out, then its replies arrive late.
+        try server.client().run(["CLIENT", "PAUSE", "120", "ALL"])
+        let c = Collector()
+        live.on { conn in for i in 0..<10 { _ = conn.command("PING", waiter: c, token: UInt64(i)) } }
+        #expect(eventually { c.count == 10 })
+        #expect(c.all.allSatisfy { $0.result.isTimedOut })
+        usleep(300_000)
+        // Slow is not gone: the breaker stayed closed and new commands are answered.
+        #expect(live.health.all == [.up])
+        live.on { _ = $0.command("PING", waiter: c, token: 100) }
+        #expect(eventually { c.results(for: 100).first?.replyText == "PONG" })
     }
 
     @Test func neverConnectedReportsNothingAndFailsFast() throws {

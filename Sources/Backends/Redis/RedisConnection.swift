@@ -17,7 +17,8 @@ import Runtime
 ///
 /// Health is a circuit breaker. It starts `.down` (nothing reported) and reports `.up` once
 /// the first handshake (AUTH, SELECT, SCRIPT LOAD) succeeds. It opens (`.down`) on a
-/// disconnect or after `failureThreshold` consecutive command timeouts; while open, every
+/// disconnect or after `failureThreshold` deadline sweeps in a row that timed commands out with
+/// no reply at all in between (a late reply means slow, not gone); while open, every
 /// command fails fast with `.unavailable`. Recovery: reconnect with exponential back-off
 /// (`backoff` range), or, when still connected, a PING probe on each back-off tick; the
 /// first on-time answer closes it. `onStateChange` runs once per transition, on the loop.
@@ -239,8 +240,10 @@ package final class RedisConnection {
     func commandReply(_ r: UnsafeMutablePointer<redisReply>?) {
         guard let e = fifo.popFirst() else { return }
         guard let r else { finish(e, .disconnected); return }
-        if e.isAbandoned { return }
+        // Any reply, even one past its deadline, shows the server is alive (slow, not gone):
+        // it does not count toward opening the breaker.
         consecutiveFailures = 0
+        if e.isAbandoned { return }
         switch e.kind {
         case .user(let w, let token):
             w.redisCompleted(token: token, result: .reply(RedisReply(copying: r)))
@@ -549,15 +552,22 @@ package final class RedisConnection {
         }
         if next != .max { armDeadline(next) }
         if expired.isEmpty { return }
+        // One expiry sweep is one failure, however many pipelined commands it times out: a
+        // single slow batch under load must not open the breaker; three sweeps with no reply
+        // in between (a server silent for about three deadlines) do.
         var handshakeTimedOut = false
+        var commandTimedOut = false
+        var probeTimedOut = false
         for e in expired {
             switch e.kind {
-            case .user, .admit, .heartbeat: consecutiveFailures += 1
-            case .probe: probeFailures += 1
+            case .user, .admit, .heartbeat: commandTimedOut = true
+            case .probe: probeTimedOut = true
             case .handshake: handshakeTimedOut = true
             case .ignored: break
             }
         }
+        if commandTimedOut { consecutiveFailures += 1 }
+        if probeTimedOut { probeFailures += 1 }
         if handshakeTimedOut {
             lastError = "handshake timed out"
             link?.closeSoon()
