@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Benchmarks with ../shared/bench (see its README for the apt packages it needs).
+#   scripts/bench.sh            nginx, haproxy and tollgate: plain, auth, ratelimit, one run
+#   scripts/bench.sh redis      tollgate embedded vs tollgate on Redis: auth, ratelimit, one run
+# Builds a release binary and strips its debug info (valgrind 3.19 cannot read Swift 6.3's DWARF).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENCH=${BENCH_DIR:-../shared/bench}
+swift build -c release 2>&1 | tail -1
+BIN=$(mktemp /tmp/tollgate-bench.XXXXXX)
+strip --strip-debug -o "$BIN" .build/release/tollgate
+export TOLLGATE_BIN=$BIN
+if [[ ${1:-} != redis ]]; then
+    exec "$BENCH/run.sh" --only nginx,haproxy,tollgate
+fi
+
+# A redis-server of our own on a free loopback port, stopped by PID when we exit.
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 &
+REDIS_PID=$!
+trap 'kill $REDIS_PID 2>/dev/null || true' EXIT
+for _ in $(seq 50); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+WRAP=$(mktemp /tmp/tollgate-redis-peer.XXXXXX)
+cat >"$WRAP" <<EOS
+#!/usr/bin/env bash
+# The stock adapter with a store block (TOLLGATE_BENCH_REDIS), for --proxy-cmd.
+source "\$BENCH_DIR/peers/tollgate.sh"
+tollgate_setup "\$BENCH_VARIANT" "\$BENCH_LISTEN_PORT" "\$BENCH_WORKDIR"
+exec "\${PEER_ARGV[@]}"
+EOS
+chmod +x "$WRAP"
+"$BENCH/run.sh" --only tollgate --variants auth,ratelimit \
+    --proxy-name tollgate_redis --proxy-variants auth,ratelimit --proxy-port 17950 \
+    --proxy-cmd "export TOLLGATE_BENCH_REDIS=redis://127.0.0.1:$PORT/0 TOLLGATE_BIN=$BIN; exec $WRAP"
