@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks with ../shared/bench (see its README for the apt packages it needs).
-#   scripts/bench.sh            nginx, haproxy and tollgate: plain, auth, ratelimit, one run
+#   scripts/bench.sh [peers]    nginx, haproxy and tollgate: plain, auth, ratelimit, one run
 #   scripts/bench.sh redis      tollgate embedded vs tollgate on Redis: auth, ratelimit, one run
+# Further arguments go to run.sh (e.g. --duration 5 --rounds 1).
 # Builds a release binary and strips its debug info (valgrind 3.19 cannot read Swift 6.3's DWARF).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,8 +11,10 @@ swift build -c release 2>&1 | tail -1
 BIN=$(mktemp /tmp/tollgate-bench.XXXXXX)
 strip --strip-debug -o "$BIN" .build/release/tollgate
 export TOLLGATE_BIN=$BIN
-if [[ ${1:-} != redis ]]; then
-    exec "$BENCH/run.sh" --only nginx,haproxy,tollgate
+MODE=${1:-peers}
+[[ $# -gt 0 ]] && shift
+if [[ $MODE != redis ]]; then
+    exec "$BENCH/run.sh" --only nginx,haproxy,tollgate "$@"
 fi
 
 # A redis-server of our own on a free loopback port, stopped by PID when we exit.
@@ -31,4 +34,4 @@ EOS
 chmod +x "$WRAP"
 "$BENCH/run.sh" --only tollgate --variants auth,ratelimit \
     --proxy-name tollgate_redis --proxy-variants auth,ratelimit --proxy-port 17950 \
-    --proxy-cmd "export TOLLGATE_BENCH_REDIS=redis://127.0.0.1:$PORT/0 TOLLGATE_BIN=$BIN; exec $WRAP"
+    --proxy-cmd "export TOLLGATE_BENCH_REDIS=redis://127.0.0.1:$PORT/0 TOLLGATE_BIN=$BIN; exec $WRAP" "$@"
