@@ -644,7 +644,6 @@ final class ClientConnection: EventHandler, RedisWaiter {
 
     private func upstreamFailure(_ failure: UpstreamFailure) {
         guard let up = upstream else { return }
-        if getenv("TOLLGATE_DEBUG") != nil { print("upstream failure \(failure) reused=\(up.isReused) state=\(up.state)") }
         // A reused connection closed under an idempotent, body-less request: retry once, fresh.
         if up.isReused && !hasRetried && !isResponseHeadSent && up.inBuf.readableBytes == 0
             && request.method.isIdempotent && request.framing == .none && responseBody.isAwaitingHead {
