@@ -246,10 +246,8 @@ extension HTTP1Lexer {
             if isWS(b0) { return HTTP1ParseError(.obsFold, at: ls) }
             if headers.count >= maxCount { return HTTP1ParseError(.tooManyHeaders, at: ls) }
 
-            // field-name ":" — eight bytes at a time while all are letters, digits or '-'
-            // (what header names are made of); the table loop settles the rest.
+            // field-name ":"
             var i = ls
-            while i &+ 8 <= end && isNameWord(p.loadUnaligned(fromByteOffset: i, as: UInt64.self)) { i &+= 8 }
             while byte(t, Int(byte(p, i))) & tchar != 0 { i += 1 }
             let c = byte(p, i)
             if c != 0x3A {
@@ -303,20 +301,6 @@ extension HTTP1Lexer {
         }
         // Unreachable when `end` came from HeadEndScanner; report it as malformed anyway.
         return HTTP1ParseError(.badHeaderName, at: end)
-    }
-
-    /// True when all eight bytes are ASCII letters, digits or '-' (SWAR, per-byte exact: every
-    /// byte is checked < 0x80 first, so no sum carries into its neighbour).
-    @inline(__always)
-    static func isNameWord(_ w: UInt64) -> Bool {
-        let high: UInt64 = 0x8080_8080_8080_8080
-        if w & high != 0 { return false }
-        let lower = w | 0x2020_2020_2020_2020
-        let letter = (lower &+ 0x1F1F_1F1F_1F1F_1F1F) & ~(lower &+ 0x0505_0505_0505_0505) & high   // 0x61…0x7A
-        let digit = (w &+ 0x5050_5050_5050_5050) & ~(w &+ 0x4646_4646_4646_4646) & high        // 0x30…0x39
-        let x = w ^ 0x2D2D_2D2D_2D2D_2D2D
-        let dash = ~(((x & 0x7F7F_7F7F_7F7F_7F7F) &+ 0x7F7F_7F7F_7F7F_7F7F) | x) & high       // == 0x2D
-        return letter | digit | dash == high
     }
 
     /// Per-field checks of the fields that decide framing, routing and connection reuse.
