@@ -88,6 +88,9 @@ final class LoopContext {
         }
         pools = new.backends.enumerated().map { UpstreamPool(loop: loop, backendIndex: $0.offset, spec: $0.element) }
         snapshot = new
+        // Cached store records were compiled against the old snapshot (scope bits, plan
+        // indexes): drop them all; they are fetched and compiled again on the next request.
+        store?.invalidate([])
     }
 
     // MARK: store-backed phases

@@ -341,6 +341,36 @@ import Testing
 
     // MARK: 6. keys list against Redis
 
+    @Test func aReloadRecompilesCachedRecords() throws {
+        // Scope bits are interned per snapshot. A record cached from Redis under the old
+        // snapshot must not be judged with the new one's bits after a reload.
+        let fleet = try RedisFleet(count: 1)
+        defer { fleet.stop() }
+        let port = fleet.ports[0]
+        let minted = try fleet.mint(consumer: "scoped", plan: nil, id: "key_scoped")
+        #expect(try fleet.untilEveryLoop(port, key: minted.key) { $0.status == 200 } != nil)   // cached now
+        // A new first route with another scope: `zzz` takes bit 0, `api` moves to bit 1.
+        let file = fleet.dirs[0] + "/00-gateway.yaml"
+        let policy = try String(contentsOfFile: file, encoding: .utf8)
+        writeFile(file, policy.replacingOccurrences(of: "routes:\n", with: """
+        routes:
+          - name: other
+            match: {path_prefix: /other/}
+            backend: up
+            scopes: [zzz]
+
+        """))
+        let reloaded = try poll(timeout: 5) {
+            try get(port, "/other/x", headers: ["X-API-Key": minted.key]).status != 404
+        }
+        #expect(reloaded != nil, "the policy change never took effect")
+        for _ in 0..<8 {   // fresh connections: every loop
+            #expect(try get(port, "/api/x", headers: ["X-API-Key": minted.key]).status == 200)
+            let other = try get(port, "/other/x", headers: ["X-API-Key": minted.key])
+            #expect(other.status == 403 && other.errorCode == "INSUFFICIENT_SCOPE")
+        }
+    }
+
     @Test func keysListShowsRedisRecordsWithoutSecrets() throws {
         let fleet = try RedisFleet(count: 1)
         defer { fleet.stop() }
