@@ -249,11 +249,6 @@ final class LoopContext {
         if clients.isEmpty { onDrained?() }
     }
 
-    func closeAll() {
-        for c in clients { c.abort() }
-        for p in pools { p.closeAll() }
-    }
-
     // MARK: request ids
 
     /// 16 lowercase hex digits, unique per process run and loop.

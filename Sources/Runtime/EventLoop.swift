@@ -69,8 +69,6 @@ package final class EventLoop: @unchecked Sendable {
     private var thread: pthread_t?
     /// Monotonic nanoseconds, refreshed after every `epoll_wait`.
     package private(set) var now: UInt64
-    /// Work to run once the current batch of events is handled.
-    private var deferred: [() -> Void] = []
 
     package init(index: Int) throws(Errno) {
         self.index = index
@@ -137,6 +135,7 @@ package final class EventLoop: @unchecked Sendable {
         if i < registrations.count { registrations[i] = Registration() }
         Glibc.close(fd)
     }
+
 
     /// Forgets `fd` without closing it (it stays open for its owner).
     package func deregister(fd: Int32) {
@@ -220,9 +219,6 @@ package final class EventLoop: @unchecked Sendable {
         _ = Glibc.write(wakeFD, &one, 8)
     }
 
-    /// Runs `work` after the current batch of events (on the loop thread).
-    package func afterBatch(_ work: @escaping () -> Void) { deferred.append(work) }
-
     private func drainInbox() {
         var v: UInt64 = 0
         _ = Glibc.read(wakeFD, &v, 8)
@@ -266,11 +262,6 @@ package final class EventLoop: @unchecked Sendable {
                           let h = registrations[fd].handler else { continue }
                     h.handleEvent(EventSet(rawValue: e.events), loop: self)
                 }
-            }
-            if !deferred.isEmpty {
-                let d = deferred
-                deferred.removeAll(keepingCapacity: true)
-                for w in d { w() }
             }
             if !timers.isEmpty { fireTimers() }
         }

@@ -102,7 +102,10 @@ package final class ReferenceServer: Sendable {
             }
             var one: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-            var timeout = timeval(tv_sec: Self.idleTimeoutSeconds, tv_usec: 0)
+            // Field by field: the memberwise initializer of this C struct resolves through
+            // whichever imported module declares it first, which made incremental builds flaky.
+            var timeout = timeval()
+            timeout.tv_sec = Self.idleTimeoutSeconds
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
             do {
                 try ReferenceThread.detach { [self] in serve(ReferenceSocket(fd: fd)) }

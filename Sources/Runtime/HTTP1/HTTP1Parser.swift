@@ -41,19 +41,3 @@ package struct ChunkedDecoder: Sendable {
     /// return `.end(consumed: 0)`; after `.failed` they repeat the failure.
     package mutating func step(_ input: UnsafeRawBufferPointer) -> ChunkedStep { state.step(input) }
 }
-
-/// ASCII helpers over head bytes.
-package enum HTTP1Bytes {
-    /// Case-insensitive comparison of `bytes[range]` with a lowercase ASCII literal.
-    @inline(__always)
-    package static func equalsLowercase(_ bytes: UnsafeRawBufferPointer, _ range: ByteRange, _ lower: StaticBytes) -> Bool {
-        if Int(range.count) != lower.count { return false }
-        let base = bytes.baseAddress! + Int(range.offset)
-        for i in 0..<lower.count {
-            var c = base.load(fromByteOffset: i, as: UInt8.self)
-            if c >= 0x41 && c <= 0x5A { c |= 0x20 }
-            if c != lower.pointer.load(fromByteOffset: i, as: UInt8.self) { return false }
-        }
-        return true
-    }
-}
