@@ -78,7 +78,7 @@ final class Reloader: Sendable {
         try? FileManager.default.createDirectory(atPath: keyLog.directory, withIntermediateDirectories: true,
                                                  attributes: [.posixPermissions: 0o700])
         var isDir: ObjCBool = false
-        FileManager.default.fileExists(atPath: policiesPath, isDirectory: &isDir)
+        _ = FileManager.default.fileExists(atPath: policiesPath, isDirectory: &isDir)
         let policyDir = isDir.boolValue ? policiesPath : (policiesPath as NSString).deletingLastPathComponent
         let box = UncheckedBox(self)
         _ = spawnThreadDetached(name: "tollgate-watch") {

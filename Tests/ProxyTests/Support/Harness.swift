@@ -43,7 +43,7 @@ func makeTempDir(_ tag: String = "tg") -> String {
 }
 
 func writeFile(_ path: String, _ text: String) {
-    FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+    _ = FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
 }
 
 /// `tollgate` as a child process; stopped (by PID) when the test ends.
@@ -55,7 +55,7 @@ final class TollgateProcess: @unchecked Sendable {
     init(arguments: [String], port: UInt16, environment: [String: String] = [:], waitForPort: Bool = true) throws {
         self.port = port
         logPath = makeTempDir("tglog") + "/stderr.log"
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         process.executableURL = URL(fileURLWithPath: tollgateBinary())
         process.arguments = arguments
         var env = ProcessInfo.processInfo.environment
