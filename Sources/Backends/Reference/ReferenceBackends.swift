@@ -96,30 +96,19 @@ package struct ReferenceBackends: Sendable {
         do {
             var accountingBackend: AccountingBackend?
             var flowiseBackend: FlowiseBackend?
-            var financeServer: ReferenceServer?
-            var accountingServer: ReferenceServer?
-            var flowiseServer: ReferenceServer?
-            if let finance {
-                let backend = try FinanceBackend(dataDirectory: dataDirectory, options: options.finance)
-                financeBackend = backend
-                let server = try ReferenceServer(host: finance.host, port: finance.port, router: backend.router())
+            // One server per configured backend; every started one is stopped if a later one fails.
+            func serve(_ address: ReferenceAddress?, _ router: ReferenceRouter?) throws(ReferenceServerError) -> ReferenceServer? {
+                guard let address, let router else { return nil }
+                let server = try ReferenceServer(host: address.host, port: address.port, router: router)
                 started.append(server)
-                financeServer = server
+                return server
             }
-            if let accounting {
-                let backend = try AccountingBackend(dataDirectory: dataDirectory, options: options.accounting)
-                accountingBackend = backend
-                let server = try ReferenceServer(host: accounting.host, port: accounting.port, router: backend.router())
-                started.append(server)
-                accountingServer = server
-            }
-            if let flowise {
-                let backend = try FlowiseBackend(dataDirectory: dataDirectory, options: options.flowise)
-                flowiseBackend = backend
-                let server = try ReferenceServer(host: flowise.host, port: flowise.port, router: backend.router())
-                started.append(server)
-                flowiseServer = server
-            }
+            if finance != nil { financeBackend = try FinanceBackend(dataDirectory: dataDirectory, options: options.finance) }
+            let financeServer = try serve(finance, financeBackend?.router())
+            if accounting != nil { accountingBackend = try AccountingBackend(dataDirectory: dataDirectory, options: options.accounting) }
+            let accountingServer = try serve(accounting, accountingBackend?.router())
+            if flowise != nil { flowiseBackend = try FlowiseBackend(dataDirectory: dataDirectory, options: options.flowise) }
+            let flowiseServer = try serve(flowise, flowiseBackend?.router())
             return ReferenceBackends(finance: financeBackend, accounting: accountingBackend, flowise: flowiseBackend,
                                      financeServer: financeServer, accountingServer: accountingServer,
                                      flowiseServer: flowiseServer)
