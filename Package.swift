@@ -36,7 +36,7 @@ let package = Package(
         // Pure decisions: no I/O.
         .target(name: "Policy", dependencies: ["COpenSSL", "Yams"], swiftSettings: hot),
         // Everything behind the gate: upstream pools, Redis, reference backends, sinks.
-        .target(name: "Backends", dependencies: ["Runtime", "Policy", "CHiredis", "COpenSSL"],
+        .target(name: "Backends", dependencies: ["Runtime", "Policy", "CHiredis", "COpenSSL", "CSystem"],
                 swiftSettings: hot),
         // The proxy and the CLI (`tollgate`).
         .executableTarget(name: "Proxy", dependencies: [

@@ -13,3 +13,9 @@ void *tollgate_memmem(const void *h, size_t hl, const void *n, size_t nl) {
 int tollgate_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
 #include <pthread.h>
 int tollgate_pthread_setname(pthread_t t, const char *name) { return pthread_setname_np(t, name); }
+
+#include <sys/time.h>
+int tollgate_set_rcvtimeo(int fd, long seconds) {
+    struct timeval tv = { .tv_sec = seconds, .tv_usec = 0 };
+    return setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+}

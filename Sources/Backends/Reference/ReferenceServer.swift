@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Synchronization
+import CSystem
 
 /// A small, blocking HTTP/1.1 server for the reference backends.
 ///
@@ -102,11 +103,9 @@ package final class ReferenceServer: Sendable {
             }
             var one: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-            // Field by field: the memberwise initializer of this C struct resolves through
-            // whichever imported module declares it first, which made incremental builds flaky.
-            var timeout = timeval()
-            timeout.tv_sec = Self.idleTimeoutSeconds
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            // In C: `struct timeval` resolves through whichever imported module declares it
+            // first, which made incremental builds flaky.
+            _ = tollgate_set_rcvtimeo(fd, Self.idleTimeoutSeconds)
             do {
                 try ReferenceThread.detach { [self] in serve(ReferenceSocket(fd: fd)) }
             } catch {

@@ -19,6 +19,8 @@ void *tollgate_memmem(const void *h, size_t hl, const void *n, size_t nl);
 int tollgate_pipe2(int fds[2], int flags);
 #include <pthread.h>
 int tollgate_pthread_setname(pthread_t t, const char *name);
+/// SO_RCVTIMEO in whole seconds (keeps `struct timeval` out of Swift: its import owner varies).
+int tollgate_set_rcvtimeo(int fd, long seconds);
 static const int tollgate_SOCK_NONBLOCK = SOCK_NONBLOCK;
 static const int tollgate_SOCK_CLOEXEC = SOCK_CLOEXEC;
 static const uint32_t tollgate_EPOLLIN = EPOLLIN;

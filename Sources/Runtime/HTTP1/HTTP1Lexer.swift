@@ -52,15 +52,6 @@ enum HTTP1Lexer {
         return StaticBytes(bytes: t)
     }()
 
-    static let lowerHost = StaticBytes("host")
-    static let lowerContentLength = StaticBytes("content-length")
-    static let lowerTransferEncoding = StaticBytes("transfer-encoding")
-    static let lowerConnection = StaticBytes("connection")
-    static let lowerExpect = StaticBytes("expect")
-    static let lowerChunked = StaticBytes("chunked")
-    static let lowerClose = StaticBytes("close")
-    static let lowerKeepAlive = StaticBytes("keep-alive")
-    static let lower100Continue = StaticBytes("100-continue")
 
     @inline(__always)
     static func byte(_ p: UnsafeRawPointer, _ i: Int) -> UInt8 { p.load(fromByteOffset: i, as: UInt8.self) }
@@ -139,8 +130,8 @@ enum HTTP1Lexer {
     static func scanConnectionOptions(_ p: UnsafeRawPointer, _ start: Int, _ end: Int)
         -> (close: Bool, keepAlive: Bool, other: Bool, error: HTTP1ParseError?) {
         // The common single-token values, without the general scan.
-        if end - start == 10 && equalsLower(p, start, end, lowerKeepAlive) { return (false, true, false, nil) }
-        if end - start == 5 && equalsLower(p, start, end, lowerClose) { return (true, false, false, nil) }
+        if end - start == 10 && isKeepAlive(p, start) { return (false, true, false, nil) }
+        if end - start == 5 && isClose(p, start) { return (true, false, false, nil) }
         let t = classes.pointer
         var close = false, keepAlive = false, other = false
         var i = start
@@ -150,8 +141,8 @@ enum HTTP1Lexer {
             let ts = i
             while i < end && byte(t, Int(byte(p, i))) & tchar != 0 { i += 1 }
             if i == ts { return (false, false, false, HTTP1ParseError(.badHeaderValue, at: i)) }
-            if equalsLower(p, ts, i, lowerClose) { close = true }
-            else if equalsLower(p, ts, i, lowerKeepAlive) { keepAlive = true }
+            if i - ts == 5 && isClose(p, ts) { close = true }
+            else if i - ts == 10 && isKeepAlive(p, ts) { keepAlive = true }
             else { other = true }
             // After a token: OWS then ',' or the end.
             while i < end && isWS(byte(p, i)) { i += 1 }
@@ -161,36 +152,7 @@ enum HTTP1Lexer {
     }
 }
 
-/// Finds the end of a head without judging it: the first empty line, where a line ends at
-/// LF (a bare LF too, so that a head using bare LFs is found and then rejected by the
-/// strict pass instead of waiting for bytes that never come). Resumable: `scanned` marks
-/// how far the buffer has been searched.
-struct HeadEndScanner: Sendable {
-    /// Bytes already searched for LF.
-    var scanned = 0
-    /// Start of the line being scanned.
-    var lineStart = 0
-    /// Offset of the first LF (end of the request/status line), -1 until seen.
-    var firstLF = -1
-    /// Offset just past the final LF of the head, -1 until seen.
-    var end = -1
-
-    mutating func scan(_ p: UnsafeRawPointer, _ n: Int) {
-        while end < 0 && scanned < n {
-            guard let lf = Self.nextLF(p, from: scanned, to: n) else {
-                scanned = n
-                return
-            }
-            if firstLF < 0 { firstLF = lf }
-            let len = lf - lineStart
-            if len == 0 || (len == 1 && HTTP1Lexer.byte(p, lineStart) == HTTP1Lexer.cr) {
-                end = lf + 1
-            }
-            lineStart = lf + 1
-            scanned = lf + 1
-        }
-    }
-
+extension HTTP1Lexer {
     /// The offset of the next LF in `p[from..<to]`: eight bytes per step (SWAR zero-byte
     /// test on `w ^ 0x0A…`), which beats a memchr call for lines of a few dozen bytes.
     @inline(__always)
@@ -208,6 +170,58 @@ struct HeadEndScanner: Sendable {
         }
         return nil
     }
+
+    // Caseless compares against lowercase literals by whole words. `| 0x20` folds ASCII
+    // upper case; it is exact for the literals used here (lower-case letters, digits and
+    // '-') because the only other bytes it could fold onto them (0x0D onto '-', 0x10–0x19
+    // onto digits) are CTLs, which never reach a compare: names are tchar, values are
+    // field-value bytes.
+    @inline(__always) static func w64(_ p: UnsafeRawPointer, _ i: Int) -> UInt64 {
+        p.loadUnaligned(fromByteOffset: i, as: UInt64.self) | 0x2020_2020_2020_2020
+    }
+    @inline(__always) static func w32(_ p: UnsafeRawPointer, _ i: Int) -> UInt32 {
+        p.loadUnaligned(fromByteOffset: i, as: UInt32.self) | 0x2020_2020
+    }
+    @inline(__always) static func w16(_ p: UnsafeRawPointer, _ i: Int) -> UInt16 {
+        p.loadUnaligned(fromByteOffset: i, as: UInt16.self) | 0x2020
+    }
+    @inline(__always) static func w8(_ p: UnsafeRawPointer, _ i: Int) -> UInt8 {
+        p.load(fromByteOffset: i, as: UInt8.self) | 0x20
+    }
+    /// "host" (4 bytes at `i`).
+    @inline(__always) static func isHost(_ p: UnsafeRawPointer, _ i: Int) -> Bool { w32(p, i) == 0x7473_6F68 }
+    /// "expect" (6).
+    @inline(__always) static func isExpect(_ p: UnsafeRawPointer, _ i: Int) -> Bool {
+        w32(p, i) == 0x6570_7865 && w16(p, i &+ 4) == 0x7463
+    }
+    /// "connection" (10).
+    @inline(__always) static func isConnection(_ p: UnsafeRawPointer, _ i: Int) -> Bool {
+        w64(p, i) == 0x6974_6365_6E6E_6F63 && w16(p, i &+ 8) == 0x6E6F
+    }
+    /// "content-length" (14).
+    @inline(__always) static func isContentLength(_ p: UnsafeRawPointer, _ i: Int) -> Bool {
+        w64(p, i) == 0x2D74_6E65_746E_6F63 && w64(p, i &+ 6) == 0x6874_676E_656C_2D74
+    }
+    /// "transfer-encoding" (17).
+    @inline(__always) static func isTransferEncoding(_ p: UnsafeRawPointer, _ i: Int) -> Bool {
+        w64(p, i) == 0x7265_6673_6E61_7274 && w64(p, i &+ 8) == 0x6E69_646F_636E_652D && w8(p, i &+ 16) == 0x67
+    }
+    /// "keep-alive" (10).
+    @inline(__always) static func isKeepAlive(_ p: UnsafeRawPointer, _ i: Int) -> Bool {
+        w64(p, i) == 0x696C_612D_7065_656B && w16(p, i &+ 8) == 0x6576
+    }
+    /// "close" (5).
+    @inline(__always) static func isClose(_ p: UnsafeRawPointer, _ i: Int) -> Bool {
+        w32(p, i) == 0x736F_6C63 && w8(p, i &+ 4) == 0x65
+    }
+    /// "chunked" (7).
+    @inline(__always) static func isChunked(_ p: UnsafeRawPointer, _ i: Int) -> Bool {
+        w32(p, i) == 0x6E75_6863 && w32(p, i &+ 3) == 0x6465_6B6E
+    }
+    /// "100-continue" (12).
+    @inline(__always) static func is100Continue(_ p: UnsafeRawPointer, _ i: Int) -> Bool {
+        w64(p, i) == 0x746E_6F63_2D30_3031 && w32(p, i &+ 8) == 0x6575_6E69
+    }
 }
 
 /// What the field lines said, gathered while scanning them.
@@ -224,50 +238,94 @@ struct FieldFacts {
     var hasConnectionOptions = false
 }
 
+/// How far a bounded scan of field lines got.
+enum FieldScan {
+    /// The empty line ends at this offset (the head's length).
+    case complete(Int)
+    /// The bytes ran out inside a line; the cursor says where to go on.
+    case incomplete
+    case failed(HTTP1ParseError)
+}
+
+/// Where a scan of field lines stopped, so the next call goes on from the same byte:
+/// a head trickled in byte by byte costs linear time, and the outcome is the one the
+/// whole head would give.
+struct FieldCursor: Sendable {
+    /// Start of the current line.
+    var line = 0
+    /// 0: at the line start; 1: in the name (bytes `line..<pos` are tchar); 2: in the value
+    /// (the colon is at `colon`, bytes after it up to `pos` are field-value bytes).
+    var stage: UInt8 = 0
+    var pos = 0
+    var colon = 0
+}
+
 extension HTTP1Lexer {
     enum Side { case request, response }
 
-    /// Strictly parses the field lines in `p[start..<end]`, where `end` is the head end
-    /// found by `HeadEndScanner` (just past the final LF). Appends fields to `headers`
-    /// and collects framing facts. Errors come in byte order, one line at a time.
-    static func scanFields(_ p: UnsafeRawPointer, _ start: Int, _ end: Int, side: Side,
+    /// Strictly parses field lines from `cursor` on, within `p[..<limit]`, where `limit` is
+    /// what has arrived (capped at the head size limit), up to and including the empty line.
+    /// Never reads at or past `limit`. Appends fields to `headers` and collects framing
+    /// facts; errors come in byte order, one line at a time. `.incomplete` leaves `cursor`
+    /// at the first byte not yet judged: call again with more bytes and the same
+    /// `headers`, `facts` and `cursor`.
+    static func scanFields(_ p: UnsafeRawPointer, _ limit: Int, cursor: inout FieldCursor, side: Side,
                            version: HTTPVersion, maxCount: Int, headers: HeaderTable,
-                           facts: inout FieldFacts) -> HTTP1ParseError? {
+                           facts: inout FieldFacts) -> FieldScan {
         let t = classes.pointer
-        var ls = start
-        while ls < end {
-            let b0 = byte(p, ls)
-            if b0 == cr {
-                // Only the final line can start with CR; the scanner guarantees ls + 1 < end.
-                if byte(p, ls + 1) == lf { return nil }
-                return HTTP1ParseError(.bareCR, at: ls)
-            }
-            if b0 == lf { return HTTP1ParseError(.bareLF, at: ls) }
-            if isWS(b0) { return HTTP1ParseError(.obsFold, at: ls) }
-            if headers.count >= maxCount { return HTTP1ParseError(.tooManyHeaders, at: ls) }
-
-            // field-name ":"
-            var i = ls
-            while byte(t, Int(byte(p, i))) & tchar != 0 { i += 1 }
-            let c = byte(p, i)
-            if c != 0x3A {
-                if isWS(c) {
-                    var j = i
-                    while isWS(byte(p, j)) { j += 1 }
-                    return HTTP1ParseError(byte(p, j) == 0x3A ? .whitespaceBeforeColon : .badHeaderName, at: i)
+        var ls = cursor.line
+        var stage = cursor.stage
+        var i = cursor.pos
+        var colon = cursor.colon
+        while true {
+            if stage == 0 {
+                if ls >= limit { break }
+                let b0 = byte(p, ls)
+                if b0 == cr {
+                    if ls &+ 1 >= limit { break }
+                    if byte(p, ls &+ 1) == lf { return .complete(ls &+ 2) }
+                    return .failed(HTTP1ParseError(.bareCR, at: ls))
                 }
-                if c == cr && byte(p, i + 1) != lf { return HTTP1ParseError(.bareCR, at: i) }
-                if byte(t, Int(c)) & ctl != 0 { return HTTP1ParseError(.controlCharacter, at: i) }
-                return HTTP1ParseError(.badHeaderName, at: i)
+                if b0 == lf { return .failed(HTTP1ParseError(.bareLF, at: ls)) }
+                if isWS(b0) { return .failed(HTTP1ParseError(.obsFold, at: ls)) }
+                if headers.count >= maxCount { return .failed(HTTP1ParseError(.tooManyHeaders, at: ls)) }
+                i = ls
+                stage = 1
             }
-            if i == ls { return HTTP1ParseError(.badHeaderName, at: ls) }
-            let nameEnd = i
-            i += 1
-            while isWS(byte(p, i)) { i += 1 }
-            let vs = i
-            // Eight bytes at a time while none is a CTL (< 0x20, which includes CR, LF and
-            // HTAB) or DEL; obs-text (>= 0x80) passes. The byte loop settles the rest.
-            while i &+ 8 <= end {
+            if stage == 1 {
+                // field-name ":" — four bytes per step while all are tchar.
+                while i &+ 4 <= limit {
+                    let k = byte(t, Int(byte(p, i))) & byte(t, Int(byte(p, i &+ 1)))
+                        & byte(t, Int(byte(p, i &+ 2))) & byte(t, Int(byte(p, i &+ 3)))
+                    if k & tchar == 0 { break }
+                    i &+= 4
+                }
+                while i < limit && byte(t, Int(byte(p, i))) & tchar != 0 { i &+= 1 }
+                if i >= limit { break }
+                let c = byte(p, i)
+                if c != 0x3A {
+                    if isWS(c) {
+                        var j = i
+                        while j < limit && isWS(byte(p, j)) { j &+= 1 }
+                        if j >= limit { break }
+                        return .failed(HTTP1ParseError(byte(p, j) == 0x3A ? .whitespaceBeforeColon : .badHeaderName, at: i))
+                    }
+                    if c == cr {
+                        if i &+ 1 >= limit { break }
+                        if byte(p, i &+ 1) != lf { return .failed(HTTP1ParseError(.bareCR, at: i)) }
+                    }
+                    if byte(t, Int(c)) & ctl != 0 { return .failed(HTTP1ParseError(.controlCharacter, at: i)) }
+                    return .failed(HTTP1ParseError(.badHeaderName, at: i))
+                }
+                if i == ls { return .failed(HTTP1ParseError(.badHeaderName, at: ls)) }
+                colon = i
+                i &+= 1
+                stage = 2
+            }
+            // stage 2: OWS field-value OWS CRLF. Eight bytes at a time while none is a CTL
+            // (< 0x20, which includes CR, LF and HTAB) or DEL; obs-text (>= 0x80) passes.
+            // The byte loop settles the rest.
+            while i &+ 8 <= limit {
                 let w = p.loadUnaligned(fromByteOffset: i, as: UInt64.self)
                 let low = (w &- 0x2020_2020_2020_2020) & ~w & 0x8080_8080_8080_8080
                 let x = w ^ 0x7F7F_7F7F_7F7F_7F7F
@@ -275,32 +333,36 @@ extension HTTP1Lexer {
                 if low | del != 0 { break }
                 i &+= 8
             }
-            while byte(t, Int(byte(p, i))) & value != 0 { i += 1 }
+            while i < limit && byte(t, Int(byte(p, i))) & value != 0 { i &+= 1 }
+            if i >= limit { break }
             let v = byte(p, i)
             if v == cr {
-                if byte(p, i + 1) != lf { return HTTP1ParseError(.bareCR, at: i) }
+                if i &+ 1 >= limit { break }
+                if byte(p, i &+ 1) != lf { return .failed(HTTP1ParseError(.bareCR, at: i)) }
             } else if v == lf {
-                return HTTP1ParseError(.bareLF, at: i)
+                return .failed(HTTP1ParseError(.bareLF, at: i))
             } else {
-                return HTTP1ParseError(.controlCharacter, at: i)
+                return .failed(HTTP1ParseError(.controlCharacter, at: i))
             }
-            let next = i + 2
+            var vs = colon &+ 1
+            while vs < i && isWS(byte(p, vs)) { vs &+= 1 }
             var ve = i
-            while ve > vs && isWS(byte(p, ve - 1)) { ve -= 1 }
+            while ve > vs && isWS(byte(p, ve &- 1)) { ve &-= 1 }
 
             let index = headers.count
-            let name = ByteRange(offset: ls, count: nameEnd - ls)
-            let val = ByteRange(offset: vs, count: ve - vs)
+            let name = ByteRange(offset: ls, count: colon &- ls)
+            let val = ByteRange(offset: vs, count: ve &- vs)
             if !headers.append(HeaderField(name: name, value: val)) {
-                return HTTP1ParseError(.tooManyHeaders, at: ls)
+                return .failed(HTTP1ParseError(.tooManyHeaders, at: ls))
             }
-            if let e = noteField(p, ls, nameEnd, vs, ve, index: index, side: side, version: version, facts: &facts) {
-                return e
+            if let e = noteField(p, ls, colon, vs, ve, index: index, side: side, version: version, facts: &facts) {
+                return .failed(e)
             }
-            ls = next
+            ls = i &+ 2
+            stage = 0
         }
-        // Unreachable when `end` came from HeadEndScanner; report it as malformed anyway.
-        return HTTP1ParseError(.badHeaderName, at: end)
+        cursor = FieldCursor(line: ls, stage: stage, pos: i, colon: colon)
+        return .incomplete
     }
 
     /// Per-field checks of the fields that decide framing, routing and connection reuse.
@@ -310,7 +372,7 @@ extension HTTP1Lexer {
                           facts: inout FieldFacts) -> HTTP1ParseError? {
         switch nameEnd - ls {
         case 4:
-            guard side == .request, equalsLower(p, ls, nameEnd, lowerHost) else { return nil }
+            guard side == .request, isHost(p, ls) else { return nil }
             if facts.hostIndex >= 0 { return HTTP1ParseError(.duplicateHost, at: ls) }
             let t = classes.pointer
             var i = vs
@@ -321,28 +383,28 @@ extension HTTP1Lexer {
             facts.hostIndex = index
             facts.hostValue = ByteRange(offset: vs, count: ve - vs)
         case 6:
-            guard side == .request, equalsLower(p, ls, nameEnd, lowerExpect) else { return nil }
-            if !equalsLower(p, vs, ve, lower100Continue) { return HTTP1ParseError(.badExpect, at: vs) }
+            guard side == .request, isExpect(p, ls) else { return nil }
+            if ve - vs != 12 || !is100Continue(p, vs) { return HTTP1ParseError(.badExpect, at: vs) }
             // RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
             facts.expectsContinue = version == .http11
         case 10:
-            guard equalsLower(p, ls, nameEnd, lowerConnection) else { return nil }
+            guard isConnection(p, ls) else { return nil }
             let r = scanConnectionOptions(p, vs, ve)
             if let e = r.error { return e }
             facts.close = facts.close || r.close
             facts.keepAlive = facts.keepAlive || r.keepAlive
             facts.hasConnectionOptions = facts.hasConnectionOptions || r.other
         case 14:
-            guard equalsLower(p, ls, nameEnd, lowerContentLength) else { return nil }
+            guard isContentLength(p, ls) else { return nil }
             let (n, e) = parseContentLength(p, vs, ve, previous: facts.contentLength)
             if let e { return e }
             facts.contentLength = n
             facts.contentLengthLine = ls
         case 17:
-            guard equalsLower(p, ls, nameEnd, lowerTransferEncoding) else { return nil }
+            guard isTransferEncoding(p, ls) else { return nil }
             if version == .http10 { return HTTP1ParseError(.transferEncodingInHTTP10, at: ls) }
             if facts.transferEncodingLine >= 0 { return HTTP1ParseError(.badTransferEncoding, at: ls) }
-            if !equalsLower(p, vs, ve, lowerChunked) { return HTTP1ParseError(.badTransferEncoding, at: vs) }
+            if ve - vs != 7 || !isChunked(p, vs) { return HTTP1ParseError(.badTransferEncoding, at: vs) }
             facts.transferEncodingLine = ls
         default:
             return nil

@@ -1,14 +1,20 @@
 /// Resumable state of `HTTP1RequestParser`.
 ///
-/// Each call: (1) search the new bytes for the end of the head (`HeadEndScanner`, memchr
-/// for LF); (2) check the request line as far as it has arrived (method and target bytes,
-/// the target length limit: a long or junk request line fails before the head completes);
-/// (3) the size limit; (4) once the head is complete, parse the field lines strictly.
-/// Failures come in byte order, and the request line is judged over the same view
-/// (`min(count, maxHeadBytes, headEnd)`) on every call, so a prefix of a message yields
-/// either `.incomplete` or the failure of the whole message.
+/// One pass, bounded by what has arrived (capped at the head size limit): the request line
+/// as far as it has come (method and target bytes, the target length limit: a long or junk
+/// request line fails before the head completes), then the field lines one at a time, each
+/// judged strictly as the bytes arrive. Failures come in byte order, so a prefix of a
+/// message yields either `.incomplete` or the failure of the whole message. Every call goes
+/// on from the byte where the last one stopped (`FieldCursor`), so a head trickled in byte
+/// by byte costs linear time.
 struct RequestParseState: Sendable {
-    var end = HeadEndScanner()
+    /// Bytes already looked at (the request line's LF search goes on from here).
+    var scanned = 0
+    /// LF of the request line, -1 until seen.
+    var firstLF = -1
+    /// Where the field scan goes on (once `phase == 3`).
+    var cursor = FieldCursor()
+    var facts = FieldFacts()
 
     // Request-line progress.
     /// 0: method, 1: target, 2: rest of the line (judged once the line is complete), 3: line done.
@@ -31,32 +37,42 @@ struct RequestParseState: Sendable {
         guard let p = bytes.baseAddress, bytes.count > 0 else { return .incomplete }
         let n = bytes.count
         // A shorter buffer than last time can only be a new message the caller did not reset for.
-        if n < end.scanned { self = RequestParseState() }
-        end.scan(p, n)
-
+        if n < scanned { self = RequestParseState() }
         let maxHead = limits.maxHeadBytes
-        var view = min(n, maxHead)
-        if end.end >= 0 { view = min(view, end.end) }
+        let view = min(n, maxHead)
+
         if phase < 3 {
-            let lineComplete = end.firstLF >= 0 && end.firstLF < view
-            if let e = advanceRequestLine(p, limit: lineComplete ? end.firstLF : view,
+            if firstLF < 0 {
+                if let lf = HTTP1Lexer.nextLF(p, from: scanned, to: view) {
+                    firstLF = lf
+                    scanned = lf &+ 1
+                } else {
+                    scanned = view
+                }
+            }
+            let lineComplete = firstLF >= 0
+            if let e = advanceRequestLine(p, limit: lineComplete ? firstLF : view,
                                           maxTarget: limits.maxTargetBytes) {
                 return fail(e)
             }
-            if lineComplete, let e = finishRequestLine(p, lf: end.firstLF) { return fail(e) }
+            if !lineComplete { return n > maxHead ? fail(HTTP1ParseError(.headTooLarge, at: maxHead)) : .incomplete }
+            if let e = finishRequestLine(p, lf: firstLF) { return fail(e) }
+            cursor.line = firstLF &+ 1
+            headers.removeAll()
         }
-        if (end.end < 0 && n > maxHead) || end.end > maxHead {
-            return fail(HTTP1ParseError(.headTooLarge, at: maxHead))
-        }
-        if end.end < 0 { return .incomplete }
 
-        headers.removeAll()
-        var facts = FieldFacts()
-        if let e = HTTP1Lexer.scanFields(p, end.firstLF + 1, end.end, side: .request, version: version,
-                                         maxCount: limits.maxHeaderCount, headers: headers, facts: &facts) {
+        let end: Int
+        switch HTTP1Lexer.scanFields(p, view, cursor: &cursor, side: .request, version: version,
+                                     maxCount: limits.maxHeaderCount, headers: headers, facts: &facts) {
+        case .complete(let e):
+            end = e
+        case .incomplete:
+            scanned = view
+            return n > maxHead ? fail(HTTP1ParseError(.headTooLarge, at: maxHead)) : .incomplete
+        case .failed(let e):
             return fail(e)
         }
-        let finalLine = end.end - 2
+        let finalLine = end &- 2
         if let e = HTTP1Lexer.checkFraming(facts) { return fail(e) }
         if version == .http11 && facts.hostIndex < 0 { return fail(HTTP1ParseError(.missingHost, at: finalLine)) }
         if form == .absolute && facts.hostIndex >= 0 && !HTTP1Lexer.equalsCaseless(p, authority, facts.hostValue) {
@@ -83,10 +99,9 @@ struct RequestParseState: Sendable {
         head.wantsClose = facts.close || (version == .http10 && !facts.keepAlive)
         head.expectsContinue = facts.expectsContinue
         head.hasConnectionOptions = facts.hasConnectionOptions
-        head.headLength = end.end
-        let consumed = end.end
+        head.headLength = end
         self = RequestParseState()
-        return .complete(consumed: consumed)
+        return .complete(consumed: end)
     }
 
     @inline(__always)
