@@ -3,13 +3,13 @@
 /// The proxy calls the pieces phase by phase (route → client IP → credential → lookup →
 /// ``authorize(record:route:clientIP:isHTTPS:now:)`` → limiter); ``decide(snapshot:facts:lookup:now:limiter:monotonicNanos:)``
 /// strings the same pieces together in the same order for tests and tools.
-package enum Authorizer {
+public enum Authorizer {
     /// Checks that consume nothing, in this order: status (revoked → `REVOKED`,
     /// disabled → `DISABLED`), expiry (`EXPIRED`), the key's `allow_ips` (`IP_DENIED`),
     /// route scopes (`INSUFFICIENT_SCOPE`), `require_https` (`HTTPS_REQUIRED`).
     /// - Parameter now: unix seconds.
     @inline(__always)
-    package static func authorize(record: KeyRecord, route: RouteSpec, clientIP: IPAddress, isHTTPS: Bool,
+    public static func authorize(record: KeyRecord, route: RouteSpec, clientIP: IPAddress, isHTTPS: Bool,
                                   now: Int64) -> Decision {
         switch record.status {
         case .revoked: return .deny(.revoked)
@@ -27,7 +27,7 @@ package enum Authorizer {
     /// public route (allow) → `MISSING_CREDENTIAL` → `INVALID_KEY` (a minted-format key
     /// with a bad checksum is refused without calling `lookup`) → ``authorize`` →
     /// `RATE_LIMITED` when a limiter is given and the key has a plan.
-    package static func decide(snapshot: PolicySnapshot, facts: RequestFacts, lookup: (KeyHash) -> KeyRecord?,
+    public static func decide(snapshot: PolicySnapshot, facts: RequestFacts, lookup: (KeyHash) -> KeyRecord?,
                                now: Int64, limiter: RateLimiter? = nil,
                                monotonicNanos: UInt64 = 0) -> (Decision, RouteSpec?) {
         let found = facts.path.withUnsafeBytes { snapshot.route(method: facts.method, path: $0) }

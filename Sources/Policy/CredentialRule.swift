@@ -2,19 +2,19 @@
 ///
 /// Order of reading: each configured header (first non-empty wins), then
 /// `Authorization: Bearer <key>`, then the query parameter if one is named.
-package struct CredentialRule: Sendable, Equatable {
+public struct CredentialRule: Sendable, Equatable {
     /// Header names as configured (for logs and stripping).
-    package var headerNames: [String]
+    public var headerNames: [String]
     /// The same names, ASCII-lowercased, for caseless byte comparison.
-    package var headerNamesLowercased: [[UInt8]]
+    public var headerNamesLowercased: [[UInt8]]
     /// `Authorization: Bearer` is always read.
-    package var readsBearer: Bool { true }
-    package var queryParam: [UInt8]?
+    public var readsBearer: Bool { true }
+    public var queryParam: [UInt8]?
     /// False (default): the key header / query parameter is stripped before the backend.
-    package var forwardsCredential: Bool
-    package var jwt: JWTRule?
+    public var forwardsCredential: Bool
+    public var jwt: JWTRule?
 
-    package init(headerNames: [String] = ["X-API-Key"], queryParam: String? = nil, forwardsCredential: Bool = false,
+    public init(headerNames: [String] = ["X-API-Key"], queryParam: String? = nil, forwardsCredential: Bool = false,
                  jwt: JWTRule? = nil) {
         self.headerNames = headerNames
         self.headerNamesLowercased = headerNames.map { Array($0.lowercased().utf8) }
@@ -25,7 +25,7 @@ package struct CredentialRule: Sendable, Equatable {
 
     /// The token of an `Authorization` value of the form `Bearer <token>` (scheme
     /// caseless, one or more spaces), as a range into `value`; nil otherwise.
-    package static func bearerToken(in value: UnsafeRawBufferPointer) -> Range<Int>? {
+    public static func bearerToken(in value: UnsafeRawBufferPointer) -> Range<Int>? {
         let scheme = "bearer".utf8
         guard value.count > 7 else { return nil }
         var i = 0
@@ -47,7 +47,7 @@ extension CredentialRule {
     /// The value of parameter `name` in a raw query string (`a=1&api_key=K&b`), as a
     /// range into `query`; the first occurrence wins and nothing is percent-decoded
     /// (minted keys are base62; a foreign key needing escapes belongs in a header).
-    package static func queryValue(named name: [UInt8], in query: UnsafeRawBufferPointer) -> Range<Int>? {
+    public static func queryValue(named name: [UInt8], in query: UnsafeRawBufferPointer) -> Range<Int>? {
         var start = 0
         let n = query.count
         while start <= n {
@@ -67,15 +67,15 @@ extension CredentialRule {
 }
 
 /// The optional JWT credential (parsed and kept; verification lives in JWT.swift later).
-package struct JWTRule: Sendable, Equatable {
-    package struct Claim: Sendable, Equatable {
-        package var name: String
-        package var value: String
+public struct JWTRule: Sendable, Equatable {
+    public struct Claim: Sendable, Equatable {
+        public var name: String
+        public var value: String
     }
-    package static let knownAlgorithms: Set<String> = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512",
+    public static let knownAlgorithms: Set<String> = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512",
                                                        "ES256", "ES384"]
-    package var algorithms: [String]
+    public var algorithms: [String]
     /// Environment variable holding the HMAC secret / public key.
-    package var secretEnv: String
-    package var requiredClaims: [Claim]
+    public var secretEnv: String
+    public var requiredClaims: [Claim]
 }

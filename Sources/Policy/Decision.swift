@@ -4,7 +4,7 @@
 /// local reply (status, `WWW-Authenticate` when ``DenialCode/challengesClient``,
 /// `Retry-After` + RateLimit headers when ``Denial/limit`` is set, and the JSON body
 /// from ``ErrorBody``).
-package enum DenialCode: String, CaseIterable, Sendable {
+public enum DenialCode: String, CaseIterable, Sendable {
     case missingCredential = "MISSING_CREDENTIAL"
     case invalidKey = "INVALID_KEY"
     case expired = "EXPIRED"
@@ -24,7 +24,7 @@ package enum DenialCode: String, CaseIterable, Sendable {
     case upstreamUnavailable = "UPSTREAM_UNAVAILABLE"
 
     /// The HTTP status of the local reply.
-    package var status: Int {
+    public var status: Int {
         switch self {
         case .missingCredential, .invalidKey, .expired, .revoked: return 401
         case .disabled, .ipDenied, .insufficientScope, .httpsRequired: return 403
@@ -38,7 +38,7 @@ package enum DenialCode: String, CaseIterable, Sendable {
     }
 
     /// Short human text for the JSON body.
-    package var defaultMessage: String {
+    public var defaultMessage: String {
         switch self {
         case .missingCredential: return "An API key is required."
         case .invalidKey: return "The API key is not valid."
@@ -60,32 +60,32 @@ package enum DenialCode: String, CaseIterable, Sendable {
     }
 
     /// True for the 401s: the reply carries `WWW-Authenticate`.
-    package var challengesClient: Bool { status == 401 }
+    public var challengesClient: Bool { status == 401 }
 }
 
 /// Why a request is refused, with what the reply needs beyond the code.
-package struct Denial: Sendable, Equatable {
-    package var code: DenialCode
+public struct Denial: Sendable, Equatable {
+    public var code: DenialCode
     /// `Retry-After` in whole seconds (429s).
-    package var retryAfterSeconds: Int?
+    public var retryAfterSeconds: Int?
     /// The limiter window that refused (for the `RateLimit` header).
-    package var limit: LimitReport?
+    public var limit: LimitReport?
 
-    package init(_ code: DenialCode, retryAfterSeconds: Int? = nil, limit: LimitReport? = nil) {
+    public init(_ code: DenialCode, retryAfterSeconds: Int? = nil, limit: LimitReport? = nil) {
         self.code = code
         self.retryAfterSeconds = retryAfterSeconds
         self.limit = limit
     }
 }
 
-package enum Decision: Sendable, Equatable {
+public enum Decision: Sendable, Equatable {
     case allow
     case deny(Denial)
 
-    package static func deny(_ code: DenialCode) -> Decision { .deny(Denial(code)) }
+    public static func deny(_ code: DenialCode) -> Decision { .deny(Denial(code)) }
 
     /// The denial code, or nil when allowed (convenient in tests and logs).
-    package var denialCode: DenialCode? {
+    public var denialCode: DenialCode? {
         switch self {
         case .allow: return nil
         case .deny(let d): return d.code
@@ -94,8 +94,8 @@ package enum Decision: Sendable, Equatable {
 }
 
 /// The JSON error body: `{"error":{"code":"…","message":"…","request_id":"…"}}`.
-package enum ErrorBody {
-    package static func render(code: DenialCode, message: String, requestID: String) -> [UInt8] {
+public enum ErrorBody {
+    public static func render(code: DenialCode, message: String, requestID: String) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(64 + message.utf8.count + requestID.utf8.count)
         out.append(contentsOf: #"{"error":{"code":""#.utf8)
@@ -109,13 +109,13 @@ package enum ErrorBody {
     }
 
     /// The body with ``DenialCode/defaultMessage``.
-    package static func render(code: DenialCode, requestID: String) -> [UInt8] {
+    public static func render(code: DenialCode, requestID: String) -> [UInt8] {
         render(code: code, message: code.defaultMessage, requestID: requestID)
     }
 
     /// JSON string escaping (RFC 8259 §7): quote, backslash and C0 controls (and DEL);
     /// everything else, including UTF-8 multi-byte sequences, is copied.
-    package static func appendEscaped<S: Sequence<UInt8>>(_ bytes: S, to out: inout [UInt8]) {
+    public static func appendEscaped<S: Sequence<UInt8>>(_ bytes: S, to out: inout [UInt8]) {
         for b in bytes {
             switch b {
             case UInt8(ascii: "\""), UInt8(ascii: "\\"):

@@ -1,16 +1,16 @@
 /// An IP address as a 128-bit value; IPv4 lives in the IPv4-mapped range
 /// `::ffff:a.b.c.d` (RFC 4291 §2.5.5.2), so one compare serves both families.
-package struct IPAddress: Hashable, Sendable, CustomStringConvertible {
-    package var hi: UInt64
-    package var lo: UInt64
+public struct IPAddress: Hashable, Sendable, CustomStringConvertible {
+    public var hi: UInt64
+    public var lo: UInt64
 
-    package init(hi: UInt64, lo: UInt64) { self.hi = hi; self.lo = lo }
+    public init(hi: UInt64, lo: UInt64) { self.hi = hi; self.lo = lo }
 
-    package init(ipv4 v: UInt32) { hi = 0; lo = 0xFFFF_0000_0000 | UInt64(v) }
+    public init(ipv4 v: UInt32) { hi = 0; lo = 0xFFFF_0000_0000 | UInt64(v) }
 
-    package var isIPv4: Bool { hi == 0 && lo >> 32 == 0xFFFF }
+    public var isIPv4: Bool { hi == 0 && lo >> 32 == 0xFFFF }
 
-    package init?(_ string: String) {
+    public init?(_ string: String) {
         var s = string
         guard let a = s.withUTF8({ IPAddress.parse(UnsafeRawBufferPointer($0)) }) else { return nil }
         self = a
@@ -18,7 +18,7 @@ package struct IPAddress: Hashable, Sendable, CustomStringConvertible {
 
     /// Strict text form: dotted quad (four decimal octets, no leading zeros, no spaces) or
     /// RFC 4291 §2.2 IPv6 (with `::` and an optional trailing dotted quad). No zone ids.
-    package static func parse(_ b: UnsafeRawBufferPointer) -> IPAddress? {
+    public static func parse(_ b: UnsafeRawBufferPointer) -> IPAddress? {
         if b.isEmpty || b.count > 45 { return nil }
         var hasColon = false
         for c in b where c == UInt8(ascii: ":") { hasColon = true; break }
@@ -128,7 +128,7 @@ package struct IPAddress: Hashable, Sendable, CustomStringConvertible {
 
     /// Dotted quad for IPv4, otherwise eight lowercase hex groups with the longest zero
     /// run compressed (RFC 5952), for logs and errors.
-    package var description: String {
+    public var description: String {
         if isIPv4 {
             let v = UInt32(truncatingIfNeeded: lo)
             return "\(v >> 24).\(v >> 16 & 0xFF).\(v >> 8 & 0xFF).\(v & 0xFF)"
@@ -152,17 +152,17 @@ package struct IPAddress: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// An address block. IPv4 prefixes are stored in the mapped space (`/8` → `/104`).
-package struct CIDR: Hashable, Sendable, CustomStringConvertible {
-    package var network: IPAddress
+public struct CIDR: Hashable, Sendable, CustomStringConvertible {
+    public var network: IPAddress
     /// Prefix length in the 128-bit space.
-    package var bits: Int
+    public var bits: Int
 
-    package init(network: IPAddress, bits: Int) { self.network = network; self.bits = bits }
+    public init(network: IPAddress, bits: Int) { self.network = network; self.bits = bits }
 
-    package enum ParseError: Error, Equatable { case badAddress, badPrefix, hostBitsSet }
+    public enum ParseError: Error, Equatable { case badAddress, badPrefix, hostBitsSet }
 
     /// `a.b.c.d/n`, `v6/n`, or a bare address (a single host). Host bits must be zero.
-    package static func parse(_ text: String) -> Result<CIDR, ParseError> {
+    public static func parse(_ text: String) -> Result<CIDR, ParseError> {
         let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
         guard let addr = IPAddress(String(parts[0])) else { return .failure(.badAddress) }
         let maxBits = addr.isIPv4 ? 32 : 128
@@ -191,31 +191,31 @@ package struct CIDR: Hashable, Sendable, CustomStringConvertible {
         return IPAddress(hi: a.hi & hiMask, lo: a.lo & loMask)
     }
 
-    @inline(__always) package func contains(_ a: IPAddress) -> Bool { mask(a) == network }
+    @inline(__always) public func contains(_ a: IPAddress) -> Bool { mask(a) == network }
 
-    package var description: String {
+    public var description: String {
         network.isIPv4 && bits >= 96 ? "\(network)/\(bits - 96)" : "\(network)/\(bits)"
     }
 }
 
 /// A list of blocks; a linear scan is fine for the handfuls operators write.
-package struct CIDRSet: Sendable, Equatable {
-    package var blocks: [CIDR]
-    package init(_ blocks: [CIDR] = []) { self.blocks = blocks }
-    package var isEmpty: Bool { blocks.isEmpty }
-    @inline(__always) package func contains(_ a: IPAddress) -> Bool {
+public struct CIDRSet: Sendable, Equatable {
+    public var blocks: [CIDR]
+    public init(_ blocks: [CIDR] = []) { self.blocks = blocks }
+    public var isEmpty: Bool { blocks.isEmpty }
+    @inline(__always) public func contains(_ a: IPAddress) -> Bool {
         for b in blocks where b.contains(a) { return true }
         return false
     }
 }
 
 /// The `clients` block: who may set `X-Forwarded-For`, and the global deny/allow lists.
-package struct ClientRules: Sendable, Equatable {
-    package var trustedProxies: CIDRSet
-    package var deny: CIDRSet
-    package var allow: CIDRSet
+public struct ClientRules: Sendable, Equatable {
+    public var trustedProxies: CIDRSet
+    public var deny: CIDRSet
+    public var allow: CIDRSet
 
-    package init(trustedProxies: CIDRSet = CIDRSet(), deny: CIDRSet = CIDRSet(), allow: CIDRSet = CIDRSet()) {
+    public init(trustedProxies: CIDRSet = CIDRSet(), deny: CIDRSet = CIDRSet(), allow: CIDRSet = CIDRSet()) {
         self.trustedProxies = trustedProxies; self.deny = deny; self.allow = allow
     }
 
@@ -225,7 +225,7 @@ package struct ClientRules: Sendable, Equatable {
     /// trusted address seen is returned (garbage never chooses the IP). If every entry is
     /// trusted, the leftmost one is the client. Entries may carry surrounding spaces/tabs;
     /// ports, brackets and `unknown` count as unparseable.
-    package func resolveClient(peer: IPAddress, forwardedFor: UnsafeRawBufferPointer?) -> IPAddress {
+    public func resolveClient(peer: IPAddress, forwardedFor: UnsafeRawBufferPointer?) -> IPAddress {
         guard let xff = forwardedFor, !trustedProxies.isEmpty, trustedProxies.contains(peer) else { return peer }
         var lastTrusted = peer
         var end = xff.count
@@ -246,7 +246,7 @@ package struct ClientRules: Sendable, Equatable {
     }
 
     /// Global IP rule: deny first; then an empty allow list admits everyone.
-    @inline(__always) package func admits(_ ip: IPAddress) -> Bool {
+    @inline(__always) public func admits(_ ip: IPAddress) -> Bool {
         if deny.contains(ip) { return false }
         return allow.isEmpty || allow.contains(ip)
     }

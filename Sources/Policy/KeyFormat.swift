@@ -10,18 +10,18 @@ import COpenSSL
 /// ``Kind/foreign`` and is looked up by hash like every declared key.
 ///
 /// Alphabet: `0-9A-Za-z` (index order).
-package enum KeyFormat {
-    package enum Kind: Sendable, Equatable { case minted, mintedBadChecksum, foreign }
+public enum KeyFormat {
+    public enum Kind: Sendable, Equatable { case minted, mintedBadChecksum, foreign }
 
-    package static let prefix: [UInt8] = Array("tg_".utf8)
-    package static let randomCount = 32
-    package static let checksumCount = 6
-    package static let length = 3 + 32 + 6
+    public static let prefix: [UInt8] = Array("tg_".utf8)
+    public static let randomCount = 32
+    public static let checksumCount = 6
+    public static let length = 3 + 32 + 6
 
     static let alphabet: [UInt8] = Array("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".utf8)
 
     /// A fresh key from OpenSSL's CSPRNG. Show it once; store only its hash.
-    package static func mint() -> String {
+    public static func mint() -> String {
         var out = prefix
         out.reserveCapacity(length)
         var pool = [UInt8](repeating: 0, count: 64)
@@ -64,7 +64,7 @@ package enum KeyFormat {
     }
 
     /// Classifies a presented key without allocating.
-    package static func classify(_ b: UnsafeRawBufferPointer) -> Kind {
+    public static func classify(_ b: UnsafeRawBufferPointer) -> Kind {
         guard b.count == length, b[0] == UInt8(ascii: "t"), b[1] == UInt8(ascii: "g"), b[2] == UInt8(ascii: "_")
         else { return .foreign }
         for i in 3..<length where !isBase62(b[i]) { return .foreign }
@@ -79,7 +79,7 @@ package enum KeyFormat {
         return .minted
     }
 
-    package static func classify(_ key: String) -> Kind {
+    public static func classify(_ key: String) -> Kind {
         var s = key
         return s.withUTF8 { classify(UnsafeRawBufferPointer($0)) }
     }
@@ -87,7 +87,7 @@ package enum KeyFormat {
     /// What logs and `keys list` show: `tg_` + the first 5 random characters for minted
     /// keys (30 bits of the 190); for other keys the first 4 characters when the key has
     /// at least 16, else nothing.
-    package static func displayPrefix(of key: String) -> String {
+    public static func displayPrefix(of key: String) -> String {
         if classify(key) != .foreign { return String(key.prefix(8)) }
         return key.utf8.count >= 16 ? String(key.prefix(4)) : ""
     }

@@ -2,18 +2,18 @@ import COpenSSL
 
 /// SHA-256 of a plain key, as four big-endian words: Hashable, no heap, cheap to copy.
 /// `w0` holds digest bytes 0..<8, `w3` bytes 24..<32.
-package struct KeyHash: Hashable, Sendable, CustomStringConvertible {
-    package var w0: UInt64
-    package var w1: UInt64
-    package var w2: UInt64
-    package var w3: UInt64
+public struct KeyHash: Hashable, Sendable, CustomStringConvertible {
+    public var w0: UInt64
+    public var w1: UInt64
+    public var w2: UInt64
+    public var w3: UInt64
 
-    package init(w0: UInt64, w1: UInt64, w2: UInt64, w3: UInt64) {
+    public init(w0: UInt64, w1: UInt64, w2: UInt64, w3: UInt64) {
         self.w0 = w0; self.w1 = w1; self.w2 = w2; self.w3 = w3
     }
 
     /// Hashes `bytes` straight from the caller's buffer; nothing is copied or kept.
-    package static func sha256(_ bytes: UnsafeRawBufferPointer) -> KeyHash {
+    public static func sha256(_ bytes: UnsafeRawBufferPointer) -> KeyHash {
         var digest = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
         // The context lives on the stack (see `tollgate_sha256`): ≈1,300 fewer instructions
         // per key than OpenSSL 3's one-shot SHA256(), measured with callgrind.
@@ -24,16 +24,16 @@ package struct KeyHash: Hashable, Sendable, CustomStringConvertible {
                        w2: UInt64(bigEndian: digest.2), w3: UInt64(bigEndian: digest.3))
     }
 
-    package static func sha256(_ string: String) -> KeyHash {
+    public static func sha256(_ string: String) -> KeyHash {
         var s = string
         return s.withUTF8 { sha256(UnsafeRawBufferPointer($0)) }
     }
 
     /// Hashes are spread already: feeding one word is enough and keeps hashing cheap.
-    package func hash(into hasher: inout Hasher) { hasher.combine(w0 ^ w2) }
+    public func hash(into hasher: inout Hasher) { hasher.combine(w0 ^ w2) }
 
     /// Parses 64 lowercase hex digits (no `sha256:` prefix).
-    package init?(hex: some StringProtocol) {
+    public init?(hex: some StringProtocol) {
         let utf8 = Array(hex.utf8)
         guard utf8.count == 64 else { return nil }
         var words: [UInt64] = [0, 0, 0, 0]
@@ -50,7 +50,7 @@ package struct KeyHash: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// 64 lowercase hex digits.
-    package var hex: String {
+    public var hex: String {
         var out = [UInt8]()
         out.reserveCapacity(64)
         for w in [w0, w1, w2, w3] {
@@ -64,5 +64,5 @@ package struct KeyHash: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// `sha256:<hex>`, the form used in policy files and by `tollgate keys new`.
-    package var description: String { "sha256:" + hex }
+    public var description: String { "sha256:" + hex }
 }

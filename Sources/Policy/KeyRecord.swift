@@ -1,5 +1,5 @@
 /// The lifecycle state of a key.
-package enum KeyStatus: String, Sendable, CaseIterable {
+public enum KeyStatus: String, Sendable, CaseIterable {
     case active, disabled, revoked
 }
 
@@ -9,25 +9,25 @@ package enum KeyStatus: String, Sendable, CaseIterable {
 /// store's cache and in-flight requests across loops, and passing one on the hot path
 /// must cost a single retain rather than one per String/Array field. Records are
 /// immutable; a status change (revoke/disable) produces a new record.
-package final class KeyRecord: Sendable, CustomStringConvertible {
-    package let id: String
-    package let hash: KeyHash
+public final class KeyRecord: Sendable, CustomStringConvertible {
+    public let id: String
+    public let hash: KeyHash
     /// Display prefix (``KeyFormat/displayPrefix(of:)``); "" for declared keys.
-    package let prefix: String
-    package let consumer: String
+    public let prefix: String
+    public let consumer: String
     /// Index into ``PolicySnapshot/plans``; nil means no rate limits.
-    package let planIndex: Int?
+    public let planIndex: Int?
     /// Compiled against the snapshot's ``ScopeTable`` (only route scopes get bits).
-    package let scopes: ScopeSet
+    public let scopes: ScopeSet
     /// The scope names as declared, for listing and identity headers.
-    package let scopeNames: [String]
+    public let scopeNames: [String]
     /// Per-key allow-list; nil means any address (subject to the global rules).
-    package let allowIPs: CIDRSet?
+    public let allowIPs: CIDRSet?
     /// Unix seconds; the key is refused from this instant on.
-    package let expiresAt: Int64?
-    package let status: KeyStatus
+    public let expiresAt: Int64?
+    public let status: KeyStatus
 
-    package init(id: String, hash: KeyHash, prefix: String = "", consumer: String, planIndex: Int?,
+    public init(id: String, hash: KeyHash, prefix: String = "", consumer: String, planIndex: Int?,
                  scopes: ScopeSet, scopeNames: [String], allowIPs: CIDRSet?, expiresAt: Int64?,
                  status: KeyStatus) {
         self.id = id; self.hash = hash; self.prefix = prefix; self.consumer = consumer
@@ -36,11 +36,11 @@ package final class KeyRecord: Sendable, CustomStringConvertible {
     }
 
     /// A copy with another status (revoke / disable / enable).
-    package func with(status: KeyStatus) -> KeyRecord {
+    public func with(status: KeyStatus) -> KeyRecord {
         KeyRecord(id: id, hash: hash, prefix: prefix, consumer: consumer, planIndex: planIndex,
                   scopes: scopes, scopeNames: scopeNames, allowIPs: allowIPs, expiresAt: expiresAt,
                   status: status)
     }
 
-    package var description: String { "KeyRecord(\(id), \(consumer), \(status.rawValue))" }
+    public var description: String { "KeyRecord(\(id), \(consumer), \(status.rawValue))" }
 }

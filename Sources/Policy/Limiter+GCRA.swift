@@ -6,19 +6,19 @@
 ///     allowed = newTAT − now ≤ τ
 ///
 /// A refused request leaves TAT unchanged. Remaining = ⌊(τ − (newTAT − now)) / T⌋.
-package enum GCRA {
-    package struct Outcome: Sendable, Equatable {
-        package var isAllowed: Bool
+public enum GCRA {
+    public struct Outcome: Sendable, Equatable {
+        public var isAllowed: Bool
         /// TAT to store when the request is admitted.
-        package var newTAT: UInt64
+        public var newTAT: UInt64
         /// Requests still admissible right after this one (0 when refused).
-        package var remaining: Int
+        public var remaining: Int
         /// Allowed: ns until the window is full again. Refused: ns until one fits.
-        package var resetNanos: UInt64
+        public var resetNanos: UInt64
     }
 
     @inline(__always)
-    package static func evaluate(tat: UInt64, window w: RateWindow, now: UInt64) -> Outcome {
+    public static func evaluate(tat: UInt64, window w: RateWindow, now: UInt64) -> Outcome {
         let base = max(tat, now)
         let newTAT = base &+ w.emissionNanos
         let used = newTAT - now
@@ -35,7 +35,7 @@ package enum GCRA {
 
     /// All-or-nothing over several windows: if every window has room, every TAT advances;
     /// otherwise nothing changes. `tats` holds one TAT per window of `plan`.
-    package static func admit(tats: inout InlineArray<8, UInt64>, plan: PlanSpec, now: UInt64) -> LimitVerdict {
+    public static func admit(tats: inout InlineArray<8, UInt64>, plan: PlanSpec, now: UInt64) -> LimitVerdict {
         var v = LimitVerdict(planIndex: plan.index, windowCount: plan.windows.count)
         var outcomes = InlineArray<8, Outcome>(repeating: Outcome(isAllowed: true, newTAT: 0, remaining: 0, resetNanos: 0))
         var allAllowed = true
@@ -87,34 +87,34 @@ package enum GCRA {
 }
 
 /// Remaining budget of one window after a decision.
-package struct WindowState: Sendable, Equatable {
-    package var remaining: Int
-    package var resetSeconds: Int
-    package init(remaining: Int, resetSeconds: Int) { self.remaining = remaining; self.resetSeconds = resetSeconds }
+public struct WindowState: Sendable, Equatable {
+    public var remaining: Int
+    public var resetSeconds: Int
+    public init(remaining: Int, resetSeconds: Int) { self.remaining = remaining; self.resetSeconds = resetSeconds }
 }
 
 /// The window reported in the `RateLimit` header (the most restrictive one), and the
 /// payload of a `RATE_LIMITED` ``Denial``.
-package struct LimitReport: Sendable, Equatable {
-    package var planIndex: Int
-    package var windowIndex: Int
-    package var remaining: Int
-    package var resetSeconds: Int
-    package init(planIndex: Int, windowIndex: Int, remaining: Int, resetSeconds: Int) {
+public struct LimitReport: Sendable, Equatable {
+    public var planIndex: Int
+    public var windowIndex: Int
+    public var remaining: Int
+    public var resetSeconds: Int
+    public init(planIndex: Int, windowIndex: Int, remaining: Int, resetSeconds: Int) {
         self.planIndex = planIndex; self.windowIndex = windowIndex
         self.remaining = remaining; self.resetSeconds = resetSeconds
     }
 }
 
 /// The limiter's answer for one request. No heap: per-window state is inline.
-package struct LimitVerdict: Sendable {
-    package var isAllowed = true
+public struct LimitVerdict: Sendable {
+    public var isAllowed = true
     /// ≥ 1 when refused, 0 when allowed.
-    package var retryAfterSeconds = 0
-    package var report: LimitReport
-    package var windowCount: Int
+    public var retryAfterSeconds = 0
+    public var report: LimitReport
+    public var windowCount: Int
     /// Valid for `0..<windowCount`, in the plan's window order.
-    package var windows = InlineArray<8, WindowState>(repeating: WindowState(remaining: 0, resetSeconds: 0))
+    public var windows = InlineArray<8, WindowState>(repeating: WindowState(remaining: 0, resetSeconds: 0))
 
     init(planIndex: Int, windowCount: Int) {
         self.windowCount = windowCount
@@ -122,7 +122,7 @@ package struct LimitVerdict: Sendable {
     }
 
     /// The denial for a refused verdict.
-    package var denial: Denial {
+    public var denial: Denial {
         Denial(.rateLimited, retryAfterSeconds: retryAfterSeconds, limit: report)
     }
 }

@@ -16,8 +16,8 @@
 ///
 /// The route table matches on the output; the proxy forwards the normalised path too,
 /// so the backend sees exactly what was authorised.
-package enum PathNormalizer {
-    package enum Rejection: Sendable, Equatable {
+public enum PathNormalizer {
+    public enum Rejection: Sendable, Equatable {
         case notAbsolute, badEscape, encodedSlash, encodedBackslash, nul, backslash, pathParameter,
              aboveRoot, invalidByte
     }
@@ -25,7 +25,7 @@ package enum PathNormalizer {
     /// - Parameters:
     ///   - input: the raw path, without the query.
     ///   - out: capacity must be at least `input.count` (the output never grows).
-    package static func normalize(_ input: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) -> NormalizeResult {
+    public static func normalize(_ input: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) -> NormalizeResult {
         let n = input.count
         guard n > 0, input[0] == UInt8(ascii: "/") else { return .rejected(.notAbsolute) }
         precondition(out.count >= n, "PathNormalizer: output buffer too small")
@@ -84,14 +84,14 @@ package enum PathNormalizer {
     }
 
     /// Convenience for tests, the CLI and the compiler.
-    package static func normalize(_ path: String) -> NormalizeResult {
+    public static func normalize(_ path: String) -> NormalizeResult {
         let bytes = Array(path.utf8)
         var out = [UInt8](repeating: 0, count: max(bytes.count, 1))
         return bytes.withUnsafeBytes { inp in out.withUnsafeMutableBytes { normalize(inp, into: $0) } }
     }
 
     /// The normalised text, or nil when rejected.
-    package static func normalizedString(_ path: String) -> String? {
+    public static func normalizedString(_ path: String) -> String? {
         let bytes = Array(path.utf8)
         var out = [UInt8](repeating: 0, count: max(bytes.count, 1))
         let r = bytes.withUnsafeBytes { inp in out.withUnsafeMutableBytes { normalize(inp, into: $0) } }
@@ -136,7 +136,7 @@ package enum PathNormalizer {
 }
 
 /// What ``PathNormalizer/normalize(_:into:)`` did.
-package enum NormalizeResult: Sendable, Equatable {
+public enum NormalizeResult: Sendable, Equatable {
     /// The first `count` bytes of the output buffer hold the normalised path.
     case normalized(count: Int)
     /// Reply 400 `BAD_REQUEST`.

@@ -1,18 +1,18 @@
 /// One rate-limit window of a plan: `requests` per `per`, with `burst` capacity.
-package struct RateWindow: Sendable, Equatable {
+public struct RateWindow: Sendable, Equatable {
     /// `<plan>-<per>`, e.g. `free-1s`: the policy name in the RateLimit headers.
-    package let name: String
-    package let requests: Int
-    package let per: Duration
-    package let burst: Int
+    public let name: String
+    public let requests: Int
+    public let per: Duration
+    public let burst: Int
     /// The GCRA emission interval `per / requests` in nanoseconds (≥ 1).
-    package let emissionNanos: UInt64
+    public let emissionNanos: UInt64
     /// Burst tolerance `burst × emission` in nanoseconds.
-    package let capacityNanos: UInt64
+    public let capacityNanos: UInt64
     /// `per` in whole seconds (rounded up, ≥ 1), the RateLimit-Policy `w`.
-    package let perSeconds: Int
+    public let perSeconds: Int
 
-    package init(plan: String, requests: Int, per: Duration, burst: Int? = nil) {
+    public init(plan: String, requests: Int, per: Duration, burst: Int? = nil) {
         precondition(requests > 0 && per > .zero)
         let perNanos = RateWindow.nanos(per)
         self.name = plan + "-" + RateWindow.label(perNanos)
@@ -39,19 +39,19 @@ package struct RateWindow: Sendable, Equatable {
 }
 
 /// A named plan: its windows and its precomputed `RateLimit-Policy` header value.
-package final class PlanSpec: Sendable {
-    package static let maxWindows = 8
+public final class PlanSpec: Sendable {
+    public static let maxWindows = 8
 
-    package let index: Int
-    package let name: String
-    package let windows: [RateWindow]
+    public let index: Int
+    public let name: String
+    public let windows: [RateWindow]
     /// `"free-1s";q=10;w=1, "free-1d";q=1000;w=86400`, built once.
-    package let policyHeader: [UInt8]
+    public let policyHeader: [UInt8]
     /// Identifies the window layout, so a limiter cell made under another plan/reload
     /// shape is reset instead of misread.
     let signature: UInt64
 
-    package init(index: Int, name: String, windows: [RateWindow]) {
+    public init(index: Int, name: String, windows: [RateWindow]) {
         precondition(windows.count <= PlanSpec.maxWindows)
         self.index = index
         self.name = name

@@ -5,8 +5,8 @@ import Foundation
 /// `load(path:)` takes a directory (every `*.yaml` in it, not recursive, hidden files
 /// skipped, in byte-wise file-name order) or a single file. Every file must say
 /// `version: 1`. Errors name the file as `PATH/NAME` for a directory, `PATH` otherwise.
-package enum PolicyLoader {
-    package static func load(path: String) throws(PolicyLoadError) -> PolicySnapshot {
+public enum PolicyLoader {
+    public static func load(path: String) throws(PolicyLoadError) -> PolicySnapshot {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw PolicyLoadError(errors: [PolicyError(file: path, line: 1, keyPath: "", reason: "no such file or directory")])
@@ -47,12 +47,12 @@ package enum PolicyLoader {
     }
 
     /// One file's text, no I/O (tests, `check` on stdin).
-    package static func load(yaml: String, file: String) throws(PolicyLoadError) -> PolicySnapshot {
+    public static func load(yaml: String, file: String) throws(PolicyLoadError) -> PolicySnapshot {
         try load(files: [(file, yaml)])
     }
 
     /// Several files' texts, merged in the given order, no I/O.
-    package static func load(files: [(name: String, yaml: String)]) throws(PolicyLoadError) -> PolicySnapshot {
+    public static func load(files: [(name: String, yaml: String)]) throws(PolicyLoadError) -> PolicySnapshot {
         var errors: [PolicyError] = []
         var docs: [PolicyDocument] = []
         for f in files {

@@ -1,24 +1,24 @@
 /// The compiled, index-addressed pieces of a ``PolicySnapshot``.
 
 /// One listening socket.
-package struct ListenerSpec: Sendable, Equatable {
-    package var host: String
-    package var port: UInt16
-    package var isIPv6: Bool
+public struct ListenerSpec: Sendable, Equatable {
+    public var host: String
+    public var port: UInt16
+    public var isIPv6: Bool
     /// PEM paths as written (relative paths are relative to the working directory).
-    package var tlsCertificatePath: String?
-    package var tlsPrivateKeyPath: String?
-    package var hasTLS: Bool { tlsCertificatePath != nil }
+    public var tlsCertificatePath: String?
+    public var tlsPrivateKeyPath: String?
+    public var hasTLS: Bool { tlsCertificatePath != nil }
 }
 
-package struct AdminSpec: Sendable, Equatable {
-    package var host: String
-    package var port: UInt16
-    package var isIPv6: Bool
+public struct AdminSpec: Sendable, Equatable {
+    public var host: String
+    public var port: UInt16
+    public var isIPv6: Bool
 }
 
 /// What the gate does when the store cannot answer in time.
-package enum StoreFailMode: String, Sendable, CaseIterable {
+public enum StoreFailMode: String, Sendable, CaseIterable {
     /// Refuse with `STORE_UNAVAILABLE` (default).
     case closed
     /// Let the request through (counted and logged).
@@ -27,38 +27,38 @@ package enum StoreFailMode: String, Sendable, CaseIterable {
     case local
 }
 
-package struct StoreSpec: Sendable, Equatable {
+public struct StoreSpec: Sendable, Equatable {
     /// The URL as written.
-    package var url: String
-    package var isTLS: Bool
-    package var host: String
-    package var port: UInt16
-    package var database: Int
-    package var password: String?
-    package var onError: StoreFailMode
-    package var deadline: Duration
+    public var url: String
+    public var isTLS: Bool
+    public var host: String
+    public var port: UInt16
+    public var database: Int
+    public var password: String?
+    public var onError: StoreFailMode
+    public var deadline: Duration
 }
 
-package enum BackendScheme: String, Sendable {
+public enum BackendScheme: String, Sendable {
     case http, https
 }
 
 /// One upstream service; its position in ``PolicySnapshot/backends`` is its id.
-package struct BackendSpec: Sendable, Equatable {
-    package var index: Int
-    package var name: String
-    package var scheme: BackendScheme
-    package var host: String
-    package var port: UInt16
-    package var isIPv6: Bool
+public struct BackendSpec: Sendable, Equatable {
+    public var index: Int
+    public var name: String
+    public var scheme: BackendScheme
+    public var host: String
+    public var port: UInt16
+    public var isIPv6: Bool
     /// "" or `/base` (no trailing slash), prefixed to the request path upstream.
-    package var basePath: String
+    public var basePath: String
     /// Upstream credential: header name and the secret-store name (not the secret).
-    package var injectHeader: String?
-    package var injectSecret: String?
-    package var connectTimeout: Duration
-    package var responseTimeout: Duration
-    package var idleTimeout: Duration
+    public var injectHeader: String?
+    public var injectSecret: String?
+    public var connectTimeout: Duration
+    public var responseTimeout: Duration
+    public var idleTimeout: Duration
     /// Idle keep-alive connections kept per loop.
-    package var maxIdle: Int
+    public var maxIdle: Int
 }

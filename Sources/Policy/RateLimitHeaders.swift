@@ -8,9 +8,9 @@
 /// restrictive window (fewest remaining): `r` is what remains (it may exceed `q` while
 /// a `burst` larger than `requests` is unspent) and `t` the seconds until that window is
 /// full again — or, on a refused request, until one more request fits (= Retry-After).
-package enum RateLimitHeaders {
-    package static let policyName: [UInt8] = Array("RateLimit-Policy".utf8)
-    package static let stateName: [UInt8] = Array("RateLimit".utf8)
+public enum RateLimitHeaders {
+    public static let policyName: [UInt8] = Array("RateLimit-Policy".utf8)
+    public static let stateName: [UInt8] = Array("RateLimit".utf8)
 
     static func policyValue(_ windows: [RateWindow]) -> [UInt8] {
         var out: [UInt8] = []
@@ -22,7 +22,7 @@ package enum RateLimitHeaders {
     }
 
     /// The two header values. The policy value is the plan's precomputed bytes.
-    package static func render(plan: PlanSpec, verdict: LimitVerdict) -> (policy: [UInt8], state: [UInt8]) {
+    public static func render(plan: PlanSpec, verdict: LimitVerdict) -> (policy: [UInt8], state: [UInt8]) {
         var state = [UInt8](repeating: 0, count: 96)
         let n = state.withUnsafeMutableBytes { writeState(plan: plan, report: verdict.report, into: $0) }
         state.removeLast(state.count - n)
@@ -31,7 +31,7 @@ package enum RateLimitHeaders {
 
     /// Allocation-free form of the `RateLimit` value: writes into `out` and returns the
     /// byte count (0 when the plan has no windows or `out` is too small).
-    package static func writeState(plan: PlanSpec, report: LimitReport, into out: UnsafeMutableRawBufferPointer) -> Int {
+    public static func writeState(plan: PlanSpec, report: LimitReport, into out: UnsafeMutableRawBufferPointer) -> Int {
         guard report.windowIndex < plan.windows.count else { return 0 }
         let name = plan.windows[report.windowIndex].name
         var o = 0

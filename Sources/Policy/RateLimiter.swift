@@ -9,7 +9,7 @@ import Synchronization
 /// full), so it is dropped — an exact eviction, run lazily on insert whenever a stripe
 /// has doubled since its last sweep (amortised O(1)). A cell therefore lives at most
 /// about its longest window (burst × per / requests) after its last admitted request.
-package final class RateLimiter: Sendable {
+public final class RateLimiter: Sendable {
     struct Cell {
         var signature: UInt64
         var tats: InlineArray<8, UInt64>
@@ -29,7 +29,7 @@ package final class RateLimiter: Sendable {
     let mask: Int
 
     /// - Parameter stripeCount: rounded up to a power of two.
-    package init(stripeCount: Int = 64) {
+    public init(stripeCount: Int = 64) {
         var n = 1
         while n < stripeCount { n <<= 1 }
         stripes = (0..<n).map { _ in Stripe() }
@@ -38,7 +38,7 @@ package final class RateLimiter: Sendable {
 
     /// Admits one request for `key` under `plan` at monotonic time `now` (ns): consumes
     /// one unit from every window if all have room, none otherwise.
-    package func admit(key: KeyHash, plan: PlanSpec, now: UInt64) -> LimitVerdict {
+    public func admit(key: KeyHash, plan: PlanSpec, now: UInt64) -> LimitVerdict {
         if plan.windows.isEmpty { return LimitVerdict(planIndex: plan.index, windowCount: 0) }
         let stripe = stripes[Int(truncatingIfNeeded: key.w1) & mask]
         return stripe.state.withLock { st -> LimitVerdict in
@@ -60,13 +60,13 @@ package final class RateLimiter: Sendable {
     }
 
     /// Forgets a key's state (admin reset, key deleted).
-    package func reset(key: KeyHash) {
+    public func reset(key: KeyHash) {
         let stripe = stripes[Int(truncatingIfNeeded: key.w1) & mask]
         stripe.state.withLock { _ = $0.cells.removeValue(forKey: key) }
     }
 
     /// Live cells (for metrics and tests).
-    package var cellCount: Int {
+    public var cellCount: Int {
         stripes.reduce(0) { n, s in n + s.state.withLock { $0.cells.count } }
     }
 

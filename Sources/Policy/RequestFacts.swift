@@ -1,16 +1,16 @@
 /// A protocol-agnostic, owned description of one request, for ``Authorizer/decide``
 /// (tests and tools; the proxy passes the same facts as borrowed bytes, piece by piece).
-package struct RequestFacts: Sendable {
-    package var method: MethodSet
+public struct RequestFacts: Sendable {
+    public var method: MethodSet
     /// The normalised path.
-    package var path: [UInt8]
-    package var peer: IPAddress
-    package var forwardedFor: [UInt8]?
-    package var isHTTPS: Bool
+    public var path: [UInt8]
+    public var peer: IPAddress
+    public var forwardedFor: [UInt8]?
+    public var isHTTPS: Bool
     /// The presented key, if any.
-    package var credential: [UInt8]?
+    public var credential: [UInt8]?
 
-    package init(method: MethodSet, path: String, peer: IPAddress, forwardedFor: String? = nil, isHTTPS: Bool = false,
+    public init(method: MethodSet, path: String, peer: IPAddress, forwardedFor: String? = nil, isHTTPS: Bool = false,
                  credential: String? = nil) {
         self.method = method
         self.path = Array(path.utf8)

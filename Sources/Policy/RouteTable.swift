@@ -1,23 +1,23 @@
 /// A set of request methods; bit i is `HTTPMethod(rawValue: i)` of the codec, so the
 /// proxy converts with `MethodSet(rawValue: 1 << m.rawValue)`.
-package struct MethodSet: OptionSet, Sendable, Hashable {
-    package var rawValue: UInt16
-    package init(rawValue: UInt16) { self.rawValue = rawValue }
+public struct MethodSet: OptionSet, Sendable, Hashable {
+    public var rawValue: UInt16
+    public init(rawValue: UInt16) { self.rawValue = rawValue }
 
-    package static let get = MethodSet(rawValue: 1 << 0)
-    package static let head = MethodSet(rawValue: 1 << 1)
-    package static let post = MethodSet(rawValue: 1 << 2)
-    package static let put = MethodSet(rawValue: 1 << 3)
-    package static let delete = MethodSet(rawValue: 1 << 4)
-    package static let patch = MethodSet(rawValue: 1 << 5)
-    package static let options = MethodSet(rawValue: 1 << 6)
-    package static let trace = MethodSet(rawValue: 1 << 7)
-    package static let connect = MethodSet(rawValue: 1 << 8)
-    package static let other = MethodSet(rawValue: 1 << 9)
-    package static let any = MethodSet(rawValue: 0x3FF)
+    public static let get = MethodSet(rawValue: 1 << 0)
+    public static let head = MethodSet(rawValue: 1 << 1)
+    public static let post = MethodSet(rawValue: 1 << 2)
+    public static let put = MethodSet(rawValue: 1 << 3)
+    public static let delete = MethodSet(rawValue: 1 << 4)
+    public static let patch = MethodSet(rawValue: 1 << 5)
+    public static let options = MethodSet(rawValue: 1 << 6)
+    public static let trace = MethodSet(rawValue: 1 << 7)
+    public static let connect = MethodSet(rawValue: 1 << 8)
+    public static let other = MethodSet(rawValue: 1 << 9)
+    public static let any = MethodSet(rawValue: 0x3FF)
 
     /// Policy spelling → bit (case-sensitive, as methods are).
-    package static func named(_ s: String) -> MethodSet? {
+    public static func named(_ s: String) -> MethodSet? {
         switch s {
         case "GET": return .get
         case "HEAD": return .head
@@ -35,24 +35,24 @@ package struct MethodSet: OptionSet, Sendable, Hashable {
 
 /// One compiled route. A final class so a lookup hands out a reference, not copies of
 /// its strings.
-package final class RouteSpec: Sendable {
+public final class RouteSpec: Sendable {
     /// Declaration order across files (the match order).
-    package let index: Int
-    package let name: String
+    public let index: Int
+    public let name: String
     /// Index into ``PolicySnapshot/backends``.
-    package let backend: Int
-    package let scopes: ScopeSet
-    package let scopeNames: [String]
-    package let requiresHTTPS: Bool
+    public let backend: Int
+    public let scopes: ScopeSet
+    public let scopeNames: [String]
+    public let requiresHTTPS: Bool
     /// `auth: none`: no credential is read or needed.
-    package let isPublic: Bool
-    package let creditsPerRequest: Int
+    public let isPublic: Bool
+    public let creditsPerRequest: Int
     /// Request bodies over this get 413.
-    package let maxBodyBytes: Int
-    package let methods: MethodSet
+    public let maxBodyBytes: Int
+    public let methods: MethodSet
     /// The normalised path (exact) or prefix bytes.
-    package let path: [UInt8]
-    package let isPrefix: Bool
+    public let path: [UInt8]
+    public let isPrefix: Bool
 
     init(index: Int, name: String, backend: Int, scopes: ScopeSet, scopeNames: [String], requiresHTTPS: Bool,
          isPublic: Bool, creditsPerRequest: Int, maxBodyBytes: Int, methods: MethodSet, path: [UInt8], isPrefix: Bool) {
@@ -91,13 +91,13 @@ private func memcmpBytes(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ n: Int)
 
 /// Routes in declaration order; first match wins. A linear scan over compiled byte
 /// paths: for the tens of routes a gateway has, this beats a trie's pointer chasing.
-package struct RouteTable: Sendable {
-    package let routes: [RouteSpec]
+public struct RouteTable: Sendable {
+    public let routes: [RouteSpec]
 
     init(_ routes: [RouteSpec]) { self.routes = routes }
 
     @inline(__always)
-    package func match(method: MethodSet, path: UnsafeRawBufferPointer) -> RouteSpec? {
+    public func match(method: MethodSet, path: UnsafeRawBufferPointer) -> RouteSpec? {
         for r in routes where r.matches(method: method, path: path) { return r }
         return nil
     }

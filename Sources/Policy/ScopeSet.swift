@@ -5,38 +5,38 @@
 /// cannot change any decision, so it is dropped from the bitset (it stays in
 /// ``KeyRecord/scopeNames`` for listing). This keeps the 128-scope limit about routes,
 /// never about how many distinct scope names thousands of keys carry.
-package struct ScopeSet: Sendable, Equatable, Hashable {
-    package var lo: UInt64
-    package var hi: UInt64
+public struct ScopeSet: Sendable, Equatable, Hashable {
+    public var lo: UInt64
+    public var hi: UInt64
 
-    package init(lo: UInt64 = 0, hi: UInt64 = 0) { self.lo = lo; self.hi = hi }
+    public init(lo: UInt64 = 0, hi: UInt64 = 0) { self.lo = lo; self.hi = hi }
 
-    package static let empty = ScopeSet()
-    package static let capacity = 128
+    public static let empty = ScopeSet()
+    public static let capacity = 128
 
-    package mutating func insert(bit: Int) {
+    public mutating func insert(bit: Int) {
         precondition(bit >= 0 && bit < ScopeSet.capacity)
         if bit < 64 { lo |= 1 << UInt64(bit) } else { hi |= 1 << UInt64(bit - 64) }
     }
 
-    package func contains(bit: Int) -> Bool {
+    public func contains(bit: Int) -> Bool {
         bit < 64 ? lo & (1 << UInt64(bit)) != 0 : hi & (1 << UInt64(bit - 64)) != 0
     }
 
     @inline(__always)
-    package func isSuperset(of other: ScopeSet) -> Bool {
+    public func isSuperset(of other: ScopeSet) -> Bool {
         other.lo & ~lo == 0 && other.hi & ~hi == 0
     }
 
-    package var isEmpty: Bool { lo == 0 && hi == 0 }
+    public var isEmpty: Bool { lo == 0 && hi == 0 }
 }
 
 /// Scope name → bit position, fixed when a snapshot is compiled.
-package struct ScopeTable: Sendable {
-    package private(set) var names: [String] = []
+public struct ScopeTable: Sendable {
+    public private(set) var names: [String] = []
     private var bits: [String: Int] = [:]
 
-    package init() {}
+    public init() {}
 
     /// Returns the bit for `name`, interning it; nil when all 128 bits are used.
     mutating func intern(_ name: String) -> Int? {
@@ -47,16 +47,16 @@ package struct ScopeTable: Sendable {
         return names.count - 1
     }
 
-    package func bit(of name: String) -> Int? { bits[name] }
+    public func bit(of name: String) -> Int? { bits[name] }
 
     /// The bitset of `names`; names no route requires are ignored (see ``ScopeSet``).
-    package func set(of scopeNames: some Sequence<String>) -> ScopeSet {
+    public func set(of scopeNames: some Sequence<String>) -> ScopeSet {
         var s = ScopeSet()
         for n in scopeNames { if let b = bits[n] { s.insert(bit: b) } }
         return s
     }
 
-    package func names(of set: ScopeSet) -> [String] {
+    public func names(of set: ScopeSet) -> [String] {
         names.indices.filter { set.contains(bit: $0) }.map { names[$0] }
     }
 }

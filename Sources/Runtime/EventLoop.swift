@@ -4,7 +4,7 @@ import Synchronization
 
 /// Something registered with a loop: a socket, a listener, an eventfd.
 /// Called on the loop's thread only.
-package protocol EventHandler: AnyObject {
+public protocol EventHandler: AnyObject {
     /// `events` is the epoll mask (`EventSet`). Never called for a stale registration.
     func handleEvent(_ events: EventSet, loop: EventLoop)
     /// A deadline scheduled with `schedule(at:fd:)` passed (check your own deadline: timers are lazy).
@@ -12,38 +12,38 @@ package protocol EventHandler: AnyObject {
 }
 
 extension EventHandler {
-    package func handleTimer(loop: EventLoop) {}
+    public func handleTimer(loop: EventLoop) {}
 }
 
 /// A timer not tied to a registered fd (reconnect back-off, periodic work).
-package protocol TimerHandler: AnyObject {
+public protocol TimerHandler: AnyObject {
     func timerFired(loop: EventLoop)
 }
 
 /// The epoll mask, typed. Values are the Linux constants as literals (no lazy globals, no
 /// generic SetAlgebra code on the hot path: test with `hasInput`/`hasOutput`).
-package struct EventSet: OptionSet, Sendable {
-    package let rawValue: UInt32
-    @inlinable package init(rawValue: UInt32) { self.rawValue = rawValue }
-    @inlinable package static var readable: EventSet { EventSet(rawValue: 0x001) }        // EPOLLIN
-    @inlinable package static var writable: EventSet { EventSet(rawValue: 0x004) }        // EPOLLOUT
-    @inlinable package static var error: EventSet { EventSet(rawValue: 0x008) }           // EPOLLERR
-    @inlinable package static var hangup: EventSet { EventSet(rawValue: 0x010) }          // EPOLLHUP
-    @inlinable package static var readHangup: EventSet { EventSet(rawValue: 0x2000) }     // EPOLLRDHUP
-    @inlinable package static var edgeTriggered: EventSet { EventSet(rawValue: 0x8000_0000) } // EPOLLET
+public struct EventSet: OptionSet, Sendable {
+    public let rawValue: UInt32
+    @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
+    @inlinable public static var readable: EventSet { EventSet(rawValue: 0x001) }        // EPOLLIN
+    @inlinable public static var writable: EventSet { EventSet(rawValue: 0x004) }        // EPOLLOUT
+    @inlinable public static var error: EventSet { EventSet(rawValue: 0x008) }           // EPOLLERR
+    @inlinable public static var hangup: EventSet { EventSet(rawValue: 0x010) }          // EPOLLHUP
+    @inlinable public static var readHangup: EventSet { EventSet(rawValue: 0x2000) }     // EPOLLRDHUP
+    @inlinable public static var edgeTriggered: EventSet { EventSet(rawValue: 0x8000_0000) } // EPOLLET
     /// What every stream socket registers once: both directions, edge-triggered, no later epoll_ctl.
-    @inlinable package static var streamSocket: EventSet { EventSet(rawValue: 0x8000_2005) }
+    @inlinable public static var streamSocket: EventSet { EventSet(rawValue: 0x8000_2005) }
     /// Readable, or an error/hang-up a read will report.
-    @inlinable package var hasInput: Bool { rawValue & 0x2019 != 0 }
-    @inlinable package var hasOutput: Bool { rawValue & 0x004 != 0 }
+    @inlinable public var hasInput: Bool { rawValue & 0x2019 != 0 }
+    @inlinable public var hasOutput: Bool { rawValue & 0x004 != 0 }
     /// Writable or failed (a connect finished either way).
-    @inlinable package var hasOutputOrFailure: Bool { rawValue & 0x01C != 0 }
+    @inlinable public var hasOutputOrFailure: Bool { rawValue & 0x01C != 0 }
 }
 
 /// One epoll event loop, owned by one thread. Registrations are indexed by fd; the epoll
 /// data word carries `generation << 32 | fd`, so an event for a closed-and-reused fd is dropped
 /// (HAProxy's fd generation, SwiftNIO's registration id).
-package final class EventLoop: @unchecked Sendable {
+public final class EventLoop: @unchecked Sendable {
     // SAFETY: everything but `inbox`, `wakeFD` and `isStopping` is touched only on the loop
     // thread (`assertOnLoop`); the inbox is a Mutex and the wake-up an eventfd write.
     private struct Registration {
@@ -56,7 +56,7 @@ package final class EventLoop: @unchecked Sendable {
         var handler: (any TimerHandler)?
     }
 
-    package let index: Int
+    public let index: Int
     private let epfd: Int32
     private let wakeFD: Int32
     private var registrations: [Registration]
@@ -68,9 +68,9 @@ package final class EventLoop: @unchecked Sendable {
     private let stopFlag = Atomic<Bool>(false)
     private var thread: pthread_t?
     /// Monotonic nanoseconds, refreshed after every `epoll_wait`.
-    package private(set) var now: UInt64
+    public private(set) var now: UInt64
 
-    package init(index: Int) throws(Errno) {
+    public init(index: Int) throws(Errno) {
         self.index = index
         let ep = epoll_create1(Int32(EPOLL_CLOEXEC))
         if ep < 0 { throw Errno.current }
@@ -93,7 +93,7 @@ package final class EventLoop: @unchecked Sendable {
     }
 
     @inline(__always)
-    package func assertOnLoop() {
+    public func assertOnLoop() {
         assert(thread == nil || pthread_equal(thread!, pthread_self()) != 0, "called off its event loop")
     }
 
@@ -101,7 +101,7 @@ package final class EventLoop: @unchecked Sendable {
 
     /// Registers `fd` with `handler`; returns the registration's generation.
     @discardableResult
-    package func register(fd: Int32, handler: any EventHandler, events mask: EventSet = .streamSocket) throws(Errno) -> UInt32 {
+    public func register(fd: Int32, handler: any EventHandler, events mask: EventSet = .streamSocket) throws(Errno) -> UInt32 {
         let i = Int(fd)
         if i >= registrations.count {
             registrations.append(contentsOf: repeatElement(Registration(), count: max(i + 1, registrations.count * 2) - registrations.count))
@@ -120,7 +120,7 @@ package final class EventLoop: @unchecked Sendable {
         return gen
     }
 
-    package func modify(fd: Int32, events mask: EventSet) {
+    public func modify(fd: Int32, events mask: EventSet) {
         let i = Int(fd)
         guard i < registrations.count else { return }
         var e = epoll_event()
@@ -130,7 +130,7 @@ package final class EventLoop: @unchecked Sendable {
     }
 
     /// Forgets `fd` and closes it. Later events and timers for it are dropped.
-    package func close(fd: Int32) {
+    public func close(fd: Int32) {
         let i = Int(fd)
         if i < registrations.count { registrations[i] = Registration() }
         Glibc.close(fd)
@@ -138,14 +138,14 @@ package final class EventLoop: @unchecked Sendable {
 
 
     /// Forgets `fd` without closing it (it stays open for its owner).
-    package func deregister(fd: Int32) {
+    public func deregister(fd: Int32) {
         let i = Int(fd)
         if i < registrations.count { registrations[i] = Registration() }
         var e = epoll_event()
         _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &e)
     }
 
-    package func generation(of fd: Int32) -> UInt32 {
+    public func generation(of fd: Int32) -> UInt32 {
         let i = Int(fd)
         return i < registrations.count ? registrations[i].generation : 0
     }
@@ -153,14 +153,14 @@ package final class EventLoop: @unchecked Sendable {
     // MARK: timers
 
     /// Calls the handler registered for `fd` at `deadline`, if that registration still exists.
-    package func schedule(at deadline: UInt64, fd: Int32) {
+    public func schedule(at deadline: UInt64, fd: Int32) {
         let gen = generation(of: fd)
         if gen == 0 { return }
         push(TimerEntry(deadline: deadline, key: UInt64(gen) << 32 | UInt64(UInt32(bitPattern: fd)), handler: nil))
     }
 
     /// Calls `handler.timerFired` at `deadline` (holds a strong reference until then).
-    package func schedule(at deadline: UInt64, handler: any TimerHandler) {
+    public func schedule(at deadline: UInt64, handler: any TimerHandler) {
         push(TimerEntry(deadline: deadline, key: 0, handler: handler))
     }
 
@@ -213,7 +213,7 @@ package final class EventLoop: @unchecked Sendable {
     // MARK: cross-thread work
 
     /// Runs `work` on this loop's thread soon. Callable from any thread.
-    package func execute(_ work: @escaping @Sendable () -> Void) {
+    public func execute(_ work: @escaping @Sendable () -> Void) {
         inbox.withLock { $0.append(work) }
         var one: UInt64 = 1
         _ = Glibc.write(wakeFD, &one, 8)
@@ -232,15 +232,15 @@ package final class EventLoop: @unchecked Sendable {
 
     // MARK: running
 
-    package func stop() {
+    public func stop() {
         stopFlag.store(true, ordering: .releasing)
         var one: UInt64 = 1
         _ = Glibc.write(wakeFD, &one, 8)
     }
-    package var isStopped: Bool { stopFlag.load(ordering: .acquiring) }
+    public var isStopped: Bool { stopFlag.load(ordering: .acquiring) }
 
     /// Runs the loop on the calling thread until `stop()`.
-    package func run() {
+    public func run() {
         thread = pthread_self()
         let wakeKey = UInt64(UInt32(bitPattern: wakeFD))
         while !stopFlag.load(ordering: .relaxed) {
@@ -270,24 +270,24 @@ package final class EventLoop: @unchecked Sendable {
 
 /// A lazily re-armed deadline for one fd-registered handler: setting it is a store;
 /// the heap is touched only when no earlier timer is pending.
-package struct Deadline {
-    package private(set) var at: UInt64 = 0        // 0 = none
+public struct Deadline {
+    public private(set) var at: UInt64 = 0        // 0 = none
     private var armed: UInt64 = 0
 
-    package init() {}
+    public init() {}
 
     @inline(__always)
-    package mutating func set(_ deadline: UInt64, fd: Int32, loop: EventLoop) {
+    public mutating func set(_ deadline: UInt64, fd: Int32, loop: EventLoop) {
         at = deadline
         if deadline != 0 && (armed == 0 || deadline < armed) {
             armed = deadline
             loop.schedule(at: deadline, fd: fd)
         }
     }
-    @inline(__always) package mutating func clear() { at = 0 }
+    @inline(__always) public mutating func clear() { at = 0 }
 
     /// Call from `handleTimer`: true when the deadline really passed; re-arms otherwise.
-    package mutating func expired(fd: Int32, loop: EventLoop) -> Bool {
+    public mutating func expired(fd: Int32, loop: EventLoop) -> Bool {
         if armed <= loop.now { armed = 0 }
         if at == 0 { return false }
         if at <= loop.now { at = 0; return true }
@@ -297,7 +297,7 @@ package struct Deadline {
 }
 
 /// Starts a pthread running `body`.
-package func spawnThread(name: String, _ body: @escaping @Sendable () -> Void) -> pthread_t {
+public func spawnThread(name: String, _ body: @escaping @Sendable () -> Void) -> pthread_t {
     final class Box: @unchecked Sendable {
         // SAFETY: handed to exactly one new thread, which takes ownership.
         let body: @Sendable () -> Void

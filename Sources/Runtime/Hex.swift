@@ -1,7 +1,7 @@
 /// Lowercase hex without a loop per digit: nibbles spread into bytes, then ASCII in one add.
-package enum Hex {
+public enum Hex {
     @inlinable @inline(__always)
-    package static func eight(_ x: UInt32) -> UInt64 {
+    public static func eight(_ x: UInt32) -> UInt64 {
         var v = UInt64(x)
         v = (v | (v << 16)) & 0x0000_FFFF_0000_FFFF
         v = (v | (v << 8)) & 0x00FF_00FF_00FF_00FF
@@ -13,7 +13,7 @@ package enum Hex {
     }
 
     @inlinable @inline(__always)
-    package static func write16(_ v: UInt64, to p: UnsafeMutableRawPointer) {
+    public static func write16(_ v: UInt64, to p: UnsafeMutableRawPointer) {
         p.storeBytes(of: eight(UInt32(truncatingIfNeeded: v >> 32)), toByteOffset: 0, as: UInt64.self)
         p.storeBytes(of: eight(UInt32(truncatingIfNeeded: v)), toByteOffset: 8, as: UInt64.self)
     }

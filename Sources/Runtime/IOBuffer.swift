@@ -5,35 +5,35 @@
 /// 0 ........ readerIndex ........ writerIndex ........ capacity
 ///   consumed      readable bytes        writable space
 /// ```
-package final class IOBuffer {
-    package let base: UnsafeMutableRawPointer
-    package let capacity: Int
-    package var readerIndex = 0
-    package var writerIndex = 0
+public final class IOBuffer {
+    public let base: UnsafeMutableRawPointer
+    public let capacity: Int
+    public var readerIndex = 0
+    public var writerIndex = 0
 
-    package init(capacity: Int) {
+    public init(capacity: Int) {
         self.capacity = capacity
         self.base = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
     }
     deinit { base.deallocate() }
 
-    @inlinable @inline(__always) package var readableBytes: Int { writerIndex &- readerIndex }
-    @inlinable @inline(__always) package var writableBytes: Int { capacity &- writerIndex }
-    @inlinable @inline(__always) package var isEmpty: Bool { readerIndex == writerIndex }
-    @inlinable @inline(__always) package var readPointer: UnsafeMutableRawPointer { base + readerIndex }
-    @inlinable @inline(__always) package var writePointer: UnsafeMutableRawPointer { base + writerIndex }
+    @inlinable @inline(__always) public var readableBytes: Int { writerIndex &- readerIndex }
+    @inlinable @inline(__always) public var writableBytes: Int { capacity &- writerIndex }
+    @inlinable @inline(__always) public var isEmpty: Bool { readerIndex == writerIndex }
+    @inlinable @inline(__always) public var readPointer: UnsafeMutableRawPointer { base + readerIndex }
+    @inlinable @inline(__always) public var writePointer: UnsafeMutableRawPointer { base + writerIndex }
 
     /// The readable bytes, as a raw buffer valid until the next mutation.
-    @inlinable @inline(__always) package var readable: UnsafeRawBufferPointer {
+    @inlinable @inline(__always) public var readable: UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: base + readerIndex, count: writerIndex &- readerIndex)
     }
 
-    @inlinable @inline(__always) package func clear() { readerIndex = 0; writerIndex = 0 }
+    @inlinable @inline(__always) public func clear() { readerIndex = 0; writerIndex = 0 }
 
     /// Moves the readable bytes to the start of the buffer. Returns how far they moved
     /// (offsets into the readable region stay valid relative to `readerIndex`).
     @discardableResult
-    package func compact() -> Int {
+    public func compact() -> Int {
         let shift = readerIndex
         if shift == 0 { return 0 }
         let n = writerIndex &- readerIndex
@@ -45,7 +45,7 @@ package final class IOBuffer {
 
     /// Appends bytes; the caller has checked `writableBytes` (precondition otherwise).
     @inlinable @inline(__always)
-    package func write(_ p: UnsafeRawPointer, count: Int) {
+    public func write(_ p: UnsafeRawPointer, count: Int) {
         precondition(count <= capacity &- writerIndex, "IOBuffer overflow")
         let dst = base + writerIndex
         if count <= 16 {
@@ -62,26 +62,26 @@ package final class IOBuffer {
     }
     /// Constant text (static data in the binary: no allocation, no lazy global).
     @inlinable @inline(__always)
-    package func write(_ s: StaticString) { write(UnsafeRawPointer(s.utf8Start), count: s.utf8CodeUnitCount) }
+    public func write(_ s: StaticString) { write(UnsafeRawPointer(s.utf8Start), count: s.utf8CodeUnitCount) }
     @inlinable @inline(__always)
-    package func write(_ bytes: UnsafeRawBufferPointer) {
+    public func write(_ bytes: UnsafeRawBufferPointer) {
         if let p = bytes.baseAddress { write(p, count: bytes.count) }
     }
     @inline(__always)
-    package func write(_ bytes: StaticBytes) { write(bytes.pointer, count: bytes.count) }
+    public func write(_ bytes: StaticBytes) { write(bytes.pointer, count: bytes.count) }
     @inlinable @inline(__always)
-    package func write(byte: UInt8) {
+    public func write(byte: UInt8) {
         precondition(writerIndex < capacity, "IOBuffer overflow")
         base.storeBytes(of: byte, toByteOffset: writerIndex, as: UInt8.self)
         writerIndex &+= 1
     }
-    package func write(_ array: [UInt8]) { array.withUnsafeBytes { write($0) } }
-    package func write(string: String) {
+    public func write(_ array: [UInt8]) { array.withUnsafeBytes { write($0) } }
+    public func write(string: String) {
         var s = string
         s.withUTF8 { write(UnsafeRawBufferPointer($0)) }
     }
     /// Writes a decimal number.
-    package func write(decimal value: Int) {
+    public func write(decimal value: Int) {
         var v = value
         if v < 0 { write(byte: 0x2D); v = -v }
         var tmp: (UInt64, UInt64, UInt64) = (0, 0, 0)
@@ -92,7 +92,7 @@ package final class IOBuffer {
         }
     }
     /// Writes a lowercase hexadecimal number (chunk sizes).
-    package func write(hex value: Int) {
+    public func write(hex value: Int) {
         var v = UInt64(value)
         var tmp: (UInt64, UInt64) = (0, 0)
         withUnsafeMutableBytes(of: &tmp) { t in
@@ -109,22 +109,22 @@ package final class IOBuffer {
 }
 
 /// Bytes with static lifetime (built once, never freed): header names, fixed replies.
-package struct StaticBytes: @unchecked Sendable {
+public struct StaticBytes: @unchecked Sendable {
     // SAFETY: the storage is allocated once, never mutated after init and never freed.
-    package let pointer: UnsafeRawPointer
-    package let count: Int
-    package init(_ s: String) {
+    public let pointer: UnsafeRawPointer
+    public let count: Int
+    public init(_ s: String) {
         let u = Array(s.utf8)
         let p = UnsafeMutableRawPointer.allocate(byteCount: max(u.count, 1), alignment: 1)
         u.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: u.count) }
         pointer = UnsafeRawPointer(p)
         count = u.count
     }
-    package init(bytes u: [UInt8]) {
+    public init(bytes u: [UInt8]) {
         let p = UnsafeMutableRawPointer.allocate(byteCount: max(u.count, 1), alignment: 1)
         u.withUnsafeBytes { if u.count > 0 { p.copyMemory(from: $0.baseAddress!, byteCount: u.count) } }
         pointer = UnsafeRawPointer(p)
         count = u.count
     }
-    package var buffer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: pointer, count: count) }
+    public var buffer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: pointer, count: count) }
 }

@@ -3,21 +3,21 @@ import Glibc
 
 /// One line of the embedded key log: a key minted by `tollgate keys new`, or a status
 /// change of any key (minted or declared in a policy file) by id. Hashes only, never keys.
-package struct KeyLogEntry: Codable, Sendable, Equatable {
-    package enum Op: String, Codable, Sendable { case put, status }
-    package var op: Op
-    package var id: String
-    package var hash: String?          // "sha256:<hex>" (put)
-    package var prefix: String?        // display prefix (put)
-    package var consumer: String?
-    package var plan: String?
-    package var scopes: [String]?
-    package var allowIPs: [String]?
-    package var expires: Int64?        // unix seconds
-    package var status: String?        // active | disabled | revoked
-    package var at: Int64              // unix seconds of the change
+public struct KeyLogEntry: Codable, Sendable, Equatable {
+    public enum Op: String, Codable, Sendable { case put, status }
+    public var op: Op
+    public var id: String
+    public var hash: String?          // "sha256:<hex>" (put)
+    public var prefix: String?        // display prefix (put)
+    public var consumer: String?
+    public var plan: String?
+    public var scopes: [String]?
+    public var allowIPs: [String]?
+    public var expires: Int64?        // unix seconds
+    public var status: String?        // active | disabled | revoked
+    public var at: Int64              // unix seconds of the change
 
-    package init(op: Op, id: String, hash: String? = nil, prefix: String? = nil, consumer: String? = nil, plan: String? = nil,
+    public init(op: Op, id: String, hash: String? = nil, prefix: String? = nil, consumer: String? = nil, plan: String? = nil,
                  scopes: [String]? = nil, allowIPs: [String]? = nil, expires: Int64? = nil, status: String? = nil, at: Int64) {
         self.op = op; self.id = id; self.hash = hash; self.prefix = prefix; self.consumer = consumer; self.plan = plan
         self.scopes = scopes; self.allowIPs = allowIPs; self.expires = expires; self.status = status; self.at = at
@@ -25,13 +25,13 @@ package struct KeyLogEntry: Codable, Sendable, Equatable {
 }
 
 /// The folded state of the log: the latest record per id, and status overrides per id.
-package struct KeyLogState: Sendable, Equatable {
-    package var records: [String: KeyLogEntry] = [:]   // id → put entry (status folded in)
-    package var overrides: [String: String] = [:]      // id → status, for ids with no put (declared keys)
-    package var order: [String] = []                   // ids in creation order (for listing)
-    package init() {}
+public struct KeyLogState: Sendable, Equatable {
+    public var records: [String: KeyLogEntry] = [:]   // id → put entry (status folded in)
+    public var overrides: [String: String] = [:]      // id → status, for ids with no put (declared keys)
+    public var order: [String] = []                   // ids in creation order (for listing)
+    public init() {}
 
-    package mutating func apply(_ e: KeyLogEntry) {
+    public mutating func apply(_ e: KeyLogEntry) {
         switch e.op {
         case .put:
             if records[e.id] == nil { order.append(e.id) }
@@ -49,25 +49,25 @@ package struct KeyLogState: Sendable, Equatable {
     }
 }
 
-package struct KeyLogError: Error, CustomStringConvertible {
-    package var description: String
+public struct KeyLogError: Error, CustomStringConvertible {
+    public var description: String
     init(_ s: String) { description = s }
 }
 
 /// An append-only JSON-lines file, fsync'd on every append and locked with flock so the
 /// CLI and running instances never interleave. Survives restarts; a torn last line (a crash
 /// mid-append) is ignored on read.
-package final class EmbeddedKeyLog: Sendable {
-    package let directory: String
-    package var path: String { directory + "/keys.jsonl" }
+public final class EmbeddedKeyLog: Sendable {
+    public let directory: String
+    public var path: String { directory + "/keys.jsonl" }
 
-    package init(directory: String) {
+    public init(directory: String) {
         self.directory = directory
     }
 
     /// The state directory for a policy path: `<dir>/.state` for a directory,
     /// `<dirname>/.state` for a file; `TOLLGATE_STATE_DIR` overrides.
-    package static func defaultDirectory(forPolicies path: String) -> String {
+    public static func defaultDirectory(forPolicies path: String) -> String {
         if let env = ProcessInfo.processInfo.environment["TOLLGATE_STATE_DIR"], !env.isEmpty { return env }
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
@@ -76,7 +76,7 @@ package final class EmbeddedKeyLog: Sendable {
         return ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent(".state")
     }
 
-    package func append(_ entry: KeyLogEntry) throws {
+    public func append(_ entry: KeyLogEntry) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
         let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
@@ -102,7 +102,7 @@ package final class EmbeddedKeyLog: Sendable {
     }
 
     /// Reads and folds the whole log (missing file = empty).
-    package func load() throws -> KeyLogState {
+    public func load() throws -> KeyLogState {
         var state = KeyLogState()
         guard let data = FileManager.default.contents(atPath: path) else { return state }
         let dec = JSONDecoder()
@@ -114,7 +114,7 @@ package final class EmbeddedKeyLog: Sendable {
     }
 
     /// Size and modification time, to notice changes cheaply.
-    package func fingerprint() -> (Int64, Int64) {
+    public func fingerprint() -> (Int64, Int64) {
         var st = stat()
         if stat(path, &st) != 0 { return (-1, -1) }
         return (Int64(st.st_size), Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec))

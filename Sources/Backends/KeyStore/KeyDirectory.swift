@@ -3,13 +3,13 @@ import Policy
 /// Keys known in-process: the embedded store's records (and status changes of declared
 /// keys) compiled against one policy snapshot. Immutable; rebuilt when either changes and
 /// handed to every loop, so a lookup is one or two dictionary probes and no lock.
-package final class KeyDirectory: Sendable {
+public final class KeyDirectory: Sendable {
     private let byHash: [KeyHash: KeyRecord]
     /// Stored records whose plan is missing from the policy, etc. (for the log).
-    package let warnings: [String]
-    package let storedCount: Int
+    public let warnings: [String]
+    public let storedCount: Int
 
-    package static let empty = KeyDirectory()
+    public static let empty = KeyDirectory()
 
     private init() {
         byHash = [:]
@@ -17,7 +17,7 @@ package final class KeyDirectory: Sendable {
         storedCount = 0
     }
 
-    package init(snapshot: PolicySnapshot, state: KeyLogState) {
+    public init(snapshot: PolicySnapshot, state: KeyLogState) {
         var map: [KeyHash: KeyRecord] = [:]
         var warnings: [String] = []
         for id in state.order {
@@ -42,7 +42,7 @@ package final class KeyDirectory: Sendable {
     }
 
     /// A stored record compiled against `snapshot` (plan by name, scopes to bits).
-    package static func record(from e: KeyLogEntry, hash: KeyHash, snapshot: PolicySnapshot, warnings: inout [String]) -> KeyRecord {
+    public static func record(from e: KeyLogEntry, hash: KeyHash, snapshot: PolicySnapshot, warnings: inout [String]) -> KeyRecord {
         var planIndex: Int?
         if let p = e.plan {
             if let plan = snapshot.plan(named: p) {
@@ -69,7 +69,7 @@ package final class KeyDirectory: Sendable {
 
     /// The record for `hash`: stored (or status-changed) first, then declared.
     @inline(__always)
-    package func lookup(_ hash: KeyHash, in snapshot: PolicySnapshot) -> KeyRecord? {
+    public func lookup(_ hash: KeyHash, in snapshot: PolicySnapshot) -> KeyRecord? {
         if !byHash.isEmpty, let r = byHash[hash] { return r }
         return snapshot.declaredKey(hash)
     }

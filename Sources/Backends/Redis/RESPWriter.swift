@@ -10,21 +10,21 @@ import Runtime
 ///     w.bulk("GET")
 ///     w.bulkKey(.record, hash)          // tg:{<hex>}:key
 ///     hiredis gets (w.bytes, w.count)
-package final class RESPWriter {
-    package private(set) var bytes: UnsafeMutableRawPointer
-    package private(set) var capacity: Int
-    package private(set) var count = 0
+public final class RESPWriter {
+    public private(set) var bytes: UnsafeMutableRawPointer
+    public private(set) var capacity: Int
+    public private(set) var count = 0
 
-    package init(capacity: Int = 512) {
+    public init(capacity: Int = 512) {
         self.capacity = max(64, capacity)
         bytes = .allocate(byteCount: self.capacity, alignment: 8)
     }
     deinit { bytes.deallocate() }
 
-    @inline(__always) package func reset() { count = 0 }
+    @inline(__always) public func reset() { count = 0 }
 
     /// The formatted command so far.
-    package var formatted: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: bytes, count: count) }
+    public var formatted: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: bytes, count: count) }
 
     @inline(__always) private func reserve(_ n: Int) {
         if count + n > capacity { grow(count + n) }
@@ -75,7 +75,7 @@ package final class RESPWriter {
     }
 
     /// `*n\r\n`: the start of a command of `n` arguments.
-    package func arrayHeader(_ n: Int) {
+    public func arrayHeader(_ n: Int) {
         reserve(1); put(UInt8(ascii: "*")); putDecimal(n); reserve(2); crlf()
     }
     /// `$len\r\n`.
@@ -84,28 +84,28 @@ package final class RESPWriter {
     }
 
     /// One binary-safe argument.
-    package func bulk(_ arg: UnsafeRawBufferPointer) {
+    public func bulk(_ arg: UnsafeRawBufferPointer) {
         bulkHeader(arg.count)
         if let b = arg.baseAddress { putRaw(b, arg.count) }
         reserve(2); crlf()
     }
-    package func bulk(_ arg: [UInt8]) { arg.withUnsafeBytes { bulk($0) } }
-    package func bulk(_ arg: StaticString) {
+    public func bulk(_ arg: [UInt8]) { arg.withUnsafeBytes { bulk($0) } }
+    public func bulk(_ arg: StaticString) {
         bulk(UnsafeRawBufferPointer(start: arg.utf8Start, count: arg.utf8CodeUnitCount))
     }
-    package func bulk(_ arg: String) {
+    public func bulk(_ arg: String) {
         var s = arg
         s.withUTF8 { bulk(UnsafeRawBufferPointer($0)) }
     }
     /// An integer argument, as decimal text.
     /// Bytes formatted earlier (a cached run of arguments).
-    package func raw(_ b: [UInt8]) {
+    public func raw(_ b: [UInt8]) {
         reserve(b.count)
         b.withUnsafeBytes { (bytes + count).copyMemory(from: $0.baseAddress!, byteCount: b.count) }
         count += b.count
     }
 
-    package func bulk(decimal v: Int) {
+    public func bulk(decimal v: Int) {
         bulkHeader(RESPWriter.decimalWidth(v))
         putDecimal(v)
         reserve(2); crlf()
@@ -113,14 +113,14 @@ package final class RESPWriter {
 
     /// A hash-tagged key `tg:{<64 hex>}<suffix>`: every key of one API key lands in the
     /// same Redis Cluster slot, so one script may touch all of them.
-    package func bulkKey(_ hash: KeyHash, suffix: StaticString) {
+    public func bulkKey(_ hash: KeyHash, suffix: StaticString) {
         bulkHeader(RedisKeys.taggedPrefixLength + suffix.utf8CodeUnitCount)
         putTaggedHash(hash)
         putRaw(suffix.utf8Start, suffix.utf8CodeUnitCount)
         reserve(2); crlf()
     }
     /// `tg:{<hex>}<suffix><index>` (the limiter's per-window keys).
-    package func bulkKey(_ hash: KeyHash, suffix: StaticString, index: Int) {
+    public func bulkKey(_ hash: KeyHash, suffix: StaticString, index: Int) {
         bulkHeader(RedisKeys.taggedPrefixLength + suffix.utf8CodeUnitCount + RESPWriter.decimalWidth(index))
         putTaggedHash(hash)
         putRaw(suffix.utf8Start, suffix.utf8CodeUnitCount)
@@ -128,7 +128,7 @@ package final class RESPWriter {
         reserve(2); crlf()
     }
     /// A bare 64-hex-digit hash argument.
-    package func bulkHex(_ hash: KeyHash) {
+    public func bulkHex(_ hash: KeyHash) {
         bulkHeader(64)
         putHex(hash)
         reserve(2); crlf()
@@ -152,23 +152,23 @@ package final class RESPWriter {
 }
 
 /// Key names in Redis. Every per-key name carries the key hash as a Cluster hash tag.
-package enum RedisKeys {
+public enum RedisKeys {
     /// `tg:{` + 64 hex + `}`.
-    package static let taggedPrefixLength = 4 + 64 + 1
+    public static let taggedPrefixLength = 4 + 64 + 1
     /// `tg:{<hex>}:key` → the key record (JSON of ``KeyLogEntry``).
-    package static let recordSuffix: StaticString = ":key"
+    public static let recordSuffix: StaticString = ":key"
     /// `tg:{<hex>}:rl:<i>` → the GCRA TAT (µs, server clock) of window `i`.
-    package static let limiterSuffix: StaticString = ":rl:"
+    public static let limiterSuffix: StaticString = ":rl:"
     /// `tg:keyid:<id>` → hex of the key with that id.
-    package static let idPrefix = "tg:keyid:"
+    public static let idPrefix = "tg:keyid:"
     /// Set of every key id stored.
-    package static let idSet = "tg:keyids"
+    public static let idSet = "tg:keyids"
     /// Pub/sub channel; each message is the 64-hex hash of a key whose record changed.
-    package static let invalidationChannel = "tg:invalidate"
+    public static let invalidationChannel = "tg:invalidate"
     /// Sorted set instanceID → last heartbeat (server ms).
-    package static let instances = "tg:instances"
+    public static let instances = "tg:instances"
 
-    package static func record(_ hash: KeyHash) -> String { "tg:{\(hash.hex)}:key" }
-    package static func limiter(_ hash: KeyHash, window: Int) -> String { "tg:{\(hash.hex)}:rl:\(window)" }
-    package static func id(_ id: String) -> String { idPrefix + id }
+    public static func record(_ hash: KeyHash) -> String { "tg:{\(hash.hex)}:key" }
+    public static func limiter(_ hash: KeyHash, window: Int) -> String { "tg:{\(hash.hex)}:rl:\(window)" }
+    public static func id(_ id: String) -> String { idPrefix + id }
 }

@@ -22,37 +22,37 @@ import Runtime
 /// command fails fast with `.unavailable`. Recovery: reconnect with exponential back-off
 /// (`backoff` range), or, when still connected, a PING probe on each back-off tick; the
 /// first on-time answer closes it. `onStateChange` runs once per transition, on the loop.
-package final class RedisConnection {
-    package struct Options: Sendable {
+public final class RedisConnection {
+    public struct Options: Sendable {
         /// Consecutive timeouts that open the breaker.
-        package var failureThreshold = 3
+        public var failureThreshold = 3
         /// Reconnect/probe back-off, doubling from the lower to the upper bound.
-        package var backoff: ClosedRange<Duration> = .milliseconds(50) ... .seconds(1)
+        public var backoff: ClosedRange<Duration> = .milliseconds(50) ... .seconds(1)
         /// Connect + handshake must finish within this.
-        package var connectTimeout: Duration = .seconds(2)
+        public var connectTimeout: Duration = .seconds(2)
         /// How often this instance announces itself.
-        package var heartbeatInterval: Duration = .seconds(1)
+        public var heartbeatInterval: Duration = .seconds(1)
         /// Instances not seen for this long no longer count.
-        package var instanceWindow: Duration = .seconds(3)
-        package init() {}
+        public var instanceWindow: Duration = .seconds(3)
+        public init() {}
     }
 
     enum Phase { case idle, waitingToReconnect, connecting, handshaking, ready, stopped }
 
-    package let loop: EventLoop
-    package let url: RedisURL
-    package let instanceID: String
+    public let loop: EventLoop
+    public let url: RedisURL
+    public let instanceID: String
     let options: Options
     let deadlineNanos: UInt64
     private let onStateChange: (RedisHealth) -> Void
 
     /// `.up` / `.down`; see the type's discussion.
-    package private(set) var health: RedisHealth = .down
+    public private(set) var health: RedisHealth = .down
     /// Live instances (this one included) from the last heartbeat; kept through an outage
     /// (that is when `local` mode needs it). ≥ 1.
-    package private(set) var liveInstances = 1
+    public private(set) var liveInstances = 1
     /// The last connection or protocol error, for logs.
-    package private(set) var lastError: String?
+    public private(set) var lastError: String?
 
     var phase: Phase = .idle
     private var link: RedisLink?
@@ -85,7 +85,7 @@ package final class RedisConnection {
     ///     in-process limiter (the loops of one process) announce the same name, so that
     ///     ``liveInstances`` counts limiters.
     ///   - onStateChange: called on the loop once per health transition.
-    package init(loop: EventLoop, url: RedisURL, commandDeadline: Duration, instanceID: String,
+    public init(loop: EventLoop, url: RedisURL, commandDeadline: Duration, instanceID: String,
                  options: Options = Options(), onStateChange: @escaping (RedisHealth) -> Void) {
         self.loop = loop
         self.url = url
@@ -104,7 +104,7 @@ package final class RedisConnection {
     // MARK: lifecycle
 
     /// Connects; reconnects with back-off for as long as the connection is not stopped.
-    package func start() {
+    public func start() {
         loop.assertOnLoop()
         guard phase == .idle else { return }
         connect()
@@ -113,7 +113,7 @@ package final class RedisConnection {
     /// Stops for good. Connected: removes this instance from the heartbeat set and closes
     /// once pending replies are in (waiters get their replies or `.disconnected`).
     /// Otherwise pending waiters get `.disconnected` before this returns.
-    package func stop() {
+    public func stop() {
         loop.assertOnLoop()
         guard phase != .stopped else { return }
         let wasReady = phase == .ready
@@ -324,7 +324,7 @@ package final class RedisConnection {
     /// key), `.timedOut` or `.disconnected`.
     /// - Returns: nil when `waiter` will be called later (always from a later loop callback);
     ///   `.unavailable` at once when the breaker is open (the waiter is then never called).
-    package func lookupKey(_ hash: KeyHash, waiter: any RedisWaiter, token: UInt64) -> RedisResult? {
+    public func lookupKey(_ hash: KeyHash, waiter: any RedisWaiter, token: UInt64) -> RedisResult? {
         loop.assertOnLoop()
         guard isAccepting else { return .unavailable }
         writer.reset()
@@ -339,7 +339,7 @@ package final class RedisConnection {
     /// script failed; `.timedOut`/`.disconnected`. A plan without windows answers
     /// `.limit(allowed)` at once.
     /// - Returns: nil when `waiter` will be called later; otherwise the immediate result.
-    package func admit(_ hash: KeyHash, plan: PlanSpec, waiter: any RedisWaiter, token: UInt64) -> RedisResult? {
+    public func admit(_ hash: KeyHash, plan: PlanSpec, waiter: any RedisWaiter, token: UInt64) -> RedisResult? {
         loop.assertOnLoop()
         if plan.windows.isEmpty { return .limit(RedisScripts.blankVerdict(plan)) }
         guard isAccepting else { return .unavailable }
@@ -348,7 +348,7 @@ package final class RedisConnection {
     }
 
     /// Any command, arguments as bytes (admin, tests). Same completion rules as `lookupKey`.
-    package func command(_ args: [[UInt8]], waiter: any RedisWaiter, token: UInt64) -> RedisResult? {
+    public func command(_ args: [[UInt8]], waiter: any RedisWaiter, token: UInt64) -> RedisResult? {
         loop.assertOnLoop()
         guard isAccepting, !args.isEmpty else { return .unavailable }
         writer.reset()
@@ -357,7 +357,7 @@ package final class RedisConnection {
         return enqueue(.user(waiter, token), deadline: loop.now &+ deadlineNanos) ? nil : .unavailable
     }
 
-    package func command(_ args: String..., waiter: any RedisWaiter, token: UInt64) -> RedisResult? {
+    public func command(_ args: String..., waiter: any RedisWaiter, token: UInt64) -> RedisResult? {
         command(args.map { Array($0.utf8) }, waiter: waiter, token: token)
     }
 
@@ -421,7 +421,7 @@ package final class RedisConnection {
     /// `onMessage` gets the 64-hex hash of each key whose record changed, on this loop; and an
     /// empty message each time the subscription is (re)established, meaning "anything may
     /// have changed while unsubscribed: drop every cached record".
-    package func subscribeInvalidations(_ onMessage: @escaping ([UInt8]) -> Void) {
+    public func subscribeInvalidations(_ onMessage: @escaping ([UInt8]) -> Void) {
         loop.assertOnLoop()
         onInvalidation = onMessage
         if phase == .ready && subLink == nil { openSubscriber() }
@@ -477,7 +477,7 @@ package final class RedisConnection {
     }
 
     /// True once the invalidation subscription is confirmed (tests, admin).
-    package var isSubscribedToInvalidations: Bool { isSubscribed }
+    public var isSubscribedToInvalidations: Bool { isSubscribed }
 
     // MARK: timers
 

@@ -5,14 +5,14 @@ import Policy
 import Runtime
 
 /// Why a blocking store call failed.
-package enum RedisStoreError: Error, Equatable, CustomStringConvertible {
+public enum RedisStoreError: Error, Equatable, CustomStringConvertible {
     case connect(String)
     case command(String)
     case notFound(id: String)
     case conflictingID(id: String)
     case invalidRecord(String)
 
-    package var description: String {
+    public var description: String {
         switch self {
         case .connect(let s): "cannot reach redis: \(s)"
         case .command(let s): "redis command failed: \(s)"
@@ -31,10 +31,10 @@ package enum RedisStoreError: Error, Equatable, CustomStringConvertible {
 /// - `tg:keyid:<id>` → `<hex>`, and the set `tg:keyids` of every id
 /// - every change is published on `tg:invalidate` as `<hex>`, so each instance drops its
 ///   cached copy (and any negative entry) at once.
-package final class RedisKeyDirectory {
+public final class RedisKeyDirectory {
     private let ctx: UnsafeMutablePointer<redisContext>
 
-    package init(url: RedisURL, timeout: Duration = .seconds(2)) throws(RedisStoreError) {
+    public init(url: RedisURL, timeout: Duration = .seconds(2)) throws(RedisStoreError) {
         let ns = RedisConnection.nanos(timeout)
         let tv = timeval(tv_sec: Int(ns / 1_000_000_000), tv_usec: Int(ns % 1_000_000_000 / 1000))
         let made: UnsafeMutablePointer<redisContext>?
@@ -66,12 +66,12 @@ package final class RedisKeyDirectory {
 
     /// Runs one command; error replies throw.
     @discardableResult
-    package func run(_ args: [String]) throws(RedisStoreError) -> RedisReply {
+    public func run(_ args: [String]) throws(RedisStoreError) -> RedisReply {
         try run(args.map { Array($0.utf8) })
     }
 
     @discardableResult
-    package func run(_ args: [[UInt8]]) throws(RedisStoreError) -> RedisReply {
+    public func run(_ args: [[UInt8]]) throws(RedisStoreError) -> RedisReply {
         // Copy each argument to stable C memory for the duration of the call.
         let ptrs = args.map { a -> UnsafeMutablePointer<CChar> in
             let p = UnsafeMutablePointer<CChar>.allocate(capacity: max(1, a.count))
@@ -104,7 +104,7 @@ package final class RedisKeyDirectory {
     }
 
     /// Stores (or replaces) a key record and its id index, then publishes its hash.
-    package func put(_ record: KeyLogEntry) throws(RedisStoreError) {
+    public func put(_ record: KeyLogEntry) throws(RedisStoreError) {
         let h = try RedisKeyDirectory.hash(of: record)
         if case .string(let existing) = try run(["GET", RedisKeys.id(record.id)]),
            String(decoding: existing, as: UTF8.self) != h.hex {
@@ -129,7 +129,7 @@ package final class RedisKeyDirectory {
     /// Sets a key's status (`active` | `disabled` | `revoked`), rewrites its record and
     /// publishes its hash on `tg:invalidate`. Returns the updated record.
     @discardableResult
-    package func setStatus(id: String, status: String, at: Int64 = wallClockSeconds()) throws(RedisStoreError) -> KeyLogEntry {
+    public func setStatus(id: String, status: String, at: Int64 = wallClockSeconds()) throws(RedisStoreError) -> KeyLogEntry {
         guard ["active", "disabled", "revoked"].contains(status) else {
             throw .invalidRecord("status must be active, disabled or revoked, not '\(status)'")
         }
@@ -143,26 +143,26 @@ package final class RedisKeyDirectory {
     }
 
     /// The record of `id`, or nil.
-    package func get(id: String) throws(RedisStoreError) -> KeyLogEntry? {
+    public func get(id: String) throws(RedisStoreError) -> KeyLogEntry? {
         guard case .string(let hex) = try run(["GET", RedisKeys.id(id)]),
               let h = KeyHash(hex: String(decoding: hex, as: UTF8.self)) else { return nil }
         return try get(hash: h)
     }
 
     /// The record stored under a key hash, or nil.
-    package func get(hash: KeyHash) throws(RedisStoreError) -> KeyLogEntry? {
+    public func get(hash: KeyHash) throws(RedisStoreError) -> KeyLogEntry? {
         guard case .string(let json) = try run(["GET", RedisKeys.record(hash)]) else { return nil }
         return try RedisKeyDirectory.decode(json)
     }
 
-    package static func decode(_ json: [UInt8]) throws(RedisStoreError) -> KeyLogEntry {
+    public static func decode(_ json: [UInt8]) throws(RedisStoreError) -> KeyLogEntry {
         do { return try JSONDecoder().decode(KeyLogEntry.self, from: Data(json)) } catch {
             throw .invalidRecord("undecodable record JSON")
         }
     }
 
     /// Every stored record, oldest first (by `at`, then id).
-    package func list() throws(RedisStoreError) -> [KeyLogEntry] {
+    public func list() throws(RedisStoreError) -> [KeyLogEntry] {
         guard case .array(let ids) = try run(["SMEMBERS", RedisKeys.idSet]) else { return [] }
         var out: [KeyLogEntry] = []
         for case .string(let id) in ids {

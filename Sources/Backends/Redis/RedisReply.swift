@@ -2,7 +2,7 @@ import CHiredis
 import Policy
 
 /// A Swift copy of one hiredis reply (the C reply is freed as soon as the callback returns).
-package enum RedisReply: Sendable, Equatable {
+public enum RedisReply: Sendable, Equatable {
     case status([UInt8])
     case error([UInt8])
     case integer(Int64)
@@ -37,7 +37,7 @@ package enum RedisReply: Sendable, Equatable {
     }
 
     /// Text of a status, error or string reply (for logs and tests, never the hot path).
-    package var text: String? {
+    public var text: String? {
         switch self {
         case .status(let b), .error(let b), .string(let b): String(decoding: b, as: UTF8.self)
         case .integer(let n): String(n)
@@ -45,11 +45,11 @@ package enum RedisReply: Sendable, Equatable {
         }
     }
 
-    package var isError: Bool { if case .error = self { true } else { false } }
+    public var isError: Bool { if case .error = self { true } else { false } }
 }
 
 /// How a command ended. Exactly one per command, delivered to its ``RedisWaiter``.
-package enum RedisResult: Sendable {
+public enum RedisResult: Sendable {
     /// Redis answered (an error reply, such as WRONGTYPE, is still an answer).
     case reply(RedisReply)
     /// The limiter script answered, decoded (only for ``RedisConnection/admit(_:plan:waiter:token:)``).
@@ -63,7 +63,7 @@ package enum RedisResult: Sendable {
 }
 
 /// The breaker's view of the store. Reported through `onStateChange` once per transition.
-package enum RedisHealth: Sendable, Equatable {
+public enum RedisHealth: Sendable, Equatable {
     /// Connected, handshake done, answering within deadlines.
     case up
     /// Breaker open: not connected, or too many consecutive timeouts. Commands fail fast.
@@ -72,6 +72,6 @@ package enum RedisHealth: Sendable, Equatable {
 
 /// Receives the result of a command started on a ``RedisConnection``. Called on the
 /// connection's loop, never from inside the call that started the command.
-package protocol RedisWaiter: AnyObject {
+public protocol RedisWaiter: AnyObject {
     func redisCompleted(token: UInt64, result: RedisResult)
 }

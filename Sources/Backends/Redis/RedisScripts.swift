@@ -3,7 +3,7 @@ import COpenSSL
 import Policy
 
 /// The Lua scripts Tollgate runs in Redis, with their SHA-1 (computed once, at first use).
-package enum RedisScripts {
+public enum RedisScripts {
     /// GCRA over several windows of one key, atomically, on the server's clock.
     ///
     /// - `KEYS[i]`: `tg:{<hex>}:rl:<i-1>`, one per window (same hash tag: one slot).
@@ -21,7 +21,7 @@ package enum RedisScripts {
     ///   `retry_ms` = ⌈its (used − τ)/1000⌉; refused windows give rem 0 and their own wait;
     ///   windows that had room give rem + 1 (the request was not counted) and
     ///   ⌈(max(TAT, now) − now)/1000⌉.
-    package static let limiterSource: String = """
+    public static let limiterSource: String = """
         local t = redis.call('TIME')
         local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
         local n = #KEYS
@@ -76,7 +76,7 @@ package enum RedisScripts {
     /// Announces an instance and counts the live ones, on the server's clock.
     /// `KEYS[1]` = `tg:instances`; `ARGV[1]` = instance id, `ARGV[2]` = liveness window (ms).
     /// Returns the number of instances seen within the window (this one included).
-    package static let heartbeatSource: String = """
+    public static let heartbeatSource: String = """
         local t = redis.call('TIME')
         local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         local window = tonumber(ARGV[2])
@@ -86,13 +86,13 @@ package enum RedisScripts {
         return redis.call('ZCARD', KEYS[1])
         """
 
-    package static let limiterSHA: [UInt8] = sha1Hex(limiterSource)
-    package static let heartbeatSHA: [UInt8] = sha1Hex(heartbeatSource)
-    package static let limiterBody: [UInt8] = Array(limiterSource.utf8)
-    package static let heartbeatBody: [UInt8] = Array(heartbeatSource.utf8)
+    public static let limiterSHA: [UInt8] = sha1Hex(limiterSource)
+    public static let heartbeatSHA: [UInt8] = sha1Hex(heartbeatSource)
+    public static let limiterBody: [UInt8] = Array(limiterSource.utf8)
+    public static let heartbeatBody: [UInt8] = Array(heartbeatSource.utf8)
 
     /// Lowercase hex SHA-1, the name Redis gives a script.
-    package static func sha1Hex(_ text: String) -> [UInt8] {
+    public static func sha1Hex(_ text: String) -> [UInt8] {
         var digest = [UInt8](repeating: 0, count: 20)
         var bytes = Array(text.utf8)
         bytes.withUnsafeMutableBufferPointer { src in
@@ -120,7 +120,7 @@ package enum RedisScripts {
     /// Turns the limiter script's reply into the verdict the in-process limiter would give:
     /// same `isAllowed`, `retryAfterSeconds`, per-window remaining/reset and reported window.
     /// Nil when the reply is not the script's shape (an error reply, a wrong window count).
-    package static func verdict(from reply: RedisReply, plan: PlanSpec) -> LimitVerdict? {
+    public static func verdict(from reply: RedisReply, plan: PlanSpec) -> LimitVerdict? {
         guard case .array(let items) = reply, items.count == 3 + 2 * plan.windows.count else { return nil }
         var ints = InlineArray<19, Int64>(repeating: 0)
         for (i, item) in items.enumerated() {

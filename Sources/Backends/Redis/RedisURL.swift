@@ -8,23 +8,23 @@
 ///     redis+unix://[user:pass@]/run/redis.sock[?db=N]
 ///
 /// User and password are percent-decoded. `rediss://` (TLS) is refused: hiredis 0.14 has no TLS.
-package struct RedisURL: Sendable, Equatable, CustomStringConvertible {
-    package enum Endpoint: Sendable, Equatable {
+public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
+    public enum Endpoint: Sendable, Equatable {
         case tcp(host: String, port: Int)
         case unix(path: String)
     }
 
-    package var endpoint: Endpoint
-    package var username: String?
-    package var password: String?
-    package var database: Int
+    public var endpoint: Endpoint
+    public var username: String?
+    public var password: String?
+    public var database: Int
 
-    package init(endpoint: Endpoint, username: String? = nil, password: String? = nil, database: Int = 0) {
+    public init(endpoint: Endpoint, username: String? = nil, password: String? = nil, database: Int = 0) {
         self.endpoint = endpoint; self.username = username; self.password = password; self.database = database
     }
 
     /// The URL without its password (for logs).
-    package var description: String {
+    public var description: String {
         let auth = password == nil ? (username.map { "\($0)@" } ?? "") : "\(username ?? ""):***@"
         switch endpoint {
         case .tcp(let host, let port):
@@ -35,9 +35,9 @@ package struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    package static let defaultPort = 6379
+    public static let defaultPort = 6379
 
-    package init(parsing text: String) throws(RedisURLError) {
+    public init(parsing text: String) throws(RedisURLError) {
         let s = text.trimmingWhitespace
         if s.isEmpty { throw .empty }
         guard let colon = s.firstIndex(of: ":") else { throw .missingScheme(text) }
@@ -169,7 +169,7 @@ package struct RedisURL: Sendable, Equatable, CustomStringConvertible {
 }
 
 /// Why a `store.redis` URL was refused; the description is meant for the operator.
-package enum RedisURLError: Error, Equatable, CustomStringConvertible {
+public enum RedisURLError: Error, Equatable, CustomStringConvertible {
     case empty
     case missingScheme(String)
     case unsupportedScheme(String)
@@ -183,7 +183,7 @@ package enum RedisURLError: Error, Equatable, CustomStringConvertible {
     case badSocketPath(String)
     case unexpectedQuery(String)
 
-    package var description: String {
+    public var description: String {
         switch self {
         case .empty: "redis URL is empty"
         case .missingScheme(let u): "redis URL '\(RedisURLError.redact(u))' has no scheme (expected redis://host:port/db or unix:///path)"
@@ -201,7 +201,7 @@ package enum RedisURLError: Error, Equatable, CustomStringConvertible {
     }
 
     /// Hides the password of a URL quoted in an error.
-    package static func redact(_ url: String) -> String {
+    public static func redact(_ url: String) -> String {
         guard let at = url.lastIndex(of: "@"), let colon0 = url.firstIndex(of: ":") else { return url }
         var start = url.index(after: colon0)
         while start < at, url[start] == "/" { start = url.index(after: start) }

@@ -13,13 +13,13 @@ import Foundation
 /// `Idempotency-Key` header: a retry with the same key and body replays the
 /// first answer (with `Idempotent-Replayed: true`) and changes nothing; the
 /// same key with another body is `422`.
-package final class AccountingBackend: Sendable {
-    package struct Options: Sendable {
+public final class AccountingBackend: Sendable {
+    public struct Options: Sendable {
         /// HS256 secret shared with the auth service; `nil`: trust `X-Tollgate-Consumer`.
-        package var jwtSecret: String?
+        public var jwtSecret: String?
         /// Credits a user is given when first seen.
-        package var initialCredits: Int = 100
-        package init() {}
+        public var initialCredits: Int = 100
+        public init() {}
     }
 
     /// Credits per unit, by service and operation (`POST /api/credits/calculate`).
@@ -41,13 +41,13 @@ package final class AccountingBackend: Sendable {
     private let verifier: HS256Verifier?
     private let counter = RequestCounter()
 
-    package init(dataDirectory: String, options: Options = Options()) throws(ReferenceServerError) {
+    public init(dataDirectory: String, options: Options = Options()) throws(ReferenceServerError) {
         self.options = options
         self.verifier = options.jwtSecret.flatMap { $0.isEmpty ? nil : HS256Verifier(secret: $0) }
         self.store = try StateStore(directory: dataDirectory, name: Self.snapshotName, initial: AccountingState())
     }
 
-    package func router() -> ReferenceRouter {
+    public func router() -> ReferenceRouter {
         var router = ReferenceRouter()
         router.add("GET", "/health", counting: counter) { _ in .json(200, ["status": "ok"]) }
         router.add("GET", "/admin/stats", counting: counter) { [self] _ in stats() }

@@ -2,30 +2,30 @@ import Foundation
 import Synchronization
 
 /// A handler's refusal: answered as JSON with `status`.
-package struct ReferenceHTTPError: Error, Sendable {
-    package var status: Int
-    package var body: JSONValue
-    package var headers: [(name: String, value: String)]
+public struct ReferenceHTTPError: Error, Sendable {
+    public var status: Int
+    public var body: JSONValue
+    public var headers: [(name: String, value: String)]
 
-    package init(_ status: Int, _ body: JSONValue, headers: [(name: String, value: String)] = []) {
+    public init(_ status: Int, _ body: JSONValue, headers: [(name: String, value: String)] = []) {
         self.status = status
         self.body = body
         self.headers = headers
     }
 
     /// `{"error": message}` with `status`.
-    package static func message(_ status: Int, _ message: String) -> ReferenceHTTPError {
+    public static func message(_ status: Int, _ message: String) -> ReferenceHTTPError {
         ReferenceHTTPError(status, ["error": .string(message)])
     }
 }
 
 /// Identity headers the proxy adds in front of the reference backends.
-package enum TollgateHeader {
-    package static let keyID = "X-Tollgate-Key-Id"
-    package static let consumer = "X-Tollgate-Consumer"
-    package static let scopes = "X-Tollgate-Scopes"
+public enum TollgateHeader {
+    public static let keyID = "X-Tollgate-Key-Id"
+    public static let consumer = "X-Tollgate-Consumer"
+    public static let scopes = "X-Tollgate-Scopes"
     /// Records without a consumer header belong to this owner.
-    package static let anonymousConsumer = "anonymous"
+    public static let anonymousConsumer = "anonymous"
 }
 
 extension ReferenceRequest {

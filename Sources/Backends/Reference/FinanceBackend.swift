@@ -9,11 +9,11 @@ import Synchronization
 /// Ownership: every record belongs to the consumer named in
 /// `X-Tollgate-Consumer` (added by the proxy), `anonymous` without it. Other
 /// consumers' records answer `404`.
-package final class FinanceBackend: Sendable {
-    package struct Options: Sendable {
+public final class FinanceBackend: Sendable {
+    public struct Options: Sendable {
         /// Wait before an import job starts processing (lets tests see `queued`).
-        package var importDelay: Duration = .milliseconds(20)
-        package init() {}
+        public var importDelay: Duration = .milliseconds(20)
+        public init() {}
     }
 
     static let snapshotName = "finance.json"
@@ -25,7 +25,7 @@ package final class FinanceBackend: Sendable {
     /// Import jobs still running on their background threads.
     private let runningImports = Mutex(0)
 
-    package init(dataDirectory: String, options: Options = Options()) throws(ReferenceServerError) {
+    public init(dataDirectory: String, options: Options = Options()) throws(ReferenceServerError) {
         self.options = options
         self.store = try StateStore(directory: dataDirectory, name: Self.snapshotName, initial: FinanceState())
         // Jobs cut short by a restart cannot resume (their payload is not kept).
@@ -43,7 +43,7 @@ package final class FinanceBackend: Sendable {
     }
 
     /// Stops background import jobs and waits (up to five seconds) for them.
-    package func shutdown() {
+    public func shutdown() {
         stopSignal.raise()
         let deadline = ContinuousClock.now.advanced(by: .seconds(5))
         while runningImports.withLock({ $0 }) > 0 && ContinuousClock.now < deadline {
@@ -51,7 +51,7 @@ package final class FinanceBackend: Sendable {
         }
     }
 
-    package func router() -> ReferenceRouter {
+    public func router() -> ReferenceRouter {
         var router = ReferenceRouter()
         let counter = self.counter
         router.add("GET", "/health", counting: counter) { _ in .json(200, ["status": "ok"]) }

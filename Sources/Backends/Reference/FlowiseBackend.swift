@@ -17,21 +17,21 @@ import Synchronization
 /// and then ends the response (no `end` event, as the current Flowise server).
 /// With an API key configured every `/api/v1/…` route but `ping` needs
 /// `Authorization: Bearer <key>`, else `401 {"message":"Unauthorized"}`.
-package final class FlowiseBackend: Sendable {
-    package struct Options: Sendable {
+public final class FlowiseBackend: Sendable {
+    public struct Options: Sendable {
         /// Flowise's own API key (`--flowise-api-key`, env `FLOWISE_API_KEY`).
-        package var apiKey: String?
+        public var apiKey: String?
         /// Pause between token events (`--token-delay-ms`, env `FLOWISE_TOKEN_DELAY_MS`).
-        package var tokenDelay: Duration = .milliseconds(20)
+        public var tokenDelay: Duration = .milliseconds(20)
         /// Test seam: called on the streaming thread just before event `index`
         /// (0-based) of `count` is written. Tests hold the stream open here.
-        package var beforeStreamEvent: (@Sendable (_ index: Int, _ count: Int) -> Void)?
-        package init() {}
+        public var beforeStreamEvent: (@Sendable (_ index: Int, _ count: Int) -> Void)?
+        public init() {}
     }
 
     /// The chatflows every fresh data directory starts with (ids are stable
     /// so demo policies can name them).
-    package static let defaultChatflows: [Chatflow] = [
+    public static let defaultChatflows: [Chatflow] = [
         Chatflow(id: "8c1f3e52-3c4b-4d2a-9a57-0d5f2b7c6a11", name: "Tollgate Assistant", deployed: true,
                  isPublic: false, category: "Support;Demo", createdDate: Date(timeIntervalSince1970: 1_735_689_600)),
         Chatflow(id: "2f6b9a7e-5d41-4c8e-b0f3-7a9c1e4d2b36", name: "Finance Q&A", deployed: true,
@@ -48,16 +48,16 @@ package final class FlowiseBackend: Sendable {
     private let streamsStarted = Atomic(0)
     private let streamsFinished = Atomic(0)
 
-    package init(dataDirectory: String, options: Options = Options()) throws(ReferenceServerError) {
+    public init(dataDirectory: String, options: Options = Options()) throws(ReferenceServerError) {
         self.options = options
         self.store = try StateStore(directory: dataDirectory, name: Self.snapshotName,
                                     initial: FlowiseState(chatflows: Self.defaultChatflows))
     }
 
     /// Streams whose last event has been written.
-    package var finishedStreamCount: Int { streamsFinished.load(ordering: .acquiring) }
+    public var finishedStreamCount: Int { streamsFinished.load(ordering: .acquiring) }
 
-    package func router() -> ReferenceRouter {
+    public func router() -> ReferenceRouter {
         var router = ReferenceRouter()
         router.add("GET", "/health", counting: counter) { _ in .json(200, ["status": "ok"]) }
         router.add("GET", "/admin/stats", counting: counter) { [self] _ in stats() }
@@ -84,14 +84,14 @@ package final class FlowiseBackend: Sendable {
     // MARK: - Answers
 
     /// The canned reply to `question`.
-    package static func cannedAnswer(to question: String) -> String {
+    public static func cannedAnswer(to question: String) -> String {
         "Reference answer: \(question)"
     }
 
     /// Splits text into tokens: each is a run of whitespace plus the word after
     /// it (the first has no leading whitespace), so the tokens concatenate back
     /// to the text exactly.
-    package static func tokenize(_ text: String) -> [String] {
+    public static func tokenize(_ text: String) -> [String] {
         var tokens: [String] = []
         var current = ""
         var hasWord = false
@@ -115,7 +115,7 @@ package final class FlowiseBackend: Sendable {
     }
 
     /// One Flowise SSE event: `message:\ndata:<json>\n\n`.
-    package static func event(_ name: String, _ data: JSONValue) -> String {
+    public static func event(_ name: String, _ data: JSONValue) -> String {
         let payload: JSONValue = ["event": .string(name), "data": data]
         return "message:\ndata:\(payload.serialized())\n\n"
     }
@@ -230,13 +230,13 @@ struct FlowiseState: Codable, Sendable {
 }
 
 extension FlowiseBackend {
-    package struct Chatflow: Codable, Sendable {
-        package var id: String
-        package var name: String
-        package var deployed: Bool
-        package var isPublic: Bool
-        package var category: String?
-        package var createdDate: Date
+    public struct Chatflow: Codable, Sendable {
+        public var id: String
+        public var name: String
+        public var deployed: Bool
+        public var isPublic: Bool
+        public var category: String?
+        public var createdDate: Date
 
         var json: JSONValue {
             ["id": .string(id), "name": .string(name), "deployed": .bool(deployed), "isPublic": .bool(isPublic),

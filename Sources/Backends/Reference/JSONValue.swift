@@ -3,7 +3,7 @@ import Foundation
 /// A JSON value with ordered object keys and `JSON.stringify`-compatible
 /// output (no spaces, `/` not escaped, control bytes as `\uXXXX`), so the
 /// reference backends can reproduce other services' bytes exactly.
-package enum JSONValue: Sendable, Equatable {
+public enum JSONValue: Sendable, Equatable {
     case null
     case bool(Bool)
     case int(Int64)
@@ -13,34 +13,34 @@ package enum JSONValue: Sendable, Equatable {
     case array([JSONValue])
     case object([(String, JSONValue)])
 
-    package static func == (lhs: JSONValue, rhs: JSONValue) -> Bool {
+    public static func == (lhs: JSONValue, rhs: JSONValue) -> Bool {
         lhs.serialized() == rhs.serialized()
     }
 
     /// Parses `bytes` (UTF-8 JSON). Object keys come back sorted.
-    package static func parse(_ bytes: [UInt8]) throws -> JSONValue {
+    public static func parse(_ bytes: [UInt8]) throws -> JSONValue {
         try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
     }
 
     // MARK: Access
 
-    package subscript(key: String) -> JSONValue? {
+    public subscript(key: String) -> JSONValue? {
         guard case .object(let members) = self else { return nil }
         return members.first { $0.0 == key }?.1
     }
 
-    package var stringValue: String? {
+    public var stringValue: String? {
         if case .string(let text) = self { return text }
         return nil
     }
 
-    package var boolValue: Bool? {
+    public var boolValue: Bool? {
         if case .bool(let flag) = self { return flag }
         return nil
     }
 
     /// Integers, and doubles or decimals with no fractional part.
-    package var intValue: Int? {
+    public var intValue: Int? {
         switch self {
         case .int(let value): return Int(exactly: value)
         case .double(let value): return Int(exactly: value)
@@ -49,7 +49,7 @@ package enum JSONValue: Sendable, Equatable {
         }
     }
 
-    package var doubleValue: Double? {
+    public var doubleValue: Double? {
         switch self {
         case .int(let value): Double(value)
         case .double(let value): value
@@ -58,7 +58,7 @@ package enum JSONValue: Sendable, Equatable {
         }
     }
 
-    package var decimalValue: Decimal? {
+    public var decimalValue: Decimal? {
         switch self {
         case .int(let value): Decimal(value)
         case .double(let value): Decimal(string: "\(value)")
@@ -67,14 +67,14 @@ package enum JSONValue: Sendable, Equatable {
         }
     }
 
-    package var isObject: Bool {
+    public var isObject: Bool {
         if case .object = self { return true }
         return false
     }
 
     // MARK: Output
 
-    package func serialized() -> String {
+    public func serialized() -> String {
         var out = ""
         write(to: &out)
         return out
@@ -137,23 +137,23 @@ package enum JSONValue: Sendable, Equatable {
 
 extension JSONValue: ExpressibleByDictionaryLiteral, ExpressibleByArrayLiteral, ExpressibleByStringLiteral,
     ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral, ExpressibleByNilLiteral, ExpressibleByFloatLiteral {
-    package init(dictionaryLiteral elements: (String, JSONValue)...) { self = .object(elements) }
-    package init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
-    package init(stringLiteral value: String) { self = .string(value) }
-    package init(integerLiteral value: Int64) { self = .int(value) }
-    package init(booleanLiteral value: Bool) { self = .bool(value) }
-    package init(nilLiteral: ()) { self = .null }
-    package init(floatLiteral value: Double) { self = .double(value) }
+    public init(dictionaryLiteral elements: (String, JSONValue)...) { self = .object(elements) }
+    public init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
+    public init(stringLiteral value: String) { self = .string(value) }
+    public init(integerLiteral value: Int64) { self = .int(value) }
+    public init(booleanLiteral value: Bool) { self = .bool(value) }
+    public init(nilLiteral: ()) { self = .null }
+    public init(floatLiteral value: Double) { self = .double(value) }
 }
 
 extension JSONValue {
     /// `.string(text)` or `.null`.
-    package static func optional(_ text: String?) -> JSONValue { text.map(JSONValue.string) ?? .null }
-    package static func number(_ value: Int) -> JSONValue { .int(Int64(value)) }
+    public static func optional(_ text: String?) -> JSONValue { text.map(JSONValue.string) ?? .null }
+    public static func number(_ value: Int) -> JSONValue { .int(Int64(value)) }
 }
 
 extension JSONValue: Codable {
-    package init(from decoder: any Decoder) throws {
+    public init(from decoder: any Decoder) throws {
         let container = try decoder.singleValueContainer()
         if container.decodeNil() { self = .null }
         else if let flag = try? container.decode(Bool.self) { self = .bool(flag) }
@@ -168,7 +168,7 @@ extension JSONValue: Codable {
         }
     }
 
-    package func encode(to encoder: any Encoder) throws {
+    public func encode(to encoder: any Encoder) throws {
         var container = encoder.singleValueContainer()
         switch self {
         case .null: try container.encodeNil()

@@ -4,17 +4,17 @@ import Glibc
 import Foundation
 
 /// A `host:port` to listen on.
-package struct ReferenceAddress: Sendable, Equatable, CustomStringConvertible {
-    package var host: String
-    package var port: UInt16
+public struct ReferenceAddress: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    public var port: UInt16
 
-    package init(host: String, port: UInt16) {
+    public init(host: String, port: UInt16) {
         self.host = host
         self.port = port
     }
 
     /// Parses `HOST:PORT`, `[V6]:PORT`, `:PORT` or `PORT` (host defaults to `defaultHost`).
-    package init?(parsing text: String, defaultHost: String = "127.0.0.1") {
+    public init?(parsing text: String, defaultHost: String = "127.0.0.1") {
         var host = defaultHost
         var portText = Substring(text)
         if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
@@ -31,11 +31,11 @@ package struct ReferenceAddress: Sendable, Equatable, CustomStringConvertible {
         self.init(host: host, port: port)
     }
 
-    package var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 
-    package static let defaultFinance = ReferenceAddress(host: "127.0.0.1", port: 7001)
-    package static let defaultAccounting = ReferenceAddress(host: "127.0.0.1", port: 7002)
-    package static let defaultFlowise = ReferenceAddress(host: "127.0.0.1", port: 7003)
+    public static let defaultFinance = ReferenceAddress(host: "127.0.0.1", port: 7001)
+    public static let defaultAccounting = ReferenceAddress(host: "127.0.0.1", port: 7002)
+    public static let defaultFlowise = ReferenceAddress(host: "127.0.0.1", port: 7003)
 }
 
 /// The reference backends running in this process: what `tollgate backends`
@@ -47,17 +47,17 @@ package struct ReferenceAddress: Sendable, Equatable, CustomStringConvertible {
 ///                                            options: .fromEnvironment())
 /// backends.runUntilSignalled()   // SIGINT / SIGTERM → stop()
 /// ```
-package struct ReferenceBackends: Sendable {
-    package struct Options: Sendable {
-        package var finance = FinanceBackend.Options()
-        package var accounting = AccountingBackend.Options()
-        package var flowise = FlowiseBackend.Options()
+public struct ReferenceBackends: Sendable {
+    public struct Options: Sendable {
+        public var finance = FinanceBackend.Options()
+        public var accounting = AccountingBackend.Options()
+        public var flowise = FlowiseBackend.Options()
 
-        package init() {}
+        public init() {}
 
         /// Options from `ACCOUNTING_JWT_SECRET`, `ACCOUNTING_INITIAL_CREDITS`,
         /// `FLOWISE_API_KEY` and `FLOWISE_TOKEN_DELAY_MS` (unset or unparsable: defaults).
-        package static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> Options {
+        public static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> Options {
             var options = Options()
             if let secret = environment["ACCOUNTING_JWT_SECRET"], !secret.isEmpty { options.accounting.jwtSecret = secret }
             if let credits = environment["ACCOUNTING_INITIAL_CREDITS"].flatMap({ Int($0) }), credits >= 0 {
@@ -71,24 +71,24 @@ package struct ReferenceBackends: Sendable {
         }
     }
 
-    package static let defaultDataDirectory = "./data/backends"
+    public static let defaultDataDirectory = "./data/backends"
 
-    package let finance: FinanceBackend?
-    package let accounting: AccountingBackend?
-    package let flowise: FlowiseBackend?
-    package let financeServer: ReferenceServer?
-    package let accountingServer: ReferenceServer?
-    package let flowiseServer: ReferenceServer?
+    public let finance: FinanceBackend?
+    public let accounting: AccountingBackend?
+    public let flowise: FlowiseBackend?
+    public let financeServer: ReferenceServer?
+    public let accountingServer: ReferenceServer?
+    public let flowiseServer: ReferenceServer?
 
     /// Bound ports (the real ones when started on port 0); `nil` when not started.
-    package var financePort: UInt16? { financeServer?.port }
-    package var accountingPort: UInt16? { accountingServer?.port }
-    package var flowisePort: UInt16? { flowiseServer?.port }
+    public var financePort: UInt16? { financeServer?.port }
+    public var accountingPort: UInt16? { accountingServer?.port }
+    public var flowisePort: UInt16? { flowiseServer?.port }
 
     /// Starts the backends whose address is given; each keeps its state in
     /// `dataDirectory` (`finance.json`, `accounting.json`, `flowise.json`).
     /// If one fails to start, those already started are stopped.
-    package static func start(finance: ReferenceAddress?, accounting: ReferenceAddress?, flowise: ReferenceAddress?,
+    public static func start(finance: ReferenceAddress?, accounting: ReferenceAddress?, flowise: ReferenceAddress?,
                               dataDirectory: String = defaultDataDirectory,
                               options: Options = Options()) throws(ReferenceServerError) -> ReferenceBackends {
         var started: [ReferenceServer] = []
@@ -120,7 +120,7 @@ package struct ReferenceBackends: Sendable {
     }
 
     /// Stops the servers (closing their connections) and waits for import jobs.
-    package func stop() {
+    public func stop() {
         financeServer?.stop()
         accountingServer?.stop()
         flowiseServer?.stop()
@@ -128,7 +128,7 @@ package struct ReferenceBackends: Sendable {
     }
 
     /// One line per running backend: `finance http://127.0.0.1:7001`.
-    package var summary: [String] {
+    public var summary: [String] {
         [("finance", financeServer), ("accounting", accountingServer), ("flowise", flowiseServer)]
             .compactMap { name, server in
                 server.map { "\(name) http://\(ReferenceAddress(host: $0.host, port: $0.port))" }
@@ -136,7 +136,7 @@ package struct ReferenceBackends: Sendable {
     }
 
     /// Blocks until SIGINT or SIGTERM, then calls ``stop()``.
-    package func runUntilSignalled() {
+    public func runUntilSignalled() {
         SignalWaiter.waitForTermination()
         stop()
     }

@@ -3,8 +3,8 @@ import Foundation
 
 /// SHA-256, HMAC-SHA-256, base64url and HS256 JWT checks for the reference
 /// backends (OpenSSL's libcrypto).
-package enum ReferenceCrypto {
-    package static func sha256(_ bytes: [UInt8]) -> [UInt8] {
+public enum ReferenceCrypto {
+    public static func sha256(_ bytes: [UInt8]) -> [UInt8] {
         var digest = [UInt8](repeating: 0, count: 32)
         bytes.withUnsafeBufferPointer { input in
             _ = SHA256(input.baseAddress, input.count, &digest)
@@ -12,7 +12,7 @@ package enum ReferenceCrypto {
         return digest
     }
 
-    package static func hmacSHA256(key: [UInt8], data: [UInt8]) -> [UInt8] {
+    public static func hmacSHA256(key: [UInt8], data: [UInt8]) -> [UInt8] {
         var digest = [UInt8](repeating: 0, count: 32)
         var length: UInt32 = 32
         key.withUnsafeBufferPointer { keyBytes in
@@ -24,7 +24,7 @@ package enum ReferenceCrypto {
         return digest
     }
 
-    package static func hex(_ bytes: [UInt8]) -> String {
+    public static func hex(_ bytes: [UInt8]) -> String {
         let digits = Array("0123456789abcdef".utf8)
         var out: [UInt8] = []
         out.reserveCapacity(bytes.count * 2)
@@ -36,7 +36,7 @@ package enum ReferenceCrypto {
     }
 
     /// Decodes base64url without padding (RFC 7515 §2); `nil` on any bad character.
-    package static func base64URLDecode(_ text: some StringProtocol) -> [UInt8]? {
+    public static func base64URLDecode(_ text: some StringProtocol) -> [UInt8]? {
         var out: [UInt8] = []
         var accumulator: UInt32 = 0
         var bits = 0
@@ -62,7 +62,7 @@ package enum ReferenceCrypto {
         return out
     }
 
-    package static func base64URLEncode(_ bytes: [UInt8]) -> String {
+    public static func base64URLEncode(_ bytes: [UInt8]) -> String {
         Data(bytes).base64EncodedString()
             .replacingOccurrences(of: "+", with: "-")
             .replacingOccurrences(of: "/", with: "_")
@@ -70,7 +70,7 @@ package enum ReferenceCrypto {
     }
 
     /// Constant-time comparison of two byte arrays.
-    package static func equalInConstantTime(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
+    public static func equalInConstantTime(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
         guard lhs.count == rhs.count else { return false }
         var difference: UInt8 = 0
         for index in lhs.indices { difference |= lhs[index] ^ rhs[index] }
@@ -79,7 +79,7 @@ package enum ReferenceCrypto {
 }
 
 /// Why an HS256 token was refused.
-package enum HS256Failure: Error, Equatable, Sendable {
+public enum HS256Failure: Error, Equatable, Sendable {
     case malformed
     case unsupportedAlgorithm
     case badSignature
@@ -89,15 +89,15 @@ package enum HS256Failure: Error, Equatable, Sendable {
 }
 
 /// Verifies compact HS256 JWTs (header.payload.signature) with a shared secret.
-package struct HS256Verifier: Sendable {
+public struct HS256Verifier: Sendable {
     private let secret: [UInt8]
     /// Clock skew allowed on `exp` and `nbf`.
-    package var leeway: Duration = .seconds(30)
+    public var leeway: Duration = .seconds(30)
 
-    package init(secret: String) { self.secret = Array(secret.utf8) }
+    public init(secret: String) { self.secret = Array(secret.utf8) }
 
     /// Returns the claims of a valid token; `now` is seconds since 1970.
-    package func verify(_ token: String, now: Double) throws(HS256Failure) -> JSONValue {
+    public func verify(_ token: String, now: Double) throws(HS256Failure) -> JSONValue {
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 3,
               let headerBytes = ReferenceCrypto.base64URLDecode(parts[0]),
@@ -119,7 +119,7 @@ package struct HS256Verifier: Sendable {
     }
 
     /// Signs `claims` (for tests and demos).
-    package func sign(_ claims: JSONValue) -> String {
+    public func sign(_ claims: JSONValue) -> String {
         let header = ReferenceCrypto.base64URLEncode(Array(#"{"alg":"HS256","typ":"JWT"}"#.utf8))
         let payload = ReferenceCrypto.base64URLEncode(Array(claims.serialized().utf8))
         let signature = ReferenceCrypto.hmacSHA256(key: secret, data: Array("\(header).\(payload)".utf8))

@@ -2,37 +2,37 @@
 ///
 /// Strings are fine here: this is test and demo infrastructure, not the
 /// proxy's hot path.
-package struct ReferenceRequest: Sendable {
+public struct ReferenceRequest: Sendable {
     /// The method as sent (`GET`, `POST`, …).
-    package var method: String
+    public var method: String
     /// The request target as sent (origin form, `/path?query`).
-    package var target: String
+    public var target: String
     /// The path part of the target, still percent-encoded.
-    package var path: String
+    public var path: String
     /// The raw query string (without `?`), empty when absent.
-    package var rawQuery: String
+    public var rawQuery: String
     /// Header fields in arrival order; names as sent.
-    package var headers: [(name: String, value: String)]
+    public var headers: [(name: String, value: String)]
     /// The decoded body (chunked framing removed).
-    package var body: [UInt8]
+    public var body: [UInt8]
     /// `{param}` captures of the matched route, percent-decoded.
-    package var pathParameters: [String: String] = [:]
+    public var pathParameters: [String: String] = [:]
     /// `HTTP/1.0` or `HTTP/1.1`.
-    package var version: String
+    public var version: String
     /// Raised when the server is stopping.
-    package var stopSignal: ReferenceStopSignal
+    public var stopSignal: ReferenceStopSignal
 
     /// The first header named `name` (ASCII case-insensitive).
-    package func header(_ name: String) -> String? {
+    public func header(_ name: String) -> String? {
         let wanted = name.lowercased()
         return headers.first { $0.name.lowercased() == wanted }?.value
     }
 
     /// Whether any header named `name` was present.
-    package func hasHeader(_ name: String) -> Bool { header(name) != nil }
+    public func hasHeader(_ name: String) -> Bool { header(name) != nil }
 
     /// Decoded query items in order (`+` is a space).
-    package var queryItems: [(name: String, value: String)] {
+    public var queryItems: [(name: String, value: String)] {
         guard !rawQuery.isEmpty else { return [] }
         return rawQuery.split(separator: "&", omittingEmptySubsequences: true).map { pair in
             let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
@@ -43,7 +43,7 @@ package struct ReferenceRequest: Sendable {
     }
 
     /// The first query item named `name`.
-    package func query(_ name: String) -> String? {
+    public func query(_ name: String) -> String? {
         queryItems.first { $0.name == name }?.value
     }
 }
@@ -51,39 +51,39 @@ package struct ReferenceRequest: Sendable {
 /// What a handler answers: a status, headers and a body that is either
 /// complete (sent with `Content-Length`) or streamed (sent chunked, each
 /// write flushed to the socket at once).
-package struct ReferenceResponse: Sendable {
-    package enum Body: Sendable {
+public struct ReferenceResponse: Sendable {
+    public enum Body: Sendable {
         case bytes([UInt8])
         /// Called once with a writer; every `write` goes out as one chunk.
         case stream(@Sendable (ReferenceStreamWriter) throws -> Void)
     }
 
-    package var status: Int
-    package var headers: [(name: String, value: String)]
-    package var body: Body
+    public var status: Int
+    public var headers: [(name: String, value: String)]
+    public var body: Body
 
-    package init(status: Int, headers: [(name: String, value: String)] = [], body: Body = .bytes([])) {
+    public init(status: Int, headers: [(name: String, value: String)] = [], body: Body = .bytes([])) {
         self.status = status
         self.headers = headers
         self.body = body
     }
 
     /// A JSON response (`application/json; charset=utf-8`).
-    package static func json(_ status: Int, _ value: JSONValue, headers: [(name: String, value: String)] = []) -> ReferenceResponse {
+    public static func json(_ status: Int, _ value: JSONValue, headers: [(name: String, value: String)] = []) -> ReferenceResponse {
         ReferenceResponse(status: status,
                           headers: [("Content-Type", "application/json; charset=utf-8")] + headers,
                           body: .bytes(Array(value.serialized().utf8)))
     }
 
     /// A plain-text response.
-    package static func text(_ status: Int, _ text: String) -> ReferenceResponse {
+    public static func text(_ status: Int, _ text: String) -> ReferenceResponse {
         ReferenceResponse(status: status, headers: [("Content-Type", "text/plain; charset=utf-8")],
                           body: .bytes(Array(text.utf8)))
     }
 
     /// A `text/event-stream` response; the server frames it with chunked
     /// transfer encoding and flushes every write.
-    package static func eventStream(headers: [(name: String, value: String)] = [],
+    public static func eventStream(headers: [(name: String, value: String)] = [],
                                     _ produce: @escaping @Sendable (ReferenceStreamWriter) throws -> Void) -> ReferenceResponse {
         ReferenceResponse(status: 200,
                           headers: [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")] + headers,
@@ -93,7 +93,7 @@ package struct ReferenceResponse: Sendable {
 
 /// Writes one streamed response body. Each ``write(_:)`` is sent to the socket
 /// before it returns (as one HTTP/1.1 chunk, or raw for HTTP/1.0 clients).
-package final class ReferenceStreamWriter: Sendable {
+public final class ReferenceStreamWriter: Sendable {
     private let socket: ReferenceSocket
     private let isChunked: Bool
 
@@ -102,7 +102,7 @@ package final class ReferenceStreamWriter: Sendable {
         self.isChunked = isChunked
     }
 
-    package func write(_ bytes: [UInt8]) throws(ReferenceServerError) {
+    public func write(_ bytes: [UInt8]) throws(ReferenceServerError) {
         guard !bytes.isEmpty else { return }
         if isChunked {
             var frame = Array(String(bytes.count, radix: 16).utf8)
@@ -116,7 +116,7 @@ package final class ReferenceStreamWriter: Sendable {
         }
     }
 
-    package func write(_ text: String) throws(ReferenceServerError) {
+    public func write(_ text: String) throws(ReferenceServerError) {
         try write(Array(text.utf8))
     }
 
@@ -126,14 +126,14 @@ package final class ReferenceStreamWriter: Sendable {
 }
 
 /// Errors of the reference server itself (not HTTP answers).
-package enum ReferenceServerError: Error, Equatable, CustomStringConvertible {
+public enum ReferenceServerError: Error, Equatable, CustomStringConvertible {
     case invalidAddress(String)
     case socketFailed(operation: String, errno: Int32)
     case threadStartFailed(errno: Int32)
     case connectionClosed
     case persistenceFailed(path: String, reason: String)
 
-    package var description: String {
+    public var description: String {
         switch self {
         case .invalidAddress(let address): "invalid listen address: \(address)"
         case .socketFailed(let operation, let code): "\(operation) failed: errno \(code)"

@@ -3,8 +3,8 @@
 /// Patterns are literal segments and `{name}` captures:
 /// `/api/finance/accounts/{id}`. The method `*` matches any method. A route
 /// for `GET` also answers `HEAD` (the server drops the body).
-package struct ReferenceRouter: Sendable {
-    package typealias Handler = @Sendable (ReferenceRequest) throws -> ReferenceResponse
+public struct ReferenceRouter: Sendable {
+    public typealias Handler = @Sendable (ReferenceRequest) throws -> ReferenceResponse
 
     private enum Segment: Sendable, Equatable {
         case literal(String)
@@ -18,7 +18,7 @@ package struct ReferenceRouter: Sendable {
     }
 
     /// The outcome of matching one request.
-    package enum Match: Sendable {
+    public enum Match: Sendable {
         case found(Handler, parameters: [String: String])
         case methodNotAllowed(allowed: [String])
         case notFound
@@ -26,9 +26,9 @@ package struct ReferenceRouter: Sendable {
 
     private var routes: [Route] = []
 
-    package init() {}
+    public init() {}
 
-    package mutating func add(_ method: String, _ pattern: String, _ handler: @escaping Handler) {
+    public mutating func add(_ method: String, _ pattern: String, _ handler: @escaping Handler) {
         let segments = Self.split(pattern).map { part -> Segment in
             if part.hasPrefix("{") && part.hasSuffix("}") {
                 return .capture(String(part.dropFirst().dropLast()))
@@ -38,7 +38,7 @@ package struct ReferenceRouter: Sendable {
         routes.append(Route(method: method, segments: segments, handler: handler))
     }
 
-    package func match(method: String, path: String) -> Match {
+    public func match(method: String, path: String) -> Match {
         let parts = Self.split(path)
         var allowed: [String] = []
         for route in routes {

@@ -17,12 +17,12 @@ import CSystem
 /// streamed (chunked, flushed per write) responses. Malformed or ambiguous
 /// requests get `400` (or 431/501/505) and the connection is closed.
 /// Correctness and clarity over speed: this is test and demo infrastructure.
-package final class ReferenceServer: Sendable {
+public final class ReferenceServer: Sendable {
     /// The bound port (the real one when asked for port 0).
-    package let port: UInt16
-    package let host: String
+    public let port: UInt16
+    public let host: String
     /// Requests answered so far (all routes, all connections).
-    package var requestCount: Int { requests.load(ordering: .relaxed) }
+    public var requestCount: Int { requests.load(ordering: .relaxed) }
 
     private let listenFD: Int32
     private let router: ReferenceRouter
@@ -40,7 +40,7 @@ package final class ReferenceServer: Sendable {
     static let idleTimeoutSeconds = 120
 
     /// Binds `host:port` (port 0: an ephemeral port) and starts accepting.
-    package init(host: String, port: UInt16, router: ReferenceRouter) throws(ReferenceServerError) {
+    public init(host: String, port: UInt16, router: ReferenceRouter) throws(ReferenceServerError) {
         let (fd, boundPort) = try SocketAddress.listen(host: host, port: port)
         self.listenFD = fd
         self.port = boundPort
@@ -57,7 +57,7 @@ package final class ReferenceServer: Sendable {
 
     /// Stops accepting, wakes and closes every connection, and waits (up to
     /// five seconds) for connection threads to finish. Safe to call twice.
-    package func stop() {
+    public func stop() {
         let wasStopping = connections.withLock { state in
             let was = state.isStopping
             state.isStopping = true

@@ -9,25 +9,25 @@ import Synchronization
 /// thread per connection, one per import job): clarity over speed. Spawned
 /// threads block SIGINT, SIGTERM and SIGPIPE so that process signals reach the
 /// thread that waits for them (see ``ReferenceBackends/runUntilSignalled()``).
-package final class ReferenceThread: Sendable {
+public final class ReferenceThread: Sendable {
     private let handle: pthread_t
     private let isJoined = Mutex(false)
 
     private init(handle: pthread_t) { self.handle = handle }
 
     /// Starts `body` on a new joinable thread.
-    package static func spawn(_ body: @escaping @Sendable () -> Void) throws(ReferenceServerError) -> ReferenceThread {
+    public static func spawn(_ body: @escaping @Sendable () -> Void) throws(ReferenceServerError) -> ReferenceThread {
         ReferenceThread(handle: try start(body))
     }
 
     /// Starts `body` on a new detached thread (nobody will join it).
-    package static func detach(_ body: @escaping @Sendable () -> Void) throws(ReferenceServerError) {
+    public static func detach(_ body: @escaping @Sendable () -> Void) throws(ReferenceServerError) {
         let handle = try start(body)
         pthread_detach(handle)
     }
 
     /// Waits for the thread to finish. Joining more than once is a no-op.
-    package func join() {
+    public func join() {
         let shouldJoin = isJoined.withLock { joined in
             if joined { return false }
             joined = true
@@ -66,19 +66,19 @@ private final class ThreadBody: Sendable {
 
 /// Set by ``ReferenceServer/stop()``; long handlers (slow replies, token
 /// delays) sleep through it so that a stopping server is not held up.
-package final class ReferenceStopSignal: Sendable {
+public final class ReferenceStopSignal: Sendable {
     private let isRaised = Atomic(false)
 
-    package init() {}
+    public init() {}
 
-    package var isStopping: Bool { isRaised.load(ordering: .acquiring) }
+    public var isStopping: Bool { isRaised.load(ordering: .acquiring) }
 
-    package func raise() { isRaised.store(true, ordering: .releasing) }
+    public func raise() { isRaised.store(true, ordering: .releasing) }
 
     /// Sleeps for `duration` in small steps; returns `false` if the server
     /// began stopping before the time was up.
     @discardableResult
-    package func sleep(for duration: Duration) -> Bool {
+    public func sleep(for duration: Duration) -> Bool {
         let deadline = ContinuousClock.now.advanced(by: duration)
         while ContinuousClock.now < deadline {
             if isStopping { return false }

@@ -4,40 +4,40 @@
 /// Strict, allocation-free request-head parser (RFC 9112). Resumable: call `parse` again
 /// with the same message start and more bytes; it does not rescan what it has seen
 /// looking for the end of the head.
-package struct HTTP1RequestParser: Sendable {
-    package var limits: HTTP1Limits
+public struct HTTP1RequestParser: Sendable {
+    public var limits: HTTP1Limits
     private var state = RequestParseState()
-    package init(limits: HTTP1Limits = HTTP1Limits()) { self.limits = limits }
+    public init(limits: HTTP1Limits = HTTP1Limits()) { self.limits = limits }
     /// Forget progress (next message). Also done by `parse` itself after `.complete`/`.failed`.
-    package mutating func reset() { state = RequestParseState() }
+    public mutating func reset() { state = RequestParseState() }
     /// `bytes` starts at the first byte of the request line. Header ranges go to `headers`
     /// (cleared first). On `.complete`, `head` is filled.
-    package mutating func parse(_ bytes: UnsafeRawBufferPointer, into head: inout HTTP1RequestHead,
+    public mutating func parse(_ bytes: UnsafeRawBufferPointer, into head: inout HTTP1RequestHead,
                                 headers: HeaderTable) -> HTTP1ParseResult {
         state.parse(bytes, limits: limits, into: &head, headers: headers)
     }
 }
 
 /// Strict response-head parser for what upstreams send.
-package struct HTTP1ResponseParser: Sendable {
-    package var limits: HTTP1Limits
+public struct HTTP1ResponseParser: Sendable {
+    public var limits: HTTP1Limits
     private var state = ResponseParseState()
-    package init(limits: HTTP1Limits = HTTP1Limits()) { self.limits = limits }
+    public init(limits: HTTP1Limits = HTTP1Limits()) { self.limits = limits }
     /// Forget progress (next message). Also done by `parse` itself after `.complete`/`.failed`.
-    package mutating func reset() { state = ResponseParseState() }
+    public mutating func reset() { state = ResponseParseState() }
     /// `requestMethod` decides bodiless responses (HEAD; 1xx, 204, 304 always).
-    package mutating func parse(_ bytes: UnsafeRawBufferPointer, requestMethod: HTTPMethod,
+    public mutating func parse(_ bytes: UnsafeRawBufferPointer, requestMethod: HTTPMethod,
                                 into head: inout HTTP1ResponseHead, headers: HeaderTable) -> HTTP1ParseResult {
         state.parse(bytes, requestMethod: requestMethod, limits: limits, into: &head, headers: headers)
     }
 }
 
 /// Streaming decoder of a chunked body, byte-resumable.
-package struct ChunkedDecoder: Sendable {
+public struct ChunkedDecoder: Sendable {
     private var state = ChunkedState()
-    package init() {}
-    package mutating func reset() { state = ChunkedState() }
+    public init() {}
+    public mutating func reset() { state = ChunkedState() }
     /// `input` holds only bytes not consumed by earlier steps. After `.end` further steps
     /// return `.end(consumed: 0)`; after `.failed` they repeat the failure.
-    package mutating func step(_ input: UnsafeRawBufferPointer) -> ChunkedStep { state.step(input) }
+    public mutating func step(_ input: UnsafeRawBufferPointer) -> ChunkedStep { state.step(input) }
 }

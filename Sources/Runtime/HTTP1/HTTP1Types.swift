@@ -1,18 +1,22 @@
 /// A view into a message head: `offset` counts from the first byte handed to the parser
 /// (the start of the request/status line), so it stays valid if the buffer is compacted.
-package struct ByteRange: Equatable, Sendable {
-    package var offset: Int32
-    package var count: Int32
-    package init(offset: Int, count: Int) { self.offset = Int32(offset); self.count = Int32(count) }
-    package static let empty = ByteRange(offset: 0, count: 0)
-    @inline(__always) package var isEmpty: Bool { count == 0 }
-    @inline(__always) package var end: Int { Int(offset) + Int(count) }
+public struct ByteRange: Equatable, Sendable {
+    public var offset: Int32
+    public var count: Int32
+    /// Offsets and counts within one buffer (well under 2 GiB): truncation never happens.
+    @inline(__always) public init(offset: Int, count: Int) {
+        self.offset = Int32(truncatingIfNeeded: offset)
+        self.count = Int32(truncatingIfNeeded: count)
+    }
+    public static let empty = ByteRange(offset: 0, count: 0)
+    @inline(__always) public var isEmpty: Bool { count == 0 }
+    @inline(__always) public var end: Int { Int(offset) + Int(count) }
 }
 
-package enum HTTPMethod: UInt8, Sendable, CaseIterable {
+public enum HTTPMethod: UInt8, Sendable, CaseIterable {
     case get, head, post, put, delete, patch, options, trace, connect, other
     /// RFC 9110 §9.2.2: safe to retry on a fresh upstream connection.
-    package var isIdempotent: Bool {
+    public var isIdempotent: Bool {
         switch self {
         case .get, .head, .put, .delete, .options, .trace: return true
         case .post, .patch, .connect, .other: return false
@@ -20,10 +24,10 @@ package enum HTTPMethod: UInt8, Sendable, CaseIterable {
     }
 }
 
-package enum HTTPVersion: UInt8, Sendable { case http10, http11 }
+public enum HTTPVersion: UInt8, Sendable { case http10, http11 }
 
 /// How the body after a head is delimited.
-package enum BodyFraming: Equatable, Sendable {
+public enum BodyFraming: Equatable, Sendable {
     case none
     case contentLength(Int64)
     case chunked
@@ -31,94 +35,94 @@ package enum BodyFraming: Equatable, Sendable {
     case untilClose
 }
 
-package struct HeaderField: Equatable, Sendable {
-    package var name: ByteRange
+public struct HeaderField: Equatable, Sendable {
+    public var name: ByteRange
     /// The field value with leading and trailing OWS removed.
-    package var value: ByteRange
-    package init(name: ByteRange, value: ByteRange) { self.name = name; self.value = value }
+    public var value: ByteRange
+    public init(name: ByteRange, value: ByteRange) { self.name = name; self.value = value }
 }
 
 /// Fixed-capacity table of header fields, owned by a connection and reused for every
 /// message on it: parsing never allocates.
-package final class HeaderTable {
-    package let capacity: Int
-    package private(set) var count = 0
+public final class HeaderTable {
+    public let capacity: Int
+    public private(set) var count = 0
     private let fields: UnsafeMutablePointer<HeaderField>
-    package init(capacity: Int = 128) {
+    public init(capacity: Int = 128) {
         self.capacity = capacity
         fields = .allocate(capacity: capacity)
     }
     deinit { fields.deallocate() }
-    @inline(__always) package func removeAll() { count = 0 }
+    @inline(__always) public func removeAll() { count = 0 }
     /// Appends; returns false when full.
-    @inline(__always) package func append(_ f: HeaderField) -> Bool {
+    @inline(__always) public func append(_ f: HeaderField) -> Bool {
         if count == capacity { return false }
         fields[count] = f
         count &+= 1
         return true
     }
-    @inline(__always) package subscript(i: Int) -> HeaderField {
+    @inline(__always) public subscript(i: Int) -> HeaderField {
         get { fields[i] }
         set { fields[i] = newValue }
     }
 }
 
-package struct HTTP1Limits: Sendable {
+public struct HTTP1Limits: Sendable {
     /// Whole head (request line + fields + final CRLF): over it → 431.
-    package var maxHeadBytes = 16 * 1024
+    public var maxHeadBytes = 16 * 1024
     /// Request-target: over it → 414.
-    package var maxTargetBytes = 8 * 1024
+    public var maxTargetBytes = 8 * 1024
     /// Number of fields: over it → 431.
-    package var maxHeaderCount = 100
-    package init() {}
+    public var maxHeaderCount = 100
+    public init() {}
 }
 
-package struct HTTP1RequestHead: Sendable {
-    package var method: HTTPMethod = .get
-    package var methodRange = ByteRange.empty
+public struct HTTP1RequestHead: Sendable {
+    public var method: HTTPMethod = .get
+    public var methodRange = ByteRange.empty
     /// The raw request-target.
-    package var target = ByteRange.empty
+    public var target = ByteRange.empty
     /// Path part of the target: origin-form up to `?`; for absolute-form the part after the
     /// authority (empty range means "/"); for asterisk-form the `*`.
-    package var path = ByteRange.empty
+    public var path = ByteRange.empty
     /// The query after `?` (without it); `hasQuery` tells an empty query from none.
-    package var query = ByteRange.empty
-    package var hasQuery = false
+    public var query = ByteRange.empty
+    public var hasQuery = false
     /// absolute-form (`http://host/p`): the authority; empty otherwise.
-    package var authority = ByteRange.empty
-    package var form: TargetForm = .origin
-    package var version: HTTPVersion = .http11
+    public var authority = ByteRange.empty
+    public var form: TargetForm = .origin
+    public var version: HTTPVersion = .http11
     /// Index of the Host field in the header table, -1 when absent (HTTP/1.0 only).
-    package var hostIndex = -1
-    package var framing: BodyFraming = .none
+    public var hostIndex = -1
+    public var framing: BodyFraming = .none
     /// `Connection: close`, or HTTP/1.0 without `Connection: keep-alive`.
-    package var wantsClose = false
+    public var wantsClose = false
     /// `Expect: 100-continue` (any other expectation is an error → 417 is not used: 400).
-    package var expectsContinue = false
+    public var expectsContinue = false
     /// A Connection header lists field names (besides close/keep-alive) to drop on forwarding.
-    package var hasConnectionOptions = false
+    public var hasConnectionOptions = false
     /// Bytes of the head, request line to the final CRLF inclusive.
-    package var headLength = 0
-    package init() {}
+    public var headLength = 0
+    public init() {}
 
-    package enum TargetForm: UInt8, Sendable { case origin, absolute, authority, asterisk }
+    public enum TargetForm: UInt8, Sendable { case origin, absolute, authority, asterisk }
 }
 
-package struct HTTP1ResponseHead: Sendable {
-    package var status = 0
-    package var version: HTTPVersion = .http11
-    package var reason = ByteRange.empty
-    package var framing: BodyFraming = .none
+public struct HTTP1ResponseHead: Sendable {
+    public var status = 0
+    public var version: HTTPVersion = .http11
+    public var reason = ByteRange.empty
+    public var framing: BodyFraming = .none
     /// `Connection: close`, HTTP/1.0 without keep-alive, or a close-delimited body.
-    package var wantsClose = false
+    public var wantsClose = false
     /// A Connection header lists field names (besides close/keep-alive) to drop on forwarding.
-    package var hasConnectionOptions = false
-    package var headLength = 0
-    package init() {}
+    public var hasConnectionOptions = false
+    public var headLength = 0
+    public init() {}
 }
 
-package struct HTTP1ParseError: Error, Equatable, Sendable {
-    package enum Kind: UInt8, Sendable {
+public struct HTTP1ParseError: Error, Equatable, Sendable {
+    public enum Kind: UInt8, Sendable {
         case badRequestLine, badMethod, badTarget, badVersion, unsupportedVersion
         case badStatusLine
         case badHeaderName, badHeaderValue, whitespaceBeforeColon, obsFold
@@ -130,13 +134,13 @@ package struct HTTP1ParseError: Error, Equatable, Sendable {
         case badChunkSize, badChunkExtension, badChunkTerminator, badTrailer
         case headTooLarge, uriTooLong, tooManyHeaders
     }
-    package var kind: Kind
+    public var kind: Kind
     /// Offset of the offending byte from the start of the message (or of the chunked body).
-    package var offset: Int
-    package init(_ kind: Kind, at offset: Int) { self.kind = kind; self.offset = offset }
+    public var offset: Int
+    public init(_ kind: Kind, at offset: Int) { self.kind = kind; self.offset = offset }
 
     /// The status a server answers with.
-    package var status: Int {
+    public var status: Int {
         switch kind {
         case .headTooLarge, .tooManyHeaders: return 431
         case .uriTooLong: return 414
@@ -146,7 +150,7 @@ package struct HTTP1ParseError: Error, Equatable, Sendable {
     }
 }
 
-package enum HTTP1ParseResult: Equatable, Sendable {
+public enum HTTP1ParseResult: Equatable, Sendable {
     /// The head is complete and valid; it is `consumed` bytes long.
     case complete(consumed: Int)
     /// More bytes are needed (nothing is wrong so far, limits included).
@@ -155,7 +159,7 @@ package enum HTTP1ParseResult: Equatable, Sendable {
 }
 
 /// One step of a streaming chunked-body decoder.
-package enum ChunkedStep: Equatable, Sendable {
+public enum ChunkedStep: Equatable, Sendable {
     /// Body bytes at `input[skip ..< skip + count]`; the caller advances by `skip + count`.
     case data(skip: Int, count: Int)
     /// All `consumed` bytes were framing (sizes, extensions, CRLFs); more input is needed.
