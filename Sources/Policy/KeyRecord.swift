@@ -26,6 +26,10 @@ public final class KeyRecord: Sendable, CustomStringConvertible {
     /// Unix seconds; the key is refused from this instant on.
     public let expiresAt: Int64?
     public let status: KeyStatus
+    /// The identity lines the backend receives, built once per record:
+    /// `X-Tollgate-Key-Id: …`, `X-Tollgate-Consumer: …`, `X-Tollgate-Scopes: a,b`, each with
+    /// its CRLF. Owned by the record (freed with it) and never written after init.
+    nonisolated(unsafe) public let identityLines: UnsafeRawBufferPointer
 
     public init(id: String, hash: KeyHash, prefix: String = "", consumer: String, planIndex: Int?,
                  scopes: ScopeSet, scopeNames: [String], allowIPs: CIDRSet?, expiresAt: Int64?,
@@ -33,7 +37,15 @@ public final class KeyRecord: Sendable, CustomStringConvertible {
         self.id = id; self.hash = hash; self.prefix = prefix; self.consumer = consumer
         self.planIndex = planIndex; self.scopes = scopes; self.scopeNames = scopeNames
         self.allowIPs = allowIPs; self.expiresAt = expiresAt; self.status = status
+        var lines = Array("X-Tollgate-Key-Id: ".utf8) + Array(id.utf8) + [0x0D, 0x0A]
+        lines += Array("X-Tollgate-Consumer: ".utf8) + Array(consumer.utf8) + [0x0D, 0x0A]
+        lines += Array("X-Tollgate-Scopes: ".utf8) + Array(scopeNames.joined(separator: ",").utf8) + [0x0D, 0x0A]
+        let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: lines.count, alignment: 1)
+        storage.copyBytes(from: lines)
+        identityLines = UnsafeRawBufferPointer(storage)
     }
+
+    deinit { identityLines.deallocate() }
 
     /// A copy with another status (revoke / disable / enable).
     public func with(status: KeyStatus) -> KeyRecord {

@@ -7,7 +7,9 @@ import Runtime
 /// connections across them).
 final class Listener: EventHandler {
     let fd: Int32
-    unowned(unsafe) let context: LoopContext
+    // Strong: calls through an unowned(unsafe) reference retain and release it around
+    // every call (measured); the context outlives every connection anyway.
+    let context: LoopContext
     let isTLS: Bool
     private var isClosed = false
 

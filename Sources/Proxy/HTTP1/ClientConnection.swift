@@ -52,7 +52,9 @@ final class ClientConnection: EventHandler, RedisWaiter {
     let peer: PeerAddress
     let peerIP: IPAddress
     let isTLS: Bool
-    unowned(unsafe) let context: LoopContext
+    // Strong: calls through an unowned(unsafe) reference retain and release it around
+    // every call (measured); the context outlives every connection anyway.
+    let context: LoopContext
     var slot = -1
 
     let inBuf: IOBuffer

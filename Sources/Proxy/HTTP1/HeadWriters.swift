@@ -13,9 +13,6 @@ enum RequestHeadWriter {
     static let xfh: StaticString = "X-Forwarded-Host: "
     static let xrid: StaticString = "X-Request-Id: "
     static let host: StaticString = "Host: "
-    static let keyID: StaticString = "X-Tollgate-Key-Id: "
-    static let consumer: StaticString = "X-Tollgate-Consumer: "
-    static let scopes: StaticString = "X-Tollgate-Scopes: "
     static let commaSpace: StaticString = ", "
     static let crlfTraceparentStart: StaticString = "\r\ntraceparent: 00-"
     static let crlfXfpHTTP: StaticString = "\r\nX-Forwarded-Proto: http\r\n"
@@ -141,21 +138,11 @@ enum RequestHeadWriter {
             out.put(crlf)
         }
         if let r = c.exchange.record {
-            // Identity for the backend (client-sent X-Tollgate-* were dropped above).
-            let need = r.id.utf8.count + r.consumer.utf8.count + r.scopeNames.reduce(0) { $0 + $1.utf8.count + 1 } + 96
-            if out.writableBytes < need { return false }
-            out.put(keyID)
-            out.put(string: r.id)
-            out.put(crlf)
-            out.put(consumer)
-            out.put(string: r.consumer)
-            out.put(crlf)
-            out.put(scopes)
-            for (k, name) in r.scopeNames.enumerated() {
-                if k > 0 { out.put(byte: 0x2C) }
-                out.put(string: name)
-            }
-            out.put(crlf)
+            // Identity for the backend (client-sent X-Tollgate-* were dropped above), built
+            // once per record.
+            let lines = r.identityLines
+            if out.writableBytes < lines.count + 2 { return false }
+            out.put(lines)
         }
         out.put(crlf)
         return true
