@@ -113,8 +113,7 @@ enum PolicyCompiler {
         let allKeys = docs.flatMap(\.keys)
         var keys: [KeyRecord] = []
         keys.reserveCapacity(allKeys.count)
-        var byHash: [KeyHash: KeyRecord] = [:]
-        byHash.reserveCapacity(allKeys.count)
+        var byHash = KeyHashMap<KeyRecord>(minimumCapacity: allKeys.count)
         var ids: [String: SourceLocation] = [:]
         ids.reserveCapacity(allKeys.count)
         var hashes: [KeyHash: (String, SourceLocation)] = [:]

@@ -20,12 +20,12 @@ public final class PolicySnapshot: Sendable {
     public let scopeTable: ScopeTable
     /// Declared keys, in declaration order.
     public let keys: [KeyRecord]
-    let keyIndex: [KeyHash: KeyRecord]
+    let keyIndex: KeyHashMap<KeyRecord>
 
     init(listeners: [ListenerSpec], admin: AdminSpec?, store: StoreSpec?, storeFailMode: StoreFailMode,
          storeDeadline: Duration, backends: [BackendSpec], credentials: CredentialRule, clients: ClientRules,
          plans: [PlanSpec], routes: RouteTable, scopeTable: ScopeTable, keys: [KeyRecord],
-         keyIndex: [KeyHash: KeyRecord]) {
+         keyIndex: KeyHashMap<KeyRecord>) {
         self.listeners = listeners; self.admin = admin; self.store = store; self.storeFailMode = storeFailMode
         self.storeDeadline = storeDeadline; self.backends = backends; self.credentials = credentials
         self.clients = clients; self.plans = plans; self.routeTable = routes; self.scopeTable = scopeTable

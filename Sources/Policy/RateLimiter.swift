@@ -16,7 +16,7 @@ public final class RateLimiter: Sendable {
     }
 
     struct StripeState {
-        var cells: [KeyHash: Cell] = [:]
+        var cells = KeyHashMap<Cell>()
         var sweepAt = RateLimiter.minSweep
     }
 
@@ -42,27 +42,27 @@ public final class RateLimiter: Sendable {
         if plan.windows.isEmpty { return LimitVerdict(planIndex: plan.index, windowCount: 0) }
         let stripe = stripes[Int(truncatingIfNeeded: key.w1) & mask]
         return stripe.state.withLock { st -> LimitVerdict in
-            var idx = st.cells.index(forKey: key)
-            if idx == nil {
+            let i: Int
+            if let found = st.cells.index(forKey: key) {
+                i = found
+                if st.cells[slot: i].signature != plan.signature {
+                    st.cells[slot: i] = Cell(signature: plan.signature, tats: InlineArray(repeating: 0))
+                }
+            } else {
                 if st.cells.count >= st.sweepAt {
-                    st.cells = st.cells.filter { !RateLimiter.isIdle($0.value, now: now) }
+                    st.cells = st.cells.filter { !RateLimiter.isIdle($1, now: now) }
                     st.sweepAt = max(RateLimiter.minSweep, st.cells.count * 2)
                 }
-                st.cells[key] = Cell(signature: plan.signature, tats: InlineArray(repeating: 0))
-                idx = st.cells.index(forKey: key)
+                i = st.cells.insert(key, Cell(signature: plan.signature, tats: InlineArray(repeating: 0)))
             }
-            let i = idx!
-            if st.cells.values[i].signature != plan.signature {
-                st.cells.values[i] = Cell(signature: plan.signature, tats: InlineArray(repeating: 0))
-            }
-            return GCRA.admit(tats: &st.cells.values[i].tats, plan: plan, now: now)
+            return GCRA.admit(tats: &st.cells[slot: i].tats, plan: plan, now: now)
         }
     }
 
     /// Forgets a key's state (admin reset, key deleted).
     public func reset(key: KeyHash) {
         let stripe = stripes[Int(truncatingIfNeeded: key.w1) & mask]
-        stripe.state.withLock { _ = $0.cells.removeValue(forKey: key) }
+        stripe.state.withLock { $0.cells.removeValue(forKey: key) }
     }
 
     /// Live cells (for metrics and tests).

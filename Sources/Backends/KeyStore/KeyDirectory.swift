@@ -4,7 +4,7 @@ import Policy
 /// keys) compiled against one policy snapshot. Immutable; rebuilt when either changes and
 /// handed to every loop, so a lookup is one or two dictionary probes and no lock.
 public final class KeyDirectory: Sendable {
-    private let byHash: [KeyHash: KeyRecord]
+    private let byHash: KeyHashMap<KeyRecord>
     /// Stored records whose plan is missing from the policy, etc. (for the log).
     public let warnings: [String]
     public let storedCount: Int
@@ -12,13 +12,13 @@ public final class KeyDirectory: Sendable {
     public static let empty = KeyDirectory()
 
     private init() {
-        byHash = [:]
+        byHash = KeyHashMap()
         warnings = []
         storedCount = 0
     }
 
     public init(snapshot: PolicySnapshot, state: KeyLogState) {
-        var map: [KeyHash: KeyRecord] = [:]
+        var map = KeyHashMap<KeyRecord>(minimumCapacity: state.records.count)
         var warnings: [String] = []
         for id in state.order {
             guard let e = state.records[id] else { continue }

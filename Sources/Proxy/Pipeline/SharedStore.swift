@@ -23,6 +23,8 @@ final class SharedStore {
         var record: KeyRecord?
         var expires: UInt64
     }
+    /// A seeded `Dictionary`, not a `KeyHashMap`: negative entries are digests of keys an
+    /// attacker chose, who could grind them into one probe cluster of an unseeded table.
     private var cache: [KeyHash: Cached] = [:]
     private var negativeCount = 0
     let positiveTTL: UInt64 = 30_000_000_000      // invalidation is pushed; the TTL bounds a missed message
