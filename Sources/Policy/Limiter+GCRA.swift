@@ -34,42 +34,40 @@ public enum GCRA {
     }
 
     /// All-or-nothing over several windows: if every window has room, every TAT advances;
-    /// otherwise nothing changes. `tats` holds one TAT per window of `plan`.
+    /// otherwise nothing changes. `tats` holds one TAT per window of `plan`. Each window is
+    /// evaluated again in the second pass instead of keeping the outcomes (cheaper than
+    /// an inline array of them).
     public static func admit(tats: inout InlineArray<8, UInt64>, plan: PlanSpec, now: UInt64) -> LimitVerdict {
-        var v = LimitVerdict(planIndex: plan.index, windowCount: plan.windows.count)
-        var outcomes = InlineArray<8, Outcome>(repeating: Outcome(isAllowed: true, newTAT: 0, remaining: 0, resetNanos: 0))
-        var allAllowed = true
+        let windows = plan.windows
+        let n = windows.count
+        var v = LimitVerdict(planIndex: plan.index, windowCount: n)
         var worstRetry: UInt64 = 0
         var worst = -1
-        for i in 0..<plan.windows.count {
-            let o = evaluate(tat: tats[i], window: plan.windows[i], now: now)
-            outcomes[i] = o
-            if !o.isAllowed {
-                allAllowed = false
-                if worst < 0 || outcomes[worst].isAllowed || o.resetNanos > worstRetry { worst = i; worstRetry = o.resetNanos }
-            }
+        for i in 0..<n {
+            let o = evaluate(tat: tats[i], window: windows[i], now: now)
+            if !o.isAllowed && (worst < 0 || o.resetNanos > worstRetry) { worst = i; worstRetry = o.resetNanos }
         }
-        if allAllowed {
-            for i in 0..<plan.windows.count {
-                tats[i] = outcomes[i].newTAT
-                v.windows[i] = WindowState(remaining: outcomes[i].remaining, resetSeconds: ceilSeconds(outcomes[i].resetNanos))
-            }
+        if worst < 0 {
             // Most restrictive: fewest remaining; ties → the later reset.
             var best = 0
-            for i in 1..<max(1, plan.windows.count) where i < plan.windows.count {
-                let a = v.windows[i], b = v.windows[best]
-                if a.remaining < b.remaining || (a.remaining == b.remaining && a.resetSeconds > b.resetSeconds) { best = i }
+            for i in 0..<n {
+                let o = evaluate(tat: tats[i], window: windows[i], now: now)
+                tats[i] = o.newTAT
+                let w = WindowState(remaining: o.remaining, resetSeconds: ceilSeconds(o.resetNanos))
+                v.windows[i] = w
+                let b = v.windows[best]
+                if w.remaining < b.remaining || (w.remaining == b.remaining && w.resetSeconds > b.resetSeconds) { best = i }
             }
             v.isAllowed = true
-            if plan.windows.count > 0 {
+            if n > 0 {
                 v.report = LimitReport(planIndex: plan.index, windowIndex: best,
                                        remaining: v.windows[best].remaining, resetSeconds: v.windows[best].resetSeconds)
             }
             return v
         }
         // Refused: report what a client would see if it asked now (nothing consumed).
-        for i in 0..<plan.windows.count {
-            let o = outcomes[i]
+        for i in 0..<n {
+            let o = evaluate(tat: tats[i], window: windows[i], now: now)
             if o.isAllowed {
                 // Would-be remaining counts this request; without it there is one more.
                 v.windows[i] = WindowState(remaining: o.remaining + 1,
@@ -88,9 +86,15 @@ public enum GCRA {
 
 /// Remaining budget of one window after a decision.
 public struct WindowState: Sendable, Equatable {
-    public var remaining: Int
-    public var resetSeconds: Int
-    public init(remaining: Int, resetSeconds: Int) { self.remaining = remaining; self.resetSeconds = resetSeconds }
+    // Stored narrow: verdicts are copied by value on the request path.
+    private var remaining32: Int32
+    private var reset32: Int32
+    public var remaining: Int { Int(remaining32) }
+    public var resetSeconds: Int { Int(reset32) }
+    public init(remaining: Int, resetSeconds: Int) {
+        remaining32 = Int32(clamping: remaining)
+        reset32 = Int32(clamping: resetSeconds)
+    }
 }
 
 /// The window reported in the `RateLimit` header (the most restrictive one), and the

@@ -50,6 +50,12 @@ public final class PlanSpec: Sendable {
     /// Identifies the window layout, so a limiter cell made under another plan/reload
     /// shape is reset instead of misread.
     let signature: UInt64
+    /// Response-header text built once (owned by the plan, freed with it): the whole
+    /// `RateLimit-Policy: …\r\n` line, then for each window the opening of its `RateLimit`
+    /// line, `RateLimit: "<window>";r=`, at `stateOpenings[i]` (offset, count).
+    nonisolated(unsafe) public let headerText: UnsafeRawBufferPointer
+    public let policyLineCount: Int
+    public let stateOpenings: InlineArray<8, (Int32, Int32)>
 
     public init(index: Int, name: String, windows: [RateWindow]) {
         precondition(windows.count <= PlanSpec.maxWindows)
@@ -62,5 +68,19 @@ public final class PlanSpec: Sendable {
             for v in [w.emissionNanos, w.capacityNanos] { h = (h ^ v) &* 0x100_0000_01b3 }
         }
         self.signature = h
+        var text = Array("RateLimit-Policy: ".utf8) + policyHeader + [0x0D, 0x0A]
+        policyLineCount = text.count
+        var openings = InlineArray<8, (Int32, Int32)>(repeating: (0, 0))
+        for (i, w) in windows.enumerated() {
+            let opening = Array("RateLimit: \"".utf8) + Array(w.name.utf8) + Array("\";r=".utf8)
+            openings[i] = (Int32(text.count), Int32(opening.count))
+            text += opening
+        }
+        stateOpenings = openings
+        let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: text.count, alignment: 1)
+        storage.copyBytes(from: text)
+        headerText = UnsafeRawBufferPointer(storage)
     }
+
+    deinit { headerText.deallocate() }
 }

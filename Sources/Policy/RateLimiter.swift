@@ -16,7 +16,8 @@ public final class RateLimiter: Sendable {
     }
 
     struct StripeState {
-        var cells = KeyHashMap<Cell>()
+        // Sized for ~100 live keys per stripe (6,400 in all) before the first growth.
+        var cells = KeyHashMap<Cell>(minimumCapacity: 128)
         var sweepAt = RateLimiter.minSweep
     }
 

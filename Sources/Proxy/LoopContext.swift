@@ -46,6 +46,9 @@ final class LoopContext {
 
     private var requestCounter: UInt64 = 0
     private let requestIDSeed: UInt64
+    /// First half of the trace ids this loop starts (16 hex digits, random per run); the
+    /// second half is the request's own id.
+    let traceSeedHex: (UInt64, UInt64)
 
     init(loop: EventLoop, snapshot: PolicySnapshot, settings: ServerSettings, limiter: RateLimiter) {
         self.loop = loop
@@ -59,6 +62,9 @@ final class LoopContext {
         var seed: UInt64 = 0
         seed = UInt64.random(in: .min ... .max)
         requestIDSeed = seed
+        var trace: (UInt64, UInt64) = (0, 0)
+        withUnsafeMutableBytes(of: &trace) { Hex.write16(UInt64.random(in: 1 ... .max), to: $0.baseAddress!) }
+        traceSeedHex = trace
         for (i, b) in snapshot.backends.enumerated() {
             pools.append(UpstreamPool(loop: loop, backendIndex: i, spec: b))
         }

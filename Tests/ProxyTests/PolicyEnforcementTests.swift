@@ -163,6 +163,12 @@ import Testing
         #expect(b.status == 200, "\(b.text)")
         #expect(b.json?["keyId"] as? String == "key_alice")
         #expect(b.json?["sawAuthorization"] as? Bool == false)
+        // A generated request id is also the trace id's second half; every trace is new.
+        let rid = b.json?["requestId"] as? String ?? ""
+        let tpB = b.json?["traceparent"] as? String ?? ""
+        #expect(rid.count == 16 && tpB.hasPrefix("00-") && tpB.dropFirst(19).hasPrefix(rid), "rid \(rid), traceparent \(tpB)")
+        #expect(tpB.range(of: "^00-[0-9a-f]{32}-[0-9a-f]{16}-01$", options: .regularExpression) != nil, "traceparent: \(tpB)")
+        #expect(tpB.dropFirst(3).prefix(32) != tp.dropFirst(3).prefix(32))
         #expect(b.json?["sawApiKey"] as? Bool == false)
         let lower = try g.get("/api/finance/whoami", headers: ["authorization": "bearer \(PlainKey.admin)"])
         #expect(lower.status == 200 && lower.json?["keyId"] as? String == "key_admin", "\(lower.text)")

@@ -91,6 +91,8 @@ final class ClientConnection: EventHandler, RedisWaiter {
     let pathCapacity: Int
     var requestIDBytes = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
     var requestIDCount = 0
+    /// The request id is ours (16 hex digits), not the client's.
+    var requestIDGenerated = false
 
     init(fd: Int32, peer: PeerAddress, isTLS: Bool, context: LoopContext) {
         self.fd = fd
@@ -262,11 +264,13 @@ final class ClientConnection: EventHandler, RedisWaiter {
                 if n >= 1 && n <= 64 && Self.isSafeID(head.baseAddress! + Int(f.value.offset), n) {
                     withUnsafeMutableBytes(of: &requestIDBytes) { $0.baseAddress!.copyMemory(from: head.baseAddress! + Int(f.value.offset), byteCount: n) }
                     requestIDCount = n
+                    requestIDGenerated = false
                     return
                 }
             }
         }
         requestIDCount = withUnsafeMutableBytes(of: &requestIDBytes) { context.nextRequestID(into: $0.baseAddress!) }
+        requestIDGenerated = true
     }
 
     private static func isSafeID(_ p: UnsafeRawPointer, _ n: Int) -> Bool {

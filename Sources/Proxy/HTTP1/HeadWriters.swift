@@ -128,9 +128,16 @@ enum RequestHeadWriter {
         c.withRequestID { out.put($0) }
         if !hasTraceparent {
             // W3C trace context: start a trace when the client did not send one (DESIGN.md, step 7).
+            // trace-id: the loop's random half, then this request's own id (ours, or a fresh
+            // one when the client named the request); parent-id: a fresh id.
             out.put(crlfTraceparentStart)
-            out.writerIndex += c.context.nextRequestID(into: out.writePointer)
-            out.writerIndex += c.context.nextRequestID(into: out.writePointer)
+            var seed = c.context.traceSeedHex
+            withUnsafeBytes(of: &seed) { out.put($0.baseAddress!, count: 16) }
+            if c.requestIDGenerated {
+                c.withRequestID { out.put($0) }
+            } else {
+                out.writerIndex += c.context.nextRequestID(into: out.writePointer)
+            }
             out.put(byte: 0x2D)
             out.writerIndex += c.context.nextRequestID(into: out.writePointer)
             out.put(traceparentEnd)
@@ -180,9 +187,6 @@ extension RequestHeadWriter {
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) for the exchange's plan.
 enum RateLimitFields {
-    static let policy: StaticString = "RateLimit-Policy: "
-    static let state: StaticString = "RateLimit: "
-    static let stateRemaining: StaticString = "\";r="
     static let stateReset: StaticString = ";t="
     static let retryAfter: StaticString = "Retry-After: "
     static let crlf: StaticString = "\r\n"
@@ -193,18 +197,15 @@ enum RateLimitFields {
         let plans = c.context.snapshot.plans
         guard limitPlan < plans.count else { return }
         let plan = plans[limitPlan]
-        guard out.writableBytes > plan.policyHeader.count + 160 else { return }
-        out.put(policy)
-        out.put(plan.policyHeader)
-        out.put(crlf)
-        // `"<window>";r=<remaining>;t=<reset>` — the value `RateLimitHeaders.writeState` renders,
-        // written here with inlined puts (that function costs ≈600 instructions; this ≈100).
         let report = c.exchange.limitReport
         guard report.windowIndex < plan.windows.count else { return }
-        out.put(state)
-        out.put(byte: 0x22)
-        out.put(string: plan.windows[report.windowIndex].name)
-        out.put(stateRemaining)
+        // `RateLimit-Policy: …` and `RateLimit: "<window>";r=<remaining>;t=<reset>` (the value
+        // `RateLimitHeaders.writeState` renders), from text the plan built once.
+        let text = plan.headerText
+        guard out.writableBytes > text.count + 64 else { return }
+        out.put(text.baseAddress!, count: plan.policyLineCount)
+        let (offset, count) = plan.stateOpenings[report.windowIndex]
+        out.put(text.baseAddress! + Int(offset), count: Int(count))
         out.put(decimal: max(0, report.remaining))
         out.put(stateReset)
         out.put(decimal: max(0, report.resetSeconds))

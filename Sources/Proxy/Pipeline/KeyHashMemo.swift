@@ -1,12 +1,15 @@
 import Policy
 
 /// Remembers the SHA-256 of keys this loop has seen recently, so a key that comes back does
-/// not pay for SHA-256 again (≈2,000 instructions under callgrind) but for SipHash-2-4 (≈300).
+/// not pay for SHA-256 again (≈2,000 instructions under callgrind) but for SipHash-2-4 (≈350).
 ///
 /// Entries are indexed and verified by a 128-bit SipHash of the key under a random per-process
 /// secret: a PRF, so no one who does not know the secret can make a key collide with another
 /// one's entry. The plain key is never stored; the table is fixed-size (no allocation after
-/// start-up) and direct-mapped, so a flood of random keys only evicts entries.
+/// start-up) and two-way set-associative (a hit moves to the front of its set, a new key
+/// takes the front and pushes the older one back), so a flood of random keys only evicts
+/// entries, and 10,000 live keys fit in the default 32,768 entries (1.5 MB per loop) with
+/// few conflicts (direct-mapped, a third of them missed on their second visit).
 final class KeyHashMemo {
     private struct Entry {
         var tag0: UInt64 = 0
@@ -14,14 +17,15 @@ final class KeyHashMemo {
         var hash = KeyHash(w0: 0, w1: 0, w2: 0, w3: 0)
     }
     private let entries: UnsafeMutablePointer<Entry>
-    private let mask: Int
+    /// Mask of the set index (sets of two entries).
+    private let setMask: Int
     private let k0: UInt64
     private let k1: UInt64
 
-    init(capacity: Int = 16_384) {
-        var n = 1
+    init(capacity: Int = 32_768) {
+        var n = 2
         while n < capacity { n <<= 1 }
-        mask = n - 1
+        setMask = n / 2 - 1
         entries = .allocate(capacity: n)
         entries.initialize(repeating: Entry(), count: n)
         k0 = UInt64.random(in: .min ... .max)
@@ -33,12 +37,20 @@ final class KeyHashMemo {
     @inline(__always)
     func sha256(_ key: UnsafeRawBufferPointer) -> KeyHash {
         let (t0, t1) = SipHash24.hash128(key, k0: k0, k1: k1)
-        let slot = entries + Int(truncatingIfNeeded: t0) & mask
-        if slot.pointee.tag0 == t0 && slot.pointee.tag1 == t1 && (t0 | t1) != 0 {
-            return slot.pointee.hash
+        let first = entries + (Int(truncatingIfNeeded: t0) & setMask) << 1
+        let second = first + 1
+        if (t0 | t1) != 0 {
+            if first.pointee.tag0 == t0 && first.pointee.tag1 == t1 { return first.pointee.hash }
+            if second.pointee.tag0 == t0 && second.pointee.tag1 == t1 {
+                let hit = second.pointee
+                second.pointee = first.pointee
+                first.pointee = hit
+                return hit.hash
+            }
         }
         let h = KeyHash.sha256(key)
-        slot.pointee = Entry(tag0: t0, tag1: t1, hash: h)
+        second.pointee = first.pointee
+        first.pointee = Entry(tag0: t0, tag1: t1, hash: h)
         return h
     }
 }
