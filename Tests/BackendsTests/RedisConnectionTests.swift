@@ -207,6 +207,12 @@ struct RedisReentrancyTests {
         let a = RedisScripts.verdict(from: allowed, plan: plan)
         #expect(a?.isAllowed == true && a?.retryAfterSeconds == 0)
         #expect(a?.report == LimitReport(planIndex: 2, windowIndex: 0, remaining: 1, resetSeconds: 2))
+        // The script's own form: one string of integers.
+        let text = RedisScripts.verdict(from: .string(Array("0 1500 0 0 1500 3 20000".utf8)), plan: plan)
+        #expect(text?.report == v?.report && text?.windows[1] == v?.windows[1] && text?.isAllowed == false)
+        #expect(RedisScripts.verdict(from: .string(Array("0 1500 0 0 1500 3".utf8)), plan: plan) == nil)
+        #expect(RedisScripts.verdict(from: .string(Array("0 1500 0 0 1500 3 20000 ".utf8)), plan: plan) == nil)
+        #expect(RedisScripts.verdict(from: .string(Array("0 15x0 0 0 1500 3 20000".utf8)), plan: plan) == nil)
         #expect(RedisScripts.verdict(from: .error(Array("NOSCRIPT".utf8)), plan: plan) == nil)
         #expect(RedisScripts.verdict(from: .array([.integer(1)]), plan: plan) == nil)
     }

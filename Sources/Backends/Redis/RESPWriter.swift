@@ -99,6 +99,9 @@ public final class RESPWriter {
     }
     /// An integer argument, as decimal text.
     /// Bytes formatted earlier (a cached run of arguments).
+    /// Drops what was written after `n` bytes.
+    public func discard(to n: Int) { count = min(count, n) }
+    public func raw(_ b: ArraySlice<UInt8>) { raw(Array(b)) }
     public func raw(_ b: [UInt8]) {
         reserve(b.count)
         b.withUnsafeBytes { (bytes + count).copyMemory(from: $0.baseAddress!, byteCount: b.count) }
@@ -127,6 +130,14 @@ public final class RESPWriter {
         putDecimal(index)
         reserve(2); crlf()
     }
+    /// Bytes formatted earlier, from memory the caller owns.
+    @inline(__always)
+    public func raw(_ p: UnsafeRawPointer, count n: Int) { putRaw(p, n) }
+
+    /// The 64 hex digits of `hash`, bare (inside a key a template supplies around them).
+    @inline(__always)
+    public func hex(_ hash: KeyHash) { putHex(hash) }
+
     /// A bare 64-hex-digit hash argument.
     public func bulkHex(_ hash: KeyHash) {
         bulkHeader(64)

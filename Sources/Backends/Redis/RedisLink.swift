@@ -21,7 +21,8 @@ final class RedisLink: EventHandler, TimerHandler {
 
     let role: Role
     let loop: EventLoop
-    weak var owner: RedisConnection?
+    let ownerRef: RedisConnection.OwnerRef
+    var owner: RedisConnection? { ownerRef.connection }
     private(set) var ac: UnsafeMutablePointer<redisAsyncContext>?
     private(set) var isConnected = false
     private var fd: Int32 = -1
@@ -38,10 +39,10 @@ final class RedisLink: EventHandler, TimerHandler {
     /// hiredis's last error text, kept when the context goes away.
     private(set) var lastError: String?
 
-    init(role: Role, loop: EventLoop, owner: RedisConnection) {
+    init(role: Role, loop: EventLoop, owner: RedisConnection.OwnerRef) {
         self.role = role
         self.loop = loop
-        self.owner = owner
+        self.ownerRef = owner
     }
 
     @inline(__always)
@@ -184,6 +185,12 @@ final class RedisLink: EventHandler, TimerHandler {
         isReleaseScheduled = true
         loop.schedule(at: 0, handler: self)
         owner?.linkClosed(self)
+    }
+
+    /// Reads whatever replies have arrived, without waiting for the loop to report the socket
+    /// (before commands are timed out: a reply already here is an answer, not a timeout).
+    func readArrived() {
+        if let ac, isConnected { redisAsyncHandleRead(ac) }
     }
 
     // MARK: loop callbacks

@@ -15,13 +15,18 @@ public enum RedisScripts {
     /// (each with a PX of its own need, ⌈(newTAT − now)/1000⌉ ms, after which a missing key
     /// equals a full window). A refused request writes nothing.
     ///
-    /// Returns `{allowed, retry_ms, worst, rem_1, reset_ms_1, …, rem_n, reset_ms_n}`:
+    /// Returns `"allowed retry_ms worst rem_1 reset_ms_1 … rem_n reset_ms_n"`, one bulk
+    /// string of decimal integers (one reply object for hiredis to allocate, not 3 + 2n):
     /// - allowed: `rem_i` = ⌊(τ − used)/T⌋, `reset_ms_i` = ⌈used/1000⌉; retry_ms 0.
     /// - refused: `worst` is the 0-based refused window with the longest wait (first on ties),
     ///   `retry_ms` = ⌈its (used − τ)/1000⌉; refused windows give rem 0 and their own wait;
     ///   windows that had room give rem + 1 (the request was not counted) and
     ///   ⌈(max(TAT, now) − now)/1000⌉.
     public static let limiterSource: String = """
+        local function ints(a)
+          for i = 1, #a do a[i] = string.format('%d', a[i]) end
+          return table.concat(a, ' ')
+        end
         local t = redis.call('TIME')
         local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
         local n = #KEYS
@@ -54,7 +59,7 @@ public enum RedisScripts {
             out[2 + 2 * i] = math.floor((cap - used[i]) / T)
             out[3 + 2 * i] = math.ceil(used[i] / 1000)
           end
-          return out
+          return ints(out)
         end
         out[2] = math.ceil(worstwait / 1000)
         out[3] = worst
@@ -70,7 +75,7 @@ public enum RedisScripts {
             out[3 + 2 * i] = math.ceil((used[i] - cap) / 1000)
           end
         end
-        return out
+        return ints(out)
         """
 
     /// Announces an instance and counts the live ones, on the server's clock.
@@ -121,11 +126,20 @@ public enum RedisScripts {
     /// same `isAllowed`, `retryAfterSeconds`, per-window remaining/reset and reported window.
     /// Nil when the reply is not the script's shape (an error reply, a wrong window count).
     public static func verdict(from reply: RedisReply, plan: PlanSpec) -> LimitVerdict? {
-        guard case .array(let items) = reply, items.count == 3 + 2 * plan.windows.count else { return nil }
+        let want = 3 + 2 * plan.windows.count
         var ints = InlineArray<19, Int64>(repeating: 0)
-        for (i, item) in items.enumerated() {
-            guard case .integer(let v) = item else { return nil }
-            ints[i] = v
+        switch reply {
+        case .string(let text):
+            guard text.withUnsafeBytes({ parseIntegers($0, count: want, into: &ints) }) else { return nil }
+        case .array(let items):
+            // The array form of earlier versions of the script.
+            guard items.count == want else { return nil }
+            for (i, item) in items.enumerated() {
+                guard case .integer(let v) = item else { return nil }
+                ints[i] = v
+            }
+        default:
+            return nil
         }
         return verdict(plan: plan) { ints[$0] }
     }
@@ -133,12 +147,41 @@ public enum RedisScripts {
     /// Same, reading the C reply directly (no copy: the hot path).
     static func verdict(from r: UnsafePointer<redisReply>, plan: PlanSpec) -> LimitVerdict? {
         let p = r.pointee
-        let n = plan.windows.count
-        guard p.type == REDIS_REPLY_ARRAY, p.elements == 3 + 2 * n, let el = p.element else { return nil }
-        for i in 0..<p.elements {
-            guard let e = el[i], e.pointee.type == REDIS_REPLY_INTEGER else { return nil }
+        let want = 3 + 2 * plan.windows.count
+        guard p.type == REDIS_REPLY_STRING, let str = p.str else { return nil }
+        var ints = InlineArray<19, Int64>(repeating: 0)
+        guard parseIntegers(UnsafeRawBufferPointer(start: str, count: Int(p.len)), count: want, into: &ints) else {
+            return nil
         }
-        return verdict(plan: plan) { Int64(el[$0]!.pointee.integer) }
+        return verdict(plan: plan) { ints[$0] }
+    }
+
+    /// Exactly `count` space-separated decimal integers (optionally negative).
+    static func parseIntegers(_ text: UnsafeRawBufferPointer, count: Int, into out: inout InlineArray<19, Int64>) -> Bool {
+        guard count <= 19 else { return false }
+        var n = 0
+        var i = 0
+        let end = text.count
+        while i < end {
+            var negative = false
+            if text[i] == 0x2D { negative = true; i += 1 }
+            let start = i
+            var v: Int64 = 0
+            while i < end, text[i] &- 0x30 < 10 {
+                if i - start >= 18 { return false }
+                v = v &* 10 &+ Int64(text[i] &- 0x30)
+                i += 1
+            }
+            if i == start || n == count { return false }
+            out[n] = negative ? -v : v
+            n += 1
+            if i < end {
+                if text[i] != 0x20 { return false }
+                i += 1
+                if i == end { return false }
+            }
+        }
+        return n == count
     }
 
     @inline(__always)

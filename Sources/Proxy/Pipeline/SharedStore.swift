@@ -57,7 +57,9 @@ final class SharedStore {
             self.invalidate(message)
         }
         redis.start()
-        loop.schedule(at: loop.now &+ SharedStore.startupGrace, handler: StartupCheck(self))
+        let check = StartupCheck(self)
+        startupCheck = check
+        loop.schedule(at: loop.now &+ SharedStore.startupGrace, handler: check)
     }
 
     /// Still not up after the grace period, and never was: that is an outage too (counted like
@@ -68,11 +70,16 @@ final class SharedStore {
         StoreHealthLog.report(.down, loop: loop.index, mode: mode)
     }
 
+    /// Not a weak reference to the store (that would send every retain/release of it, one
+    /// per request, down the side-table slow path): a box the store clears when it goes.
     private final class StartupCheck: TimerHandler {
-        weak var owner: SharedStore?
+        unowned(unsafe) var owner: SharedStore?
         init(_ o: SharedStore) { owner = o }
         func timerFired(loop: EventLoop) { owner?.checkStartup() }
     }
+    private var startupCheck: StartupCheck?
+
+    deinit { startupCheck?.owner = nil }
 
     func stop() { redis.stop() }
 
