@@ -93,6 +93,28 @@ struct RedisLimiterTests {
         #expect(remote.map(\.isAllowed) == [true, true, false, false, false, false])
     }
 
+    /// One window takes the script's table-free path: same answers as the general one.
+    @Test func agreesWithTheInProcessLimiterOnOneWindow() throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        let live = try LiveConnection(url: server.url)
+        defer { live.shutdown() }
+        #expect(live.waitUp())
+        let plan = Self.plan([(3, .seconds(6), 3)], index: 1)
+        let hash = KeyHash.sha256("k-agree-one")
+        let remote = Self.admitBatch(live, hash, plan, count: 5)
+        let local = RateLimiter()
+        let now: UInt64 = 1_000_000_000_000
+        for (i, r) in remote.enumerated() {
+            let l = local.admit(key: hash, plan: plan, now: now)
+            #expect(r.isAllowed == l.isAllowed, "request \(i)")
+            #expect(r.retryAfterSeconds == l.retryAfterSeconds, "request \(i)")
+            #expect(r.report == l.report, "request \(i)")
+            #expect(r.windows[0] == l.windows[0], "request \(i)")
+        }
+        #expect(remote.map(\.isAllowed) == [true, true, true, false, false])
+    }
+
     @Test func exactAcrossTwoConnectionsHammeringOneKey() throws {
         let server = try RedisServer()
         defer { server.stop() }
