@@ -67,17 +67,16 @@ struct RedisLimiterTests {
         } else { Issue.record("no TTL") }
     }
 
-    @Test func agreesWithTheInProcessLimiter() throws {
+    /// Redis's verdicts for `count` requests on one key, each checked against the
+    /// in-process limiter's; returns which were allowed.
+    static func agreement(_ plan: PlanSpec, key: String, count: Int) throws -> [Bool] {
         let server = try RedisServer()
         defer { server.stop() }
         let live = try LiveConnection(url: server.url)
         defer { live.shutdown() }
         #expect(live.waitUp())
-        // Whole-second emission intervals, so the few ms that pass between Redis calls
-        // cannot move a ceil-to-seconds boundary.
-        let plan = Self.plan([(2, .seconds(4), nil), (5, .seconds(50), nil)], index: 3)
-        let hash = KeyHash.sha256("k-agree")
-        let remote = Self.admitBatch(live, hash, plan, count: 6)
+        let hash = KeyHash.sha256(key)
+        let remote = admitBatch(live, hash, plan, count: count)
         let local = RateLimiter()
         let now: UInt64 = 1_000_000_000_000
         for (i, r) in remote.enumerated() {
@@ -90,29 +89,20 @@ struct RedisLimiterTests {
                 #expect(r.windows[w] == l.windows[w], "request \(i) window \(w)")
             }
         }
-        #expect(remote.map(\.isAllowed) == [true, true, false, false, false, false])
+        return remote.map(\.isAllowed)
+    }
+
+    @Test func agreesWithTheInProcessLimiter() throws {
+        // Whole-second emission intervals, so the few ms that pass between Redis calls
+        // cannot move a ceil-to-seconds boundary.
+        let plan = Self.plan([(2, .seconds(4), nil), (5, .seconds(50), nil)], index: 3)
+        #expect(try Self.agreement(plan, key: "k-agree", count: 6) == [true, true, false, false, false, false])
     }
 
     /// One window takes the script's table-free path: same answers as the general one.
     @Test func agreesWithTheInProcessLimiterOnOneWindow() throws {
-        let server = try RedisServer()
-        defer { server.stop() }
-        let live = try LiveConnection(url: server.url)
-        defer { live.shutdown() }
-        #expect(live.waitUp())
         let plan = Self.plan([(3, .seconds(6), 3)], index: 1)
-        let hash = KeyHash.sha256("k-agree-one")
-        let remote = Self.admitBatch(live, hash, plan, count: 5)
-        let local = RateLimiter()
-        let now: UInt64 = 1_000_000_000_000
-        for (i, r) in remote.enumerated() {
-            let l = local.admit(key: hash, plan: plan, now: now)
-            #expect(r.isAllowed == l.isAllowed, "request \(i)")
-            #expect(r.retryAfterSeconds == l.retryAfterSeconds, "request \(i)")
-            #expect(r.report == l.report, "request \(i)")
-            #expect(r.windows[0] == l.windows[0], "request \(i)")
-        }
-        #expect(remote.map(\.isAllowed) == [true, true, true, false, false])
+        #expect(try Self.agreement(plan, key: "k-agree-one", count: 5) == [true, true, true, false, false])
     }
 
     @Test func exactAcrossTwoConnectionsHammeringOneKey() throws {

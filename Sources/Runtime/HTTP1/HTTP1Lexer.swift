@@ -365,6 +365,20 @@ extension HTTP1Lexer {
         return .incomplete
     }
 
+    /// The field step both head parsers share: `scanFields` within `view` (what has arrived,
+    /// capped at the size limit), where running out of bytes past the limit is a 431.
+    /// `.incomplete` also records in `scanned` how far the bytes were looked at.
+    @inline(__always)
+    static func fieldStep(_ p: UnsafeRawPointer, count n: Int, view: Int, limits: HTTP1Limits, side: Side,
+                          version: HTTPVersion, headers: HeaderTable, cursor: inout FieldCursor,
+                          facts: inout FieldFacts, scanned: inout Int) -> FieldScan {
+        let r = scanFields(p, view, cursor: &cursor, side: side, version: version,
+                           maxCount: limits.maxHeaderCount, headers: headers, facts: &facts)
+        guard case .incomplete = r else { return r }
+        scanned = view
+        return n > limits.maxHeadBytes ? .failed(HTTP1ParseError(.headTooLarge, at: limits.maxHeadBytes)) : .incomplete
+    }
+
     /// Per-field checks of the fields that decide framing, routing and connection reuse.
     @inline(__always)
     static func noteField(_ p: UnsafeRawPointer, _ ls: Int, _ nameEnd: Int, _ vs: Int, _ ve: Int,

@@ -62,15 +62,11 @@ struct RequestParseState: Sendable {
         }
 
         let end: Int
-        switch HTTP1Lexer.scanFields(p, view, cursor: &cursor, side: .request, version: version,
-                                     maxCount: limits.maxHeaderCount, headers: headers, facts: &facts) {
-        case .complete(let e):
-            end = e
-        case .incomplete:
-            scanned = view
-            return n > maxHead ? fail(HTTP1ParseError(.headTooLarge, at: maxHead)) : .incomplete
-        case .failed(let e):
-            return fail(e)
+        switch HTTP1Lexer.fieldStep(p, count: n, view: view, limits: limits, side: .request, version: version,
+                                    headers: headers, cursor: &cursor, facts: &facts, scanned: &scanned) {
+        case .complete(let e): end = e
+        case .incomplete: return .incomplete
+        case .failed(let e): return fail(e)
         }
         let finalLine = end &- 2
         if let e = HTTP1Lexer.checkFraming(facts) { return fail(e) }
