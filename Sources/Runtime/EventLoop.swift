@@ -62,6 +62,7 @@ public final class EventLoop: @unchecked Sendable {
     private var registrations: [Registration]
     private var nextGeneration: UInt32 = 1
     private var timers: [TimerEntry] = []
+    private var deferred: [any TimerHandler] = []
     private var events: UnsafeMutablePointer<epoll_event>
     private let maxEvents = 256
     private let inbox = Mutex<[@Sendable () -> Void]>([])
@@ -159,6 +160,19 @@ public final class EventLoop: @unchecked Sendable {
         push(TimerEntry(deadline: deadline, key: UInt64(gen) << 32 | UInt64(UInt32(bitPattern: fd)), handler: nil))
     }
 
+    /// Calls `handler.timerFired` once this turn's events are handled, before the loop waits
+    /// again (a write batched over the turn: cheaper than a zero-delay timer in the heap).
+    /// A handler queued from inside such a call runs on the next turn.
+    public func afterEvents(_ handler: any TimerHandler) {
+        deferred.append(handler)
+    }
+
+    private func runDeferred() {
+        let batch = deferred
+        deferred.removeAll(keepingCapacity: true)
+        for h in batch { h.timerFired(loop: self) }
+    }
+
     /// Calls `handler.timerFired` at `deadline` (holds a strong reference until then).
     public func schedule(at deadline: UInt64, handler: any TimerHandler) {
         push(TimerEntry(deadline: deadline, key: 0, handler: handler))
@@ -245,7 +259,9 @@ public final class EventLoop: @unchecked Sendable {
         let wakeKey = UInt64(UInt32(bitPattern: wakeFD))
         while !stopFlag.load(ordering: .relaxed) {
             var timeout: Int32 = -1
-            if let first = timers.first {
+            if !deferred.isEmpty {
+                timeout = 0
+            } else if let first = timers.first {
                 let t = monotonicNanos()
                 timeout = first.deadline <= t ? 0 : Int32(min((first.deadline - t + 999_999) / 1_000_000, 60_000))
             }
@@ -263,6 +279,7 @@ public final class EventLoop: @unchecked Sendable {
                     h.handleEvent(EventSet(rawValue: e.events), loop: self)
                 }
             }
+            if !deferred.isEmpty { runDeferred() }
             if !timers.isEmpty { fireTimers() }
         }
     }

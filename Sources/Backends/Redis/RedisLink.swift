@@ -157,7 +157,7 @@ final class RedisLink: EventHandler, TimerHandler {
             pollsWrite = true
         } else if !isFlushScheduled {
             isFlushScheduled = true
-            loop.schedule(at: 0, handler: self)
+            loop.afterEvents(self)
         }
         updateMask()
     }

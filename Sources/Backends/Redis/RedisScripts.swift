@@ -174,26 +174,33 @@ public enum RedisScripts {
 
     /// Exactly `count` space-separated decimal integers (optionally negative).
     static func parseIntegers(_ text: UnsafeRawBufferPointer, count: Int, into out: inout InlineArray<19, Int64>) -> Bool {
-        guard count <= 19 else { return false }
+        guard count <= 19, let p = text.baseAddress else { return false }
+        let end = text.count
         var n = 0
         var i = 0
-        let end = text.count
         while i < end {
-            var negative = false
-            if text[i] == 0x2D { negative = true; i += 1 }
+            var c = p.load(fromByteOffset: i, as: UInt8.self)
+            let negative = c == 0x2D
+            if negative {
+                i &+= 1
+                if i == end { return false }
+                c = p.load(fromByteOffset: i, as: UInt8.self)
+            }
             let start = i
             var v: Int64 = 0
-            while i < end, text[i] &- 0x30 < 10 {
-                if i - start >= 18 { return false }
-                v = v &* 10 &+ Int64(text[i] &- 0x30)
-                i += 1
+            while c &- 0x30 < 10 {
+                if i &- start == 18 { return false }
+                v = v &* 10 &+ Int64(c &- 0x30)
+                i &+= 1
+                if i == end { break }
+                c = p.load(fromByteOffset: i, as: UInt8.self)
             }
             if i == start || n == count { return false }
             out[n] = negative ? -v : v
-            n += 1
+            n &+= 1
             if i < end {
-                if text[i] != 0x20 { return false }
-                i += 1
+                if c != 0x20 { return false }
+                i &+= 1
                 if i == end { return false }
             }
         }

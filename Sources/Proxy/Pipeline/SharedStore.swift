@@ -20,13 +20,16 @@ final class SharedStore {
     let mode: StoreFailMode
     private let loop: EventLoop
     private struct Cached {
-        var record: KeyRecord?
+        var record: KeyRecord
         var expires: UInt64
     }
-    /// A seeded `Dictionary`, not a `KeyHashMap`: negative entries are digests of keys an
-    /// attacker chose, who could grind them into one probe cluster of an unseeded table.
-    private var cache: [KeyHash: Cached] = [:]
-    private var negativeCount = 0
+    /// Records of keys Redis holds. A `KeyHashMap` (no hashing per lookup): only issued keys
+    /// get in.
+    private var positive = KeyHashMap<Cached>(minimumCapacity: 1024)
+    /// Expiry of each hash Redis said it does not hold. A seeded `Dictionary`, not a
+    /// `KeyHashMap`: these are digests of keys an attacker chose, who could grind them into
+    /// one probe cluster of an unseeded table. Asked only when `positive` misses.
+    private var negative: [KeyHash: UInt64] = [:]
     let positiveTTL: UInt64 = 30_000_000_000      // invalidation is pushed; the TTL bounds a missed message
     let negativeTTL: UInt64 = 2_000_000_000
     let maxEntries = 100_000
@@ -88,38 +91,43 @@ final class SharedStore {
     enum CacheAnswer { case hit(KeyRecord), negative, miss }
 
     func cached(_ hash: KeyHash, now: UInt64, allowStale: Bool) -> CacheAnswer {
-        guard let c = cache[hash] else { return .miss }
-        if c.expires <= now && !allowStale { return .miss }
-        if let r = c.record { return .hit(r) }
-        return c.expires > now ? .negative : .miss
+        if let i = positive.index(forKey: hash) {
+            let c = positive[slot: i]
+            return c.expires > now || allowStale ? .hit(c.record) : .miss
+        }
+        if negative.isEmpty { return .miss }
+        guard let expires = negative[hash] else { return .miss }
+        return expires > now ? .negative : .miss
     }
 
     func remember(_ hash: KeyHash, record: KeyRecord?, now: UInt64) {
-        if cache.count >= maxEntries { evict(now: now) }
-        if record == nil {
-            if negativeCount >= maxNegative { evict(now: now) }
-            if negativeCount >= maxNegative { return }   // a random-key flood must not grow memory
-            negativeCount += 1
+        if let record {
+            if !negative.isEmpty { negative[hash] = nil }
+            if positive.count >= maxEntries {
+                positive = positive.filter { _, c in c.expires > now }
+                if positive.count >= maxEntries { positive = KeyHashMap(minimumCapacity: 1024) }
+            }
+            positive.insert(hash, Cached(record: record, expires: now &+ positiveTTL))
+        } else {
+            positive.removeValue(forKey: hash)
+            if negative.count >= maxNegative {
+                negative = negative.filter { $0.value > now }
+                if negative.count >= maxNegative { return }   // a random-key flood must not grow memory
+            }
+            negative[hash] = now &+ negativeTTL
         }
-        if let old = cache[hash], old.record == nil { negativeCount -= 1 }
-        cache[hash] = Cached(record: record, expires: now &+ (record == nil ? negativeTTL : positiveTTL))
-    }
-
-    private func evict(now: UInt64) {
-        cache = cache.filter { $0.value.expires > now }
-        negativeCount = cache.values.reduce(0) { $0 + ($1.record == nil ? 1 : 0) }
-        if cache.count >= maxEntries { cache.removeAll(); negativeCount = 0 }
     }
 
     /// A key changed somewhere (hex of its hash), or "" after a resubscribe: drop it (or all).
     func invalidate(_ message: [UInt8]) {
         if message.isEmpty {
-            cache.removeAll()
-            negativeCount = 0
+            positive = KeyHashMap(minimumCapacity: 1024)
+            negative.removeAll()
             return
         }
         guard let h = KeyHash(hex: String(decoding: message, as: UTF8.self)) else { return }
-        if let old = cache.removeValue(forKey: h), old.record == nil { negativeCount -= 1 }
+        positive.removeValue(forKey: h)
+        negative[h] = nil
     }
 
     // MARK: limits
