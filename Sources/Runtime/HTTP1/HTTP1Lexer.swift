@@ -188,6 +188,10 @@ extension HTTP1Lexer {
     @inline(__always) static func w8(_ p: UnsafeRawPointer, _ i: Int) -> UInt8 {
         p.load(fromByteOffset: i, as: UInt8.self) | 0x20
     }
+    /// "HTTP/1.1" / "HTTP/1.0" as one little-endian word (case-sensitive, RFC 9112 §2.3).
+    static let http11Word: UInt64 = 0x312E_312F_5054_5448
+    static let http10Word: UInt64 = 0x302E_312F_5054_5448
+
     /// "host" (4 bytes at `i`).
     @inline(__always) static func isHost(_ p: UnsafeRawPointer, _ i: Int) -> Bool { w32(p, i) == 0x7473_6F68 }
     /// "expect" (6).
@@ -324,13 +328,19 @@ extension HTTP1Lexer {
             }
             // stage 2: OWS field-value OWS CRLF. Eight bytes at a time while none is a CTL
             // (< 0x20, which includes CR, LF and HTAB) or DEL; obs-text (>= 0x80) passes.
-            // The byte loop settles the rest.
+            // The lowest flagged byte of a word is exact (borrows only run upward), so the scan
+            // lands on the first CTL/DEL; the byte loop settles an HTAB there and the last
+            // few bytes of the buffer.
             while i &+ 8 <= limit {
                 let w = p.loadUnaligned(fromByteOffset: i, as: UInt64.self)
                 let low = (w &- 0x2020_2020_2020_2020) & ~w & 0x8080_8080_8080_8080
                 let x = w ^ 0x7F7F_7F7F_7F7F_7F7F
                 let del = (x &- 0x0101_0101_0101_0101) & ~x & 0x8080_8080_8080_8080
-                if low | del != 0 { break }
+                let m = low | del
+                if m != 0 {
+                    i &+= m.trailingZeroBitCount &>> 3
+                    break
+                }
                 i &+= 8
             }
             while i < limit && byte(t, Int(byte(p, i))) & value != 0 { i &+= 1 }
@@ -384,7 +394,7 @@ extension HTTP1Lexer {
     static func noteField(_ p: UnsafeRawPointer, _ ls: Int, _ nameEnd: Int, _ vs: Int, _ ve: Int,
                           index: Int, side: Side, version: HTTPVersion,
                           facts: inout FieldFacts) -> HTTP1ParseError? {
-        switch nameEnd - ls {
+        switch nameEnd &- ls {
         case 4:
             guard side == .request, isHost(p, ls) else { return nil }
             if facts.hostIndex >= 0 { return HTTP1ParseError(.duplicateHost, at: ls) }
@@ -395,7 +405,7 @@ extension HTTP1Lexer {
                 i += 1
             }
             facts.hostIndex = index
-            facts.hostValue = ByteRange(offset: vs, count: ve - vs)
+            facts.hostValue = ByteRange(offset: vs, count: ve &- vs)
         case 6:
             guard side == .request, isExpect(p, ls) else { return nil }
             if ve - vs != 12 || !is100Continue(p, vs) { return HTTP1ParseError(.badExpect, at: vs) }

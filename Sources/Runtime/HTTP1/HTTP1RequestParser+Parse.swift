@@ -159,6 +159,18 @@ struct RequestParseState: Sendable {
         let vs = pos
         let hasCR = lf > vs && HTTP1Lexer.byte(p, lf - 1) == HTTP1Lexer.cr
         let ve = hasCR ? lf - 1 : lf
+        // The usual line ends in exactly "HTTP/1.1" (or 1.0): one word compare.
+        if ve - vs == 8 {
+            let word = p.loadUnaligned(fromByteOffset: vs, as: UInt64.self)
+            if word == HTTP1Lexer.http11Word || word == HTTP1Lexer.http10Word {
+                version = word == HTTP1Lexer.http11Word ? .http11 : .http10
+                if !hasCR { return HTTP1ParseError(.bareLF, at: lf) }
+                method = methodAt(p, 0, targetStart - 1)
+                if let e = classifyTarget(p) { return e }
+                phase = 3
+                return nil
+            }
+        }
         var i = vs
         while i < ve {
             let c = HTTP1Lexer.byte(p, i)

@@ -71,20 +71,28 @@ struct ResponseParseState: Sendable {
     /// before it).
     private mutating func parseStatusLine(_ p: UnsafeRawPointer, lf: Int) -> HTTP1ParseError? {
         let b = HTTP1Lexer.byte
-        // "HTTP/" must be there in full before the line ends.
         var i = 0
-        let http = ResponseParseState.httpSlash
-        while i < 5 {
-            if i == lf || b(p, i) != b(http.pointer, i) { return HTTP1ParseError(.badStatusLine, at: i) }
-            i += 1
-        }
-        // The version token runs to the first SP (or the line end).
-        var ve = 5
-        while ve < lf && b(p, ve) != HTTP1Lexer.sp && b(p, ve) != HTTP1Lexer.cr { ve += 1 }
-        switch versionAt(p, 0, ve) {
-        case .some(let v): version = v
-        case .none:
-            return HTTP1ParseError(isHTTPDigitDotDigit(p, 0, ve) ? .unsupportedVersion : .badVersion, at: 5)
+        // The usual line starts with exactly "HTTP/1.1 " (or 1.0): one word compare.
+        let word = lf > 8 && b(p, 8) == HTTP1Lexer.sp ? p.loadUnaligned(fromByteOffset: 0, as: UInt64.self) : 0
+        if word == HTTP1Lexer.http11Word {
+            version = .http11
+        } else if word == HTTP1Lexer.http10Word {
+            version = .http10
+        } else {
+            // "HTTP/" must be there in full before the line ends.
+            let http = ResponseParseState.httpSlash
+            while i < 5 {
+                if i == lf || b(p, i) != b(http.pointer, i) { return HTTP1ParseError(.badStatusLine, at: i) }
+                i += 1
+            }
+            // The version token runs to the first SP (or the line end).
+            var ve = 5
+            while ve < lf && b(p, ve) != HTTP1Lexer.sp && b(p, ve) != HTTP1Lexer.cr { ve += 1 }
+            switch versionAt(p, 0, ve) {
+            case .some(let v): version = v
+            case .none:
+                return HTTP1ParseError(isHTTPDigitDotDigit(p, 0, ve) ? .unsupportedVersion : .badVersion, at: 5)
+            }
         }
         if b(p, 8) != HTTP1Lexer.sp { return HTTP1ParseError(.badStatusLine, at: 8) }
         var code = 0
