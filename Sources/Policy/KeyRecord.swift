@@ -37,9 +37,14 @@ public final class KeyRecord: Sendable, CustomStringConvertible {
         self.id = id; self.hash = hash; self.prefix = prefix; self.consumer = consumer
         self.planIndex = planIndex; self.scopes = scopes; self.scopeNames = scopeNames
         self.allowIPs = allowIPs; self.expiresAt = expiresAt; self.status = status
-        var lines = Array("X-Tollgate-Key-Id: ".utf8) + Array(id.utf8) + [0x0D, 0x0A]
-        lines += Array("X-Tollgate-Consumer: ".utf8) + Array(consumer.utf8) + [0x0D, 0x0A]
-        lines += Array("X-Tollgate-Scopes: ".utf8) + Array(scopeNames.joined(separator: ",").utf8) + [0x0D, 0x0A]
+        // Field-value bytes only: a control byte in a name (CR, LF, NUL …) becomes '?', so no
+        // record, whatever wrote it, can split or end a header line.
+        func value(_ s: String) -> [UInt8] {
+            s.utf8.map { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F ? 0x3F : $0 }
+        }
+        var lines = Array("X-Tollgate-Key-Id: ".utf8) + value(id) + [0x0D, 0x0A]
+        lines += Array("X-Tollgate-Consumer: ".utf8) + value(consumer) + [0x0D, 0x0A]
+        lines += Array("X-Tollgate-Scopes: ".utf8) + value(scopeNames.joined(separator: ",")) + [0x0D, 0x0A]
         let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: lines.count, alignment: 1)
         storage.copyBytes(from: lines)
         identityLines = UnsafeRawBufferPointer(storage)

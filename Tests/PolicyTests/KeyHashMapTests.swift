@@ -75,3 +75,14 @@ struct KeyHashMapTests {
         #expect(map.index(forKey: KeyHash.empty) == nil)
     }
 }
+
+/// The identity lines a record hands the backend are built once, from field-value bytes only.
+struct KeyRecordIdentityTests {
+    @Test func identityLinesCarryNoControlBytes() {
+        let r = KeyRecord(id: "key_1", hash: KeyHash.sha256("k"), consumer: "alice\r\nX-Evil: 1\u{0}",
+                          planIndex: nil, scopes: ScopeSet(), scopeNames: ["a", "b"], allowIPs: nil,
+                          expiresAt: nil, status: .active)
+        let text = String(decoding: r.identityLines, as: UTF8.self)
+        #expect(text == "X-Tollgate-Key-Id: key_1\r\nX-Tollgate-Consumer: alice??X-Evil: 1?\r\nX-Tollgate-Scopes: a,b\r\n")
+    }
+}
