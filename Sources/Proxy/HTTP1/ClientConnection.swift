@@ -588,13 +588,19 @@ final class ClientConnection: EventHandler, RedisWaiter {
     @discardableResult
     private func flushClient() -> Bool {
         let a = outBuf.readableBytes
-        let up = upstream
-        let b = up == nil ? 0 : responsePass
+        // The upstream's buffer as a bare pointer (no reference held across the write: that
+        // would cost a retain/release pair per flush); `upstream` is read again afterwards.
+        var b = 0
+        var bp: UnsafeMutableRawPointer? = nil
+        if upstream != nil {
+            b = responsePass
+            bp = upstream!.inBuf.readPointer
+        }
         if a + b == 0 { return false }
         if !isWritable { return false }
         let result: IOResult
         do {
-            result = try Sys.writev(fd, outBuf.readPointer, a, up?.inBuf.readPointer, b)
+            result = try Sys.writev(fd, outBuf.readPointer, a, bp, b)
         } catch {
             abort()
             return false
@@ -608,7 +614,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
             outBuf.readerIndex += fromOut
             if outBuf.readerIndex == outBuf.writerIndex { outBuf.clear() }
             let fromUp = n - fromOut
-            if fromUp > 0, let up {
+            if fromUp > 0, let up = upstream {
                 up.inBuf.readerIndex += fromUp
                 responsePass -= fromUp
                 if up.inBuf.readableBytes == 0 { up.inBuf.clear() }

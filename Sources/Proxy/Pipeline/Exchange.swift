@@ -24,7 +24,8 @@ struct ExchangeFacts {
     var phase: Phase = .route
     var headLength = 0
     var route: RouteSpec?
-    /// The upstream pool the route chose (kept across a reload while the exchange runs).
+    /// The upstream pool the route chose (kept across a reload while the exchange runs, and
+    /// from one exchange to the next on a connection until another route is chosen).
     var pool: UpstreamPool?
     /// Normalised path, in the connection's `pathBuffer`.
     var pathCount = 0
@@ -50,8 +51,7 @@ struct ExchangeFacts {
     mutating func reset(headLength: Int) {
         phase = .route
         self.headLength = headLength
-        route = nil
-        pool = nil
+        // `route` and `pool` stay until the route phase replaces them (see `routePhase`).
         pathCount = 0
         credentialSource = .none
         credentialHeader = -1

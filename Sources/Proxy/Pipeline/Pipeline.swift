@@ -77,8 +77,13 @@ extension ClientConnection {
         let method = MethodSet(rawValue: 1 << UInt16(request.method.rawValue))
         let path = UnsafeRawBufferPointer(start: pathBuffer, count: exchange.pathCount)
         guard let route = context.snapshot.route(method: method, path: path) else { return .reply(Denial(.noRoute)) }
-        exchange.route = route
-        exchange.pool = context.pools[route.backend]
+        // Keep-alive connections mostly send the same route again: the route and pool kept
+        // from the last exchange are reused without a retain/release pair each. (A reload
+        // brings new route objects, so a changed snapshot always picks its own pool.)
+        if exchange.route !== route {
+            exchange.route = route
+            exchange.pool = context.pools[route.backend]
+        }
         maxBodyBytes = route.maxBodyBytes
         if case .contentLength(let n) = request.framing, n > Int64(maxBodyBytes) {
             replyLocal(status: 413, code: .badRequest, message: "request body larger than the route allows",
