@@ -79,8 +79,9 @@ extension ClientConnection {
         guard let route = context.snapshot.route(method: method, path: path) else { return .reply(Denial(.noRoute)) }
         // Keep-alive connections mostly send the same route again: the route and pool kept
         // from the last exchange are reused without a retain/release pair each. (A reload
-        // brings new route objects, so a changed snapshot always picks its own pool.)
-        if exchange.route !== route {
+        // brings new route objects, so a changed snapshot always picks its own pool; a
+        // retired pool is never reused either way.)
+        if exchange.route !== route || exchange.pool?.isRetired != false {
             exchange.route = route
             exchange.pool = context.pools[route.backend]
         }
