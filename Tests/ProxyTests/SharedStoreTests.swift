@@ -135,10 +135,20 @@ import Testing
         #expect(announced != nil, "tg:instances: \(members)")
         // Every loop announces itself each second: let all of them see all three processes.
         usleep(1_500_000)
-        // Warm: the planned and the plan-less key are cached on every loop of every instance.
+        // Every loop's invalidation subscription is confirmed (a confirmation drops that loop's
+        // cache, so warming before it would be undone): 3 processes × 2 loops.
+        let subscribed = try poll(timeout: 5) {
+            if case .array(let r) = try fleet.redis.client().run(["PUBSUB", "NUMSUB", RedisKeys.invalidationChannel]),
+               r.count == 2, r[1].text == "6" { return true }
+            return false
+        }
+        #expect(subscribed != nil, "not every loop subscribed to \(RedisKeys.invalidationChannel)")
+        // Warm: the planned and the plan-less key are cached on every loop of every instance
+        // (25 connections per key and port, 75 of the planned key's 90: the kernel spreads them
+        // over both loops).
         // (A 503 here can only be a 20 ms deadline missed on a loaded machine: tried again.)
         for port in fleet.ports {
-            for i in 0..<10 {
+            for i in 0..<25 {
                 for key in [OutageKeys.warm, OutageKeys.free] {
                     var r = try timed(port, "/api/warm/\(i)", key)
                     for _ in 0..<5 where r.status == 503 { r = try timed(port, "/api/warm/\(i)", key) }
