@@ -107,13 +107,6 @@ public struct KeyHashMap<Value> {
         for i in 0...mask where !keys[i].isZero { body(keys[i], values[i]!) }
     }
 
-    public var allValues: [Value] {
-        var out: [Value] = []
-        out.reserveCapacity(count)
-        forEach { _, v in out.append(v) }
-        return out
-    }
-
     private mutating func grow() {
         var bigger = KeyHashMap(minimumCapacity: (mask + 1))
         forEach { k, v in bigger.insert(k, v) }

@@ -7,49 +7,43 @@ import Testing
 
 struct RedisConnectionTests {
     @Test func connectsThenSetsAndGets() throws {
-        let server = try RedisServer()
-        defer { server.stop() }
-        let live = try LiveConnection(url: server.url)
-        defer { live.shutdown() }
-        #expect(live.waitUp())
-        #expect(live.health.all == [.up])
+        try withRedis { server, live in
+            #expect(live.health.all == [.up])
 
-        let c = Collector()
-        let (immediate, completedInline) = live.on { conn -> ([RedisResult?], Int) in
-            let r = [conn.command("SET", "greeting", "hello", waiter: c, token: 1),
-                     conn.command("GET", "greeting", waiter: c, token: 2),
-                     conn.command("GET", "missing", waiter: c, token: 3),
-                     conn.command("INCR", "greeting", waiter: c, token: 4)]
-            return (r, c.count)
+            let c = Collector()
+            let (immediate, completedInline) = live.on { conn -> ([RedisResult?], Int) in
+                let r = [conn.command("SET", "greeting", "hello", waiter: c, token: 1),
+                         conn.command("GET", "greeting", waiter: c, token: 2),
+                         conn.command("GET", "missing", waiter: c, token: 3),
+                         conn.command("INCR", "greeting", waiter: c, token: 4)]
+                return (r, c.count)
+            }
+            #expect(immediate.allSatisfy { $0 == nil })
+            #expect(completedInline == 0)   // never completed from inside the call
+            #expect(eventually { c.count == 4 })
+            #expect(c.results(for: 1).first?.replyText == "OK")
+            #expect(c.results(for: 2).first?.replyText == "hello")
+            #expect(c.results(for: 3).first?.isNilReply == true)
+            if case .reply(let r) = c.results(for: 4).first { #expect(r.isError) } else { Issue.record("no error reply") }
         }
-        #expect(immediate.allSatisfy { $0 == nil })
-        #expect(completedInline == 0)   // never completed from inside the call
-        #expect(eventually { c.count == 4 })
-        #expect(c.results(for: 1).first?.replyText == "OK")
-        #expect(c.results(for: 2).first?.replyText == "hello")
-        #expect(c.results(for: 3).first?.isNilReply == true)
-        if case .reply(let r) = c.results(for: 4).first { #expect(r.isError) } else { Issue.record("no error reply") }
     }
 
     @Test func pipelinesABatchAndCompletesInOrder() throws {
-        let server = try RedisServer()
-        defer { server.stop() }
-        let live = try LiveConnection(url: server.url)
-        defer { live.shutdown() }
-        #expect(live.waitUp())
-        let c = Collector()
-        let n = 2000
-        live.on { conn in
-            for i in 0..<n {
-                _ = conn.command("SET", "k\(i)", "v\(i)", waiter: c, token: UInt64(2 * i))
-                _ = conn.command("GET", "k\(i)", waiter: c, token: UInt64(2 * i + 1))
+        try withRedis { server, live in
+            let c = Collector()
+            let n = 2000
+            live.on { conn in
+                for i in 0..<n {
+                    _ = conn.command("SET", "k\(i)", "v\(i)", waiter: c, token: UInt64(2 * i))
+                    _ = conn.command("GET", "k\(i)", waiter: c, token: UInt64(2 * i + 1))
+                }
             }
-        }
-        #expect(eventually { c.count == 2 * n })
-        let all = c.all
-        #expect(all.map(\.token) == (0..<UInt64(2 * n)).map { $0 })
-        for i in stride(from: 1, to: 2 * n, by: 2) {
-            #expect(all[i].result.replyText == "v\(i / 2)")
+            #expect(eventually { c.count == 2 * n })
+            let all = c.all
+            #expect(all.map(\.token) == (0..<UInt64(2 * n)).map { $0 })
+            for i in stride(from: 1, to: 2 * n, by: 2) {
+                #expect(all[i].result.replyText == "v\(i / 2)")
+            }
         }
     }
 
@@ -91,39 +85,36 @@ struct RedisConnectionTests {
     }
 
     @Test func timesOutAtTheDeadlineAndDropsTheLateReply() throws {
-        let server = try RedisServer()
-        defer { server.stop() }
         var opts = RedisConnection.Options()
         opts.failureThreshold = 100
-        let live = try LiveConnection(url: server.url, deadline: .milliseconds(50), options: opts)
-        defer { live.shutdown() }
-        #expect(live.waitUp())
-        let other = try server.client()
-        try other.run(["SET", "x", "1"])
-        // Another connection stalls the server for 300 ms (CLIENT PAUSE is DEBUG SLEEP's
-        // deterministic twin: it returns at once, then holds every other client's commands).
-        try other.run(["CLIENT", "PAUSE", "300", "ALL"])
-        let c = Collector()
-        live.on { _ = $0.command("GET", "x", waiter: c, token: 1) }
-        #expect(eventually { c.count >= 1 })
-        #expect(c.results(for: 1).count == 1)
-        #expect(c.results(for: 1).first?.isTimedOut == true)
-        // The late reply arrives after the pause; it must be dropped, and FIFO alignment kept.
-        // Ask again until the pause is over (earlier asks may time out too): the first
-        // on-time answer must be this command's own, not the dropped late reply.
-        var token: UInt64 = 1
-        let answered = eventually {
-            token += 1
-            let t = token
-            live.on { _ = $0.command("GET", "x", waiter: c, token: t) }
-            _ = eventually(2) { !c.results(for: t).isEmpty }
-            return c.results(for: t).first?.replyText == "1"
+        try withRedis(deadline: .milliseconds(50), options: opts) { server, live in
+            let other = try server.client()
+            try other.run(["SET", "x", "1"])
+            // Another connection stalls the server for 300 ms (CLIENT PAUSE is DEBUG SLEEP's
+            // deterministic twin: it returns at once, then holds every other client's commands).
+            try other.run(["CLIENT", "PAUSE", "300", "ALL"])
+            let c = Collector()
+            live.on { _ = $0.command("GET", "x", waiter: c, token: 1) }
+            #expect(eventually { c.count >= 1 })
+            #expect(c.results(for: 1).count == 1)
+            #expect(c.results(for: 1).first?.isTimedOut == true)
+            // The late reply arrives after the pause; it must be dropped, and FIFO alignment kept.
+            // Ask again until the pause is over (earlier asks may time out too): the first
+            // on-time answer must be this command's own, not the dropped late reply.
+            var token: UInt64 = 1
+            let answered = eventually {
+                token += 1
+                let t = token
+                live.on { _ = $0.command("GET", "x", waiter: c, token: t) }
+                _ = eventually(2) { !c.results(for: t).isEmpty }
+                return c.results(for: t).first?.replyText == "1"
+            }
+            #expect(answered)
+            usleep(100_000)
+            for t in 1...token { #expect(c.results(for: t).count == 1, "token \(t)") }
+            #expect(c.all.allSatisfy { $0.result.isTimedOut || $0.result.replyText == "1" })
+            #expect(live.isUp)
         }
-        #expect(answered)
-        usleep(100_000)
-        for t in 1...token { #expect(c.results(for: t).count == 1, "token \(t)") }
-        #expect(c.all.allSatisfy { $0.result.isTimedOut || $0.result.replyText == "1" })
-        #expect(live.isUp)
     }
 
     @Test func heartbeatCountsLiveInstances() throws {
@@ -176,19 +167,16 @@ final class ChainWaiter: RedisWaiter {
 
 struct RedisReentrancyTests {
     @Test func commandsIssuedFromACompletionAreSentAndAnswered() throws {
-        let server = try RedisServer()
-        defer { server.stop() }
-        let live = try LiveConnection(url: server.url)
-        defer { live.shutdown() }
-        #expect(live.waitUp())
-        let log = Collector()
-        live.on { conn in
-            let w = ChainWaiter(conn: conn, log: log, limit: 200)
-            _ = conn.command("INCR", "chain", waiter: w, token: 0)
+        try withRedis { server, live in
+            let log = Collector()
+            live.on { conn in
+                let w = ChainWaiter(conn: conn, log: log, limit: 200)
+                _ = conn.command("INCR", "chain", waiter: w, token: 0)
+            }
+            #expect(eventually { log.count == 200 })
+            #expect(log.all.map(\.token) == (0..<200).map { UInt64($0) })
+            #expect(log.all.last?.result.replyText == "200")
         }
-        #expect(eventually { log.count == 200 })
-        #expect(log.all.map(\.token) == (0..<200).map { UInt64($0) })
-        #expect(log.all.last?.result.replyText == "200")
     }
 
     @Test func decodesTheScriptReplyLikeTheCPath() {

@@ -25,71 +25,62 @@ struct RedisLimiterTests {
     }
 
     @Test func admitsTheLimitThenRefuses() throws {
-        let server = try RedisServer()
-        defer { server.stop() }
-        let live = try LiveConnection(url: server.url)
-        defer { live.shutdown() }
-        #expect(live.waitUp())
-        let plan = Self.plan([(5, .seconds(10), nil)])
-        let v = Self.admitBatch(live, KeyHash.sha256("k-limit"), plan, count: 7)
-        #expect(v.count == 7)
-        #expect(v.map(\.isAllowed) == [true, true, true, true, true, false, false])
-        #expect(v.prefix(5).map { $0.windows[0].remaining } == [4, 3, 2, 1, 0])
-        #expect(v[0].report.resetSeconds == 2 && v[4].report.resetSeconds == 10)
-        #expect(v[5].retryAfterSeconds == 2)
-        #expect(v[5].report.windowIndex == 0 && v[5].report.remaining == 0)
-        #expect(v[0].retryAfterSeconds == 0)
+        try withRedis { server, live in
+            let plan = Self.plan([(5, .seconds(10), nil)])
+            let v = Self.admitBatch(live, KeyHash.sha256("k-limit"), plan, count: 7)
+            #expect(v.count == 7)
+            #expect(v.map(\.isAllowed) == [true, true, true, true, true, false, false])
+            #expect(v.prefix(5).map { $0.windows[0].remaining } == [4, 3, 2, 1, 0])
+            #expect(v[0].report.resetSeconds == 2 && v[4].report.resetSeconds == 10)
+            #expect(v[5].retryAfterSeconds == 2)
+            #expect(v[5].report.windowIndex == 0 && v[5].report.remaining == 0)
+            #expect(v[0].retryAfterSeconds == 0)
+        }
     }
 
     @Test func allOrNothingAcrossWindowsAndRefusalsConsumeNothing() throws {
-        let server = try RedisServer()
-        defer { server.stop() }
-        let live = try LiveConnection(url: server.url)
-        defer { live.shutdown() }
-        #expect(live.waitUp())
-        let plan = Self.plan([(2, .seconds(100), nil), (10, .seconds(100), nil)])
-        let hash = KeyHash.sha256("k-two-windows")
-        let first = Self.admitBatch(live, hash, plan, count: 2)
-        #expect(first.map(\.isAllowed) == [true, true])
-        #expect(first[1].windows[1].remaining == 8)
-        let dir = try server.client()
-        let before = try dir.run(["GET", RedisKeys.limiter(hash, window: 1)])
-        let refused = Self.admitBatch(live, hash, plan, count: 3, tokenBase: 10)
-        #expect(refused.map(\.isAllowed) == [false, false, false])
-        // The second window had room but must not be charged: it still reports 8 left.
-        #expect(refused.allSatisfy { $0.windows[1].remaining == 8 && $0.windows[0].remaining == 0 })
-        #expect(refused.allSatisfy { $0.report.windowIndex == 0 && $0.retryAfterSeconds >= 1 })
-        #expect(try dir.run(["GET", RedisKeys.limiter(hash, window: 1)]) == before)
-        #expect(try dir.run(["GET", RedisKeys.limiter(hash, window: 0)]) != .nil)
-        // TTLs follow each window's need.
-        if case .integer(let ttl) = try dir.run(["PTTL", RedisKeys.limiter(hash, window: 1)]) {
-            #expect(ttl > 0 && ttl <= 20_000)
-        } else { Issue.record("no TTL") }
+        try withRedis { server, live in
+            let plan = Self.plan([(2, .seconds(100), nil), (10, .seconds(100), nil)])
+            let hash = KeyHash.sha256("k-two-windows")
+            let first = Self.admitBatch(live, hash, plan, count: 2)
+            #expect(first.map(\.isAllowed) == [true, true])
+            #expect(first[1].windows[1].remaining == 8)
+            let dir = try server.client()
+            let before = try dir.run(["GET", RedisKeys.limiter(hash, window: 1)])
+            let refused = Self.admitBatch(live, hash, plan, count: 3, tokenBase: 10)
+            #expect(refused.map(\.isAllowed) == [false, false, false])
+            // The second window had room but must not be charged: it still reports 8 left.
+            #expect(refused.allSatisfy { $0.windows[1].remaining == 8 && $0.windows[0].remaining == 0 })
+            #expect(refused.allSatisfy { $0.report.windowIndex == 0 && $0.retryAfterSeconds >= 1 })
+            #expect(try dir.run(["GET", RedisKeys.limiter(hash, window: 1)]) == before)
+            #expect(try dir.run(["GET", RedisKeys.limiter(hash, window: 0)]) != .nil)
+            // TTLs follow each window's need.
+            if case .integer(let ttl) = try dir.run(["PTTL", RedisKeys.limiter(hash, window: 1)]) {
+                #expect(ttl > 0 && ttl <= 20_000)
+            } else { Issue.record("no TTL") }
+        }
     }
 
     /// Redis's verdicts for `count` requests on one key, each checked against the
     /// in-process limiter's; returns which were allowed.
     static func agreement(_ plan: PlanSpec, key: String, count: Int) throws -> [Bool] {
-        let server = try RedisServer()
-        defer { server.stop() }
-        let live = try LiveConnection(url: server.url)
-        defer { live.shutdown() }
-        #expect(live.waitUp())
-        let hash = KeyHash.sha256(key)
-        let remote = admitBatch(live, hash, plan, count: count)
-        let local = RateLimiter()
-        let now: UInt64 = 1_000_000_000_000
-        for (i, r) in remote.enumerated() {
-            let l = local.admit(key: hash, plan: plan, now: now)
-            #expect(r.isAllowed == l.isAllowed, "request \(i)")
-            #expect(r.retryAfterSeconds == l.retryAfterSeconds, "request \(i)")
-            #expect(r.report == l.report, "request \(i)")
-            #expect(r.windowCount == l.windowCount)
-            for w in 0..<plan.windows.count {
-                #expect(r.windows[w] == l.windows[w], "request \(i) window \(w)")
+        try withRedis { server, live in
+            let hash = KeyHash.sha256(key)
+            let remote = admitBatch(live, hash, plan, count: count)
+            let local = RateLimiter()
+            let now: UInt64 = 1_000_000_000_000
+            for (i, r) in remote.enumerated() {
+                let l = local.admit(key: hash, plan: plan, now: now)
+                #expect(r.isAllowed == l.isAllowed, "request \(i)")
+                #expect(r.retryAfterSeconds == l.retryAfterSeconds, "request \(i)")
+                #expect(r.report == l.report, "request \(i)")
+                #expect(r.windowCount == l.windowCount)
+                for w in 0..<plan.windows.count {
+                    #expect(r.windows[w] == l.windows[w], "request \(i) window \(w)")
+                }
             }
+            return remote.map(\.isAllowed)
         }
-        return remote.map(\.isAllowed)
     }
 
     @Test func agreesWithTheInProcessLimiter() throws {
@@ -133,36 +124,30 @@ struct RedisLimiterTests {
     }
 
     @Test func reloadsTheScriptAfterNoScript() throws {
-        let server = try RedisServer()
-        defer { server.stop() }
-        let live = try LiveConnection(url: server.url)
-        defer { live.shutdown() }
-        #expect(live.waitUp())
-        let plan = Self.plan([(10, .seconds(60), nil)])
-        let hash = KeyHash.sha256("k-noscript")
-        #expect(Self.admitBatch(live, hash, plan, count: 1).first?.isAllowed == true)
-        let dir = try server.client()
-        try dir.run(["SCRIPT", "FLUSH"])
-        let sha = String(decoding: RedisScripts.limiterSHA, as: UTF8.self)
-        #expect(try dir.run(["SCRIPT", "EXISTS", sha]) == .array([.integer(0)]))
-        // Several in one batch: each gets NOSCRIPT, each falls back to EVAL.
-        let after = Self.admitBatch(live, hash, plan, count: 3, tokenBase: 100)
-        #expect(after.map(\.isAllowed) == [true, true, true])
-        #expect(after.map { $0.windows[0].remaining } == [8, 7, 6])
-        #expect(try dir.run(["SCRIPT", "EXISTS", sha]) == .array([.integer(1)]))
-        #expect(Self.admitBatch(live, hash, plan, count: 1, tokenBase: 200).first?.windows[0].remaining == 5)
+        try withRedis { server, live in
+            let plan = Self.plan([(10, .seconds(60), nil)])
+            let hash = KeyHash.sha256("k-noscript")
+            #expect(Self.admitBatch(live, hash, plan, count: 1).first?.isAllowed == true)
+            let dir = try server.client()
+            try dir.run(["SCRIPT", "FLUSH"])
+            let sha = String(decoding: RedisScripts.limiterSHA, as: UTF8.self)
+            #expect(try dir.run(["SCRIPT", "EXISTS", sha]) == .array([.integer(0)]))
+            // Several in one batch: each gets NOSCRIPT, each falls back to EVAL.
+            let after = Self.admitBatch(live, hash, plan, count: 3, tokenBase: 100)
+            #expect(after.map(\.isAllowed) == [true, true, true])
+            #expect(after.map { $0.windows[0].remaining } == [8, 7, 6])
+            #expect(try dir.run(["SCRIPT", "EXISTS", sha]) == .array([.integer(1)]))
+            #expect(Self.admitBatch(live, hash, plan, count: 1, tokenBase: 200).first?.windows[0].remaining == 5)
+        }
     }
 
     @Test func emptyPlanAnswersAtOnce() throws {
-        let server = try RedisServer()
-        defer { server.stop() }
-        let live = try LiveConnection(url: server.url)
-        defer { live.shutdown() }
-        #expect(live.waitUp())
-        let c = Collector()
-        let r = live.on { $0.admit(KeyHash.sha256("x"), plan: Self.plan([]), waiter: c, token: 1) }
-        #expect(r?.verdict?.isAllowed == true)
-        usleep(20_000)
-        #expect(c.count == 0)
+        try withRedis { server, live in
+            let c = Collector()
+            let r = live.on { $0.admit(KeyHash.sha256("x"), plan: Self.plan([]), waiter: c, token: 1) }
+            #expect(r?.verdict?.isAllowed == true)
+            usleep(20_000)
+            #expect(c.count == 0)
+        }
     }
 }

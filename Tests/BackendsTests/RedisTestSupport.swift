@@ -4,6 +4,7 @@ import Glibc
 import Policy
 import Runtime
 import Synchronization
+import Testing
 
 /// A real `redis-server` on a free loopback port, stopped by PID.
 final class RedisServer: @unchecked Sendable {
@@ -218,4 +219,17 @@ extension RedisResult {
     var isTimedOut: Bool { if case .timedOut = self { true } else { false } }
     var isUnavailable: Bool { if case .unavailable = self { true } else { false } }
     var isNilReply: Bool { if case .reply(.nil) = self { true } else { false } }
+}
+
+/// A redis-server of the test's own and a connection to it, up (checked); the connection and
+/// the server are stopped, in that order, when `body` returns or throws.
+func withRedis<R>(deadline: Duration = .milliseconds(500), options: RedisConnection.Options = RedisConnection.Options(),
+                  sourceLocation: SourceLocation = #_sourceLocation,
+                  _ body: (RedisServer, LiveConnection) throws -> R) throws -> R {
+    let server = try RedisServer()
+    defer { server.stop() }
+    let live = try LiveConnection(url: server.url, deadline: deadline, options: options)
+    defer { live.shutdown() }
+    #expect(live.waitUp(), sourceLocation: sourceLocation)
+    return try body(server, live)
 }

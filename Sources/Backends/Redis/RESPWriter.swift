@@ -138,12 +138,6 @@ public final class RESPWriter {
     @inline(__always)
     public func hex(_ hash: KeyHash) { putHex(hash) }
 
-    /// A bare 64-hex-digit hash argument.
-    public func bulkHex(_ hash: KeyHash) {
-        bulkHeader(64)
-        putHex(hash)
-        reserve(2); crlf()
-    }
 
     private func putTaggedHash(_ hash: KeyHash) {
         reserve(RedisKeys.taggedPrefixLength)

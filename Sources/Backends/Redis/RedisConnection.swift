@@ -182,15 +182,7 @@ public final class RedisConnection {
         phase = .handshaking
         let hsDeadline = connectDeadline
         handshakeLeft = 0
-        if let pass = url.password {
-            writer.reset()
-            if let user = url.username {
-                writer.arrayHeader(3); writer.bulk("AUTH"); writer.bulk(user); writer.bulk(pass)
-            } else {
-                writer.arrayHeader(2); writer.bulk("AUTH"); writer.bulk(pass)
-            }
-            if enqueue(.handshake, deadline: hsDeadline) { handshakeLeft += 1 }
-        }
+        if formatAuth(), enqueue(.handshake, deadline: hsDeadline) { handshakeLeft += 1 }
         if url.database != 0 {
             writer.reset()
             writer.arrayHeader(2); writer.bulk("SELECT"); writer.bulk(decimal: url.database)
@@ -507,16 +499,21 @@ public final class RedisConnection {
         subLink = l
     }
 
-    private func startSubscription(_ l: RedisLink) {
-        if let pass = url.password {
-            writer.reset()
-            if let user = url.username {
-                writer.arrayHeader(3); writer.bulk("AUTH"); writer.bulk(user); writer.bulk(pass)
-            } else {
-                writer.arrayHeader(2); writer.bulk("AUTH"); writer.bulk(pass)
-            }
-            _ = l.send(writer)
+    /// `AUTH [user] pass` into the writer when the URL has a password; false (nothing written)
+    /// when it has none.
+    private func formatAuth() -> Bool {
+        guard let pass = url.password else { return false }
+        writer.reset()
+        if let user = url.username {
+            writer.arrayHeader(3); writer.bulk("AUTH"); writer.bulk(user); writer.bulk(pass)
+        } else {
+            writer.arrayHeader(2); writer.bulk("AUTH"); writer.bulk(pass)
         }
+        return true
+    }
+
+    private func startSubscription(_ l: RedisLink) {
+        if formatAuth() { _ = l.send(writer) }
         writer.reset()
         writer.arrayHeader(2)
         writer.bulk("SUBSCRIBE")

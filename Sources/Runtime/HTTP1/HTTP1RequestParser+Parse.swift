@@ -159,29 +159,26 @@ struct RequestParseState: Sendable {
         let vs = pos
         let hasCR = lf > vs && HTTP1Lexer.byte(p, lf - 1) == HTTP1Lexer.cr
         let ve = hasCR ? lf - 1 : lf
-        // The usual line ends in exactly "HTTP/1.1" (or 1.0): one word compare.
-        if ve - vs == 8 {
-            let word = p.loadUnaligned(fromByteOffset: vs, as: UInt64.self)
-            if word == HTTP1Lexer.http11Word || word == HTTP1Lexer.http10Word {
-                version = word == HTTP1Lexer.http11Word ? .http11 : .http10
-                if !hasCR { return HTTP1ParseError(.bareLF, at: lf) }
-                method = methodAt(p, 0, targetStart - 1)
-                if let e = classifyTarget(p) { return e }
-                phase = 3
-                return nil
+        // The usual line ends in exactly "HTTP/1.1" (or 1.0): one word compare; anything else
+        // is judged byte by byte.
+        let word = ve - vs == 8 ? p.loadUnaligned(fromByteOffset: vs, as: UInt64.self) : 0
+        if word == HTTP1Lexer.http11Word {
+            version = .http11
+        } else if word == HTTP1Lexer.http10Word {
+            version = .http10
+        } else {
+            var i = vs
+            while i < ve {
+                let c = HTTP1Lexer.byte(p, i)
+                if HTTP1Lexer.isWS(c) { return HTTP1ParseError(.badRequestLine, at: i) }
+                if c == HTTP1Lexer.cr { return HTTP1ParseError(.bareCR, at: i) }
+                if c < 0x20 || c == 0x7F { return HTTP1ParseError(.controlCharacter, at: i) }
+                i += 1
             }
-        }
-        var i = vs
-        while i < ve {
-            let c = HTTP1Lexer.byte(p, i)
-            if HTTP1Lexer.isWS(c) { return HTTP1ParseError(.badRequestLine, at: i) }
-            if c == HTTP1Lexer.cr { return HTTP1ParseError(.bareCR, at: i) }
-            if c < 0x20 || c == 0x7F { return HTTP1ParseError(.controlCharacter, at: i) }
-            i += 1
-        }
-        switch versionAt(p, vs, ve) {
-        case .some(let v): version = v
-        case .none: return HTTP1ParseError(isHTTPDigitDotDigit(p, vs, ve) ? .unsupportedVersion : .badVersion, at: vs)
+            switch versionAt(p, vs, ve) {
+            case .some(let v): version = v
+            case .none: return HTTP1ParseError(isHTTPDigitDotDigit(p, vs, ve) ? .unsupportedVersion : .badVersion, at: vs)
+            }
         }
         if !hasCR { return HTTP1ParseError(.bareLF, at: lf) }
 
