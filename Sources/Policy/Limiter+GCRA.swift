@@ -115,6 +115,8 @@ public struct LimitVerdict: Sendable {
     public var isAllowed = true
     /// ≥ 1 when refused, 0 when allowed.
     public var retryAfterSeconds = 0
+    /// The exact wait behind `retryAfterSeconds`, in ms, when the shared store decided (0 otherwise).
+    public var retryAfterMillis: Int64 = 0
     public var report: LimitReport
     public var windowCount: Int
     /// Valid for `0..<windowCount`, in the plan's window order.

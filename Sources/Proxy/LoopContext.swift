@@ -133,6 +133,12 @@ final class LoopContext {
     /// across loops: the cells are shared).
     func admit(for c: ClientConnection, plan: PlanSpec) -> PhaseResult {
         if let store {
+            if let refused = store.refusals.refusal(c.exchange.keyHash, plan: plan, now: loop.now) {
+                c.exchange.limitPlan = plan.index
+                c.exchange.limitReport = refused.limit!
+                return .reply(refused)
+            }
+            c.exchange.storeAskedAt = loop.now
             if let failed = store.redis.admit(c.exchange.keyHash, plan: plan, waiter: c, token: c.exchange.token) {
                 return limitFailed(c, store, plan, failed)
             }
@@ -182,7 +188,11 @@ final class LoopContext {
             }
         case .admit:
             guard let record = c.exchange.record, let pi = record.planIndex, pi < snapshot.plans.count else { return .next }
-            if case .limit(let v) = result { return apply(v, to: c, plan: snapshot.plans[pi]) }
+            if case .limit(let v) = result {
+                let plan = snapshot.plans[pi]
+                if !v.isAllowed { store.refusals.remember(h, plan: plan, askedAt: c.exchange.storeAskedAt, verdict: v) }
+                return apply(v, to: c, plan: plan)
+            }
             return limitFailed(c, store, snapshot.plans[pi], result)
         default:
             return .next

@@ -96,6 +96,43 @@ struct RedisLimiterTests {
         #expect(try Self.agreement(plan, key: "k-agree-one", count: 5) == [true, true, true, false, false])
     }
 
+    /// The one-window path writes first (`SET … GET`) and repairs after: a refusal must leave
+    /// the stored TAT and its expiry as they were, an admission of a busy key must store the
+    /// right TAT, and a key whose TAT has passed (still present) starts a fresh window.
+    @Test func oneWindowRefusalRestoresTheStoredTATAndAStaleKeyStartsFresh() throws {
+        try withRedis { server, live in
+            let plan = Self.plan([(2, .seconds(100), nil)])   // T = 50 s, τ = 100 s
+            let hash = KeyHash.sha256("k-restore")
+            let key = RedisKeys.limiter(hash, window: 0)
+            let dir = try server.client()
+            let admitted = Self.admitBatch(live, hash, plan, count: 2)
+            #expect(admitted.map(\.isAllowed) == [true, true])
+            #expect(admitted.map { $0.windows[0].remaining } == [1, 0])
+            let tat = try dir.run(["GET", key])
+            guard case .integer(let ttlBefore) = try dir.run(["PTTL", key]) else { Issue.record("no TTL"); return }
+            #expect(ttlBefore > 99_000 && ttlBefore <= 100_000)
+            let refused = Self.admitBatch(live, hash, plan, count: 3, tokenBase: 10)
+            #expect(refused.map(\.isAllowed) == [false, false, false])
+            #expect(refused.allSatisfy { $0.retryAfterSeconds >= 49 && $0.retryAfterSeconds <= 50 })
+            #expect(refused.allSatisfy { $0.retryAfterMillis > 49_000 && $0.retryAfterMillis <= 50_000 })
+            #expect(try dir.run(["GET", key]) == tat, "a refusal changed the stored TAT")
+            guard case .integer(let ttlAfter) = try dir.run(["PTTL", key]) else { Issue.record("no TTL"); return }
+            #expect(ttlAfter <= ttlBefore && ttlAfter > ttlBefore - 5_000, "TTL \(ttlBefore) → \(ttlAfter)")
+
+            // A TAT long past, on a key that has not expired: the same as a missing key.
+            let stale = KeyHash.sha256("k-stale")
+            let staleKey = RedisKeys.limiter(stale, window: 0)
+            try dir.run(["SET", staleKey, "1000", "PX", "600000"])
+            let fresh = Self.admitBatch(live, stale, plan, count: 1)
+            #expect(fresh.first?.isAllowed == true && fresh.first?.windows[0].remaining == 1)
+            guard case .string(let stored) = try dir.run(["GET", staleKey]),
+                  let v = Int(String(decoding: stored, as: UTF8.self)) else { Issue.record("no TAT"); return }
+            #expect(v > 1_000_000_000_000_000, "TAT \(v) is not now + T in µs")
+            guard case .integer(let freshTTL) = try dir.run(["PTTL", staleKey]) else { Issue.record("no TTL"); return }
+            #expect(freshTTL > 45_000 && freshTTL <= 50_000, "a fresh key lives T (50 s), not \(freshTTL) ms")
+        }
+    }
+
     @Test func exactAcrossTwoConnectionsHammeringOneKey() throws {
         let server = try RedisServer()
         defer { server.stop() }

@@ -349,6 +349,58 @@ import Testing
         #expect(gets >= 50, "\(gets) GETs: the unknown keys were never looked up in Redis?")
     }
 
+    // MARK: 5b. refusals are remembered for as long as they hold
+
+    /// Limiter decisions Redis made (EVAL/EVALSHA minus the heartbeats, one ZADD each).
+    private func limiterCalls(_ fleet: RedisFleet) throws -> Int {
+        try fleet.redis.commandCalls("evalsha") + fleet.redis.commandCalls("eval") - fleet.redis.commandCalls("zadd")
+    }
+
+    @Test func aKeyPastItsLimitIsRefusedWithoutAskingRedisAgain() throws {
+        let fleet = try RedisFleet(count: 1)
+        defer { fleet.stop() }
+        let minted = try fleet.mint(consumer: "hammer", plan: "tight", id: "key_hammer")
+        let c = try RawClient(port: fleet.ports[0])
+        defer { c.close() }
+        let before = try limiterCalls(fleet)
+        var answers: [HTTPResponse] = []
+        for i in 0..<33 {
+            answers.append(try c.request("GET /api/h/\(i) HTTP/1.1\r\nHost: h\r\nX-API-Key: \(minted.key)\r\n\r\n"))
+        }
+        let asked = try limiterCalls(fleet) - before
+        #expect(answers.prefix(3).allSatisfy { $0.status == 200 })
+        let refused = answers.dropFirst(3)
+        #expect(refused.allSatisfy { $0.status == 429 && $0.errorCode == "RATE_LIMITED" },
+                "\(refused.map(\.status))")
+        // T = 1200 s: every refusal, from Redis or from the memo, says the same wait.
+        let waits = refused.compactMap { $0.header("Retry-After").flatMap { Int($0) } }
+        #expect(waits.count == 30 && waits.allSatisfy { $0 >= 1195 && $0 <= 1200 }, "\(waits)")
+        #expect(refused.allSatisfy { $0.header("RateLimit")?.contains("r=0") == true }, "\(refused.first?.header("RateLimit") ?? "-")")
+        // 3 admissions and the first refusal went to Redis; the other 29 did not.
+        #expect(asked == 4, "Redis decided \(asked) of 33 requests")
+        #expect(fleet.heads.count == 3)
+    }
+
+    @Test func aRememberedRefusalLapsesWhenRedisWouldAdmitAgain() throws {
+        let fleet = try RedisFleet(count: 1)
+        defer { fleet.stop() }
+        let minted = try fleet.mint(consumer: "brief", plan: "brief", id: "key_brief")   // 1 per second
+        let c = try RawClient(port: fleet.ports[0])
+        defer { c.close() }
+        func ask(_ i: Int) throws -> HTTPResponse {
+            try c.request("GET /api/b/\(i) HTTP/1.1\r\nHost: h\r\nX-API-Key: \(minted.key)\r\n\r\n")
+        }
+        let before = try limiterCalls(fleet)
+        #expect(try ask(0).status == 200)
+        let first = try ask(1), second = try ask(2)
+        #expect(first.status == 429 && second.status == 429)
+        #expect(first.header("Retry-After") == "1" && second.header("Retry-After") == "1")
+        usleep(1_050_000)   // past the wait Redis gave (≤ 1 s from its decision)
+        let after = try ask(3)
+        #expect(after.status == 200, "a remembered refusal outlived Redis's: \(after.status)")
+        #expect(try limiterCalls(fleet) - before == 3, "the second refusal should come from the memo")
+    }
+
     // MARK: 6. keys list against Redis
 
     @Test func aReloadRecompilesCachedRecords() throws {
@@ -505,6 +557,12 @@ final class RedisFleet {
           outage:
             rate_limits:
               - {requests: 90, per: 1h, burst: 90}
+          tight:
+            rate_limits:
+              - {requests: 3, per: 1h, burst: 3}
+          brief:
+            rate_limits:
+              - {requests: 1, per: 1s, burst: 1}
         routes:
           - name: api
             match: {path_prefix: /api/}

@@ -377,7 +377,7 @@ public final class RedisConnection {
             writer.raw(text + at, count: t.text.count - at)
             return
         }
-        writer.arrayHeader(3 + 3 * n)
+        writer.arrayHeader(3 + n + RedisScripts.argumentCount(plan))
         if evalBody {
             writer.bulk("EVAL"); writer.bulk(RedisScripts.limiterBody)
         } else {
@@ -400,7 +400,7 @@ public final class RedisConnection {
             self.plan = plan
             let n = plan.windows.count
             let w = RESPWriter(capacity: 512)
-            w.arrayHeader(3 + 3 * n)
+            w.arrayHeader(3 + n + RedisScripts.argumentCount(plan))
             w.bulk("EVALSHA"); w.bulk(RedisScripts.limiterSHA)
             w.bulk(decimal: n)
             headCount = w.count
@@ -446,6 +446,9 @@ public final class RedisConnection {
             let (t, cap) = RedisScripts.micros(window)
             w.bulk(decimal: t)
             w.bulk(decimal: cap)
+        }
+        if plan.windows.count == 1 {
+            w.bulk(decimal: RedisScripts.freshLifetimeMillis(plan.windows[0]))
         }
         let bytes = Array(UnsafeRawBufferPointer(start: w.bytes, count: w.count))
         if windowArgumentCache.count >= 64 { windowArgumentCache.removeAll() }   // reloads make new plans

@@ -8,15 +8,23 @@ public enum RedisScripts {
     ///
     /// - `KEYS[i]`: `tg:{<hex>}:rl:<i-1>`, one per window (same hash tag: one slot).
     /// - `ARGV[2i-1]`, `ARGV[2i]`: window i's emission interval T and capacity τ = burst×T, in µs.
+    ///   A one-window plan adds `ARGV[3]`: ⌈T/1000⌉ ms, the lifetime of a fresh key.
     /// - Time: `redis.call('TIME')` in µs, so instances' clocks never matter.
     ///
     /// Same math as `GCRA.admit`: newTAT = max(TAT, now) + T; a window admits when
     /// newTAT − now ≤ τ. All or nothing: only when every window admits are the TATs stored
     /// (each with a PX of its own need, ⌈(newTAT − now)/1000⌉ ms, after which a missing key
-    /// equals a full window). A refused request writes nothing.
+    /// equals a full window). A refused request changes nothing.
     ///
-    /// Returns `"allowed retry_ms worst rem_1 reset_ms_1 … rem_n reset_ms_n"`, one bulk
-    /// string of decimal integers (one reply object for hiredis to allocate, not 3 + 2n):
+    /// One window, a key that is missing or whose TAT has passed (every key not busy right
+    /// now): one `SET … GET` stores now + T and shows the old TAT, and the script answers the
+    /// integer 1: admitted with τ − T to spare (`fresh`, worked out by the caller from the plan).
+    /// A busy key then costs one more `SET`: the right TAT, or, when refused, the old one
+    /// back with its own PX. Each `redis.call` costs Redis about as much as the whole EVALSHA
+    /// around it (measured under callgrind: 57k instructions per decision before, 42k after).
+    ///
+    /// Otherwise returns `"allowed retry_ms worst rem_1 reset_ms_1 … rem_n reset_ms_n"`, one
+    /// bulk string of decimal integers (one reply object for hiredis to allocate, not 3 + 2n):
     /// - allowed: `rem_i` = ⌊(τ − used)/T⌋, `reset_ms_i` = ⌈used/1000⌉; retry_ms 0.
     /// - refused: `worst` is the 0-based refused window with the longest wait (first on ties),
     ///   `retry_ms` = ⌈its (used − τ)/1000⌉; refused windows give rem 0 and their own wait;
@@ -28,21 +36,21 @@ public enum RedisScripts {
           return table.concat(a, ' ')
         end
         local t = redis.call('TIME')
-        local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+        local now = t[1] * 1000000 + t[2]
         local n = #KEYS
         if n == 1 then
-          -- One window (the common plan): the same math without tables (≈30% less Redis time).
           local T = tonumber(ARGV[1])
+          local old = redis.call('SET', KEYS[1], string.format('%d', now + T), 'PX', ARGV[3], 'GET')
+          local v = old and tonumber(old) or 0
+          if v <= now then return 1 end
           local cap = tonumber(ARGV[2])
-          local v = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-          local base = v > now and v or now
-          local used = base + T - now
+          local used = v + T - now
           if used <= cap then
             local px = math.ceil(used / 1000)
-            if px < 1 then px = 1 end
-            redis.call('SET', KEYS[1], string.format('%d', base + T), 'PX', px)
-            return string.format('1 0 0 %d %d', math.floor((cap - used) / T), math.ceil(used / 1000))
+            redis.call('SET', KEYS[1], string.format('%d', v + T), 'PX', px)
+            return string.format('1 0 0 %d %d', math.floor((cap - used) / T), px)
           end
+          redis.call('SET', KEYS[1], old, 'PX', math.ceil((v - now) / 1000))
           local wait = math.ceil((used - cap) / 1000)
           return string.format('0 %d 0 0 %d', wait, wait)
         end
@@ -138,6 +146,29 @@ public enum RedisScripts {
         return (t, t &* max(1, w.burst))
     }
 
+    /// How many ARGV the limiter script takes for `plan`: T and τ per window, and for one
+    /// window the fresh key's PX.
+    @inline(__always)
+    static func argumentCount(_ plan: PlanSpec) -> Int {
+        let n = plan.windows.count
+        return n == 1 ? 3 : 2 * n
+    }
+
+    /// A fresh one-window key's PX: ⌈T/1000⌉ ms, at least 1.
+    @inline(__always)
+    static func freshLifetimeMillis(_ w: RateWindow) -> Int {
+        max(1, (micros(w).emission + 999) / 1000)
+    }
+
+    /// The verdict for the script's integer answer 1 (one window, fresh key): admitted, used = T,
+    /// so τ − T to spare (burst − 1 requests) and a reset of ⌈T/1000⌉ ms.
+    static func freshVerdict(_ plan: PlanSpec) -> LimitVerdict? {
+        guard plan.windows.count == 1 else { return nil }
+        let (t, cap) = micros(plan.windows[0])
+        let fields: InlineArray<5, Int64> = [1, 0, 0, Int64((cap - t) / t), Int64(freshLifetimeMillis(plan.windows[0]))]
+        return verdict(plan: plan) { fields[$0] }
+    }
+
     /// Turns the limiter script's reply into the verdict the in-process limiter would give:
     /// same `isAllowed`, `retryAfterSeconds`, per-window remaining/reset and reported window.
     /// Nil when the reply is not the script's shape (an error reply, a wrong window count).
@@ -145,6 +176,8 @@ public enum RedisScripts {
         let want = 3 + 2 * plan.windows.count
         var ints = InlineArray<19, Int64>(repeating: 0)
         switch reply {
+        case .integer(let fresh):
+            return fresh == 1 ? freshVerdict(plan) : nil
         case .string(let text):
             guard text.withUnsafeBytes({ parseIntegers($0, count: want, into: &ints) }) else { return nil }
         case .array(let items):
@@ -163,6 +196,7 @@ public enum RedisScripts {
     /// Same, reading the C reply directly (no copy: the hot path).
     static func verdict(from r: UnsafePointer<redisReply>, plan: PlanSpec) -> LimitVerdict? {
         let p = r.pointee
+        if p.type == REDIS_REPLY_INTEGER { return p.integer == 1 ? freshVerdict(plan) : nil }
         let want = 3 + 2 * plan.windows.count
         guard p.type == REDIS_REPLY_STRING, let str = p.str else { return nil }
         var ints = InlineArray<19, Int64>(repeating: 0)
@@ -232,6 +266,7 @@ public enum RedisScripts {
         } else {
             let worst = Int(min(max(0, at(2)), Int64(max(0, n - 1))))
             v.retryAfterSeconds = max(1, ceilSeconds(ms: at(1)))
+            v.retryAfterMillis = max(1, at(1))
             v.report = LimitReport(planIndex: plan.index, windowIndex: worst, remaining: 0, resetSeconds: v.retryAfterSeconds)
         }
         return v

@@ -43,6 +43,8 @@ struct ExchangeFacts {
     var limitPlan = -1
     var limitReport = LimitReport(planIndex: 0, windowIndex: 0, remaining: 0, resetSeconds: 0)
     var retryAfterSeconds = 0
+    /// When the limit decision was queued for the shared store (loop clock).
+    var storeAskedAt: UInt64 = 0
     /// Decided without the shared store (see `SharedStore`): marked on the response.
     var degraded: Degraded = .none
     /// Bumped per exchange so a late completion for an old one is ignored.

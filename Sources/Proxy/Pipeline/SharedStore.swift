@@ -35,6 +35,8 @@ final class SharedStore {
     let maxEntries = 100_000
     let maxNegative = 10_000
     private var scaledPlans: [Int: (Int, PlanSpec)] = [:]
+    /// Refusals that still hold (see `RefusalMemo`).
+    var refusals = RefusalMemo()
     /// Counts for the log and tests.
     private(set) var admittedOpen = 0
     private(set) var limitedLocally = 0
