@@ -130,6 +130,17 @@ struct RedisLimiterTests {
             #expect(v > 1_000_000_000_000_000, "TAT \(v) is not now + T in µs")
             guard case .integer(let freshTTL) = try dir.run(["PTTL", staleKey]) else { Issue.record("no TTL"); return }
             #expect(freshTTL > 45_000 && freshTTL <= 50_000, "a fresh key lives T (50 s), not \(freshTTL) ms")
+
+            // A short interval (T = 100 ms): the key is kept 10 s, so an active client's next
+            // decision overwrites it; it still reads as a full window once its TAT has passed.
+            let quick = Self.plan([(10, .seconds(1), 1)])
+            let q = KeyHash.sha256("k-quick")
+            #expect(Self.admitBatch(live, q, quick, count: 1).first?.isAllowed == true)
+            guard case .integer(let kept) = try dir.run(["PTTL", RedisKeys.limiter(q, window: 0)]) else { Issue.record("no TTL"); return }
+            #expect(kept > 9_000 && kept <= 10_000, "kept \(kept) ms")
+            usleep(150_000)
+            let again = Self.admitBatch(live, q, quick, count: 1, tokenBase: 5)
+            #expect(again.first?.isAllowed == true && again.first?.windows[0].remaining == 0)
         }
     }
 

@@ -448,7 +448,7 @@ public final class RedisConnection {
             w.bulk(decimal: cap)
         }
         if plan.windows.count == 1 {
-            w.bulk(decimal: RedisScripts.freshLifetimeMillis(plan.windows[0]))
+            w.bulk(decimal: RedisScripts.keepMillis(plan.windows[0]))
         }
         let bytes = Array(UnsafeRawBufferPointer(start: w.bytes, count: w.count))
         if windowArgumentCache.count >= 64 { windowArgumentCache.removeAll() }   // reloads make new plans
