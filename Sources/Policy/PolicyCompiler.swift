@@ -155,8 +155,7 @@ enum PolicyCompiler {
             admin: admin.map { AdminSpec(host: $0.address.host, port: $0.address.port, isIPv6: $0.address.isIPv6) },
             store: store.map { s in
                 s.redis.map {
-                    StoreSpec(url: $0.text, isTLS: $0.isTLS, host: $0.host, port: $0.port, database: $0.database,
-                              password: $0.password, onError: s.onError, deadline: s.deadline)
+                    StoreSpec(url: $0, onError: s.onError, deadline: s.deadline)
                 }
             } ?? nil,
             storeFailMode: store?.onError ?? .closed,

@@ -340,9 +340,7 @@ struct NodeReader {
             case "redis":
                 if NodeReader.isNull(v) { continue }
                 guard let text = string(v, p) else { continue }
-                if let u = PolicyValues.redisURL(text) { s.redis = u } else {
-                    fail(v, p, "invalid Redis URL '\(text)' (expected redis://host:port[/db] or rediss://…)")
-                }
+                do { s.redis = try RedisURL(parsing: text) } catch { fail(v, p, error.description) }
             case "on_error":
                 guard let text = string(v, p) else { continue }
                 if let mode = StoreFailMode(rawValue: text) { s.onError = mode } else {

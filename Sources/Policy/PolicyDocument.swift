@@ -15,7 +15,7 @@
 ///   - address: 0.0.0.0:8443         # a.b.c.d:port, [v6]:port or localhost:port (port 0 = any)
 ///     tls: {certificate: PATH, private_key: PATH}   # parsed and kept
 /// store:
-///   redis: redis://[:password@]host[:port][/db]    # or rediss://
+///   redis: redis://[user:password@]host[:port][/db]    # or unix:///path/redis.sock[?db=N]
 ///   on_error: closed                # closed | open | local (default closed)
 ///   deadline: 10ms                  # default 10ms
 /// credentials:
@@ -86,7 +86,7 @@ struct PolicyDocument {
     }
 
     struct Store {
-        var redis: PolicyValues.RedisURL?
+        var redis: RedisURL?
         var onError: StoreFailMode = .closed
         var deadline: Duration = .milliseconds(10)
     }

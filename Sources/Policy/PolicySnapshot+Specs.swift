@@ -28,13 +28,8 @@ public enum StoreFailMode: String, Sendable, CaseIterable {
 }
 
 public struct StoreSpec: Sendable, Equatable {
-    /// The URL as written.
-    public var url: String
-    public var isTLS: Bool
-    public var host: String
-    public var port: UInt16
-    public var database: Int
-    public var password: String?
+    /// Where Redis is (its password stays out of `description`).
+    public var url: RedisURL
     public var onError: StoreFailMode
     public var deadline: Duration
 }

@@ -78,8 +78,8 @@ final class LoopContext {
     /// Every loop announces the same `instanceID` (the process's): the heartbeat counts
     /// processes, because that is what shares one in-process limiter in `local` mode.
     func startStore(instanceID: String) {
-        guard let spec = snapshot.store, let url = try? RedisURL(parsing: spec.url) else { return }
-        store = SharedStore(loop: loop, url: url, deadline: spec.deadline, mode: spec.onError,
+        guard let spec = snapshot.store else { return }
+        store = SharedStore(loop: loop, url: spec.url, deadline: spec.deadline, mode: spec.onError,
                             instanceID: instanceID)
     }
 

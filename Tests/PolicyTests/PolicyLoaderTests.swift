@@ -1,3 +1,4 @@
+import Policy
 import Foundation
 import Testing
 @testable import Policy
@@ -53,6 +54,20 @@ struct PolicyLoaderTests {
         #expect(s.plans[0].windows.map(\.name) == ["free-1s", "free-1d"])
         #expect(s.plans[0].windows[0].burst == 20)
         #expect(s.plans[0].windows[1].burst == 1000)
+    }
+
+    /// `store.redis` is read by the same parser the store client uses: a unix socket is
+    /// accepted, `rediss://` (no TLS in hiredis 0.14) is refused at its line, and the
+    /// password never appears in the message.
+    @Test func storeURLsAreTheClientsOwn() throws {
+        let unix = try PolicyLoader.load(yaml: Self.base + "\nstore:\n  redis: unix:///run/redis.sock?db=3\n", file: "p.yaml")
+        #expect(unix.store?.url == RedisURL(endpoint: .unix(path: "/run/redis.sock"), database: 3))
+        let tls = errors(Self.base + "\nstore:\n  redis: rediss://:s3cret-pass@10.0.0.5:6380/1\n")
+        #expect(tls.count == 1)
+        #expect(tls.first?.hasPrefix("p.yaml:9: store.redis:") == true, "\(tls)")
+        #expect(tls.first?.contains("TLS") == true && tls.first?.contains("s3cret-pass") == false, "\(tls)")
+        let bad = errors(Self.base + "\nstore:\n  redis: redis://:hunter2@host:notaport\n")
+        #expect(bad.count == 1 && bad.first?.contains("hunter2") == false, "\(bad)")
     }
 
     @Test func routeLookupFirstMatchWinsAndMethodsFilter() throws {
@@ -115,7 +130,7 @@ struct PolicyLoaderTests {
                                                tlsCertificatePath: "certs/server.pem",
                                                tlsPrivateKeyPath: "certs/server-key.pem"))
         #expect(s.admin == AdminSpec(host: "127.0.0.1", port: 9901, isIPv6: false))
-        #expect(s.store?.host == "127.0.0.1" && s.store?.port == 6379 && s.store?.database == 2)
+        #expect(s.store?.url == RedisURL(endpoint: .tcp(host: "127.0.0.1", port: 6379), database: 2))
         #expect(s.store?.onError == .local && s.store?.deadline == .milliseconds(15))
         #expect(s.clients.trustedProxies.contains(IPAddress("::1")!))
         #expect(s.credentials.headerNamesLowercased.count == 2)

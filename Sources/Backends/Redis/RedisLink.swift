@@ -1,4 +1,5 @@
 import CHiredis
+import Policy
 import Runtime
 
 /// One hiredis async context driven by our ``EventLoop``: the custom adapter.

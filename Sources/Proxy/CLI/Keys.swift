@@ -149,9 +149,9 @@ struct KeyStoreAccess {
             kind = "redis"
             log = nil
             do {
-                redis = try RedisKeyDirectory(url: try RedisURL(parsing: store.url))
+                redis = try RedisKeyDirectory(url: store.url)
             } catch {
-                throw ValidationError("store \(RedisURLError.redact(store.url)): \(error)")
+                throw ValidationError("store \(store.url): \(error)")
             }
         } else {
             kind = "store"

@@ -1,3 +1,4 @@
+import Policy
 import Backends
 import Foundation
 import Glibc
@@ -85,14 +86,20 @@ final class RedisServer: @unchecked Sendable {
     func client() throws -> RedisKeyDirectory { try RedisKeyDirectory(url: url) }
 
     /// `calls` of one command in `INFO commandstats` (`cmdstat_<name>`), 0 when never called.
-    func commandCalls(_ name: String) throws -> Int {
-        guard let text = try client().run(["INFO", "commandstats"]).text else { return 0 }
-        for line in text.split(whereSeparator: \.isNewline) where line.hasPrefix("cmdstat_\(name):") {
-            // cmdstat_get:calls=12,usec=34,…
-            for field in line.split(separator: ":", maxSplits: 1)[1].split(separator: ",") where field.hasPrefix("calls=") {
-                return Int(field.dropFirst(6)) ?? 0
+    func commandCalls(_ name: String) throws -> Int { try commandCalls([name])[0] }
+
+    /// Calls of each command, all from one `INFO commandstats` reply.
+    func commandCalls(_ names: [String]) throws -> [Int] {
+        guard let text = try client().run(["INFO", "commandstats"]).text else { return names.map { _ in 0 } }
+        let lines = text.split(whereSeparator: \.isNewline)
+        return names.map { name in
+            for line in lines where line.hasPrefix("cmdstat_\(name):") {
+                // cmdstat_get:calls=12,usec=34,…
+                for field in line.split(separator: ":", maxSplits: 1)[1].split(separator: ",") where field.hasPrefix("calls=") {
+                    return Int(field.dropFirst(6)) ?? 0
+                }
             }
+            return 0
         }
-        return 0
     }
 }
