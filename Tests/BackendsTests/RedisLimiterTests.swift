@@ -145,6 +145,45 @@ struct RedisLimiterTests {
         }
     }
 
+    /// The script's `now` is Redis's clock as the connection tracks it from `TIME`: within
+    /// the sample's bound of what Redis itself says.
+    @Test func theConnectionTracksRedissClock() throws {
+        try withRedis { server, live in
+            let dir = try server.client()
+            let (tracked, bound) = live.on { conn in
+                (conn.clock.micros(atLocal: monotonicNanos()), conn.clock.error(at: monotonicNanos()))
+            }
+            guard case .array(let parts) = try dir.run(["TIME"]), parts.count == 2,
+                  let s = parts[0].text.flatMap({ Int64($0) }), let u = parts[1].text.flatMap({ Int64($0) }) else {
+                Issue.record("no TIME"); return
+            }
+            let redisNow = s * 1_000_000 + u
+            #expect(bound < 50_000, "clock bound \(bound) µs")
+            // TIME was asked after the tracked reading: it may be later by the time the ask took.
+            #expect(redisNow - tracked > -Int64(bound) - 1_000 && redisNow - tracked < 200_000,
+                    "tracked \(tracked), Redis \(redisNow)")
+        }
+    }
+
+    /// The best sample wins; an old one loses its claim at 100 ppm.
+    @Test func theClockKeepsTheTightestSample() {
+        var c = RedisClock()
+        #expect(!c.isSet)
+        c.add(server: 5_000_000, sentAt: 1_000_000_000, receivedAt: 1_000_400_000)   // ±200 µs
+        #expect(c.isSet && c.errorMicros == 200)
+        #expect(c.micros(atLocal: 1_000_200_000) == 5_000_000)
+        c.add(server: 9_999_999, sentAt: 1_100_000_000, receivedAt: 1_102_000_000)   // ±1 ms: worse
+        #expect(c.errorMicros == 200 && c.micros(atLocal: 1_000_200_000) == 5_000_000)
+        c.add(server: 5_200_050, sentAt: 1_200_000_000, receivedAt: 1_200_100_000)   // ±50 µs: better
+        #expect(c.errorMicros == 50 && c.micros(atLocal: 1_200_050_000) == 5_200_050)
+        // 100 s later the 50 µs sample counts as 10,050 µs: a 1 ms one replaces it.
+        #expect(c.error(at: 101_200_100_000) == 10_050)
+        c.add(server: 105_000_000, sentAt: 101_200_000_000, receivedAt: 101_202_000_000)
+        #expect(c.errorMicros == 1_000 && c.micros(atLocal: 101_201_000_000) == 105_000_000)
+        c.add(server: 1, sentAt: 10, receivedAt: 5)   // a reply before its command: ignored
+        #expect(c.errorMicros == 1_000)
+    }
+
     @Test func exactAcrossTwoConnectionsHammeringOneKey() throws {
         let server = try RedisServer()
         defer { server.stop() }

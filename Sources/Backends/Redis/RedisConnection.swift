@@ -68,6 +68,10 @@ public final class RedisConnection {
     private var heartbeatAt: UInt64 = 0
     private var isProbeInFlight = false
     private var isHeartbeatInFlight = false
+    /// Redis's clock, for the limiter script's `now` (see `RedisClock`).
+    public private(set) var clock = RedisClock()
+    private var clockSentAt: UInt64 = 0
+    private var isClockInFlight = false
     /// How links and timers reach this connection without a weak reference (see `OwnerRef`).
     let ownerRef = OwnerRef()
     private lazy var ticker = Ticker(ownerRef)
@@ -193,6 +197,9 @@ public final class RedisConnection {
             writer.arrayHeader(3); writer.bulk("SCRIPT"); writer.bulk("LOAD"); writer.bulk(body)
             if enqueue(.handshake, deadline: hsDeadline) { handshakeLeft += 1 }
         }
+        // No limit is decided before Redis's clock is known (the server may have changed).
+        clock = RedisClock()
+        if sendClockSample(handshake: true, deadline: hsDeadline) { handshakeLeft += 1 }
     }
 
     func linkClosed(_ l: RedisLink) {
@@ -213,6 +220,7 @@ public final class RedisConnection {
         while let e = fifo.popFirst() { finish(e, .disconnected) }
         isProbeInFlight = false
         isHeartbeatInFlight = false
+        isClockInFlight = false
         consecutiveFailures = 0
         probeFailures = 0
         guard phase != .stopped else { return }
@@ -272,6 +280,23 @@ public final class RedisConnection {
                 setHealth(.up)
                 if heartbeatAt <= loop.now { sendHeartbeat() }
             }
+        case .clock(let handshake):
+            isClockInFlight = false
+            guard let t = RedisConnection.timeMicros(r) else {
+                let what = r.pointee.type == REDIS_REPLY_ERROR ? (RedisReply(copying: r).text ?? "error") : "unexpected TIME reply"
+                if handshake {
+                    lastError = "handshake: " + what
+                    link?.closeSoon()
+                } else {
+                    lastError = "clock: " + what
+                }
+                return
+            }
+            clock.add(server: t, sentAt: clockSentAt, receivedAt: monotonicNanos())
+            if handshake {
+                handshakeLeft -= 1
+                if handshakeLeft == 0 && phase == .handshaking { handshakeDone() }
+            }
         case .heartbeat:
             isHeartbeatInFlight = false
             if r.pointee.type == REDIS_REPLY_INTEGER {
@@ -287,6 +312,30 @@ public final class RedisConnection {
         }
     }
 
+    /// A `TIME` reply (seconds, microseconds) in µs.
+    static func timeMicros(_ r: UnsafeMutablePointer<redisReply>) -> Int64? {
+        let p = r.pointee
+        guard p.type == REDIS_REPLY_ARRAY, p.elements == 2, let el = p.element,
+              let s = el[0], let u = el[1], s.pointee.type == REDIS_REPLY_STRING, u.pointee.type == REDIS_REPLY_STRING,
+              let sec = Int64(String(decoding: RedisReply.bytes(s.pointee.str, s.pointee.len), as: UTF8.self)),
+              let usec = Int64(String(decoding: RedisReply.bytes(u.pointee.str, u.pointee.len), as: UTF8.self))
+        else { return nil }
+        return sec &* 1_000_000 &+ usec
+    }
+
+    /// Queues `TIME` (one in flight at a time).
+    @discardableResult
+    private func sendClockSample(handshake: Bool, deadline: UInt64) -> Bool {
+        guard !isClockInFlight else { return false }
+        writer.reset()
+        writer.arrayHeader(1)
+        writer.bulk("TIME")
+        clockSentAt = monotonicNanos()
+        guard enqueue(.clock(handshake: handshake), deadline: deadline) else { return false }
+        isClockInFlight = true
+        return true
+    }
+
     static func isNoScript(_ r: UnsafeMutablePointer<redisReply>) -> Bool {
         guard r.pointee.type == REDIS_REPLY_ERROR, r.pointee.len >= 8, let s = r.pointee.str else { return false }
         return memcmp(s, "NOSCRIPT", 8) == 0
@@ -299,6 +348,7 @@ public final class RedisConnection {
         case .user(let w, let token), .admit(let w, let token, _, _): w.redisCompleted(token: token, result: result)
         case .probe: isProbeInFlight = false
         case .heartbeat: isHeartbeatInFlight = false
+        case .clock: isClockInFlight = false
         case .handshake, .ignored: break
         }
     }
@@ -375,6 +425,7 @@ public final class RedisConnection {
                 at += Int(before) + Int(after)
             }
             writer.raw(text + at, count: t.text.count - at)
+            appendNow(n == 1 ? t.emission : nil)
             return
         }
         writer.arrayHeader(3 + n + RedisScripts.argumentCount(plan))
@@ -386,19 +437,32 @@ public final class RedisConnection {
         writer.bulk(decimal: n)
         for i in 0..<n { writer.bulkKey(hash, suffix: RedisKeys.limiterSuffix, index: i) }
         writer.raw(windowArguments(plan))
+        appendNow(n == 1 ? RedisScripts.micros(plan.windows[0]).emission : nil)
+    }
+
+    /// The script's last arguments: Redis's time now in µs (see `RedisClock`) and, for one
+    /// window of emission interval `emission`, now + T (the TAT a fresh key gets).
+    @inline(__always)
+    private func appendNow(_ emission: Int?) {
+        let now = Int(clock.micros(atLocal: monotonicNanos()))
+        writer.bulk(decimal: now)
+        if let emission { writer.bulk(decimal: now &+ emission) }
     }
 
     /// `EVALSHA <sha> <n> tg:{<hex>}:rl:0 … T τ …` for one plan, formatted once except the
-    /// key's hex digits: the head (through the key count), then per window the text before
-    /// and after the digits, then the window arguments.
+    /// key's hex digits and the time: the head (through the key count), then per window the
+    /// text before and after the digits, then the window arguments (`appendNow` adds the rest).
     final class AdmitTemplate {
         let plan: PlanSpec
         let text: UnsafeRawBufferPointer
         let headCount: Int
         let keyParts: InlineArray<8, (Int32, Int32)>
+        /// T of the first window, µs (one-window plans add now + T per request).
+        let emission: Int
         init(plan: PlanSpec, windowArguments: [UInt8]) {
             self.plan = plan
             let n = plan.windows.count
+            emission = n > 0 ? RedisScripts.micros(plan.windows[0]).emission : 0
             let w = RESPWriter(capacity: 512)
             w.arrayHeader(3 + n + RedisScripts.argumentCount(plan))
             w.bulk("EVALSHA"); w.bulk(RedisScripts.limiterSHA)
@@ -473,7 +537,9 @@ public final class RedisConnection {
     private func sendHeartbeat() {
         heartbeatAt = loop.now &+ RedisConnection.nanos(options.heartbeatInterval)
         armTick(heartbeatAt)
-        guard !isHeartbeatInFlight, phase == .ready, health == .up else { return }
+        guard phase == .ready, health == .up else { return }
+        sendClockSample(handshake: false, deadline: loop.now &+ deadlineNanos)
+        guard !isHeartbeatInFlight else { return }
         formatHeartbeat(evalBody: false)
         if enqueue(.heartbeat, deadline: loop.now &+ deadlineNanos) { isHeartbeatInFlight = true }
     }
@@ -632,7 +698,8 @@ public final class RedisConnection {
             switch e.kind {
             case .user, .admit, .heartbeat: commandTimedOut = true
             case .probe: probeTimedOut = true
-            case .handshake: handshakeTimedOut = true
+            case .handshake, .clock(handshake: true): handshakeTimedOut = true
+            case .clock(handshake: false): break
             case .ignored: break
             }
         }

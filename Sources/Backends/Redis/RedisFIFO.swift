@@ -14,6 +14,8 @@ struct RedisPending {
         case probe
         /// Instance heartbeat script.
         case heartbeat
+        /// `TIME`, a sample for the connection's `RedisClock`; part of the handshake or not.
+        case clock(handshake: Bool)
         /// Fire-and-forget (the reply is ignored).
         case ignored
     }
