@@ -84,6 +84,19 @@ struct RedisRESPWriterTests {
         #expect(text == Array("*3\r\n$3\r\nSET\r\n$4\r\n".utf8) + [0x00, 0x0D, 0x0A, 0xFF] + Array("\r\n$3\r\n-42\r\n".utf8))
     }
 
+    @Test func formatsEveryWidthOfDecimal() {
+        var values: [Int] = [0, 1, 9, 10, 11, 99, 100, 101, 999, 1000, -1, -10, -99, -100, Int.max, Int.min, 1_763_800_000_123_456]
+        var p = 1
+        for _ in 0..<18 { values += [p - 1, p, p + 1]; p *= 10 }
+        let w = RESPWriter(capacity: 64)
+        for v in values {
+            w.reset()
+            w.bulk(decimal: v)
+            let d = String(v)
+            #expect(String(decoding: Array(w.formatted), as: UTF8.self) == "$\(d.utf8.count)\r\n\(d)\r\n", "\(v)")
+        }
+    }
+
     @Test func formatsHashTaggedKeysAndGrows() throws {
         let h = KeyHash.sha256("tg_live_example")
         let w = RESPWriter(capacity: 64)

@@ -49,29 +49,41 @@ public final class RESPWriter {
         (bytes + count).copyMemory(from: p, byteCount: n)
         count += n
     }
-    /// Decimal digits of a non-negative or negative integer.
+    /// Decimal digits of a non-negative or negative integer, two at a time, straight into the
+    /// buffer (the limiter writes two 16-digit times per decision).
     private func putDecimal(_ v: Int) {
         reserve(21)
         if v < 0 { put(UInt8(ascii: "-")) }
-        var m = v.magnitude
-        var tmp: (UInt64, UInt64, UInt64) = (0, 0, 0)
-        let n = withUnsafeMutableBytes(of: &tmp) { t -> Int in
-            var i = 24
-            repeat {
-                i -= 1
-                t[i] = UInt8(truncatingIfNeeded: m % 10) + UInt8(ascii: "0")
-                m /= 10
-            } while m > 0
-            (bytes + count).copyMemory(from: t.baseAddress! + i, byteCount: 24 - i)
-            return 24 - i
+        var m = UInt64(v.magnitude)
+        let w = RESPWriter.digitCount(m)
+        var p = bytes + count + w
+        let pairs = UnsafeRawPointer(RESPWriter.digitPairs.utf8Start)
+        while m >= 100 {
+            let r = Int(m % 100)
+            m /= 100
+            p -= 2
+            p.copyMemory(from: pairs + 2 * r, byteCount: 2)
         }
-        count += n
+        if m >= 10 {
+            p -= 2
+            p.copyMemory(from: pairs + 2 * Int(m), byteCount: 2)
+        } else {
+            p -= 1
+            p.storeBytes(of: UInt8(truncatingIfNeeded: m) &+ 48, as: UInt8.self)
+        }
+        count += w
+    }
+    private static let digitPairs: StaticString = "00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899"
+
+    @inline(__always)
+    private static func digitCount(_ m: UInt64) -> Int {
+        var w = 1
+        var x = m
+        while x >= 100 { x /= 100; w &+= 2 }
+        return x >= 10 ? w &+ 1 : w
     }
     private static func decimalWidth(_ v: Int) -> Int {
-        var n = v < 0 ? 2 : 1
-        var m = v.magnitude
-        while m >= 10 { m /= 10; n += 1 }
-        return n
+        (v < 0 ? 1 : 0) + digitCount(UInt64(v.magnitude))
     }
 
     /// `*n\r\n`: the start of a command of `n` arguments.
