@@ -45,11 +45,12 @@ struct RefusalMemo {
         return Denial(.rateLimited, retryAfterSeconds: max(1, seconds), limit: report)
     }
 
-    /// Records Redis's refusal of a command queued at `askedAt`.
+    /// Records Redis's refusal of a command queued at `askedAt`. The script rounds its wait
+    /// up to whole ms, so one ms less is what is sure to hold.
     mutating func remember(_ hash: KeyHash, plan: PlanSpec, askedAt: UInt64, verdict v: LimitVerdict) {
-        guard !v.isAllowed, v.retryAfterMillis > 0 else { return }
+        guard !v.isAllowed, v.retryAfterMillis > 1 else { return }
         entries[slot(hash)] = Entry(hash: hash, plan: plan,
-                                    until: askedAt &+ UInt64(v.retryAfterMillis) &* 1_000_000,
+                                    until: askedAt &+ UInt64(v.retryAfterMillis - 1) &* 1_000_000,
                                     windowIndex: v.report.windowIndex)
     }
 }
