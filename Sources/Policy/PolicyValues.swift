@@ -231,6 +231,3 @@ enum PolicyValues {
         }
     }
 }
-
-extension PolicyValues {
-}

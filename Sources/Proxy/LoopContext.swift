@@ -188,12 +188,10 @@ final class LoopContext {
             }
         case .admit:
             guard let record = c.exchange.record, let pi = record.planIndex, pi < snapshot.plans.count else { return .next }
-            if case .limit(let v) = result {
-                let plan = snapshot.plans[pi]
-                if !v.isAllowed { store.refusals.remember(h, plan: plan, askedAt: c.exchange.storeAskedAt, verdict: v) }
-                return apply(v, to: c, plan: plan)
-            }
-            return limitFailed(c, store, snapshot.plans[pi], result)
+            let plan = snapshot.plans[pi]
+            guard case .limit(let v) = result else { return limitFailed(c, store, plan, result) }
+            if !v.isAllowed { store.refusals.remember(h, plan: plan, askedAt: c.exchange.storeAskedAt, verdict: v) }
+            return apply(v, to: c, plan: plan)
         default:
             return .next
         }

@@ -425,7 +425,7 @@ public final class RedisConnection {
                 at += Int(before) + Int(after)
             }
             writer.raw(text + at, count: t.text.count - at)
-            appendNow(n == 1 ? t.emission : nil)
+            appendNow(plan)
             return
         }
         writer.arrayHeader(3 + n + RedisScripts.argumentCount(plan))
@@ -437,16 +437,16 @@ public final class RedisConnection {
         writer.bulk(decimal: n)
         for i in 0..<n { writer.bulkKey(hash, suffix: RedisKeys.limiterSuffix, index: i) }
         writer.raw(windowArguments(plan))
-        appendNow(n == 1 ? RedisScripts.micros(plan.windows[0]).emission : nil)
+        appendNow(plan)
     }
 
-    /// The script's last arguments: Redis's time now in µs (see `RedisClock`) and, for one
-    /// window of emission interval `emission`, now + T (the TAT a fresh key gets).
+    /// The script's last arguments: Redis's time now in µs (see `RedisClock`) and, for a
+    /// one-window plan, now + T (the TAT a fresh key gets).
     @inline(__always)
-    private func appendNow(_ emission: Int?) {
+    private func appendNow(_ plan: PlanSpec) {
         let now = Int(clock.micros(atLocal: monotonicNanos()))
         writer.bulk(decimal: now)
-        if let emission { writer.bulk(decimal: now &+ emission) }
+        if plan.windows.count == 1 { writer.bulk(decimal: now &+ RedisScripts.micros(plan.windows[0]).emission) }
     }
 
     /// `EVALSHA <sha> <n> tg:{<hex>}:rl:0 … T τ …` for one plan, formatted once except the
@@ -457,12 +457,9 @@ public final class RedisConnection {
         let text: UnsafeRawBufferPointer
         let headCount: Int
         let keyParts: InlineArray<8, (Int32, Int32)>
-        /// T of the first window, µs (one-window plans add now + T per request).
-        let emission: Int
         init(plan: PlanSpec, windowArguments: [UInt8]) {
             self.plan = plan
             let n = plan.windows.count
-            emission = n > 0 ? RedisScripts.micros(plan.windows[0]).emission : 0
             let w = RESPWriter(capacity: 512)
             w.arrayHeader(3 + n + RedisScripts.argumentCount(plan))
             w.bulk("EVALSHA"); w.bulk(RedisScripts.limiterSHA)
