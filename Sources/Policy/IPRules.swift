@@ -10,6 +10,47 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible {
 
     public var isIPv4: Bool { hi == 0 && lo >> 32 == 0xFFFF }
 
+    /// A client nobody can name: an `X-Forwarded-For` element from a trusted proxy that is not
+    /// an address (`unknown`, an obfuscated identifier, garbage). It is `::`, which no peer
+    /// can be, and no CIDR set contains it: no allow list admits it, no proxy is trusted
+    /// through it.
+    public static let unknown = IPAddress(hi: 0, lo: 0)
+    public var isUnknown: Bool { hi == 0 && lo == 0 }
+
+    /// One element of `X-Forwarded-For` as proxies write it: an address, an IPv4 address with
+    /// a port (`192.0.2.1:4711`), a bracketed IPv6 address with or without a port
+    /// (`[2001:db8::1]:4711`). Anything else is nil.
+    public static func parseForwarded(_ b: UnsafeRawBufferPointer) -> IPAddress? {
+        let n = b.count
+        if n == 0 { return nil }
+        if b[0] == UInt8(ascii: "[") {
+            var close = 1
+            while close < n, b[close] != UInt8(ascii: "]") { close += 1 }
+            guard close < n, close > 1 else { return nil }
+            if close + 1 < n && !isPort(b, from: close + 1) { return nil }
+            guard let a = parse(UnsafeRawBufferPointer(rebasing: b[1..<close])), true else { return nil }
+            return a
+        }
+        var colons = 0, lastColon = -1, hasDot = false
+        for i in 0..<n {
+            if b[i] == UInt8(ascii: ":") { colons += 1; lastColon = i }
+            if b[i] == UInt8(ascii: ".") { hasDot = true }
+        }
+        if colons == 1 && hasDot {
+            guard isPort(b, from: lastColon) else { return nil }
+            guard let v = parseIPv4(b, from: 0, to: lastColon) else { return nil }
+            return IPAddress(ipv4: v)
+        }
+        return parse(b)
+    }
+
+    /// `:` then 1–5 digits to the end.
+    private static func isPort(_ b: UnsafeRawBufferPointer, from i: Int) -> Bool {
+        guard b[i] == UInt8(ascii: ":"), b.count - i - 1 >= 1, b.count - i - 1 <= 5 else { return false }
+        for k in (i + 1)..<b.count where b[k] < UInt8(ascii: "0") || b[k] > UInt8(ascii: "9") { return false }
+        return true
+    }
+
     public init?(_ string: String) {
         var s = string
         guard let a = s.withUTF8({ IPAddress.parse(UnsafeRawBufferPointer($0)) }) else { return nil }
@@ -204,6 +245,7 @@ public struct CIDRSet: Sendable, Equatable {
     public init(_ blocks: [CIDR] = []) { self.blocks = blocks }
     public var isEmpty: Bool { blocks.isEmpty }
     @inline(__always) public func contains(_ a: IPAddress) -> Bool {
+        if a.isUnknown { return false }
         for b in blocks where b.contains(a) { return true }
         return false
     }
@@ -221,10 +263,11 @@ public struct ClientRules: Sendable, Equatable {
 
     /// The client address: the peer unless the peer is a trusted proxy; then the
     /// `X-Forwarded-For` list is walked right to left, skipping trusted proxies, and the
-    /// first untrusted entry wins. An unparseable entry stops the walk and the last
-    /// trusted address seen is returned (garbage never chooses the IP). If every entry is
-    /// trusted, the leftmost one is the client. Entries may carry surrounding spaces/tabs;
-    /// ports, brackets and `unknown` count as unparseable.
+    /// first untrusted entry wins. Ports and brackets are stripped (`192.0.2.1:4711`,
+    /// `[2001:db8::1]:443`); an entry that is not an address (`unknown`, garbage) stops the
+    /// walk and the client is `IPAddress.unknown`, which no allow list admits (never the
+    /// trusted proxy itself). If every entry is trusted, the leftmost one is the client.
+    /// Entries may carry surrounding spaces/tabs.
     public func resolveClient(peer: IPAddress, forwardedFor: UnsafeRawBufferPointer?) -> IPAddress {
         guard let xff = forwardedFor, !trustedProxies.isEmpty, trustedProxies.contains(peer) else { return peer }
         var lastTrusted = peer
@@ -236,7 +279,8 @@ public struct ClientRules: Sendable, Equatable {
             while a < b, xff[a] == 0x20 || xff[a] == 0x09 { a += 1 }
             while b > a, xff[b - 1] == 0x20 || xff[b - 1] == 0x09 { b -= 1 }
             if a < b {  // empty elements (", ,") are skipped, as RFC 9110 list syntax allows
-                guard let ip = IPAddress.parse(UnsafeRawBufferPointer(rebasing: xff[a..<b])) else { return lastTrusted }
+                // Not an address: the client is unknown (never the trusted proxy itself).
+                guard let ip = IPAddress.parseForwarded(UnsafeRawBufferPointer(rebasing: xff[a..<b])) else { return .unknown }
                 if !trustedProxies.contains(ip) { return ip }
                 lastTrusted = ip
             }

@@ -10,6 +10,9 @@ public final class IOBuffer {
     public let capacity: Int
     public var readerIndex = 0
     public var writerIndex = 0
+    /// Set by a write that did not fit (the write is dropped, never a trap): whoever builds a
+    /// message checks it once at the end and fails that exchange (431/502), not the process.
+    public var isOverflowed = false
 
     public init(capacity: Int) {
         self.capacity = capacity
@@ -28,7 +31,7 @@ public final class IOBuffer {
         UnsafeRawBufferPointer(start: base + readerIndex, count: writerIndex &- readerIndex)
     }
 
-    @inlinable @inline(__always) public func clear() { readerIndex = 0; writerIndex = 0 }
+    @inlinable @inline(__always) public func clear() { readerIndex = 0; writerIndex = 0; isOverflowed = false }
 
     /// Moves the readable bytes to the start of the buffer. Returns how far they moved
     /// (offsets into the readable region stay valid relative to `readerIndex`).
@@ -43,10 +46,10 @@ public final class IOBuffer {
         return shift
     }
 
-    /// Appends bytes; the caller has checked `writableBytes` (precondition otherwise).
+    /// Appends bytes; a write that does not fit is dropped and sets `isOverflowed`.
     @inlinable @inline(__always)
     public func write(_ p: UnsafeRawPointer, count: Int) {
-        precondition(count <= capacity &- writerIndex, "IOBuffer overflow")
+        if count > capacity &- writerIndex { isOverflowed = true; return }
         let dst = base + writerIndex
         if count <= 16 {
             // Header fragments are short: a byte loop beats a memcpy call.
@@ -71,7 +74,7 @@ public final class IOBuffer {
     public func write(_ bytes: StaticBytes) { write(bytes.pointer, count: bytes.count) }
     @inlinable @inline(__always)
     public func write(byte: UInt8) {
-        precondition(writerIndex < capacity, "IOBuffer overflow")
+        if writerIndex >= capacity { isOverflowed = true; return }
         base.storeBytes(of: byte, toByteOffset: writerIndex, as: UInt8.self)
         writerIndex &+= 1
     }

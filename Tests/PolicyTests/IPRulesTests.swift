@@ -54,9 +54,22 @@ struct IPRulesTests {
         ("10.0.0.1", "9.9.9.9, 1.2.3.4, 10.0.0.2", "1.2.3.4"),  // trusted hops skipped
         ("10.0.0.1", "9.9.9.9,1.2.3.4,10.0.0.2 ,\t10.0.0.3", "1.2.3.4"),
         ("10.0.0.1", "10.0.0.5, 10.0.0.2", "10.0.0.5"),  // all trusted → leftmost
-        ("10.0.0.1", "1.2.3.4, garbage, 10.0.0.2", "10.0.0.2"),  // garbage stops the walk
-        ("10.0.0.1", "1.2.3.4, garbage", "10.0.0.1"),
-        ("10.0.0.1", "1.2.3.4:5555", "10.0.0.1"),
+        // Not an address: the client is unknown (`::`), never the trusted proxy itself.
+        ("10.0.0.1", "1.2.3.4, garbage, 10.0.0.2", "::"),
+        ("10.0.0.1", "1.2.3.4, garbage", "::"),
+        ("10.0.0.1", "unknown", "::"),
+        ("10.0.0.1", "1.2.3.4, unknown", "::"),
+        ("10.0.0.1", "_hidden", "::"),
+        ("10.0.0.1", "1.2.3.4:", "::"),
+        ("10.0.0.1", "1.2.3.4:123456", "::"),
+        ("10.0.0.1", "[1.2.3.4", "::"),
+        ("10.0.0.1", "[2001:db8::1]x", "::"),
+        // Ports and brackets are stripped.
+        ("10.0.0.1", "1.2.3.4:5555", "1.2.3.4"),
+        ("10.0.0.1", "9.9.9.9, 1.2.3.4:5555, 10.0.0.2:80", "1.2.3.4"),
+        ("10.0.0.1", "[2001:db8::1]:443", "2001:db8::1"),
+        ("10.0.0.1", "[2001:db8::1]", "2001:db8::1"),
+        ("10.0.0.1", "[::1]:80, 1.2.3.4", "1.2.3.4"),
         ("10.0.0.1", "1.2.3.4, , 10.0.0.2", "1.2.3.4"),  // empty list elements skipped
         ("::1", "2001:db8::7", "2001:db8::7"),
         ("::1", "::ffff:10.1.1.1, 2001:db8::7", "2001:db8::7"),
@@ -73,6 +86,14 @@ struct IPRulesTests {
             got = Self.rules.resolveClient(peer: peer, forwardedFor: nil)
         }
         #expect(got == IPAddress(c.client)!)
+    }
+
+    @Test func unknownClientIsAdmittedByNoAllowList() {
+        let everyone = ClientRules(allow: CIDRSet([CIDR("0.0.0.0/0")!, CIDR("::/0")!]))
+        #expect(!everyone.admits(.unknown))
+        #expect(everyone.admits(IPAddress("1.1.1.1")!))
+        #expect(!CIDRSet([CIDR("::/0")!]).contains(.unknown))
+        #expect(ClientRules(deny: CIDRSet([CIDR("10.0.0.0/8")!])).admits(.unknown))  // no allow list: only deny applies
     }
 
     @Test func admitsDenyFirstThenAllow() {

@@ -69,6 +69,8 @@ final class ClientConnection: EventHandler, RedisWaiter {
     var sawEOF = false
     var closeAfterResponse = false
     var isDrainRequested = false
+    /// Empty lines skipped before the current request line (bounded).
+    var emptyLines = 0
 
     // The exchange in progress.
     var upstream: UpstreamConnection?
@@ -177,7 +179,12 @@ final class ClientConnection: EventHandler, RedisWaiter {
 
     /// Returns true when it made progress (call again).
     private func stepReadingHead() -> Bool {
-        if inBuf.readableBytes > 0 {
+        var isParseable = inBuf.readableBytes > 0
+        if isParseable && inBuf.readPointer.load(as: UInt8.self) == 0x0D {
+            isParseable = skipEmptyLines()
+            if state == .closed { return false }
+        }
+        if isParseable && inBuf.readableBytes > 0 {
             switch parser.parse(inBuf.readable, into: &request, headers: headers) {
             case .complete(let consumed):
                 startExchange(headLength: consumed)
@@ -203,6 +210,24 @@ final class ClientConnection: EventHandler, RedisWaiter {
             deadline.set(context.loop.now &+ context.headerTimeoutNanos, fd: fd, loop: context.loop)
         }
         return n > 0 || sawEOF
+    }
+
+    /// RFC 9112 §2.2: empty lines (CRLF) before a request line are ignored (older clients
+    /// send one after a POST body), a few of them; false when a lone CR must wait for its LF.
+    private func skipEmptyLines() -> Bool {
+        while inBuf.readableBytes > 0 && inBuf.readPointer.load(as: UInt8.self) == 0x0D {
+            if inBuf.readableBytes < 2 {
+                if sawEOF { close() }
+                return false
+            }
+            guard inBuf.readPointer.load(fromByteOffset: 1, as: UInt8.self) == 0x0A, emptyLines < 8 else {
+                return true   // the parser refuses it
+            }
+            inBuf.readerIndex += 2
+            emptyLines += 1
+        }
+        if inBuf.readableBytes == 0 { inBuf.clear() }
+        return true
     }
 
     /// Reads from the client into `inBuf`; returns bytes read (0 on EOF/EAGAIN/error).
@@ -231,6 +256,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
 
     private func startExchange(headLength: Int) {
         state = .proxying
+        emptyLines = 0
         deadline.clear()
         closeAfterResponse = request.wantsClose || isDrainRequested
         requestBodyReceived = 0

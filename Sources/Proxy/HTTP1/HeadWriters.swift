@@ -1,3 +1,4 @@
+import Glibc
 import Policy
 import Runtime
 
@@ -23,8 +24,10 @@ enum RequestHeadWriter {
     static func write(_ c: ClientConnection, into out: IOBuffer) -> Bool {
         let req = c.request
         let head = c.inBuf.readable
-        let base = head.baseAddress!
-        if out.writableBytes < req.headLength + 1024 + c.peer.text.count { return false }
+        guard let base = head.baseAddress else { return false }
+        // Every write below is bounded by the buffer: one that does not fit sets the flag and
+        // the exchange is refused (431), never the process.
+        out.isOverflowed = false
 
         out.put(base + Int(req.methodRange.offset), count: Int(req.methodRange.count))
         out.put(byte: 0x20)
@@ -33,8 +36,9 @@ enum RequestHeadWriter {
         let snapshot = c.context.snapshot
         let stripCredential = !snapshot.credentials.forwardsCredential
         if req.hasQuery {
-            if c.exchange.credentialSource == .query && stripCredential {
-                writeQuery(base: base, query: req.query, without: c.exchange.credential, into: out)
+            if stripCredential, let name = snapshot.credentials.queryParam {
+                // Every occurrence, read or not (a public route reads none).
+                writeQuery(base: base, query: req.query, removing: name, into: out)
             } else {
                 out.put(byte: 0x3F)
                 out.put(base + Int(req.query.offset), count: Int(req.query.count))
@@ -43,7 +47,6 @@ enum RequestHeadWriter {
         out.put(http11)
         let credentialHeader = c.exchange.credentialHeader
         var clientXFF = ByteRange.empty
-        var clientXFP = ByteRange.empty
 
         let tokens = req.hasConnectionOptions ? ConnectionTokens(headers: c.headers, base: base) : ConnectionTokens.none
         var hostValue = ByteRange.empty
@@ -69,18 +72,17 @@ enum RequestHeadWriter {
                     hasHost = true
                     hostValue = f.value
                 case .authorization:
-                    break
+                    // Every Bearer credential, not only the one read: a second Authorization
+                    // line, or one beside X-API-Key, or one sent to a public route.
+                    if stripCredential && isBearer(base + Int(f.value.offset), Int(f.value.count)) { keep = false }
                 case .traceparent:
                     hasTraceparent = true
                 case .xForwardedFor:
                     clientXFF = f.value
                     keep = false
-                case .xForwardedProto:
-                    clientXFP = f.value
-                    keep = false
                 case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .upgrade,
                      .proxyAuthorization, .proxyAuthenticate, .contentLength, .expect,
-                     .xForwardedHost, .xRequestID, .xTollgate:
+                     .xForwardedProto, .xForwardedHost, .xRequestID, .xTollgate, .identityAlias:
                     keep = false
                 }
             }
@@ -109,15 +111,9 @@ enum RequestHeadWriter {
             out.put(commaSpace)
         }
         c.peer.text.withUnsafeBytes { out.put($0) }
-        // Constant fragments are merged with the line ends around them: fewer copies.
-        if c.exchange.isPeerTrusted && !clientXFP.isEmpty {
-            out.put(crlf)
-            out.put(RequestHeadWriter.xfpPrefix)
-            out.put(base + Int(clientXFP.offset), count: Int(clientXFP.count))
-            out.put(crlf)
-        } else {
-            out.put(c.isTLS ? crlfXfpHTTPS : crlfXfpHTTP)
-        }
+        // What the client phase decided (a trusted proxy's last X-Forwarded-Proto, else the
+        // listener's). Constant fragments are merged with the line ends around them.
+        out.put(c.exchange.isHTTPS ? crlfXfpHTTPS : crlfXfpHTTP)
         if hasHost {
             out.put(xfh)
             out.put(base + Int(hostValue.offset), count: Int(hostValue.count))
@@ -126,6 +122,8 @@ enum RequestHeadWriter {
             out.put(xrid)
         }
         c.withRequestID { out.put($0) }
+        // The trace id below is written in place: make sure it fits first.
+        if out.isOverflowed || out.writableBytes < 96 { return false }
         if !hasTraceparent {
             // W3C trace context: start a trace when the client did not send one (DESIGN.md, step 7).
             // trace-id: the loop's random half, then this request's own id (ours, or a fresh
@@ -147,13 +145,19 @@ enum RequestHeadWriter {
         if let r = c.exchange.record {
             // Identity for the backend (client-sent X-Tollgate-* were dropped above), built
             // once per record.
-            let lines = r.identityLines
-            if out.writableBytes < lines.count + 2 { return false }
-            out.put(lines)
+            out.put(r.identityLines)
         }
         out.put(crlf)
-        return true
+        return !out.isOverflowed
     }
+
+    /// `Bearer` (any case) alone or followed by a space: a credential whatever its token looks like.
+    @inline(__always)
+    static func isBearer(_ p: UnsafeRawPointer, _ n: Int) -> Bool {
+        if n < 6 || !HeaderNames.lowerEquals(p, 6, bearer) { return false }
+        return n == 6 || p.load(fromByteOffset: 6, as: UInt8.self) == 0x20 || p.load(fromByteOffset: 6, as: UInt8.self) == 0x09
+    }
+    static let bearer: StaticString = "bearer"
 
     @inline(__always)
     private static func isCredentialHeader(_ name: UnsafeRawPointer, _ count: Int, _ snapshot: PolicySnapshot) -> Bool {
@@ -163,26 +167,27 @@ enum RequestHeadWriter {
         return false
     }
 
-    /// The query without the credential parameter (`a=1&api_key=K&b=2` → `a=1&b=2`).
-    private static func writeQuery(base: UnsafeRawPointer, query: ByteRange, without value: ByteRange, into out: IOBuffer) {
-        // The parameter spans from the `&` (or query start) before its name to its value's end.
-        var start = Int(value.offset)
-        let qStart = Int(query.offset)
-        while start > qStart && base.load(fromByteOffset: start - 1, as: UInt8.self) != 0x26 { start -= 1 }
-        var end = value.end
-        if end < query.end { end += 1 }   // swallow the following `&`
-        else if start > qStart { start -= 1 }   // last parameter: swallow the preceding `&`
-        let before = start - qStart
-        let after = query.end - end
-        if before + after == 0 { return }
-        out.put(byte: 0x3F)
-        out.put(base + qStart, count: before)
-        out.put(base + end, count: after)
+    /// The query without any parameter named `name` (`a=1&api_key=K&b=2&api_key=J` → `a=1&b=2`),
+    /// and without the `?` when nothing is left.
+    static func writeQuery(base: UnsafeRawPointer, query: ByteRange, removing name: [UInt8], into out: IOBuffer) {
+        let qEnd = query.end
+        var i = Int(query.offset)
+        var wroteAny = false
+        while i <= qEnd {
+            var e = i
+            while e < qEnd && base.load(fromByteOffset: e, as: UInt8.self) != 0x26 { e += 1 }
+            // The parameter's name runs to its `=` (or its end).
+            var n = i
+            while n < e && base.load(fromByteOffset: n, as: UInt8.self) != 0x3D { n += 1 }
+            let isCredential = n - i == name.count && name.withUnsafeBytes { memcmp(base + i, $0.baseAddress!, name.count) == 0 }
+            if !isCredential && e > i {
+                out.put(byte: wroteAny ? 0x26 : 0x3F)
+                out.put(base + i, count: e - i)
+                wroteAny = true
+            }
+            i = e + 1
+        }
     }
-}
-
-extension RequestHeadWriter {
-    static let xfpPrefix: StaticString = "X-Forwarded-Proto: "
 }
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) for the exchange's plan.
@@ -305,6 +310,7 @@ enum ResponseHeadWriter {
         let base = up.inBuf.readPointer
         if out.readableBytes == 0 { out.clear() }
         if out.writableBytes < head.headLength + 512 { return false }
+        out.isOverflowed = false
 
         var keepContentLength = false
         switch head.framing {
@@ -353,7 +359,8 @@ enum ResponseHeadWriter {
                 keep = keepContentLength
             case .xRequestID:
                 hasRequestID = true
-            case .host, .expect, .xForwardedFor, .xForwardedProto, .xForwardedHost, .xTollgate, .authorization, .traceparent:
+            case .host, .expect, .xForwardedFor, .xForwardedProto, .xForwardedHost, .xTollgate, .authorization, .traceparent,
+                 .identityAlias:
                 break
             case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .upgrade,
                  .proxyAuthorization, .proxyAuthenticate:
@@ -388,14 +395,15 @@ enum ResponseHeadWriter {
             out.put(keepAlive)
         }
         out.put(crlf)
-        return true
+        return !out.isOverflowed
     }
 
     /// Relays an interim (1xx) response head as is, minus hop-by-hop fields.
     static func writeInterim(_ c: ClientConnection, _ up: UpstreamConnection, into out: IOBuffer) -> Bool {
         let head = up.head
         let base = up.inBuf.readPointer
-        if out.writableBytes < head.headLength + 64 { return false }
+        let start = out.writerIndex
+        out.isOverflowed = false
         out.put(http11)
         out.put(decimal: head.status)
         out.put(byte: 0x20)
@@ -412,6 +420,12 @@ enum ResponseHeadWriter {
             out.put(crlf)
         }
         out.put(crlf)
+        if out.isOverflowed {
+            // Not relayed (a backend's interim heads may pile up faster than the client reads).
+            out.writerIndex = start
+            out.isOverflowed = false
+            return false
+        }
         return true
     }
 }
@@ -433,6 +447,18 @@ enum LocalReply {
 
     static func write(_ c: ClientConnection, status: Int, code: DenialCode, message: String, into out: IOBuffer) {
         if out.readableBytes == 0 { out.clear() }
+        let start = out.writerIndex
+        out.isOverflowed = false
+        writeReply(c, status: status, code: code, message: message, into: out)
+        if out.isOverflowed {
+            // Interim responses still queued leave no room: the reply replaces them.
+            out.writerIndex = start
+            out.clear()
+            writeReply(c, status: status, code: code, message: message, into: out)
+        }
+    }
+
+    private static func writeReply(_ c: ClientConnection, status: Int, code: DenialCode, message: String, into out: IOBuffer) {
         var msg = message
         let codeCount = code.rawValue.utf8.count
         let bodyLength = bodyStart.utf8CodeUnitCount + codeCount + bodyMessage.utf8CodeUnitCount + msg.utf8.count + bodyRequestID.utf8CodeUnitCount

@@ -8,6 +8,10 @@ enum KnownHeader: UInt8 {
     case contentLength, expect, host
     case xForwardedFor, xForwardedProto, xForwardedHost, xRequestID, xTollgate
     case authorization, traceparent
+    /// A client-sent name for an identity, a client address or a URL/method rewrite that some
+    /// backend framework reads (`Forwarded`, `X-Real-IP`, `X-Original-URL`, `X-User-Id`,
+    /// `X_Tollgate_Consumer`, …, any case, `_` for `-`): never forwarded from a client.
+    case identityAlias
 
     /// Removed on every hop (RFC 9110 §7.6.1) or rebuilt by the proxy.
     var isHopByHop: Bool {
@@ -16,7 +20,7 @@ enum KnownHeader: UInt8 {
              .proxyAuthorization, .proxyAuthenticate:
             return true
         case .other, .contentLength, .expect, .host, .xForwardedFor, .xForwardedProto, .xForwardedHost,
-             .xRequestID, .xTollgate, .authorization, .traceparent:
+             .xRequestID, .xTollgate, .authorization, .traceparent, .identityAlias:
             return false
         }
     }
@@ -66,21 +70,21 @@ enum HeaderNames {
     static func classify(_ p: UnsafeRawPointer, _ n: Int) -> KnownHeader {
         switch n {
         case 2: return lowerEquals(p, n, te) ? .te : .other
-        case 4: return lowerEquals(p, n, host) ? .host : .other
+        case 4: if lowerEquals(p, n, host) { return .host }
         case 6: return lowerEquals(p, n, expect) ? .expect : .other
         case 7:
             if lowerEquals(p, n, upgrade) { return .upgrade }
             return lowerEquals(p, n, trailer) ? .trailer : .other
         case 10:
             if lowerEquals(p, n, connection) { return .connection }
-            return lowerEquals(p, n, keepAlive) ? .keepAlive : .other
+            if lowerEquals(p, n, keepAlive) { return .keepAlive }
         case 11:
             if lowerEquals(p, n, traceparent) { return .traceparent }
         case 12:
             if lowerEquals(p, n, xRequestID) { return .xRequestID }
-        case 13: return lowerEquals(p, n, authorization) ? .authorization : (isTollgate(p, n) ? .xTollgate : .other)
-        case 14: return lowerEquals(p, n, contentLength) ? .contentLength : (isTollgate(p, n) ? .xTollgate : .other)
-        case 15: return lowerEquals(p, n, xForwardedFor) ? .xForwardedFor : (isTollgate(p, n) ? .xTollgate : .other)
+        case 13: if lowerEquals(p, n, authorization) { return .authorization }
+        case 14: if lowerEquals(p, n, contentLength) { return .contentLength }
+        case 15: if lowerEquals(p, n, xForwardedFor) { return .xForwardedFor }
         case 16:
             if lowerEquals(p, n, proxyConnection) { return .proxyConnection }
             if lowerEquals(p, n, xForwardedHost) { return .xForwardedHost }
@@ -91,7 +95,8 @@ enum HeaderNames {
         case 19: if lowerEquals(p, n, proxyAuthorization) { return .proxyAuthorization }
         default: break
         }
-        return isTollgate(p, n) ? .xTollgate : .other
+        if isTollgate(p, n) { return .xTollgate }
+        return IdentityAliases.matches(p, n) ? .identityAlias : .other
     }
 
     @inline(__always)
@@ -114,4 +119,64 @@ enum HeaderNames {
     }
     @inline(__always) static func isOWS(_ c: UInt8) -> Bool { c == 0x20 || c == 0x09 }
     @inline(__always) static func isOWSorComma(_ c: UInt8) -> Bool { c == 0x20 || c == 0x09 || c == 0x2C }
+}
+
+/// Field names that carry an identity, a client address or a rewritten URL/method to a backend
+/// framework. WSGI, Rack and CGI fold `-` and `_` together (`X_Tollgate_Consumer` reads as
+/// `HTTP_X_TOLLGATE_CONSUMER`), so names are compared caselessly with `_` taken as `-`.
+/// Tollgate sets its own `X-Forwarded-*` and `X-Tollgate-*`; the client's never pass.
+enum IdentityAliases {
+    /// Whole names.
+    static let exact: [StaticString] = [
+        "forwarded", "forwarded-for", "x-forwarded", "x-real-ip", "x-client-ip", "x-cluster-client-ip",
+        "x-originating-ip", "true-client-ip", "cf-connecting-ip", "client-ip", "remote-addr", "remote-user",
+        "x-user", "x-user-id", "x-userid", "x-username", "x-email", "x-rewrite-url", "x-host",
+        "x-http-method-override", "x-http-method", "x-method-override",
+        "x-credential-identifier", "x-envoy-original-path", "x-envoy-external-address",
+    ]
+    /// Name prefixes (every field that starts so).
+    static let prefixes: [StaticString] = [
+        "x-forwarded-", "x-original-", "x-tollgate-", "x-consumer-", "x-authenticated-",
+        "x-auth-request-", "x-remote-", "x-real-",
+    ]
+
+    /// Only names starting with one of these bytes (lowercased) can match: one compare for
+    /// the common fields.
+    @inline(__always)
+    static func matches(_ p: UnsafeRawPointer, _ n: Int) -> Bool {
+        if n < 4 { return false }
+        let isX: Bool
+        switch p.load(as: UInt8.self) | 0x20 {
+        case 0x78:   // x- / x_
+            let c1 = p.load(fromByteOffset: 1, as: UInt8.self)
+            if c1 != 0x2D && c1 != 0x5F { return false }
+            isX = true
+        case 0x66, 0x74, 0x63, 0x72: isX = false   // f t c r
+        default: return false
+        }
+        for lit in exact where lit.utf8CodeUnitCount == n {
+            if canonicalEquals(p, n, lit) { return true }
+        }
+        if isX {
+            for lit in prefixes where lit.utf8CodeUnitCount < n {
+                if canonicalEquals(p, lit.utf8CodeUnitCount, lit) { return true }
+            }
+        }
+        return false
+    }
+
+    /// The first `n` bytes of `p` equal the lowercase `lit` (of at least `n` bytes), ASCII
+    /// caseless, `_` taken as `-`.
+    @inline(__always)
+    static func canonicalEquals(_ p: UnsafeRawPointer, _ n: Int, _ lit: StaticString) -> Bool {
+        let q = lit.utf8Start
+        var i = 0
+        while i < n {
+            var c = p.load(fromByteOffset: i, as: UInt8.self)
+            if c == 0x5F { c = 0x2D } else if c &- 0x41 < 26 { c |= 0x20 }
+            if c != q[i] { return false }
+            i &+= 1
+        }
+        return true
+    }
 }

@@ -1,20 +1,20 @@
 import Runtime
 
-/// Head-writing helpers compiled into this module, so every call inlines (the generic ones in
+/// Head-writing helpers (a write that does not fit sets `isOverflowed`, never traps) compiled into this module, so every call inlines (the generic ones in
 /// Runtime are not inlined across the module boundary; measured with callgrind). A constant
 /// fragment becomes a fixed-size copy.
 extension IOBuffer {
     @inline(__always)
     func put(_ s: StaticString) {
         let n = s.utf8CodeUnitCount
-        precondition(n <= capacity &- writerIndex, "IOBuffer overflow")
+        if n > capacity &- writerIndex { isOverflowed = true; return }
         (base + writerIndex).copyMemory(from: s.utf8Start, byteCount: n)
         writerIndex &+= n
     }
 
     @inline(__always)
     func put(_ p: UnsafeRawPointer, count n: Int) {
-        precondition(n <= capacity &- writerIndex, "IOBuffer overflow")
+        if n > capacity &- writerIndex { isOverflowed = true; return }
         (base + writerIndex).copyMemory(from: p, byteCount: n)
         writerIndex &+= n
     }
@@ -26,7 +26,7 @@ extension IOBuffer {
 
     @inline(__always)
     func put(byte: UInt8) {
-        precondition(writerIndex < capacity, "IOBuffer overflow")
+        if writerIndex >= capacity { isOverflowed = true; return }
         base.storeBytes(of: byte, toByteOffset: writerIndex, as: UInt8.self)
         writerIndex &+= 1
     }
@@ -48,7 +48,7 @@ extension IOBuffer {
         var digits = 1
         var t = v
         while t >= 10 { t /= 10; digits &+= 1 }
-        precondition(digits <= capacity &- writerIndex, "IOBuffer overflow")
+        if digits > capacity &- writerIndex { isOverflowed = true; return }
         var i = writerIndex &+ digits
         repeat {
             i &-= 1

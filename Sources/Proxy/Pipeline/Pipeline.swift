@@ -28,7 +28,9 @@ extension ClientConnection {
     private func apply(_ result: PhaseResult) -> Bool {
         switch result {
         case .next:
-            if exchange.phase == .resolveClient, exchange.route?.isPublic == true {
+            if exchange.phase == .resolveClient, let route = exchange.route, route.isPublic {
+                // No credential work on a public route; the HTTPS requirement still holds.
+                if route.requiresHTTPS && !exchange.isHTTPS { return apply(.reply(Denial(.httpsRequired))) }
                 exchange.phase = .forward
             } else {
                 exchange.phase = Phase(rawValue: exchange.phase.rawValue &+ 1) ?? .forward
@@ -108,19 +110,20 @@ extension ClientConnection {
         if exchange.isPeerTrusted {
             let head = inBuf.readable
             var xff: UnsafeRawBufferPointer?
+            var xfp: UnsafeRawBufferPointer?
             for i in 0..<headers.count {
                 let f = headers[i]
                 let np = head.baseAddress! + Int(f.name.offset)
+                // The last line of each wins (the nearest proxy appends last).
                 switch HeaderNames.classify(np, Int(f.name.count)) {
-                case .xForwardedFor:
-                    xff = UnsafeRawBufferPointer(rebasing: head[Int(f.value.offset)..<f.value.end])   // the last one wins
-                case .xForwardedProto:
-                    if !isTLS && f.value.count == 5 {
-                        exchange.isHTTPS = HeaderNames.lowerEquals(head.baseAddress! + Int(f.value.offset), 5, Self.https)
-                    }
+                case .xForwardedFor: xff = UnsafeRawBufferPointer(rebasing: head[Int(f.value.offset)..<f.value.end])
+                case .xForwardedProto: xfp = UnsafeRawBufferPointer(rebasing: head[Int(f.value.offset)..<f.value.end])
                 default: break
                 }
             }
+            // X-Forwarded-Proto: the last value of the last line, exactly `https` (any case);
+            // anything else is plain HTTP. A TLS listener is HTTPS whatever the header says.
+            if !isTLS, let v = xfp { exchange.isHTTPS = Self.isLastValueHTTPS(v) }
             exchange.clientIP = rules.resolveClient(peer: peerIP, forwardedFor: xff)
         } else {
             exchange.clientIP = peerIP
@@ -199,6 +202,17 @@ extension ClientConnection {
     // MARK: helpers
 
     static let https: StaticString = "https"
+
+    /// The last comma-separated element of a field value is `https` (OWS trimmed, any case).
+    static func isLastValueHTTPS(_ v: UnsafeRawBufferPointer) -> Bool {
+        guard let p = v.baseAddress else { return false }
+        var end = v.count
+        while end > 0, HeaderNames.isOWS(v[end - 1]) { end -= 1 }
+        var start = end
+        while start > 0, v[start - 1] != 0x2C { start -= 1 }
+        while start < end, HeaderNames.isOWS(v[start]) { start += 1 }
+        return end - start == 5 && HeaderNames.lowerEquals(p + start, 5, https)
+    }
 
     /// ASCII case-insensitive comparison of two byte runs.
     @inline(__always)

@@ -71,6 +71,10 @@ struct RequestParseState: Sendable {
         let finalLine = end &- 2
         if let e = HTTP1Lexer.checkFraming(facts) { return fail(e) }
         if version == .http11 && facts.hostIndex < 0 { return fail(HTTP1ParseError(.missingHost, at: finalLine)) }
+        if facts.hostIndex >= 0 && Int(facts.hostValue.count) > limits.maxHostBytes {
+            return fail(HTTP1ParseError(.hostTooLong, at: Int(facts.hostValue.offset)))
+        }
+        if Int(authority.count) > limits.maxHostBytes { return fail(HTTP1ParseError(.hostTooLong, at: Int(authority.offset))) }
         if form == .absolute && facts.hostIndex >= 0 && !HTTP1Lexer.equalsCaseless(p, authority, facts.hostValue) {
             return fail(HTTP1ParseError(.hostMismatch, at: Int(facts.hostValue.offset)))
         }

@@ -74,6 +74,9 @@ public struct HTTP1Limits: Sendable {
     public var maxTargetBytes = 8 * 1024
     /// Number of fields: over it → 431.
     public var maxHeaderCount = 100
+    /// The Host field (and an absolute-form authority): over it → 431. A host name is at most
+    /// 253 bytes; the proxy writes the host twice (Host, X-Forwarded-Host), so it is capped.
+    public var maxHostBytes = 1024
     public init() {}
 }
 
@@ -132,7 +135,7 @@ public struct HTTP1ParseError: Error, Equatable, Sendable {
         case badTransferEncoding, transferEncodingInHTTP10
         case badExpect
         case badChunkSize, badChunkExtension, badChunkTerminator, badTrailer
-        case headTooLarge, uriTooLong, tooManyHeaders
+        case headTooLarge, uriTooLong, tooManyHeaders, hostTooLong
     }
     public var kind: Kind
     /// Offset of the offending byte from the start of the message (or of the chunked body).
@@ -142,7 +145,7 @@ public struct HTTP1ParseError: Error, Equatable, Sendable {
     /// The status a server answers with.
     public var status: Int {
         switch kind {
-        case .headTooLarge, .tooManyHeaders: return 431
+        case .headTooLarge, .tooManyHeaders, .hostTooLong: return 431
         case .uriTooLong: return 414
         case .unsupportedVersion: return 505
         default: return 400
