@@ -36,6 +36,13 @@ final class LoopContext {
     private(set) var pools: [UpstreamPool] = []
     var listeners: [Listener] = []
     private(set) var clients: [ClientConnection] = []
+    /// Request counters under the current snapshot (an exchange keeps the block of the
+    /// snapshot it started under).
+    private(set) var metrics: RequestMetrics
+    /// Connection gauges, degraded admits, store health.
+    let gauges = LoopGauges()
+    /// This loop's access log lines, when `access_log` is set.
+    var accessLog: AccessLogBuffer?
     private(set) var isDraining = false
     /// Called (on the loop) when draining and the last client connection is gone.
     var onDrained: (() -> Void)?
@@ -56,6 +63,9 @@ final class LoopContext {
         hasClientRules = Self.hasClientRules(snapshot)
         self.snapshot = snapshot
         self.settings = settings
+        metrics = RequestMetrics(snapshot: snapshot)
+        MetricsRegistry.shared.register(metrics)
+        MetricsRegistry.shared.register(gauges)
         headerTimeoutNanos = settings.headerTimeout.nanoseconds
         idleTimeoutNanos = settings.idleTimeout.nanoseconds
         bodyTimeoutNanos = settings.bodyTimeout.nanoseconds
@@ -79,8 +89,9 @@ final class LoopContext {
     /// processes, because that is what shares one in-process limiter in `local` mode.
     func startStore(instanceID: String) {
         guard let spec = snapshot.store else { return }
+        gauges.set(.storeConfigured, 1)
         store = SharedStore(loop: loop, url: spec.url, deadline: spec.deadline, mode: spec.onError,
-                            instanceID: instanceID)
+                            instanceID: instanceID, gauges: gauges)
     }
 
     /// Installs a new policy snapshot (called on this loop). The old pools are retired: their
@@ -94,6 +105,8 @@ final class LoopContext {
         }
         pools = new.backends.enumerated().map { UpstreamPool(loop: loop, backendIndex: $0.offset, spec: $0.element) }
         snapshot = new
+        metrics = RequestMetrics(snapshot: new)
+        MetricsRegistry.shared.register(metrics)
         // Cached store records were compiled against the old snapshot (scope bits, plan
         // indexes): drop them all; they are fetched and compiled again on the next request.
         store?.invalidate([])
@@ -172,14 +185,18 @@ final class LoopContext {
                 guard let entry = try? RedisKeyDirectory.decode(json), let hash = entry.hash.flatMap({ KeyHash(hex: $0.hasPrefix("sha256:") ? String($0.dropFirst(7)) : $0) }), hash == h else {
                     return keyLookupFailed(c, store, .reply(.nil))
                 }
+                // Compiled against the snapshot the exchange started under (a reload during the
+                // wait changes neither its scopes nor its plan); cached only if that is current.
+                let pinned = c.exchange.snapshot
                 var warnings: [String] = []
-                let r = KeyDirectory.record(from: entry, hash: h, snapshot: snapshot, warnings: &warnings)
-                store.remember(h, record: r, now: loop.now)
+                let r = KeyDirectory.record(from: entry, hash: h, snapshot: pinned, warnings: &warnings)
+                if pinned === snapshot { store.remember(h, record: r, now: loop.now) }
                 c.exchange.record = r
                 return .next
             case .reply(.nil):
-                let declared = keys.lookup(h, in: snapshot)
-                store.remember(h, record: declared, now: loop.now)
+                let pinned = c.exchange.snapshot
+                let declared = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declaredKey(h)
+                if pinned === snapshot { store.remember(h, record: declared, now: loop.now) }
                 guard let declared else { return .reply(Denial(.invalidKey)) }
                 c.exchange.record = declared
                 return .next
@@ -187,8 +204,9 @@ final class LoopContext {
                 return keyLookupFailed(c, store, result)
             }
         case .admit:
-            guard let record = c.exchange.record, let pi = record.planIndex, pi < snapshot.plans.count else { return .next }
-            let plan = snapshot.plans[pi]
+            let pinned = c.exchange.snapshot
+            guard let record = c.exchange.record, let pi = record.planIndex, pi < pinned.plans.count else { return .next }
+            let plan = pinned.plans[pi]
             guard case .limit(let v) = result else { return limitFailed(c, store, plan, result) }
             if !v.isAllowed { store.refusals.remember(h, plan: plan, askedAt: c.exchange.storeAskedAt, verdict: v) }
             return apply(v, to: c, plan: plan)
@@ -215,10 +233,12 @@ final class LoopContext {
             return .reply(Denial(.storeUnavailable, retryAfterSeconds: 1))
         case .open:
             store.countOpenAdmit()
+            gauges.add(.degradedOpen)
             c.exchange.degraded = .open
             return .next
         case .local:
             store.countLocalLimit()
+            gauges.add(.degradedLocal)
             c.exchange.degraded = .local
             let scaled = store.localPlan(plan)
             let v = limiter.admit(key: c.exchange.keyHash, plan: scaled, now: loop.now)
@@ -236,11 +256,13 @@ final class LoopContext {
     func add(_ c: ClientConnection) {
         c.slot = clients.count
         clients.append(c)
+        gauges.add(.http1Connections)
     }
 
     func remove(_ c: ClientConnection) {
         let i = c.slot
         guard i >= 0, i < clients.count, clients[i] === c else { return }
+        gauges.subtract(.http1Connections)
         let last = clients.removeLast()
         if i < clients.count {
             clients[i] = last

@@ -48,8 +48,10 @@ final class Reloader: Sendable {
             current.withLock { $0.snapshot = next }
             let keys = keyDirectory()
             server.withLock { $0?.install(next, keys: keys) }
+            MetricsRegistry.shared.reloadsOK.add(1, ordering: .relaxed)
             Log.info("policy reloaded (\(reason)): \(next.routes.count) route(s), \(next.keys.count) declared key(s)")
         } catch {
+            MetricsRegistry.shared.reloadsRejected.add(1, ordering: .relaxed)
             Log.error("policy reload (\(reason)) failed; the current policy keeps serving:")
             for e in error.errors { Log.error("  \(e)") }
         }

@@ -14,17 +14,21 @@ final class Server: @unchecked Sendable {
     private var threads: [pthread_t] = []
     private let drained = DrainCounter()
     let limiter = RateLimiter()
+    /// The access log's writer, when `access_log` is set (its target is fixed at start).
+    private(set) var accessLog: AccessLogWriter?
 
     init(settings: ServerSettings) {
         self.settings = settings
     }
 
     /// Binds every listener on every loop (so a bind error surfaces before anything runs).
-    func start(snapshot: PolicySnapshot, keys: KeyDirectory) throws {
+    func start(snapshot: PolicySnapshot, keys: KeyDirectory, accessLog: AccessLogWriter? = nil) throws {
+        self.accessLog = accessLog
         for i in 0..<max(1, settings.threads) {
             let loop = try EventLoop(index: i)
             let ctx = LoopContext(loop: loop, snapshot: snapshot, settings: settings, limiter: limiter)
             ctx.keys = keys
+            if let accessLog { ctx.accessLog = AccessLogBuffer(writer: accessLog) }
             for spec in snapshot.listeners {
                 do {
                     ctx.listeners.append(try Listener(spec: spec, context: ctx))
@@ -89,6 +93,9 @@ final class Server: @unchecked Sendable {
         let clean = drained.value.load(ordering: .sequentiallyConsistent) >= loops.count
         for loop in loops { loop.stop() }
         for t in threads { pthread_join(t, nil) }
+        // The loops are gone: their last access log lines are handed in and written.
+        for ctx in contexts { ctx.accessLog?.flush() }
+        accessLog?.stop()
         return clean
     }
 }

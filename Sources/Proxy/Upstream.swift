@@ -72,6 +72,8 @@ final class UpstreamConnection: EventHandler {
     var isReadable = false
     var isWritable = false
     var sawEOF = false
+    /// epoll reported the peer's FIN (or an error): read until a read says so.
+    var hasHungUp = false
     /// The exchange this connection serves; nil while idle.
     unowned(unsafe) var client: ClientConnection?
     var deadline = Deadline()
@@ -84,6 +86,7 @@ final class UpstreamConnection: EventHandler {
     func handleEvent(_ events: EventSet, loop: EventLoop) {
         if events.hasInput { isReadable = true }
         if events.hasOutput { isWritable = true }
+        if events.hasHangup { hasHungUp = true }
         switch state {
         case .connecting:
             if events.hasOutputOrFailure {

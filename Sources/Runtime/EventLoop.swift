@@ -36,6 +36,9 @@ public struct EventSet: OptionSet, Sendable {
     /// Readable, or an error/hang-up a read will report.
     @inlinable public var hasInput: Bool { rawValue & 0x2019 != 0 }
     @inlinable public var hasOutput: Bool { rawValue & 0x004 != 0 }
+    /// The peer closed (or the socket failed): a short read no longer means "drained, a new
+    /// edge will come" — the data and the FIN may have come in one edge.
+    @inlinable public var hasHangup: Bool { rawValue & 0x2018 != 0 }
     /// Writable or failed (a connect finished either way).
     @inlinable public var hasOutputOrFailure: Bool { rawValue & 0x01C != 0 }
 }

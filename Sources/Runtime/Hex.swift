@@ -1,5 +1,9 @@
 /// Lowercase hex without a loop per digit: nibbles spread into bytes, then ASCII in one add.
 public enum Hex {
+    /// One lowercase hex digit for a nibble (0…15).
+    @inlinable @inline(__always)
+    public static func digit(_ n: UInt8) -> UInt8 { n < 10 ? 0x30 &+ n : 0x57 &+ n }
+
     @inlinable @inline(__always)
     public static func eight(_ x: UInt32) -> UInt64 {
         var v = UInt64(x)

@@ -29,4 +29,11 @@ static const uint32_t tollgate_EPOLLERR = EPOLLERR;
 static const uint32_t tollgate_EPOLLHUP = EPOLLHUP;
 static const uint32_t tollgate_EPOLLRDHUP = EPOLLRDHUP;
 static const uint32_t tollgate_EPOLLET = EPOLLET;
+/// Counters with one writer (a loop) and readers on other threads (the admin scrape):
+/// relaxed loads and stores, no lock prefix on the writer's path.
+static inline void tollgate_counter_add(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + v, __ATOMIC_RELAXED);
+}
+static inline void tollgate_counter_store(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+static inline uint64_t tollgate_counter_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 #endif

@@ -1,7 +1,9 @@
+import CSystem
 import ArgumentParser
 import Glibc
 import Policy
 import Runtime
+import Synchronization
 
 @main
 struct Tollgate: ParsableCommand {
@@ -53,8 +55,28 @@ struct Serve: ParsableCommand {
         settings.bodyTimeout = .milliseconds(Int(bodyTimeout * 1000))
         settings.maxConnectionsPerLoop = maxConnections
         let server = Server(settings: settings)
+        var accessLog: AccessLogWriter?
+        if let target = AccessLogWriter.target(of: snapshot) {
+            do {
+                accessLog = try AccessLogWriter(target: target)
+            } catch {
+                Log.error("access_log: cannot open \(target): \(error)")
+                throw ExitCode(1)
+            }
+        }
+        let readiness = AdminServer.Readiness(storeMustAnswer: snapshot.store?.onError == .closed)
+        var admin: AdminServer?
+        if let spec = snapshot.admin {
+            do {
+                admin = try AdminServer(spec: spec, readiness: readiness)
+            } catch {
+                Log.error("admin: cannot listen on \(spec.host):\(spec.port): \(error)")
+                throw ExitCode(1)
+            }
+            Log.info("admin listening on \(spec.isIPv6 ? "[\(spec.host)]" : spec.host):\(spec.port)")
+        }
         do {
-            try server.start(snapshot: snapshot, keys: reloader.keyDirectory())
+            try server.start(snapshot: snapshot, keys: reloader.keyDirectory(), accessLog: accessLog)
         } catch {
             Log.error("\(error)")
             throw ExitCode(1)
@@ -64,14 +86,18 @@ struct Serve: ParsableCommand {
         for l in snapshot.listeners {
             Log.info("listening on \(l.isIPv6 ? "[\(l.host)]" : l.host):\(l.port) with \(settings.threads) loop(s)")
         }
+        readiness.isServing.store(true, ordering: .relaxed)
         while true {
             let sig = Signals.wait()
             if sig == SIGHUP {
                 reloader.reloadPolicy(reason: "SIGHUP")
                 reloader.reloadKeys()
+                accessLog?.reopen()
                 continue
             }
             Log.info("signal \(sig): draining (up to \(drainTimeout)s)")
+            readiness.isDraining.store(true, ordering: .relaxed)
+            defer { admin?.stop() }
             let clean = server.drain(timeout: settings.drainTimeout)
             Log.info(clean ? "drained, exiting" : "drain timed out, exiting")
             throw ExitCode.success

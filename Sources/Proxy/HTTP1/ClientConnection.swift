@@ -69,6 +69,8 @@ final class ClientConnection: EventHandler, RedisWaiter {
     var sawEOF = false
     var closeAfterResponse = false
     var isDrainRequested = false
+    /// epoll reported the client's FIN (or an error): read until a read says so.
+    var hasHungUp = false
     /// Empty lines skipped before the current request line (bounded).
     var emptyLines = 0
 
@@ -87,7 +89,22 @@ final class ClientConnection: EventHandler, RedisWaiter {
     var responsePass = 0
     var isResponseHeadSent = false
     var hasRetried = false
-    var exchange = ExchangeFacts()
+    var exchange: ExchangeFacts
+    /// An exchange began (a head was parsed or refused) and has not been settled yet.
+    var isExchangeOpen = false
+    /// When its head was complete (loop clock).
+    var exchangeStartedAt: UInt64 = 0
+    /// What the client is told: the status, and the decision code (`MetricCode`; OK when
+    /// forwarded). 0 until an answer has begun.
+    var answerStatus = 0
+    var answerCode = MetricCode.ok
+    var bytesIn: Int64 = 0
+    var bytesOut: Int64 = 0
+    /// The exchange's head parsed (its method and path are known).
+    var hasParsedHead = false
+    /// An extension method's bytes (up to 16), for the access log.
+    var otherMethod: (UInt64, UInt64) = (0, 0)
+    var otherMethodCount = 0
     /// The normalised path of the current request.
     let pathBuffer: UnsafeMutableRawPointer
     let pathCapacity: Int
@@ -107,6 +124,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
         parser = HTTP1RequestParser(limits: limits)
         pathCapacity = limits.maxTargetBytes + 16
         pathBuffer = .allocate(byteCount: pathCapacity, alignment: 8)
+        exchange = ExchangeFacts(snapshot: context.snapshot, metrics: context.metrics)
     }
 
     deinit { pathBuffer.deallocate() }
@@ -120,6 +138,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
     func handleEvent(_ events: EventSet, loop: EventLoop) {
         if events.hasInput { isReadable = true }
         if events.hasOutput { isWritable = true }
+        if events.hasHangup { hasHungUp = true }
         drive()
     }
 
@@ -239,7 +258,9 @@ final class ClientConnection: EventHandler, RedisWaiter {
             case .processed(let n):
                 if n == 0 { sawEOF = true; isReadable = false; return 0 }
                 inBuf.writerIndex += n
-                if n < want { isReadable = false }   // drained (edge-triggered: a new edge will come)
+                // Drained (edge-triggered: a new edge will come), unless the FIN came in
+                // the same edge as the data.
+                if n < want && !hasHungUp { isReadable = false }
                 return n
             case .wouldBlock:
                 isReadable = false
@@ -254,9 +275,32 @@ final class ClientConnection: EventHandler, RedisWaiter {
 
     // MARK: starting an exchange
 
+    /// An exchange begins: its clock, its policy snapshot (pinned), its counters.
+    private func openExchange() {
+        isExchangeOpen = true
+        hasParsedHead = false
+        exchangeStartedAt = context.loop.now
+        answerStatus = 0
+        answerCode = MetricCode.ok
+        bytesIn = 0
+        bytesOut = 0
+        if exchange.snapshot !== context.snapshot {
+            exchange.snapshot = context.snapshot
+            exchange.metrics = context.metrics
+        }
+    }
+
     private func startExchange(headLength: Int) {
         state = .proxying
         emptyLines = 0
+        openExchange()
+        hasParsedHead = true
+        bytesIn = Int64(headLength)
+        if request.method == .other && context.accessLog != nil {
+            let m = request.methodRange
+            otherMethodCount = min(16, Int(m.count))
+            withUnsafeMutableBytes(of: &otherMethod) { $0.baseAddress!.copyMemory(from: inBuf.readPointer + Int(m.offset), byteCount: otherMethodCount) }
+        }
         deadline.clear()
         closeAfterResponse = request.wantsClose || isDrainRequested
         requestBodyReceived = 0
@@ -277,6 +321,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
         }
 
         exchange.reset(headLength: headLength)
+        exchange.clientIP = peerIP
         advance()
     }
 
@@ -421,6 +466,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
             if avail > 0 {
                 let take = Int(min(Int64(avail), remaining))
                 requestPass += take
+                bytesIn &+= Int64(take)
                 let left = remaining - Int64(take)
                 requestBody = left == 0 ? .done : .length(remaining: left)
                 if left == 0 { deadline.clear() }
@@ -438,6 +484,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
                 switch requestChunks.step(input) {
                 case .data(let skip, let count):
                     requestBodyReceived += Int64(count)
+                    bytesIn &+= Int64(count)
                     if requestBodyReceived > Int64(maxBodyBytes) {
                         if isResponseHeadSent { abort() } else { replyAndClose(status: 413, code: .badRequest, message: "request body larger than the route allows") }
                         return false
@@ -515,7 +562,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
                 if n == 0 { up.sawEOF = true; up.isReadable = false } else {
                     buf.writerIndex += n
                     got = n
-                    if n < want { up.isReadable = false }
+                    if n < want && !up.hasHungUp { up.isReadable = false }
                 }
             case .wouldBlock:
                 up.isReadable = false
@@ -568,6 +615,8 @@ final class ClientConnection: EventHandler, RedisWaiter {
                         return
                     }
                     isResponseHeadSent = true
+                    answerStatus = up.head.status
+                    answerCode = MetricCode.ok
                     buf.readerIndex += consumed
                 }
             case .length(let remaining):
@@ -636,6 +685,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
             isWritable = false
             return false
         case .processed(let n):
+            bytesOut &+= Int64(n)
             let fromOut = min(n, a)
             outBuf.readerIndex += fromOut
             if outBuf.readerIndex == outBuf.writerIndex { outBuf.clear() }
@@ -654,6 +704,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
 
     private func finishExchange(_ up: UpstreamConnection) {
         upstream = nil
+        settle()
         let reusable = isRequestSent && !up.head.wantsClose && !up.sawEOF && up.inBuf.readableBytes == 0
         if reusable { up.pool.release(up) } else { up.pool.retire(up) }
         if !isRequestSent {
@@ -682,6 +733,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
 
     private func upstreamFailure(_ failure: UpstreamFailure) {
         guard let up = upstream else { return }
+        exchange.metrics.countUpstreamError(backend: up.pool.backendIndex, kind: UpstreamErrorKind(failure))
         // A reused connection closed under an idempotent, body-less request: retry once, fresh.
         if up.isReused && !hasRetried && !isResponseHeadSent && up.inBuf.readableBytes == 0
             && request.method.isIdempotent && request.framing == .none && responseBody.isAwaitingHead {
@@ -729,6 +781,8 @@ final class ClientConnection: EventHandler, RedisWaiter {
     /// Answers locally; the head (and any body: we close instead of reading it) is skipped.
     func replyLocal(status: Int, code: DenialCode, message: String, headLength: Int, forceClose: Bool) {
         if forceClose { closeAfterResponse = true }
+        answerStatus = status
+        answerCode = MetricCode.index(code)
         inBuf.readerIndex += headLength
         LocalReply.write(self, status: status, code: code, message: message, into: outBuf)
         state = .replying
@@ -738,6 +792,16 @@ final class ClientConnection: EventHandler, RedisWaiter {
     func replyAndClose(status: Int, code: DenialCode, message: String) {
         if let up = upstream { upstream = nil; up.pool.retire(up) }
         closeAfterResponse = true
+        // A head that failed (or never completed) is an exchange too: it is answered.
+        if !isExchangeOpen {
+            openExchange()
+            exchange.reset(headLength: 0)
+            exchange.clientIP = peerIP
+            requestIDCount = withUnsafeMutableBytes(of: &requestIDBytes) { context.nextRequestID(into: $0.baseAddress!) }
+            requestIDGenerated = true
+        }
+        answerStatus = status
+        answerCode = MetricCode.index(code)
         if requestIDCount == 0 {
             requestIDCount = withUnsafeMutableBytes(of: &requestIDBytes) { context.nextRequestID(into: $0.baseAddress!) }
         }
@@ -749,7 +813,36 @@ final class ClientConnection: EventHandler, RedisWaiter {
 
     private func finishLocalReply() {
         if let up = upstream { upstream = nil; up.pool.retire(up) }
+        settle()
         nextRequest()
+    }
+
+    // MARK: settling
+
+    static let methodNames: [StaticString] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"]
+
+    /// The request's method as text (`-` when its head did not parse).
+    func writeMethod(into out: IOBuffer) {
+        guard hasParsedHead else { out.write(byte: 0x2D); return }
+        if request.method == .other {
+            withUnsafeBytes(of: &otherMethod) { out.write($0.baseAddress!, count: otherMethodCount) }
+        } else {
+            out.write(Self.methodNames[Int(request.method.rawValue)])
+        }
+    }
+
+    /// The one end of every exchange, whatever ended it (an answer sent, a refusal, an
+    /// upstream failure, a client that left, a time-out): counted once, logged once.
+    func settle() {
+        guard isExchangeOpen else { return }
+        isExchangeOpen = false
+        let nanos = context.loop.now &- exchangeStartedAt
+        // Only an exchange whose answer began was answered (a client that left while its
+        // request waited was not).
+        if answerStatus != 0 {
+            exchange.metrics.countRequest(route: exchange.routeIndex, code: answerCode, nanos: nanos)
+        }
+        if let log = context.accessLog { AccessLogLine.write(self, nanos: nanos, into: log) }
     }
 
     // MARK: closing
@@ -768,6 +861,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
         if state == .closed { return }
         if let up = upstream { upstream = nil; up.pool.retire(up) }
         state = .closed
+        settle()   // a client that left, a cut response, a time-out: settled all the same
         context.loop.close(fd: fd)
         context.remove(self)
     }

@@ -33,7 +33,7 @@ enum RequestHeadWriter {
         out.put(byte: 0x20)
         // The normalised path: what the route was matched on is what the backend sees.
         out.put(c.pathBuffer, count: c.exchange.pathCount)
-        let snapshot = c.context.snapshot
+        let snapshot = c.exchange.snapshot
         let stripCredential = !snapshot.credentials.forwardsCredential
         if req.hasQuery {
             if stripCredential, let name = snapshot.credentials.queryParam {
@@ -199,7 +199,7 @@ enum RateLimitFields {
     static func write(_ c: ClientConnection, into out: IOBuffer) {
         let limitPlan = c.exchange.limitPlan
         guard limitPlan >= 0 else { return }
-        let plans = c.context.snapshot.plans
+        let plans = c.exchange.snapshot.plans
         guard limitPlan < plans.count else { return }
         let plan = plans[limitPlan]
         let report = c.exchange.limitReport

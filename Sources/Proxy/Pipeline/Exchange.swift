@@ -23,6 +23,14 @@ enum CredentialSource: UInt8 { case none, header, bearer, query }
 struct ExchangeFacts {
     var phase: Phase = .route
     var headLength = 0
+    /// The policy the exchange started under: every phase reads this one, so a reload while
+    /// it waits (on Redis) never changes its scopes, plan or route. Kept from one exchange to
+    /// the next on a connection until the loop's snapshot changes (no retain per request).
+    var snapshot: PolicySnapshot
+    /// The counters of that snapshot on this loop.
+    var metrics: RequestMetrics
+    /// Index of the matched route in `snapshot.routes`, -1 before one matched.
+    var routeIndex = -1
     var route: RouteSpec?
     /// The upstream pool the route chose (kept across a reload while the exchange runs, and
     /// from one exchange to the next on a connection until another route is chosen).
@@ -50,8 +58,14 @@ struct ExchangeFacts {
     /// Bumped per exchange so a late completion for an old one is ignored.
     var token: UInt64 = 0
 
+    init(snapshot: PolicySnapshot, metrics: RequestMetrics) {
+        self.snapshot = snapshot
+        self.metrics = metrics
+    }
+
     mutating func reset(headLength: Int) {
         phase = .route
+        routeIndex = -1
         self.headLength = headLength
         // `route` and `pool` stay until the route phase replaces them (see `routePhase`).
         pathCount = 0

@@ -78,7 +78,8 @@ extension ClientConnection {
         }
         let method = MethodSet(rawValue: 1 << UInt16(request.method.rawValue))
         let path = UnsafeRawBufferPointer(start: pathBuffer, count: exchange.pathCount)
-        guard let route = context.snapshot.route(method: method, path: path) else { return .reply(Denial(.noRoute)) }
+        guard let route = exchange.snapshot.route(method: method, path: path) else { return .reply(Denial(.noRoute)) }
+        exchange.routeIndex = route.index
         // Keep-alive connections mostly send the same route again: the route and pool kept
         // from the last exchange are reused without a retain/release pair each. (A reload
         // brings new route objects, so a changed snapshot always picks its own pool; a
@@ -105,7 +106,7 @@ extension ClientConnection {
             exchange.clientIP = peerIP
             return .next
         }
-        let rules = context.snapshot.clients
+        let rules = exchange.snapshot.clients
         exchange.isPeerTrusted = !rules.trustedProxies.isEmpty && rules.trustedProxies.contains(peerIP)
         if exchange.isPeerTrusted {
             let head = inBuf.readable
@@ -134,7 +135,7 @@ extension ClientConnection {
 
     /// The key: a configured header, `Authorization: Bearer`, or the query parameter if enabled.
     private func extractCredentialPhase() -> PhaseResult {
-        let rule = context.snapshot.credentials
+        let rule = exchange.snapshot.credentials
         let head = inBuf.readable
         let base = head.baseAddress!
         var bearerIndex = -1
@@ -194,7 +195,7 @@ extension ClientConnection {
     /// Rate limits of the key's plan: every window at once, all or nothing.
     private func admitPhase() -> PhaseResult {
         guard let record = exchange.record, let planIndex = record.planIndex else { return .next }
-        let plans = context.snapshot.plans
+        let plans = exchange.snapshot.plans
         guard planIndex < plans.count, !plans[planIndex].windows.isEmpty else { return .next }
         return context.admit(for: self, plan: plans[planIndex])
     }

@@ -48,7 +48,7 @@ final class SharedStore {
     /// How long a store that never came up may take before it is logged as unavailable.
     static let startupGrace: UInt64 = 1_000_000_000
 
-    init(loop: EventLoop, url: RedisURL, deadline: Duration, mode: StoreFailMode, instanceID: String) {
+    init(loop: EventLoop, url: RedisURL, deadline: Duration, mode: StoreFailMode, instanceID: String, gauges: LoopGauges) {
         self.loop = loop
         self.mode = mode
         let loopIndex = loop.index
@@ -56,6 +56,7 @@ final class SharedStore {
         self.reported = reported
         redis = RedisConnection(loop: loop, url: url, commandDeadline: deadline, instanceID: instanceID) { health in
             reported.any = true
+            gauges.set(.storeUp, health == .up ? 1 : 0)
             StoreHealthLog.report(health, loop: loopIndex, mode: mode)
         }
         redis.subscribeInvalidations { [unowned self] message in

@@ -63,7 +63,15 @@ final class PolicyGate {
     private(set) var tg: TollgateProcess!
 
     /// - Parameter clients: the YAML of the `clients:` block (without the key), or nil.
-    init(clients: String? = "  deny: [203.0.113.0/24]", credentials: String? = nil, extraRoutes: String = "") throws {
+    /// The admin listener's port (`admin.address`), when `withAdmin`.
+    let adminPort: UInt16?
+
+    /// - Parameters:
+    ///   - extraTop: more top-level YAML (e.g. `access_log:`, `store:`).
+    ///   - extraBackends: more `backends:` entries (indented two spaces).
+    init(clients: String? = "  deny: [203.0.113.0/24]", credentials: String? = nil, extraRoutes: String = "",
+         extraBackends: String = "", extraTop: String = "", withAdmin: Bool = false) throws {
+        adminPort = withAdmin ? freePort() : nil
         dir = makeTempDir("tgenf")
         port = freePort()
         backends = try ReferenceBackends.start(finance: ReferenceAddress(host: "127.0.0.1", port: 0), accounting: nil,
@@ -73,8 +81,11 @@ final class PolicyGate {
         var bad = Array(mintedGood)
         bad[bad.count - 1] = bad[bad.count - 1] == "A" ? "B" : "A"
         mintedBad = String(bad)
+        var top = extraTop
+        if let adminPort { top += "\nadmin:\n  address: 127.0.0.1:\(adminPort)\n" }
         writeFile(dir + "/00-gateway.yaml", Self.gateway(port: port, finance: backends.financePort!, recorder: recorder.port,
-                                                         clients: clients, credentials: credentials, extraRoutes: extraRoutes))
+                                                         clients: clients, credentials: credentials, extraRoutes: extraRoutes,
+                                                         extraBackends: extraBackends) + top)
         writeFile(dir + "/10-keys.yaml", Self.keys(mintedGood: mintedGood, mintedBad: mintedBad))
         do {
             tg = try TollgateProcess(policies: dir, port: port)
@@ -109,7 +120,7 @@ final class PolicyGate {
     }
 
     static func gateway(port: UInt16, finance: UInt16, recorder: UInt16, clients: String?, credentials: String?,
-                        extraRoutes: String) -> String {
+                        extraRoutes: String, extraBackends: String = "") -> String {
         """
         version: 1
         listen:
@@ -120,6 +131,7 @@ final class PolicyGate {
         backends:
           finance: {url: "http://127.0.0.1:\(finance)"}
           recorder: {url: "http://127.0.0.1:\(recorder)"}
+        \(extraBackends)
         plans:
           tight:
             rate_limits:
@@ -257,4 +269,26 @@ func packageRoot(_ file: String = #filePath) -> String {
         if FileManager.default.fileExists(atPath: url.appendingPathComponent("Package.swift").path) { return url.path }
     }
     return FileManager.default.currentDirectoryPath
+}
+
+/// `GET /metrics` of an admin listener, parsed: sample name with labels → value.
+func scrapeMetrics(_ port: UInt16) throws -> [String: Double] {
+    let r = try get(port, "/metrics")
+    guard r.status == 200 else { throw HarnessError("metrics: \(r.status)") }
+    var out: [String: Double] = [:]
+    for line in r.text.split(separator: "\n") where !line.hasPrefix("#") {
+        guard let sp = line.lastIndex(of: " "), let v = Double(line[line.index(after: sp)...]) else { continue }
+        out[String(line[..<sp])] = v
+    }
+    return out
+}
+
+/// `tollgate_requests_total` summed by code.
+func requestsByCode(_ m: [String: Double]) -> [String: Int] {
+    var out: [String: Int] = [:]
+    for (k, v) in m where k.hasPrefix("tollgate_requests_total{") {
+        guard let r = k.range(of: "code=\""), let end = k[r.upperBound...].firstIndex(of: "\"") else { continue }
+        out[String(k[r.upperBound..<end]), default: 0] += Int(v)
+    }
+    return out
 }

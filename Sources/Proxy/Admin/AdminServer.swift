@@ -1,0 +1,57 @@
+import Backends
+import Policy
+import Synchronization
+
+/// The admin listener (`admin.address`): `/healthz`, `/readyz`, `/metrics`, on threads of
+/// its own, so no request waits on a scrape and a scrape never waits on the loops (the
+/// counters are read without a lock).
+final class AdminServer: Sendable {
+    let server: ReferenceServer
+
+    /// What `/readyz` looks at.
+    final class Readiness: Sendable {
+        let isServing = Atomic<Bool>(false)
+        let isDraining = Atomic<Bool>(false)
+        /// `store.on_error: closed`: a store that does not answer makes the instance unready.
+        let storeMustAnswer: Bool
+        init(storeMustAnswer: Bool) { self.storeMustAnswer = storeMustAnswer }
+    }
+
+    init(spec: AdminSpec, readiness: Readiness) throws(ReferenceServerError) {
+        var router = ReferenceRouter()
+        router.add("GET", "/healthz") { _ in .text(200, "ok\n") }
+        router.add("GET", "/readyz") { _ in
+            let (ready, why) = Self.ready(readiness)
+            return .text(ready ? 200 : 503, why + "\n")
+        }
+        router.add("GET", "/metrics") { _ in
+            ReferenceResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
+                              body: .bytes(Array(MetricsRegistry.shared.render().utf8)))
+        }
+        server = try ReferenceServer(host: spec.host, port: spec.port, router: router)
+    }
+
+    /// Policy loaded and listeners up (serving, not draining), and the store answering unless
+    /// the policy says how to go on without it.
+    static func ready(_ r: Readiness) -> (Bool, String) {
+        if r.isDraining.load(ordering: .relaxed) { return (false, "draining") }
+        if !r.isServing.load(ordering: .relaxed) { return (false, "starting") }
+        switch MetricsRegistry.shared.storeState() {
+        case .none: return (true, "ready")
+        case .up: return (true, "ready (store up)")
+        case .down: return r.storeMustAnswer ? (false, "store unavailable (on_error: closed)") : (true, "ready (store unavailable: degraded)")
+        }
+    }
+
+    func stop() { server.stop() }
+}
+
+extension MetricsRegistry {
+    enum StoreState { case none, up, down }
+
+    /// No store configured, at least one loop's Redis connection up, or none.
+    func storeState() -> StoreState {
+        if gaugeSum(.storeConfigured) == 0 { return .none }
+        return gaugeSum(.storeUp) > 0 ? .up : .down
+    }
+}

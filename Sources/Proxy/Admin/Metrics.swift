@@ -1,0 +1,267 @@
+import CSystem
+import Policy
+import Synchronization
+
+/// The `code` label: every decision code, then `OK` (forwarded).
+enum MetricCode {
+    static let ok = 16
+    static let count = 17
+
+    @inline(__always)
+    static func index(_ c: DenialCode) -> Int {
+        switch c {
+        case .missingCredential: return 0
+        case .invalidKey: return 1
+        case .expired: return 2
+        case .revoked: return 3
+        case .disabled: return 4
+        case .ipDenied: return 5
+        case .insufficientScope: return 6
+        case .httpsRequired: return 7
+        case .lockedOut: return 8
+        case .rateLimited: return 9
+        case .quotaExceeded: return 10
+        case .insufficientCredits: return 11
+        case .noRoute: return 12
+        case .badRequest: return 13
+        case .storeUnavailable: return 14
+        case .upstreamUnavailable: return 15
+        }
+    }
+
+    static let names: [String] = {
+        var n = [String](repeating: "", count: count)
+        for c in DenialCode.allCases { n[index(c)] = c.rawValue }
+        n[ok] = "OK"
+        return n
+    }()
+}
+
+/// `tollgate_upstream_errors_total{kind}`.
+enum UpstreamErrorKind: Int, CaseIterable {
+    case connect, reset, timeout, invalid
+    var label: String {
+        switch self {
+        case .connect: return "connect"
+        case .reset: return "reset"
+        case .timeout: return "timeout"
+        case .invalid: return "invalid"
+        }
+    }
+
+    init(_ f: UpstreamFailure) {
+        switch f {
+        case .connect: self = .connect
+        case .connectTimeout, .responseTimeout: self = .timeout
+        case .reset, .closedEarly: self = .reset
+        case .badResponse: self = .invalid
+        }
+    }
+}
+
+/// Upper bounds of `tollgate_request_duration_seconds` buckets (`+Inf` is the count).
+enum DurationBuckets {
+    static let seconds: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+    static let nanos: [UInt64] = seconds.map { UInt64($0 * 1e9) }
+    static var count: Int { seconds.count }
+}
+
+/// Request counters of one loop under one policy snapshot (its routes and backends): written
+/// by that loop only, without a lock (relaxed single-writer stores); read by the scrape.
+///
+/// ```
+/// storage: [route slot × code] requests | [route slot × (buckets, sum ns, count)] durations
+///          | [backend × kind] upstream errors        (route slot 0 = "-": no route matched)
+/// ```
+final class RequestMetrics: @unchecked Sendable {
+    // SAFETY: the names never change; `storage` is written by one loop with relaxed atomic
+    // stores and read by other threads with relaxed atomic loads (CSystem's counter shims).
+    let routeNames: [String]
+    let backendNames: [String]
+    private let storage: UnsafeMutablePointer<UInt64>
+    private let durationsAt: Int
+    private let upstreamAt: Int
+    private let size: Int
+    static let durationStride = DurationBuckets.count + 2
+
+    init(snapshot: PolicySnapshot) {
+        routeNames = ["-"] + snapshot.routes.map(\.name)
+        backendNames = snapshot.backends.map(\.name)
+        durationsAt = routeNames.count * MetricCode.count
+        upstreamAt = durationsAt + routeNames.count * Self.durationStride
+        size = upstreamAt + backendNames.count * UpstreamErrorKind.allCases.count
+        storage = .allocate(capacity: max(1, size))
+        storage.initialize(repeating: 0, count: max(1, size))
+    }
+
+    deinit { storage.deallocate() }
+
+    /// One answered request: `route` is the route's index (-1: none matched).
+    @inline(__always)
+    func countRequest(route: Int, code: Int, nanos: UInt64) {
+        let slot = route &+ 1
+        tollgate_counter_add(storage + (slot &* MetricCode.count &+ code), 1)
+        let d = storage + (durationsAt &+ slot &* Self.durationStride)
+        var b = 0
+        let bounds = DurationBuckets.nanos
+        while b < bounds.count && nanos > bounds[b] { b &+= 1 }
+        if b < bounds.count { tollgate_counter_add(d + b, 1) }
+        tollgate_counter_add(d + bounds.count, nanos)
+        tollgate_counter_add(d + (bounds.count &+ 1), 1)
+    }
+
+    func countUpstreamError(backend: Int, kind: UpstreamErrorKind) {
+        guard backend >= 0 && backend < backendNames.count else { return }
+        tollgate_counter_add(storage + (upstreamAt + backend * UpstreamErrorKind.allCases.count + kind.rawValue), 1)
+    }
+
+    // MARK: reading (any thread)
+
+    func requests(slot: Int, code: Int) -> UInt64 { tollgate_counter_load(storage + (slot * MetricCode.count + code)) }
+    /// Non-cumulative bucket counts, then the sum in ns and the count.
+    func duration(slot: Int, _ k: Int) -> UInt64 { tollgate_counter_load(storage + (durationsAt + slot * Self.durationStride + k)) }
+    func upstreamErrors(backend: Int, kind: UpstreamErrorKind) -> UInt64 {
+        tollgate_counter_load(storage + (upstreamAt + backend * UpstreamErrorKind.allCases.count + kind.rawValue))
+    }
+}
+
+/// Per-loop gauges and counters that outlive policy reloads.
+final class LoopGauges: @unchecked Sendable {
+    // SAFETY: as `RequestMetrics`: one writer (the loop), relaxed loads elsewhere.
+    private let storage: UnsafeMutablePointer<UInt64>
+    enum Slot: Int, CaseIterable { case http1Connections, h2Connections, degradedOpen, degradedLocal, storeConfigured, storeUp }
+
+    init() {
+        storage = .allocate(capacity: Slot.allCases.count)
+        storage.initialize(repeating: 0, count: Slot.allCases.count)
+    }
+    deinit { storage.deallocate() }
+
+    @inline(__always) func add(_ s: Slot, _ v: UInt64 = 1) { tollgate_counter_add(storage + s.rawValue, v) }
+    @inline(__always) func subtract(_ s: Slot) { tollgate_counter_add(storage + s.rawValue, UInt64.max) }   // wraps: −1
+    func set(_ s: Slot, _ v: UInt64) { tollgate_counter_store(storage + s.rawValue, v) }
+    func value(_ s: Slot) -> UInt64 { tollgate_counter_load(storage + s.rawValue) }
+}
+
+/// Every loop's metrics, for the scrape. The lists change only at start-up and reload (under
+/// the lock); the counters themselves are never locked.
+final class MetricsRegistry: Sendable {
+    static let shared = MetricsRegistry()
+
+    private struct Loops {
+        var gauges: [LoopGauges] = []
+        /// Every block ever used (a reload adds one per loop; old ones keep their counts).
+        var blocks: [RequestMetrics] = []
+    }
+    private let loops = Mutex(Loops())
+    let reloadsOK = Atomic<UInt64>(0)
+    let reloadsRejected = Atomic<UInt64>(0)
+    let accessLogDropped = Atomic<UInt64>(0)
+
+    func register(_ g: LoopGauges) { loops.withLock { $0.gauges.append(g) } }
+
+    /// A gauge summed over every loop.
+    func gaugeSum(_ s: LoopGauges.Slot) -> UInt64 { loops.withLock { $0.gauges }.reduce(0) { $0 &+ $1.value(s) } }
+    func register(_ m: RequestMetrics) { loops.withLock { $0.blocks.append(m) } }
+
+    /// Prometheus text exposition format 0.0.4.
+    func render() -> String {
+        let (gauges, blocks) = loops.withLock { ($0.gauges, $0.blocks) }
+        var out = ""
+        out.reserveCapacity(8192)
+
+        // Sum by label values across loops and snapshots (route names outlive reloads).
+        var requests: [String: [UInt64]] = [:]
+        var durations: [String: [UInt64]] = [:]
+        var routeOrder: [String] = []
+        var upstream: [String: [UInt64]] = [:]
+        var backendOrder: [String] = []
+        for b in blocks {
+            for (slot, name) in b.routeNames.enumerated() {
+                if requests[name] == nil {
+                    routeOrder.append(name)
+                    requests[name] = [UInt64](repeating: 0, count: MetricCode.count)
+                    durations[name] = [UInt64](repeating: 0, count: RequestMetrics.durationStride)
+                }
+                for c in 0..<MetricCode.count { requests[name]![c] &+= b.requests(slot: slot, code: c) }
+                for k in 0..<RequestMetrics.durationStride { durations[name]![k] &+= b.duration(slot: slot, k) }
+            }
+            for (i, name) in b.backendNames.enumerated() {
+                if upstream[name] == nil {
+                    backendOrder.append(name)
+                    upstream[name] = [UInt64](repeating: 0, count: UpstreamErrorKind.allCases.count)
+                }
+                for k in UpstreamErrorKind.allCases { upstream[name]![k.rawValue] &+= b.upstreamErrors(backend: i, kind: k) }
+            }
+        }
+
+        out += "# HELP tollgate_requests_total Answered requests by route and decision code (OK: forwarded).\n"
+        out += "# TYPE tollgate_requests_total counter\n"
+        for name in routeOrder {
+            let counts = requests[name]!
+            for c in 0..<MetricCode.count where counts[c] > 0 {
+                out += "tollgate_requests_total{route=\"\(Self.escape(name))\",code=\"\(MetricCode.names[c])\"} \(counts[c])\n"
+            }
+        }
+        out += "# HELP tollgate_request_duration_seconds From the request head to the last byte sent.\n"
+        out += "# TYPE tollgate_request_duration_seconds histogram\n"
+        for name in routeOrder {
+            let d = durations[name]!
+            let total = d[DurationBuckets.count + 1]
+            if total == 0 { continue }
+            let label = Self.escape(name)
+            var cumulative: UInt64 = 0
+            for (k, le) in DurationBuckets.seconds.enumerated() {
+                cumulative &+= d[k]
+                out += "tollgate_request_duration_seconds_bucket{route=\"\(label)\",le=\"\(Self.format(le))\"} \(cumulative)\n"
+            }
+            out += "tollgate_request_duration_seconds_bucket{route=\"\(label)\",le=\"+Inf\"} \(total)\n"
+            out += "tollgate_request_duration_seconds_sum{route=\"\(label)\"} \(Self.format(Double(d[DurationBuckets.count]) / 1e9))\n"
+            out += "tollgate_request_duration_seconds_count{route=\"\(label)\"} \(total)\n"
+        }
+        out += "# HELP tollgate_upstream_errors_total Failed exchanges with a backend by kind.\n"
+        out += "# TYPE tollgate_upstream_errors_total counter\n"
+        for name in backendOrder {
+            for k in UpstreamErrorKind.allCases {
+                out += "tollgate_upstream_errors_total{backend=\"\(Self.escape(name))\",kind=\"\(k.label)\"} \(upstream[name]![k.rawValue])\n"
+            }
+        }
+        func sum(_ s: LoopGauges.Slot) -> UInt64 { gauges.reduce(0) { $0 &+ $1.value(s) } }
+        if sum(.storeConfigured) > 0 {
+            out += "# HELP tollgate_store_up 1 while Redis answers.\n# TYPE tollgate_store_up gauge\n"
+            out += "tollgate_store_up \(sum(.storeUp) > 0 ? 1 : 0)\n"
+            out += "# HELP tollgate_degraded_admits_total Requests admitted without Redis.\n"
+            out += "# TYPE tollgate_degraded_admits_total counter\n"
+            out += "tollgate_degraded_admits_total{mode=\"open\"} \(sum(.degradedOpen))\n"
+            out += "tollgate_degraded_admits_total{mode=\"local\"} \(sum(.degradedLocal))\n"
+        }
+        out += "# HELP tollgate_connections Open client connections.\n# TYPE tollgate_connections gauge\n"
+        out += "tollgate_connections{protocol=\"http1\"} \(sum(.http1Connections))\n"
+        out += "tollgate_connections{protocol=\"h2\"} \(sum(.h2Connections))\n"
+        out += "# HELP tollgate_policy_reloads_total Policy reloads by result.\n# TYPE tollgate_policy_reloads_total counter\n"
+        out += "tollgate_policy_reloads_total{result=\"ok\"} \(reloadsOK.load(ordering: .relaxed))\n"
+        out += "tollgate_policy_reloads_total{result=\"rejected\"} \(reloadsRejected.load(ordering: .relaxed))\n"
+        out += "# HELP tollgate_access_log_dropped_total Access log lines dropped because the writer fell behind.\n"
+        out += "# TYPE tollgate_access_log_dropped_total counter\n"
+        out += "tollgate_access_log_dropped_total \(accessLogDropped.load(ordering: .relaxed))\n"
+        return out
+    }
+
+    static func escape(_ s: String) -> String {
+        var o = ""
+        for ch in s {
+            switch ch {
+            case "\\": o += "\\\\"
+            case "\"": o += "\\\""
+            case "\n": o += "\\n"
+            default: o.append(ch)
+            }
+        }
+        return o
+    }
+
+    static func format(_ v: Double) -> String {
+        if v == v.rounded() && abs(v) < 1e15 { return String(Int64(v)) }
+        return String(v)
+    }
+}
