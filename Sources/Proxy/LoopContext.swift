@@ -173,7 +173,7 @@ final class LoopContext {
                     return keyLookupFailed(c, store, .reply(.nil))
                 }
                 var warnings: [String] = []
-                let r = KeyDirectory.record(from: entry, hash: h, snapshot: snapshot, warnings: &warnings)
+                let r = RedisKeyDirectory.record(from: entry, hash: h, local: keys.lookup(h, in: snapshot), snapshot: snapshot, warnings: &warnings)
                 store.remember(h, record: r, now: loop.now)
                 c.exchange.record = r
                 return .next
