@@ -159,14 +159,18 @@ public final class EmbeddedKeyLog: Sendable {
 
     /// The log opened for appending; `created` when this call made the file.
     private func openForAppend() throws(KeyLogError) -> (fd: Int32, created: Bool) {
+        var attempts = 0
         while true {
+            attempts += 1
             let fd = open(path, O_RDWR | O_APPEND | O_CLOEXEC)
             if fd >= 0 { return (fd, false) }
             if errno == EINTR { continue }
             guard errno == ENOENT else { throw .errno(path, "cannot open") }
             let made = open(path, O_RDWR | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
             if made >= 0 { return (made, true) }
-            if errno == EEXIST || errno == EINTR { continue }   // another writer created it first
+            // EEXIST: another writer created it in between (open it again), or the name is a
+            // dangling symlink, which O_EXCL never follows (give up after a few rounds).
+            if (errno == EEXIST || errno == EINTR) && attempts < 4 { continue }
             throw .errno(path, "cannot create")
         }
     }
