@@ -189,7 +189,8 @@ final class LoopContext {
                 // wait changes neither its scopes nor its plan); cached only if that is current.
                 let pinned = c.exchange.snapshot
                 var warnings: [String] = []
-                let r = KeyDirectory.record(from: entry, hash: h, snapshot: pinned, warnings: &warnings)
+let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declaredKey(h)
+                let r = RedisKeyDirectory.record(from: entry, hash: h, local: local, snapshot: pinned, warnings: &warnings)
                 if pinned === snapshot { store.remember(h, record: r, now: loop.now) }
                 c.exchange.record = r
                 return .next

@@ -26,7 +26,7 @@ final class Reloader: Sendable {
         keyLog = EmbeddedKeyLog(directory: EmbeddedKeyLog.defaultDirectory(forPolicies: policiesPath))
         loadedFingerprint = Self.fingerprint(policiesPath)
         let snapshot = try PolicyLoader.load(path: policiesPath)
-        let state = (try? keyLog.load()) ?? KeyLogState()
+        let state = try keyLog.loadForStartup { Log.warn($0) }
         current = Mutex(Current(snapshot: snapshot, keyState: state))
     }
 
@@ -57,22 +57,26 @@ final class Reloader: Sendable {
         }
     }
 
-    /// Reads the key log again and installs the recompiled directory.
+    /// Reads the key log again and installs the recompiled directory. A log that cannot be
+    /// read leaves the previous key state serving (its revocations included), logged as an error.
     func reloadKeys() {
+        let state: KeyLogState
         do {
-            let state = try keyLog.load()
-            let changed = current.withLock { cur -> Bool in
-                if cur.keyState == state { return false }
-                cur.keyState = state
-                return true
-            }
-            guard changed else { return }
-            let keys = keyDirectory()
-            server.withLock { $0?.install(keys: keys) }
-            Log.info("key store reloaded: \(state.records.count) stored key(s)")
+            state = try keyLog.load()
         } catch {
-            Log.error("key store reload failed: \(error)")
+            Log.error("key store reload failed; the previous key state keeps serving: \(error)")
+            return
         }
+        let changed = current.withLock { cur -> Bool in
+            if cur.keyState == state { return false }
+            cur.keyState = state
+            return true
+        }
+        guard changed else { return }
+        for p in state.problems { Log.warn(p) }
+        let keys = keyDirectory()
+        server.withLock { $0?.install(keys: keys) }
+        Log.info("key store reloaded: \(state.records.count) stored key(s)")
     }
 
     /// Watches the policy files and the key log; runs on its own thread for the process's life.

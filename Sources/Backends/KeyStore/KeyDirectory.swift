@@ -1,5 +1,15 @@
 import Policy
 
+extension KeyStatus {
+    /// This status (say, the policy file's) with a status change from another source (the
+    /// key log, Redis, the command line) applied. Revoked is final whichever side says it and
+    /// whatever order the changes were made in; otherwise the change wins, so `enable` lifts
+    /// `disabled` (from either side) but never `revoked`.
+    public func applying(_ change: KeyStatus) -> KeyStatus {
+        self == .revoked || change == .revoked ? .revoked : change
+    }
+}
+
 /// Keys known in-process: the embedded store's records (and status changes of declared
 /// keys) compiled against one policy snapshot. Immutable; rebuilt when either changes and
 /// handed to every loop, so a lookup is one or two dictionary probes and no lock.
@@ -33,7 +43,12 @@ public final class KeyDirectory: Sendable {
             map[hash] = Self.record(from: e, hash: hash, snapshot: snapshot, warnings: &warnings)
         }
         for (id, statusText) in state.overrides {
-            guard let declared = snapshot.declaredKey(id: id), let status = KeyStatus(rawValue: statusText) else { continue }
+            guard let declared = snapshot.declaredKey(id: id) else { continue }
+            guard let change = KeyStatus(rawValue: statusText) else {
+                warnings.append("status change of key \(id): unknown status '\(statusText)', ignored")
+                continue
+            }
+            let status = declared.status.applying(change)
             if declared.status != status { map[declared.hash] = declared.with(status: status) }
         }
         byHash = map

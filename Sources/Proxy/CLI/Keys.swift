@@ -40,10 +40,11 @@ struct Keys: ParsableCommand {
             }
             var cidrs: [String]?
             if let a = allowIps {
-                cidrs = a.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-                for c in cidrs! {
+                let list = a.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+                for c in list {
                     if case .failure = CIDR.parse(c) { throw ValidationError("--allow-ips: not a CIDR: \(c)") }
                 }
+                cidrs = list
             }
             let keyID = id ?? "key_" + String(KeyHash.sha256(KeyFormat.mint()).hex.prefix(12))
             guard keyID.allSatisfy({ $0.isLetter || $0.isNumber || "_-.:".contains($0) }), !keyID.isEmpty else {
@@ -73,11 +74,10 @@ struct Keys: ParsableCommand {
         func run() throws {
             let store = try KeyStoreAccess(policies: common.policies)
             var rows: [[String]] = [["ID", "PREFIX", "CONSUMER", "SCOPES", "PLAN", "STATUS", "EXPIRES", "SOURCE"]]
-            let overrides = try store.overrides()
             for k in store.snapshot.keys {
                 rows.append([k.id, "-", k.consumer, k.scopeNames.joined(separator: ","),
                              k.planIndex.map { store.snapshot.plans[$0].name } ?? "-",
-                             overrides[k.id] ?? k.status.rawValue, Self.format(k.expiresAt), "policy"])
+                             try store.effectiveStatus(of: k).rawValue, Self.format(k.expiresAt), "policy"])
             }
             for e in try store.entries() {
                 rows.append([e.id, e.prefix ?? "-", e.consumer ?? "-", (e.scopes ?? []).joined(separator: ","), e.plan ?? "-",
@@ -99,45 +99,59 @@ struct Keys: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Revoke a key for good.")
         @Argument var id: String
         @OptionGroup var common: Common
-        func run() throws { try setStatus(id, "revoked", common.policies) }
+        func run() throws { try setStatus(id, .revoked, common.policies) }
     }
     struct Disable: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Disable a key (can be enabled again).")
         @Argument var id: String
         @OptionGroup var common: Common
-        func run() throws { try setStatus(id, "disabled", common.policies) }
+        func run() throws { try setStatus(id, .disabled, common.policies) }
     }
     struct Enable: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Enable a disabled key.")
+        static let configuration = CommandConfiguration(abstract: "Enable a disabled key (never a revoked one).")
         @Argument var id: String
         @OptionGroup var common: Common
-        func run() throws { try setStatus(id, "active", common.policies) }
+        func run() throws { try setStatus(id, .active, common.policies) }
     }
 }
 
-private func setStatus(_ id: String, _ status: String, _ policies: String) throws {
+/// A key command that could not be carried out (exit status 1, the reason on stderr).
+struct KeysError: Error, CustomStringConvertible {
+    var description: String
+    init(_ s: String) { description = s }
+}
+
+private func setStatus(_ id: String, _ status: KeyStatus, _ policies: String) throws {
     let store = try KeyStoreAccess(policies: policies)
-    let current: String
-    if let e = try store.entry(id: id) {
-        current = e.status ?? "active"
-    } else if let d = store.snapshot.declaredKey(id: id) {
-        current = (try store.overrides())[id] ?? d.status.rawValue
+    let current: KeyStatus
+    var revokedBy = "the key store"
+    if let d = store.snapshot.declaredKey(id: id) {
+        // Declared keys first: their status may be revoked by the policy file itself.
+        current = try store.effectiveStatus(of: d)
+        if d.status == .revoked { revokedBy = "its policy file" }
+    } else if let e = try store.entry(id: id) {
+        current = KeyStatus(rawValue: e.status ?? "active") ?? .disabled
     } else {
-        throw ValidationError("no key with id \(id)")
+        throw KeysError("no key with id \(id)")
     }
-    if current == "revoked" && status != "revoked" {
-        throw ValidationError("key \(id) is revoked; a revoked key cannot be enabled or disabled")
+    if current == .revoked && status != .revoked {
+        let verb = status == .active ? "enabled" : "disabled"
+        throw KeysError("key \(id) is revoked (by \(revokedBy)) and cannot be \(verb): revocation is final; mint a new key instead")
     }
-    try store.setStatus(id: id, status: status, isDeclared: store.snapshot.declaredKey(id: id) != nil)
-    print("\(id): \(status)")
+    try store.setStatus(id: id, status: status)
+    print("\(id): \(status.rawValue)")
 }
 
 /// The key store a policy names: the embedded log, or Redis.
 struct KeyStoreAccess {
     let snapshot: PolicySnapshot
     let kind: String
-    private let log: EmbeddedKeyLog?
-    private let redis: RedisKeyDirectory?
+    private enum Backing {
+        /// The embedded log and its state, read once for this command.
+        case log(EmbeddedKeyLog, KeyLogState)
+        case redis(RedisKeyDirectory)
+    }
+    private let backing: Backing
 
     init(policies: String) throws {
         do {
@@ -147,52 +161,73 @@ struct KeyStoreAccess {
         }
         if let store = snapshot.store {
             kind = "redis"
-            log = nil
             do {
-                redis = try RedisKeyDirectory(url: store.url)
+                backing = .redis(try RedisKeyDirectory(url: store.url))
             } catch {
-                throw ValidationError("store \(store.url): \(error)")
+                throw KeysError("store \(store.url): \(error)")
             }
         } else {
             kind = "store"
-            log = EmbeddedKeyLog(directory: EmbeddedKeyLog.defaultDirectory(forPolicies: policies))
-            redis = nil
+            let log = EmbeddedKeyLog(directory: EmbeddedKeyLog.defaultDirectory(forPolicies: policies))
+            let state: KeyLogState
+            do { state = try log.load() } catch { throw KeysError("key store unreadable: \(error)") }
+            for p in state.problems { FileHandle.standardError.write(Data("warning: \(p)\n".utf8)) }
+            backing = .log(log, state)
         }
     }
 
+    /// A key minted into the store (not a declared one), or nil.
     func entry(id: String) throws -> KeyLogEntry? {
-        if let redis { return try redis.get(id: id) }
-        return try log!.load().records[id]
-    }
-    func entries() throws -> [KeyLogEntry] {
-        if let redis { return try redis.list() }
-        let s = try log!.load()
-        return s.order.compactMap { s.records[$0] }
-    }
-    func overrides() throws -> [String: String] {
-        if let redis {
-            var out: [String: String] = [:]
-            for k in snapshot.keys { if let e = try redis.get(id: k.id), let st = e.status { out[k.id] = st } }
-            return out
+        switch backing {
+        case .redis(let redis):
+            guard let e = try redis.get(id: id), e.op == .put else { return nil }
+            return e
+        case .log(_, let state):
+            return state.records[id]
         }
-        return try log!.load().overrides
     }
+
+    /// Keys minted into the store, oldest first (copies of declared keys left by older versions excluded).
+    func entries() throws -> [KeyLogEntry] {
+        switch backing {
+        case .redis(let redis):
+            return try redis.list().filter { snapshot.declaredKey(id: $0.id) == nil }
+        case .log(_, let state):
+            return state.order.compactMap { state.records[$0] }
+        }
+    }
+
+    /// A declared key's status as the proxy applies it: the policy file's, with the store's
+    /// status change applied (revoked final from either side).
+    func effectiveStatus(of d: KeyRecord) throws -> KeyStatus {
+        let stored: String?
+        switch backing {
+        case .redis(let redis): stored = try redis.get(hash: d.hash)?.status
+        case .log(_, let state): stored = state.overrides[d.id]
+        }
+        guard let stored else { return d.status }
+        return d.status.applying(KeyStatus(rawValue: stored) ?? .disabled)
+    }
+
     func put(_ e: KeyLogEntry) throws {
-        if let redis { try redis.put(e) } else { try log!.append(e) }
+        switch backing {
+        case .redis(let redis): try redis.put(e)
+        case .log(let log, _): try log.append(e)
+        }
     }
-    func setStatus(id: String, status: String, isDeclared: Bool) throws {
-        if let redis {
-            if isDeclared, (try redis.get(id: id)) == nil, let d = snapshot.declaredKey(id: id) {
-                // A declared key's status lives in Redis as a record of its own.
-                try redis.put(KeyLogEntry(op: .put, id: id, hash: "sha256:" + d.hash.hex, prefix: "", consumer: d.consumer,
-                                          plan: d.planIndex.map { snapshot.plans[$0].name }, scopes: d.scopeNames,
-                                          allowIPs: d.allowIPs.map { $0.blocks.map(\.description) }, expires: d.expiresAt,
-                                          status: status, at: wallClockSeconds()))
-                return
+
+    /// Records a status change: for a declared key only its status (by id in the log, a
+    /// status-only entry under its hash in Redis), for a minted key in its record.
+    func setStatus(id: String, status: KeyStatus) throws {
+        switch backing {
+        case .redis(let redis):
+            if let d = snapshot.declaredKey(id: id) {
+                try redis.setDeclaredStatus(id: id, hash: d.hash, status: status.rawValue)
+            } else {
+                try redis.setStatus(id: id, status: status.rawValue)
             }
-            _ = try redis.setStatus(id: id, status: status)
-        } else {
-            try log!.append(KeyLogEntry(op: .status, id: id, status: status, at: wallClockSeconds()))
+        case .log(let log, _):
+            try log.append(KeyLogEntry(op: .status, id: id, status: status.rawValue, at: wallClockSeconds()))
         }
     }
 }
