@@ -65,7 +65,7 @@ final class Listener: EventHandler {
             }
             Sys.setNoDelay(cfd)
             let peer = PeerAddress(storage)
-            let conn = ClientConnection(fd: cfd, peer: peer, isTLS: isTLS, context: context)
+            let conn = HTTP1Session(fd: cfd, peer: peer, isTLS: isTLS, context: context)
             do {
                 try loop.register(fd: cfd, handler: conn)
             } catch {

@@ -12,7 +12,19 @@ struct ServerSettings: Sendable {
     var bodyTimeout: Duration = .seconds(30)
     var drainTimeout: Duration = .seconds(10)
     var maxConnectionsPerLoop = 16_384
+    /// A request body must arrive at least this fast (bytes per second) once its first
+    /// `bodyTimeout` of credit is spent.
+    var bodyMinRate = 1024
     var limits = HTTP1Limits()
+}
+
+/// What a session needs while a request is in flight: read and write buffers and an exchange.
+/// Lent by the loop (`takeWorkspace`) and given back when the connection goes idle, so idle
+/// keep-alive connections cost no buffers.
+struct Workspace {
+    let inBuf: IOBuffer
+    let outBuf: IOBuffer
+    let exchange: Exchange
 }
 
 /// Everything one event loop owns: its connections, upstream pools, the policy snapshot it
@@ -35,7 +47,7 @@ final class LoopContext {
     let limiter: RateLimiter
     private(set) var pools: [UpstreamPool] = []
     var listeners: [Listener] = []
-    private(set) var clients: [ClientConnection] = []
+    private(set) var clients: [HTTP1Session] = []
     /// Request counters under the current snapshot (an exchange keeps the block of the
     /// snapshot it started under).
     private(set) var metrics: RequestMetrics
@@ -50,6 +62,15 @@ final class LoopContext {
     let headerTimeoutNanos: UInt64
     let idleTimeoutNanos: UInt64
     let bodyTimeoutNanos: UInt64
+    /// 1 s / `bodyMinRate`: how far each body byte moves the body deadline.
+    let nanosPerBodyByte: UInt64
+
+    /// Workspaces given back, ready to lend (bounded: a burst does not keep its memory).
+    private var spareWorkspaces: [Workspace] = []
+    static let maxSpareWorkspaces = 64
+    /// What idle sessions point at: empty buffers, an exchange that never opens.
+    private(set) lazy var idleWorkspace = Workspace(inBuf: IOBuffer(capacity: 0), outBuf: IOBuffer(capacity: 0),
+                                                   exchange: Exchange(context: self, isPlaceholder: true))
 
     private var requestCounter: UInt64 = 0
     private let requestIDSeed: UInt64
@@ -69,6 +90,7 @@ final class LoopContext {
         headerTimeoutNanos = settings.headerTimeout.nanoseconds
         idleTimeoutNanos = settings.idleTimeout.nanoseconds
         bodyTimeoutNanos = settings.bodyTimeout.nanoseconds
+        nanosPerBodyByte = 1_000_000_000 / UInt64(max(1, settings.bodyMinRate))
         var seed: UInt64 = 0
         seed = UInt64.random(in: .min ... .max)
         requestIDSeed = seed
@@ -116,27 +138,27 @@ final class LoopContext {
 
     /// The key's record: in-process (declared + embedded store), or through the shared store's
     /// cache, then Redis, then the declared keys.
-    func lookup(for c: ClientConnection) -> PhaseResult {
-        let h = c.exchange.keyHash
+    func lookup(for c: Exchange) -> PhaseResult {
+        let h = c.facts.keyHash
         guard let store else {
             if let r = keys.lookup(h, in: snapshot) {
-                c.exchange.record = r
+                c.facts.record = r
                 return .next
             }
             return .reply(Denial(.invalidKey))
         }
         switch store.cached(h, now: loop.now, allowStale: false) {
         case .hit(let r):
-            c.exchange.record = r
+            c.facts.record = r
             // While Redis is down no invalidation can arrive: say the record is a cached one.
-            if store.redis.health == .down { c.exchange.degraded = .staleKey }
+            if store.redis.health == .down { c.facts.degraded = .staleKey }
             return .next
         case .negative:
             return .reply(Denial(.invalidKey))
         case .miss:
             break
         }
-        if let failed = store.redis.lookupKey(h, waiter: c, token: c.exchange.token) {
+        if let failed = store.redis.lookupKey(h, waiter: c, token: c.facts.token) {
             return keyLookupFailed(c, store, failed)
         }
         return .wait
@@ -144,15 +166,15 @@ final class LoopContext {
 
     /// Rate limits: Redis (one script, every window) when configured, else in-process (exact
     /// across loops: the cells are shared).
-    func admit(for c: ClientConnection, plan: PlanSpec) -> PhaseResult {
+    func admit(for c: Exchange, plan: PlanSpec) -> PhaseResult {
         if let store {
-            if let refused = store.refusals.refusal(c.exchange.keyHash, plan: plan, now: loop.now) {
-                c.exchange.limitPlan = plan.index
-                c.exchange.limitReport = refused.limit!
+            if let refused = store.refusals.refusal(c.facts.keyHash, plan: plan, now: loop.now) {
+                c.facts.limitPlan = plan.index
+                c.facts.limitReport = refused.limit!
                 return .reply(refused)
             }
-            c.exchange.storeAskedAt = loop.now
-            if let failed = store.redis.admit(c.exchange.keyHash, plan: plan, waiter: c, token: c.exchange.token) {
+            c.facts.storeAskedAt = loop.now
+            if let failed = store.redis.admit(c.facts.keyHash, plan: plan, waiter: c, token: c.facts.token) {
                 return limitFailed(c, store, plan, failed)
             }
             return .wait
@@ -160,14 +182,14 @@ final class LoopContext {
         return admitLocally(c, plan: plan)
     }
 
-    private func admitLocally(_ c: ClientConnection, plan: PlanSpec) -> PhaseResult {
-        let v = limiter.admit(key: c.exchange.keyHash, plan: plan, now: loop.now)
+    private func admitLocally(_ c: Exchange, plan: PlanSpec) -> PhaseResult {
+        let v = limiter.admit(key: c.facts.keyHash, plan: plan, now: loop.now)
         return apply(v, to: c, plan: plan)
     }
 
-    private func apply(_ v: LimitVerdict, to c: ClientConnection, plan: PlanSpec) -> PhaseResult {
-        c.exchange.limitPlan = plan.index
-        c.exchange.limitReport = v.report
+    private func apply(_ v: LimitVerdict, to c: Exchange, plan: PlanSpec) -> PhaseResult {
+        c.facts.limitPlan = plan.index
+        c.facts.limitReport = v.report
         if !v.isAllowed {
             return .reply(Denial(.rateLimited, retryAfterSeconds: max(1, v.retryAfterSeconds), limit: v.report))
         }
@@ -175,10 +197,10 @@ final class LoopContext {
     }
 
     /// A store reply (or failure) for the phase the exchange is parked in.
-    func completeStore(for c: ClientConnection, result: RedisResult) -> PhaseResult {
+    func completeStore(for c: Exchange, result: RedisResult) -> PhaseResult {
         guard let store else { return .reply(Denial(.storeUnavailable)) }
-        let h = c.exchange.keyHash
-        switch c.exchange.phase {
+        let h = c.facts.keyHash
+        switch c.facts.phase {
         case .lookupKey:
             switch result {
             case .reply(.string(let json)):
@@ -187,29 +209,29 @@ final class LoopContext {
                 }
                 // Compiled against the snapshot the exchange started under (a reload during the
                 // wait changes neither its scopes nor its plan); cached only if that is current.
-                let pinned = c.exchange.snapshot
+                let pinned = c.facts.snapshot
                 var warnings: [String] = []
 let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declaredKey(h)
                 let r = RedisKeyDirectory.record(from: entry, hash: h, local: local, snapshot: pinned, warnings: &warnings)
                 if pinned === snapshot { store.remember(h, record: r, now: loop.now) }
-                c.exchange.record = r
+                c.facts.record = r
                 return .next
             case .reply(.nil):
-                let pinned = c.exchange.snapshot
+                let pinned = c.facts.snapshot
                 let declared = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declaredKey(h)
                 if pinned === snapshot { store.remember(h, record: declared, now: loop.now) }
                 guard let declared else { return .reply(Denial(.invalidKey)) }
-                c.exchange.record = declared
+                c.facts.record = declared
                 return .next
             default:
                 return keyLookupFailed(c, store, result)
             }
         case .admit:
-            let pinned = c.exchange.snapshot
-            guard let record = c.exchange.record, let pi = record.planIndex, pi < pinned.plans.count else { return .next }
+            let pinned = c.facts.snapshot
+            guard let record = c.facts.record, let pi = record.planIndex, pi < pinned.plans.count else { return .next }
             let plan = pinned.plans[pi]
             guard case .limit(let v) = result else { return limitFailed(c, store, plan, result) }
-            if !v.isAllowed { store.refusals.remember(h, plan: plan, askedAt: c.exchange.storeAskedAt, verdict: v) }
+            if !v.isAllowed { store.refusals.remember(h, plan: plan, askedAt: c.facts.storeAskedAt, verdict: v) }
             return apply(v, to: c, plan: plan)
         default:
             return .next
@@ -217,10 +239,10 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
     }
 
     /// Redis could not say: a cached record (even stale) is used; an unknown key is refused 503.
-    private func keyLookupFailed(_ c: ClientConnection, _ store: SharedStore, _ result: RedisResult) -> PhaseResult {
-        if case .hit(let r) = store.cached(c.exchange.keyHash, now: loop.now, allowStale: true) {
-            c.exchange.record = r
-            c.exchange.degraded = .staleKey
+    private func keyLookupFailed(_ c: Exchange, _ store: SharedStore, _ result: RedisResult) -> PhaseResult {
+        if case .hit(let r) = store.cached(c.facts.keyHash, now: loop.now, allowStale: true) {
+            c.facts.record = r
+            c.facts.degraded = .staleKey
             return .next
         }
         if case .reply(.nil) = result { return .reply(Denial(.invalidKey)) }
@@ -228,23 +250,23 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
     }
 
     /// Redis could not decide a limit: `store.on_error` says what happens.
-    private func limitFailed(_ c: ClientConnection, _ store: SharedStore, _ plan: PlanSpec, _ result: RedisResult) -> PhaseResult {
+    private func limitFailed(_ c: Exchange, _ store: SharedStore, _ plan: PlanSpec, _ result: RedisResult) -> PhaseResult {
         switch store.mode {
         case .closed:
             return .reply(Denial(.storeUnavailable, retryAfterSeconds: 1))
         case .open:
             store.countOpenAdmit()
             gauges.add(.degradedOpen)
-            c.exchange.degraded = .open
+            c.facts.degraded = .open
             return .next
         case .local:
             store.countLocalLimit()
             gauges.add(.degradedLocal)
-            c.exchange.degraded = .local
+            c.facts.degraded = .local
             let scaled = store.localPlan(plan)
-            let v = limiter.admit(key: c.exchange.keyHash, plan: scaled, now: loop.now)
-            c.exchange.limitPlan = plan.index
-            c.exchange.limitReport = v.report
+            let v = limiter.admit(key: c.facts.keyHash, plan: scaled, now: loop.now)
+            c.facts.limitPlan = plan.index
+            c.facts.limitReport = v.report
             if !v.isAllowed {
                 return .reply(Denial(.rateLimited, retryAfterSeconds: max(1, v.retryAfterSeconds), limit: v.report))
             }
@@ -252,15 +274,32 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
         }
     }
 
+    // MARK: workspaces
+
+    func takeWorkspace() -> Workspace {
+        if let w = spareWorkspaces.popLast() {
+            w.inBuf.clear()
+            w.outBuf.clear()
+            return w
+        }
+        let limits = settings.limits
+        return Workspace(inBuf: IOBuffer(capacity: limits.maxHeadBytes + 4096), outBuf: IOBuffer(capacity: 24 * 1024),
+                         exchange: Exchange(context: self))
+    }
+
+    func giveBack(_ w: Workspace) {
+        if spareWorkspaces.count < Self.maxSpareWorkspaces { spareWorkspaces.append(w) }
+    }
+
     // MARK: connections
 
-    func add(_ c: ClientConnection) {
+    func add(_ c: HTTP1Session) {
         c.slot = clients.count
         clients.append(c)
         gauges.add(.http1Connections)
     }
 
-    func remove(_ c: ClientConnection) {
+    func remove(_ c: HTTP1Session) {
         let i = c.slot
         guard i >= 0, i < clients.count, clients[i] === c else { return }
         gauges.subtract(.http1Connections)

@@ -58,6 +58,7 @@ final class UpstreamConnection: EventHandler {
     enum State: UInt8 { case connecting, active, idle, closed }
 
     let fd: Int32
+    let transport: Transport
     /// Strong: a reload replaces the loop's pools while exchanges are in flight; the old pool
     /// must outlive the connections it lent (it closes them on return once retired).
     let pool: UpstreamPool
@@ -75,11 +76,12 @@ final class UpstreamConnection: EventHandler {
     /// epoll reported the peer's FIN (or an error): read until a read says so.
     var hasHungUp = false
     /// The exchange this connection serves; nil while idle.
-    unowned(unsafe) var client: ClientConnection?
+    unowned(unsafe) var client: HTTP1Session?
     var deadline = Deadline()
 
     init(fd: Int32, pool: UpstreamPool) {
         self.fd = fd
+        self.transport = .plain(fd)
         self.pool = pool
     }
 

@@ -238,44 +238,47 @@ enum AccessLogLine {
     /// to 6 bytes each), names of up to 256 bytes each.
     static func bound(pathBytes: Int) -> Int { 512 + pathBytes * 6 + 4 * 256 * 6 }
 
-    static func write(_ c: ClientConnection, nanos: UInt64, into log: AccessLogBuffer) {
-        let x = c.exchange
-        let pathCount = x.pathCount
-        log.reserve(bound(pathBytes: pathCount), loop: c.context.loop)
+    static func write(_ x: Exchange, nanos: UInt64, into log: AccessLogBuffer) {
+        let f = x.facts
+        let pathCount = f.pathCount
+        log.reserve(bound(pathBytes: pathCount), loop: x.context.loop)
         let out = log.buffer
         let mark = out.writerIndex
         out.isOverflowed = false
         out.write(tTime)
         log.writeTime()
         out.write(tRequestID)
-        c.withRequestID { out.write($0) }
+        x.withRequestID { out.write($0) }
         out.write(tClient)
-        if x.clientIP == c.peerIP { c.peer.text.withUnsafeBytes { out.write($0) } } else { out.write(string: x.clientIP.description) }
+        switch x.downstream {
+        case .h1(let s) where f.clientIP == s.peerIP: s.peer.text.withUnsafeBytes { out.write($0) }
+        default: out.write(string: f.clientIP.description)
+        }
         out.write(tMethod)
-        c.writeMethod(into: out)
+        x.writeMethod(into: out)
         out.write(tPath)
         if pathCount > 0 {
             out.write(byte: 0x22)
-            escape(UnsafeRawBufferPointer(start: c.pathBuffer, count: pathCount), into: out)
+            escape(UnsafeRawBufferPointer(start: x.pathBuffer, count: pathCount), into: out)
             out.write(byte: 0x22)
         } else {
             out.write(null)
         }
-        let route = x.routeIndex >= 0 && x.routeIndex < x.snapshot.routes.count ? x.snapshot.routes[x.routeIndex] : nil
+        let route = f.routeIndex >= 0 && f.routeIndex < f.snapshot.routes.count ? f.snapshot.routes[f.routeIndex] : nil
         out.write(tRoute)
         quoted(route?.name, into: out)
         out.write(tKeyID)
-        quoted(x.record?.id, into: out)
+        quoted(f.record?.id, into: out)
         out.write(tConsumer)
-        quoted(x.record?.consumer, into: out)
+        quoted(f.record?.consumer, into: out)
         out.write(tCode)
-        if c.answerStatus == 0 { out.write(aborted) } else { out.write(string: MetricCode.names[c.answerCode]) }
+        if x.answerStatus == 0 { out.write(aborted) } else { out.write(string: MetricCode.names[x.answerCode]) }
         out.write(tStatus)
-        out.write(decimal: c.answerStatus == 0 ? 499 : c.answerStatus)
+        out.write(decimal: x.answerStatus == 0 ? 499 : x.answerStatus)
         out.write(tBytesIn)
-        out.write(decimal: Int(c.bytesIn))
+        out.write(decimal: Int(x.bytesIn))
         out.write(tBytesOut)
-        out.write(decimal: Int(c.bytesOut))
+        out.write(decimal: Int(x.bytesOut))
         out.write(tDuration)
         out.write(decimal: Int(nanos / 1_000_000))
         out.write(byte: 0x2E)
@@ -284,9 +287,9 @@ enum AccessLogLine {
         out.write(byte: UInt8(0x30 + micros / 10 % 10))
         out.write(byte: UInt8(0x30 + micros % 10))
         out.write(tUpstream)
-        let forwarded = c.answerCode == MetricCode.ok || c.answerCode == MetricCode.index(.upstreamUnavailable)
-        if let route, forwarded, c.answerStatus != 0, route.backend < x.snapshot.backends.count {
-            quoted(x.snapshot.backends[route.backend].name, into: out)
+        let forwarded = x.answerCode == MetricCode.ok || x.answerCode == MetricCode.index(.upstreamUnavailable)
+        if let route, forwarded, x.answerStatus != 0, route.backend < f.snapshot.backends.count {
+            quoted(f.snapshot.backends[route.backend].name, into: out)
         } else {
             out.write(null)
         }

@@ -28,8 +28,10 @@ struct Serve: ParsableCommand {
     var headerTimeout: Double = 10
     @Option(help: "Seconds an idle keep-alive connection is kept.")
     var idleTimeout: Double = 60
-    @Option(help: "Seconds a request body may stall.")
+    @Option(help: "Seconds a request body may stall (its first credit; see --body-min-rate).")
     var bodyTimeout: Double = 30
+    @Option(help: "Bytes per second a request body must keep up once its --body-timeout credit is spent.")
+    var bodyMinRate: Int = 1024
     @Option(help: "Connections per event loop before new ones are refused.")
     var maxConnections: Int = 16_384
 
@@ -54,6 +56,7 @@ struct Serve: ParsableCommand {
         settings.idleTimeout = .milliseconds(Int(idleTimeout * 1000))
         settings.bodyTimeout = .milliseconds(Int(bodyTimeout * 1000))
         settings.maxConnectionsPerLoop = maxConnections
+        settings.bodyMinRate = max(1, bodyMinRate)
         let server = Server(settings: settings)
         var accessLog: AccessLogWriter?
         if let target = AccessLogWriter.target(of: snapshot) {

@@ -21,7 +21,7 @@ enum RequestHeadWriter {
     static let crlfXrid: StaticString = "\r\nX-Request-Id: "
     static let traceparentEnd: StaticString = "-01\r\n"
 
-    static func write(_ c: ClientConnection, into out: IOBuffer) -> Bool {
+    static func write(_ c: HTTP1Session, into out: IOBuffer) -> Bool {
         let req = c.request
         let head = c.inBuf.readable
         guard let base = head.baseAddress else { return false }
@@ -32,8 +32,8 @@ enum RequestHeadWriter {
         out.put(base + Int(req.methodRange.offset), count: Int(req.methodRange.count))
         out.put(byte: 0x20)
         // The normalised path: what the route was matched on is what the backend sees.
-        out.put(c.pathBuffer, count: c.exchange.pathCount)
-        let snapshot = c.exchange.snapshot
+        out.put(c.exchange.pathBuffer, count: c.exchange.facts.pathCount)
+        let snapshot = c.exchange.facts.snapshot
         let stripCredential = !snapshot.credentials.forwardsCredential
         if req.hasQuery {
             if stripCredential, let name = snapshot.credentials.queryParam {
@@ -45,14 +45,14 @@ enum RequestHeadWriter {
             }
         }
         out.put(http11)
-        let credentialHeader = c.exchange.credentialHeader
+        let credentialHeader = c.exchange.facts.credentialHeader
         var clientXFF = ByteRange.empty
 
-        let tokens = req.hasConnectionOptions ? ConnectionTokens(headers: c.headers, base: base) : ConnectionTokens.none
+        let tokens = req.hasConnectionOptions ? ConnectionTokens(headers: c.exchange.headers, base: base) : ConnectionTokens.none
         var hostValue = ByteRange.empty
         var hasHost = false
         var hasTraceparent = false
-        let headers = c.headers
+        let headers = c.exchange.headers
         var runs = LineRuns(base: base)
         for i in 0..<headers.count {
             let f = headers[i]
@@ -91,7 +91,7 @@ enum RequestHeadWriter {
         runs.finish(headLength: req.headLength, into: out)
         if !hasHost {
             out.put(host)
-            out.put(string: c.exchange.pool?.hostField ?? "localhost")
+            out.put(string: c.exchange.facts.pool?.hostField ?? "localhost")
             out.put(crlf)
         }
         switch req.framing {
@@ -106,14 +106,14 @@ enum RequestHeadWriter {
         }
         // A trusted proxy's chain is extended; anyone else's X-Forwarded-* is replaced.
         out.put(xff)
-        if c.exchange.isPeerTrusted && !clientXFF.isEmpty {
+        if c.exchange.facts.isPeerTrusted && !clientXFF.isEmpty {
             out.put(base + Int(clientXFF.offset), count: Int(clientXFF.count))
             out.put(commaSpace)
         }
         c.peer.text.withUnsafeBytes { out.put($0) }
         // What the client phase decided (a trusted proxy's last X-Forwarded-Proto, else the
         // listener's). Constant fragments are merged with the line ends around them.
-        out.put(c.exchange.isHTTPS ? crlfXfpHTTPS : crlfXfpHTTP)
+        out.put(c.exchange.facts.isHTTPS ? crlfXfpHTTPS : crlfXfpHTTP)
         if hasHost {
             out.put(xfh)
             out.put(base + Int(hostValue.offset), count: Int(hostValue.count))
@@ -121,7 +121,7 @@ enum RequestHeadWriter {
         } else {
             out.put(xrid)
         }
-        c.withRequestID { out.put($0) }
+        c.exchange.withRequestID { out.put($0) }
         // The trace id below is written in place: make sure it fits first.
         if out.isOverflowed || out.writableBytes < 96 { return false }
         if !hasTraceparent {
@@ -131,8 +131,8 @@ enum RequestHeadWriter {
             out.put(crlfTraceparentStart)
             var seed = c.context.traceSeedHex
             withUnsafeBytes(of: &seed) { out.put($0.baseAddress!, count: 16) }
-            if c.requestIDGenerated {
-                c.withRequestID { out.put($0) }
+            if c.exchange.requestIDGenerated {
+                c.exchange.withRequestID { out.put($0) }
             } else {
                 out.writerIndex += c.context.nextRequestID(into: out.writePointer)
             }
@@ -142,7 +142,7 @@ enum RequestHeadWriter {
         } else {
             out.put(crlf)
         }
-        if let r = c.exchange.record {
+        if let r = c.exchange.facts.record {
             // Identity for the backend (client-sent X-Tollgate-* were dropped above), built
             // once per record.
             out.put(r.identityLines)
@@ -162,7 +162,7 @@ enum RequestHeadWriter {
     @inline(__always)
     private static func isCredentialHeader(_ name: UnsafeRawPointer, _ count: Int, _ snapshot: PolicySnapshot) -> Bool {
         for lower in snapshot.credentials.headerNamesLowercased where lower.count == count {
-            if lower.withUnsafeBytes({ ClientConnection.caselessEquals(name, $0.baseAddress!, count) }) { return true }
+            if lower.withUnsafeBytes({ Pipeline.caselessEquals(name, $0.baseAddress!, count) }) { return true }
         }
         return false
     }
@@ -196,13 +196,13 @@ enum RateLimitFields {
     static let retryAfter: StaticString = "Retry-After: "
     static let crlf: StaticString = "\r\n"
 
-    static func write(_ c: ClientConnection, into out: IOBuffer) {
-        let limitPlan = c.exchange.limitPlan
+    static func write(_ c: HTTP1Session, into out: IOBuffer) {
+        let limitPlan = c.exchange.facts.limitPlan
         guard limitPlan >= 0 else { return }
-        let plans = c.exchange.snapshot.plans
+        let plans = c.exchange.facts.snapshot.plans
         guard limitPlan < plans.count else { return }
         let plan = plans[limitPlan]
-        let report = c.exchange.limitReport
+        let report = c.exchange.facts.limitReport
         guard report.windowIndex < plan.windows.count else { return }
         // `RateLimit-Policy: …` and `RateLimit: "<window>";r=<remaining>;t=<reset>` (the value
         // `RateLimitHeaders.writeState` renders), from text the plan built once.
@@ -260,7 +260,7 @@ struct ConnectionTokens {
             let len = withUnsafeBytes(of: counts) { Int($0.load(fromByteOffset: k * 4, as: Int32.self)) }
             if len != n { continue }
             let off = withUnsafeBytes(of: offsets) { Int($0.load(fromByteOffset: k * 4, as: Int32.self)) }
-            if ClientConnection.caselessEqualsMixed(p, base + off, n) { return true }
+            if Pipeline.caselessEqualsMixed(p, base + off, n) { return true }
         }
         return false
     }
@@ -305,7 +305,7 @@ enum ResponseHeadWriter {
     static let xrid: StaticString = "X-Request-Id: "
     static let crlfXrid: StaticString = "\r\nX-Request-Id: "
 
-    static func write(_ c: ClientConnection, _ up: UpstreamConnection, into out: IOBuffer) -> Bool {
+    static func write(_ c: HTTP1Session, _ up: UpstreamConnection, into out: IOBuffer) -> Bool {
         let head = up.head
         let base = up.inBuf.readPointer
         if out.readableBytes == 0 { out.clear() }
@@ -383,12 +383,12 @@ enum ResponseHeadWriter {
         }
         if !hasRequestID {
             out.put(lineOpen ? crlfXrid : xrid)
-            c.withRequestID { out.put($0) }
+            c.exchange.withRequestID { out.put($0) }
             lineOpen = true
         }
         if lineOpen { out.put(crlf) }
         RateLimitFields.write(c, into: out)
-        if let d = c.exchange.degraded.headerValue { out.put(d) }
+        if let d = c.exchange.facts.degraded.headerValue { out.put(d) }
         if c.closeAfterResponse {
             out.put(close)
         } else if c.request.version == .http10 {
@@ -399,7 +399,7 @@ enum ResponseHeadWriter {
     }
 
     /// Relays an interim (1xx) response head as is, minus hop-by-hop fields.
-    static func writeInterim(_ c: ClientConnection, _ up: UpstreamConnection, into out: IOBuffer) -> Bool {
+    static func writeInterim(_ c: HTTP1Session, _ up: UpstreamConnection, into out: IOBuffer) -> Bool {
         let head = up.head
         let base = up.inBuf.readPointer
         let start = out.writerIndex
@@ -445,7 +445,7 @@ enum LocalReply {
     static let bodyRequestID: StaticString = "\",\"request_id\":\""
     static let bodyEnd: StaticString = "\"}}"
 
-    static func write(_ c: ClientConnection, status: Int, code: DenialCode, message: String, into out: IOBuffer) {
+    static func write(_ c: HTTP1Session, status: Int, code: DenialCode, message: String, into out: IOBuffer) {
         if out.readableBytes == 0 { out.clear() }
         let start = out.writerIndex
         out.isOverflowed = false
@@ -458,11 +458,11 @@ enum LocalReply {
         }
     }
 
-    private static func writeReply(_ c: ClientConnection, status: Int, code: DenialCode, message: String, into out: IOBuffer) {
+    private static func writeReply(_ c: HTTP1Session, status: Int, code: DenialCode, message: String, into out: IOBuffer) {
         var msg = message
         let codeCount = code.rawValue.utf8.count
         let bodyLength = bodyStart.utf8CodeUnitCount + codeCount + bodyMessage.utf8CodeUnitCount + msg.utf8.count + bodyRequestID.utf8CodeUnitCount
-            + c.requestIDCount + bodyEnd.utf8CodeUnitCount
+            + c.exchange.requestIDCount + bodyEnd.utf8CodeUnitCount
         out.put(http11)
         out.put(decimal: status)
         out.put(byte: 0x20)
@@ -473,14 +473,14 @@ enum LocalReply {
         out.put(decimal: bodyLength)
         out.put(crlf)
         out.put(xrid)
-        c.withRequestID { out.put($0) }
+        c.exchange.withRequestID { out.put($0) }
         out.put(crlf)
         if status == 401 { out.put(challenge) }
         if status != 100 { RateLimitFields.write(c, into: out) }
-        if let d = c.exchange.degraded.headerValue { out.put(d) }
-        if status == 429 || status == 503, c.exchange.retryAfterSeconds > 0 {
+        if let d = c.exchange.facts.degraded.headerValue { out.put(d) }
+        if status == 429 || status == 503, c.exchange.facts.retryAfterSeconds > 0 {
             out.put(RateLimitFields.retryAfter)
-            out.put(decimal: c.exchange.retryAfterSeconds)
+            out.put(decimal: c.exchange.facts.retryAfterSeconds)
             out.put(crlf)
         }
         if c.closeAfterResponse { out.put(close) } else if c.request.version == .http10 { out.put(keepAlive) }
@@ -490,7 +490,7 @@ enum LocalReply {
         out.put(bodyMessage)
         msg.withUTF8 { out.put(UnsafeRawBufferPointer($0)) }
         out.put(bodyRequestID)
-        c.withRequestID { out.put($0) }
+        c.exchange.withRequestID { out.put($0) }
         out.put(bodyEnd)
     }
 

@@ -1,3 +1,4 @@
+import Backends
 import Policy
 import Runtime
 
@@ -7,25 +8,222 @@ enum Phase: UInt8 {
     case route, resolveClient, extractCredential, lookupKey, authorize, admit, forward
 }
 
-/// What a phase did: go on, park the exchange until `resume`, or answer locally.
+/// What a phase did: go on, park the exchange until the store answers, or refuse.
 enum PhaseResult {
     case next
     case wait
     case reply(Denial)
-    /// The phase already wrote a local reply (a status no Denial carries, e.g. 413).
-    case replied
+    /// An answer no Denial carries (413: a declared body over the route's limit).
+    case answer(status: Int, code: DenialCode, message: String)
 }
 
 /// Where the credential was found.
 enum CredentialSource: UInt8 { case none, header, bearer, query }
 
-/// Per-exchange facts the phases fill in (reset for every request on a connection).
+/// How an exchange answers: the session that carries it. An enum, not an existential: HTTP/2
+/// adds `.h2(session, stream)`.
+enum Downstream {
+    case h1(HTTP1Session)
+    /// The session is gone (closed); late completions find nobody to answer.
+    case detached
+}
+
+/// The request as a protocol-neutral view: what the phases read. Ranges are offsets into
+/// `base` (the head's bytes, which the session keeps in place until the head is forwarded).
+struct RequestView {
+    var base: UnsafeRawPointer = UnsafeRawPointer(bitPattern: 1)!
+    var method: HTTPMethod = .get
+    var methodRange = ByteRange.empty
+    /// The raw path (before normalisation) and the query after `?`.
+    var path = ByteRange.empty
+    var query = ByteRange.empty
+    var hasQuery = false
+    /// `*` or `host:port` targets: no route can match.
+    var isOriginless = false
+    /// A body length announced up front (Content-Length), -1 when unknown or none.
+    var declaredBodyLength: Int64 = -1
+    /// The listener the request came in on is TLS.
+    var isTLS = false
+}
+
+/// One request, whatever protocol brought it: its view of the head, the facts the phases find,
+/// the policy snapshot it started under (pinned), its answer, its end. The session reuses one
+/// per connection (HTTP/1) or stream (HTTP/2): no allocation per request.
+///
+/// It is what waits for Redis, not the connection: a store completion resumes the pipeline
+/// here and tells the downstream to carry on.
+final class Exchange: RedisWaiter {
+    let context: LoopContext
+    var downstream: Downstream = .detached
+    var request = RequestView()
+    let headers: HeaderTable
+    var facts: ExchangeFacts
+    /// The normalised path (owned: valid for the whole exchange, logs included).
+    let pathBuffer: UnsafeMutableRawPointer
+    let pathCapacity: Int
+
+    // The request id: the client's when sane (≤ 64 of [A-Za-z0-9._:-]), else ours.
+    var requestIDBytes = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+    var requestIDCount = 0
+    /// The request id is ours (16 hex digits), not the client's.
+    var requestIDGenerated = false
+
+    // Settlement state.
+    /// Began (a head was parsed or refused) and not settled yet.
+    private(set) var isOpen = false
+    /// When the head was complete (loop clock).
+    var startedAt: UInt64 = 0
+    /// What the client is told: the status (0 until an answer has begun) and the decision
+    /// code (`MetricCode`, OK when forwarded).
+    var answerStatus = 0
+    var answerCode = MetricCode.ok
+    var bytesIn: Int64 = 0
+    var bytesOut: Int64 = 0
+    /// The head parsed (method and path are known).
+    var hasParsedHead = false
+    /// An extension method's bytes (up to 16), for the access log.
+    private var otherMethod: (UInt64, UInt64) = (0, 0)
+    private var otherMethodCount = 0
+
+    /// - Parameter isPlaceholder: the exchange idle sessions point at (never opened): no storage.
+    init(context: LoopContext, isPlaceholder: Bool = false) {
+        self.context = context
+        let limits = context.settings.limits
+        headers = HeaderTable(capacity: isPlaceholder ? 1 : limits.maxHeaderCount + 28)
+        pathCapacity = isPlaceholder ? 1 : limits.maxTargetBytes + 16
+        pathBuffer = .allocate(byteCount: pathCapacity, alignment: 8)
+        facts = ExchangeFacts(snapshot: context.snapshot, metrics: context.metrics)
+    }
+
+    deinit { pathBuffer.deallocate() }
+
+    // MARK: beginning
+
+    /// An exchange begins: its clock, its policy snapshot (pinned), its counters.
+    func open(peer: IPAddress) {
+        isOpen = true
+        hasParsedHead = false
+        startedAt = context.loop.now
+        answerStatus = 0
+        answerCode = MetricCode.ok
+        bytesIn = 0
+        bytesOut = 0
+        if facts.snapshot !== context.snapshot {
+            facts.snapshot = context.snapshot
+            facts.metrics = context.metrics
+        }
+        facts.reset(headLength: 0)
+        facts.clientIP = peer
+    }
+
+    /// The head parsed: what the phases read, and the request id.
+    func begin(headLength: Int) {
+        hasParsedHead = true
+        facts.headLength = headLength
+        bytesIn = Int64(headLength)
+        if request.method == .other && context.accessLog != nil {
+            otherMethodCount = min(16, Int(request.methodRange.count))
+            let from = request.base + Int(request.methodRange.offset)
+            withUnsafeMutableBytes(of: &otherMethod) { $0.baseAddress!.copyMemory(from: from, byteCount: otherMethodCount) }
+        }
+        assignRequestID()
+    }
+
+    /// A head that never parsed still gets an id of its own for its answer.
+    func assignGeneratedID() {
+        requestIDCount = withUnsafeMutableBytes(of: &requestIDBytes) { context.nextRequestID(into: $0.baseAddress!) }
+        requestIDGenerated = true
+    }
+
+    private func assignRequestID() {
+        let base = request.base
+        for i in 0..<headers.count {
+            let f = headers[i]
+            if f.name.count == 12, HeaderNames.lowerEquals(base + Int(f.name.offset), 12, HeaderNames.xRequestID) {
+                let n = Int(f.value.count)
+                if n >= 1 && n <= 64 && Self.isSafeID(base + Int(f.value.offset), n) {
+                    withUnsafeMutableBytes(of: &requestIDBytes) { $0.baseAddress!.copyMemory(from: base + Int(f.value.offset), byteCount: n) }
+                    requestIDCount = n
+                    requestIDGenerated = false
+                    return
+                }
+            }
+        }
+        assignGeneratedID()
+    }
+
+    private static func isSafeID(_ p: UnsafeRawPointer, _ n: Int) -> Bool {
+        for i in 0..<n {
+            let c = p.load(fromByteOffset: i, as: UInt8.self)
+            let ok = (c >= 0x30 && c <= 0x39) || (c | 0x20 >= 0x61 && c | 0x20 <= 0x7A) || c == 0x2D || c == 0x5F || c == 0x2E || c == 0x3A
+            if !ok { return false }
+        }
+        return true
+    }
+
+    func withRequestID<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
+        withUnsafeBytes(of: &requestIDBytes) { body(UnsafeRawBufferPointer(rebasing: $0[0..<requestIDCount])) }
+    }
+
+    // MARK: answering
+
+    /// The answer begins: a local reply or the upstream's head.
+    @inline(__always)
+    func answer(status: Int, code: Int) {
+        answerStatus = status
+        answerCode = code
+    }
+
+    // MARK: waiting
+
+    /// The store answered the phase this exchange waits in (never from inside the call that
+    /// started the wait: the Redis client defers every completion).
+    func redisCompleted(token: UInt64, result: RedisResult) {
+        guard isOpen, token == facts.token, facts.phase == .lookupKey || facts.phase == .admit else { return }
+        switch downstream {
+        case .h1(let session): session.storeAnswered(Pipeline.resume(self, with: result))
+        case .detached: break
+        }
+    }
+
+    // MARK: settling
+
+    /// The one end of every exchange, whatever ended it (an answer sent, a refusal, an
+    /// upstream failure, a client that left, a time-out): counted once, logged once. Later
+    /// calls do nothing.
+    func settle() {
+        guard isOpen else { return }
+        isOpen = false
+        facts.token &+= 1   // a late store completion finds nothing to resume
+        let nanos = context.loop.now &- startedAt
+        // Only an exchange whose answer began was answered (a client that left while its
+        // request waited was not).
+        if answerStatus != 0 {
+            facts.metrics.countRequest(route: facts.routeIndex, code: answerCode, nanos: nanos)
+        }
+        if let log = context.accessLog { AccessLogLine.write(self, nanos: nanos, into: log) }
+    }
+
+    static let methodNames: [StaticString] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"]
+
+    /// The request's method as text (`-` when its head did not parse).
+    func writeMethod(into out: IOBuffer) {
+        guard hasParsedHead else { out.write(byte: 0x2D); return }
+        if request.method == .other {
+            withUnsafeBytes(of: &otherMethod) { out.write($0.baseAddress!, count: otherMethodCount) }
+        } else {
+            out.write(Self.methodNames[Int(request.method.rawValue)])
+        }
+    }
+}
+
+/// Per-exchange facts the phases fill in (reset for every request).
 struct ExchangeFacts {
     var phase: Phase = .route
     var headLength = 0
     /// The policy the exchange started under: every phase reads this one, so a reload while
     /// it waits (on Redis) never changes its scopes, plan or route. Kept from one exchange to
-    /// the next on a connection until the loop's snapshot changes (no retain per request).
+    /// the next until the loop's snapshot changes (no retain per request).
     var snapshot: PolicySnapshot
     /// The counters of that snapshot on this loop.
     var metrics: RequestMetrics
@@ -33,9 +231,9 @@ struct ExchangeFacts {
     var routeIndex = -1
     var route: RouteSpec?
     /// The upstream pool the route chose (kept across a reload while the exchange runs, and
-    /// from one exchange to the next on a connection until another route is chosen).
+    /// from one exchange to the next until another route is chosen).
     var pool: UpstreamPool?
-    /// Normalised path, in the connection's `pathBuffer`.
+    /// Bytes of the normalised path in the exchange's `pathBuffer`.
     var pathCount = 0
     var clientIP = IPAddress(hi: 0, lo: 0)
     var isPeerTrusted = false
@@ -67,7 +265,7 @@ struct ExchangeFacts {
         phase = .route
         routeIndex = -1
         self.headLength = headLength
-        // `route` and `pool` stay until the route phase replaces them (see `routePhase`).
+        // `route` and `pool` stay until the route phase replaces them (see `Pipeline.route`).
         pathCount = 0
         credentialSource = .none
         credentialHeader = -1

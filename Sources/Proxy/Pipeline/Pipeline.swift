@@ -3,201 +3,202 @@ import Glibc
 import Policy
 import Runtime
 
-/// The phase driver: the only place the order of phases is written.
-extension ClientConnection {
-    func advance() {
-        while state == .proxying {
+/// The phase driver: the only place the order of phases is written. Protocol-neutral: it
+/// reads the exchange's `RequestView` and header list and never touches a socket; the session
+/// acts on the `Step` it returns.
+enum Pipeline {
+    /// Where the exchange stands when the driver stops.
+    enum Step {
+        /// Every phase admitted it: forward to `facts.pool`.
+        case forward
+        /// Parked until the store answers (`Exchange.redisCompleted`).
+        case wait
+        /// Refused: a local reply with the denial's code.
+        case refuse(Denial)
+        /// Answered locally with a status no denial carries (413).
+        case answer(status: Int, code: DenialCode, message: String)
+    }
+
+    /// Runs the phases from the current one until one stops the exchange.
+    static func run(_ x: Exchange) -> Step {
+        while true {
             let result: PhaseResult
-            switch exchange.phase {
-            case .route: result = routePhase()
-            case .resolveClient: result = resolveClientPhase()
-            case .extractCredential: result = extractCredentialPhase()
-            case .lookupKey: result = lookupKeyPhase()
-            case .authorize: result = authorizePhase()
-            case .admit: result = admitPhase()
-            case .forward:
-                state = .proxying
-                forward(headLength: exchange.headLength)
-                return
+            switch x.facts.phase {
+            case .route: result = route(x)
+            case .resolveClient: result = resolveClient(x)
+            case .extractCredential: result = extractCredential(x)
+            case .lookupKey: result = x.context.lookup(for: x)
+            case .authorize: result = authorize(x)
+            case .admit: result = admit(x)
+            case .forward: return .forward
             }
-            if !apply(result) { return }
+            if let stop = apply(result, to: x) { return stop }
         }
     }
 
-    /// Moves the exchange on by a phase's result; false when the driver must stop.
-    private func apply(_ result: PhaseResult) -> Bool {
+    /// The store answered the phase the exchange is parked in: go on from there.
+    static func resume(_ x: Exchange, with result: RedisResult) -> Step {
+        if let stop = apply(x.context.completeStore(for: x, result: result), to: x) { return stop }
+        return run(x)
+    }
+
+    /// Moves the exchange on by a phase's result; the step when the driver must stop.
+    private static func apply(_ result: PhaseResult, to x: Exchange) -> Step? {
         switch result {
         case .next:
-            if exchange.phase == .resolveClient, let route = exchange.route, route.isPublic {
+            if x.facts.phase == .resolveClient, let route = x.facts.route, route.isPublic {
                 // No credential work on a public route; the HTTPS requirement still holds.
-                if route.requiresHTTPS && !exchange.isHTTPS { return apply(.reply(Denial(.httpsRequired))) }
-                exchange.phase = .forward
+                if route.requiresHTTPS && !x.facts.isHTTPS { return refuse(Denial(.httpsRequired), x) }
+                x.facts.phase = .forward
             } else {
-                exchange.phase = Phase(rawValue: exchange.phase.rawValue &+ 1) ?? .forward
+                x.facts.phase = Phase(rawValue: x.facts.phase.rawValue &+ 1) ?? .forward
             }
-            return true
+            return nil
         case .wait:
-            state = .waiting
-            return false
-        case .replied:
-            return false
+            return .wait
         case .reply(let denial):
-            state = .proxying
-            exchange.retryAfterSeconds = denial.retryAfterSeconds ?? 0
-            deny(denial.code, headLength: exchange.headLength)
-            return false
+            return refuse(denial, x)
+        case .answer(let status, let code, let message):
+            return .answer(status: status, code: code, message: message)
         }
     }
 
-    /// The store answered the phase this exchange waits in (never called from inside the
-    /// call that started the wait: the Redis client defers every completion).
-    func redisCompleted(token: UInt64, result: RedisResult) {
-        guard state == .waiting, token == exchange.token else { return }
-        state = .proxying
-        let r = context.completeStore(for: self, result: result)
-        if apply(r) { advance() }
-        drive()
+    private static func refuse(_ d: Denial, _ x: Exchange) -> Step {
+        x.facts.retryAfterSeconds = d.retryAfterSeconds ?? 0
+        return .refuse(d)
     }
 
     // MARK: phases
 
     /// Normalise the path once, match the route on the normalised form.
-    private func routePhase() -> PhaseResult {
-        let head = inBuf.readable
-        let out = UnsafeMutableRawBufferPointer(start: pathBuffer, count: pathCapacity)
-        if request.form == .asterisk || request.form == .authority { return .reply(Denial(.noRoute)) }
-        if request.path.isEmpty {
+    static func route(_ x: Exchange) -> PhaseResult {
+        let req = x.request
+        if req.isOriginless { return .reply(Denial(.noRoute)) }
+        let out = UnsafeMutableRawBufferPointer(start: x.pathBuffer, count: x.pathCapacity)
+        if req.path.isEmpty {
             out[0] = 0x2F
-            exchange.pathCount = 1
+            x.facts.pathCount = 1
         } else {
-            let raw = UnsafeRawBufferPointer(rebasing: head[Int(request.path.offset)..<request.path.end])
+            let raw = UnsafeRawBufferPointer(start: req.base + Int(req.path.offset), count: Int(req.path.count))
             switch PathNormalizer.normalize(raw, into: out) {
-            case .normalized(let n): exchange.pathCount = n
+            case .normalized(let n): x.facts.pathCount = n
             case .rejected: return .reply(Denial(.badRequest))
             }
         }
-        let method = MethodSet(rawValue: 1 << UInt16(request.method.rawValue))
-        let path = UnsafeRawBufferPointer(start: pathBuffer, count: exchange.pathCount)
-        guard let route = exchange.snapshot.route(method: method, path: path) else { return .reply(Denial(.noRoute)) }
-        exchange.routeIndex = route.index
+        let method = MethodSet(rawValue: 1 << UInt16(req.method.rawValue))
+        let path = UnsafeRawBufferPointer(start: x.pathBuffer, count: x.facts.pathCount)
+        guard let route = x.facts.snapshot.route(method: method, path: path) else { return .reply(Denial(.noRoute)) }
+        x.facts.routeIndex = route.index
         // Keep-alive connections mostly send the same route again: the route and pool kept
         // from the last exchange are reused without a retain/release pair each. (A reload
         // brings new route objects, so a changed snapshot always picks its own pool; a
         // retired pool is never reused either way.)
-        if exchange.route !== route || exchange.pool?.isRetired != false {
-            exchange.route = route
-            exchange.pool = context.pools[route.backend]
+        if x.facts.route !== route || x.facts.pool?.isRetired != false {
+            x.facts.route = route
+            x.facts.pool = x.context.pools[route.backend]
         }
-        maxBodyBytes = route.maxBodyBytes
-        if case .contentLength(let n) = request.framing, n > Int64(maxBodyBytes) {
-            replyLocal(status: 413, code: .badRequest, message: "request body larger than the route allows",
-                       headLength: exchange.headLength, forceClose: true)
-            return .replied
+        if req.declaredBodyLength > Int64(route.maxBodyBytes) {
+            return .answer(status: 413, code: .badRequest, message: "request body larger than the route allows")
         }
         return .next
     }
 
     /// The client address: the peer, or X-Forwarded-For walked through trusted proxies only.
-    private func resolveClientPhase() -> PhaseResult {
-        exchange.isHTTPS = isTLS
-        if !context.hasClientRules {
+    static func resolveClient(_ x: Exchange) -> PhaseResult {
+        let isTLS = x.request.isTLS
+        x.facts.isHTTPS = isTLS
+        let peer = x.facts.clientIP   // the session put the peer here
+        if !x.context.hasClientRules {
             // No trusted proxies, no deny/allow lists: the peer is the client, and admitted.
-            exchange.isPeerTrusted = false
-            exchange.clientIP = peerIP
+            x.facts.isPeerTrusted = false
             return .next
         }
-        let rules = exchange.snapshot.clients
-        exchange.isPeerTrusted = !rules.trustedProxies.isEmpty && rules.trustedProxies.contains(peerIP)
-        if exchange.isPeerTrusted {
-            let head = inBuf.readable
+        let rules = x.facts.snapshot.clients
+        x.facts.isPeerTrusted = !rules.trustedProxies.isEmpty && rules.trustedProxies.contains(peer)
+        if x.facts.isPeerTrusted {
+            let base = x.request.base
             var xff: UnsafeRawBufferPointer?
             var xfp: UnsafeRawBufferPointer?
+            let headers = x.headers
             for i in 0..<headers.count {
                 let f = headers[i]
-                let np = head.baseAddress! + Int(f.name.offset)
                 // The last line of each wins (the nearest proxy appends last).
-                switch HeaderNames.classify(np, Int(f.name.count)) {
-                case .xForwardedFor: xff = UnsafeRawBufferPointer(rebasing: head[Int(f.value.offset)..<f.value.end])
-                case .xForwardedProto: xfp = UnsafeRawBufferPointer(rebasing: head[Int(f.value.offset)..<f.value.end])
+                switch HeaderNames.classify(base + Int(f.name.offset), Int(f.name.count)) {
+                case .xForwardedFor: xff = UnsafeRawBufferPointer(start: base + Int(f.value.offset), count: Int(f.value.count))
+                case .xForwardedProto: xfp = UnsafeRawBufferPointer(start: base + Int(f.value.offset), count: Int(f.value.count))
                 default: break
                 }
             }
             // X-Forwarded-Proto: the last value of the last line, exactly `https` (any case);
             // anything else is plain HTTP. A TLS listener is HTTPS whatever the header says.
-            if !isTLS, let v = xfp { exchange.isHTTPS = Self.isLastValueHTTPS(v) }
-            exchange.clientIP = rules.resolveClient(peer: peerIP, forwardedFor: xff)
-        } else {
-            exchange.clientIP = peerIP
+            if !isTLS, let v = xfp { x.facts.isHTTPS = isLastValueHTTPS(v) }
+            x.facts.clientIP = rules.resolveClient(peer: peer, forwardedFor: xff)
         }
-        if !rules.admits(exchange.clientIP) { return .reply(Denial(.ipDenied)) }
+        if !rules.admits(x.facts.clientIP) { return .reply(Denial(.ipDenied)) }
         return .next
     }
 
     /// The key: a configured header, `Authorization: Bearer`, or the query parameter if enabled.
-    private func extractCredentialPhase() -> PhaseResult {
-        let rule = exchange.snapshot.credentials
-        let head = inBuf.readable
-        let base = head.baseAddress!
+    static func extractCredential(_ x: Exchange) -> PhaseResult {
+        let rule = x.facts.snapshot.credentials
+        let base = x.request.base
+        let headers = x.headers
         var bearerIndex = -1
         search: for i in 0..<headers.count {
             let f = headers[i]
             let np = base + Int(f.name.offset)
             let nn = Int(f.name.count)
             for name in rule.headerNamesLowercased where name.count == nn {
-                if name.withUnsafeBytes({ Self.caselessEquals(np, $0.baseAddress!, nn) }), f.value.count > 0 {
-                    exchange.credentialSource = .header
-                    exchange.credentialHeader = i
-                    exchange.credential = f.value
+                if name.withUnsafeBytes({ caselessEquals(np, $0.baseAddress!, nn) }), f.value.count > 0 {
+                    x.facts.credentialSource = .header
+                    x.facts.credentialHeader = i
+                    x.facts.credential = f.value
                     break search
                 }
             }
             if bearerIndex < 0 && nn == 13 && HeaderNames.lowerEquals(np, 13, HeaderNames.authorization) { bearerIndex = i }
         }
-        if exchange.credentialSource == .none && bearerIndex >= 0 {
+        if x.facts.credentialSource == .none && bearerIndex >= 0 {
             let f = headers[bearerIndex]
-            let value = UnsafeRawBufferPointer(rebasing: head[Int(f.value.offset)..<f.value.end])
+            let value = UnsafeRawBufferPointer(start: base + Int(f.value.offset), count: Int(f.value.count))
             if let r = CredentialRule.bearerToken(in: value), !r.isEmpty {
-                exchange.credentialSource = .bearer
-                exchange.credentialHeader = bearerIndex
-                exchange.credential = ByteRange(offset: Int(f.value.offset) + r.lowerBound, count: r.count)
+                x.facts.credentialSource = .bearer
+                x.facts.credentialHeader = bearerIndex
+                x.facts.credential = ByteRange(offset: Int(f.value.offset) + r.lowerBound, count: r.count)
             }
         }
-        if exchange.credentialSource == .none, let q = rule.queryParam, request.hasQuery {
-            let query = UnsafeRawBufferPointer(rebasing: head[Int(request.query.offset)..<request.query.end])
+        if x.facts.credentialSource == .none, let q = rule.queryParam, x.request.hasQuery {
+            let qr = x.request.query
+            let query = UnsafeRawBufferPointer(start: base + Int(qr.offset), count: Int(qr.count))
             if let r = CredentialRule.queryValue(named: q, in: query), !r.isEmpty {
-                exchange.credentialSource = .query
-                exchange.credential = ByteRange(offset: Int(request.query.offset) + r.lowerBound, count: r.count)
+                x.facts.credentialSource = .query
+                x.facts.credential = ByteRange(offset: Int(qr.offset) + r.lowerBound, count: r.count)
             }
         }
-        if exchange.credentialSource == .none { return .reply(Denial(.missingCredential)) }
-        let key = UnsafeRawBufferPointer(rebasing: head[Int(exchange.credential.offset)..<exchange.credential.end])
+        if x.facts.credentialSource == .none { return .reply(Denial(.missingCredential)) }
+        let key = UnsafeRawBufferPointer(start: base + Int(x.facts.credential.offset), count: Int(x.facts.credential.count))
         // A key in Tollgate's own format with a bad checksum is refused without any lookup.
         if KeyFormat.classify(key) == .mintedBadChecksum { return .reply(Denial(.invalidKey)) }
-        exchange.keyHash = context.keyHashes.sha256(key)
+        x.facts.keyHash = x.context.keyHashes.sha256(key)
         return .next
     }
 
-    /// In-process key directory, or the shared store (which may wait for Redis).
-    private func lookupKeyPhase() -> PhaseResult {
-        context.lookup(for: self)
-    }
-
     /// Status, expiry, the key's IP allow-list, scopes, HTTPS: checks that consume nothing.
-    private func authorizePhase() -> PhaseResult {
-        guard let record = exchange.record, let route = exchange.route else { return .reply(Denial(.invalidKey)) }
-        switch Authorizer.authorize(record: record, route: route, clientIP: exchange.clientIP,
-                                    isHTTPS: exchange.isHTTPS, now: Int64(time(nil))) {
+    static func authorize(_ x: Exchange) -> PhaseResult {
+        guard let record = x.facts.record, let route = x.facts.route else { return .reply(Denial(.invalidKey)) }
+        switch Authorizer.authorize(record: record, route: route, clientIP: x.facts.clientIP,
+                                    isHTTPS: x.facts.isHTTPS, now: Int64(time(nil))) {
         case .allow: return .next
         case .deny(let d): return .reply(d)
         }
     }
 
     /// Rate limits of the key's plan: every window at once, all or nothing.
-    private func admitPhase() -> PhaseResult {
-        guard let record = exchange.record, let planIndex = record.planIndex else { return .next }
-        let plans = exchange.snapshot.plans
+    static func admit(_ x: Exchange) -> PhaseResult {
+        guard let record = x.facts.record, let planIndex = record.planIndex else { return .next }
+        let plans = x.facts.snapshot.plans
         guard planIndex < plans.count, !plans[planIndex].windows.isEmpty else { return .next }
-        return context.admit(for: self, plan: plans[planIndex])
+        return x.context.admit(for: x, plan: plans[planIndex])
     }
 
     // MARK: helpers

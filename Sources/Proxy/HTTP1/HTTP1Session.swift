@@ -3,13 +3,17 @@ import Glibc
 import Policy
 import Runtime
 
-/// One downstream HTTP/1.1 connection and the exchange it is serving (one at a time;
-/// pipelined requests wait, unread, in `inBuf`).
+/// One downstream HTTP/1.1 connection: bytes to exchanges (one at a time; pipelined requests
+/// wait, unread, in `inBuf`) and their answers back to bytes, with keep-alive, framing and
+/// the relay of both bodies to and from the upstream.
 ///
 /// Every event (its own, or its upstream's) lands in `drive()`, which pumps the state
 /// machine until no step makes progress: no callback nests another, and pipelined
 /// requests are served in a loop, not by recursion.
-final class ClientConnection: EventHandler, RedisWaiter {
+///
+/// An idle connection holds no buffers and no exchange: they are lent by the loop when the
+/// first byte of a head arrives and given back when the connection goes idle again.
+final class HTTP1Session: EventHandler {
     enum State: UInt8 {
         /// Waiting for (the rest of) a request head.
         case readingHead
@@ -49,6 +53,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
     }
 
     let fd: Int32
+    let transport: Transport
     let peer: PeerAddress
     let peerIP: IPAddress
     let isTLS: Bool
@@ -57,9 +62,12 @@ final class ClientConnection: EventHandler, RedisWaiter {
     let context: LoopContext
     var slot = -1
 
-    let inBuf: IOBuffer
-    let outBuf = IOBuffer(capacity: 24 * 1024)
-    let headers = HeaderTable(capacity: 128)
+    /// Lent by the loop while a request is in flight (`attachWorkspace`); empty placeholders
+    /// while idle.
+    var inBuf: IOBuffer
+    var outBuf: IOBuffer
+    var exchange: Exchange
+    private var hasWorkspace = false
     var parser: HTTP1RequestParser
     var request = HTTP1RequestHead()
     var state: State = .readingHead
@@ -89,45 +97,46 @@ final class ClientConnection: EventHandler, RedisWaiter {
     var responsePass = 0
     var isResponseHeadSent = false
     var hasRetried = false
-    var exchange: ExchangeFacts
-    /// An exchange began (a head was parsed or refused) and has not been settled yet.
-    var isExchangeOpen = false
-    /// When its head was complete (loop clock).
-    var exchangeStartedAt: UInt64 = 0
-    /// What the client is told: the status, and the decision code (`MetricCode`; OK when
-    /// forwarded). 0 until an answer has begun.
-    var answerStatus = 0
-    var answerCode = MetricCode.ok
-    var bytesIn: Int64 = 0
-    var bytesOut: Int64 = 0
-    /// The exchange's head parsed (its method and path are known).
-    var hasParsedHead = false
-    /// An extension method's bytes (up to 16), for the access log.
-    var otherMethod: (UInt64, UInt64) = (0, 0)
-    var otherMethodCount = 0
-    /// The normalised path of the current request.
-    let pathBuffer: UnsafeMutableRawPointer
-    let pathCapacity: Int
-    var requestIDBytes = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
-    var requestIDCount = 0
-    /// The request id is ours (16 hex digits), not the client's.
-    var requestIDGenerated = false
+    /// When the current request body's deadline falls (it moves with the bytes received).
+    var bodyDeadline: UInt64 = 0
 
     init(fd: Int32, peer: PeerAddress, isTLS: Bool, context: LoopContext) {
         self.fd = fd
+        self.transport = .plain(fd)
         self.peer = peer
         self.peerIP = peer.text.withUnsafeBytes { IPAddress.parse($0) } ?? IPAddress(hi: 0, lo: 0)
         self.isTLS = isTLS
         self.context = context
-        let limits = context.settings.limits
-        inBuf = IOBuffer(capacity: limits.maxHeadBytes + 4096)
-        parser = HTTP1RequestParser(limits: limits)
-        pathCapacity = limits.maxTargetBytes + 16
-        pathBuffer = .allocate(byteCount: pathCapacity, alignment: 8)
-        exchange = ExchangeFacts(snapshot: context.snapshot, metrics: context.metrics)
+        parser = HTTP1RequestParser(limits: context.settings.limits)
+        let idle = context.idleWorkspace
+        inBuf = idle.inBuf
+        outBuf = idle.outBuf
+        exchange = idle.exchange
     }
 
-    deinit { pathBuffer.deallocate() }
+    /// Buffers and an exchange from the loop, for a request that is arriving.
+    @inline(__always)
+    private func attachWorkspace() {
+        if hasWorkspace { return }
+        let w = context.takeWorkspace()
+        inBuf = w.inBuf
+        outBuf = w.outBuf
+        exchange = w.exchange
+        exchange.downstream = .h1(self)
+        hasWorkspace = true
+    }
+
+    /// Gives the buffers and the exchange back (idle keep-alive, or closed).
+    private func detachWorkspace() {
+        guard hasWorkspace else { return }
+        hasWorkspace = false
+        exchange.downstream = .detached
+        context.giveBack(Workspace(inBuf: inBuf, outBuf: outBuf, exchange: exchange))
+        let idle = context.idleWorkspace
+        inBuf = idle.inBuf
+        outBuf = idle.outBuf
+        exchange = idle.exchange
+    }
 
     func start() {
         deadline.set(context.loop.now &+ context.idleTimeoutNanos, fd: fd, loop: context.loop)
@@ -204,7 +213,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
             if state == .closed { return false }
         }
         if isParseable && inBuf.readableBytes > 0 {
-            switch parser.parse(inBuf.readable, into: &request, headers: headers) {
+            switch parser.parse(inBuf.readable, into: &request, headers: exchange.headers) {
             case .complete(let consumed):
                 startExchange(headLength: consumed)
                 return true
@@ -217,6 +226,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
         }
         if sawEOF { close(); return false }
         if !isReadable { return false }
+        attachWorkspace()
         if inBuf.writableBytes == 0 { inBuf.compact() }
         if inBuf.writableBytes == 0 {
             replyAndClose(status: 431, code: .badRequest, message: "request head too large")
@@ -254,13 +264,13 @@ final class ClientConnection: EventHandler, RedisWaiter {
     private func readClient() -> Int {
         let want = inBuf.writableBytes
         do {
-            switch try Sys.read(fd, inBuf.writePointer, want) {
+            switch try transport.read(into: inBuf.writePointer, count: want) {
             case .processed(let n):
                 if n == 0 { sawEOF = true; isReadable = false; return 0 }
                 inBuf.writerIndex += n
                 // Drained (edge-triggered: a new edge will come), unless the FIN came in
                 // the same edge as the data.
-                if n < want && !hasHungUp { isReadable = false }
+                if n < want && !hasHungUp && !transport.mayHoldMore { isReadable = false }
                 return n
             case .wouldBlock:
                 isReadable = false
@@ -275,32 +285,23 @@ final class ClientConnection: EventHandler, RedisWaiter {
 
     // MARK: starting an exchange
 
-    /// An exchange begins: its clock, its policy snapshot (pinned), its counters.
-    private func openExchange() {
-        isExchangeOpen = true
-        hasParsedHead = false
-        exchangeStartedAt = context.loop.now
-        answerStatus = 0
-        answerCode = MetricCode.ok
-        bytesIn = 0
-        bytesOut = 0
-        if exchange.snapshot !== context.snapshot {
-            exchange.snapshot = context.snapshot
-            exchange.metrics = context.metrics
-        }
-    }
-
     private func startExchange(headLength: Int) {
         state = .proxying
         emptyLines = 0
-        openExchange()
-        hasParsedHead = true
-        bytesIn = Int64(headLength)
-        if request.method == .other && context.accessLog != nil {
-            let m = request.methodRange
-            otherMethodCount = min(16, Int(m.count))
-            withUnsafeMutableBytes(of: &otherMethod) { $0.baseAddress!.copyMemory(from: inBuf.readPointer + Int(m.offset), byteCount: otherMethodCount) }
-        }
+        let x = exchange
+        x.open(peer: peerIP)
+        var view = RequestView()
+        view.base = UnsafeRawPointer(inBuf.readPointer)
+        view.method = request.method
+        view.methodRange = request.methodRange
+        view.path = request.path
+        view.query = request.query
+        view.hasQuery = request.hasQuery
+        view.isOriginless = request.form == .asterisk || request.form == .authority
+        if case .contentLength(let n) = request.framing { view.declaredBodyLength = n }
+        view.isTLS = isTLS
+        x.request = view
+        x.begin(headLength: headLength)
         deadline.clear()
         closeAfterResponse = request.wantsClose || isDrainRequested
         requestBodyReceived = 0
@@ -310,7 +311,6 @@ final class ClientConnection: EventHandler, RedisWaiter {
         responsePass = 0
         requestPass = 0
         hasRetried = false
-        assignRequestID()
 
         switch request.framing {
         case .none, .untilClose: requestBody = .none
@@ -319,48 +319,39 @@ final class ClientConnection: EventHandler, RedisWaiter {
             requestBody = .chunked
             requestChunks.reset()
         }
-
-        exchange.reset(headLength: headLength)
-        exchange.clientIP = peerIP
-        advance()
+        act(on: Pipeline.run(x))
     }
 
-    private func assignRequestID() {
-        // Pass a sane client X-Request-Id through; generate one otherwise.
-        let head = inBuf.readable
-        for i in 0..<headers.count {
-            let f = headers[i]
-            if f.name.count == 12, HeaderNames.lowerEquals(head.baseAddress! + Int(f.name.offset), 12, HeaderNames.xRequestID) {
-                let n = Int(f.value.count)
-                if n >= 1 && n <= 64 && Self.isSafeID(head.baseAddress! + Int(f.value.offset), n) {
-                    withUnsafeMutableBytes(of: &requestIDBytes) { $0.baseAddress!.copyMemory(from: head.baseAddress! + Int(f.value.offset), byteCount: n) }
-                    requestIDCount = n
-                    requestIDGenerated = false
-                    return
-                }
-            }
+    /// Carries out what the pipeline decided.
+    private func act(on step: Pipeline.Step) {
+        switch step {
+        case .forward:
+            state = .proxying
+            maxBodyBytes = exchange.facts.route?.maxBodyBytes ?? 0
+            forward(headLength: exchange.facts.headLength)
+        case .wait:
+            state = .waiting
+        case .refuse(let denial):
+            state = .proxying
+            deny(denial.code, headLength: exchange.facts.headLength)
+        case .answer(let status, let code, let message):
+            state = .proxying
+            replyLocal(status: status, code: code, message: message, headLength: exchange.facts.headLength, forceClose: true)
         }
-        requestIDCount = withUnsafeMutableBytes(of: &requestIDBytes) { context.nextRequestID(into: $0.baseAddress!) }
-        requestIDGenerated = true
     }
 
-    private static func isSafeID(_ p: UnsafeRawPointer, _ n: Int) -> Bool {
-        for i in 0..<n {
-            let c = p.load(fromByteOffset: i, as: UInt8.self)
-            let ok = (c >= 0x30 && c <= 0x39) || (c | 0x20 >= 0x61 && c | 0x20 <= 0x7A) || c == 0x2D || c == 0x5F || c == 0x2E || c == 0x3A
-            if !ok { return false }
-        }
-        return true
-    }
-
-    func withRequestID<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
-        withUnsafeBytes(of: &requestIDBytes) { body(UnsafeRawBufferPointer(rebasing: $0[0..<requestIDCount])) }
+    /// The exchange's store wait ended (its completion ran the pipeline on).
+    func storeAnswered(_ step: Pipeline.Step) {
+        guard state == .waiting else { return }
+        state = .proxying
+        act(on: step)
+        drive()
     }
 
     // MARK: forwarding
 
     func forward(headLength: Int) {
-        guard let pool = exchange.pool else {
+        guard let pool = exchange.facts.pool else {
             return replyLocal(status: 502, code: .upstreamUnavailable, message: "no backend", headLength: headLength,
                               forceClose: true)
         }
@@ -391,7 +382,8 @@ final class ClientConnection: EventHandler, RedisWaiter {
             up.isWritable = true
         }
         if requestBody != .none {
-            deadline.set(context.loop.now &+ context.bodyTimeoutNanos, fd: fd, loop: context.loop)
+            bodyDeadline = context.loop.now &+ context.bodyTimeoutNanos
+            deadline.set(bodyDeadline, fd: fd, loop: context.loop)
         }
     }
 
@@ -452,7 +444,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
             let n = readClient()
             if n > 0 {
                 progress = true
-                deadline.set(context.loop.now &+ context.bodyTimeoutNanos, fd: fd, loop: context.loop)
+                extendBodyDeadline(by: n)
             }
             if sawEOF && n == 0 {
                 // The client went away in the middle of its body.
@@ -466,7 +458,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
             if avail > 0 {
                 let take = Int(min(Int64(avail), remaining))
                 requestPass += take
-                bytesIn &+= Int64(take)
+                exchange.bytesIn &+= Int64(take)
                 let left = remaining - Int64(take)
                 requestBody = left == 0 ? .done : .length(remaining: left)
                 if left == 0 { deadline.clear() }
@@ -484,7 +476,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
                 switch requestChunks.step(input) {
                 case .data(let skip, let count):
                     requestBodyReceived += Int64(count)
-                    bytesIn &+= Int64(count)
+                    exchange.bytesIn &+= Int64(count)
                     if requestBodyReceived > Int64(maxBodyBytes) {
                         if isResponseHeadSent { abort() } else { replyAndClose(status: 413, code: .badRequest, message: "request body larger than the route allows") }
                         return false
@@ -517,6 +509,18 @@ final class ClientConnection: EventHandler, RedisWaiter {
         return progress
     }
 
+    /// The body deadline is a minimum rate, not "a byte per time-out": it starts a body
+    /// time-out away, each byte received moves it on by 1/`body_min_rate` s, and it is never
+    /// further than a whole time-out from now (a burst buys no long stall).
+    @inline(__always)
+    private func extendBodyDeadline(by n: Int) {
+        let now = context.loop.now
+        let cap = now &+ context.bodyTimeoutNanos
+        let next = bodyDeadline &+ UInt64(n) &* context.nanosPerBodyByte
+        bodyDeadline = next < cap ? next : cap
+        deadline.set(bodyDeadline, fd: fd, loop: context.loop)
+    }
+
     /// writev(upstream head/re-encoded chunks, raw body bytes from inBuf).
     private func flushUpstream(_ up: UpstreamConnection) -> Bool {
         let a = up.outBuf.readableBytes
@@ -524,7 +528,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
         if total == 0 { return false }
         let result: IOResult
         do {
-            result = try Sys.writev(up.fd, up.outBuf.readPointer, a, inBuf.readPointer, requestPass)
+            result = try up.transport.write(up.outBuf.readPointer, a, inBuf.readPointer, requestPass)
         } catch {
             upstreamFailure(.reset(error.code))
             return true
@@ -557,12 +561,12 @@ final class ClientConnection: EventHandler, RedisWaiter {
         let want = buf.writableBytes
         var got = 0
         do {
-            switch try Sys.read(up.fd, buf.writePointer, want) {
+            switch try up.transport.read(into: buf.writePointer, count: want) {
             case .processed(let n):
                 if n == 0 { up.sawEOF = true; up.isReadable = false } else {
                     buf.writerIndex += n
                     got = n
-                    if n < want && !up.hasHungUp { up.isReadable = false }
+                    if n < want && !up.hasHungUp && !up.transport.mayHoldMore { up.isReadable = false }
                 }
             case .wouldBlock:
                 up.isReadable = false
@@ -615,8 +619,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
                         return
                     }
                     isResponseHeadSent = true
-                    answerStatus = up.head.status
-                    answerCode = MetricCode.ok
+                    exchange.answer(status: up.head.status, code: MetricCode.ok)
                     buf.readerIndex += consumed
                 }
             case .length(let remaining):
@@ -675,7 +678,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
         if !isWritable { return false }
         let result: IOResult
         do {
-            result = try Sys.writev(fd, outBuf.readPointer, a, bp, b)
+            result = try transport.write(outBuf.readPointer, a, bp, b)
         } catch {
             abort()
             return false
@@ -685,7 +688,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
             isWritable = false
             return false
         case .processed(let n):
-            bytesOut &+= Int64(n)
+            exchange.bytesOut &+= Int64(n)
             let fromOut = min(n, a)
             outBuf.readerIndex += fromOut
             if outBuf.readerIndex == outBuf.writerIndex { outBuf.clear() }
@@ -704,7 +707,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
 
     private func finishExchange(_ up: UpstreamConnection) {
         upstream = nil
-        settle()
+        exchange.settle()
         let reusable = isRequestSent && !up.head.wantsClose && !up.sawEOF && up.inBuf.readableBytes == 0
         if reusable { up.pool.release(up) } else { up.pool.retire(up) }
         if !isRequestSent {
@@ -724,6 +727,8 @@ final class ClientConnection: EventHandler, RedisWaiter {
         upstream = nil
         if inBuf.readableBytes == 0 {
             inBuf.clear()
+            // Idle: nothing in flight holds the buffers or the exchange.
+            if outBuf.readableBytes == 0 { detachWorkspace() }
             deadline.set(context.loop.now &+ context.idleTimeoutNanos, fd: fd, loop: context.loop)
         } else {
             inBuf.compact()
@@ -733,7 +738,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
 
     private func upstreamFailure(_ failure: UpstreamFailure) {
         guard let up = upstream else { return }
-        exchange.metrics.countUpstreamError(backend: up.pool.backendIndex, kind: UpstreamErrorKind(failure))
+        exchange.facts.metrics.countUpstreamError(backend: up.pool.backendIndex, kind: UpstreamErrorKind(failure))
         // A reused connection closed under an idempotent, body-less request: retry once, fresh.
         if up.isReused && !hasRetried && !isResponseHeadSent && up.inBuf.readableBytes == 0
             && request.method.isIdempotent && request.framing == .none && responseBody.isAwaitingHead {
@@ -781,8 +786,7 @@ final class ClientConnection: EventHandler, RedisWaiter {
     /// Answers locally; the head (and any body: we close instead of reading it) is skipped.
     func replyLocal(status: Int, code: DenialCode, message: String, headLength: Int, forceClose: Bool) {
         if forceClose { closeAfterResponse = true }
-        answerStatus = status
-        answerCode = MetricCode.index(code)
+        exchange.answer(status: status, code: MetricCode.index(code))
         inBuf.readerIndex += headLength
         LocalReply.write(self, status: status, code: code, message: message, into: outBuf)
         state = .replying
@@ -793,18 +797,12 @@ final class ClientConnection: EventHandler, RedisWaiter {
         if let up = upstream { upstream = nil; up.pool.retire(up) }
         closeAfterResponse = true
         // A head that failed (or never completed) is an exchange too: it is answered.
-        if !isExchangeOpen {
-            openExchange()
-            exchange.reset(headLength: 0)
-            exchange.clientIP = peerIP
-            requestIDCount = withUnsafeMutableBytes(of: &requestIDBytes) { context.nextRequestID(into: $0.baseAddress!) }
-            requestIDGenerated = true
+        attachWorkspace()
+        if !exchange.isOpen {
+            exchange.open(peer: peerIP)
+            exchange.assignGeneratedID()
         }
-        answerStatus = status
-        answerCode = MetricCode.index(code)
-        if requestIDCount == 0 {
-            requestIDCount = withUnsafeMutableBytes(of: &requestIDBytes) { context.nextRequestID(into: $0.baseAddress!) }
-        }
+        exchange.answer(status: status, code: MetricCode.index(code))
         outBuf.clear()
         LocalReply.write(self, status: status, code: code, message: message, into: outBuf)
         state = .replying
@@ -813,36 +811,8 @@ final class ClientConnection: EventHandler, RedisWaiter {
 
     private func finishLocalReply() {
         if let up = upstream { upstream = nil; up.pool.retire(up) }
-        settle()
+        exchange.settle()
         nextRequest()
-    }
-
-    // MARK: settling
-
-    static let methodNames: [StaticString] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"]
-
-    /// The request's method as text (`-` when its head did not parse).
-    func writeMethod(into out: IOBuffer) {
-        guard hasParsedHead else { out.write(byte: 0x2D); return }
-        if request.method == .other {
-            withUnsafeBytes(of: &otherMethod) { out.write($0.baseAddress!, count: otherMethodCount) }
-        } else {
-            out.write(Self.methodNames[Int(request.method.rawValue)])
-        }
-    }
-
-    /// The one end of every exchange, whatever ended it (an answer sent, a refusal, an
-    /// upstream failure, a client that left, a time-out): counted once, logged once.
-    func settle() {
-        guard isExchangeOpen else { return }
-        isExchangeOpen = false
-        let nanos = context.loop.now &- exchangeStartedAt
-        // Only an exchange whose answer began was answered (a client that left while its
-        // request waited was not).
-        if answerStatus != 0 {
-            exchange.metrics.countRequest(route: exchange.routeIndex, code: answerCode, nanos: nanos)
-        }
-        if let log = context.accessLog { AccessLogLine.write(self, nanos: nanos, into: log) }
     }
 
     // MARK: closing
@@ -861,7 +831,8 @@ final class ClientConnection: EventHandler, RedisWaiter {
         if state == .closed { return }
         if let up = upstream { upstream = nil; up.pool.retire(up) }
         state = .closed
-        settle()   // a client that left, a cut response, a time-out: settled all the same
+        exchange.settle()   // a client that left, a cut response, a time-out: settled all the same
+        detachWorkspace()
         context.loop.close(fd: fd)
         context.remove(self)
     }
