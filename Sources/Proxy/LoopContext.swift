@@ -1,3 +1,4 @@
+import CSystem
 import Backends
 import Glibc
 import Policy
@@ -288,7 +289,20 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
     }
 
     func giveBack(_ w: Workspace) {
-        if spareWorkspaces.count < Self.maxSpareWorkspaces { spareWorkspaces.append(w) }
+        if spareWorkspaces.count < Self.maxSpareWorkspaces {
+            spareWorkspaces.append(w)
+        } else if !isTrimScheduled {
+            // A burst is over: once its workspaces are freed, hand the memory back to the
+            // system (malloc keeps freed heap pages resident otherwise).
+            isTrimScheduled = true
+            loop.schedule(at: loop.now &+ 1_000_000_000, handler: trimmer)
+        }
+    }
+
+    private var isTrimScheduled = false
+    private lazy var trimmer = MemoryTrimmer { [unowned self] in
+        self.isTrimScheduled = false
+        _ = malloc_trim(0)
     }
 
     // MARK: connections
@@ -336,3 +350,10 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
     }
 }
 
+
+/// Runs a closure when its timer fires.
+final class MemoryTrimmer: TimerHandler {
+    let action: () -> Void
+    init(_ action: @escaping () -> Void) { self.action = action }
+    func timerFired(loop: EventLoop) { action() }
+}

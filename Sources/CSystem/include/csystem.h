@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <stddef.h>
+#include <malloc.h>
 
 int tollgate_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
 void *tollgate_memmem(const void *h, size_t hl, const void *n, size_t nl);
