@@ -2,8 +2,7 @@
 ///
 /// A denial is data, not an error (STYLE.md 2.5): the proxy turns a ``Denial`` into a
 /// local reply (status, `WWW-Authenticate` when ``DenialCode/challengesClient``,
-/// `Retry-After` + RateLimit headers when ``Denial/limit`` is set, and the JSON body
-/// from ``ErrorBody``).
+/// `Retry-After` + RateLimit headers when ``Denial/limit`` is set, and the JSON body).
 public enum DenialCode: String, CaseIterable, Sendable {
     case missingCredential = "MISSING_CREDENTIAL"
     case invalidKey = "INVALID_KEY"
@@ -90,49 +89,5 @@ public enum Decision: Sendable, Equatable {
         case .allow: return nil
         case .deny(let d): return d.code
         }
-    }
-}
-
-/// The JSON error body: `{"error":{"code":"…","message":"…","request_id":"…"}}`.
-public enum ErrorBody {
-    public static func render(code: DenialCode, message: String, requestID: String) -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(64 + message.utf8.count + requestID.utf8.count)
-        out.append(contentsOf: #"{"error":{"code":""#.utf8)
-        out.append(contentsOf: code.rawValue.utf8)
-        out.append(contentsOf: #"","message":""#.utf8)
-        appendEscaped(message.utf8, to: &out)
-        out.append(contentsOf: #"","request_id":""#.utf8)
-        appendEscaped(requestID.utf8, to: &out)
-        out.append(contentsOf: #""}}"#.utf8)
-        return out
-    }
-
-    /// The body with ``DenialCode/defaultMessage``.
-    public static func render(code: DenialCode, requestID: String) -> [UInt8] {
-        render(code: code, message: code.defaultMessage, requestID: requestID)
-    }
-
-    /// JSON string escaping (RFC 8259 §7): quote, backslash and C0 controls (and DEL);
-    /// everything else, including UTF-8 multi-byte sequences, is copied.
-    public static func appendEscaped<S: Sequence<UInt8>>(_ bytes: S, to out: inout [UInt8]) {
-        for b in bytes {
-            switch b {
-            case UInt8(ascii: "\""), UInt8(ascii: "\\"):
-                out.append(UInt8(ascii: "\\")); out.append(b)
-            case 0x0A: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "n"))
-            case 0x0D: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "r"))
-            case 0x09: out.append(UInt8(ascii: "\\")); out.append(UInt8(ascii: "t"))
-            case 0x00..<0x20, 0x7F:
-                out.append(contentsOf: "\\u00".utf8)
-                out.append(hexDigit(b >> 4))
-                out.append(hexDigit(b & 0xF))
-            default: out.append(b)
-            }
-        }
-    }
-
-    @inline(__always) static func hexDigit(_ v: UInt8) -> UInt8 {
-        v < 10 ? UInt8(ascii: "0") + v : UInt8(ascii: "a") + v - 10
     }
 }

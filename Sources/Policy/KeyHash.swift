@@ -56,7 +56,7 @@ public struct KeyHash: Hashable, Sendable, CustomStringConvertible {
         for w in [w0, w1, w2, w3] {
             var shift = 60
             while shift >= 0 {
-                out.append(ErrorBody.hexDigit(UInt8(truncatingIfNeeded: w >> UInt64(shift)) & 0xF))
+                out.append(KeyHash.hexDigit(UInt8(truncatingIfNeeded: w >> UInt64(shift)) & 0xF))
                 shift -= 4
             }
         }
@@ -65,4 +65,10 @@ public struct KeyHash: Hashable, Sendable, CustomStringConvertible {
 
     /// `sha256:<hex>`, the form used in policy files and by `tollgate keys new`.
     public var description: String { "sha256:" + hex }
+}
+
+extension KeyHash {
+    @inline(__always) static func hexDigit(_ v: UInt8) -> UInt8 {
+        v < 10 ? UInt8(ascii: "0") + v : UInt8(ascii: "a") + v - 10
+    }
 }

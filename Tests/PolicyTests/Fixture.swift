@@ -98,11 +98,3 @@ enum Fixture {
     /// 2027-06-01T00:00:00Z
     static let now: Int64 = 1_811_808_000
 }
-
-extension RequestFacts {
-    static func get(_ path: String, key: String? = nil, peer: String = "192.0.2.10", xff: String? = nil,
-                    https: Bool = false, method: MethodSet = .get) -> RequestFacts {
-        RequestFacts(method: method, path: path, peer: IPAddress(peer)!, forwardedFor: xff, isHTTPS: https,
-                     credential: key)
-    }
-}

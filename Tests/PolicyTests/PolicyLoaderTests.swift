@@ -382,9 +382,8 @@ struct PolicyLoaderTests {
                                          "admin", "public-health"])
         let alice = try #require(s.declaredKey(.sha256("demo-key-alice")))
         #expect(alice.id == "key_demo_alice" && alice.consumer == "alice")
-        let (d, _) = Authorizer.decide(snapshot: s, facts: .get("/api/finance/accounts", key: "demo-key-alice",
-                                                                peer: "127.0.0.1"),
-                                       lookup: s.declaredKey(_:), now: Fixture.now)
-        #expect(d == .allow)
+        let route = try #require(s.route(method: .get, path: "/api/finance/accounts"))
+        #expect(Authorizer.authorize(record: alice, route: route, clientIP: IPAddress("127.0.0.1")!, isHTTPS: false,
+                                     now: Fixture.now) == .allow)
     }
 }
