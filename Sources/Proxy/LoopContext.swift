@@ -19,13 +19,26 @@ struct ServerSettings: Sendable {
     var limits = HTTP1Limits()
 }
 
-/// What a session needs while a request is in flight: read and write buffers and an exchange.
-/// Lent by the loop (`takeWorkspace`) and given back when the connection goes idle, so idle
-/// keep-alive connections cost no buffers.
-struct Workspace {
-    let inBuf: IOBuffer
-    let outBuf: IOBuffer
-    let exchange: Exchange
+/// What a session needs while a request is in flight, as one block: read buffer, write
+/// buffer, header table, normalised path. Lent by the loop (`takeWorkspace`) when a head
+/// starts arriving and taken back once the connection has idled a while, so idle keep-alive
+/// connections cost no buffers.
+struct WorkspaceLayout {
+    let inBytes: Int
+    let outBytes: Int
+    let headerBytes: Int
+    let pathBytes: Int
+    var outOffset: Int { inBytes }
+    var headersOffset: Int { inBytes + outBytes }
+    var pathOffset: Int { inBytes + outBytes + headerBytes }
+    var total: Int { inBytes + outBytes + headerBytes + pathBytes }
+
+    init(_ limits: HTTP1Limits) {
+        inBytes = (limits.maxHeadBytes + 4096 + 15) & ~15
+        outBytes = 24 * 1024
+        headerBytes = (Exchange.headerCapacity(limits) * HeaderTable.fieldBytes + 15) & ~15
+        pathBytes = limits.maxTargetBytes + 16
+    }
 }
 
 /// Everything one event loop owns: its connections, upstream pools, the policy snapshot it
@@ -66,12 +79,10 @@ final class LoopContext {
     /// 1 s / `bodyMinRate`: how far each body byte moves the body deadline.
     let nanosPerBodyByte: UInt64
 
-    /// Workspaces given back, ready to lend (bounded: a burst does not keep its memory).
-    private var spareWorkspaces: [Workspace] = []
+    /// Workspace blocks given back, ready to lend (bounded: a burst does not keep its memory).
+    private var spareWorkspaces: [UnsafeMutableRawPointer] = []
     static let maxSpareWorkspaces = 64
-    /// What idle sessions point at: empty buffers, an exchange that never opens.
-    private(set) lazy var idleWorkspace = Workspace(inBuf: IOBuffer(capacity: 0), outBuf: IOBuffer(capacity: 0),
-                                                   exchange: Exchange(context: self, isPlaceholder: true))
+    let workspaceLayout: WorkspaceLayout
 
     private var requestCounter: UInt64 = 0
     private let requestIDSeed: UInt64
@@ -92,6 +103,7 @@ final class LoopContext {
         idleTimeoutNanos = settings.idleTimeout.nanoseconds
         bodyTimeoutNanos = settings.bodyTimeout.nanoseconds
         nanosPerBodyByte = 1_000_000_000 / UInt64(max(1, settings.bodyMinRate))
+        workspaceLayout = WorkspaceLayout(settings.limits)
         var seed: UInt64 = 0
         seed = UInt64.random(in: .min ... .max)
         requestIDSeed = seed
@@ -277,21 +289,41 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
 
     // MARK: workspaces
 
-    func takeWorkspace() -> Workspace {
-        if let w = spareWorkspaces.popLast() {
-            w.inBuf.clear()
-            w.outBuf.clear()
-            return w
-        }
-        let limits = settings.limits
-        return Workspace(inBuf: IOBuffer(capacity: limits.maxHeadBytes + 4096), outBuf: IOBuffer(capacity: 24 * 1024),
-                         exchange: Exchange(context: self))
+    /// Every second: workspaces of connections idle for a second or more go back to the pool.
+    private lazy var idleSweeper = MemoryTrimmer { [unowned self] in self.sweepIdle() }
+    private var isSweepScheduled = false
+    static let idleSweepNanos: UInt64 = 1_000_000_000
+
+    private func scheduleSweep() {
+        if isSweepScheduled { return }
+        isSweepScheduled = true
+        loop.schedule(at: loop.now &+ Self.idleSweepNanos, handler: idleSweeper)
     }
 
-    func giveBack(_ w: Workspace) {
+    private func sweepIdle() {
+        isSweepScheduled = false
+        let cutoff = loop.now &- Self.idleSweepNanos
+        var holding = 0
+        for c in clients {
+            c.releaseIfIdle(before: cutoff)
+            if c.hasWorkspace { holding += 1 }
+        }
+        if holding > 0 { scheduleSweep() }
+    }
+
+    func takeWorkspace() -> UnsafeMutableRawPointer {
+        scheduleSweep()
+        if let w = spareWorkspaces.popLast() { return w }
+        return .allocate(byteCount: workspaceLayout.total, alignment: 16)
+    }
+
+    func giveBack(_ w: UnsafeMutableRawPointer) {
         if spareWorkspaces.count < Self.maxSpareWorkspaces {
             spareWorkspaces.append(w)
-        } else if !isTrimScheduled {
+            return
+        }
+        w.deallocate()
+        if !isTrimScheduled {
             // A burst is over: once its workspaces are freed, hand the memory back to the
             // system (malloc keeps freed heap pages resident otherwise).
             isTrimScheduled = true

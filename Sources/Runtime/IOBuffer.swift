@@ -6,8 +6,11 @@
 ///   consumed      readable bytes        writable space
 /// ```
 public final class IOBuffer {
-    public let base: UnsafeMutableRawPointer
-    public let capacity: Int
+    public private(set) var base: UnsafeMutableRawPointer
+    public private(set) var capacity: Int
+    /// The storage was allocated here (freed in deinit); lent storage is given back by whoever
+    /// lent it (`detachStorage`).
+    private var ownsStorage: Bool
     public var readerIndex = 0
     public var writerIndex = 0
     /// Set by a write that did not fit (the write is dropped, never a trap): whoever builds a
@@ -16,9 +19,39 @@ public final class IOBuffer {
 
     public init(capacity: Int) {
         self.capacity = capacity
-        self.base = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
+        self.base = UnsafeMutableRawPointer.allocate(byteCount: max(1, capacity), alignment: 16)
+        ownsStorage = true
     }
-    deinit { base.deallocate() }
+
+    /// No storage yet: capacity 0 until `attachStorage` (an idle connection's buffer).
+    public init() {
+        capacity = 0
+        base = IOBuffer.noStorage
+        ownsStorage = false
+    }
+
+    deinit { if ownsStorage { base.deallocate() } }
+
+    /// What a buffer without storage points at (never read or written: capacity is 0).
+    nonisolated(unsafe) private static let noStorage = UnsafeMutableRawPointer.allocate(byteCount: 16, alignment: 16)
+
+    public var hasStorage: Bool { capacity > 0 }
+
+    /// Lends `capacity` bytes at `p` to this (empty, storage-less) buffer.
+    public func attachStorage(_ p: UnsafeMutableRawPointer, capacity: Int) {
+        if ownsStorage { base.deallocate(); ownsStorage = false }
+        base = p
+        self.capacity = capacity
+        clear()
+    }
+
+    /// Takes the lent storage back: the buffer is empty and storage-less again.
+    public func detachStorage() {
+        if ownsStorage { return }
+        base = IOBuffer.noStorage
+        capacity = 0
+        clear()
+    }
 
     @inlinable @inline(__always) public var readableBytes: Int { writerIndex &- readerIndex }
     @inlinable @inline(__always) public var writableBytes: Int { capacity &- writerIndex }

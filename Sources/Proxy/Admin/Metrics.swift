@@ -62,8 +62,29 @@ enum UpstreamErrorKind: Int, CaseIterable {
 /// Upper bounds of `tollgate_request_duration_seconds` buckets (`+Inf` is the count).
 enum DurationBuckets {
     static let seconds: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
-    static let nanos: [UInt64] = seconds.map { UInt64($0 * 1e9) }
-    static var count: Int { seconds.count }
+    static var count: Int { fixedCount }
+    /// `seconds.count`, as a constant (no lazy global on the request path).
+    static let fixedCount = 14
+
+    /// The first bucket whose bound is at least `nanos` (`fixedCount`: above them all).
+    @inline(__always)
+    static func index(_ nanos: UInt64) -> Int {
+        if nanos <= 5_000_000 {
+            if nanos <= 500_000 { return 0 }
+            if nanos <= 1_000_000 { return 1 }
+            return nanos <= 2_500_000 ? 2 : 3
+        }
+        if nanos <= 10_000_000 { return 4 }
+        if nanos <= 25_000_000 { return 5 }
+        if nanos <= 50_000_000 { return 6 }
+        if nanos <= 100_000_000 { return 7 }
+        if nanos <= 250_000_000 { return 8 }
+        if nanos <= 500_000_000 { return 9 }
+        if nanos <= 1_000_000_000 { return 10 }
+        if nanos <= 2_500_000_000 { return 11 }
+        if nanos <= 5_000_000_000 { return 12 }
+        return nanos <= 10_000_000_000 ? 13 : 14
+    }
 }
 
 /// Request counters of one loop under one policy snapshot (its routes and backends): written
@@ -82,7 +103,7 @@ final class RequestMetrics: @unchecked Sendable {
     private let durationsAt: Int
     private let upstreamAt: Int
     private let size: Int
-    static let durationStride = DurationBuckets.count + 2
+    static let durationStride = DurationBuckets.fixedCount + 2
 
     init(snapshot: PolicySnapshot) {
         routeNames = ["-"] + snapshot.routes.map(\.name)
@@ -96,18 +117,30 @@ final class RequestMetrics: @unchecked Sendable {
 
     deinit { storage.deallocate() }
 
+    /// Where an exchange counts: the storage and the durations' offset, as plain values (an
+    /// exchange keeps them with its pinned snapshot: no retain per request).
+    struct Counters {
+        let storage: UnsafeMutablePointer<UInt64>
+        let durationsAt: Int
+    }
+    var counters: Counters { Counters(storage: storage, durationsAt: durationsAt) }
+
     /// One answered request: `route` is the route's index (-1: none matched).
     @inline(__always)
     func countRequest(route: Int, code: Int, nanos: UInt64) {
+        Self.countRequest(counters, route: route, code: code, nanos: nanos)
+    }
+
+    @inline(__always)
+    static func countRequest(_ c: Counters, route: Int, code: Int, nanos: UInt64) {
+        let storage = c.storage
         let slot = route &+ 1
         tollgate_counter_add(storage + (slot &* MetricCode.count &+ code), 1)
-        let d = storage + (durationsAt &+ slot &* Self.durationStride)
-        var b = 0
-        let bounds = DurationBuckets.nanos
-        while b < bounds.count && nanos > bounds[b] { b &+= 1 }
-        if b < bounds.count { tollgate_counter_add(d + b, 1) }
-        tollgate_counter_add(d + bounds.count, nanos)
-        tollgate_counter_add(d + (bounds.count &+ 1), 1)
+        let d = storage + (c.durationsAt &+ slot &* Self.durationStride)
+        let b = DurationBuckets.index(nanos)
+        if b < DurationBuckets.fixedCount { tollgate_counter_add(d + b, 1) }
+        tollgate_counter_add(d + DurationBuckets.fixedCount, nanos)
+        tollgate_counter_add(d + (DurationBuckets.fixedCount &+ 1), 1)
     }
 
     func countUpstreamError(backend: Int, kind: UpstreamErrorKind) {

@@ -62,12 +62,18 @@ final class HTTP1Session: EventHandler {
     let context: LoopContext
     var slot = -1
 
-    /// Lent by the loop while a request is in flight (`attachWorkspace`); empty placeholders
-    /// while idle.
-    var inBuf: IOBuffer
-    var outBuf: IOBuffer
-    var exchange: Exchange
-    private var hasWorkspace = false
+    /// Storage lent by the loop while a request is in flight (`attachWorkspace`); none while
+    /// idle.
+    let inBuf = IOBuffer()
+    let outBuf = IOBuffer()
+    let exchange: Exchange
+    /// The exchange's header table, held here too (a `let` of the session: no retain per use).
+    let headers: HeaderTable
+    private var workspace: UnsafeMutableRawPointer?
+    private(set) var hasWorkspace = false
+    /// When the connection last went idle holding its workspace (loop clock); the loop's
+    /// sweep takes the workspace back once it has been idle a while (`releaseIfIdle`).
+    var idleSince: UInt64 = 0
     var parser: HTTP1RequestParser
     var request = HTTP1RequestHead()
     var state: State = .readingHead
@@ -108,34 +114,42 @@ final class HTTP1Session: EventHandler {
         self.isTLS = isTLS
         self.context = context
         parser = HTTP1RequestParser(limits: context.settings.limits)
-        let idle = context.idleWorkspace
-        inBuf = idle.inBuf
-        outBuf = idle.outBuf
-        exchange = idle.exchange
+        exchange = Exchange(context: context)
+        headers = exchange.headers
+        exchange.downstream = .h1(self)   // the cycle is broken in close()
     }
 
-    /// Buffers and an exchange from the loop, for a request that is arriving.
+    /// Storage from the loop, for a request that is arriving.
     @inline(__always)
     private func attachWorkspace() {
         if hasWorkspace { return }
         let w = context.takeWorkspace()
-        inBuf = w.inBuf
-        outBuf = w.outBuf
-        exchange = w.exchange
-        exchange.downstream = .h1(self)
+        let l = context.workspaceLayout
+        inBuf.attachStorage(w, capacity: l.inBytes)
+        outBuf.attachStorage(w + l.outOffset, capacity: l.outBytes)
+        exchange.attachStorage(headers: w + l.headersOffset, path: w + l.pathOffset)
+        workspace = w
         hasWorkspace = true
+    }
+
+    /// The loop's sweep: a keep-alive connection idle since before `cutoff` gives its
+    /// workspace back (not at every idle moment: a busy connection would pay for the round
+    /// trip to the pool on every request).
+    func releaseIfIdle(before cutoff: UInt64) {
+        guard hasWorkspace, state == .readingHead, idleSince != 0, idleSince < cutoff,
+              inBuf.readableBytes == 0, outBuf.readableBytes == 0 else { return }
+        detachWorkspace()
     }
 
     /// Gives the buffers and the exchange back (idle keep-alive, or closed).
     private func detachWorkspace() {
-        guard hasWorkspace else { return }
+        guard hasWorkspace, let w = workspace else { return }
         hasWorkspace = false
-        exchange.downstream = .detached
-        context.giveBack(Workspace(inBuf: inBuf, outBuf: outBuf, exchange: exchange))
-        let idle = context.idleWorkspace
-        inBuf = idle.inBuf
-        outBuf = idle.outBuf
-        exchange = idle.exchange
+        workspace = nil
+        inBuf.detachStorage()
+        outBuf.detachStorage()
+        exchange.detachStorage()
+        context.giveBack(w)
     }
 
     func start() {
@@ -213,7 +227,7 @@ final class HTTP1Session: EventHandler {
             if state == .closed { return false }
         }
         if isParseable && inBuf.readableBytes > 0 {
-            switch parser.parse(inBuf.readable, into: &request, headers: exchange.headers) {
+            switch parser.parse(inBuf.readable, into: &request, headers: headers) {
             case .complete(let consumed):
                 startExchange(headLength: consumed)
                 return true
@@ -227,6 +241,7 @@ final class HTTP1Session: EventHandler {
         if sawEOF { close(); return false }
         if !isReadable { return false }
         attachWorkspace()
+        idleSince = 0
         if inBuf.writableBytes == 0 { inBuf.compact() }
         if inBuf.writableBytes == 0 {
             replyAndClose(status: 431, code: .badRequest, message: "request head too large")
@@ -288,20 +303,21 @@ final class HTTP1Session: EventHandler {
     private func startExchange(headLength: Int) {
         state = .proxying
         emptyLines = 0
-        let x = exchange
-        x.open(peer: peerIP)
-        var view = RequestView()
-        view.base = UnsafeRawPointer(inBuf.readPointer)
-        view.method = request.method
-        view.methodRange = request.methodRange
-        view.path = request.path
-        view.query = request.query
-        view.hasQuery = request.hasQuery
-        view.isOriginless = request.form == .asterisk || request.form == .authority
-        if case .contentLength(let n) = request.framing { view.declaredBodyLength = n }
-        view.isTLS = isTLS
-        x.request = view
-        x.begin(headLength: headLength)
+        exchange.open(peer: peerIP)
+        exchange.request.base = UnsafeRawPointer(inBuf.readPointer)
+        exchange.request.method = request.method
+        exchange.request.methodRange = request.methodRange
+        exchange.request.path = request.path
+        exchange.request.query = request.query
+        exchange.request.hasQuery = request.hasQuery
+        exchange.request.isOriginless = request.form == .asterisk || request.form == .authority
+        if case .contentLength(let n) = request.framing {
+            exchange.request.declaredBodyLength = n
+        } else {
+            exchange.request.declaredBodyLength = -1
+        }
+        exchange.request.isTLS = isTLS
+        exchange.begin(headLength: headLength)
         deadline.clear()
         closeAfterResponse = request.wantsClose || isDrainRequested
         requestBodyReceived = 0
@@ -319,7 +335,7 @@ final class HTTP1Session: EventHandler {
             requestBody = .chunked
             requestChunks.reset()
         }
-        act(on: Pipeline.run(x))
+        act(on: Pipeline.run(exchange))
     }
 
     /// Carries out what the pipeline decided.
@@ -334,9 +350,10 @@ final class HTTP1Session: EventHandler {
         case .refuse(let denial):
             state = .proxying
             deny(denial.code, headLength: exchange.facts.headLength)
-        case .answer(let status, let code, let message):
+        case .bodyTooLarge:
             state = .proxying
-            replyLocal(status: status, code: code, message: message, headLength: exchange.facts.headLength, forceClose: true)
+            replyLocal(status: 413, code: .badRequest, message: "request body larger than the route allows",
+                       headLength: exchange.facts.headLength, forceClose: true)
         }
     }
 
@@ -727,8 +744,8 @@ final class HTTP1Session: EventHandler {
         upstream = nil
         if inBuf.readableBytes == 0 {
             inBuf.clear()
-            // Idle: nothing in flight holds the buffers or the exchange.
-            if outBuf.readableBytes == 0 { detachWorkspace() }
+            // Idle: the loop's sweep takes the workspace back if it stays so.
+            idleSince = context.loop.now
             deadline.set(context.loop.now &+ context.idleTimeoutNanos, fd: fd, loop: context.loop)
         } else {
             inBuf.compact()
@@ -832,6 +849,7 @@ final class HTTP1Session: EventHandler {
         if let up = upstream { upstream = nil; up.pool.retire(up) }
         state = .closed
         exchange.settle()   // a client that left, a cut response, a time-out: settled all the same
+        exchange.downstream = .detached
         detachWorkspace()
         context.loop.close(fd: fd)
         context.remove(self)

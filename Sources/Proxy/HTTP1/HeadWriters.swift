@@ -48,11 +48,11 @@ enum RequestHeadWriter {
         let credentialHeader = c.exchange.facts.credentialHeader
         var clientXFF = ByteRange.empty
 
-        let tokens = req.hasConnectionOptions ? ConnectionTokens(headers: c.exchange.headers, base: base) : ConnectionTokens.none
+        let tokens = req.hasConnectionOptions ? ConnectionTokens(headers: c.headers, base: base) : ConnectionTokens.none
         var hostValue = ByteRange.empty
         var hasHost = false
         var hasTraceparent = false
-        let headers = c.exchange.headers
+        let headers = c.headers
         var runs = LineRuns(base: base)
         for i in 0..<headers.count {
             let f = headers[i]
@@ -62,7 +62,7 @@ enum RequestHeadWriter {
             if stripCredential && i == credentialHeader {
                 keep = false
             } else {
-                switch HeaderNames.classify(np, nn) {
+                switch HeaderNames.classifyRequestField(np, nn) {
                 case .other:
                     if tokens.count > 0 && tokens.names(np, nn) { keep = false }
                     // Every configured key header, not only the one read: a repeated header, or a

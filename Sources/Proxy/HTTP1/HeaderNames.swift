@@ -95,8 +95,15 @@ enum HeaderNames {
         case 19: if lowerEquals(p, n, proxyAuthorization) { return .proxyAuthorization }
         default: break
         }
-        if isTollgate(p, n) { return .xTollgate }
-        return IdentityAliases.matches(p, n) ? .identityAlias : .other
+        return isTollgate(p, n) ? .xTollgate : .other
+    }
+
+    /// `classify`, plus the identity aliases a client may not send (request heads only).
+    @inline(__always)
+    static func classifyRequestField(_ p: UnsafeRawPointer, _ n: Int) -> KnownHeader {
+        let k = classify(p, n)
+        if k == .other && IdentityAliases.matches(p, n) { return .identityAlias }
+        return k
     }
 
     @inline(__always)
@@ -126,43 +133,46 @@ enum HeaderNames {
 /// `HTTP_X_TOLLGATE_CONSUMER`), so names are compared caselessly with `_` taken as `-`.
 /// Tollgate sets its own `X-Forwarded-*` and `X-Tollgate-*`; the client's never pass.
 enum IdentityAliases {
-    /// Whole names.
-    static let exact: [StaticString] = [
-        "forwarded", "forwarded-for", "x-forwarded", "x-real-ip", "x-client-ip", "x-cluster-client-ip",
-        "x-originating-ip", "true-client-ip", "cf-connecting-ip", "client-ip", "remote-addr", "remote-user",
-        "x-user", "x-user-id", "x-userid", "x-username", "x-email", "x-rewrite-url", "x-host",
-        "x-http-method-override", "x-http-method", "x-method-override",
-        "x-credential-identifier", "x-envoy-original-path", "x-envoy-external-address",
-    ]
-    /// Name prefixes (every field that starts so).
-    static let prefixes: [StaticString] = [
-        "x-forwarded-", "x-original-", "x-tollgate-", "x-consumer-", "x-authenticated-",
-        "x-auth-request-", "x-remote-", "x-real-",
-    ]
-
-    /// Only names starting with one of these bytes (lowercased) can match: one compare for
-    /// the common fields.
-    @inline(__always)
+    /// Decided by length and the letters after `x-`, then one caseless compare per candidate
+    /// (no table walk: this runs for every unknown request field).
     static func matches(_ p: UnsafeRawPointer, _ n: Int) -> Bool {
-        if n < 4 { return false }
-        let isX: Bool
-        switch p.load(as: UInt8.self) | 0x20 {
-        case 0x78:   // x- / x_
-            let c1 = p.load(fromByteOffset: 1, as: UInt8.self)
-            if c1 != 0x2D && c1 != 0x5F { return false }
-            isX = true
-        case 0x66, 0x74, 0x63, 0x72: isX = false   // f t c r
-        default: return false
-        }
-        for lit in exact where lit.utf8CodeUnitCount == n {
-            if canonicalEquals(p, n, lit) { return true }
-        }
-        if isX {
-            for lit in prefixes where lit.utf8CodeUnitCount < n {
-                if canonicalEquals(p, lit.utf8CodeUnitCount, lit) { return true }
+        if n < 6 { return false }
+        let c0 = p.load(as: UInt8.self) | 0x20
+        if c0 != 0x78 {   // not x-…
+            switch c0 {
+            case 0x66: return eq(p, n, "forwarded") || eq(p, n, "forwarded-for")
+            case 0x74: return eq(p, n, "true-client-ip")
+            case 0x63: return eq(p, n, "cf-connecting-ip") || eq(p, n, "client-ip")
+            case 0x72: return eq(p, n, "remote-addr") || eq(p, n, "remote-user")
+            default: return false
             }
         }
-        return false
+        let c1 = p.load(fromByteOffset: 1, as: UInt8.self)
+        if c1 != 0x2D && c1 != 0x5F { return false }
+        switch p.load(fromByteOffset: 2, as: UInt8.self) | 0x20 {
+        case 0x66: return eq(p, n, "x-forwarded") || prefix(p, n, "x-forwarded-")
+        case 0x6F: return prefix(p, n, "x-original-") || eq(p, n, "x-originating-ip")
+        case 0x74: return prefix(p, n, "x-tollgate-")
+        case 0x63: return prefix(p, n, "x-consumer-") || eq(p, n, "x-client-ip") || eq(p, n, "x-cluster-client-ip")
+                       || eq(p, n, "x-credential-identifier")
+        case 0x61: return prefix(p, n, "x-authenticated-") || prefix(p, n, "x-auth-request-")
+        case 0x72: return prefix(p, n, "x-remote-") || prefix(p, n, "x-real-") || eq(p, n, "x-rewrite-url")
+        case 0x75: return eq(p, n, "x-user") || eq(p, n, "x-user-id") || eq(p, n, "x-userid") || eq(p, n, "x-username")
+        case 0x65: return eq(p, n, "x-email") || eq(p, n, "x-envoy-original-path") || eq(p, n, "x-envoy-external-address")
+        case 0x68: return eq(p, n, "x-host") || eq(p, n, "x-http-method-override") || eq(p, n, "x-http-method")
+        case 0x6D: return eq(p, n, "x-method-override")
+        default: return false
+        }
+    }
+
+    @inline(__always)
+    static func eq(_ p: UnsafeRawPointer, _ n: Int, _ lit: StaticString) -> Bool {
+        n == lit.utf8CodeUnitCount && canonicalEquals(p, n, lit)
+    }
+
+    @inline(__always)
+    static func prefix(_ p: UnsafeRawPointer, _ n: Int, _ lit: StaticString) -> Bool {
+        n > lit.utf8CodeUnitCount && canonicalEquals(p, lit.utf8CodeUnitCount, lit)
     }
 
     /// The first `n` bytes of `p` equal the lowercase `lit` (of at least `n` bytes), ASCII

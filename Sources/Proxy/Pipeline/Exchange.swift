@@ -13,8 +13,8 @@ enum PhaseResult {
     case next
     case wait
     case reply(Denial)
-    /// An answer no Denial carries (413: a declared body over the route's limit).
-    case answer(status: Int, code: DenialCode, message: String)
+    /// A declared body over the route's limit: 413 before any credential work.
+    case bodyTooLarge
 }
 
 /// Where the credential was found.
@@ -58,9 +58,11 @@ final class Exchange: RedisWaiter {
     var request = RequestView()
     let headers: HeaderTable
     var facts: ExchangeFacts
-    /// The normalised path (owned: valid for the whole exchange, logs included).
-    let pathBuffer: UnsafeMutableRawPointer
-    let pathCapacity: Int
+    /// The normalised path (valid for the whole exchange, logs included); lent with the
+    /// session's workspace (`attachStorage`).
+    private(set) var pathBuffer: UnsafeMutableRawPointer
+    private(set) var pathCapacity = 0
+    let pathBytes: Int
 
     // The request id: the client's when sane (≤ 64 of [A-Za-z0-9._:-]), else ours.
     var requestIDBytes = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
@@ -85,17 +87,31 @@ final class Exchange: RedisWaiter {
     private var otherMethod: (UInt64, UInt64) = (0, 0)
     private var otherMethodCount = 0
 
-    /// - Parameter isPlaceholder: the exchange idle sessions point at (never opened): no storage.
-    init(context: LoopContext, isPlaceholder: Bool = false) {
+    /// Storage (header table, path) comes with the session's workspace: see `attachStorage`.
+    init(context: LoopContext) {
         self.context = context
         let limits = context.settings.limits
-        headers = HeaderTable(capacity: isPlaceholder ? 1 : limits.maxHeaderCount + 28)
-        pathCapacity = isPlaceholder ? 1 : limits.maxTargetBytes + 16
-        pathBuffer = .allocate(byteCount: pathCapacity, alignment: 8)
+        headers = HeaderTable(lentCapacity: Self.headerCapacity(limits))
+        pathBytes = limits.maxTargetBytes + 16
+        pathBuffer = Self.noPath
         facts = ExchangeFacts(snapshot: context.snapshot, metrics: context.metrics)
     }
 
-    deinit { pathBuffer.deallocate() }
+    static func headerCapacity(_ limits: HTTP1Limits) -> Int { limits.maxHeaderCount + 28 }
+    nonisolated(unsafe) private static let noPath = UnsafeMutableRawPointer.allocate(byteCount: 16, alignment: 8)
+
+    /// Lends the header table and the path buffer their storage.
+    func attachStorage(headers h: UnsafeMutableRawPointer, path: UnsafeMutableRawPointer) {
+        headers.attachStorage(h)
+        pathBuffer = path
+        pathCapacity = pathBytes
+    }
+
+    func detachStorage() {
+        headers.detachStorage()
+        pathBuffer = Self.noPath
+        pathCapacity = 0
+    }
 
     // MARK: beginning
 
@@ -199,7 +215,7 @@ final class Exchange: RedisWaiter {
         // Only an exchange whose answer began was answered (a client that left while its
         // request waited was not).
         if answerStatus != 0 {
-            facts.metrics.countRequest(route: facts.routeIndex, code: answerCode, nanos: nanos)
+            RequestMetrics.countRequest(facts.counters, route: facts.routeIndex, code: answerCode, nanos: nanos)
         }
         if let log = context.accessLog { AccessLogLine.write(self, nanos: nanos, into: log) }
     }
@@ -225,8 +241,11 @@ struct ExchangeFacts {
     /// it waits (on Redis) never changes its scopes, plan or route. Kept from one exchange to
     /// the next until the loop's snapshot changes (no retain per request).
     var snapshot: PolicySnapshot
-    /// The counters of that snapshot on this loop.
-    var metrics: RequestMetrics
+    /// The counters of that snapshot on this loop (`counters`: the same, as plain values).
+    var metrics: RequestMetrics {
+        didSet { counters = metrics.counters }
+    }
+    var counters: RequestMetrics.Counters
     /// Index of the matched route in `snapshot.routes`, -1 before one matched.
     var routeIndex = -1
     var route: RouteSpec?
@@ -259,6 +278,7 @@ struct ExchangeFacts {
     init(snapshot: PolicySnapshot, metrics: RequestMetrics) {
         self.snapshot = snapshot
         self.metrics = metrics
+        counters = metrics.counters
     }
 
     mutating func reset(headLength: Int) {

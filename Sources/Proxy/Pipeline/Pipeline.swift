@@ -15,8 +15,8 @@ enum Pipeline {
         case wait
         /// Refused: a local reply with the denial's code.
         case refuse(Denial)
-        /// Answered locally with a status no denial carries (413).
-        case answer(status: Int, code: DenialCode, message: String)
+        /// A declared body over the route's limit: 413 `BAD_REQUEST`.
+        case bodyTooLarge
     }
 
     /// Runs the phases from the current one until one stops the exchange.
@@ -58,8 +58,8 @@ enum Pipeline {
             return .wait
         case .reply(let denial):
             return refuse(denial, x)
-        case .answer(let status, let code, let message):
-            return .answer(status: status, code: code, message: message)
+        case .bodyTooLarge:
+            return .bodyTooLarge
         }
     }
 
@@ -98,7 +98,7 @@ enum Pipeline {
             x.facts.pool = x.context.pools[route.backend]
         }
         if req.declaredBodyLength > Int64(route.maxBodyBytes) {
-            return .answer(status: 413, code: .badRequest, message: "request body larger than the route allows")
+            return .bodyTooLarge
         }
         return .next
     }

@@ -45,14 +45,43 @@ public struct HeaderField: Equatable, Sendable {
 /// Fixed-capacity table of header fields, owned by a connection and reused for every
 /// message on it: parsing never allocates.
 public final class HeaderTable {
-    public let capacity: Int
+    public private(set) var capacity: Int
     public private(set) var count = 0
-    private let fields: UnsafeMutablePointer<HeaderField>
+    private var fields: UnsafeMutablePointer<HeaderField>
+    private var ownsStorage = true
     public init(capacity: Int = 128) {
         self.capacity = capacity
-        fields = .allocate(capacity: capacity)
+        fields = .allocate(capacity: max(1, capacity))
     }
-    deinit { fields.deallocate() }
+    /// No storage until `attachStorage` (an idle connection's table): full at once.
+    public init(lentCapacity: Int) {
+        capacity = 0
+        fields = .allocate(capacity: 1)
+        ownsStorage = true
+        spareCapacity = lentCapacity
+    }
+    deinit { if ownsStorage { fields.deallocate() } }
+
+    /// The capacity storage is lent with.
+    public private(set) var spareCapacity = 0
+    public static var fieldBytes: Int { MemoryLayout<HeaderField>.stride }
+
+    /// Lends room for `spareCapacity` fields at `p` (8-byte aligned).
+    public func attachStorage(_ p: UnsafeMutableRawPointer) {
+        if ownsStorage { fields.deallocate(); ownsStorage = false }
+        fields = p.bindMemory(to: HeaderField.self, capacity: spareCapacity)
+        capacity = spareCapacity
+        count = 0
+    }
+
+    /// Takes the lent storage back (the table is empty and full until attached again).
+    public func detachStorage() {
+        if ownsStorage { return }
+        fields = .allocate(capacity: 1)
+        ownsStorage = true
+        capacity = 0
+        count = 0
+    }
     @inline(__always) public func removeAll() { count = 0 }
     /// Appends; returns false when full.
     @inline(__always) public func append(_ f: HeaderField) -> Bool {
