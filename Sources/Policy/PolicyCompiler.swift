@@ -2,7 +2,7 @@
 ///
 /// Merge rules (POLICY.md): `listen`, `routes` and `keys` concatenate in file order;
 /// `backends` and `plans` merge and a name defined twice is an error; `store`, `admin`,
-/// `clients` and `credentials` may appear in one file only. Then cross-references are
+/// `access_log`, `clients` and `credentials` may appear in one file only. Then cross-references are
 /// resolved: route → backend, key → plan, unique route names, key ids and key hashes,
 /// scopes → bits. Every problem is collected; nothing is built if there is one.
 enum PolicyCompiler {
@@ -23,13 +23,13 @@ enum PolicyCompiler {
             return first?.value
         }
         let admin = single({ $0.admin }, "admin")
+        let accessLog = single({ $0.accessLog }, "access_log")
         let store = single({ $0.store }, "store")
         let clients = single({ $0.clients }, "clients") ?? ClientRules()
         let creds = single({ $0.credentials }, "credentials") ?? PolicyDocument.Credentials()
 
         let listeners = docs.flatMap(\.listen).map {
-            ListenerSpec(host: $0.address.host, port: $0.address.port, isIPv6: $0.address.isIPv6,
-                         tlsCertificatePath: $0.tlsCertificate, tlsPrivateKeyPath: $0.tlsPrivateKey)
+            ListenerSpec(host: $0.address.host, port: $0.address.port, isIPv6: $0.address.isIPv6)
         }
 
         // Backends.
@@ -42,9 +42,8 @@ enum PolicyCompiler {
             }
             backendIndex[b.name] = (backends.count, b.at)
             backends.append(BackendSpec(
-                index: backends.count, name: b.name, scheme: b.url.scheme == "https" ? .https : .http,
-                host: b.url.host, port: b.url.port, isIPv6: b.url.isIPv6, basePath: b.url.basePath,
-                injectHeader: b.injectHeader, injectSecret: b.injectSecret, connectTimeout: b.connectTimeout,
+                index: backends.count, name: b.name, host: b.host, port: b.port, isIPv6: b.isIPv6,
+                connectTimeout: b.connectTimeout,
                 responseTimeout: b.responseTimeout, idleTimeout: b.idleTimeout, maxIdle: b.maxIdle))
         }
 
@@ -105,8 +104,7 @@ enum PolicyCompiler {
             guard ok, let backend else { continue }
             routes.append(RouteSpec(
                 index: routes.count, name: r.name, backend: backend, scopes: scopes, scopeNames: r.scopes,
-                requiresHTTPS: r.requiresHTTPS, isPublic: r.isPublic, creditsPerRequest: r.creditsPerRequest,
-                maxBodyBytes: r.maxBodyBytes, methods: r.methods, path: r.path, isPrefix: r.isPrefix))
+                requiresHTTPS: r.requiresHTTPS, isPublic: r.isPublic, maxBodyBytes: r.maxBodyBytes, methods: r.methods, path: r.path, isPrefix: r.isPrefix))
         }
 
         // Keys.
@@ -153,6 +151,7 @@ enum PolicyCompiler {
         return PolicySnapshot(
             listeners: listeners,
             admin: admin.map { AdminSpec(host: $0.address.host, port: $0.address.port, isIPv6: $0.address.isIPv6) },
+            accessLog: accessLog.map { AccessLogSpec(target: $0.target) },
             store: store.map { s in
                 s.redis.map {
                     StoreSpec(url: $0, onError: s.onError, deadline: s.deadline)
@@ -162,7 +161,7 @@ enum PolicyCompiler {
             storeDeadline: store?.deadline ?? .milliseconds(10),
             backends: backends,
             credentials: CredentialRule(headerNames: creds.headers, queryParam: creds.query,
-                                        forwardsCredential: creds.forward, jwt: creds.jwt),
+                                        forwardsCredential: creds.forward),
             clients: clients, plans: plans, routes: RouteTable(routes), scopeTable: scopeTable,
             keys: keys, keyIndex: byHash)
     }

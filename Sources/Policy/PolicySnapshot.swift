@@ -4,7 +4,10 @@
 /// per-request lookups (``route(method:path:)``, ``declaredKey(_:)``) do not allocate.
 public final class PolicySnapshot: Sendable {
     public let listeners: [ListenerSpec]
+    /// `admin.address`; nil when the policy names no admin listener.
     public let admin: AdminSpec?
+    /// `access_log`; nil (no access log) when omitted.
+    public let accessLog: AccessLogSpec?
     /// Set when the policy names a Redis store; nil means the embedded store.
     public let store: StoreSpec?
     /// `store.on_error` / `store.deadline`, also when no Redis URL is given.
@@ -22,11 +25,12 @@ public final class PolicySnapshot: Sendable {
     public let keys: [KeyRecord]
     let keyIndex: KeyHashMap<KeyRecord>
 
-    init(listeners: [ListenerSpec], admin: AdminSpec?, store: StoreSpec?, storeFailMode: StoreFailMode,
+    init(listeners: [ListenerSpec], admin: AdminSpec?, accessLog: AccessLogSpec?, store: StoreSpec?, storeFailMode: StoreFailMode,
          storeDeadline: Duration, backends: [BackendSpec], credentials: CredentialRule, clients: ClientRules,
          plans: [PlanSpec], routes: RouteTable, scopeTable: ScopeTable, keys: [KeyRecord],
          keyIndex: KeyHashMap<KeyRecord>) {
-        self.listeners = listeners; self.admin = admin; self.store = store; self.storeFailMode = storeFailMode
+        self.listeners = listeners; self.admin = admin; self.accessLog = accessLog
+        self.store = store; self.storeFailMode = storeFailMode
         self.storeDeadline = storeDeadline; self.backends = backends; self.credentials = credentials
         self.clients = clients; self.plans = plans; self.routeTable = routes; self.scopeTable = scopeTable
         self.keys = keys; self.keyIndex = keyIndex

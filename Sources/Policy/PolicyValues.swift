@@ -144,6 +144,14 @@ enum PolicyValues {
         return true
     }
 
+    /// A path named in a policy file: absolute as written, else relative to the directory of
+    /// `file` (the file that names it, as the loader labels it: `DIR/NAME` or the path given).
+    static func resolve(_ path: String, relativeToFileAt file: String) -> String {
+        if path.hasPrefix("/") { return path }
+        guard let slash = file.lastIndex(of: "/") else { return path }
+        return String(file[...slash]) + path
+    }
+
     /// `sha256:` + 64 lowercase hex digits.
     static func hash(_ s: String) -> KeyHash? {
         guard s.hasPrefix("sha256:") else { return nil }
