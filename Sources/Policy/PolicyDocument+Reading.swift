@@ -6,9 +6,9 @@ extension PolicyDocument {
     static func read(yaml: String, file: String, errors: inout [PolicyError]) -> PolicyDocument {
         var r = NodeReader(file: file)
         var doc = PolicyDocument(file: file)
-        let root: Node?
+        let root: PolicyNode?
         do {
-            root = try Yams.compose(yaml: yaml)
+            root = try Yams.compose(yaml: yaml).map(PolicyNode.init)
         } catch let e as YamlError {
             errors.append(PolicyError(file: file, line: NodeReader.line(of: e), keyPath: "",
                                       reason: "invalid YAML: " + NodeReader.problem(of: e)))
@@ -27,7 +27,7 @@ extension PolicyDocument {
     }
 }
 
-/// Walks Yams nodes with line numbers, reporting every problem it sees.
+/// Walks a file's nodes with line numbers, reporting every problem it sees.
 struct NodeReader {
     let file: String
     var errors: [PolicyError] = []
@@ -54,80 +54,78 @@ struct NodeReader {
 
     // MARK: - Primitives
 
-    static func line(_ n: Node) -> Int { max(1, n.mark?.line ?? 1) }
-
-    func loc(_ n: Node, _ path: String) -> SourceLocation {
-        SourceLocation(file: file, line: NodeReader.line(n), keyPath: path)
+    func loc(_ n: PolicyNode, _ path: String) -> SourceLocation {
+        SourceLocation(file: file, line: n.line, keyPath: path)
     }
 
-    mutating func fail(_ n: Node, _ path: String, _ reason: String) {
-        errors.append(PolicyError(file: file, line: NodeReader.line(n), keyPath: path, reason: reason))
+    mutating func fail(_ n: PolicyNode, _ path: String, _ reason: String) {
+        errors.append(PolicyError(file: file, line: n.line, keyPath: path, reason: reason))
     }
 
     static func join(_ path: String, _ key: String) -> String { path.isEmpty ? key : path + "." + key }
 
     /// The entries of a mapping, keys as strings; nil (with an error) if `n` is not one.
-    mutating func mapping(_ n: Node, _ path: String) -> [(key: String, keyNode: Node, value: Node)]? {
-        guard case .mapping(let m) = n else {
+    mutating func mapping(_ n: PolicyNode, _ path: String) -> [(key: String, keyNode: PolicyNode, value: PolicyNode)]? {
+        guard case .mapping(let m) = n.content else {
             fail(n, path, "expected a mapping, found \(NodeReader.kind(n))")
             return nil
         }
-        var out: [(key: String, keyNode: Node, value: Node)] = []
+        var out: [(key: String, keyNode: PolicyNode, value: PolicyNode)] = []
         out.reserveCapacity(m.count)
-        for (k, v) in m {
-            guard case .scalar(let s) = k else {
-                fail(k, path, "mapping keys must be plain strings")
+        for pair in m {
+            guard case .scalar(let s, _) = pair.key.content else {
+                fail(pair.key, path, "mapping keys must be plain strings")
                 continue
             }
-            out.append((s.string, k, v))
+            out.append((s, pair.key, pair.value))
         }
         return out
     }
 
-    mutating func sequence(_ n: Node, _ path: String) -> [Node]? {
-        guard case .sequence(let s) = n else {
+    mutating func sequence(_ n: PolicyNode, _ path: String) -> [PolicyNode]? {
+        guard case .sequence(let s) = n.content else {
             fail(n, path, "expected a list, found \(NodeReader.kind(n))")
             return nil
         }
-        return Array(s)
+        return s
     }
 
-    static func kind(_ n: Node) -> String {
-        switch n {
+    static func kind(_ n: PolicyNode) -> String {
+        switch n.content {
         case .mapping: return "a mapping"
         case .sequence: return "a list"
         case .alias: return "an alias"
-        case .scalar(let s):
+        case .scalar(let s, _):
             if isNull(n) { return "null" }
-            return "'\(s.string)'"
+            return "'\(s)'"
         }
     }
 
     /// YAML core-schema null, decided from the text (plain style only) rather than via
-    /// `Node.tag`, whose resolver runs regular expressions for every scalar.
-    static func isNull(_ n: Node) -> Bool {
-        guard case .scalar(let s) = n, s.style == .plain else { return false }
-        switch s.string {
+    /// Yams' `Node.tag`, whose resolver runs regular expressions for every scalar.
+    static func isNull(_ n: PolicyNode) -> Bool {
+        guard case .scalar(let s, isPlain: true) = n.content else { return false }
+        switch s {
         case "", "~", "null", "Null", "NULL": return true
         default: return false
         }
     }
 
-    mutating func string(_ n: Node, _ path: String) -> String? {
-        guard case .scalar(let s) = n, !NodeReader.isNull(n) else {
+    mutating func string(_ n: PolicyNode, _ path: String) -> String? {
+        guard case .scalar(let s, _) = n.content, !NodeReader.isNull(n) else {
             fail(n, path, "expected a string, found \(NodeReader.kind(n))")
             return nil
         }
-        return s.string
+        return s
     }
 
-    mutating func nonEmptyString(_ n: Node, _ path: String) -> String? {
+    mutating func nonEmptyString(_ n: PolicyNode, _ path: String) -> String? {
         guard let s = string(n, path) else { return nil }
         guard !s.isEmpty else { fail(n, path, "must not be empty"); return nil }
         return s
     }
 
-    mutating func name(_ n: Node, _ path: String) -> String? {
+    mutating func name(_ n: PolicyNode, _ path: String) -> String? {
         guard let s = string(n, path) else { return nil }
         guard PolicyValues.isName(s) else {
             fail(n, path, "invalid name '\(s)' (letters, digits, '-', '_', '.', ':')")
@@ -136,8 +134,8 @@ struct NodeReader {
         return s
     }
 
-    mutating func int(_ n: Node, _ path: String, min: Int, max: Int = Int.max) -> Int? {
-        guard case .scalar(let s) = n, s.style == .plain, let v = Int(s.string) else {
+    mutating func int(_ n: PolicyNode, _ path: String, min: Int, max: Int = Int.max) -> Int? {
+        guard case .scalar(let s, isPlain: true) = n.content, let v = Int(s) else {
             fail(n, path, "expected an integer, found \(NodeReader.kind(n))")
             return nil
         }
@@ -148,21 +146,21 @@ struct NodeReader {
         return v
     }
 
-    mutating func bool(_ n: Node, _ path: String) -> Bool? {
-        guard case .scalar(let s) = n, s.style == .plain else {
+    mutating func bool(_ n: PolicyNode, _ path: String) -> Bool? {
+        guard case .scalar(let s, isPlain: true) = n.content else {
             fail(n, path, "expected true or false, found \(NodeReader.kind(n))")
             return nil
         }
-        switch s.string {
+        switch s {
         case "true", "True", "TRUE": return true
         case "false", "False", "FALSE": return false
         default:
-            fail(n, path, "expected true or false, found '\(s.string)'")
+            fail(n, path, "expected true or false, found '\(s)'")
             return nil
         }
     }
 
-    mutating func duration(_ n: Node, _ path: String, allowZero: Bool = false) -> Duration? {
+    mutating func duration(_ n: PolicyNode, _ path: String, allowZero: Bool = false) -> Duration? {
         guard let s = string(n, path) else { return nil }
         guard let d = PolicyValues.duration(s) else {
             fail(n, path, "invalid duration '\(s)' (expected a number followed by ms, s, m, h or d)")
@@ -172,7 +170,7 @@ struct NodeReader {
         return d
     }
 
-    mutating func size(_ n: Node, _ path: String) -> Int? {
+    mutating func size(_ n: PolicyNode, _ path: String) -> Int? {
         guard let s = string(n, path) else { return nil }
         guard let v = PolicyValues.size(s), v > 0 else {
             fail(n, path, "invalid size '\(s)' (expected bytes, or a number followed by KiB, MiB or GiB)")
@@ -181,7 +179,7 @@ struct NodeReader {
         return v
     }
 
-    mutating func stringList(_ n: Node, _ path: String) -> [String]? {
+    mutating func stringList(_ n: PolicyNode, _ path: String) -> [String]? {
         guard let items = sequence(n, path) else { return nil }
         var out: [String] = []
         var ok = true
@@ -191,7 +189,7 @@ struct NodeReader {
         return ok ? out : nil
     }
 
-    mutating func cidrs(_ n: Node, _ path: String) -> CIDRSet? {
+    mutating func cidrs(_ n: PolicyNode, _ path: String) -> CIDRSet? {
         guard let items = sequence(n, path) else { return nil }
         var out: [CIDR] = []
         var ok = true
@@ -209,7 +207,7 @@ struct NodeReader {
         return ok ? CIDRSet(out) : nil
     }
 
-    mutating func address(_ n: Node, _ path: String) -> PolicyValues.HostPort? {
+    mutating func address(_ n: PolicyNode, _ path: String) -> PolicyValues.HostPort? {
         guard let s = string(n, path) else { return nil }
         guard let a = PolicyValues.address(s, allowZeroPort: true) else {
             fail(n, path, "invalid address '\(s)' (expected IPv4:port, [IPv6]:port or localhost:port)")
@@ -218,34 +216,34 @@ struct NodeReader {
         return a
     }
 
-    mutating func unknown(_ keyNode: Node, _ path: String) {
+    mutating func unknown(_ keyNode: PolicyNode, _ path: String) {
         fail(keyNode, path, "unknown field")
     }
 
     /// A setting of the contract (POLICY.md) that is not built yet: refused at its key, so
     /// nothing is read and then silently ignored.
-    mutating func notSupportedYet(_ keyNode: Node, _ path: String, _ what: String? = nil) {
+    mutating func notSupportedYet(_ keyNode: PolicyNode, _ path: String, _ what: String? = nil) {
         fail(keyNode, path, what.map { "not supported yet (\($0))" } ?? "not supported yet")
     }
 
     /// Refuses a block that is not built yet; inside a mapping, the contract's `fields`
     /// are accepted (the one error is "not supported yet") and any other is unknown.
-    mutating func refuse(_ keyNode: Node, _ value: Node, _ path: String, fields: Set<String>) {
+    mutating func refuse(_ keyNode: PolicyNode, _ value: PolicyNode, _ path: String, fields: Set<String>) {
         notSupportedYet(keyNode, path)
-        guard case .mapping(let m) = value else { return }
-        for (k, _) in m {
-            guard case .scalar(let s) = k else { continue }
-            if !fields.contains(s.string) { unknown(k, NodeReader.join(path, s.string)) }
+        guard case .mapping(let m) = value.content else { return }
+        for pair in m {
+            guard case .scalar(let s, _) = pair.key.content else { continue }
+            if !fields.contains(s) { unknown(pair.key, NodeReader.join(path, s)) }
         }
     }
 
-    mutating func missing(_ n: Node, _ path: String, _ field: String) {
+    mutating func missing(_ n: PolicyNode, _ path: String, _ field: String) {
         fail(n, NodeReader.join(path, field), "missing required field")
     }
 
     // MARK: - Document
 
-    mutating func readDocument(_ root: Node, into doc: inout PolicyDocument) {
+    mutating func readDocument(_ root: PolicyNode, into doc: inout PolicyDocument) {
         guard let top = mapping(root, "") else { return }
         for (k, kn, v) in top {
             // An empty list/map section (`keys:` with every entry commented out) is empty.
@@ -308,7 +306,7 @@ struct NodeReader {
         }
     }
 
-    mutating func readListen(_ n: Node, _ path: String) -> PolicyDocument.Listen? {
+    mutating func readListen(_ n: PolicyNode, _ path: String) -> PolicyDocument.Listen? {
         guard let m = mapping(n, path) else { return nil }
         var address: PolicyValues.HostPort?
         var ok = true
@@ -329,7 +327,7 @@ struct NodeReader {
         return .init(address: address)
     }
 
-    mutating func readAdmin(_ n: Node, _ path: String) -> PolicyDocument.Admin? {
+    mutating func readAdmin(_ n: PolicyNode, _ path: String) -> PolicyDocument.Admin? {
         guard let m = mapping(n, path) else { return nil }
         var address: PolicyValues.HostPort?
         var ok = true
@@ -348,7 +346,7 @@ struct NodeReader {
 
     /// `access_log: {path: PATH}`: "-" is standard output; a relative path is resolved
     /// against the directory of the file that names it.
-    mutating func readAccessLog(_ n: Node, _ path: String) -> PolicyDocument.AccessLog? {
+    mutating func readAccessLog(_ n: PolicyNode, _ path: String) -> PolicyDocument.AccessLog? {
         guard let m = mapping(n, path) else { return nil }
         var target: AccessLogSpec.Target?
         for (k, kn, v) in m {
@@ -364,7 +362,7 @@ struct NodeReader {
         return target.map { .init(target: $0) }
     }
 
-    mutating func readStore(_ n: Node, _ path: String) -> PolicyDocument.Store? {
+    mutating func readStore(_ n: PolicyNode, _ path: String) -> PolicyDocument.Store? {
         guard let m = mapping(n, path) else { return nil }
         var s = PolicyDocument.Store()
         for (k, kn, v) in m {
@@ -387,7 +385,7 @@ struct NodeReader {
         return s
     }
 
-    mutating func readClients(_ n: Node, _ path: String) -> ClientRules? {
+    mutating func readClients(_ n: PolicyNode, _ path: String) -> ClientRules? {
         guard let m = mapping(n, path) else { return nil }
         var c = ClientRules()
         for (k, kn, v) in m {
@@ -402,7 +400,7 @@ struct NodeReader {
         return c
     }
 
-    mutating func readCredentials(_ n: Node, _ path: String) -> PolicyDocument.Credentials? {
+    mutating func readCredentials(_ n: PolicyNode, _ path: String) -> PolicyDocument.Credentials? {
         guard let m = mapping(n, path) else { return nil }
         var c = PolicyDocument.Credentials()
         for (k, kn, v) in m {
@@ -443,7 +441,7 @@ struct NodeReader {
         return c
     }
 
-    mutating func readBackend(_ n: Node, _ path: String, name: String, at: SourceLocation) -> PolicyDocument.Backend? {
+    mutating func readBackend(_ n: PolicyNode, _ path: String, name: String, at: SourceLocation) -> PolicyDocument.Backend? {
         guard let m = mapping(n, path) else { return nil }
         var url: PolicyValues.ParsedURL?
         var b = PolicyDocument.Backend(name: name, at: at, host: "", port: 0, isIPv6: false)
@@ -491,7 +489,7 @@ struct NodeReader {
         return b
     }
 
-    mutating func readPlan(_ n: Node, _ path: String, name: String, at: SourceLocation) -> PolicyDocument.Plan? {
+    mutating func readPlan(_ n: PolicyNode, _ path: String, name: String, at: SourceLocation) -> PolicyDocument.Plan? {
         var plan = PolicyDocument.Plan(name: name, at: at, windows: [])
         if NodeReader.isNull(n) { return plan }
         guard let m = mapping(n, path) else { return nil }
@@ -527,7 +525,7 @@ struct NodeReader {
         return plan
     }
 
-    mutating func readRoute(_ n: Node, _ path: String) -> PolicyDocument.Route? {
+    mutating func readRoute(_ n: PolicyNode, _ path: String) -> PolicyDocument.Route? {
         guard let m = mapping(n, path) else { return nil }
         var ok = true
         var name: String?, nameAt = loc(n, path + ".name")
@@ -608,7 +606,7 @@ struct NodeReader {
                      requiresHTTPS: requiresHTTPS, isPublic: isPublic, maxBodyBytes: maxBody)
     }
 
-    mutating func readKey(_ n: Node, _ path: String) -> PolicyDocument.Key? {
+    mutating func readKey(_ n: PolicyNode, _ path: String) -> PolicyDocument.Key? {
         guard let m = mapping(n, path) else { return nil }
         var ok = true
         var id: String?, idAt = loc(n, path + ".id")
