@@ -107,43 +107,60 @@ enum PolicyCompiler {
                 requiresHTTPS: r.requiresHTTPS, isPublic: r.isPublic, maxBodyBytes: r.maxBodyBytes, methods: r.methods, path: r.path, isPrefix: r.isPrefix))
         }
 
-        // Keys.
-        let allKeys = docs.flatMap(\.keys)
+        // Keys: thousands of them, so no per-key location or String key path is built
+        // unless there is an error (``PolicyDocument/Key/at(_:line:in:)``).
+        let keyCount = docs.reduce(0) { $0 + $1.keys.count }
         var keys: [KeyRecord] = []
-        keys.reserveCapacity(allKeys.count)
-        var byHash = KeyHashMap<KeyRecord>(minimumCapacity: allKeys.count)
-        var ids: [String: SourceLocation] = [:]
-        ids.reserveCapacity(allKeys.count)
-        var hashes: [KeyHash: (String, SourceLocation)] = [:]
-        hashes.reserveCapacity(allKeys.count)
-        for k in allKeys {
-            var ok = true
-            if let first = ids[k.id] {
-                found.append(k.idAt.error("duplicate key id '\(k.id)' (first at \(first.short))"))
-                ok = false
-            } else {
-                ids[k.id] = k.idAt
+        keys.reserveCapacity(keyCount)
+        var byHash = KeyHashMap<KeyRecord>(minimumCapacity: keyCount)
+        // Key id → position among all keys (= in `keys` when there is no error).
+        var ids: [String: Int] = [:]
+        ids.reserveCapacity(keyCount)
+        var hashes = KeyHashMap<Int>(minimumCapacity: keyCount)
+        // Position among all keys → (document, position in it), for "first at" messages.
+        func origin(_ position: Int) -> (file: String, key: PolicyDocument.Key) {
+            var p = position
+            for d in docs {
+                if p < d.keys.count { return (d.file, d.keys[p]) }
+                p -= d.keys.count
             }
-            if let (other, at) = hashes[k.hash] {
-                found.append(k.hashAt.error("hash already declared for key '\(other)' (\(at.short))"))
-                ok = false
-            } else {
-                hashes[k.hash] = (k.id, k.hashAt)
-            }
-            var plan: Int?
-            if let name = k.plan {
-                plan = planIndex[name]?.0
-                if plan == nil {
-                    found.append(k.planAt.error("unknown plan '\(name)'"))
+            preconditionFailure("key position out of range")
+        }
+        var position = 0
+        for d in docs {
+            for k in d.keys {
+                defer { position += 1 }
+                var ok = true
+                if let first = ids.updateValue(position, forKey: k.id) {  // one hash of the id when it is new
+                    ids[k.id] = first
+                    let (file, f) = origin(first)
+                    found.append(k.at("id", line: k.idLine, in: d.file)
+                        .error("duplicate key id '\(k.id)' (first at \(file):\(f.idLine))"))
                     ok = false
                 }
+                if let slot = hashes.index(forKey: k.hash) {
+                    let (file, f) = origin(hashes[slot: slot])
+                    found.append(k.at("hash", line: k.hashLine, in: d.file)
+                        .error("hash already declared for key '\(f.id)' (\(file):\(f.hashLine))"))
+                    ok = false
+                } else {
+                    hashes.insert(k.hash, position)
+                }
+                var plan: Int?
+                if let name = k.plan {
+                    plan = planIndex[name]?.0
+                    if plan == nil {
+                        found.append(k.at("plan", line: k.planLine, in: d.file).error("unknown plan '\(name)'"))
+                        ok = false
+                    }
+                }
+                guard ok else { continue }
+                let rec = KeyRecord(id: k.id, hash: k.hash, prefix: "", consumer: k.consumer, planIndex: plan,
+                                    scopes: scopeTable.set(of: k.scopes), scopeNames: k.scopes, allowIPs: k.allowIPs,
+                                    expiresAt: k.expiresAt, status: k.status)
+                keys.append(rec)
+                byHash[k.hash] = rec
             }
-            guard ok else { continue }
-            let rec = KeyRecord(id: k.id, hash: k.hash, prefix: "", consumer: k.consumer, planIndex: plan,
-                                scopes: scopeTable.set(of: k.scopes), scopeNames: k.scopes, allowIPs: k.allowIPs,
-                                expiresAt: k.expiresAt, status: k.status)
-            keys.append(rec)
-            byHash[k.hash] = rec
         }
 
         errors.append(contentsOf: found)
@@ -163,6 +180,6 @@ enum PolicyCompiler {
             credentials: CredentialRule(headerNames: creds.headers, queryParam: creds.query,
                                         forwardsCredential: creds.forward),
             clients: clients, plans: plans, routes: RouteTable(routes), scopeTable: scopeTable,
-            keys: keys, keyIndex: byHash)
+            keys: keys, keyIndex: byHash, idIndex: ids)
     }
 }

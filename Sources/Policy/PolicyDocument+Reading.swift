@@ -3,9 +3,20 @@ import Yams
 extension PolicyDocument {
     /// Parses one file's text. Syntax and per-value errors are appended to `errors`;
     /// whatever could be read is returned so the compiler can report further problems.
-    static func read(yaml: String, file: String, errors: inout [PolicyError]) -> PolicyDocument {
+    ///
+    /// The `keys:` list is read by ``KeysScanner`` when the file has the shape it
+    /// understands (`fastKeys`; off only to compare both paths in tests): the same keys
+    /// and the same errors, without Yams' cost per key.
+    static func read(yaml: String, file: String, errors: inout [PolicyError], fastKeys: Bool = true) -> PolicyDocument {
         var r = NodeReader(file: file)
         var doc = PolicyDocument(file: file)
+        if fastKeys, let (root, keys) = readFast(yaml: yaml, file: file) {
+            r.readDocument(root, into: &doc)
+            doc.keys = keys.keys
+            errors.append(contentsOf: r.errors)
+            errors.append(contentsOf: keys.errors)
+            return doc
+        }
         let root: PolicyNode?
         do {
             root = try Yams.compose(yaml: yaml).map(PolicyNode.init)
@@ -24,6 +35,26 @@ extension PolicyDocument {
         r.readDocument(root, into: &doc)
         errors.append(contentsOf: r.errors)
         return doc
+    }
+
+    /// The file's tree without its keys (`keys` is null in it), and the keys read by
+    /// ``KeysScanner``; nil when the scanner does not understand the file, the rest is
+    /// not valid YAML (errors are then reported from the whole text, as without the fast
+    /// path), or `keys` is not a top-level key at the line the scanner found it.
+    static func readFast(yaml: String, file: String) -> (PolicyNode, KeysScanner.Result)? {
+        guard let keys = KeysScanner.read(yaml, file: file),
+              let composed = try? Yams.compose(yaml: keys.rest)
+        else { return nil }
+        let root = PolicyNode(composed)
+        guard case .mapping(let pairs) = root.content else { return nil }
+        var found = 0
+        for pair in pairs {
+            guard case .scalar("keys", isPlain: true) = pair.key.content else { continue }
+            guard pair.key.line == keys.keysLine, case .scalar("", isPlain: true) = pair.value.content else { return nil }
+            found += 1
+        }
+        guard found == 1 else { return nil }
+        return (root, keys)
     }
 }
 
@@ -65,26 +96,47 @@ struct NodeReader {
     static func join(_ path: String, _ key: String) -> String { path.isEmpty ? key : path + "." + key }
 
     /// The entries of a mapping, keys as strings; nil (with an error) if `n` is not one.
-    mutating func mapping(_ n: PolicyNode, _ path: String) -> [(key: String, keyNode: PolicyNode, value: PolicyNode)]? {
+    /// An entry whose key is not a scalar is reported here and skipped by the view.
+    mutating func mapping(_ n: PolicyNode, _ path: @autoclosure () -> String) -> Entries? {
         guard case .mapping(let m) = n.content else {
-            fail(n, path, "expected a mapping, found \(NodeReader.kind(n))")
+            fail(n, path(), "expected a mapping, found \(NodeReader.kind(n))")
             return nil
         }
-        var out: [(key: String, keyNode: PolicyNode, value: PolicyNode)] = []
-        out.reserveCapacity(m.count)
         for pair in m {
-            guard case .scalar(let s, _) = pair.key.content else {
-                fail(pair.key, path, "mapping keys must be plain strings")
+            guard case .scalar = pair.key.content else {
+                fail(pair.key, path(), "mapping keys must be plain strings")
                 continue
             }
-            out.append((s, pair.key, pair.value))
         }
-        return out
+        return Entries(pairs: m)
     }
 
-    mutating func sequence(_ n: PolicyNode, _ path: String) -> [PolicyNode]? {
+    /// A mapping's entries with scalar keys, `(key, keyNode, value)`, without copying them.
+    struct Entries: Sequence {
+        let pairs: [PolicyNode.Pair]
+
+        struct Iterator: IteratorProtocol {
+            let pairs: [PolicyNode.Pair]
+            var i = 0
+
+            mutating func next() -> (key: String, keyNode: PolicyNode, value: PolicyNode)? {
+                while i < pairs.count {
+                    let pair = pairs[i]
+                    i += 1
+                    if case .scalar(let s, _) = pair.key.content { return (s, pair.key, pair.value) }
+                }
+                return nil
+            }
+        }
+
+        func makeIterator() -> Iterator { Iterator(pairs: pairs) }
+
+        var isEmpty: Bool { first { _ in true } == nil }
+    }
+
+    mutating func sequence(_ n: PolicyNode, _ path: @autoclosure () -> String) -> [PolicyNode]? {
         guard case .sequence(let s) = n.content else {
-            fail(n, path, "expected a list, found \(NodeReader.kind(n))")
+            fail(n, path(), "expected a list, found \(NodeReader.kind(n))")
             return nil
         }
         return s
@@ -111,106 +163,105 @@ struct NodeReader {
         }
     }
 
-    mutating func string(_ n: PolicyNode, _ path: String) -> String? {
+    mutating func string(_ n: PolicyNode, _ path: @autoclosure () -> String) -> String? {
         guard case .scalar(let s, _) = n.content, !NodeReader.isNull(n) else {
-            fail(n, path, "expected a string, found \(NodeReader.kind(n))")
+            fail(n, path(), "expected a string, found \(NodeReader.kind(n))")
             return nil
         }
         return s
     }
 
-    mutating func nonEmptyString(_ n: PolicyNode, _ path: String) -> String? {
-        guard let s = string(n, path) else { return nil }
-        guard !s.isEmpty else { fail(n, path, "must not be empty"); return nil }
+    mutating func nonEmptyString(_ n: PolicyNode, _ path: @autoclosure () -> String) -> String? {
+        guard let s = string(n, path()) else { return nil }
+        guard !s.isEmpty else { fail(n, path(), "must not be empty"); return nil }
         return s
     }
 
-    mutating func name(_ n: PolicyNode, _ path: String) -> String? {
-        guard let s = string(n, path) else { return nil }
+    mutating func name(_ n: PolicyNode, _ path: @autoclosure () -> String) -> String? {
+        guard let s = string(n, path()) else { return nil }
         guard PolicyValues.isName(s) else {
-            fail(n, path, "invalid name '\(s)' (letters, digits, '-', '_', '.', ':')")
+            fail(n, path(), "invalid name '\(s)' (letters, digits, '-', '_', '.', ':')")
             return nil
         }
         return s
     }
 
-    mutating func int(_ n: PolicyNode, _ path: String, min: Int, max: Int = Int.max) -> Int? {
+    mutating func int(_ n: PolicyNode, _ path: @autoclosure () -> String, min: Int, max: Int = Int.max) -> Int? {
         guard case .scalar(let s, isPlain: true) = n.content, let v = Int(s) else {
-            fail(n, path, "expected an integer, found \(NodeReader.kind(n))")
+            fail(n, path(), "expected an integer, found \(NodeReader.kind(n))")
             return nil
         }
         guard v >= min, v <= max else {
-            fail(n, path, max == Int.max ? "must be at least \(min)" : "must be between \(min) and \(max)")
+            fail(n, path(), max == Int.max ? "must be at least \(min)" : "must be between \(min) and \(max)")
             return nil
         }
         return v
     }
 
-    mutating func bool(_ n: PolicyNode, _ path: String) -> Bool? {
+    mutating func bool(_ n: PolicyNode, _ path: @autoclosure () -> String) -> Bool? {
         guard case .scalar(let s, isPlain: true) = n.content else {
-            fail(n, path, "expected true or false, found \(NodeReader.kind(n))")
+            fail(n, path(), "expected true or false, found \(NodeReader.kind(n))")
             return nil
         }
         switch s {
         case "true", "True", "TRUE": return true
         case "false", "False", "FALSE": return false
         default:
-            fail(n, path, "expected true or false, found '\(s)'")
+            fail(n, path(), "expected true or false, found '\(s)'")
             return nil
         }
     }
 
-    mutating func duration(_ n: PolicyNode, _ path: String, allowZero: Bool = false) -> Duration? {
-        guard let s = string(n, path) else { return nil }
+    mutating func duration(_ n: PolicyNode, _ path: @autoclosure () -> String, allowZero: Bool = false) -> Duration? {
+        guard let s = string(n, path()) else { return nil }
         guard let d = PolicyValues.duration(s) else {
-            fail(n, path, "invalid duration '\(s)' (expected a number followed by ms, s, m, h or d)")
+            fail(n, path(), "invalid duration '\(s)' (expected a number followed by ms, s, m, h or d)")
             return nil
         }
-        guard allowZero || d > .zero else { fail(n, path, "duration must be greater than zero"); return nil }
+        guard allowZero || d > .zero else { fail(n, path(), "duration must be greater than zero"); return nil }
         return d
     }
 
-    mutating func size(_ n: PolicyNode, _ path: String) -> Int? {
-        guard let s = string(n, path) else { return nil }
+    mutating func size(_ n: PolicyNode, _ path: @autoclosure () -> String) -> Int? {
+        guard let s = string(n, path()) else { return nil }
         guard let v = PolicyValues.size(s), v > 0 else {
-            fail(n, path, "invalid size '\(s)' (expected bytes, or a number followed by KiB, MiB or GiB)")
+            fail(n, path(), "invalid size '\(s)' (expected bytes, or a number followed by KiB, MiB or GiB)")
             return nil
         }
         return v
     }
 
-    mutating func stringList(_ n: PolicyNode, _ path: String) -> [String]? {
-        guard let items = sequence(n, path) else { return nil }
+    mutating func stringList(_ n: PolicyNode, _ path: @autoclosure () -> String) -> [String]? {
+        guard let items = sequence(n, path()) else { return nil }
         var out: [String] = []
         var ok = true
         for (i, item) in items.enumerated() {
-            if let s = nonEmptyString(item, "\(path)[\(i)]") { out.append(s) } else { ok = false }
+            if let s = nonEmptyString(item, "\(path())[\(i)]") { out.append(s) } else { ok = false }
         }
         return ok ? out : nil
     }
 
-    mutating func cidrs(_ n: PolicyNode, _ path: String) -> CIDRSet? {
-        guard let items = sequence(n, path) else { return nil }
+    mutating func cidrs(_ n: PolicyNode, _ path: @autoclosure () -> String) -> CIDRSet? {
+        guard let items = sequence(n, path()) else { return nil }
         var out: [CIDR] = []
         var ok = true
         for (i, item) in items.enumerated() {
-            let p = "\(path)[\(i)]"
-            guard let s = string(item, p) else { ok = false; continue }
+            guard let s = string(item, "\(path())[\(i)]") else { ok = false; continue }
             switch CIDR.parse(s) {
             case .success(let c): out.append(c)
             case .failure(.hostBitsSet):
-                fail(item, p, "invalid CIDR '\(s)' (address has bits set beyond the prefix)"); ok = false
+                fail(item, "\(path())[\(i)]", "invalid CIDR '\(s)' (address has bits set beyond the prefix)"); ok = false
             case .failure:
-                fail(item, p, "invalid CIDR '\(s)'"); ok = false
+                fail(item, "\(path())[\(i)]", "invalid CIDR '\(s)'"); ok = false
             }
         }
         return ok ? CIDRSet(out) : nil
     }
 
-    mutating func address(_ n: PolicyNode, _ path: String) -> PolicyValues.HostPort? {
-        guard let s = string(n, path) else { return nil }
+    mutating func address(_ n: PolicyNode, _ path: @autoclosure () -> String) -> PolicyValues.HostPort? {
+        guard let s = string(n, path()) else { return nil }
         guard let a = PolicyValues.address(s, allowZeroPort: true) else {
-            fail(n, path, "invalid address '\(s)' (expected IPv4:port, [IPv6]:port or localhost:port)")
+            fail(n, path(), "invalid address '\(s)' (expected IPv4:port, [IPv6]:port or localhost:port)")
             return nil
         }
         return a
@@ -291,7 +342,7 @@ struct NodeReader {
                 guard let items = sequence(v, k) else { continue }
                 doc.keys.reserveCapacity(items.count)
                 for (i, item) in items.enumerated() {
-                    if let key = readKey(item, "keys[\(i)]") { doc.keys.append(key) }
+                    if let key = readKey(item, index: i) { doc.keys.append(key) }
                 }
             case "credits", "usage", "audit", "security", "secrets":
                 notSupportedYet(kn, k)
@@ -606,57 +657,71 @@ struct NodeReader {
                      requiresHTTPS: requiresHTTPS, isPublic: isPublic, maxBodyBytes: maxBody)
     }
 
-    mutating func readKey(_ n: PolicyNode, _ path: String) -> PolicyDocument.Key? {
-        guard let m = mapping(n, path) else { return nil }
+    /// `keys[index]`. Built for thousands of entries: no key path or location is made
+    /// unless there is an error to report.
+    mutating func readKey(_ n: PolicyNode, index: Int) -> PolicyDocument.Key? {
+        guard let m = mapping(n, "keys[\(index)]") else { return nil }
         var ok = true
-        var id: String?, idAt = loc(n, path + ".id")
-        var hash: KeyHash?, hashAt = loc(n, path + ".hash")
+        var id: String?, idLine = n.line
+        var hash: KeyHash?, hashLine = n.line
         var consumer: String?
-        var plan: String?, planAt = loc(n, path + ".plan")
+        var plan: String?, planLine = n.line
         var scopes: [String] = []
         var allow: CIDRSet?
         var expires: Int64?
         var status = KeyStatus.active
+        var hasID = false, hasHash = false, hasConsumer = false
         for (k, kn, v) in m {
-            let p = NodeReader.join(path, k)
             switch k {
-            case "id": id = name(v, p); idAt = loc(v, p); ok = ok && id != nil
+            case "id":
+                hasID = true
+                id = name(v, NodeReader.keyPath(index, k)); idLine = v.line; ok = ok && id != nil
             case "hash":
-                hashAt = loc(v, p)
-                guard let s = string(v, p) else { ok = false; continue }
+                hasHash = true
+                hashLine = v.line
+                guard let s = string(v, NodeReader.keyPath(index, k)) else { ok = false; continue }
                 hash = PolicyValues.hash(s)
                 if hash == nil {
-                    fail(v, p, "invalid hash (expected sha256: followed by 64 lowercase hex digits)"); ok = false
+                    fail(v, NodeReader.keyPath(index, k), "invalid hash (expected sha256: followed by 64 lowercase hex digits)")
+                    ok = false
                 }
-            case "consumer": consumer = nonEmptyString(v, p); ok = ok && consumer != nil
+            case "consumer":
+                hasConsumer = true
+                consumer = nonEmptyString(v, NodeReader.keyPath(index, k)); ok = ok && consumer != nil
             case "plan":
-                planAt = loc(v, p)
+                planLine = v.line
                 if NodeReader.isNull(v) { continue }
-                plan = string(v, p); ok = ok && plan != nil
-            case "scopes": if let s = stringList(v, p) { scopes = s } else { ok = false }
+                plan = string(v, NodeReader.keyPath(index, k)); ok = ok && plan != nil
+            case "scopes":
+                if let s = stringList(v, NodeReader.keyPath(index, k)) { scopes = s } else { ok = false }
             case "allow_ips":
                 if NodeReader.isNull(v) { continue }
-                allow = cidrs(v, p); ok = ok && allow != nil
+                allow = cidrs(v, NodeReader.keyPath(index, k)); ok = ok && allow != nil
             case "expires":
                 if NodeReader.isNull(v) { continue }
-                guard let s = string(v, p) else { ok = false; continue }
+                guard let s = string(v, NodeReader.keyPath(index, k)) else { ok = false; continue }
                 expires = PolicyValues.timestamp(s)
                 if expires == nil {
-                    fail(v, p, "invalid timestamp '\(s)' (expected RFC 3339, e.g. 2027-01-01T00:00:00Z)"); ok = false
+                    fail(v, NodeReader.keyPath(index, k),
+                         "invalid timestamp '\(s)' (expected RFC 3339, e.g. 2027-01-01T00:00:00Z)")
+                    ok = false
                 }
             case "status":
-                guard let s = string(v, p) else { ok = false; continue }
+                guard let s = string(v, NodeReader.keyPath(index, k)) else { ok = false; continue }
                 if let st = KeyStatus(rawValue: s) { status = st } else {
-                    fail(v, p, "invalid value '\(s)' (expected active, disabled or revoked)"); ok = false
+                    fail(v, NodeReader.keyPath(index, k), "invalid value '\(s)' (expected active, disabled or revoked)")
+                    ok = false
                 }
-            default: unknown(kn, p); ok = false
+            default: unknown(kn, NodeReader.keyPath(index, k)); ok = false
             }
         }
-        for required in ["id", "hash", "consumer"] where !m.contains(where: { $0.key == required }) {
-            missing(n, path, required); ok = false
-        }
+        if !hasID { missing(n, "keys[\(index)]", "id"); ok = false }
+        if !hasHash { missing(n, "keys[\(index)]", "hash"); ok = false }
+        if !hasConsumer { missing(n, "keys[\(index)]", "consumer"); ok = false }
         guard ok, let id, let hash, let consumer else { return nil }
-        return .init(id: id, idAt: idAt, hash: hash, hashAt: hashAt, consumer: consumer, plan: plan, planAt: planAt,
-                     scopes: scopes, allowIPs: allow, expiresAt: expires, status: status)
+        return .init(index: index, id: id, idLine: idLine, hash: hash, hashLine: hashLine, consumer: consumer,
+                     plan: plan, planLine: planLine, scopes: scopes, allowIPs: allow, expiresAt: expires, status: status)
     }
+
+    static func keyPath(_ index: Int, _ field: String) -> String { "keys[\(index)].\(field)" }
 }

@@ -147,18 +147,28 @@ struct PolicyDocument {
         var maxBodyBytes: Int
     }
 
-    struct Key {
+    /// One entry of `keys`. Lines rather than ``SourceLocation``s: a file may declare
+    /// thousands, and a location is only needed for an error (``at(_:line:in:)``).
+    struct Key: Equatable {
+        /// Position in this file's `keys` list.
+        var index: Int
         var id: String
-        var idAt: SourceLocation
+        var idLine: Int
         var hash: KeyHash
-        var hashAt: SourceLocation
+        var hashLine: Int
         var consumer: String
         var plan: String?
-        var planAt: SourceLocation
+        /// The line of `plan` (of the entry when there is none).
+        var planLine: Int
         var scopes: [String]
         var allowIPs: CIDRSet?
         var expiresAt: Int64?
         var status: KeyStatus
+
+        /// `file:line` and `keys[index].field`.
+        func at(_ field: String, line: Int, in file: String) -> SourceLocation {
+            SourceLocation(file: file, line: line, keyPath: NodeReader.keyPath(index, field))
+        }
     }
 }
 

@@ -24,16 +24,18 @@ public final class PolicySnapshot: Sendable {
     /// Declared keys, in declaration order.
     public let keys: [KeyRecord]
     let keyIndex: KeyHashMap<KeyRecord>
+    /// Declared key id → position in ``keys``.
+    let idIndex: [String: Int]
 
     init(listeners: [ListenerSpec], admin: AdminSpec?, accessLog: AccessLogSpec?, store: StoreSpec?, storeFailMode: StoreFailMode,
          storeDeadline: Duration, backends: [BackendSpec], credentials: CredentialRule, clients: ClientRules,
          plans: [PlanSpec], routes: RouteTable, scopeTable: ScopeTable, keys: [KeyRecord],
-         keyIndex: KeyHashMap<KeyRecord>) {
+         keyIndex: KeyHashMap<KeyRecord>, idIndex: [String: Int]) {
         self.listeners = listeners; self.admin = admin; self.accessLog = accessLog
         self.store = store; self.storeFailMode = storeFailMode
         self.storeDeadline = storeDeadline; self.backends = backends; self.credentials = credentials
         self.clients = clients; self.plans = plans; self.routeTable = routes; self.scopeTable = scopeTable
-        self.keys = keys; self.keyIndex = keyIndex
+        self.keys = keys; self.keyIndex = keyIndex; self.idIndex = idIndex
     }
 
     public var routes: [RouteSpec] { routeTable.routes }
@@ -55,7 +57,9 @@ public final class PolicySnapshot: Sendable {
     @inline(__always)
     public func declaredKey(_ hash: KeyHash) -> KeyRecord? { keyIndex[hash] }
 
-    public func declaredKey(id: String) -> KeyRecord? { keys.first { $0.id == id } }
+    /// The declared key with this id (one dictionary probe: the key directory asks this
+    /// for every stored key when it is rebuilt).
+    public func declaredKey(id: String) -> KeyRecord? { idIndex[id].map { keys[$0] } }
 
     public func plan(named name: String) -> PlanSpec? { plans.first { $0.name == name } }
 
