@@ -4,9 +4,11 @@
 /// line (`- id: k1` / `  hash: sha256:…`), with plain, single- or double-quoted scalars
 /// and one-line flow lists of them, blank lines and comments.
 ///
-/// Composing such a file with Yams costs ≈ 300,000 instructions per key (a node tree
-/// of tagged scalars, and a duplicate-key check per mapping that runs the tag
-/// resolver's regular expressions on every key); this costs a few thousand.
+/// Through Yams, loading such a file cost ≈ 380,000 instructions per key (a node tree
+/// of tagged scalars, and a duplicate-key check per mapping that hashes keys through the
+/// tag resolver's regular expressions); with this path the whole load (reading,
+/// compiling, the key records) costs 14,000–18,000 (callgrind, `tollgate check` of
+/// `scripts/keys-policy.py` output).
 ///
 /// It is a fast path, not a second YAML parser:
 /// - Whenever it meets anything it does not fully understand (anchors, tags, aliases,

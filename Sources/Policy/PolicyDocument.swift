@@ -1,11 +1,12 @@
 /// The policy file as written: one value per YAML file, before merging and before
 /// cross-references (backend and plan names, duplicates, scopes) are resolved.
 ///
-/// It is built by walking Yams' `Node` tree (``PolicyDocument/read(yaml:file:)``) rather
-/// than through `Decodable`, because every error must name the line of the offending
-/// key, and unknown keys must be errors; each value that a later check refers to keeps
-/// its ``SourceLocation``. These are the only String-keyed types; everything after the
-/// compiler is indices, bitsets and bytes.
+/// It is built by walking a node tree with lines (``PolicyNode``, from Yams' tree, or for
+/// the `keys:` list from ``KeysScanner``; see ``PolicyDocument/read(yaml:file:errors:fastKeys:)``)
+/// rather than through `Decodable`, because every error must name the line of the
+/// offending key, and unknown keys must be errors; each value that a later check refers
+/// to keeps its ``SourceLocation`` (a key, its lines). These are the only String-keyed
+/// types; everything after the compiler is indices, bitsets and bytes.
 ///
 /// Fields are those of `shared/POLICY.md` that are built, plus these extensions:
 ///

@@ -5,9 +5,9 @@ import Yams
 /// the 1-based line where each node starts.
 ///
 /// Two producers, one reader: Yams' composed tree is converted into it (any file), and
-/// ``KeysScanner`` builds the `keys:` list of a file straight from its bytes (the common
-/// shape of thousands of declared keys), so both paths reach the same
-/// ``NodeReader`` code and give the same results and the same errors.
+/// ``KeysScanner``, which reads the `keys:` list of a file from its bytes, builds the
+/// nodes of any entry it cannot take as valid as they are, so every error about a key
+/// comes from the same ``NodeReader`` code whichever path read the file.
 struct PolicyNode: Equatable {
     enum Content: Equatable {
         /// The value as written, quotes and escapes undone; tags are not kept (the reader
