@@ -2,7 +2,8 @@
 /// thousands of declared keys are written in: a block list of flat mappings, each entry
 /// either on one line (`- {id: k1, hash: "sha256:…", scopes: [a, b]}`) or one field a
 /// line (`- id: k1` / `  hash: sha256:…`), with plain, single- or double-quoted scalars
-/// and one-line flow lists of them, blank lines and comments.
+/// on one line and lists of them (one-line flow lists, or `- item` lines below the
+/// field's key), blank lines and comments, LF or CRLF.
 ///
 /// Through Yams, loading such a file cost ≈ 380,000 instructions per key (a node tree
 /// of tagged scalars, and a duplicate-key check per mapping that hashes keys through the
@@ -12,9 +13,10 @@
 ///
 /// It is a fast path, not a second YAML parser:
 /// - Whenever it meets anything it does not fully understand (anchors, tags, aliases,
-///   escapes, multi-line or empty values, nested blocks, tabs, non-ASCII text, a
-///   repeated field, a flow collection not closed on its line…) it answers nil and the
-///   whole file goes through Yams as before.
+///   escapes, multi-line or empty values, nested mappings, tabs, control characters or
+///   the line breaks YAML sees beyond LF and CR (NEL, LS, PS), a repeated field, a flow
+///   collection not closed on its line, an indicator starting a plain scalar…) it
+///   answers nil and the whole file goes through Yams as before.
 /// - When it answers, the rest of the file (the section's lines emptied, so every line
 ///   keeps its number) still goes through Yams, and
 ///   ``PolicyDocument/read(yaml:file:errors:fastKeys:)`` checks there that `keys` is a
@@ -89,20 +91,24 @@ enum KeysScanner {
         var start: Int
         var end: Int
         var style: Style
+        var line: Int
     }
 
-    /// `key: value` of an entry; everything of an entry is on its field's line.
+    /// `key: value` of an entry.
     struct Field {
         var keyStart: Int
         var keyEnd: Int
         /// Index in ``KeysScanner/knownKeys``, or -1.
         var known: Int
+        /// The key's line, and the value's but for a block list (`key:` then `- item` lines).
         var line: Int
         /// The value when it is a scalar.
         var scalar: Scalar
-        /// The value when it is a flow list: its items in ``Entry/items``.
+        /// The value when it is a list (flow, or block below the key): its items in
+        /// ``Entry/items``, the first on `listLine`.
         var isList: Bool
         var items: Range<Int>
+        var listLine: Int
     }
 
     /// The entry being scanned (storage reused from entry to entry).
@@ -255,6 +261,9 @@ extension KeysScanner {
             var seqIndent = -1
             // The column of the block entry's keys, while one is being read; -1 otherwise.
             var keyColumn = -1
+            // The field of that entry whose value is a block list below its key (`scopes:`
+            // then `- a` lines), and the column of its items (-1 until the first); -1, -1.
+            var listField = -1, listIndent = -1
             var i = start
             var line = firstLine
             while i < b.count {
@@ -265,9 +274,23 @@ extension KeysScanner {
                 if p == end || b[p] == hash {  // blank or comment (at any column)
                     i = next; line += 1; continue
                 }
-                let isEntry = b[p] == dash && (p + 1 == end || b[p + 1] == space)
-                if indent == 0, !isEntry { break }  // the next top-level key
-                if isEntry {
+                let isDash = b[p] == dash && (p + 1 == end || b[p + 1] == space)
+                if listField >= 0 {
+                    // Right after `key:` only a list item is understood (nothing is null, a
+                    // deeper line a nested mapping: leave those to Yams).
+                    if listIndent < 0 {
+                        guard isDash, indent >= keyColumn else { return nil }
+                        listIndent = indent
+                        entry.fields[listField].listLine = line
+                    }
+                    if isDash, indent == listIndent {
+                        guard listItem(p, end, line: line, field: listField, into: &entry) else { return nil }
+                        i = next; line += 1; continue
+                    }
+                    listField = -1; listIndent = -1  // the list is complete
+                }
+                if indent == 0, !isDash { break }  // the next top-level key
+                if isDash {
                     if seqIndent < 0 { seqIndent = indent } else if indent != seqIndent { return nil }
                     if keyColumn >= 0 {  // the previous block entry is complete
                         visit(self, entry, count); count += 1
@@ -284,18 +307,31 @@ extension KeysScanner {
                         visit(self, entry, count); count += 1
                     } else {
                         keyColumn = q - i
-                        guard blockField(q, end, line: line, into: &entry) else { return nil }
+                        guard let isListBelow = blockField(q, end, line: line, into: &entry) else { return nil }
+                        if isListBelow { listField = entry.fields.count - 1 }
                     }
                 } else {
                     // Another field of the block entry being read, at exactly its key column.
-                    guard keyColumn >= 0, indent == keyColumn, blockField(p, end, line: line, into: &entry) else {
-                        return nil
-                    }
+                    guard keyColumn >= 0, indent == keyColumn,
+                          let isListBelow = blockField(p, end, line: line, into: &entry) else { return nil }
+                    if isListBelow { listField = entry.fields.count - 1 }
                 }
                 i = next; line += 1
             }
+            if listField >= 0, listIndent < 0 { return nil }  // `key:` and nothing: null
             if keyColumn >= 0 { visit(self, entry, count); count += 1 }
             return count > 0 ? i : nil
+        }
+
+        /// `- scalar` of a block list, into the items of `entry.fields[field]`.
+        func listItem(_ dash: Int, _ end: Int, line: Int, field: Int, into entry: inout Entry) -> Bool {
+            var p = dash + 1
+            while p < end, b[p] == space { p += 1 }
+            guard p < end, b[p] != hash, let (item, after) = scalar(p, end, line: line, isFlow: false),
+                  trailer(after, end) else { return false }
+            entry.items.append(item)
+            entry.fields[field].items = entry.fields[field].items.lowerBound..<entry.items.count
+            return true
         }
 
         /// Spaces, then the end of the line or a comment (after at least one space).
@@ -305,24 +341,33 @@ extension KeysScanner {
             return isBlankOrComment(i, end)
         }
 
-        /// `key: value` of a block mapping on one line; false when not understood.
-        func blockField(_ start: Int, _ end: Int, line: Int, into entry: inout Entry) -> Bool {
-            guard var field = key(start, end, line: line, in: &entry) else { return false }
+        /// `key: value` of a block mapping on one line: false when done, true when the
+        /// value is to come below (`key:` alone: a block list may follow), nil when not
+        /// understood.
+        func blockField(_ start: Int, _ end: Int, line: Int, into entry: inout Entry) -> Bool? {
+            guard var field = key(start, end, line: line, in: &entry, endsLine: true) else { return nil }
             var p = field.keyEnd + 1
             while p < end, b[p] == space { p += 1 }
-            guard p < end, b[p] != hash else { return false }  // empty value or a nested block
-            guard let after = value(p, end, into: &field, entry: &entry), trailer(after, end) else { return false }
+            if p == end || b[p] == hash {
+                guard p == end || p > field.keyEnd + 1 else { return nil }  // `key:#`: not a comment
+                field.isList = true
+                field.items = entry.items.count..<entry.items.count
+                entry.fields.append(field)
+                return true
+            }
+            guard let after = value(p, end, into: &field, entry: &entry), trailer(after, end) else { return nil }
             entry.fields.append(field)
-            return true
+            return false
         }
 
-        /// `name:` followed by a space: a plain key of letters, digits and `_` that the
-        /// entry does not have yet (Yams refuses a repeated key: leave that to it). The
-        /// field answered has no value yet.
-        func key(_ start: Int, _ end: Int, line: Int, in entry: inout Entry) -> Field? {
+        /// `name:` followed by a space (or, `endsLine`, by the line's end): a plain key
+        /// of letters, digits and `_` that the entry does not have yet (Yams refuses a
+        /// repeated key: leave that to it). The field answered has no value yet.
+        func key(_ start: Int, _ end: Int, line: Int, in entry: inout Entry, endsLine: Bool = false) -> Field? {
             var p = start
             while p < end, has(b[p], KeysScanner.keyByte) { p += 1 }
-            guard p > start, p + 1 < end, b[p] == colon, b[p + 1] == space else { return nil }
+            guard p > start, p < end, b[p] == colon,
+                  p + 1 < end ? b[p + 1] == space : endsLine else { return nil }
             let bytes = UnsafeRawBufferPointer(rebasing: b[start..<p])
             let known = KeysScanner.known(bytes)
             if known >= 0 {
@@ -335,7 +380,8 @@ extension KeysScanner {
                 }
             }
             return Field(keyStart: start, keyEnd: p, known: known, line: line,
-                         scalar: Scalar(start: 0, end: 0, style: .plain), isList: false, items: 0..<0)
+                         scalar: Scalar(start: 0, end: 0, style: .plain, line: line), isList: false, items: 0..<0,
+                         listLine: line)
         }
 
         /// A scalar or a one-line flow list of scalars at `start` into `field`; answers
@@ -343,36 +389,41 @@ extension KeysScanner {
         func value(_ start: Int, _ end: Int, into field: inout Field, entry: inout Entry) -> Int? {
             if b[start] == openBracket {
                 let first = entry.items.count
-                guard let after = flowList(start, end, into: &entry.items) else { return nil }
+                guard let after = flowList(start, end, line: field.line, into: &entry.items) else { return nil }
                 field.isList = true
                 field.items = first..<entry.items.count
                 return after
             }
-            guard let (scalar, after) = self.scalar(start, end, isFlow: false) else { return nil }
+            guard let (scalar, after) = self.scalar(start, end, line: field.line, isFlow: false) else { return nil }
             field.scalar = scalar
             return after
         }
 
-        func scalar(_ start: Int, _ end: Int, isFlow: Bool) -> (Scalar, Int)? {
+        func scalar(_ start: Int, _ end: Int, line: Int, isFlow: Bool) -> (Scalar, Int)? {
             switch b[start] {
-            case quote: return singleQuoted(start, end)
-            case dquote: return doubleQuoted(start, end)
-            default: return plain(start, end, isFlow: isFlow)
+            case quote: return singleQuoted(start, end, line: line)
+            case dquote: return doubleQuoted(start, end, line: line)
+            default: return plain(start, end, line: line, isFlow: isFlow)
             }
         }
 
         /// A plain scalar on one line. Only unambiguous text: it starts with a letter, a
-        /// digit or one of `_ . / + ~ $`; a `:` inside must be followed by a letter, digit,
-        /// `/`, `:`, `_`, `.`, `-` or `+`; no `#`, control or non-ASCII byte; in a block
-        /// value no flow indicator. It ends at the line's end or a comment, or (in a flow
+        /// digit, one of `_ . / + ~ $` or a non-ASCII character (see ``multibyte(_:_:)``);
+        /// a `:` inside must be followed by a letter, digit, `/`, `:`, `_`, `.`, `-` or `+`;
+        /// no `#` or control byte; in a block value no flow indicator. It ends at the line's end or a comment, or (in a flow
         /// collection) at `,` `]` `}`; inner spaces are kept, trailing ones dropped.
-        func plain(_ start: Int, _ end: Int, isFlow: Bool) -> (Scalar, Int)? {
-            guard has(b[start], KeysScanner.plainStart) else { return nil }
+        func plain(_ start: Int, _ end: Int, line: Int, isFlow: Bool) -> (Scalar, Int)? {
+            guard has(b[start], KeysScanner.plainStart) || multibyte(start, end) != nil else { return nil }
             var p = start
             var last = start  // one past the last non-space byte
             while p < end {
                 let c = b[p]
                 if has(c, KeysScanner.ordinary) { p += 1; last = p; continue }
+                if c >= 0x80 {
+                    guard let n = multibyte(p, end) else { return nil }
+                    p += n; last = p
+                    continue
+                }
                 if c == space {
                     var q = p
                     while q < end, b[q] == space { q += 1 }
@@ -390,17 +441,22 @@ extension KeysScanner {
                 guard isFlow, c == comma || c == closeBracket || c == closeBrace else { return nil }
                 break
             }
-            return (Scalar(start: start, end: last, style: .plain), p)
+            return (Scalar(start: start, end: last, style: .plain, line: line), p)
         }
 
-        /// `'…'` on one line (`''` is a quote); printable ASCII only.
-        func singleQuoted(_ start: Int, _ end: Int) -> (Scalar, Int)? {
+        /// `'…'` on one line (`''` is a quote); printable characters only.
+        func singleQuoted(_ start: Int, _ end: Int, line: Int) -> (Scalar, Int)? {
             var p = start + 1
             while p < end {
                 let c = b[p]
                 if c == quote {
                     if p + 1 < end, b[p + 1] == quote { p += 2; continue }
-                    return (Scalar(start: start + 1, end: p, style: .singleQuoted), p + 1)
+                    return (Scalar(start: start + 1, end: p, style: .singleQuoted, line: line), p + 1)
+                }
+                if c >= 0x80 {
+                    guard let n = multibyte(p, end) else { return nil }
+                    p += n
+                    continue
                 }
                 guard c >= 0x20, c < 0x7F else { return nil }
                 p += 1
@@ -408,16 +464,41 @@ extension KeysScanner {
             return nil
         }
 
-        /// `"…"` on one line without escapes; printable ASCII only.
-        func doubleQuoted(_ start: Int, _ end: Int) -> (Scalar, Int)? {
+        /// `"…"` on one line without escapes; printable characters only.
+        func doubleQuoted(_ start: Int, _ end: Int, line: Int) -> (Scalar, Int)? {
             var p = start + 1
             while p < end {
                 let c = b[p]
-                if c == dquote { return (Scalar(start: start + 1, end: p, style: .doubleQuoted), p + 1) }
+                if c == dquote { return (Scalar(start: start + 1, end: p, style: .doubleQuoted, line: line), p + 1) }
+                if c >= 0x80 {
+                    guard let n = multibyte(p, end) else { return nil }
+                    p += n
+                    continue
+                }
                 guard c >= 0x20, c < 0x7F, c != backslash else { return nil }
                 p += 1
             }
             return nil
+        }
+
+        /// The length of the UTF-8 character at `p` when YAML reads it as an ordinary
+        /// printable one: from U+00A0 on, but not LS or PS (line breaks to YAML), the byte
+        /// order mark, U+FFFE or U+FFFF (below U+00A0: NEL, a line break, and controls).
+        /// The text is valid UTF-8 (a Swift String).
+        func multibyte(_ p: Int, _ end: Int) -> Int? {
+            let c0 = UInt32(b[p])
+            let n: Int
+            var cp: UInt32
+            switch c0 {
+            case 0xC2...0xDF: n = 2; cp = c0 & 0x1F
+            case 0xE0...0xEF: n = 3; cp = c0 & 0x0F
+            case 0xF0...0xF4: n = 4; cp = c0 & 0x07
+            default: return nil
+            }
+            guard p + n <= end else { return nil }
+            for k in 1..<n { cp = cp << 6 | UInt32(b[p + k] & 0x3F) }
+            guard cp >= 0xA0, cp != 0x2028, cp != 0x2029, cp != 0xFEFF, cp != 0xFFFE, cp != 0xFFFF else { return nil }
+            return n
         }
 
         /// After a flow item: spaces, then `,` (more follow) or the closing byte.
@@ -434,14 +515,14 @@ extension KeysScanner {
         }
 
         /// `[a, "b", 'c']` (or `[]`) closed on this line; items are scalars.
-        func flowList(_ start: Int, _ end: Int, into items: inout [Scalar]) -> Int? {
+        func flowList(_ start: Int, _ end: Int, line: Int, into items: inout [Scalar]) -> Int? {
             var p = start + 1
             while p < end, b[p] == space { p += 1 }
             guard p < end else { return nil }
             if b[p] == closeBracket { return p + 1 }
             while true {
                 guard p < end, b[p] != comma, b[p] != openBracket, b[p] != openBrace,
-                      let (item, after) = scalar(p, end, isFlow: true),
+                      let (item, after) = scalar(p, end, line: line, isFlow: true),
                       let (isLast, next) = afterItem(after, end, close: closeBracket)
                 else { return nil }
                 items.append(item)
@@ -462,12 +543,12 @@ extension KeysScanner {
                 guard p < end, b[p] != comma, b[p] != closeBrace, b[p] != openBrace, b[p] != hash else { return nil }
                 if b[p] == openBracket {
                     let first = entry.items.count
-                    guard let after = flowList(p, end, into: &entry.items) else { return nil }
+                    guard let after = flowList(p, end, line: line, into: &entry.items) else { return nil }
                     field.isList = true
                     field.items = first..<entry.items.count
                     p = after
                 } else {
-                    guard let (scalar, after) = scalar(p, end, isFlow: true) else { return nil }
+                    guard let (scalar, after) = scalar(p, end, line: line, isFlow: true) else { return nil }
                     field.scalar = scalar
                     p = after
                 }
@@ -588,8 +669,8 @@ extension KeysScanner.Scanner {
 
     /// The entry as the nodes Yams gives for it.
     func node(_ e: KeysScanner.Entry) -> PolicyNode {
-        func scalarNode(_ s: KeysScanner.Scalar, line: Int) -> PolicyNode {
-            PolicyNode(.scalar(text(s), isPlain: s.style == .plain), line: line)
+        func scalarNode(_ s: KeysScanner.Scalar) -> PolicyNode {
+            PolicyNode(.scalar(text(s), isPlain: s.style == .plain), line: s.line)
         }
         var pairs: [PolicyNode.Pair] = []
         pairs.reserveCapacity(e.fields.count)
@@ -598,8 +679,8 @@ extension KeysScanner.Scanner {
                 ? KeysScanner.knownKeys[f.known]
                 : String(decoding: UnsafeRawBufferPointer(rebasing: b[f.keyStart..<f.keyEnd]), as: UTF8.self)
             let value = f.isList
-                ? PolicyNode(.sequence(e.items[f.items].map { scalarNode($0, line: f.line) }), line: f.line)
-                : scalarNode(f.scalar, line: f.line)
+                ? PolicyNode(.sequence(e.items[f.items].map(scalarNode)), line: f.listLine)
+                : scalarNode(f.scalar)
             pairs.append(PolicyNode.Pair(key: PolicyNode(.scalar(name, isPlain: true), line: f.line), value: value))
         }
         return PolicyNode(.mapping(pairs), line: e.line)

@@ -95,6 +95,37 @@ struct KeysScannerTests {
         """,
         // Keys in the middle of a whole policy.
         Fixture.yaml,
+        // Lists as block lists below their key, indented or not.
+        """
+        version: 1
+        keys:
+          - id: a
+            hash: \(h1)
+            consumer: c
+            scopes:
+              - finance:read   # a comment
+              - 'chat'
+
+              - "x y"
+            allow_ips:
+            - 10.0.0.0/8
+            plan: free
+          - id: b
+            hash: \(h2)
+            consumer: c
+            scopes:   # below
+            - z
+        routes: []
+        """,
+        // Text beyond ASCII.
+        """
+        version: 1
+        keys:
+          - {id: a, hash: \(h1), consumer: Zoë, scopes: [日本, 'Ärger', "😀 ok"]}
+          - id: b
+            hash: \(h2)
+            consumer: Émile Zola
+        """,
     ]
 
     @Test(arguments: understood.indices) func scannerNodesAreYamsNodes(_ i: Int) throws {
@@ -120,9 +151,18 @@ struct KeysScannerTests {
         "version: 1\nkeys:\n  - id: a\n    hash: \(h1)\n    consumer: |\n      c\n",              // block scalar
         "version: 1\nkeys:\n  - {id: a, hash: \(h1), consumer: \"tab\\there\"}\n",               // escape
         "version: 1\nkeys:\n  - id: a\n    hash: \(h1)\n    consumer:\n    plan: free\n",          // empty value
-        "version: 1\nkeys:\n  - id: a\n    hash: \(h1)\n    consumer: c\n    scopes:\n      - x\n",  // nested block
+        "version: 1\nkeys:\n  - id: a\n    hash: \(h1)\n    consumer: c\n    scopes:\n    plan: free\n",  // null
+        "version: 1\nkeys:\n  - id: a\n    hash: \(h1)\n    consumer: c\n    scopes:\n",   // null at the end
+        "version: 1\nkeys:\n  - id: a\n    hash: \(h1)\n    consumer: c\n    scopes:\n      a: b\n",  // nested mapping
+        "version: 1\nkeys:\n  - id: a\n    hash: \(h1)\n    consumer: c\n    scopes:\n      - a: b\n",
+        "version: 1\nkeys:\n  - id: a\n    hash: \(h1)\n    consumer: c\n    scopes:\n      - a\n     - b\n",
+        "version: 1\nkeys:\n  - id: a\n    hash: \(h1)\n    consumer: c\n    scopes:\n      - a\n        b\n",
+        "version: 1\nkeys:\n  - id: a\n    hash: \(h1)\n    consumer: c\n    scopes:\n      -\n",
+        "version: 1\nkeys:\n  - id: a\n    hash: \(h1)\n    consumer: c\n    scopes:#x\n",
         "version: 1\nkeys:\n  - {id: a, hash: \(h1),\n     consumer: c}\n",                       // flow over two lines
-        "version: 1\nkeys:\n  - {id: a, hash: \(h1), consumer: Zoë}\n",                           // non-ASCII
+        "version: 1\nkeys:\n  - {id: a, hash: \(h1), consumer: a\u{85}b}\n",                     // NEL: a line break
+        "version: 1\nkeys:\n  - {id: a, hash: \(h1), consumer: 'a\u{2028}b'}\n",                 // LS
+        "version: 1\nkeys:\n  - {id: a, hash: \(h1), consumer: \"a\u{FEFF}b\"}\n",              // BOM
         "version: 1\nkeys:\n  - {id: a, hash: \(h1), consumer:\tc}\n",                            // tab
         "version: 1\nkeys:\n  - {id: a, hash: \(h1), consumer: c, id: b}\n",                      // repeated field
         "version: 1\nkeys:\n  - id: a\n    hash: \(h1)\n    id: b\n    consumer: c\n",
@@ -223,10 +263,13 @@ struct KeysScannerTests {
     static func randomKeyFile(seed: UInt64, count: Int) -> String {
         var r = Random(state: seed | 1)
         let ids = ["key_1", "k-2", "a.b:c", "'quoted'", "\"dq\"", "bad id!", "null", "~", "k_9"]
-        let consumers = ["alice", "Bob Smith", "'O''Brien'", "\"\"", "c:d", "x", "null", "'null'", "a  b"]
+        let consumers = ["alice", "Bob Smith", "'O''Brien'", "\"\"", "c:d", "x", "null", "'null'", "a  b", "Zoë",
+                         "'Ärger'"]
         let plans = ["free", "pro", "~", "null", "gold", "[free]", "'free'"]
-        let scopes = ["[]", "[finance:read]", "[a, b, c]", "['a', \"b\"]", "[a b, c]", "x", "[~]", "[\"\"]", "null"]
-        let ips = ["[127.0.0.0/8]", "[\"2001:db8::/32\", 10.0.0.0/8]", "[10.1.0.0/8]", "null", "[bad]", "[]"]
+        // "<block>": a block list below the key (a flow list in a one-line entry).
+        let scopes = ["[]", "[finance:read]", "[a, b, c]", "['a', \"b\"]", "[a b, c]", "x", "[~]", "[\"\"]", "null",
+                      "<block>"]
+        let ips = ["[127.0.0.0/8]", "[\"2001:db8::/32\", 10.0.0.0/8]", "[10.1.0.0/8]", "null", "[bad]", "[]", "<block>"]
         let expires = ["2027-01-01T00:00:00Z", "'2027-01-01T00:00:00+02:00'", "2027-13-01T00:00:00Z", "~", "tomorrow"]
         let statuses = ["active", "disabled", "revoked", "gone", "'active'"]
         var text = r.chance(80) ? "version: 1\n" : ""
@@ -249,12 +292,21 @@ struct KeysScannerTests {
                 fields.swapAt(j, Int(r.next() % UInt64(j + 1)))
             }
             if fields.isEmpty { fields.append(("id", "lonely")) }
+            let blockItems = ["10.0.0.0/8", "'b'", "\"c d\"", "~", "fin:read"]
             if r.chance(50) {
-                text += indent + "- {" + fields.map { "\($0.0): \($0.1)" }.joined(separator: ", ") + "}"
+                text += indent + "- {" + fields.map { "\($0.0): \($0.1 == "<block>" ? "[10.0.0.0/8, e]" : $0.1)" }
+                    .joined(separator: ", ") + "}"
                 text += r.chance(10) ? "   # note\n" : "\n"
             } else {
                 for (j, f) in fields.enumerated() {
-                    text += indent + (j == 0 ? "- " : "  ") + "\(f.0): \(f.1)" + (r.chance(5) ? "  # note\n" : "\n")
+                    let head = indent + (j == 0 ? "- " : "  ")
+                    if f.1 == "<block>" {
+                        text += head + "\(f.0):" + (r.chance(20) ? "  # list\n" : "\n")
+                        let itemIndent = indent + "  " + (r.chance(50) ? "  " : "")
+                        for _ in 0..<(1 + r.next() % 3) { text += itemIndent + "- " + r.pick(blockItems) + "\n" }
+                    } else {
+                        text += head + "\(f.0): \(f.1)" + (r.chance(5) ? "  # note\n" : "\n")
+                    }
                     if r.chance(3) { text += r.chance(50) ? "\n" : "# aside\n" }
                 }
             }
@@ -263,8 +315,8 @@ struct KeysScannerTests {
         return text
     }
 
-    @Test(arguments: 0..<200) func randomFilesReadTheSameBothWays(_ seed: Int) {
-        let text = Self.randomKeyFile(seed: UInt64(seed) &* 0x9E37_79B9_7F4A_7C15, count: 1 + seed % 12)
+    @Test(arguments: 0..<400) func randomFilesReadTheSameBothWays(_ seed: Int) {
+        let text = Self.randomKeyFile(seed: UInt64(seed) &* 0x9E37_79B9_7F4A_7C15, count: 1 + seed % 20)
         let fast = read(text, fast: true), slow = read(text, fast: false)
         #expect(fast.0 == slow.0, "\(text)")
         #expect(fast.1 == slow.1, "\(text)")
@@ -273,11 +325,11 @@ struct KeysScannerTests {
     /// Most of the random files are read by the fast path (otherwise the test above would
     /// compare Yams with itself).
     @Test func randomFilesMostlyTakeTheFastPath() {
-        let fast = (0..<200).filter { seed in
-            let text = Self.randomKeyFile(seed: UInt64(seed) &* 0x9E37_79B9_7F4A_7C15, count: 1 + seed % 12)
+        let fast = (0..<400).filter { seed in
+            let text = Self.randomKeyFile(seed: UInt64(seed) &* 0x9E37_79B9_7F4A_7C15, count: 1 + seed % 20)
             return PolicyDocument.readFast(yaml: text, file: "k.yaml") != nil
         }.count
-        #expect(fast > 150, "\(fast) of 200")
+        #expect(fast > 300, "\(fast) of 400")
     }
 
     // MARK: the compiled snapshot
