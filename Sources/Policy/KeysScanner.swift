@@ -8,7 +8,7 @@
 /// Through Yams, loading such a file cost ≈ 380,000 instructions per key (a node tree
 /// of tagged scalars, and a duplicate-key check per mapping that hashes keys through the
 /// tag resolver's regular expressions); with this path the whole load (reading,
-/// compiling, the key records) costs 14,000–18,000 (callgrind, `tollgate check` of
+/// compiling, the key records) costs 15,000–19,000 (callgrind, `tollgate check` of
 /// `scripts/keys-policy.py` output).
 ///
 /// It is a fast path, not a second YAML parser:
