@@ -12,15 +12,12 @@ public struct CredentialRule: Sendable, Equatable {
     public var queryParam: [UInt8]?
     /// False (default): the key header / query parameter is stripped before the backend.
     public var forwardsCredential: Bool
-    public var jwt: JWTRule?
 
-    public init(headerNames: [String] = ["X-API-Key"], queryParam: String? = nil, forwardsCredential: Bool = false,
-                 jwt: JWTRule? = nil) {
+    public init(headerNames: [String] = ["X-API-Key"], queryParam: String? = nil, forwardsCredential: Bool = false) {
         self.headerNames = headerNames
         self.headerNamesLowercased = headerNames.map { Array($0.lowercased().utf8) }
         self.queryParam = queryParam.map { Array($0.utf8) }
         self.forwardsCredential = forwardsCredential
-        self.jwt = jwt
     }
 
     /// The token of an `Authorization` value of the form `Bearer <token>` (scheme
@@ -64,18 +61,4 @@ extension CredentialRule {
         }
         return nil
     }
-}
-
-/// The optional JWT credential (parsed and kept; verification lives in JWT.swift later).
-public struct JWTRule: Sendable, Equatable {
-    public struct Claim: Sendable, Equatable {
-        public var name: String
-        public var value: String
-    }
-    public static let knownAlgorithms: Set<String> = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512",
-                                                       "ES256", "ES384"]
-    public var algorithms: [String]
-    /// Environment variable holding the HMAC secret / public key.
-    public var secretEnv: String
-    public var requiredClaims: [Claim]
 }

@@ -34,19 +34,35 @@ public struct KeyHash: Hashable, Sendable, CustomStringConvertible {
 
     /// Parses 64 lowercase hex digits (no `sha256:` prefix).
     public init?(hex: some StringProtocol) {
-        let utf8 = Array(hex.utf8)
-        guard utf8.count == 64 else { return nil }
-        var words: [UInt64] = [0, 0, 0, 0]
-        for (i, c) in utf8.enumerated() {
-            let v: UInt64
-            switch c {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): v = UInt64(c - UInt8(ascii: "0"))
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): v = UInt64(c - UInt8(ascii: "a") + 10)
-            default: return nil
+        self.init(hexUTF8: hex.utf8)
+    }
+
+    /// The same, over the digits' bytes.
+    init?(hexUTF8: some Sequence<UInt8>) {
+        var words = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        var i = 0
+        for c in hexUTF8 {
+            guard i < 64, let v = KeyHash.hexValue(c) else { return nil }
+            switch i >> 4 {
+            case 0: words.0 = words.0 << 4 | v
+            case 1: words.1 = words.1 << 4 | v
+            case 2: words.2 = words.2 << 4 | v
+            default: words.3 = words.3 << 4 | v
             }
-            words[i / 16] = words[i / 16] << 4 | v
+            i += 1
         }
-        self.init(w0: words[0], w1: words[1], w2: words[2], w3: words[3])
+        guard i == 64 else { return nil }
+        self.init(w0: words.0, w1: words.1, w2: words.2, w3: words.3)
+    }
+
+    /// A lowercase hex digit's value.
+    @inline(__always)
+    static func hexValue(_ c: UInt8) -> UInt64? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return UInt64(c - UInt8(ascii: "0"))
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return UInt64(c - UInt8(ascii: "a") + 10)
+        default: return nil
+        }
     }
 
     /// 64 lowercase hex digits.

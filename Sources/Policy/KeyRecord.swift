@@ -38,15 +38,36 @@ public final class KeyRecord: Sendable, CustomStringConvertible {
         self.planIndex = planIndex; self.scopes = scopes; self.scopeNames = scopeNames
         self.allowIPs = allowIPs; self.expiresAt = expiresAt; self.status = status
         // Field-value bytes only: a control byte in a name (CR, LF, NUL …) becomes '?', so no
-        // record, whatever wrote it, can split or end a header line.
-        func value(_ s: String) -> [UInt8] {
-            s.utf8.map { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F ? 0x3F : $0 }
+        // record, whatever wrote it, can split or end a header line. Written in place: a
+        // policy may declare a hundred thousand keys.
+        let idHead = "X-Tollgate-Key-Id: ", consumerHead = "X-Tollgate-Consumer: ", scopesHead = "X-Tollgate-Scopes: "
+        var count = idHead.utf8.count + id.utf8.count + consumerHead.utf8.count + consumer.utf8.count
+            + scopesHead.utf8.count + 6
+        for s in scopeNames { count += s.utf8.count }
+        count += max(0, scopeNames.count - 1)
+        let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 1)
+        var o = 0
+        func put(_ text: String, asValue: Bool) {
+            var text = text
+            o += text.withUTF8 { bytes in
+                let out = UnsafeMutableRawBufferPointer(rebasing: storage[o..<(o + bytes.count)])
+                out.copyMemory(from: UnsafeRawBufferPointer(bytes))
+                if asValue {
+                    for (i, c) in bytes.enumerated() where (c < 0x20 && c != 0x09) || c == 0x7F { out[i] = 0x3F }
+                }
+                return bytes.count
+            }
         }
-        var lines = Array("X-Tollgate-Key-Id: ".utf8) + value(id) + [0x0D, 0x0A]
-        lines += Array("X-Tollgate-Consumer: ".utf8) + value(consumer) + [0x0D, 0x0A]
-        lines += Array("X-Tollgate-Scopes: ".utf8) + value(scopeNames.joined(separator: ",")) + [0x0D, 0x0A]
-        let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: lines.count, alignment: 1)
-        storage.copyBytes(from: lines)
+        func endLine() { storage[o] = 0x0D; storage[o + 1] = 0x0A; o += 2 }
+        put(idHead, asValue: false); put(id, asValue: true); endLine()
+        put(consumerHead, asValue: false); put(consumer, asValue: true); endLine()
+        put(scopesHead, asValue: false)
+        for (i, s) in scopeNames.enumerated() {
+            if i > 0 { storage[o] = UInt8(ascii: ","); o += 1 }
+            put(s, asValue: true)
+        }
+        endLine()
+        precondition(o == count)
         identityLines = UnsafeRawBufferPointer(storage)
     }
 

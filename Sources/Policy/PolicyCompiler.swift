@@ -2,7 +2,7 @@
 ///
 /// Merge rules (POLICY.md): `listen`, `routes` and `keys` concatenate in file order;
 /// `backends` and `plans` merge and a name defined twice is an error; `store`, `admin`,
-/// `clients` and `credentials` may appear in one file only. Then cross-references are
+/// `access_log`, `clients` and `credentials` may appear in one file only. Then cross-references are
 /// resolved: route → backend, key → plan, unique route names, key ids and key hashes,
 /// scopes → bits. Every problem is collected; nothing is built if there is one.
 enum PolicyCompiler {
@@ -23,13 +23,13 @@ enum PolicyCompiler {
             return first?.value
         }
         let admin = single({ $0.admin }, "admin")
+        let accessLog = single({ $0.accessLog }, "access_log")
         let store = single({ $0.store }, "store")
         let clients = single({ $0.clients }, "clients") ?? ClientRules()
         let creds = single({ $0.credentials }, "credentials") ?? PolicyDocument.Credentials()
 
         let listeners = docs.flatMap(\.listen).map {
-            ListenerSpec(host: $0.address.host, port: $0.address.port, isIPv6: $0.address.isIPv6,
-                         tlsCertificatePath: $0.tlsCertificate, tlsPrivateKeyPath: $0.tlsPrivateKey)
+            ListenerSpec(host: $0.address.host, port: $0.address.port, isIPv6: $0.address.isIPv6)
         }
 
         // Backends.
@@ -42,9 +42,8 @@ enum PolicyCompiler {
             }
             backendIndex[b.name] = (backends.count, b.at)
             backends.append(BackendSpec(
-                index: backends.count, name: b.name, scheme: b.url.scheme == "https" ? .https : .http,
-                host: b.url.host, port: b.url.port, isIPv6: b.url.isIPv6, basePath: b.url.basePath,
-                injectHeader: b.injectHeader, injectSecret: b.injectSecret, connectTimeout: b.connectTimeout,
+                index: backends.count, name: b.name, host: b.host, port: b.port, isIPv6: b.isIPv6,
+                connectTimeout: b.connectTimeout,
                 responseTimeout: b.responseTimeout, idleTimeout: b.idleTimeout, maxIdle: b.maxIdle))
         }
 
@@ -105,47 +104,63 @@ enum PolicyCompiler {
             guard ok, let backend else { continue }
             routes.append(RouteSpec(
                 index: routes.count, name: r.name, backend: backend, scopes: scopes, scopeNames: r.scopes,
-                requiresHTTPS: r.requiresHTTPS, isPublic: r.isPublic, creditsPerRequest: r.creditsPerRequest,
-                maxBodyBytes: r.maxBodyBytes, methods: r.methods, path: r.path, isPrefix: r.isPrefix))
+                requiresHTTPS: r.requiresHTTPS, isPublic: r.isPublic, maxBodyBytes: r.maxBodyBytes, methods: r.methods, path: r.path, isPrefix: r.isPrefix))
         }
 
-        // Keys.
-        let allKeys = docs.flatMap(\.keys)
+        // Keys: thousands of them, so no per-key location or String key path is built
+        // unless there is an error (``PolicyDocument/Key/at(_:line:in:)``).
+        let keyCount = docs.reduce(0) { $0 + $1.keys.count }
         var keys: [KeyRecord] = []
-        keys.reserveCapacity(allKeys.count)
-        var byHash = KeyHashMap<KeyRecord>(minimumCapacity: allKeys.count)
-        var ids: [String: SourceLocation] = [:]
-        ids.reserveCapacity(allKeys.count)
-        var hashes: [KeyHash: (String, SourceLocation)] = [:]
-        hashes.reserveCapacity(allKeys.count)
-        for k in allKeys {
-            var ok = true
-            if let first = ids[k.id] {
-                found.append(k.idAt.error("duplicate key id '\(k.id)' (first at \(first.short))"))
-                ok = false
-            } else {
-                ids[k.id] = k.idAt
+        keys.reserveCapacity(keyCount)
+        var byHash = KeyHashMap<KeyRecord>(minimumCapacity: keyCount)
+        // Key id → position among all keys (= in `keys` when there is no error).
+        var ids: [String: Int] = [:]
+        ids.reserveCapacity(keyCount)
+        var hashes = KeyHashMap<Int>(minimumCapacity: keyCount)
+        // Position among all keys → (document, position in it), for "first at" messages.
+        func origin(_ position: Int) -> (file: String, key: PolicyDocument.Key) {
+            var p = position
+            for d in docs {
+                if p < d.keys.count { return (d.file, d.keys[p]) }
+                p -= d.keys.count
             }
-            if let (other, at) = hashes[k.hash] {
-                found.append(k.hashAt.error("hash already declared for key '\(other)' (\(at.short))"))
-                ok = false
-            } else {
-                hashes[k.hash] = (k.id, k.hashAt)
-            }
-            var plan: Int?
-            if let name = k.plan {
-                plan = planIndex[name]?.0
-                if plan == nil {
-                    found.append(k.planAt.error("unknown plan '\(name)'"))
+            preconditionFailure("key position out of range")
+        }
+        var position = 0
+        for d in docs {
+            for k in d.keys {
+                defer { position += 1 }
+                var ok = true
+                if let first = ids.updateValue(position, forKey: k.id) {  // one hash of the id when it is new
+                    ids[k.id] = first
+                    let (file, f) = origin(first)
+                    found.append(k.at("id", line: k.idLine, in: d.file)
+                        .error("duplicate key id '\(k.id)' (first at \(file):\(f.idLine))"))
                     ok = false
                 }
+                if let slot = hashes.index(forKey: k.hash) {
+                    let (file, f) = origin(hashes[slot: slot])
+                    found.append(k.at("hash", line: k.hashLine, in: d.file)
+                        .error("hash already declared for key '\(f.id)' (\(file):\(f.hashLine))"))
+                    ok = false
+                } else {
+                    hashes.insert(k.hash, position)
+                }
+                var plan: Int?
+                if let name = k.plan {
+                    plan = planIndex[name]?.0
+                    if plan == nil {
+                        found.append(k.at("plan", line: k.planLine, in: d.file).error("unknown plan '\(name)'"))
+                        ok = false
+                    }
+                }
+                guard ok else { continue }
+                let rec = KeyRecord(id: k.id, hash: k.hash, prefix: "", consumer: k.consumer, planIndex: plan,
+                                    scopes: scopeTable.set(of: k.scopes), scopeNames: k.scopes, allowIPs: k.allowIPs,
+                                    expiresAt: k.expiresAt, status: k.status)
+                keys.append(rec)
+                byHash[k.hash] = rec
             }
-            guard ok else { continue }
-            let rec = KeyRecord(id: k.id, hash: k.hash, prefix: "", consumer: k.consumer, planIndex: plan,
-                                scopes: scopeTable.set(of: k.scopes), scopeNames: k.scopes, allowIPs: k.allowIPs,
-                                expiresAt: k.expiresAt, status: k.status)
-            keys.append(rec)
-            byHash[k.hash] = rec
         }
 
         errors.append(contentsOf: found)
@@ -153,6 +168,7 @@ enum PolicyCompiler {
         return PolicySnapshot(
             listeners: listeners,
             admin: admin.map { AdminSpec(host: $0.address.host, port: $0.address.port, isIPv6: $0.address.isIPv6) },
+            accessLog: accessLog.map { AccessLogSpec(target: $0.target) },
             store: store.map { s in
                 s.redis.map {
                     StoreSpec(url: $0, onError: s.onError, deadline: s.deadline)
@@ -162,8 +178,8 @@ enum PolicyCompiler {
             storeDeadline: store?.deadline ?? .milliseconds(10),
             backends: backends,
             credentials: CredentialRule(headerNames: creds.headers, queryParam: creds.query,
-                                        forwardsCredential: creds.forward, jwt: creds.jwt),
+                                        forwardsCredential: creds.forward),
             clients: clients, plans: plans, routes: RouteTable(routes), scopeTable: scopeTable,
-            keys: keys, keyIndex: byHash)
+            keys: keys, keyIndex: byHash, idIndex: ids)
     }
 }

@@ -1,30 +1,32 @@
 /// The policy file as written: one value per YAML file, before merging and before
 /// cross-references (backend and plan names, duplicates, scopes) are resolved.
 ///
-/// It is built by walking Yams' `Node` tree (``PolicyDocument/read(yaml:file:)``) rather
-/// than through `Decodable`, because every error must name the line of the offending
-/// key, and unknown keys must be errors; each value that a later check refers to keeps
-/// its ``SourceLocation``. These are the only String-keyed types; everything after the
-/// compiler is indices, bitsets and bytes.
+/// It is built by walking a node tree with lines (``PolicyNode``, from Yams' tree, or for
+/// the `keys:` list from ``KeysScanner``; see ``PolicyDocument/read(yaml:file:errors:fastKeys:)``)
+/// rather than through `Decodable`, because every error must name the line of the
+/// offending key, and unknown keys must be errors; each value that a later check refers
+/// to keeps its ``SourceLocation`` (a key, its lines). These are the only String-keyed
+/// types; everything after the compiler is indices, bitsets and bytes.
 ///
-/// Fields are those of `shared/POLICY.md`, plus these extensions:
+/// Fields are those of `shared/POLICY.md` that are built, plus these extensions:
 ///
 /// ```yaml
-/// version: 1                        # required in every file
+/// version: 1                        # required in every file (a keys-only file may omit it)
 /// listen:
 ///   - address: 0.0.0.0:8443         # a.b.c.d:port, [v6]:port or localhost:port (port 0 = any)
-///     tls: {certificate: PATH, private_key: PATH}   # parsed and kept
+/// admin:
+///   address: 127.0.0.1:9901         # the admin listener
+/// access_log:
+///   path: logs/access.jsonl         # "-" = standard output; relative to this file's directory
 /// store:
 ///   redis: redis://[user:password@]host[:port][/db]    # or unix:///path/redis.sock[?db=N]
 ///   on_error: closed                # closed | open | local (default closed)
 ///   deadline: 10ms                  # default 10ms
 /// credentials:
 ///   api_key: {headers: [X-API-Key], query: null, forward: false}   # these are the defaults
-///   jwt: {algorithms: [HS256], secret_env: NAME, required_claims: {type: access}}  # kept
 /// backends:
 ///   NAME:
-///     url: http://host:port[/base]  # https allowed; the base path is prefixed upstream
-///     inject: {header: Authorization, secret: NAME}   # parsed and kept
+///     url: http://host:port         # a DNS name, IPv4 or [IPv6]; optional trailing "/"
 ///     timeouts: {connect: 2s, response: 30s, idle: 300s}   # the defaults
 ///     pool: {max_idle: 64}          # default 64 idle connections per loop
 /// plans:
@@ -39,7 +41,6 @@
 ///     scopes: [a, b]                # all required
 ///     require_https: false
 ///     auth: none                    # none | required (default required)
-///     credits: {per_request: 1}     # default 0
 ///     max_body: 1MiB                # default 10MiB; bytes, KiB, MiB, GiB
 /// keys:
 ///   - id: ID                        # unique across files
@@ -52,6 +53,12 @@
 ///     status: active                # active | disabled | revoked
 /// ```
 ///
+/// Settings of the contract that are not built yet are refused at their key with
+/// `not supported yet` (a setting read and then ignored would be a silent hole):
+/// `listen[].tls`, `admin.tokens_file`, `credentials.jwt`, https backend URLs and base
+/// paths, `backends.NAME.inject`, plan `quotas`, route `credits` and `credentials`, and
+/// the top-level `credits`, `usage`, `audit`, `security` and `secrets` blocks.
+///
 /// Durations: an integer and one of `ms`, `s`, `m`, `h`, `d`. CIDRs: `a.b.c.d/n`,
 /// `v6/n` or a bare address; host bits must be zero.
 struct PolicyDocument {
@@ -59,6 +66,7 @@ struct PolicyDocument {
     var version: Int?
     var listen: [Listen] = []
     var admin: Block<Admin>?
+    var accessLog: Block<AccessLog>?
     var store: Block<Store>?
     var clients: Block<ClientRules>?
     var credentials: Block<Credentials>?
@@ -69,7 +77,7 @@ struct PolicyDocument {
 
     init(file: String) { self.file = file }
 
-    /// A scalar block (`store`, `admin`, …) that may appear in one file only.
+    /// A scalar block (`store`, `admin`, `access_log`, …) that may appear in one file only.
     struct Block<T> {
         var value: T
         var at: SourceLocation
@@ -77,12 +85,14 @@ struct PolicyDocument {
 
     struct Listen {
         var address: PolicyValues.HostPort
-        var tlsCertificate: String?
-        var tlsPrivateKey: String?
     }
 
     struct Admin {
         var address: PolicyValues.HostPort
+    }
+
+    struct AccessLog {
+        var target: AccessLogSpec.Target
     }
 
     struct Store {
@@ -95,15 +105,14 @@ struct PolicyDocument {
         var headers: [String] = ["X-API-Key"]
         var query: String?
         var forward = false
-        var jwt: JWTRule?
     }
 
     struct Backend {
         var name: String
         var at: SourceLocation
-        var url: PolicyValues.ParsedURL
-        var injectHeader: String?
-        var injectSecret: String?
+        var host: String
+        var port: UInt16
+        var isIPv6: Bool
         var connectTimeout: Duration = .seconds(2)
         var responseTimeout: Duration = .seconds(30)
         var idleTimeout: Duration = .seconds(300)
@@ -136,22 +145,31 @@ struct PolicyDocument {
         var scopesAt: SourceLocation
         var requiresHTTPS: Bool
         var isPublic: Bool
-        var creditsPerRequest: Int
         var maxBodyBytes: Int
     }
 
-    struct Key {
+    /// One entry of `keys`. Lines rather than ``SourceLocation``s: a file may declare
+    /// thousands, and a location is only needed for an error (``at(_:line:in:)``).
+    struct Key: Equatable {
+        /// Position in this file's `keys` list.
+        var index: Int
         var id: String
-        var idAt: SourceLocation
+        var idLine: Int
         var hash: KeyHash
-        var hashAt: SourceLocation
+        var hashLine: Int
         var consumer: String
         var plan: String?
-        var planAt: SourceLocation
+        /// The line of `plan` (of the entry when there is none).
+        var planLine: Int
         var scopes: [String]
         var allowIPs: CIDRSet?
         var expiresAt: Int64?
         var status: KeyStatus
+
+        /// `file:line` and `keys[index].field`.
+        func at(_ field: String, line: Int, in file: String) -> SourceLocation {
+            SourceLocation(file: file, line: line, keyPath: NodeReader.keyPath(index, field))
+        }
     }
 }
 

@@ -5,16 +5,25 @@ public struct ListenerSpec: Sendable, Equatable {
     public var host: String
     public var port: UInt16
     public var isIPv6: Bool
-    /// PEM paths as written (relative paths are relative to the working directory).
-    public var tlsCertificatePath: String?
-    public var tlsPrivateKeyPath: String?
-    public var hasTLS: Bool { tlsCertificatePath != nil }
 }
 
+/// `admin.address`: the admin listener (health, readiness, metrics).
 public struct AdminSpec: Sendable, Equatable {
     public var host: String
     public var port: UInt16
     public var isIPv6: Bool
+}
+
+/// `access_log`: where one line per answered request goes.
+public struct AccessLogSpec: Sendable, Equatable {
+    public enum Target: Sendable, Equatable {
+        /// `path: "-"`.
+        case stdout
+        /// A file path, already resolved against the directory of the policy file that
+        /// names it (absolute, or relative to the working directory when that file's was).
+        case file(String)
+    }
+    public var target: Target
 }
 
 /// What the gate does when the store cannot answer in time.
@@ -34,23 +43,14 @@ public struct StoreSpec: Sendable, Equatable {
     public var deadline: Duration
 }
 
-public enum BackendScheme: String, Sendable {
-    case http, https
-}
-
 /// One upstream service; its position in ``PolicySnapshot/backends`` is its id.
 public struct BackendSpec: Sendable, Equatable {
     public var index: Int
     public var name: String
-    public var scheme: BackendScheme
+    /// Plain http (https URLs and base paths are refused until they are built).
     public var host: String
     public var port: UInt16
     public var isIPv6: Bool
-    /// "" or `/base` (no trailing slash), prefixed to the request path upstream.
-    public var basePath: String
-    /// Upstream credential: header name and the secret-store name (not the secret).
-    public var injectHeader: String?
-    public var injectSecret: String?
     public var connectTimeout: Duration
     public var responseTimeout: Duration
     public var idleTimeout: Duration

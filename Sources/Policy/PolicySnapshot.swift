@@ -4,7 +4,10 @@
 /// per-request lookups (``route(method:path:)``, ``declaredKey(_:)``) do not allocate.
 public final class PolicySnapshot: Sendable {
     public let listeners: [ListenerSpec]
+    /// `admin.address`; nil when the policy names no admin listener.
     public let admin: AdminSpec?
+    /// `access_log`; nil (no access log) when omitted.
+    public let accessLog: AccessLogSpec?
     /// Set when the policy names a Redis store; nil means the embedded store.
     public let store: StoreSpec?
     /// `store.on_error` / `store.deadline`, also when no Redis URL is given.
@@ -21,15 +24,18 @@ public final class PolicySnapshot: Sendable {
     /// Declared keys, in declaration order.
     public let keys: [KeyRecord]
     let keyIndex: KeyHashMap<KeyRecord>
+    /// Declared key id → position in ``keys``.
+    let idIndex: [String: Int]
 
-    init(listeners: [ListenerSpec], admin: AdminSpec?, store: StoreSpec?, storeFailMode: StoreFailMode,
+    init(listeners: [ListenerSpec], admin: AdminSpec?, accessLog: AccessLogSpec?, store: StoreSpec?, storeFailMode: StoreFailMode,
          storeDeadline: Duration, backends: [BackendSpec], credentials: CredentialRule, clients: ClientRules,
          plans: [PlanSpec], routes: RouteTable, scopeTable: ScopeTable, keys: [KeyRecord],
-         keyIndex: KeyHashMap<KeyRecord>) {
-        self.listeners = listeners; self.admin = admin; self.store = store; self.storeFailMode = storeFailMode
+         keyIndex: KeyHashMap<KeyRecord>, idIndex: [String: Int]) {
+        self.listeners = listeners; self.admin = admin; self.accessLog = accessLog
+        self.store = store; self.storeFailMode = storeFailMode
         self.storeDeadline = storeDeadline; self.backends = backends; self.credentials = credentials
         self.clients = clients; self.plans = plans; self.routeTable = routes; self.scopeTable = scopeTable
-        self.keys = keys; self.keyIndex = keyIndex
+        self.keys = keys; self.keyIndex = keyIndex; self.idIndex = idIndex
     }
 
     public var routes: [RouteSpec] { routeTable.routes }
@@ -51,7 +57,9 @@ public final class PolicySnapshot: Sendable {
     @inline(__always)
     public func declaredKey(_ hash: KeyHash) -> KeyRecord? { keyIndex[hash] }
 
-    public func declaredKey(id: String) -> KeyRecord? { keys.first { $0.id == id } }
+    /// The declared key with this id (one dictionary probe: the key directory asks this
+    /// for every stored key when it is rebuilt).
+    public func declaredKey(id: String) -> KeyRecord? { idIndex[id].map { keys[$0] } }
 
     public func plan(named name: String) -> PlanSpec? { plans.first { $0.name == name } }
 

@@ -144,16 +144,37 @@ enum PolicyValues {
         return true
     }
 
+    /// A path named in a policy file: absolute as written, else relative to the directory of
+    /// `file` (the file that names it, as the loader labels it: `DIR/NAME` or the path given).
+    static func resolve(_ path: String, relativeToFileAt file: String) -> String {
+        if path.hasPrefix("/") { return path }
+        guard let slash = file.lastIndex(of: "/") else { return path }
+        return String(file[...slash]) + path
+    }
+
     /// `sha256:` + 64 lowercase hex digits.
     static func hash(_ s: String) -> KeyHash? {
-        guard s.hasPrefix("sha256:") else { return nil }
-        return KeyHash(hex: s.dropFirst(7))
+        var s = s
+        return s.withUTF8 { hash(UnsafeRawBufferPointer($0)) }
+    }
+
+    /// The same over the text's bytes.
+    static func hash(_ u: UnsafeRawBufferPointer) -> KeyHash? {
+        guard u.count == 71, u[0] == UInt8(ascii: "s"), u[1] == UInt8(ascii: "h"), u[2] == UInt8(ascii: "a"),
+              u[3] == UInt8(ascii: "2"), u[4] == UInt8(ascii: "5"), u[5] == UInt8(ascii: "6"), u[6] == UInt8(ascii: ":")
+        else { return nil }
+        return KeyHash(hexUTF8: UnsafeRawBufferPointer(rebasing: u[7...]))
     }
 
     /// RFC 3339 date-time (`2027-01-01T00:00:00Z`, `…T00:00:00.5+02:00`) → unix seconds
     /// (fractions truncated).
     static func timestamp(_ s: String) -> Int64? {
-        let u = Array(s.utf8)
+        var s = s
+        return s.withUTF8 { timestamp(UnsafeRawBufferPointer($0)) }
+    }
+
+    /// The same over the text's bytes.
+    static func timestamp(_ u: UnsafeRawBufferPointer) -> Int64? {
         func num(_ from: Int, _ len: Int) -> Int? {
             guard from + len <= u.count else { return nil }
             var v = 0
@@ -225,7 +246,13 @@ enum PolicyValues {
 
     /// Names of routes, plans, backends, key ids: `[A-Za-z0-9_.:-]+`.
     static func isName(_ s: String) -> Bool {
-        !s.isEmpty && s.utf8.count <= 128 && s.utf8.allSatisfy { c in
+        var s = s
+        return s.withUTF8 { isName(UnsafeRawBufferPointer($0)) }
+    }
+
+    /// The same over the text's bytes.
+    static func isName(_ u: UnsafeRawBufferPointer) -> Bool {
+        !u.isEmpty && u.count <= 128 && u.allSatisfy { c in
             (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 45 || c == 95 || c == 46
                 || c == 58
         }

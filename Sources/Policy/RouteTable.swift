@@ -46,7 +46,6 @@ public final class RouteSpec: Sendable {
     public let requiresHTTPS: Bool
     /// `auth: none`: no credential is read or needed.
     public let isPublic: Bool
-    public let creditsPerRequest: Int
     /// Request bodies over this get 413.
     public let maxBodyBytes: Int
     public let methods: MethodSet
@@ -55,10 +54,10 @@ public final class RouteSpec: Sendable {
     public let isPrefix: Bool
 
     init(index: Int, name: String, backend: Int, scopes: ScopeSet, scopeNames: [String], requiresHTTPS: Bool,
-         isPublic: Bool, creditsPerRequest: Int, maxBodyBytes: Int, methods: MethodSet, path: [UInt8], isPrefix: Bool) {
+         isPublic: Bool, maxBodyBytes: Int, methods: MethodSet, path: [UInt8], isPrefix: Bool) {
         self.index = index; self.name = name; self.backend = backend; self.scopes = scopes
         self.scopeNames = scopeNames; self.requiresHTTPS = requiresHTTPS; self.isPublic = isPublic
-        self.creditsPerRequest = creditsPerRequest; self.maxBodyBytes = maxBodyBytes; self.methods = methods
+        self.maxBodyBytes = maxBodyBytes; self.methods = methods
         self.path = path; self.isPrefix = isPrefix
     }
 

@@ -22,7 +22,7 @@ enum Fixture {
       allow: []
     backends:
       finance: {url: http://127.0.0.1:7001}
-      flowise: {url: http://127.0.0.1:7003/base/}
+      flowise: {url: http://127.0.0.1:7003/}
     plans:
       free:
         rate_limits:
@@ -45,7 +45,6 @@ enum Fixture {
         match: {methods: [POST], path_prefix: /api/v1/prediction/}
         backend: flowise
         scopes: [chat]
-        credits: {per_request: 1}
         max_body: 1MiB
       - name: any-key
         match: {path_prefix: /api/misc/}

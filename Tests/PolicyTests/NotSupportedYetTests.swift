@@ -1,0 +1,376 @@
+import Foundation
+import Testing
+@testable import Policy
+
+/// Settings of the contract (shared/POLICY.md) that are not built yet are refused at their
+/// key, `file:line: key.path: not supported yet`, instead of being read and then ignored.
+struct NotSupportedYetTests {
+    func errors(_ yaml: String, file: String = "p.yaml") -> [String] {
+        do {
+            _ = try PolicyLoader.load(yaml: yaml, file: file)
+            return []
+        } catch {
+            return error.errors.map(\.description)
+        }
+    }
+
+    struct Case: CustomTestStringConvertible, Sendable {
+        var name: String
+        var yaml: String
+        var expected: [String]
+        var testDescription: String { name }
+    }
+
+    static let cases: [Case] = [
+        Case(name: "listen tls", yaml: """
+            version: 1
+            listen:
+              - address: 0.0.0.0:8443
+                tls:
+                  certificate: certs/server.pem
+                  private_key: certs/server-key.pem
+                  min_version: "1.2"
+                  session_resumption: true
+            """, expected: ["p.yaml:4: listen[0].tls: not supported yet"]),
+        Case(name: "listen tls with several certificates", yaml: """
+            version: 1
+            listen:
+              - address: 127.0.0.1:8080
+              - address: 0.0.0.0:8443
+                tls: {certificates: [{certificate: a.pem, private_key: a-key.pem}]}
+            """, expected: ["p.yaml:5: listen[1].tls: not supported yet"]),
+        Case(name: "listen tls, a misspelt field is still unknown", yaml: """
+            version: 1
+            listen:
+              - address: 0.0.0.0:8443
+                tls:
+                  certificate: a.pem
+                  privat_key: a-key.pem
+            """, expected: ["p.yaml:4: listen[0].tls: not supported yet",
+                            "p.yaml:6: listen[0].tls.privat_key: unknown field"]),
+        Case(name: "https backend", yaml: """
+            version: 1
+            backends:
+              finance: {url: http://127.0.0.1:7001}
+              flowise:
+                url: https://flowise.internal:3000
+            """, expected: ["p.yaml:5: backends.flowise.url: not supported yet (https backends)"]),
+        Case(name: "backend base path", yaml: """
+            version: 1
+            backends:
+              flowise: {url: http://127.0.0.1:7003/api/v1}
+            """, expected: ["p.yaml:3: backends.flowise.url: not supported yet (a base path)"]),
+        Case(name: "backend inject", yaml: """
+            version: 1
+            backends:
+              flowise:
+                url: http://127.0.0.1:7003
+                inject:
+                  header: Authorization
+                  format: "Bearer {secret}"
+                  secret: flowise_api_key
+            """, expected: ["p.yaml:5: backends.flowise.inject: not supported yet"]),
+        Case(name: "credentials jwt", yaml: """
+            version: 1
+            credentials:
+              api_key: {headers: [X-API-Key]}
+              jwt:
+                algorithms: [HS256]
+                secret_env: JWT_ACCESS_SECRET
+                required_claims: {type: access}
+                leeway: 30s
+            """, expected: ["p.yaml:4: credentials.jwt: not supported yet"]),
+        Case(name: "route credits", yaml: """
+            version: 1
+            backends:
+              finance: {url: http://127.0.0.1:7001}
+            routes:
+              - name: chat
+                match: {path_prefix: /chat/}
+                backend: finance
+                credits: {per_request: 1}
+            """, expected: ["p.yaml:8: routes[0].credits: not supported yet"]),
+        Case(name: "route credentials", yaml: """
+            version: 1
+            backends:
+              finance: {url: http://127.0.0.1:7001}
+            routes:
+              - {name: a, match: {path: /a}, backend: finance}
+              - name: chat
+                match: {path_prefix: /chat/}
+                credentials: [api_key]
+                backend: finance
+            """, expected: ["p.yaml:8: routes[1].credentials: not supported yet"]),
+        Case(name: "plan quotas", yaml: """
+            version: 1
+            plans:
+              free:
+                rate_limits:
+                  - {requests: 10, per: 1s}
+                quotas:
+                  - {requests: 5000, per: month}
+            """, expected: ["p.yaml:6: plans.free.quotas: not supported yet"]),
+        Case(name: "admin tokens_file", yaml: """
+            version: 1
+            admin:
+              address: 127.0.0.1:9901
+              tokens_file: secrets/admin-tokens
+            """, expected: ["p.yaml:4: admin.tokens_file: not supported yet"]),
+        Case(name: "top-level credits", yaml: "version: 1\ncredits:\n  ledger: local\n",
+             expected: ["p.yaml:2: credits: not supported yet"]),
+        Case(name: "top-level usage", yaml: "version: 1\n\nusage: {spool: .state/usage}\n",
+             expected: ["p.yaml:3: usage: not supported yet"]),
+        Case(name: "top-level audit", yaml: "version: 1\naudit:\n  path: .state/audit.jsonl\n",
+             expected: ["p.yaml:2: audit: not supported yet"]),
+        Case(name: "top-level security", yaml: "version: 1\nsecurity:\n  lockout: {invalid_keys: 20, per: 1m, for: 10m}\n",
+             expected: ["p.yaml:2: security: not supported yet"]),
+        Case(name: "top-level secrets", yaml: "version: 1\n# master key\nsecrets: {master_key_env: TOLLGATE_MASTER_KEY}\n",
+             expected: ["p.yaml:3: secrets: not supported yet"]),
+    ]
+
+    @Test(arguments: cases) func refusedAtItsKey(_ c: Case) {
+        #expect(errors(c.yaml) == c.expected)
+    }
+
+    /// A refused backend or plan is still defined, so what refers to it reports nothing more.
+    @Test func refusalsDoNotCascade() {
+        let yaml = """
+        version: 1
+        backends:
+          flowise: {url: https://flowise.internal}
+        plans:
+          free: {quotas: [{requests: 1, per: day}]}
+        routes:
+          - {name: chat, match: {path: /chat}, backend: flowise}
+        keys:
+          - {id: k, hash: \(Fixture.hash("k")), consumer: c, plan: free}
+        """
+        #expect(errors(yaml) == [
+            "p.yaml:3: backends.flowise.url: not supported yet (https backends)",
+            "p.yaml:5: plans.free.quotas: not supported yet",
+        ])
+    }
+
+    /// The whole example of POLICY.md: every setting not built yet is refused at its line
+    /// (and nothing is an unknown field).
+    @Test func policyMDExampleIsRefusedOnlyWhereNotBuilt() {
+        #expect(errors(Self.policyMDExample, file: "POLICY.yaml") == [
+            "POLICY.yaml:6: listen[1].tls: not supported yet",
+            "POLICY.yaml:15: admin.tokens_file: not supported yet",
+            "POLICY.yaml:35: credentials.jwt: not supported yet",
+            "POLICY.yaml:51: backends.flowise.inject: not supported yet",
+            "POLICY.yaml:56: secrets: not supported yet",
+            "POLICY.yaml:64: plans.free.quotas: not supported yet",
+            "POLICY.yaml:85: routes[2].credentials: not supported yet",
+            "POLICY.yaml:86: routes[2].credits: not supported yet",
+            "POLICY.yaml:111: credits: not supported yet",
+            "POLICY.yaml:117: usage: not supported yet",
+            "POLICY.yaml:125: audit: not supported yet",
+            "POLICY.yaml:130: security: not supported yet",
+        ])
+    }
+
+    // MARK: admin.address and access_log are built
+
+    @Test func adminAddressIsCompiled() throws {
+        let v4 = try PolicyLoader.load(yaml: "version: 1\nadmin:\n  address: 127.0.0.1:9901\n", file: "p.yaml")
+        #expect(v4.admin == AdminSpec(host: "127.0.0.1", port: 9901, isIPv6: false))
+        let v6 = try PolicyLoader.load(yaml: "version: 1\nadmin: {address: \"[::1]:9902\"}\n", file: "p.yaml")
+        #expect(v6.admin == AdminSpec(host: "::1", port: 9902, isIPv6: true))
+        let none = try PolicyLoader.load(yaml: "version: 1\n", file: "p.yaml")
+        #expect(none.admin == nil)
+        #expect(errors("version: 1\nadmin:\n  address: 9901\n")
+            == ["p.yaml:3: admin.address: invalid address '9901' (expected IPv4:port, [IPv6]:port or localhost:port)"])
+        #expect(errors("version: 1\nadmin:\n  port: 9901\n")
+            == ["p.yaml:3: admin.port: unknown field", "p.yaml:3: admin.address: missing required field"])
+    }
+
+    func accessLog(_ yaml: String, file: String) throws -> AccessLogSpec? {
+        try PolicyLoader.load(yaml: yaml, file: file).accessLog
+    }
+
+    @Test func accessLogTargets() throws {
+        #expect(try accessLog("version: 1\naccess_log:\n  path: \"-\"\n", file: "/etc/tg/p.yaml")
+            == AccessLogSpec(target: .stdout))
+        // Relative paths resolve against the directory of the file that names them.
+        #expect(try accessLog("version: 1\naccess_log: {path: logs/access.jsonl}\n", file: "/etc/tg/10-log.yaml")
+            == AccessLogSpec(target: .file("/etc/tg/logs/access.jsonl")))
+        #expect(try accessLog("version: 1\naccess_log: {path: logs/access.jsonl}\n", file: "policies/10-log.yaml")
+            == AccessLogSpec(target: .file("policies/logs/access.jsonl")))
+        #expect(try accessLog("version: 1\naccess_log: {path: access.jsonl}\n", file: "p.yaml")
+            == AccessLogSpec(target: .file("access.jsonl")))
+        #expect(try accessLog("version: 1\naccess_log: {path: /var/log/tg.jsonl}\n", file: "/etc/tg/p.yaml")
+            == AccessLogSpec(target: .file("/var/log/tg.jsonl")))
+        #expect(try accessLog("version: 1\n", file: "p.yaml") == nil)
+    }
+
+    @Test func accessLogFromADirectoryResolvesAgainstThatDirectory() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tollgate-log-\(UInt64.random(in: 0...UInt64.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try "version: 1\naccess_log:\n  path: logs/a.jsonl\n".write(to: dir.appendingPathComponent("00.yaml"),
+                                                                    atomically: true, encoding: .utf8)
+        let s = try PolicyLoader.load(path: dir.path)
+        #expect(s.accessLog == AccessLogSpec(target: .file(dir.path + "/logs/a.jsonl")))
+    }
+
+    @Test func accessLogErrors() {
+        #expect(errors("version: 1\naccess_log:\n  path: a.jsonl\n  rotate: 1d\n")
+            == ["p.yaml:4: access_log.rotate: unknown field"])
+        #expect(errors("version: 1\naccess_log:\n  format: json\n")
+            == ["p.yaml:3: access_log.format: unknown field", "p.yaml:3: access_log.path: missing required field"])
+        #expect(errors("version: 1\naccess_log: {path: \"\"}\n") == ["p.yaml:2: access_log.path: must not be empty"])
+        #expect(errors("version: 1\naccess_log: {path: [a]}\n") == ["p.yaml:2: access_log.path: expected a string, found a list"])
+        #expect(errors("version: 1\naccess_log: stdout\n") == ["p.yaml:2: access_log: expected a mapping, found 'stdout'"])
+        let a = "version: 1\naccess_log: {path: a.jsonl}\n"
+        let b = "version: 1\n\naccess_log: {path: b.jsonl}\n"
+        do {
+            _ = try PolicyLoader.load(files: [("a.yaml", a), ("b.yaml", b)])
+            Issue.record("two access_log blocks loaded")
+        } catch {
+            #expect(error.errors.map(\.description)
+                == ["b.yaml:3: access_log: already defined at a.yaml:2; 'access_log' may appear in one file only"])
+        }
+    }
+
+    /// shared/POLICY.md's example, verbatim.
+    static let policyMDExample = """
+        version: 1
+
+        listen:
+          - address: 127.0.0.1:8080               # plain HTTP/1.1 (and h2c prior knowledge)
+          - address: 0.0.0.0:8443
+            tls:
+              certificate: certs/server.pem       # chain, leaf first
+              private_key: certs/server-key.pem
+              # or several, chosen by SNI (the first is the default):
+              # certificates: [{certificate: a.pem, private_key: a-key.pem}, ...]
+              min_version: "1.2"                  # "1.2" | "1.3"
+              session_resumption: true            # tickets (keys rotated in memory); false = full handshakes
+        admin:
+          address: 127.0.0.1:9901                 # /healthz /readyz /metrics, /v1/... API, dashboard
+          tokens_file: secrets/admin-tokens       # bootstrap bearer tokens for automation (hashes)
+
+        access_log:                               # off when omitted
+          path: logs/access.jsonl                 # or "-" for standard output
+
+        store:                                    # omit the whole block: embedded default
+          redis: redis://127.0.0.1:6379/0
+          on_error: closed                        # closed | open | local
+          deadline: 10ms
+
+        clients:
+          trusted_proxies: [10.0.0.0/8, "::1/128"]  # only these may set X-Forwarded-For
+          deny: [203.0.113.0/24]                  # checked before any credential work
+          allow: []                               # empty = everyone not denied
+
+        credentials:
+          api_key:
+            headers: [X-API-Key]                  # Authorization: Bearer <key> is also read
+            query: null                           # e.g. api_key; off unless named
+            forward: false                        # strip the key before the backend (default)
+          jwt:                                    # optional second credential (seeds 001, 003)
+            algorithms: [HS256]                   # pinned; also RS256, ES256
+            secret_env: JWT_ACCESS_SECRET         # HS*: shared secret from the environment
+            keys_file: null                       # RS*/ES*: a JWKS file or a PEM public key
+            issuer: null                          # checked when set
+            audience: null                        # checked when set
+            required_claims: {type: access}       # a refresh token is never an access token
+            leeway: 30s
+            consumer_claim: sub                   # identity for limits, credits, usage
+            scopes_claim: scope                   # space-separated or array
+
+        backends:
+          finance:    {url: http://127.0.0.1:7001}
+          accounting: {url: http://127.0.0.1:7002}
+          flowise:
+            url: http://127.0.0.1:7003            # https:// verifies the server (system CAs or tls.ca)
+            inject:                               # upstream credential (seed 004)
+              header: Authorization
+              format: "Bearer {secret}"
+              secret: flowise_api_key             # the consumer's own secret if set, else the system one
+
+        secrets:                                  # encrypted at rest (AES-256-GCM, PBKDF2 per-consumer salt)
+          master_key_file: secrets/master.key     # or master_key_env: TOLLGATE_MASTER_KEY
+
+        plans:
+          free:
+            rate_limits:
+              - {requests: 10, per: 1s, burst: 20}
+              - {requests: 1000, per: 1d}
+            quotas:                               # calendar periods in UTC: day | month
+              - {requests: 5000, per: month}
+              - {tokens: 200000, per: day}        # LLM tokens counted on credit routes
+          pro:
+            rate_limits:
+              - {requests: 200, per: 1s}
+
+        routes:                                   # first match wins, on the normalised path
+          - name: finance-read
+            match: {methods: [GET, HEAD], path_prefix: /api/finance/}
+            backend: finance
+            scopes: [finance:read]
+          - name: finance-write
+            match: {methods: [POST, PUT, PATCH, DELETE], path_prefix: /api/finance/}
+            backend: finance
+            scopes: [finance:write]
+            require_https: true
+          - name: chat
+            match: {methods: [POST], path_prefix: /api/v1/prediction/}
+            backend: flowise
+            scopes: [chat]
+            credentials: [api_key, jwt]           # which credentials this route takes (default: all configured)
+            credits:
+              per_request: 1                      # flat price, and/or per token:
+              per_token: {input: 1, output: 3, per: 1000}   # credits per 1,000 tokens
+              reserve_tokens: 1024                # output tokens reserved when the request names no max
+              stream: flowise                     # SSE dialect counted as it passes: flowise | openai
+              refund_on: [5xx, unavailable]
+          - name: admin
+            match: {path_prefix: /admin/}
+            backend: finance
+            scopes: [admin]
+          - name: public-health
+            match: {methods: [GET], path: /health}
+            backend: finance
+            auth: none                            # explicit: no credential needed
+
+        keys:                                     # declared keys: hashes only, never plain keys
+          - id: key_demo_alice
+            hash: sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+            consumer: alice
+            plan: free
+            scopes: [finance:read, chat]
+            allow_ips: [127.0.0.0/8]              # optional per-key CIDR allow-list
+            expires: 2027-01-01T00:00:00Z         # optional
+            status: active                        # active | disabled | revoked
+
+        credits:                                  # ledger for routes with `credits`
+          ledger: local                           # local (durable file) | redis | accounting (seed 003 API)
+          account: consumer                       # who pays: consumer | key
+          accounting: {backend: accounting, token_env: ACCOUNTING_SERVICE_TOKEN}
+          on_error: closed
+
+        usage:                                    # one record per answered request, never lost
+          spool: .state/usage                     # written before a sink is tried; replayed in order
+          durability: 100ms                       # group-commit fsync interval (0 = every record)
+          sinks:
+            - {kind: file, path: logs/usage.jsonl, rotate: {size: 100MiB, keep: 10}}
+            - {kind: redis_stream, stream: "tg:usage", maxlen: 1000000}
+            - {kind: http, url: http://127.0.0.1:7002/api/usage/record, format: accounting}
+
+        audit:                                    # key, secret, credit and policy changes; security actions
+          path: .state/audit.jsonl                # hash-chained
+          signing_key: secrets/audit-ed25519.pem  # signed checkpoints (Ed25519)
+          checkpoint: {every: 1000, interval: 60s}
+
+        security:
+          lockout: {invalid_keys: 20, per: 1m, for: 10m}   # per client IP -> LOCKED_OUT 429
+          auto_disable:
+            - {refusals: 50, per: 10m}            # a valid key refused (scope, IP, HTTPS) this often
+            - {networks: 5, per: 1h}              # a key used from more than 5 /24 (IPv6 /48) networks
+          webhooks:                               # Standard Webhooks signatures (HMAC-SHA256)
+            - {url: http://127.0.0.1:9000/hooks, secret_env: WEBHOOK_SECRET,
+               events: [lockout, auto_disable, credits_exhausted, store_degraded]}
+        """
+}
