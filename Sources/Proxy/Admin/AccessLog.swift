@@ -34,7 +34,11 @@ final class AccessLogWriter: @unchecked Sendable {
 
     /// The policy's `access_log` target.
     static func target(of snapshot: PolicySnapshot) -> Target? {
-        nil   // TEMP until the policy reads `access_log`
+        switch snapshot.accessLog?.target {
+        case .none: return nil
+        case .stdout?: return .stdout
+        case .file(let path)?: return .file(path)
+        }
     }
 
     init(target: Target) throws(Errno) {

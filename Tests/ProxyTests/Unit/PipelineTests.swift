@@ -91,6 +91,10 @@ import Testing
                                   limiter: RateLimiter())
             context.keys = KeyDirectory(snapshot: snapshot, state: KeyLogState())
             exchange = Exchange(context: context)
+            // The storage a session would lend it.
+            let w = context.takeWorkspace()
+            let l = context.workspaceLayout
+            exchange.attachStorage(headers: w + l.headersOffset, path: w + l.pathOffset)
         }
 
         /// Parses `raw` as the head of a request from `peer` and runs the phases.
