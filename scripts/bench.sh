@@ -2,6 +2,7 @@
 # Benchmarks with ../shared/bench (see its README for the apt packages it needs).
 #   scripts/bench.sh [peers]    nginx, haproxy and tollgate: plain, auth, ratelimit, one run
 #   scripts/bench.sh redis      tollgate embedded vs tollgate on Redis: auth, ratelimit, one run
+#   scripts/bench.sh accesslog  nginx and tollgate, both with an access log to a file, one run
 # Further arguments go to run.sh (e.g. --duration 5 --rounds 1).
 # Builds a release binary and strips its debug info (valgrind 3.19 cannot read Swift 6.3's DWARF).
 set -euo pipefail
@@ -13,6 +14,31 @@ strip --strip-debug -o "$BIN" .build/release/tollgate
 export TOLLGATE_BIN=$BIN
 MODE=${1:-peers}
 [[ $# -gt 0 ]] && shift
+if [[ $MODE == accesslog ]]; then
+    # nginx and tollgate, each with its access log on (a file in the run's work directory,
+    # one line per request with the same fields), in one run: a copy of the harness whose
+    # two adapters get the log lines added.
+    COPY=$(mktemp -d /tmp/tollgate-bench-alog.XXXXXX)
+    cp -r "$BENCH"/. "$COPY"/
+    python3 - "$COPY" <<'PY'
+import sys
+d = sys.argv[1]
+p = d + "/peers/nginx.sh"
+s = open(p).read()
+fmt = ("    log_format tg escape=json '{\"time\":\"\\$time_iso8601\",\"request_id\":\"\\$request_id\","
+       "\"client\":\"\\$remote_addr\",\"method\":\"\\$request_method\",\"path\":\"\\$uri\","
+       "\"status\":\\$status,\"bytes_in\":\\$request_length,\"bytes_out\":\\$bytes_sent,"
+       "\"duration\":\\$request_time,\"upstream\":\"\\$upstream_addr\"}';\n"
+       "    access_log $dir/access.log tg;")
+s = s.replace("    access_log off;", fmt, 1)
+open(p, "w").write(s)
+p = d + "/peers/tollgate.sh"
+s = open(p).read()
+s = s.replace('        echo "backends:"', '        echo "access_log: {path: $dir/access.jsonl}"\n        echo "backends:"', 1)
+open(p, "w").write(s)
+PY
+    exec "$COPY/run.sh" --only nginx,tollgate "$@"
+fi
 if [[ $MODE != redis ]]; then
     exec "$BENCH/run.sh" --only nginx,haproxy,tollgate "$@"
 fi
