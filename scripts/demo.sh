@@ -17,7 +17,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-for port in 7001 7002 7003 8080; do
+for port in 7001 7002 7003 8080 9901; do
     if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then echo "port $port is busy: stop what uses it first"; exit 1; fi
 done
 
@@ -65,9 +65,20 @@ echo "  ^ Flowise SSE events, relayed one by one"
 sleep 0.3
 show "REVOKED (tollgate keys revoke $ID)"               -H "$H" $U/api/finance/accounts
 
+echo
+echo '$ curl -s http://127.0.0.1:9901/metrics | grep tollgate_requests_total   (admin listener)'
+curl -s http://127.0.0.1:9901/metrics | grep '^tollgate_requests_total' | sed 's/^/  /'
+echo "  ^ every answered request counted once, by route and decision code"
+sleep 0.2   # the access log is written in batches (every 100 ms)
+echo
+echo '$ tail -2 demo-data/access.jsonl'
+tail -2 "$DATA/access.jsonl" | sed 's/^/  /'
+echo "  ^ one JSON line per answered request: key id and consumer, never the key"
+
 cat <<EOT
 
-Tollgate is on http://127.0.0.1:8080 (policies/), backends on :7001-:7003, logs in demo-data/.
+Tollgate is on http://127.0.0.1:8080 (policies/), backends on :7001-:7003, admin (metrics) on
+:9901, logs and the access log in demo-data/.
 Mint another key:   $BIN keys new --policies policies --consumer you --scopes finance:read,chat
 List keys:          $BIN keys list --policies policies
 EOT

@@ -45,7 +45,14 @@ final class Reloader: Sendable {
     func reloadPolicy(reason: String) {
         do {
             let next = try PolicyLoader.load(path: policiesPath)
-            current.withLock { $0.snapshot = next }
+            let previous = current.withLock { cur -> PolicySnapshot in
+                let p = cur.snapshot
+                cur.snapshot = next
+                return p
+            }
+            // Read at start only: say so rather than seem to apply them.
+            if previous.accessLog != next.accessLog { Log.warn("access_log changed: the new target takes effect at the next start") }
+            if previous.admin != next.admin { Log.warn("admin changed: the admin listener moves at the next start") }
             let keys = keyDirectory()
             server.withLock { $0?.install(next, keys: keys) }
             MetricsRegistry.shared.reloadsOK.add(1, ordering: .relaxed)

@@ -56,9 +56,21 @@ final class AccessLogWriter: @unchecked Sendable {
         switch t {
         case .stdout: return 1
         case .file(let path):
+            makeParentDirectories(of: path)
             let fd = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
             if fd < 0 { throw Errno.current }
             return fd
+        }
+    }
+
+    /// `mkdir -p` of the file's directory (0750), so a fresh checkout can log where it is told.
+    private static func makeParentDirectories(of path: String) {
+        var parts = path.split(separator: "/", omittingEmptySubsequences: false).dropLast()
+        var prefix = path.hasPrefix("/") ? "" : "."
+        if path.hasPrefix("/") { parts = parts.dropFirst() }
+        for p in parts where !p.isEmpty {
+            prefix += "/" + p
+            _ = mkdir(prefix, 0o750)
         }
     }
 
