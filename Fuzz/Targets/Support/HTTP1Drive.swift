@@ -222,7 +222,7 @@ struct ChunkedOutcome: Equatable {
     enum End: Equatable { case end, failed(HTTP1ParseError), needMore }
     var body: [UInt8] = []
     var end = End.needMore
-    /// Input bytes consumed (framing and data).
+    /// Input bytes consumed (framing and data); 0 after a failure.
     var consumed = 0
 }
 
@@ -233,9 +233,10 @@ func feedChunked(_ decoder: inout ChunkedDecoder, _ bytes: UnsafeRawBufferPointe
     var pos = 0
     for avail in points where avail >= pos {
         var steps = 0
+        let budget = avail - pos + 2   // every step but the last consumes a byte or more
         while true {
             steps += 1
-            check(steps <= avail - pos + 2, "chunked decoder makes no progress")
+            check(steps <= budget, "chunked decoder makes no progress")
             let len = avail - pos
             let (step, data) = withExactCopy(bytes, from: pos, count: len) { input -> (ChunkedStep, [UInt8]) in
                 let s = decoder.step(input)
@@ -267,7 +268,7 @@ func feedChunked(_ decoder: inout ChunkedDecoder, _ bytes: UnsafeRawBufferPointe
             case .failed(let e):
                 check(e.offset >= 0 && e.offset < avail, "failed at \(e.offset) with \(avail) bytes")
                 out.end = .failed(e)
-                out.consumed = pos
+                out.consumed = 0   // how far steps got before the failure depends on the pieces
                 let again = withExactCopy(bytes, from: pos, count: len) { decoder.step($0) }
                 check(again == .failed(e), "step after a failure: \(again)")
                 return out
