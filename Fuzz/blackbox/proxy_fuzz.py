@@ -258,6 +258,7 @@ class Upstream:
         self.scripts = {}
         self.fallback = Script(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         self.stopped = False
+        self.requests = 0
         threading.Thread(target=self.accept_loop, daemon=True).start()
 
     def register(self, case_id, script):
@@ -290,6 +291,7 @@ class Upstream:
                     if len(buf) > 1 << 20:
                         return
                 head, _, buf = buf.partition(b"\r\n\r\n")
+                self.requests += 1
                 m = re.search(rb"\r\n" + CASE_HEADER + rb":[ \t]*([0-9A-Za-z_-]+)", head, re.IGNORECASE)
                 with self.lock:
                     script = self.scripts.get(m.group(1).decode()) if m else None
@@ -507,6 +509,7 @@ class Mutator:
         return data[:max_len]
 
 
+
 def with_case_header(data, case_id):
     """Names the response script in every request head of `data` (after its first line)."""
     tag = b"\r\n" + CASE_HEADER + b": " + case_id.encode()
@@ -616,10 +619,38 @@ def run_case(port, case, rng):
             if not chunk:
                 break
             received += chunk
-            quiet = 0.15
+            # A complete final answer: anything else (pipelined answers) follows at once.
+            quiet = 0.03 if has_final_response(received) else 0.15
     finally:
         s.close()
     return bytes(received[:received.find(b"\r\n")]) if b"\r\n" in received else bytes(received[:32])
+
+
+def has_final_response(data):
+    """True when `data` starts with interim heads and one complete final response (a
+    rough framing check: Content-Length, chunked up to its last chunk, or no body)."""
+    pos = 0
+    while True:
+        end = data.find(b"\r\n\r\n", pos)
+        if end < 0:
+            return False
+        head = data[pos:end]
+        body = end + 4
+        m = re.match(rb"HTTP/1\.[01] (\d{3})", head)
+        if not m:
+            return False
+        status = int(m.group(1))
+        if 100 <= status < 200:
+            pos = body
+            continue
+        if status in (204, 304):
+            return True
+        cl = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
+        if cl:
+            return len(data) - body >= int(cl.group(1))
+        if re.search(rb"\r\ntransfer-encoding: *chunked", head, re.IGNORECASE):
+            return data.endswith(b"0\r\n\r\n")
+        return False
 
 
 # ---------------------------------------------------------------------------------------
@@ -692,6 +723,8 @@ class Campaign:
         self.requests = load_seeds("requests")
         self.responses = load_seeds("responses")
         self.request_pool = [d for _, d in self.requests]
+        # Requests the proxy forwards (filled by the seed pass; without it, every seed).
+        self.forwardable = [d for n, d in self.requests if not n.startswith("regression-")]
         self.response_pool = [d for _, d in self.responses]
         self.signatures_seen = set()
         self.lock = threading.Lock()
@@ -699,6 +732,9 @@ class Campaign:
         self.in_flight = {}
         self.history = {}
         self.crashes = []
+        self.crash_count = 0
+        self.status_counts = {}
+        self.saved_per_sig = {}
         self.seen_crash_sigs = set()
         self.workdir = tempfile.mkdtemp(prefix="tollgate-fuzz-")
         self.upstream = Upstream()
@@ -711,14 +747,20 @@ class Campaign:
             return f"c{self.counter}"
 
     def make_case(self, rng, mutator, request=None, response=None):
+        """One case. Its focus decides what is mutated: the request (the upstream answers a
+        seed response), the response (a request the proxy forwards, kept as is), or both."""
         case_id = self.next_id()
+        focus = rng.choice(("request", "request", "response", "response", "both"))
         if request is None:
-            request = rng.choice(self.request_pool)
-            if rng.random() < 0.9:
-                request = mutator.mutate(request, self.request_pool, EXTRA_REQUEST_FIELDS, 70000)
+            if focus == "response" and self.forwardable:
+                request = rng.choice(self.forwardable)
+            else:
+                request = rng.choice(self.request_pool)
+                if rng.random() < 0.9:
+                    request = mutator.mutate(request, self.request_pool, EXTRA_REQUEST_FIELDS, 70000)
         if response is None:
             data = rng.choice(self.response_pool)
-            if rng.random() < 0.85:
+            if focus != "request" or rng.random() < 0.2:
                 data = mutator.mutate(data, self.response_pool, EXTRA_RESPONSE_FIELDS, 70000)
             cuts = [rng.randint(1, max(1, len(data) - 1)) for _ in range(rng.choice((0, 0, 1, 2, 4, 8)))]
             ending = rng.choice(("keep", "keep", "keep", "close", "close", "reset", "shutdown-read"))
@@ -754,6 +796,8 @@ class Campaign:
                 history = self.history.setdefault(index, [])
                 history.append(case)
                 del history[:-3]
+                code = status[9:12].decode("latin-1") if status.startswith(b"HTTP/1.") else ("none" if not status else "junk")
+                self.status_counts[code] = self.status_counts.get(code, 0) + 1
                 # Feedback: an answer never seen before keeps its request in the pool.
                 sig = status[:40]
                 if sig not in self.signatures_seen and len(self.request_pool) < 2000:
@@ -782,7 +826,10 @@ class Campaign:
             time.sleep(0.05)
         return None
 
-    def handle_crash(self, report):
+    def handle_crash(self, report, deadline):
+        sig = signature(report["log"])
+        new = sig not in self.seen_crash_sigs
+        print(f"proxy: crash ({report['process']} exit {report['exit']}): {sig}", flush=True)
         with self.lock:
             # Newest first: the cases in flight, then each connection's last few.
             candidates = list(self.in_flight.values())
@@ -790,42 +837,58 @@ class Campaign:
                 candidates += [c for c in history if c not in candidates]
         candidates.sort(key=lambda c: -getattr(c, "started", 0))
         candidates = candidates[:12]
-        print(f"proxy: crash ({report['process']} exit {report['exit']}): {signature(report['log'])}", flush=True)
+        self.crash_count += 1
+        saved = self.saved_per_sig.get(sig, 0)
+        if saved >= 3:
+            # Seen and saved enough: count it, restart, go on.
+            print("proxy: (already saved 3 cases with this signature)", flush=True)
+            self.seen_crash_sigs.add(sig)
+            self.gateway.stop()
+            self.gateway.start()
+            return
         found = None
         for case in candidates:
+            if time.monotonic() > deadline:
+                break
             r = self.reproduce(case)
             if r:
                 found = (case, r)
                 break
         if found:
             case, r = found
-            directory, sig, repro = save_crash(self.args.crash_dir, case, r, self.args.binary, confirmed=True)
+            directory, sig2, repro = save_crash(self.args.crash_dir, case, r, self.args.binary, confirmed=True)
+            dirs = [directory]
         else:
-            directory = sig = None
+            dirs = []
             for case in candidates:
-                directory, sig, repro = save_crash(self.args.crash_dir, case, report, self.args.binary, confirmed=False)
-        new = sig not in self.seen_crash_sigs
+                directory, _, repro = save_crash(self.args.crash_dir, case, report, self.args.binary, confirmed=False)
+                dirs.append(directory)
         self.seen_crash_sigs.add(sig)
-        self.crashes.append(directory)
-        print(f"proxy: saved {os.path.relpath(directory, ROOT)} ({'new' if new else 'seen before'}); "
-              f"reproduce: {repro}", flush=True)
+        self.saved_per_sig[sig] = saved + 1
+        self.crashes.extend(dirs)
+        print(f"proxy: saved {', '.join(os.path.relpath(d, ROOT) for d in dirs)} ({'new' if new else 'seen before'}"
+              f"{'' if found else ', not reproduced alone: all cases in flight saved'}); reproduce: {repro}", flush=True)
         self.gateway.stop()
         self.gateway.start()
 
     def seed_pass(self):
-        """Every seed request once, unmutated (regressions first), with a plain response."""
+        """Every seed request once, unmutated, with a plain response."""
+        self.forwardable = []
         ok = Script(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         for name, data in self.requests:
             case = self.make_case(self.rng, None, request=data, response=ok)
             case.cuts = []
+            before = self.upstream.requests
             self.execute(case, self.rng)
+            if self.upstream.requests > before and not name.startswith("regression-"):
+                self.forwardable.append(data)   # reaches the upstream: good for response-side cases
             with self.lock:
                 self.executions += 1
             report = self.gateway.crash_report()
             if report:
                 print(f"proxy: seed {name} crashed the proxy", flush=True)
                 self.in_flight = {0: case}
-                self.handle_crash(report)
+                self.handle_crash(report, time.monotonic() + 60)
 
     def run(self):
         start = time.monotonic()
@@ -849,7 +912,8 @@ class Campaign:
                 if report is None:
                     report = self.gateway.crash_report()
                 if report:
-                    self.handle_crash(report)
+                    # Finding the culprit may overrun the duration by a bounded minute at most.
+                    self.handle_crash(report, max(stop_at, time.monotonic()) + 30)
                     if self.args.stop_on_crash:
                         break
         finally:
@@ -907,9 +971,14 @@ def main():
     print(f"proxy: seed {args.seed}, {args.duration:.0f}s, {args.workers} workers, binary {args.binary}", flush=True)
     c = Campaign(args)
     elapsed = c.run()
-    print(f"proxy: executions={c.executions} duration={elapsed:.0f} crashes={len(c.crashes)} "
+    top = sorted(c.status_counts.items(), key=lambda kv: -kv[1])[:12]
+    print("proxy: answers " + ", ".join(f"{k}:{v}" for k, v in top) +
+          f"; upstream saw {c.upstream.requests} requests", flush=True)
+    for sig in sorted(c.seen_crash_sigs):
+        print(f"proxy: crash signature: {sig}", flush=True)
+    print(f"proxy: executions={c.executions} duration={elapsed:.0f} crashes={c.crash_count} "
           f"unique={len(c.seen_crash_sigs)}", flush=True)
-    sys.exit(1 if c.crashes else 0)
+    sys.exit(1 if c.crash_count else 0)
 
 
 if __name__ == "__main__":
