@@ -489,8 +489,22 @@ class Mutator:
             body = body + r.choice([b"\r\n", b"GET", b"\x16\x03\x01\x02\x00", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"])
         return head + sep + body
 
-    def mutate(self, data, pool, extra, max_len):
+    def interim_storm(self, data):
+        """Many interim heads before the answer: 102/103 with up to 100 tiny fields each
+        (re-serialised, a tiny field grows by a byte), reasons of any length."""
         r = self.rng
+        heads = []
+        for _ in range(r.randint(1, 60)):
+            reason = b"" if r.random() < 0.5 else b" " + b"r" * r.randint(0, 400)
+            fields = b"".join(b"%s:%s\r\n" % (r.choice([b"a", b"Link", b"X"]), r.choice([b"", b"b", b" v "]))
+                              for _ in range(r.choice((0, 1, 50, 99, 100))))
+            heads.append(b"HTTP/1.1 " + r.choice([b"103", b"102", b"100", b"199"]) + reason + b"\r\n" + fields + b"\r\n")
+        return b"".join(heads) + data
+
+    def mutate(self, data, pool, extra, max_len, response=False):
+        r = self.rng
+        if response and r.random() < 0.1:
+            data = self.interim_storm(data)
         for _ in range(r.randint(1, 3)):
             op = r.randrange(10)
             if op <= 2:
@@ -523,8 +537,9 @@ def with_case_header(data, case_id):
 
 
 class Case:
-    def __init__(self, case_id, request, cuts, half_close, response):
+    def __init__(self, case_id, request, cuts, half_close, response, slow_read=False):
         self.case_id = case_id
+        self.slow_read = slow_read
         self.request = request
         self.cuts = sorted(c for c in cuts if 0 < c < len(request))
         self.half_close = half_close
@@ -538,7 +553,7 @@ class Case:
             f.write(self.response.data)
         with open(os.path.join(directory, "case.json"), "w") as f:
             json.dump({"case_id": self.case_id, "cuts": self.cuts, "half_close": self.half_close,
-                       "response": self.response.to_json()}, f, indent=1)
+                       "slow_read": self.slow_read, "response": self.response.to_json()}, f, indent=1)
 
     @staticmethod
     def load(directory):
@@ -548,7 +563,8 @@ class Case:
             request = f.read()
         with open(os.path.join(directory, "response.bin"), "rb") as f:
             response = Script.from_json(f.read(), meta.get("response", {}))
-        return Case(meta.get("case_id", "replay"), request, meta.get("cuts", []), meta.get("half_close", True), response)
+        return Case(meta.get("case_id", "replay"), request, meta.get("cuts", []), meta.get("half_close", True), response,
+                    meta.get("slow_read", False))
 
 
 def run_case(port, case, rng):
@@ -556,8 +572,14 @@ def run_case(port, case, rng):
     a few ms), then reads until the proxy closes or goes quiet. Returns the status line
     of the first answer (b"" when there was none)."""
     try:
-        s = socket.create_connection(("127.0.0.1", port), timeout=2.0)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if case.slow_read:
+            # A client that reads late through a small window: the proxy's writes block.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        s.settimeout(2.0)
+        s.connect(("127.0.0.1", port))
     except OSError:
+        s.close()
         return None
     received = bytearray()
     try:
@@ -603,6 +625,8 @@ def run_case(port, case, rng):
                 s.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
+        if case.slow_read:
+            select.select([], [], [], 0.3)
         # Read the answer: until EOF, or quiet for a while after the last byte.
         deadline = time.monotonic() + 3.0
         quiet = 1.3 if not received else 0.15
@@ -761,7 +785,7 @@ class Campaign:
         if response is None:
             data = rng.choice(self.response_pool)
             if focus != "request" or rng.random() < 0.2:
-                data = mutator.mutate(data, self.response_pool, EXTRA_RESPONSE_FIELDS, 70000)
+                data = mutator.mutate(data, self.response_pool, EXTRA_RESPONSE_FIELDS, 70000, response=True)
             cuts = [rng.randint(1, max(1, len(data) - 1)) for _ in range(rng.choice((0, 0, 1, 2, 4, 8)))]
             ending = rng.choice(("keep", "keep", "keep", "close", "close", "reset", "shutdown-read"))
             delays = [rng.choice((0, 0.0005, 0.001, 0.003)) for _ in range(4)]
@@ -769,7 +793,7 @@ class Campaign:
         if rng.random() < 0.95:
             request = with_case_header(request, case_id)
         cuts = [rng.randint(1, max(1, len(request) - 1)) for _ in range(rng.choice((0, 1, 1, 2, 3, 6, 12)))]
-        return Case(case_id, request, cuts, rng.random() < 0.6, response)
+        return Case(case_id, request, cuts, rng.random() < 0.6, response, slow_read=rng.random() < 0.08)
 
     def execute(self, case, rng):
         self.upstream.register(case.case_id, case.response)
@@ -872,7 +896,8 @@ class Campaign:
         self.gateway.start()
 
     def seed_pass(self):
-        """Every seed request once, unmutated, with a plain response."""
+        """Every seed request once, unmutated, with a plain response; then every seed
+        response once to a plain request."""
         self.forwardable = []
         ok = Script(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         for name, data in self.requests:
@@ -887,6 +912,21 @@ class Campaign:
             report = self.gateway.crash_report()
             if report:
                 print(f"proxy: seed {name} crashed the proxy", flush=True)
+                self.in_flight = {0: case}
+                self.handle_crash(report, time.monotonic() + 60)
+        # Every seed response once, unmutated and whole, to a plain public request.
+        get = b"GET /public/seed HTTP/1.1\r\nHost: h\r\n\r\n"
+        for name, data in self.responses:
+            case = self.make_case(self.rng, None, request=get, response=Script(data))
+            case.request = with_case_header(get, case.case_id)
+            case.cuts = []
+            case.half_close = False
+            self.execute(case, self.rng)
+            with self.lock:
+                self.executions += 1
+            report = self.gateway.crash_report()
+            if report:
+                print(f"proxy: seed response {name} crashed the proxy", flush=True)
                 self.in_flight = {0: case}
                 self.handle_crash(report, time.monotonic() + 60)
 
