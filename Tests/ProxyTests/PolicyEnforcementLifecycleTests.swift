@@ -136,7 +136,8 @@ extension PolicyEnforcementTests {
         tg.signal(SIGHUP)
         let applied = try poll(timeout: 10) { try get(port, "/hup/y").status == 200 }
         #expect(applied != nil, "SIGHUP did not apply the new policy: \(tg.log)")
-        #expect(tg.log.contains("policy reloaded (SIGHUP)"))
+        // The line is written just after the new policy is installed: wait for it.
+        #expect(poll(timeout: 10) { tg.log.contains("policy reloaded (SIGHUP)") } != nil)
     }
 
     // MARK: 6. minted keys and key status changes
