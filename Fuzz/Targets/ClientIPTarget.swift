@@ -35,16 +35,25 @@ public func fuzzClientIP(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let client = withExactCopy(xff, count: n) { rules.resolveClient(peer: peer, forwardedFor: $0) }
     if client != peer {
         check(rules.trustedProxies.contains(peer), "an untrusted peer's XFF chose the client")
-        // The chosen address is one of the list's elements.
+        // The chosen address is one of the list's elements (ports and brackets stripped), or
+        // the unknown client when an element is not an address — never the proxy by default.
         var found = false
+        var hasGarbage = false
         for part in xff.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
             var a = part.startIndex, b = part.endIndex
             while a < b, xff[a] == 0x20 || xff[a] == 0x09 { a += 1 }
             while b > a, xff[b - 1] == 0x20 || xff[b - 1] == 0x09 { b -= 1 }
-            if let ip = IPAddress.parse(UnsafeRawBufferPointer(rebasing: xff[a..<b])), ip == client { found = true }
+            if a == b { continue }
+            if let ip = IPAddress.parseForwarded(UnsafeRawBufferPointer(rebasing: xff[a..<b])) {
+                if ip == client { found = true }
+            } else {
+                hasGarbage = true
+            }
         }
-        check(found, "client \(client) is not in \(describe(xff))")
+        check(found || (client.isUnknown && hasGarbage), "client \(client) is not in \(describe(xff))")
     }
+    // No allow list admits the unknown client.
+    if client.isUnknown { check(!ClientRules(allow: CIDRSet([CIDR("::/0")!, CIDR("0.0.0.0/0")!])).admits(client), "unknown admitted") }
     _ = rules.admits(client)
     return 0
 }
