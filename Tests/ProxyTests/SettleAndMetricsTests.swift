@@ -44,13 +44,22 @@ import Testing
         auth: none
     """
 
+    /// The enforcement fixture plus a streaming upstream and a backend nobody listens on.
+    static func start() throws -> (ScriptedUpstream, PolicyGate) {
+        let streamer = try streamingUpstream()
+        let backends = "  streamer: {url: \"http://127.0.0.1:\(streamer.port)\"}\n"
+            + "  down: {url: \"http://127.0.0.1:\(refusedPort())\"}"
+        do {
+            return (streamer, try PolicyGate(extraRoutes: routes, extraBackends: backends, withAdmin: true))
+        } catch {
+            streamer.stop()
+            throw error
+        }
+    }
+
     @Test func requestsTotalMatchesWhatClientsSawAfterAMixedRun() throws {
-        let streamer = try Self.streamingUpstream()
-        defer { streamer.stop() }
-        let gate = try PolicyGate(extraRoutes: Self.routes,
-                                  extraBackends: "  streamer: {url: \"http://127.0.0.1:\(streamer.port)\"}\n  down: {url: \"http://127.0.0.1:\(refusedPort())\"}",
-                                  withAdmin: true)
-        defer { gate.stop() }
+        let (streamer, gate) = try Self.start()
+        defer { streamer.stop(); gate.stop() }
         var seen: [String: Int] = [:]
         func note(_ r: HTTPResponse) { seen[r.errorCode ?? "OK", default: 0] += 1 }
 
@@ -112,12 +121,8 @@ import Testing
     }
 
     @Test func everyExchangeSettlesExactlyOnceHoweverItEnds() throws {
-        let streamer = try Self.streamingUpstream()
-        defer { streamer.stop() }
-        let gate = try PolicyGate(extraRoutes: Self.routes,
-                                  extraBackends: "  streamer: {url: \"http://127.0.0.1:\(streamer.port)\"}\n  down: {url: \"http://127.0.0.1:\(refusedPort())\"}",
-                                  withAdmin: true)
-        defer { gate.stop() }
+        let (streamer, gate) = try Self.start()
+        defer { streamer.stop(); gate.stop() }
         let admin = gate.adminPort!
         func total() throws -> Int { requestsByCode(try scrapeMetrics(admin)).values.reduce(0, +) }
         func settles(to n: Int) throws -> Bool { try poll(timeout: 10) { try total() >= n } != nil && (try total()) == n }
