@@ -381,7 +381,13 @@ func echoUpstream() throws -> ScriptedUpstream {
         try c.send("GET /inflight HTTP/1.1\r\nHost: h\r\n\r\n")
         #expect(started.wait(timeout: .now() + 5) == .success)
         tg.signal(SIGTERM)
-        let r = try c.readResponse()
+        let r: HTTPResponse
+        do {
+            r = try c.readResponse()
+        } catch {
+            Issue.record("no response after SIGTERM (\(error)); upstream connections: \(up.connections); proxy log: \(tg.log)")
+            return
+        }
         #expect(r.status == 200)
         #expect(r.text == "finished")
         #expect(r.header("Connection") == "close")
