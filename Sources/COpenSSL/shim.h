@@ -7,6 +7,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/crypto.h>
+#include <openssl/x509v3.h>
 
 // Function-like macros over SSL_ctrl & co. do not import into Swift.
 static inline long tollgate_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) { return SSL_CTX_set_mode(ctx, mode); }
@@ -20,6 +21,23 @@ static const uint64_t tollgate_SSL_OP_CIPHER_SERVER_PREFERENCE = SSL_OP_CIPHER_S
 static const long tollgate_SSL_MODE_ENABLE_PARTIAL_WRITE = SSL_MODE_ENABLE_PARTIAL_WRITE;
 static const long tollgate_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER = SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER;
 static const long tollgate_SSL_MODE_RELEASE_BUFFERS = SSL_MODE_RELEASE_BUFFERS;
+static const uint64_t tollgate_SSL_OP_NO_TICKET = SSL_OP_NO_TICKET;
+static const long tollgate_SSL_SESS_CACHE_OFF = SSL_SESS_CACHE_OFF;
+static const long tollgate_SSL_SESS_CACHE_SERVER = SSL_SESS_CACHE_SERVER;
+static const int tollgate_TLS1_2_VERSION = TLS1_2_VERSION;
+static const int tollgate_TLS1_3_VERSION = TLS1_3_VERSION;
+static const int tollgate_SSL_TLSEXT_ERR_OK = SSL_TLSEXT_ERR_OK;
+static const int tollgate_SSL_TLSEXT_ERR_NOACK = SSL_TLSEXT_ERR_NOACK;
+static inline long tollgate_SSL_CTX_set_servername_callback(SSL_CTX *ctx, int (*cb)(SSL *, int *, void *)) {
+    return SSL_CTX_set_tlsext_servername_callback(ctx, cb);
+}
+static inline long tollgate_SSL_CTX_set_servername_arg(SSL_CTX *ctx, void *arg) {
+    return SSL_CTX_set_tlsext_servername_arg(ctx, arg);
+}
+static inline long tollgate_SSL_CTX_set_session_id_context_default(SSL_CTX *ctx) {
+    static const unsigned char sid[] = "tollgate";
+    return SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1);
+}
 
 // SHA-256 with the context on the stack: OpenSSL 3's one-shot SHA256() fetches an EVP method,
 // allocates a context and takes a lock on every call. The low-level calls are deprecated in

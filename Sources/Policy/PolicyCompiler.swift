@@ -29,7 +29,7 @@ enum PolicyCompiler {
         let creds = single({ $0.credentials }, "credentials") ?? PolicyDocument.Credentials()
 
         let listeners = docs.flatMap(\.listen).map {
-            ListenerSpec(host: $0.address.host, port: $0.address.port, isIPv6: $0.address.isIPv6)
+            ListenerSpec(host: $0.address.host, port: $0.address.port, isIPv6: $0.address.isIPv6, tls: $0.tls)
         }
 
         // Backends.

@@ -360,22 +360,78 @@ struct NodeReader {
     mutating func readListen(_ n: PolicyNode, _ path: String) -> PolicyDocument.Listen? {
         guard let m = mapping(n, path) else { return nil }
         var address: PolicyValues.HostPort?
+        var tls: TLSSpec?
         var ok = true
         for (k, kn, v) in m {
             let p = NodeReader.join(path, k)
             switch k {
             case "address": address = self.address(v, p); ok = ok && address != nil
             case "tls":
-                // A `tls:` block that served plain HTTP would be worse than an error.
-                refuse(kn, v, p, fields: ["certificate", "private_key", "certificates", "min_version",
-                                          "session_resumption"])
-                ok = false
+                if let t = readTLS(v, p) { tls = t } else { ok = false }
             default: unknown(kn, p); ok = false
             }
         }
         if !m.contains(where: { $0.key == "address" }) { missing(n, path, "address") }
         guard ok, let address else { return nil }
-        return .init(address: address)
+        return .init(address: address, tls: tls)
+    }
+
+    /// `tls: {certificate, private_key}` or `tls: {certificates: [{certificate, private_key}, …]}`,
+    /// plus `min_version` ("1.2" | "1.3") and `session_resumption` (bool).
+    mutating func readTLS(_ n: PolicyNode, _ path: String) -> TLSSpec? {
+        guard let m = mapping(n, path) else { return nil }
+        var single: (cert: String?, key: String?) = (nil, nil)
+        var many: [TLSSpec.Certificate] = []
+        var minVersion = TLSSpec.Version.tls12
+        var resumption = true
+        var ok = true
+        for (k, kn, v) in m {
+            let p = NodeReader.join(path, k)
+            switch k {
+            case "certificate": single.cert = nonEmptyString(v, p).map { PolicyValues.resolve($0, relativeToFileAt: file) }
+            case "private_key": single.key = nonEmptyString(v, p).map { PolicyValues.resolve($0, relativeToFileAt: file) }
+            case "certificates":
+                guard let items = sequence(v, p) else { ok = false; continue }
+                if items.isEmpty { fail(v, p, "at least one certificate is needed"); ok = false }
+                for (i, item) in items.enumerated() {
+                    let ip = "\(p)[\(i)]"
+                    guard let im = mapping(item, ip) else { ok = false; continue }
+                    var c: String?, key: String?
+                    for (ck, ckn, cv) in im {
+                        let cp = NodeReader.join(ip, ck)
+                        switch ck {
+                        case "certificate": c = nonEmptyString(cv, cp).map { PolicyValues.resolve($0, relativeToFileAt: file) }
+                        case "private_key": key = nonEmptyString(cv, cp).map { PolicyValues.resolve($0, relativeToFileAt: file) }
+                        default: unknown(ckn, cp); ok = false
+                        }
+                    }
+                    if !im.contains(where: { $0.key == "certificate" }) { missing(item, ip, "certificate"); ok = false }
+                    if !im.contains(where: { $0.key == "private_key" }) { missing(item, ip, "private_key"); ok = false }
+                    if let c, let key { many.append(.init(certificate: c, privateKey: key)) } else { ok = false }
+                }
+            case "min_version":
+                guard let s = string(v, p) else { ok = false; continue }
+                if let ver = TLSSpec.Version(rawValue: s) { minVersion = ver } else {
+                    fail(v, p, "unsupported TLS version '\(s)' (expected \"1.2\" or \"1.3\"; nothing older)"); ok = false
+                }
+            case "session_resumption":
+                if let b = bool(v, p) { resumption = b } else { ok = false }
+            default: unknown(kn, p); ok = false
+            }
+        }
+        let hasSingle = m.contains(where: { $0.key == "certificate" || $0.key == "private_key" })
+        if hasSingle && m.contains(where: { $0.key == "certificates" }) {
+            fail(n, path, "give either certificate + private_key or certificates, not both"); ok = false
+        } else if hasSingle {
+            if !m.contains(where: { $0.key == "certificate" }) { missing(n, path, "certificate"); ok = false }
+            if !m.contains(where: { $0.key == "private_key" }) { missing(n, path, "private_key"); ok = false }
+            if let c = single.cert, let k = single.key { many = [.init(certificate: c, privateKey: k)] } else { ok = false }
+        } else if !m.contains(where: { $0.key == "certificates" }) {
+            missing(n, path, "certificate"); ok = false
+        }
+        guard ok else { return nil }
+        return TLSSpec(certificates: many, minVersion: minVersion, sessionResumption: resumption,
+                       location: "\(file):\(n.line)")
     }
 
     mutating func readAdmin(_ n: PolicyNode, _ path: String) -> PolicyDocument.Admin? {

@@ -85,6 +85,7 @@ struct PolicyDocument {
 
     struct Listen {
         var address: PolicyValues.HostPort
+        var tls: TLSSpec?
     }
 
     struct Admin {

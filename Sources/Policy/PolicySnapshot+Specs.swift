@@ -5,6 +5,25 @@ public struct ListenerSpec: Sendable, Equatable {
     public var host: String
     public var port: UInt16
     public var isIPv6: Bool
+    /// TLS on this listener (`listen[].tls`), nil for plain HTTP.
+    public var tls: TLSSpec?
+}
+
+/// `listen[].tls`: certificates (the first is the default; others chosen by SNI), the
+/// lowest protocol version, session resumption. Paths are resolved against the directory of
+/// the policy file that names them.
+public struct TLSSpec: Sendable, Equatable {
+    public struct Certificate: Sendable, Equatable {
+        public var certificate: String
+        public var privateKey: String
+        public init(certificate: String, privateKey: String) { self.certificate = certificate; self.privateKey = privateKey }
+    }
+    public enum Version: String, Sendable, Equatable { case tls12 = "1.2", tls13 = "1.3" }
+    public var certificates: [Certificate]
+    public var minVersion: Version = .tls12
+    public var sessionResumption = true
+    /// Where the block is written (for errors about its files): `file:line`.
+    public var location: String
 }
 
 /// `admin.address`: the admin listener (health, readiness, metrics).

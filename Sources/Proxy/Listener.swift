@@ -11,11 +11,14 @@ final class Listener: EventHandler {
     // every call (measured); the context outlives every connection anyway.
     let context: LoopContext
     let isTLS: Bool
+    /// Index of this listener in the policy's `listen` list (its TLS context's index).
+    let index: Int
     private var isClosed = false
 
-    init(spec: ListenerSpec, context: LoopContext) throws(Errno) {
+    init(spec: ListenerSpec, index: Int, context: LoopContext) throws(Errno) {
         self.context = context
-        self.isTLS = false
+        self.index = index
+        self.isTLS = spec.tls != nil
         let family = spec.isIPv6 ? AF_INET6 : AF_INET
         let fd = socket(family, Int32(SOCK_STREAM.rawValue) | tollgate_SOCK_NONBLOCK | tollgate_SOCK_CLOEXEC, 0)
         if fd < 0 { throw Errno.current }
@@ -65,7 +68,16 @@ final class Listener: EventHandler {
             }
             Sys.setNoDelay(cfd)
             let peer = PeerAddress(storage)
-            let conn = HTTP1Session(fd: cfd, peer: peer, isTLS: isTLS, context: context)
+            var tls: TLSStream?
+            if isTLS {
+                guard index < context.tlsContexts.count, let ctx = context.tlsContexts[index],
+                      let stream = TLSStream(context: ctx, fd: cfd) else {
+                    Glibc.close(cfd)
+                    continue
+                }
+                tls = stream
+            }
+            let conn = HTTP1Session(fd: cfd, peer: peer, tls: tls, context: context)
             do {
                 try loop.register(fd: cfd, handler: conn)
             } catch {

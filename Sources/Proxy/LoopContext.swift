@@ -69,6 +69,9 @@ final class LoopContext {
     let gauges = LoopGauges()
     /// This loop's access log lines, when `access_log` is set.
     var accessLog: AccessLogBuffer?
+    /// The TLS context of each listener (by its index in `listen`), nil for plain ones.
+    /// Replaced whole by a reload; connections keep the context they started with.
+    var tlsContexts: [TLSContext?] = []
     private(set) var isDraining = false
     /// Called (on the loop) when draining and the last client connection is gone.
     var onDrained: (() -> Void)?

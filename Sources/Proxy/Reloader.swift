@@ -45,6 +45,17 @@ final class Reloader: Sendable {
     func reloadPolicy(reason: String) {
         do {
             let next = try PolicyLoader.load(path: policiesPath)
+            // Certificates are read again on every reload (SIGHUP after renewing them); a file
+            // that fails keeps everything as it was, old certificates serving.
+            let tls: [TLSContext?]
+            do {
+                tls = try Server.buildTLS(next)
+            } catch {
+                MetricsRegistry.shared.reloadsRejected.add(1, ordering: .relaxed)
+                Log.error("policy reload (\(reason)) failed; the current policy and certificates keep serving:")
+                Log.error("  \(error)")
+                return
+            }
             let previous = current.withLock { cur -> PolicySnapshot in
                 let p = cur.snapshot
                 cur.snapshot = next
@@ -53,8 +64,13 @@ final class Reloader: Sendable {
             // Read at start only: say so rather than seem to apply them.
             if previous.accessLog != next.accessLog { Log.warn("access_log changed: the new target takes effect at the next start") }
             if previous.admin != next.admin { Log.warn("admin changed: the admin listener moves at the next start") }
+            let layout = { (s: PolicySnapshot) in s.listeners.map { "\($0.host):\($0.port):\($0.tls != nil)" } }
+            let sameListeners = layout(previous) == layout(next)
+            if !sameListeners {
+                Log.warn("listen changed: listeners are bound at start; the change (certificates included) takes effect at the next start")
+            }
             let keys = keyDirectory()
-            server.withLock { $0?.install(next, keys: keys) }
+            server.withLock { $0?.install(next, keys: keys, tls: sameListeners ? tls : nil) }
             MetricsRegistry.shared.reloadsOK.add(1, ordering: .relaxed)
             Log.info("policy reloaded (\(reason)): \(next.routes.count) route(s), \(next.keys.count) declared key(s)")
         } catch {

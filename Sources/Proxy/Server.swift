@@ -24,14 +24,16 @@ final class Server: @unchecked Sendable {
     /// Binds every listener on every loop (so a bind error surfaces before anything runs).
     func start(snapshot: PolicySnapshot, keys: KeyDirectory, accessLog: AccessLogWriter? = nil) throws {
         self.accessLog = accessLog
+        let tls = try Self.buildTLS(snapshot)
         for i in 0..<max(1, settings.threads) {
             let loop = try EventLoop(index: i)
             let ctx = LoopContext(loop: loop, snapshot: snapshot, settings: settings, limiter: limiter)
             ctx.keys = keys
             if let accessLog { ctx.accessLog = AccessLogBuffer(writer: accessLog) }
-            for spec in snapshot.listeners {
+            ctx.tlsContexts = tls
+            for (index, spec) in snapshot.listeners.enumerated() {
                 do {
-                    ctx.listeners.append(try Listener(spec: spec, context: ctx))
+                    ctx.listeners.append(try Listener(spec: spec, index: index, context: ctx))
                 } catch {
                     throw ServerError.bind(address: "\(spec.host):\(spec.port)", reason: error.description)
                 }
@@ -59,14 +61,27 @@ final class Server: @unchecked Sendable {
         return "\(String(cString: host))-\(getpid())-\(UInt32.random(in: 0 ... .max))"
     }
 
-    /// Publishes a new snapshot and the key directory compiled against it to every loop.
-    func install(_ snapshot: PolicySnapshot, keys: KeyDirectory) {
+    /// The TLS contexts of a policy's listeners (by index; nil for plain ones). Throws the
+    /// first file that cannot be loaded: nothing is half-built.
+    static func buildTLS(_ snapshot: PolicySnapshot) throws(TLSContext.LoadError) -> [TLSContext?] {
+        var out: [TLSContext?] = []
+        for l in snapshot.listeners {
+            if let spec = l.tls { out.append(try TLSContext(spec: spec)) } else { out.append(nil) }
+        }
+        return out
+    }
+
+    /// Publishes a new snapshot, the key directory compiled against it and the listeners' TLS
+    /// contexts (new certificates for new connections; live ones keep theirs) to every loop.
+    func install(_ snapshot: PolicySnapshot, keys: KeyDirectory, tls: [TLSContext?]? = nil) {
         for (i, loop) in loops.enumerated() {
             let ctx = UncheckedBox(contexts[i])
             let snap = snapshot
+            let contexts = tls.map { UncheckedBox($0) }
             loop.execute {
                 ctx.value.install(snap)
                 ctx.value.keys = keys
+                if let contexts { ctx.value.tlsContexts = contexts.value }
             }
         }
     }

@@ -22,23 +22,6 @@ struct NotSupportedYetTests {
     }
 
     static let cases: [Case] = [
-        Case(name: "listen tls", yaml: """
-            version: 1
-            listen:
-              - address: 0.0.0.0:8443
-                tls:
-                  certificate: certs/server.pem
-                  private_key: certs/server-key.pem
-                  min_version: "1.2"
-                  session_resumption: true
-            """, expected: ["p.yaml:4: listen[0].tls: not supported yet"]),
-        Case(name: "listen tls with several certificates", yaml: """
-            version: 1
-            listen:
-              - address: 127.0.0.1:8080
-              - address: 0.0.0.0:8443
-                tls: {certificates: [{certificate: a.pem, private_key: a-key.pem}]}
-            """, expected: ["p.yaml:5: listen[1].tls: not supported yet"]),
         Case(name: "listen tls, a misspelt field is still unknown", yaml: """
             version: 1
             listen:
@@ -46,8 +29,20 @@ struct NotSupportedYetTests {
                 tls:
                   certificate: a.pem
                   privat_key: a-key.pem
-            """, expected: ["p.yaml:4: listen[0].tls: not supported yet",
+            """, expected: ["p.yaml:5: listen[0].tls.private_key: missing required field",
                             "p.yaml:6: listen[0].tls.privat_key: unknown field"]),
+        Case(name: "listen tls, nothing older than 1.2", yaml: """
+            version: 1
+            listen:
+              - address: 0.0.0.0:8443
+                tls: {certificate: a.pem, private_key: a-key.pem, min_version: "1.1"}
+            """, expected: ["p.yaml:4: listen[0].tls.min_version: unsupported TLS version '1.1' (expected \"1.2\" or \"1.3\"; nothing older)"]),
+        Case(name: "listen tls, one certificate or a list, not both", yaml: """
+            version: 1
+            listen:
+              - address: 0.0.0.0:8443
+                tls: {certificate: a.pem, private_key: a-key.pem, certificates: [{certificate: b.pem, private_key: b-key.pem}]}
+            """, expected: ["p.yaml:4: listen[0].tls: give either certificate + private_key or certificates, not both"]),
         Case(name: "https backend", yaml: """
             version: 1
             backends:
@@ -155,7 +150,6 @@ struct NotSupportedYetTests {
     /// (and nothing is an unknown field).
     @Test func policyMDExampleIsRefusedOnlyWhereNotBuilt() {
         #expect(errors(Self.policyMDExample, file: "POLICY.yaml") == [
-            "POLICY.yaml:6: listen[1].tls: not supported yet",
             "POLICY.yaml:15: admin.tokens_file: not supported yet",
             "POLICY.yaml:35: credentials.jwt: not supported yet",
             "POLICY.yaml:51: backends.flowise.inject: not supported yet",

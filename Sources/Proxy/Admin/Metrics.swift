@@ -162,7 +162,20 @@ final class RequestMetrics: @unchecked Sendable {
 final class LoopGauges: @unchecked Sendable {
     // SAFETY: as `RequestMetrics`: one writer (the loop), relaxed loads elsewhere.
     private let storage: UnsafeMutablePointer<UInt64>
-    enum Slot: Int, CaseIterable { case http1Connections, h2Connections, degradedOpen, degradedLocal, storeConfigured, storeUp }
+    enum Slot: Int, CaseIterable {
+        case http1Connections, h2Connections, degradedOpen, degradedLocal, storeConfigured, storeUp
+        case handshakeTimeout, handshakeClosed, handshakeIO, handshakeProtocol
+    }
+
+    /// `tollgate_tls_handshake_failures_total{reason}`.
+    func countHandshakeFailure(_ reason: String) {
+        switch reason {
+        case "timeout": add(.handshakeTimeout)
+        case "closed": add(.handshakeClosed)
+        case "io": add(.handshakeIO)
+        default: add(.handshakeProtocol)
+        }
+    }
 
     init() {
         storage = .allocate(capacity: Slot.allCases.count)
@@ -271,6 +284,12 @@ final class MetricsRegistry: Sendable {
         out += "# HELP tollgate_connections Open client connections.\n# TYPE tollgate_connections gauge\n"
         out += "tollgate_connections{protocol=\"http1\"} \(sum(.http1Connections))\n"
         out += "tollgate_connections{protocol=\"h2\"} \(sum(.h2Connections))\n"
+        out += "# HELP tollgate_tls_handshake_failures_total TLS handshakes that did not complete, by reason.\n"
+        out += "# TYPE tollgate_tls_handshake_failures_total counter\n"
+        for (label, slot) in [("timeout", LoopGauges.Slot.handshakeTimeout), ("closed", .handshakeClosed), ("io", .handshakeIO),
+                              ("protocol", .handshakeProtocol)] {
+            out += "tollgate_tls_handshake_failures_total{reason=\"\(label)\"} \(sum(slot))\n"
+        }
         out += "# HELP tollgate_policy_reloads_total Policy reloads by result.\n# TYPE tollgate_policy_reloads_total counter\n"
         out += "tollgate_policy_reloads_total{result=\"ok\"} \(reloadsOK.load(ordering: .relaxed))\n"
         out += "tollgate_policy_reloads_total{result=\"rejected\"} \(reloadsRejected.load(ordering: .relaxed))\n"

@@ -114,13 +114,21 @@ struct Check: ParsableCommand {
     var path: String
 
     func run() throws {
+        let s: PolicySnapshot
         do {
-            let s = try PolicyLoader.load(path: path)
-            print("ok: \(s.routes.count) route(s), \(s.backends.count) backend(s)")
+            s = try PolicyLoader.load(path: path)
         } catch {
             for e in error.errors { print("\(e)") }
             throw ExitCode(1)
         }
+        // Certificates and keys are read as `serve` reads them.
+        do {
+            _ = try Server.buildTLS(s)
+        } catch {
+            print("\(error)")
+            throw ExitCode(1)
+        }
+        print("ok: \(s.routes.count) route(s), \(s.backends.count) backend(s)")
     }
 }
 

@@ -15,6 +15,8 @@ import Runtime
 /// first byte of a head arrives and given back when the connection goes idle again.
 final class HTTP1Session: EventHandler {
     enum State: UInt8 {
+        /// A TLS handshake is under way (TLS listeners only).
+        case handshaking
         /// Waiting for (the rest of) a request head.
         case readingHead
         /// Forwarding an exchange to an upstream (or running its phases).
@@ -106,9 +108,11 @@ final class HTTP1Session: EventHandler {
     /// When the current request body's deadline falls (it moves with the bytes received).
     var bodyDeadline: UInt64 = 0
 
-    init(fd: Int32, peer: PeerAddress, isTLS: Bool, context: LoopContext) {
+    init(fd: Int32, peer: PeerAddress, tls: TLSStream?, context: LoopContext) {
         self.fd = fd
-        self.transport = .plain(fd)
+        self.transport = tls.map { .tls($0) } ?? .plain(fd)
+        let isTLS = tls != nil
+        if isTLS { state = .handshaking }
         self.peer = peer
         self.peerIP = peer.text.withUnsafeBytes { IPAddress.parse($0) } ?? IPAddress(hi: 0, lo: 0)
         self.isTLS = isTLS
@@ -153,7 +157,31 @@ final class HTTP1Session: EventHandler {
     }
 
     func start() {
-        deadline.set(context.loop.now &+ context.idleTimeoutNanos, fd: fd, loop: context.loop)
+        // A handshake has the header time-out; a plain connection the idle one.
+        let wait = state == .handshaking ? context.headerTimeoutNanos : context.idleTimeoutNanos
+        deadline.set(context.loop.now &+ wait, fd: fd, loop: context.loop)
+    }
+
+    /// Drives the TLS handshake; true when it made progress (done: heads may be read).
+    private func stepHandshake() -> Bool {
+        guard case .tls(let stream) = transport else { state = .readingHead; return true }
+        switch stream.handshake() {
+        case .done:
+            state = .readingHead
+            deadline.set(context.loop.now &+ context.idleTimeoutNanos, fd: fd, loop: context.loop)
+            isReadable = true   // the first request may have come with the last handshake flight
+            return true
+        case .wantRead:
+            isReadable = false
+            return false
+        case .wantWrite:
+            isWritable = false
+            return false
+        case .failed(let reason):
+            context.gauges.countHandshakeFailure(reason)
+            close()
+            return false
+        }
     }
 
     // MARK: events
@@ -162,6 +190,8 @@ final class HTTP1Session: EventHandler {
         if events.hasInput { isReadable = true }
         if events.hasOutput { isWritable = true }
         if events.hasHangup { hasHungUp = true }
+        // A TLS read that wanted a write goes again once the socket can take it.
+        if events.hasOutput, case .tls(let s) = transport, s.readWantsWrite { isReadable = true }
         drive()
     }
 
@@ -177,6 +207,9 @@ final class HTTP1Session: EventHandler {
             }
         case .replying:
             close()   // the client does not read what we write
+        case .handshaking:
+            context.gauges.countHandshakeFailure("timeout")
+            close()
         case .waiting, .closed:
             break
         }
@@ -211,6 +244,8 @@ final class HTTP1Session: EventHandler {
             case .replying:
                 if !flushClient() { return }
                 if outBuf.readableBytes == 0 { finishLocalReply() } else { return }
+            case .handshaking:
+                if !stepHandshake() { return }
             case .waiting:
                 return
             case .closed:
@@ -851,6 +886,7 @@ final class HTTP1Session: EventHandler {
         exchange.settle()   // a client that left, a cut response, a time-out: settled all the same
         exchange.downstream = .detached
         detachWorkspace()
+        if case .tls(let s) = transport { s.shutdown() }
         context.loop.close(fd: fd)
         context.remove(self)
     }

@@ -131,11 +131,13 @@ final class RawClient {
         return try readResponse(method: method)
     }
 
-    /// True when the peer has closed (EOF) within the timeout.
+    /// True when the peer has closed (EOF, or a reset: a close with our bytes unread) within
+    /// the timeout.
     func isClosedByPeer(timeout: Double = 5) -> Bool {
         setTimeout(timeout)
         while true {
-            guard let more = try? fill() else { return false }
+            let more: Bool
+            do { more = try fill() } catch { return errno == ECONNRESET }
             if !more { return true }
         }
     }

@@ -1,0 +1,116 @@
+import COpenSSL
+import Glibc
+import Runtime
+
+/// One server-side TLS connection over a non-blocking socket: OpenSSL reads and writes the fd
+/// itself; `SSL_get_error` says which readiness to wait for.
+///
+/// With TLS a short read does not mean the socket is drained (a read returns at most one
+/// record, and OpenSSL may hold decrypted bytes epoll cannot see): sessions read until
+/// `wouldBlock`. A read can want a write (TLS 1.3 tickets, key updates): `readWantsWrite`
+/// tells the session to retry the read when the socket becomes writable.
+final class TLSStream {
+    let ssl: OpaquePointer
+    /// Kept alive while the connection is (its SNI callback points at it), even after a
+    /// reload replaced it for new connections.
+    let context: TLSContext
+    private(set) var readWantsWrite = false
+    private(set) var writeWantsRead = false
+
+    enum Handshake { case done, wantRead, wantWrite, failed(String) }
+
+    init?(context: TLSContext, fd: Int32) {
+        guard let s = SSL_new(context.defaultContext) else { return nil }
+        ssl = s
+        self.context = context
+        SSL_set_fd(s, fd)
+        SSL_set_accept_state(s)
+    }
+
+    deinit { SSL_free(ssl) }
+
+    func handshake() -> Handshake {
+        ERR_clear_error()
+        let rc = SSL_do_handshake(ssl)
+        if rc == 1 { return .done }
+        switch SSL_get_error(ssl, rc) {
+        case SSL_ERROR_WANT_READ: return .wantRead
+        case SSL_ERROR_WANT_WRITE: return .wantWrite
+        case SSL_ERROR_SYSCALL: ERR_clear_error(); return .failed(errno == 0 ? "closed" : "io")
+        case SSL_ERROR_ZERO_RETURN: return .failed("closed")
+        default:
+            ERR_clear_error()
+            return .failed("protocol")
+        }
+    }
+
+    /// The ALPN protocol chosen, if any.
+    var alpn: String? {
+        var p: UnsafePointer<UInt8>?
+        var n: UInt32 = 0
+        SSL_get0_alpn_selected(ssl, &p, &n)
+        guard let p, n > 0 else { return nil }
+        return String(decoding: UnsafeBufferPointer(start: p, count: Int(n)), as: UTF8.self)
+    }
+
+    func read(into p: UnsafeMutableRawPointer, count: Int) throws(Errno) -> IOResult {
+        readWantsWrite = false
+        ERR_clear_error()
+        let n = SSL_read(ssl, p, Int32(min(count, Int(Int32.max))))
+        if n > 0 { return .processed(Int(n)) }
+        switch SSL_get_error(ssl, n) {
+        case SSL_ERROR_WANT_READ: return .wouldBlock
+        case SSL_ERROR_WANT_WRITE: readWantsWrite = true; return .wouldBlock
+        case SSL_ERROR_ZERO_RETURN: return .processed(0)
+        case SSL_ERROR_SYSCALL:
+            let e = errno
+            ERR_clear_error()
+            if e == 0 { return .processed(0) }   // EOF without close_notify (IGNORE_UNEXPECTED_EOF)
+            throw Errno(e)
+        default:
+            ERR_clear_error()
+            throw Errno(EPROTO)
+        }
+    }
+
+    /// Writes the first region, then the second (partial writes allowed).
+    func write(_ p0: UnsafeRawPointer?, _ n0: Int, _ p1: UnsafeRawPointer?, _ n1: Int) throws(Errno) -> IOResult {
+        var done = 0
+        for (p, n) in [(p0, n0), (p1, n1)] where n > 0 {
+            guard let p else { continue }
+            switch try writeOne(p, n) {
+            case .processed(let k):
+                done += k
+                if k < n { return .processed(done) }
+            case .wouldBlock:
+                return done > 0 ? .processed(done) : .wouldBlock
+            }
+        }
+        return .processed(done)
+    }
+
+    private func writeOne(_ p: UnsafeRawPointer, _ n: Int) throws(Errno) -> IOResult {
+        writeWantsRead = false
+        ERR_clear_error()
+        let k = SSL_write(ssl, p, Int32(min(n, Int(Int32.max))))
+        if k > 0 { return .processed(Int(k)) }
+        switch SSL_get_error(ssl, k) {
+        case SSL_ERROR_WANT_WRITE: return .wouldBlock
+        case SSL_ERROR_WANT_READ: writeWantsRead = true; return .wouldBlock
+        case SSL_ERROR_SYSCALL:
+            let e = errno
+            ERR_clear_error()
+            throw Errno(e == 0 ? EPIPE : e)
+        default:
+            ERR_clear_error()
+            throw Errno(EPROTO)
+        }
+    }
+
+    /// A best-effort close_notify (non-blocking: never waits for the peer's).
+    func shutdown() {
+        ERR_clear_error()
+        _ = SSL_shutdown(ssl)
+        ERR_clear_error()
+    }
+}

@@ -1,0 +1,203 @@
+import Foundation
+import Glibc
+import Testing
+
+/// A certificate and key made with the openssl CLI (self-signed, ECDSA P-256 or RSA-2048).
+struct TestCertificate {
+    let cert: String
+    let key: String
+
+    static func make(in dir: String, name: String, host: String, rsa: Bool = false) throws -> TestCertificate {
+        let c = TestCertificate(cert: "\(dir)/\(name).pem", key: "\(dir)/\(name)-key.pem")
+        let keyArgs = rsa ? ["-newkey", "rsa:2048"] : ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+        let (rc, out) = try run("/usr/bin/openssl", ["req", "-x509"] + keyArgs + ["-nodes", "-subj", "/CN=\(host)",
+            "-addext", "subjectAltName=DNS:\(host),IP:127.0.0.1", "-days", "2", "-keyout", c.key, "-out", c.cert])
+        if rc != 0 { throw HarnessError("openssl req: \(out)") }
+        return c
+    }
+}
+
+/// Runs a program to completion: (exit status, stdout + stderr).
+func run(_ path: String, _ args: [String]) throws -> (Int32, String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    let pipe = Pipe()
+    p.standardOutput = pipe
+    p.standardError = pipe
+    p.standardInput = FileHandle.nullDevice
+    try p.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+/// curl over HTTPS: (exit status, verbose output + body).
+func curlTLS(_ url: String, _ extra: [String] = []) throws -> (Int32, String) {
+    try run("/usr/bin/curl", ["-sS", "-v", "--max-time", "10"] + extra + [url])
+}
+
+@Suite(.serialized) struct TLSTests {
+    static func policy(port: UInt16, upstream: UInt16, tls: String, admin: UInt16? = nil) -> String {
+        """
+        version: 1
+        listen:
+          - address: 127.0.0.1:\(port)
+            tls: \(tls)
+        \(admin.map { "admin:\n  address: 127.0.0.1:\($0)" } ?? "")
+        backends:
+          up: {url: "http://127.0.0.1:\(upstream)"}
+        routes:
+          - name: secure
+            match: {path_prefix: /secure/}
+            backend: up
+            auth: none
+            require_https: true
+          - name: all
+            match: {path_prefix: /}
+            backend: up
+            auth: none
+
+        """
+    }
+
+    @Test func servesHTTP1OverTLSWithALPNAndTheHTTPSFacts() throws {
+        let dir = makeTempDir("tgtls")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let c = try TestCertificate.make(in: dir, name: "server", host: "localhost")
+        let log = HeadLog()
+        let up = try recordingUpstream(log)
+        defer { up.stop() }
+        let port = freePort()
+        // Relative paths resolve against the policy file's directory.
+        writeFile(dir + "/gateway.yaml", Self.policy(port: port, upstream: up.port,
+                                                     tls: "{certificate: server.pem, private_key: server-key.pem}"))
+        let tg = try TollgateProcess(policies: dir + "/gateway.yaml", port: port)
+        defer { tg.stop() }
+        let (rc, out) = try curlTLS("https://localhost:\(port)/secure/a", ["--cacert", c.cert])
+        #expect(rc == 0, "\(out)")
+        #expect(out.contains("ALPN: server accepted http/1.1"), "\(out)")
+        #expect(out.contains("< HTTP/1.1 200"))
+        // require_https is met by the TLS listener; the backend is told so.
+        #expect(headerValue(log.heads.last ?? "", "X-Forwarded-Proto") == "https")
+        // h2-only clients get no ALPN (HTTP/2 is a later step) and still HTTP/1.1.
+        let (rc2, out2) = try curlTLS("https://localhost:\(port)/a", ["--cacert", c.cert, "--http1.1"])
+        #expect(rc2 == 0 && out2.contains("< HTTP/1.1 200"))
+        // Nothing older than TLS 1.2.
+        let (rc3, _) = try curlTLS("https://localhost:\(port)/a", ["--cacert", c.cert, "--tls-max", "1.1"])
+        #expect(rc3 != 0)
+        // Keep-alive over TLS: several requests on one connection.
+        let (rc4, out4) = try curlTLS("https://localhost:\(port)/k1", ["--cacert", c.cert, "https://localhost:\(port)/k2"])
+        #expect(rc4 == 0 && out4.contains("Re-using existing connection"), "\(out4)")
+    }
+
+    @Test func sniChoosesTheCertificateAndMinVersionHolds() throws {
+        let dir = makeTempDir("tgtls")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let a = try TestCertificate.make(in: dir, name: "a", host: "localhost")
+        let b = try TestCertificate.make(in: dir, name: "b", host: "other.test", rsa: true)
+        let up = try echoUpstream()
+        defer { up.stop() }
+        let port = freePort()
+        writeFile(dir + "/gateway.yaml", Self.policy(port: port, upstream: up.port, tls: """
+        {certificates: [{certificate: a.pem, private_key: a-key.pem}, {certificate: b.pem, private_key: b-key.pem}], min_version: "1.3"}
+        """))
+        let tg = try TollgateProcess(policies: dir + "/gateway.yaml", port: port)
+        defer { tg.stop() }
+        // The default certificate, and the one SNI names (curl verifies each against its own CA).
+        #expect(try curlTLS("https://localhost:\(port)/a", ["--cacert", a.cert]).0 == 0)
+        let (rc, out) = try curlTLS("https://other.test:\(port)/b", ["--cacert", b.cert, "--resolve", "other.test:\(port):127.0.0.1"])
+        #expect(rc == 0, "\(out)")
+        // The wrong CA for a name fails verification: the right certificate was really chosen.
+        #expect(try curlTLS("https://other.test:\(port)/b", ["--cacert", a.cert, "--resolve", "other.test:\(port):127.0.0.1"]).0 != 0)
+        // min_version 1.3: a TLS 1.2 client is refused.
+        #expect(try curlTLS("https://localhost:\(port)/a", ["--cacert", a.cert, "--tls-max", "1.2"]).0 != 0)
+        #expect(tg.process.isRunning)
+    }
+
+    @Test func failedHandshakesCloseOnlyThatConnection() throws {
+        let dir = makeTempDir("tgtls")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let c = try TestCertificate.make(in: dir, name: "server", host: "localhost")
+        let up = try echoUpstream()
+        defer { up.stop() }
+        let port = freePort(), admin = freePort()
+        writeFile(dir + "/gateway.yaml", Self.policy(port: port, upstream: up.port,
+                                                     tls: "{certificate: server.pem, private_key: server-key.pem}", admin: admin))
+        let tg = try TollgateProcess(policies: dir + "/gateway.yaml", port: port, extra: ["--header-timeout", "0.5"])
+        defer { tg.stop() }
+        // Plain HTTP to a TLS port: not a handshake; that connection is closed.
+        let plain = try RawClient(port: port)
+        try plain.send("GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        #expect(plain.isClosedByPeer())
+        // A client that never starts its handshake is closed at the header time-out.
+        let silent = try RawClient(port: port)
+        #expect(silent.isClosedByPeer(timeout: 5))
+        // The process serves on.
+        #expect(try curlTLS("https://localhost:\(port)/a", ["--cacert", c.cert]).0 == 0)
+        let m = try scrapeMetrics(admin)
+        #expect(m["tollgate_tls_handshake_failures_total{reason=\"protocol\"}"] ?? 0 >= 1)
+        #expect(m["tollgate_tls_handshake_failures_total{reason=\"timeout\"}"] ?? 0 >= 1)
+    }
+
+    @Test func badCertificateFilesAreNamedAndAReloadKeepsTheOldOnes() throws {
+        let dir = makeTempDir("tgtls")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let c = try TestCertificate.make(in: dir, name: "server", host: "localhost")
+        let other = try TestCertificate.make(in: dir, name: "other", host: "localhost")
+        let up = try echoUpstream()
+        defer { up.stop() }
+        // At start: a missing key, a key that does not match, each named.
+        let port = freePort()
+        writeFile(dir + "/missing.yaml", Self.policy(port: port, upstream: up.port, tls: "{certificate: server.pem, private_key: nope.pem}"))
+        var (rc, out) = try runTollgate(["serve", "--policies", dir + "/missing.yaml"])
+        #expect(rc != 0 && out.contains("\(dir)/nope.pem"), "\(out)")
+        writeFile(dir + "/mismatch.yaml", Self.policy(port: port, upstream: up.port, tls: "{certificate: server.pem, private_key: other-key.pem}"))
+        (rc, out) = try runTollgate(["serve", "--policies", dir + "/mismatch.yaml"])
+        #expect(rc != 0 && out.contains("other-key.pem") && out.contains("does not match"), "\(out)")
+        // `check` says the same.
+        (rc, out) = try runTollgate(["check", dir + "/mismatch.yaml"])
+        #expect(rc != 0 && out.contains("does not match"), "\(out)")
+
+        // Renewed on disk + SIGHUP: new connections get the new certificate.
+        let live = dir + "/live"
+        try FileManager.default.createDirectory(atPath: live, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: c.cert, toPath: live + "/cert.pem")
+        try FileManager.default.copyItem(atPath: c.key, toPath: live + "/key.pem")
+        writeFile(live + "/gateway.conf", Self.policy(port: port, upstream: up.port, tls: "{certificate: cert.pem, private_key: key.pem}"))
+        let tg = try TollgateProcess(policies: live + "/gateway.conf", port: port)
+        defer { tg.stop() }
+        #expect(try curlTLS("https://localhost:\(port)/a", ["--cacert", c.cert]).0 == 0)
+        try FileManager.default.removeItem(atPath: live + "/cert.pem")
+        try FileManager.default.removeItem(atPath: live + "/key.pem")
+        try FileManager.default.copyItem(atPath: other.cert, toPath: live + "/cert.pem")
+        try FileManager.default.copyItem(atPath: other.key, toPath: live + "/key.pem")
+        tg.signal(SIGHUP)
+        #expect(try poll(timeout: 10, step: 0.1) { try curlTLS("https://localhost:\(port)/a", ["--cacert", other.cert]).0 == 0 } != nil)
+        // A broken renewal: the reload fails, named, and the certificate that works stays.
+        writeFile(live + "/key.pem", "not a key\n")
+        tg.signal(SIGHUP)
+        #expect(poll(timeout: 10) { tg.log.contains("\(live)/key.pem") } != nil, "\(tg.log)")
+        #expect(try curlTLS("https://localhost:\(port)/a", ["--cacert", other.cert]).0 == 0)
+    }
+
+    @Test func sessionResumptionCanBeSwitchedOff() throws {
+        let dir = makeTempDir("tgtls")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        _ = try TestCertificate.make(in: dir, name: "server", host: "localhost")
+        let up = try echoUpstream()
+        defer { up.stop() }
+        for resumption in [true, false] {
+            let port = freePort()
+            writeFile(dir + "/gateway.yaml", Self.policy(port: port, upstream: up.port,
+                tls: "{certificate: server.pem, private_key: server-key.pem, session_resumption: \(resumption)}"))
+            let tg = try TollgateProcess(policies: dir + "/gateway.yaml", port: port)
+            defer { tg.stop() }
+            let sess = dir + "/session-\(resumption)"
+            let base = ["s_client", "-connect", "127.0.0.1:\(port)", "-servername", "localhost", "-tls1_2"]
+            _ = try run("/usr/bin/openssl", base + ["-sess_out", sess])
+            let (_, second) = try run("/usr/bin/openssl", base + ["-sess_in", sess])
+            #expect(second.contains("Reused, TLSv1.2") == resumption, "resumption \(resumption): \(second.prefix(400))")
+        }
+    }
+}
