@@ -121,6 +121,28 @@ final class Reloader: Sendable {
         let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE)
         let policyWatch = inotify_add_watch(fd, policyDir, mask)
         let keyWatch = inotify_add_watch(fd, keyLog.directory, mask | UInt32(IN_MODIFY))
+        // The directories of the certificates and keys the listeners use: a renewed file
+        // (written in place or renamed over) reloads them, as SIGHUP does.
+        var certWatches: [Int32: Set<String>] = [:]
+        func watchCertificates() {
+            for (wd, _) in certWatches where wd != policyWatch && wd != keyWatch { inotify_rm_watch(fd, wd) }
+            certWatches = [:]
+            var byDir: [String: Set<String>] = [:]
+            for l in snapshot.listeners {
+                for c in l.tls?.certificates ?? [] {
+                    for path in [c.certificate, c.privateKey] {
+                        let dir = (path as NSString).deletingLastPathComponent
+                        byDir[dir.isEmpty ? "." : dir, default: []].insert((path as NSString).lastPathComponent)
+                    }
+                }
+            }
+            for (dir, names) in byDir {
+                // IN_MASK_ADD: a directory watched already (the policy's) keeps its mask.
+                let wd = inotify_add_watch(fd, dir, mask | UInt32(IN_MASK_ADD))
+                if wd >= 0 { certWatches[wd, default: []].formUnion(names) }
+            }
+        }
+        watchCertificates()
         // Changes made between the first load and these watches raised no event: catch up once.
         if Self.fingerprint(policiesPath) != loadedFingerprint { reloadPolicy(reason: "changed during startup") }
         reloadKeys()
@@ -130,6 +152,7 @@ final class Reloader: Sendable {
             if n <= 0 { if errno == EINTR { continue }; return }
             var policyChanged = false
             var keysChanged = false
+            var certificatesChanged = false
             var off = 0
             buf.withUnsafeBytes { raw in
                 while off + MemoryLayout<inotify_event>.size <= n {
@@ -138,13 +161,17 @@ final class Reloader: Sendable {
                     let name = ev.len > 0 ? String(cString: raw.baseAddress!.advanced(by: nameStart).assumingMemoryBound(to: CChar.self)) : ""
                     if ev.wd == policyWatch && (name.hasSuffix(".yaml") || name.hasSuffix(".yml")) { policyChanged = true }
                     if ev.wd == keyWatch && name == "keys.jsonl" { keysChanged = true }
+                    if let names = certWatches[ev.wd], names.contains(name) { certificatesChanged = true }
                     off = nameStart + Int(ev.len)
                 }
             }
             // Editors write in several steps: let them finish.
-            if policyChanged || keysChanged { usleep(30_000) }
+            if policyChanged || keysChanged || certificatesChanged { usleep(30_000) }
             // Both may have changed in one batch: the policy reload alone keeps the old key state.
-            if policyChanged { reloadPolicy(reason: "file change") }
+            if policyChanged || certificatesChanged {
+                reloadPolicy(reason: policyChanged ? "file change" : "certificate change")
+                watchCertificates()
+            }
             if keysChanged { reloadKeys() }
         }
     }

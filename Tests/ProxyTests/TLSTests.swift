@@ -201,3 +201,34 @@ func curlTLS(_ url: String, _ extra: [String] = []) throws -> (Int32, String) {
         }
     }
 }
+
+extension TLSTests {
+    /// A renewed certificate written over the old files is picked up without a signal.
+    @Test func renewedCertificateFilesAreReloadedOnChange() throws {
+        let dir = makeTempDir("tgtls")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let certs = dir + "/certs"
+        try FileManager.default.createDirectory(atPath: certs, withIntermediateDirectories: true)
+        let old = try TestCertificate.make(in: dir, name: "old", host: "localhost")
+        let new = try TestCertificate.make(in: dir, name: "new", host: "localhost")
+        try FileManager.default.copyItem(atPath: old.cert, toPath: certs + "/cert.pem")
+        try FileManager.default.copyItem(atPath: old.key, toPath: certs + "/key.pem")
+        let up = try echoUpstream()
+        defer { up.stop() }
+        let port = freePort()
+        let policies = dir + "/policies"
+        try FileManager.default.createDirectory(atPath: policies, withIntermediateDirectories: true)
+        writeFile(policies + "/gateway.yaml", Self.policy(port: port, upstream: up.port,
+                                                          tls: "{certificate: ../certs/cert.pem, private_key: ../certs/key.pem}"))
+        let tg = try TollgateProcess(policies: policies, port: port)
+        defer { tg.stop() }
+        #expect(try curlTLS("https://localhost:\(port)/a", ["--cacert", old.cert]).0 == 0)
+        // Renewal as certbot-like tools do it: key first, then the certificate, renamed into place.
+        try FileManager.default.copyItem(atPath: new.key, toPath: certs + "/key.pem.tmp")
+        _ = rename(certs + "/key.pem.tmp", certs + "/key.pem")
+        try FileManager.default.copyItem(atPath: new.cert, toPath: certs + "/cert.pem.tmp")
+        _ = rename(certs + "/cert.pem.tmp", certs + "/cert.pem")
+        #expect(try poll(timeout: 10, step: 0.1) { try curlTLS("https://localhost:\(port)/a", ["--cacert", new.cert]).0 == 0 } != nil,
+                "\(tg.log)")
+    }
+}
