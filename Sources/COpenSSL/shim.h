@@ -24,6 +24,7 @@ static const long tollgate_SSL_MODE_RELEASE_BUFFERS = SSL_MODE_RELEASE_BUFFERS;
 static const uint64_t tollgate_SSL_OP_NO_TICKET = SSL_OP_NO_TICKET;
 static const long tollgate_SSL_SESS_CACHE_OFF = SSL_SESS_CACHE_OFF;
 static const long tollgate_SSL_SESS_CACHE_SERVER = SSL_SESS_CACHE_SERVER;
+static const long tollgate_SSL_SESS_CACHE_CLIENT = SSL_SESS_CACHE_CLIENT;
 static const int tollgate_TLS1_2_VERSION = TLS1_2_VERSION;
 static const int tollgate_TLS1_3_VERSION = TLS1_3_VERSION;
 static const int tollgate_SSL_TLSEXT_ERR_OK = SSL_TLSEXT_ERR_OK;
@@ -34,6 +35,7 @@ static inline long tollgate_SSL_CTX_set_servername_callback(SSL_CTX *ctx, int (*
 static inline long tollgate_SSL_CTX_set_servername_arg(SSL_CTX *ctx, void *arg) {
     return SSL_CTX_set_tlsext_servername_arg(ctx, arg);
 }
+static inline long tollgate_SSL_set_tlsext_host_name(SSL *ssl, const char *name) { return SSL_set_tlsext_host_name(ssl, name); }
 static inline long tollgate_SSL_CTX_set_session_id_context_default(SSL_CTX *ctx) {
     static const unsigned char sid[] = "tollgate";
     return SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1);

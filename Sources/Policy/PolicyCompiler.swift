@@ -42,7 +42,7 @@ enum PolicyCompiler {
             }
             backendIndex[b.name] = (backends.count, b.at)
             backends.append(BackendSpec(
-                index: backends.count, name: b.name, host: b.host, port: b.port, isIPv6: b.isIPv6,
+                index: backends.count, name: b.name, host: b.host, port: b.port, isIPv6: b.isIPv6, tls: b.tls,
                 connectTimeout: b.connectTimeout,
                 responseTimeout: b.responseTimeout, idleTimeout: b.idleTimeout, maxIdle: b.maxIdle))
         }

@@ -552,6 +552,8 @@ struct NodeReader {
         guard let m = mapping(n, path) else { return nil }
         var url: PolicyValues.ParsedURL?
         var b = PolicyDocument.Backend(name: name, at: at, host: "", port: 0, isIPv6: false)
+        var caFile: String?
+        var tlsKey: PolicyNode?
         for (k, kn, v) in m {
             let p = NodeReader.join(path, k)
             switch k {
@@ -562,9 +564,18 @@ struct NodeReader {
                     fail(v, p, "invalid URL '\(s)' (expected http://host:port)")
                     continue
                 }
-                // Parsed but not honoured yet: refused rather than served as plain http / without the base.
-                if u.scheme == "https" { notSupportedYet(kn, p, "https backends") }
+                // Parsed but not honoured yet: refused rather than served without the base.
                 if !u.basePath.isEmpty { notSupportedYet(kn, p, "a base path") }
+            case "tls":
+                tlsKey = kn
+                guard let tm = mapping(v, p) else { continue }
+                for (tk, tkn, tv) in tm {
+                    let tp = NodeReader.join(p, tk)
+                    switch tk {
+                    case "ca": caFile = nonEmptyString(tv, tp).map { PolicyValues.resolve($0, relativeToFileAt: file) }
+                    default: unknown(tkn, tp)
+                    }
+                }
             case "inject":
                 refuse(kn, v, p, fields: ["header", "format", "secret"])
             case "timeouts":
@@ -593,6 +604,11 @@ struct NodeReader {
         if !m.contains(where: { $0.key == "url" }) { missing(n, path, "url") }
         guard let url else { return nil }
         b.host = url.host; b.port = url.port; b.isIPv6 = url.isIPv6
+        if url.scheme == "https" {
+            b.tls = BackendTLS(caFile: caFile)
+        } else if let tlsKey {
+            fail(tlsKey, NodeReader.join(path, "tls"), "tls settings need an https:// url")
+        }
         return b
     }
 

@@ -114,6 +114,7 @@ struct PolicyDocument {
         var host: String
         var port: UInt16
         var isIPv6: Bool
+        var tls: BackendTLS?
         var connectTimeout: Duration = .seconds(2)
         var responseTimeout: Duration = .seconds(30)
         var idleTimeout: Duration = .seconds(300)

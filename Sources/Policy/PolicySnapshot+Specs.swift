@@ -9,6 +9,15 @@ public struct ListenerSpec: Sendable, Equatable {
     public var tls: TLSSpec?
 }
 
+/// TLS to an `https://` backend: the certificate is verified against the system's CAs or the
+/// `tls.ca` file, for the URL's host (SNI too, for a host name).
+public struct BackendTLS: Sendable, Equatable {
+    /// A PEM file of CA certificates (resolved against the policy file's directory), or nil:
+    /// the system store.
+    public var caFile: String?
+    public init(caFile: String?) { self.caFile = caFile }
+}
+
 /// `listen[].tls`: certificates (the first is the default; others chosen by SNI), the
 /// lowest protocol version, session resumption. Paths are resolved against the directory of
 /// the policy file that names them.
@@ -66,10 +75,12 @@ public struct StoreSpec: Sendable, Equatable {
 public struct BackendSpec: Sendable, Equatable {
     public var index: Int
     public var name: String
-    /// Plain http (https URLs and base paths are refused until they are built).
+    /// Base paths are refused until they are built.
     public var host: String
     public var port: UInt16
     public var isIPv6: Bool
+    /// `https://`: TLS to the backend, its certificate verified.
+    public var tls: BackendTLS?
     public var connectTimeout: Duration
     public var responseTimeout: Duration
     public var idleTimeout: Duration

@@ -68,6 +68,10 @@ final class Server: @unchecked Sendable {
         for l in snapshot.listeners {
             if let spec = l.tls { out.append(try TLSContext(spec: spec)) } else { out.append(nil) }
         }
+        // https backends: their CA files load (each loop's pool builds its own context).
+        for b in snapshot.backends {
+            if let t = b.tls { _ = try BackendTLSContext(backend: b, tls: t) }
+        }
         return out
     }
 

@@ -1,3 +1,4 @@
+import COpenSSL
 import CSystem
 import Glibc
 import Policy
@@ -55,7 +56,7 @@ extension String {
 /// One keep-alive connection to a backend. While bound, every event goes to its client's
 /// exchange; while idle in the pool, any event (data, close) retires it.
 final class UpstreamConnection: EventHandler {
-    enum State: UInt8 { case connecting, active, idle, closed }
+    enum State: UInt8 { case connecting, handshaking, active, idle, closed }
 
     let fd: Int32
     let transport: Transport
@@ -79,10 +80,26 @@ final class UpstreamConnection: EventHandler {
     unowned(unsafe) var client: HTTP1Session?
     var deadline = Deadline()
 
-    init(fd: Int32, pool: UpstreamPool) {
+    init(fd: Int32, pool: UpstreamPool, tls: TLSStream? = nil) {
         self.fd = fd
-        self.transport = .plain(fd)
+        self.transport = tls.map { .tls($0) } ?? .plain(fd)
         self.pool = pool
+    }
+
+    /// Drives the TLS handshake to the backend (`handshaking`): active when done.
+    private func stepHandshake() {
+        guard case .tls(let stream) = transport else { state = .active; client?.upstreamConnected(self); return }
+        switch stream.handshake() {
+        case .done:
+            state = .active
+            isWritable = true
+            pool.remember(stream)
+            client?.upstreamConnected(self)
+        case .wantRead, .wantWrite:
+            break
+        case .failed:
+            client?.upstreamFailed(self, .tls)
+        }
     }
 
     func handleEvent(_ events: EventSet, loop: EventLoop) {
@@ -93,13 +110,18 @@ final class UpstreamConnection: EventHandler {
         case .connecting:
             if events.hasOutputOrFailure {
                 let err = Sys.socketError(fd)
-                if err == 0 {
+                if err != 0 {
+                    client?.upstreamFailed(self, .connect(err))
+                } else if case .tls = transport {
+                    state = .handshaking
+                    stepHandshake()
+                } else {
                     state = .active
                     client?.upstreamConnected(self)
-                } else {
-                    client?.upstreamFailed(self, .connect(err))
                 }
             }
+        case .handshaking:
+            stepHandshake()
         case .active:
             client?.upstreamEvent(self)
         case .idle:
@@ -113,7 +135,7 @@ final class UpstreamConnection: EventHandler {
     func handleTimer(loop: EventLoop) {
         guard deadline.expired(fd: fd, loop: loop) else { return }
         switch state {
-        case .connecting: client?.upstreamFailed(self, .connectTimeout)
+        case .connecting, .handshaking: client?.upstreamFailed(self, .connectTimeout)
         case .active: client?.upstreamFailed(self, .responseTimeout)
         case .idle: pool.retire(self)
         case .closed: break
@@ -135,12 +157,14 @@ enum UpstreamFailure: Error, Equatable {
     case reset(Int32)
     case closedEarly
     case badResponse
+    /// The TLS handshake with an https backend failed (verification included).
+    case tls
 
     /// 502 for refused/reset/garbage, 504 for time-outs.
     var status: Int {
         switch self {
         case .connectTimeout, .responseTimeout: return 504
-        case .connect, .reset, .closedEarly, .badResponse: return 502
+        case .connect, .reset, .closedEarly, .badResponse, .tls: return 502
         }
     }
 }
@@ -157,6 +181,10 @@ final class UpstreamPool {
     var responseTimeoutNanos: UInt64
     var idleTimeoutNanos: UInt64
     private(set) var idle: [UpstreamConnection] = []
+    /// TLS to the backend (`https://`), and the last session for resumption.
+    let tls: BackendTLSContext?
+    let tlsHost: String
+    private var tlsSession: OpaquePointer?
     /// Replaced by a reload: connections coming back are closed, not pooled.
     var isRetired = false
 
@@ -169,7 +197,22 @@ final class UpstreamPool {
         self.connectTimeoutNanos = spec.connectTimeout.nanoseconds
         self.responseTimeoutNanos = spec.responseTimeout.nanoseconds
         self.idleTimeoutNanos = spec.idleTimeout.nanoseconds
+        tlsHost = spec.host
+        // Checked at load (`Server.buildTLS`): a failure here leaves the backend answering 502.
+        tls = spec.tls.flatMap { try? BackendTLSContext(backend: spec, tls: $0) }
+        isTLSBackend = spec.tls != nil
         idle.reserveCapacity(maxIdle)
+    }
+
+    let isTLSBackend: Bool
+
+    deinit { if let s = tlsSession { SSL_SESSION_free(s) } }
+
+    /// A finished handshake's session: offered by the next connection (resumption across the pool).
+    func remember(_ stream: TLSStream) {
+        guard !stream.isResumed, let s = stream.copySession() else { return }
+        if let old = tlsSession { SSL_SESSION_free(old) }
+        tlsSession = s
     }
 
     /// An idle connection, or a new one being connected. Throws when no socket could be made.
@@ -183,7 +226,15 @@ final class UpstreamPool {
         let fd = socket(addr.family, Int32(SOCK_STREAM.rawValue) | tollgate_SOCK_NONBLOCK | tollgate_SOCK_CLOEXEC, 0)
         if fd < 0 { return .failure(.connect(errno)) }
         Sys.setNoDelay(fd)
-        let conn = UpstreamConnection(fd: fd, pool: self)
+        var stream: TLSStream?
+        if isTLSBackend {
+            guard let ctx = tls, let s = TLSStream(client: ctx, fd: fd, host: tlsHost, session: tlsSession) else {
+                Glibc.close(fd)
+                return .failure(.tls)
+            }
+            stream = s
+        }
+        let conn = UpstreamConnection(fd: fd, pool: self, tls: stream)
         let rc = withUnsafePointer(to: &addr.storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, addr.length) }
         }
@@ -198,8 +249,10 @@ final class UpstreamPool {
             Glibc.close(fd)
             return .failure(.connect(error.code))
         }
-        conn.state = rc == 0 ? .active : .connecting
-        if rc == 0 { conn.isWritable = true }
+        // Connected at once (loopback): plain is active; TLS waits for the first writable
+        // event (epoll reports it on registration) to start its handshake.
+        conn.state = rc == 0 && !isTLSBackend ? .active : .connecting
+        if rc == 0 && !isTLSBackend { conn.isWritable = true }
         conn.deadline.set(loop.now &+ connectTimeoutNanos, fd: fd, loop: loop)
         return .success(conn)
     }

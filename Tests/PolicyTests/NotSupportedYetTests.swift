@@ -43,13 +43,14 @@ struct NotSupportedYetTests {
               - address: 0.0.0.0:8443
                 tls: {certificate: a.pem, private_key: a-key.pem, certificates: [{certificate: b.pem, private_key: b-key.pem}]}
             """, expected: ["p.yaml:4: listen[0].tls: give either certificate + private_key or certificates, not both"]),
-        Case(name: "https backend", yaml: """
+        Case(name: "backend tls settings on a plain URL", yaml: """
             version: 1
             backends:
               finance: {url: http://127.0.0.1:7001}
               flowise:
-                url: https://flowise.internal:3000
-            """, expected: ["p.yaml:5: backends.flowise.url: not supported yet (https backends)"]),
+                url: http://flowise.internal:3000
+                tls: {ca: ca.pem}
+            """, expected: ["p.yaml:6: backends.flowise.tls: tls settings need an https:// url"]),
         Case(name: "backend base path", yaml: """
             version: 1
             backends:
@@ -141,7 +142,6 @@ struct NotSupportedYetTests {
           - {id: k, hash: \(Fixture.hash("k")), consumer: c, plan: free}
         """
         #expect(errors(yaml) == [
-            "p.yaml:3: backends.flowise.url: not supported yet (https backends)",
             "p.yaml:5: plans.free.quotas: not supported yet",
         ])
     }

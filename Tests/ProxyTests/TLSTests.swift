@@ -232,3 +232,101 @@ extension TLSTests {
                 "\(tg.log)")
     }
 }
+
+/// A TLS backend: Python's http.server behind ssl (a real TLS stack, not ours), answering
+/// `tls-ok <Host>`; `ready` on its stdout once it listens.
+final class TLSBackend {
+    let process = Process()
+    let port: UInt16
+
+    init(cert: String, key: String) throws {
+        port = freePort()
+        let script = """
+        import http.server, ssl, sys
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            def do_GET(self):
+                body = ("tls-ok " + self.headers.get("Host", "")).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            def log_message(self, *a): pass
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+        print("ready", flush=True)
+        srv.serve_forever()
+        """
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "-c", script, String(port), cert, key]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let line = out.fileHandleForReading.availableData
+        guard String(decoding: line, as: UTF8.self).contains("ready") else {
+            stop()
+            throw HarnessError("TLS backend did not start")
+        }
+    }
+
+    func stop() {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
+    }
+}
+
+extension TLSTests {
+    @Test func httpsBackendsAreVerified() throws {
+        let dir = makeTempDir("tgtlsb")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let good = try TestCertificate.make(in: dir, name: "backend", host: "localhost")
+        let stranger = try TestCertificate.make(in: dir, name: "stranger", host: "localhost")
+        let backend = try TLSBackend(cert: good.cert, key: good.key)
+        defer { backend.stop() }
+        let port = freePort()
+        writeFile(dir + "/gateway.yaml", """
+        version: 1
+        listen:
+          - address: 127.0.0.1:\(port)
+        backends:
+          trusted: {url: "https://localhost:\(backend.port)", tls: {ca: backend.pem}}
+          byip: {url: "https://127.0.0.1:\(backend.port)", tls: {ca: backend.pem}}
+          untrusted: {url: "https://localhost:\(backend.port)", tls: {ca: stranger.pem}}
+          system: {url: "https://localhost:\(backend.port)"}
+        routes:
+          - {name: trusted, match: {path_prefix: /trusted/}, backend: trusted, auth: none}
+          - {name: byip, match: {path_prefix: /byip/}, backend: byip, auth: none}
+          - {name: untrusted, match: {path_prefix: /untrusted/}, backend: untrusted, auth: none}
+          - {name: system, match: {path_prefix: /system/}, backend: system, auth: none}
+
+        """)
+        _ = stranger
+        let tg = try TollgateProcess(policies: dir + "/gateway.yaml", port: port)
+        defer { tg.stop() }
+        // Verified against tls.ca, by name (SNI) and by IP address; kept alive and reused.
+        let c = try RawClient(port: port)
+        for i in 0..<3 {
+            let r = try c.request("GET /trusted/\(i) HTTP/1.1\r\nHost: example.test\r\n\r\n")
+            #expect(r.status == 200 && r.text == "tls-ok example.test", "\(r.status) \(r.text)")
+        }
+        #expect(try get(port, "/byip/a").status == 200)
+        // A certificate no configured CA signed, or one the system store does not know: 502.
+        expectDenial(try get(port, "/untrusted/a"), "UPSTREAM_UNAVAILABLE", 502)
+        expectDenial(try get(port, "/system/a"), "UPSTREAM_UNAVAILABLE", 502)
+        // A CA file that does not load is named at start.
+        writeFile(dir + "/bad.yaml", """
+        version: 1
+        listen:
+          - address: 127.0.0.1:\(freePort())
+        backends:
+          b: {url: "https://localhost:1", tls: {ca: missing-ca.pem}}
+        routes:
+          - {name: r, match: {path_prefix: /}, backend: b, auth: none}
+
+        """)
+        let (rc, out) = try runTollgate(["check", dir + "/bad.yaml"])
+        #expect(rc != 0 && out.contains("\(dir)/missing-ca.pem"), "\(out)")
+    }
+}

@@ -51,7 +51,7 @@ enum UpstreamErrorKind: Int, CaseIterable {
 
     init(_ f: UpstreamFailure) {
         switch f {
-        case .connect: self = .connect
+        case .connect, .tls: self = .connect
         case .connectTimeout, .responseTimeout: self = .timeout
         case .reset, .closedEarly: self = .reset
         case .badResponse: self = .invalid

@@ -922,6 +922,7 @@ final class HTTP1Session: EventHandler {
         case .reset: return "backend connection was reset"
         case .closedEarly: return "backend closed the connection"
         case .badResponse: return "backend sent an invalid response"
+        case .tls: return "TLS with the backend failed (its certificate, or the handshake)"
         }
     }
 }

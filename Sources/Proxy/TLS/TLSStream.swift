@@ -1,5 +1,6 @@
 import COpenSSL
 import Glibc
+import Policy
 import Runtime
 
 /// One server-side TLS connection over a non-blocking socket: OpenSSL reads and writes the fd
@@ -11,9 +12,9 @@ import Runtime
 /// tells the session to retry the read when the socket becomes writable.
 final class TLSStream {
     let ssl: OpaquePointer
-    /// Kept alive while the connection is (its SNI callback points at it), even after a
-    /// reload replaced it for new connections.
-    let context: TLSContext
+    /// Kept alive while the connection is (a server context's SNI callback points at it),
+    /// even after a reload replaced it for new connections.
+    let owner: AnyObject
     private(set) var readWantsWrite = false
     private(set) var writeWantsRead = false
 
@@ -22,10 +23,31 @@ final class TLSStream {
     init?(context: TLSContext, fd: Int32) {
         guard let s = SSL_new(context.defaultContext) else { return nil }
         ssl = s
-        self.context = context
+        owner = context
         SSL_set_fd(s, fd)
         SSL_set_accept_state(s)
     }
+
+    /// The client side, to a backend: SNI for a host name, the certificate checked for
+    /// `host` (a name or an IP address), a session of an earlier connection offered.
+    init?(client context: BackendTLSContext, fd: Int32, host: String, session: OpaquePointer?) {
+        guard let s = SSL_new(context.ctx) else { return nil }
+        ssl = s
+        owner = context
+        SSL_set_fd(s, fd)
+        SSL_set_connect_state(s)
+        if IPAddress(host) != nil {
+            _ = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s), host)
+        } else {
+            _ = tollgate_SSL_set_tlsext_host_name(s, host)
+            _ = SSL_set1_host(s, host)
+        }
+        if let session { _ = SSL_set_session(s, session) }
+    }
+
+    /// This connection's session, for the next one to the same backend (caller frees it).
+    func copySession() -> OpaquePointer? { SSL_get1_session(ssl) }
+    var isResumed: Bool { SSL_session_reused(ssl) == 1 }
 
     deinit { SSL_free(ssl) }
 
