@@ -16,6 +16,8 @@ struct ServerSettings: Sendable {
     /// A request body must arrive at least this fast (bytes per second) once its first
     /// `bodyTimeout` of credit is spent.
     var bodyMinRate = 1024
+    /// TLS session ticket keys (and the session cache) are replaced this often.
+    var ticketKeyRotation: Duration = .seconds(12 * 3600)
     var limits = HTTP1Limits()
 }
 

@@ -80,6 +80,33 @@ final class Reloader: Sendable {
         }
     }
 
+    /// Session ticket keys live in each TLS context (OpenSSL makes them at random when the
+    /// context is built): building the contexts again replaces them, and the session cache
+    /// with them. Runs on its own thread every `interval`; a reload also rotates them.
+    func startTicketKeyRotation(every interval: Duration) {
+        guard snapshot.listeners.contains(where: { $0.tls != nil }) else { return }
+        let box = UncheckedBox(self)
+        let nanos = interval.nanoseconds
+        _ = spawnThreadDetached(name: "tollgate-tickets") {
+            while true {
+                var left = timespec(tv_sec: Int(nanos / 1_000_000_000), tv_nsec: Int(nanos % 1_000_000_000))
+                var rest = timespec()
+                while nanosleep(&left, &rest) != 0 && errno == EINTR { left = rest }
+                box.value.rotateTicketKeys()
+            }
+        }
+    }
+
+    private func rotateTicketKeys() {
+        do {
+            let tls = try Server.buildTLS(snapshot)
+            server.withLock { $0?.installTLS(tls) }
+            Log.info("TLS session ticket keys rotated")
+        } catch {
+            Log.error("TLS session ticket key rotation failed; the current keys stay: \(error)")
+        }
+    }
+
     /// Reads the key log again and installs the recompiled directory. A log that cannot be
     /// read leaves the previous key state serving (its revocations included), logged as an error.
     func reloadKeys() {

@@ -98,6 +98,15 @@ final class Server: @unchecked Sendable {
         }
     }
 
+    /// New TLS contexts for every loop (new connections; live ones keep theirs).
+    func installTLS(_ tls: [TLSContext?]) {
+        for (i, loop) in loops.enumerated() {
+            let ctx = UncheckedBox(contexts[i])
+            let contexts = UncheckedBox(tls)
+            loop.execute { ctx.value.tlsContexts = contexts.value }
+        }
+    }
+
     /// Stops accepting, lets in-flight exchanges finish for up to `timeout`, then stops.
     /// Returns true when every loop drained in time.
     func drain(timeout: Duration) -> Bool {

@@ -330,3 +330,35 @@ extension TLSTests {
         #expect(rc != 0 && out.contains("\(dir)/missing-ca.pem"), "\(out)")
     }
 }
+
+extension TLSTests {
+    /// Ticket keys (and the session cache) are replaced on a schedule: a session from before
+    /// a rotation is not resumed after it.
+    @Test func ticketKeysRotate() throws {
+        let dir = makeTempDir("tgtls")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        _ = try TestCertificate.make(in: dir, name: "server", host: "localhost")
+        let up = try echoUpstream()
+        defer { up.stop() }
+        let port = freePort()
+        writeFile(dir + "/gateway.yaml", Self.policy(port: port, upstream: up.port,
+                                                     tls: "{certificate: server.pem, private_key: server-key.pem}"))
+        let tg = try TollgateProcess(policies: dir + "/gateway.yaml", port: port, extra: ["--ticket-key-rotation", "1"])
+        defer { tg.stop() }
+        let base = ["s_client", "-connect", "127.0.0.1:\(port)", "-servername", "localhost", "-tls1_2"]
+        // Right after a rotation, a fresh session resumes…
+        let rotations = { tg.log.components(separatedBy: "TLS session ticket keys rotated").count - 1 }
+        #expect(poll(timeout: 10) { rotations() >= 1 } != nil)
+        let seen = rotations()
+        let sess = dir + "/session"
+        _ = try run("/usr/bin/openssl", base + ["-sess_out", sess])
+        let (_, again) = try run("/usr/bin/openssl", base + ["-sess_in", sess])
+        // (unless a rotation fell in between: then it is new, which is what rotation means)
+        let rotatedBetween = rotations() != seen
+        #expect(again.contains("Reused, TLSv1.2") || rotatedBetween)
+        // …and after the next rotation it does not.
+        #expect(poll(timeout: 10) { rotations() > seen + (rotatedBetween ? 1 : 0) } != nil)
+        let (_, after) = try run("/usr/bin/openssl", base + ["-sess_in", sess])
+        #expect(after.contains("New, TLSv1.2"), "\(after.prefix(300))")
+    }
+}

@@ -32,6 +32,8 @@ struct Serve: ParsableCommand {
     var bodyTimeout: Double = 30
     @Option(help: "Bytes per second a request body must keep up once its --body-timeout credit is spent.")
     var bodyMinRate: Int = 1024
+    @Option(help: "Seconds between rotations of the TLS session ticket keys.")
+    var ticketKeyRotation: Double = 12 * 3600
     @Option(help: "Connections per event loop before new ones are refused.")
     var maxConnections: Int = 16_384
 
@@ -57,6 +59,7 @@ struct Serve: ParsableCommand {
         settings.bodyTimeout = .milliseconds(Int(bodyTimeout * 1000))
         settings.maxConnectionsPerLoop = maxConnections
         settings.bodyMinRate = max(1, bodyMinRate)
+        settings.ticketKeyRotation = .milliseconds(Int(max(1, ticketKeyRotation) * 1000))
         let server = Server(settings: settings)
         var accessLog: AccessLogWriter?
         if let target = AccessLogWriter.target(of: snapshot) {
@@ -86,6 +89,7 @@ struct Serve: ParsableCommand {
         }
         reloader.attach(server)
         reloader.startWatching()
+        reloader.startTicketKeyRotation(every: settings.ticketKeyRotation)
         for l in snapshot.listeners {
             Log.info("listening on \(l.isIPv6 ? "[\(l.host)]" : l.host):\(l.port) with \(settings.threads) loop(s)")
         }
