@@ -12,8 +12,8 @@ swift build -c release 2>&1 | tail -1
 BIN=$(mktemp /tmp/tollgate-bench.XXXXXX)
 strip --strip-debug -o "$BIN" .build/release/tollgate
 export TOLLGATE_BIN=$BIN
-MODE=${1:-peers}
-[[ $# -gt 0 ]] && shift
+MODE=peers
+case ${1:-} in peers|redis|accesslog) MODE=$1; shift ;; esac
 if [[ $MODE == accesslog ]]; then
     # nginx and tollgate, each with its access log on (a file in the run's work directory,
     # one line per request with the same fields), in one run: a copy of the harness whose
