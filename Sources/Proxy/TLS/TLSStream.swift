@@ -95,8 +95,17 @@ final class TLSStream {
         }
     }
 
-    /// Writes the first region, then the second (partial writes allowed).
+    /// Writes the first region, then the second (partial writes allowed). Two small regions
+    /// (a response head and its body) go out as one record and one syscall: they are copied
+    /// into the loop's scratch first (OpenSSL encrypts at once and, with a moving write
+    /// buffer, never needs the same address again; a retry passes the same bytes).
     func write(_ p0: UnsafeRawPointer?, _ n0: Int, _ p1: UnsafeRawPointer?, _ n1: Int) throws(Errno) -> IOResult {
+        if n0 > 0 && n1 > 0 && n0 + n1 <= TLSStream.scratchBytes, let p0, let p1 {
+            let scratch = TLSStream.scratch
+            scratch.copyMemory(from: p0, byteCount: n0)
+            (scratch + n0).copyMemory(from: p1, byteCount: n1)
+            return try writeOne(UnsafeRawPointer(scratch), n0 + n1)
+        }
         var done = 0
         for (p, n) in [(p0, n0), (p1, n1)] where n > 0 {
             guard let p else { continue }
@@ -129,10 +138,34 @@ final class TLSStream {
         }
     }
 
+    /// One TLS record's worth: what a head and a small body are joined in.
+    static let scratchBytes = 16 * 1024
+    /// Per thread (each loop has its own): used only inside one `write` call.
+    static var scratch: UnsafeMutableRawPointer {
+        if let p = scratchKey.get() { return p }
+        let p = UnsafeMutableRawPointer.allocate(byteCount: scratchBytes, alignment: 16)
+        scratchKey.set(p)
+        return p
+    }
+    private static let scratchKey = ThreadScratch()
+
     /// A best-effort close_notify (non-blocking: never waits for the peer's).
     func shutdown() {
         ERR_clear_error()
         _ = SSL_shutdown(ssl)
         ERR_clear_error()
     }
+}
+
+/// A pthread key holding one pointer per thread (never freed: loop threads live as long as
+/// the process).
+final class ThreadScratch: Sendable {
+    private let key: pthread_key_t
+    init() {
+        var k = pthread_key_t()
+        pthread_key_create(&k, nil)
+        key = k
+    }
+    func get() -> UnsafeMutableRawPointer? { pthread_getspecific(key) }
+    func set(_ p: UnsafeMutableRawPointer) { pthread_setspecific(key, p) }
 }
