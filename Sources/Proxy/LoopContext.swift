@@ -295,7 +295,7 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
     // MARK: workspaces
 
     /// Every second: workspaces of connections idle for a second or more go back to the pool.
-    private lazy var idleSweeper = MemoryTrimmer { [unowned self] in self.sweepIdle() }
+    private lazy var idleSweeper = TimerAction { [unowned self] in self.sweepIdle() }
     private var isSweepScheduled = false
     static let idleSweepNanos: UInt64 = 1_000_000_000
 
@@ -337,7 +337,7 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
     }
 
     private var isTrimScheduled = false
-    private lazy var trimmer = MemoryTrimmer { [unowned self] in
+    private lazy var trimmer = TimerAction { [unowned self] in
         self.isTrimScheduled = false
         _ = malloc_trim(0)
     }
@@ -389,7 +389,7 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
 
 
 /// Runs a closure when its timer fires.
-final class MemoryTrimmer: TimerHandler {
+final class TimerAction: TimerHandler {
     let action: () -> Void
     init(_ action: @escaping () -> Void) { self.action = action }
     func timerFired(loop: EventLoop) { action() }
