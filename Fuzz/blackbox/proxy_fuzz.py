@@ -491,14 +491,21 @@ class Mutator:
 
     def interim_storm(self, data):
         """Many interim heads before the answer: 102/103 with up to 100 tiny fields each
-        (re-serialised, a tiny field grows by a byte), reasons of any length."""
+        (re-serialised, a tiny field grows by a byte), reasons of any length. Half the
+        storms are dense: 30-60 heads of 100 empty fields, most without a reason, the
+        most growth per byte read."""
         r = self.rng
+        dense = r.random() < 0.5
         heads = []
-        for _ in range(r.randint(1, 60)):
-            reason = b"" if r.random() < 0.5 else b" " + b"r" * r.randint(0, 400)
-            fields = b"".join(b"%s:%s\r\n" % (r.choice([b"a", b"Link", b"X"]), r.choice([b"", b"b", b" v "]))
-                              for _ in range(r.choice((0, 1, 50, 99, 100))))
-            heads.append(b"HTTP/1.1 " + r.choice([b"103", b"102", b"100", b"199"]) + reason + b"\r\n" + fields + b"\r\n")
+        for _ in range(r.randint(30, 60) if dense else r.randint(1, 60)):
+            if dense:
+                reason = b"" if r.random() < 0.7 else b" " + b"r" * r.randint(0, 400)
+                fields = b"a:\r\n" * 100
+            else:
+                reason = b"" if r.random() < 0.5 else b" " + b"r" * r.randint(0, 400)
+                fields = b"".join(b"%s:%s\r\n" % (r.choice([b"a", b"Link", b"X"]), r.choice([b"", b"b", b" v "]))
+                                  for _ in range(r.choice((0, 1, 50, 99, 100))))
+            heads.append(b"HTTP/1.1 " + r.choice([b"103", b"102", b"103", b"199"]) + reason + b"\r\n" + fields + b"\r\n")
         return b"".join(heads) + data
 
     def mutate(self, data, pool, extra, max_len, response=False):
@@ -746,6 +753,8 @@ class Campaign:
         self.rng = random.Random(args.seed)
         self.requests = load_seeds("requests")
         self.responses = load_seeds("responses")
+        # Mutation pools. A seed whose mutants crashed the proxy three times with one
+        # signature leaves them (see handle_crash): crashers would crowd out the rest.
         self.request_pool = [d for _, d in self.requests]
         # Requests the proxy forwards (filled by the seed pass; without it, every seed).
         self.forwardable = [d for n, d in self.requests if not n.startswith("regression-")]
@@ -757,6 +766,7 @@ class Campaign:
         self.history = {}
         self.crashes = []
         self.crash_count = 0
+        self.hits_per_sig = {}
         self.status_counts = {}
         self.saved_per_sig = {}
         self.seen_crash_sigs = set()
@@ -775,15 +785,16 @@ class Campaign:
         seed response), the response (a request the proxy forwards, kept as is), or both."""
         case_id = self.next_id()
         focus = rng.choice(("request", "request", "response", "response", "both"))
+        origin_request = origin_response = None
         if request is None:
             if focus == "response" and self.forwardable:
                 request = rng.choice(self.forwardable)
             else:
-                request = rng.choice(self.request_pool)
+                request = origin_request = rng.choice(self.request_pool)
                 if rng.random() < 0.9:
                     request = mutator.mutate(request, self.request_pool, EXTRA_REQUEST_FIELDS, 70000)
         if response is None:
-            data = rng.choice(self.response_pool)
+            data = origin_response = rng.choice(self.response_pool)
             if focus != "request" or rng.random() < 0.2:
                 data = mutator.mutate(data, self.response_pool, EXTRA_RESPONSE_FIELDS, 70000, response=True)
             cuts = [rng.randint(1, max(1, len(data) - 1)) for _ in range(rng.choice((0, 0, 1, 2, 4, 8)))]
@@ -793,7 +804,9 @@ class Campaign:
         if rng.random() < 0.95:
             request = with_case_header(request, case_id)
         cuts = [rng.randint(1, max(1, len(request) - 1)) for _ in range(rng.choice((0, 1, 1, 2, 3, 6, 12)))]
-        return Case(case_id, request, cuts, rng.random() < 0.6, response, slow_read=rng.random() < 0.08)
+        case = Case(case_id, request, cuts, rng.random() < 0.6, response, slow_read=rng.random() < 0.08)
+        case.origins = (origin_request, origin_response)
+        return case
 
     def execute(self, case, rng):
         self.upstream.register(case.case_id, case.response)
@@ -824,7 +837,8 @@ class Campaign:
                 self.status_counts[code] = self.status_counts.get(code, 0) + 1
                 # Feedback: an answer never seen before keeps its request in the pool.
                 sig = status[:40]
-                if sig not in self.signatures_seen and len(self.request_pool) < 2000:
+                # (No answer at all may be a crash in the making: not kept.)
+                if sig and sig not in self.signatures_seen and len(self.request_pool) < 2000:
                     self.signatures_seen.add(sig)
                     self.request_pool.append(case.request)
 
@@ -863,13 +877,6 @@ class Campaign:
         candidates = candidates[:12]
         self.crash_count += 1
         saved = self.saved_per_sig.get(sig, 0)
-        if saved >= 3:
-            # Seen and saved enough: count it, restart, go on.
-            print("proxy: (already saved 3 cases with this signature)", flush=True)
-            self.seen_crash_sigs.add(sig)
-            self.gateway.stop()
-            self.gateway.start()
-            return
         found = None
         for case in candidates:
             if time.monotonic() > deadline:
@@ -878,6 +885,22 @@ class Campaign:
             if r:
                 found = (case, r)
                 break
+        with self.lock:
+            # Mutants of a crasher mostly crash the same way: after three crashes with
+            # this signature, the pool entries the culprit came from leave the pools.
+            self.hits_per_sig[sig] = self.hits_per_sig.get(sig, 0) + 1
+            for c in ([found[0]] if found and self.hits_per_sig[sig] >= 3 else []):
+                for d in [o for o in getattr(c, "origins", ()) if o is not None]:
+                    for pool in (self.request_pool, self.response_pool, self.forwardable):
+                        if d in pool and len(pool) > 1:
+                            pool.remove(d)
+        if saved >= 3:
+            # Seen and saved enough: counted, the crasher retired; restart and go on.
+            print("proxy: (already saved 3 cases with this signature)", flush=True)
+            self.seen_crash_sigs.add(sig)
+            self.gateway.stop()
+            self.gateway.start()
+            return
         if found:
             case, r = found
             directory, sig2, repro = save_crash(self.args.crash_dir, case, r, self.args.binary, confirmed=True)
