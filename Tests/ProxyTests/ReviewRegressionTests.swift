@@ -196,6 +196,25 @@ import Testing
         #expect(headerValue(gate.log.heads.last ?? "", "X-Forwarded-Proto") == "http")
     }
 
+    /// A Connection header naming more fields than are tracked: refused, so a field named
+    /// past the limit can never be forwarded as if it were end-to-end.
+    @Test func connectionNamingTooManyFieldsIsRefused() throws {
+        let log = HeadLog()
+        let up = try recordingUpstream(log)
+        defer { up.stop() }
+        let port = freePort()
+        let tg = try TollgateProcess(policies: publicPolicy(listen: port, upstreamPort: up.port), port: port)
+        defer { tg.stop() }
+        let eight = try RawClient(port: port).request(
+            "GET /a HTTP/1.1\r\nHost: h\r\nConnection: a, b, c, d, e, f, g, h\r\nh: hop\r\nz: kept\r\n\r\n")
+        #expect(eight.status == 200)
+        #expect(headerValue(log.heads.last ?? "", "h") == nil && headerValue(log.heads.last ?? "", "z") == "kept")
+        let nine = try RawClient(port: port).request(
+            "GET /b HTTP/1.1\r\nHost: h\r\nConnection: a, b, c, d, e, f, g, h, i\r\ni: hop\r\n\r\n")
+        #expect(nine.status == 400)
+        #expect(log.count == 1)
+    }
+
     // MARK: RFC 9112 §2.2
 
     @Test func emptyLinesBeforeARequestLineAreIgnored() throws {

@@ -420,10 +420,18 @@ final class HTTP1Session: EventHandler {
         up.inBuf.clear()
         up.parser.reset()
         up.sawEOF = false
-        if !RequestHeadWriter.write(self, into: up.outBuf) {
+        switch RequestHeadWriter.write(self, into: up.outBuf) {
+        case .written:
+            break
+        case .tooLarge:
             up.pool.retire(up)
             upstream = nil
             return replyLocal(status: 431, code: .badRequest, message: "request head too large to forward", headLength: headLength, forceClose: true)
+        case .tooManyConnectionOptions:
+            up.pool.retire(up)
+            upstream = nil
+            return replyLocal(status: 400, code: .badRequest, message: "Connection names more fields than are removed on forwarding",
+                              headLength: headLength, forceClose: true)
         }
         inBuf.readerIndex += headLength
         if request.expectsContinue && requestBody != .none && inBuf.readableBytes == 0 {
@@ -805,6 +813,12 @@ final class HTTP1Session: EventHandler {
         up.pool.retire(up)
         if isResponseHeadSent {
             abort()    // the head is out: a truncated body is signalled by closing
+            return
+        }
+        // Interim heads still queued: if part of one has gone out, a reply would follow a
+        // cut-off head; the connection is closed instead. Otherwise they are dropped.
+        if outBuf.readableBytes > 0 && outBuf.readerIndex > 0 {
+            abort()
             return
         }
         outBuf.clear()

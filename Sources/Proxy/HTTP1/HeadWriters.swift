@@ -21,10 +21,12 @@ enum RequestHeadWriter {
     static let crlfXrid: StaticString = "\r\nX-Request-Id: "
     static let traceparentEnd: StaticString = "-01\r\n"
 
-    static func write(_ c: HTTP1Session, into out: IOBuffer) -> Bool {
+    enum Outcome { case written, tooLarge, tooManyConnectionOptions }
+
+    static func write(_ c: HTTP1Session, into out: IOBuffer) -> Outcome {
         let req = c.request
         let head = c.inBuf.readable
-        guard let base = head.baseAddress else { return false }
+        guard let base = head.baseAddress else { return .tooLarge }
         // Every write below is bounded by the buffer: one that does not fit sets the flag and
         // the exchange is refused (431), never the process.
         out.isOverflowed = false
@@ -49,6 +51,7 @@ enum RequestHeadWriter {
         var clientXFF = ByteRange.empty
 
         let tokens = req.hasConnectionOptions ? ConnectionTokens(headers: c.headers, base: base) : ConnectionTokens.none
+        if tokens.isTruncated { return .tooManyConnectionOptions }
         var hostValue = ByteRange.empty
         var hasHost = false
         var hasTraceparent = false
@@ -123,7 +126,7 @@ enum RequestHeadWriter {
         }
         c.exchange.withRequestID { out.put($0) }
         // The trace id below is written in place: make sure it fits first.
-        if out.isOverflowed || out.writableBytes < 96 { return false }
+        if out.isOverflowed || out.writableBytes < 96 { return .tooLarge }
         if !hasTraceparent {
             // W3C trace context: start a trace when the client did not send one (DESIGN.md, step 7).
             // trace-id: the loop's random half, then this request's own id (ours, or a fresh
@@ -148,7 +151,7 @@ enum RequestHeadWriter {
             out.put(r.identityLines)
         }
         out.put(crlf)
-        return !out.isOverflowed
+        return out.isOverflowed ? .tooLarge : .written
     }
 
     /// `Bearer` (any case) alone or followed by a space: a credential whatever its token looks like.
@@ -225,6 +228,8 @@ struct ConnectionTokens {
     private var offsets: (Int32, Int32, Int32, Int32, Int32, Int32, Int32, Int32) = (0, 0, 0, 0, 0, 0, 0, 0)
     private var counts: (Int32, Int32, Int32, Int32, Int32, Int32, Int32, Int32) = (0, 0, 0, 0, 0, 0, 0, 0)
     private(set) var count = 0
+    /// The Connection header named more than 8 fields: not forwarded.
+    private(set) var isTruncated = false
     private let base: UnsafeRawPointer
 
     /// No Connection options: nothing to drop.
@@ -239,10 +244,13 @@ struct ConnectionTokens {
             let vp = base + Int(f.value.offset)
             let vn = Int(f.value.count)
             var at = 0
-            while count < 8, let (s, n, next) = HeaderNames.nextToken(vp, vn, from: at) {
+            while let (s, n, next) = HeaderNames.nextToken(vp, vn, from: at) {
                 at = next
                 // `close` / `keep-alive` name no field worth removing.
                 if HeaderNames.lowerEquals(vp + s, n, HeaderNames.keepAlive) || HeaderNames.lowerEquals(vp + s, n, "close") { continue }
+                // More names than are kept: a field named past them would be forwarded. The
+                // message is refused instead (`isTruncated`).
+                if count == 8 { isTruncated = true; break }
                 set(count, offset: Int32(Int(f.value.offset) + s), length: Int32(n))
                 count += 1
             }
@@ -345,6 +353,7 @@ enum ResponseHeadWriter {
         }
 
         let tokens = head.hasConnectionOptions ? ConnectionTokens(headers: up.headers, base: UnsafeRawPointer(base)) : ConnectionTokens.none
+        if tokens.isTruncated { return false }
         var hasRequestID = false
         var runs = LineRuns(base: UnsafeRawPointer(base))
         for i in 0..<up.headers.count {
