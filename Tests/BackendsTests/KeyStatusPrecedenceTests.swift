@@ -163,4 +163,23 @@ struct KeyStatusPrecedenceTests {
         #expect(try dir.get(id: "key_m")?.status == "revoked")
         #expect(try dir.list().map(\.id) == ["key_m"])
     }
+
+    /// A record that does not decode can still be revoked (and nothing else can replace it).
+    @Test func undecodableRecordsCanStillBeRevoked() throws {
+        let server = try RedisServer()
+        defer { server.stop() }
+        let dir = try server.client()
+        let h = KeyHash.sha256(Self.dee)
+        _ = try dir.run(["SET", "tg:{\(h.hex)}:key", "{not json"])
+        #expect(throws: RedisStoreError.self) { try dir.setDeclaredStatus(id: "key_dee", hash: h, status: "active", at: 2) }
+        try dir.setDeclaredStatus(id: "key_dee", hash: h, status: "revoked", at: 3)
+        #expect(try dir.get(hash: h)?.status == "revoked")
+        // A minted key whose record went bad: revoked by id.
+        let m = KeyHash.sha256("minted-gone-bad")
+        try dir.put(KeyLogEntry(op: .put, id: "key_bad", hash: m.hex, consumer: "b", scopes: ["read"], at: 1))
+        _ = try dir.run(["SET", "tg:{\(m.hex)}:key", "garbage"])
+        #expect(throws: RedisStoreError.self) { try dir.setStatus(id: "key_bad", status: "disabled") }
+        try dir.setStatus(id: "key_bad", status: "revoked")
+        #expect(try dir.get(hash: m)?.status == "revoked")
+    }
 }

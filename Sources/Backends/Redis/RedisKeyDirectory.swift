@@ -136,7 +136,10 @@ public final class RedisKeyDirectory {
     /// Replaces the entry at `tg:{<hex>}:key` with `change(current entry)`, atomically: the
     /// key is WATCHed while it is read, and the write (with the invalidation message) is retried
     /// when another client changed it in between. Returns what was written.
-    private func update(_ h: KeyHash, _ change: (KeyLogEntry?) throws(RedisStoreError) -> KeyLogEntry)
+    /// - Parameter overwritingUndecodable: a record that does not decode counts as absent (a
+    ///   revocation must always be possible; nothing else may replace what cannot be read).
+    private func update(_ h: KeyHash, overwritingUndecodable: Bool = false,
+                        _ change: (KeyLogEntry?) throws(RedisStoreError) -> KeyLogEntry)
         throws(RedisStoreError) -> KeyLogEntry {
         let key = RedisKeys.record(h)
         for _ in 0..<32 {
@@ -144,7 +147,14 @@ public final class RedisKeyDirectory {
             let next: KeyLogEntry
             let json: Data
             do throws(RedisStoreError) {
-                next = try change(try get(hash: h))
+                let current: KeyLogEntry?
+                do throws(RedisStoreError) {
+                    current = try get(hash: h)
+                } catch {
+                    guard overwritingUndecodable, case .invalidRecord = error else { throw error }
+                    current = nil
+                }
+                next = try change(current)
                 do { json = try RedisKeyDirectory.encoder.encode(next) } catch { throw .invalidRecord("\(error)") }
             } catch {
                 _ = try? run(["UNWATCH"])
@@ -179,8 +189,13 @@ public final class RedisKeyDirectory {
         try RedisKeyDirectory.validStatus(status)
         guard case .string(let hex) = try run(["GET", RedisKeys.id(id)]),
               let h = KeyHash(hex: String(decoding: hex, as: UTF8.self)) else { throw .notFound(id: id) }
-        return try update(h) { current throws(RedisStoreError) in
-            guard var r = current else { throw .notFound(id: id) }
+        let isRevocation = status == KeyStatus.revoked.rawValue
+        return try update(h, overwritingUndecodable: isRevocation) { current throws(RedisStoreError) in
+            guard var r = current else {
+                // An undecodable record is revoked all the same (a status-only entry).
+                if isRevocation { return KeyLogEntry(op: .status, id: id, hash: "sha256:" + h.hex, status: status, at: at) }
+                throw .notFound(id: id)
+            }
             if r.status == KeyStatus.revoked.rawValue && status != KeyStatus.revoked.rawValue { throw .revoked(id: id) }
             r.status = status
             r.at = at
@@ -197,7 +212,7 @@ public final class RedisKeyDirectory {
     public func setDeclaredStatus(id: String, hash h: KeyHash, status: String,
                                   at: Int64 = wallClockSeconds()) throws(RedisStoreError) -> KeyLogEntry {
         try RedisKeyDirectory.validStatus(status)
-        let written = try update(h) { current throws(RedisStoreError) in
+        let written = try update(h, overwritingUndecodable: status == KeyStatus.revoked.rawValue) { current throws(RedisStoreError) in
             if current?.status == KeyStatus.revoked.rawValue && status != KeyStatus.revoked.rawValue { throw .revoked(id: id) }
             return KeyLogEntry(op: .status, id: id, hash: "sha256:" + h.hex, status: status, at: at)
         }
