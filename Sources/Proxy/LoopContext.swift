@@ -95,7 +95,8 @@ final class LoopContext {
     /// second half is the request's own id.
     let traceSeedHex: (UInt64, UInt64)
 
-    init(loop: EventLoop, snapshot: PolicySnapshot, settings: ServerSettings, limiter: RateLimiter) {
+    init(loop: EventLoop, snapshot: PolicySnapshot, settings: ServerSettings, limiter: RateLimiter,
+         backendTLS: [BackendTLSContext?] = []) {
         self.loop = loop
         self.limiter = limiter
         hasClientRules = Self.hasClientRules(snapshot)
@@ -116,7 +117,7 @@ final class LoopContext {
         withUnsafeMutableBytes(of: &trace) { Hex.write16(UInt64.random(in: 1 ... .max), to: $0.baseAddress!) }
         traceSeedHex = trace
         for (i, b) in snapshot.backends.enumerated() {
-            pools.append(UpstreamPool(loop: loop, backendIndex: i, spec: b))
+            pools.append(UpstreamPool(loop: loop, backendIndex: i, spec: b, tls: i < backendTLS.count ? backendTLS[i] : nil))
         }
     }
 
@@ -138,12 +139,15 @@ final class LoopContext {
     /// idle connections close now, the ones lent to in-flight exchanges when they come back.
     /// An exchange keeps the pool its route chose (`ExchangeFacts.pool`), so it is served as
     /// the policy it started under said.
-    func install(_ new: PolicySnapshot) {
+    func install(_ new: PolicySnapshot, backendTLS: [BackendTLSContext?] = []) {
         for p in pools {
             p.isRetired = true
             p.closeAll()
         }
-        pools = new.backends.enumerated().map { UpstreamPool(loop: loop, backendIndex: $0.offset, spec: $0.element) }
+        pools = new.backends.enumerated().map {
+            UpstreamPool(loop: loop, backendIndex: $0.offset, spec: $0.element,
+                         tls: $0.offset < backendTLS.count ? backendTLS[$0.offset] : nil)
+        }
         snapshot = new
         metrics = RequestMetrics(snapshot: new)
         MetricsRegistry.shared.register(metrics)
@@ -273,12 +277,10 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
         case .closed:
             return .reply(Denial(.storeUnavailable, retryAfterSeconds: 1))
         case .open:
-            store.countOpenAdmit()
             gauges.add(.degradedOpen)
             c.facts.degraded = .open
             return .next
         case .local:
-            store.countLocalLimit()
             gauges.add(.degradedLocal)
             c.facts.degraded = .local
             let scaled = store.localPlan(plan)

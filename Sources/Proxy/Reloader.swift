@@ -47,7 +47,7 @@ final class Reloader: Sendable {
             let next = try PolicyLoader.load(path: policiesPath)
             // Certificates are read again on every reload (SIGHUP after renewing them); a file
             // that fails keeps everything as it was, old certificates serving.
-            let tls: [TLSContext?]
+            let tls: Server.TLSContexts
             do {
                 tls = try Server.buildTLS(next)
             } catch {
@@ -70,7 +70,7 @@ final class Reloader: Sendable {
                 Log.warn("listen changed: listeners are bound at start; the change (certificates included) takes effect at the next start")
             }
             let keys = keyDirectory()
-            server.withLock { $0?.install(next, keys: keys, tls: sameListeners ? tls : nil) }
+            server.withLock { $0?.install(next, keys: keys, tls: tls, listenersUnchanged: sameListeners) }
             MetricsRegistry.shared.reloadsOK.add(1, ordering: .relaxed)
             Log.info("policy reloaded (\(reason)): \(next.routes.count) route(s), \(next.keys.count) declared key(s)")
         } catch {
@@ -100,7 +100,7 @@ final class Reloader: Sendable {
     private func rotateTicketKeys() {
         do {
             let tls = try Server.buildTLS(snapshot)
-            server.withLock { $0?.installTLS(tls) }
+            server.withLock { $0?.installTLS(tls.listeners) }
             Log.info("TLS session ticket keys rotated")
         } catch {
             Log.error("TLS session ticket key rotation failed; the current keys stay: \(error)")

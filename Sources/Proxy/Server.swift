@@ -27,10 +27,11 @@ final class Server: @unchecked Sendable {
         let tls = try Self.buildTLS(snapshot)
         for i in 0..<max(1, settings.threads) {
             let loop = try EventLoop(index: i)
-            let ctx = LoopContext(loop: loop, snapshot: snapshot, settings: settings, limiter: limiter)
+            let ctx = LoopContext(loop: loop, snapshot: snapshot, settings: settings, limiter: limiter,
+                                  backendTLS: tls.backends)
             ctx.keys = keys
             if let accessLog { ctx.accessLog = AccessLogBuffer(writer: accessLog) }
-            ctx.tlsContexts = tls
+            ctx.tlsContexts = tls.listeners
             for (index, spec) in snapshot.listeners.enumerated() {
                 do {
                     ctx.listeners.append(try Listener(spec: spec, index: index, context: ctx))
@@ -61,31 +62,37 @@ final class Server: @unchecked Sendable {
         return "\(String(cString: host))-\(getpid())-\(UInt32.random(in: 0 ... .max))"
     }
 
-    /// The TLS contexts of a policy's listeners (by index; nil for plain ones). Throws the
-    /// first file that cannot be loaded: nothing is half-built.
-    static func buildTLS(_ snapshot: PolicySnapshot) throws(TLSContext.LoadError) -> [TLSContext?] {
-        var out: [TLSContext?] = []
+    /// A policy's TLS, built once and shared by every loop (an SSL_CTX is safe to share for
+    /// SSL_new): the listeners' contexts and the https backends' (by index; nil for plain ones).
+    struct TLSContexts {
+        var listeners: [TLSContext?]
+        var backends: [BackendTLSContext?]
+    }
+
+    /// Throws the first file that cannot be loaded: nothing is half-built.
+    static func buildTLS(_ snapshot: PolicySnapshot) throws(TLSContext.LoadError) -> TLSContexts {
+        var out = TLSContexts(listeners: [], backends: [])
         for l in snapshot.listeners {
-            if let spec = l.tls { out.append(try TLSContext(spec: spec)) } else { out.append(nil) }
+            out.listeners.append(try l.tls.map { s throws(TLSContext.LoadError) in try TLSContext(spec: s) })
         }
-        // https backends: their CA files load (each loop's pool builds its own context).
         for b in snapshot.backends {
-            if let t = b.tls { _ = try BackendTLSContext(backend: b, tls: t) }
+            out.backends.append(try b.tls.map { t throws(TLSContext.LoadError) in try BackendTLSContext(backend: b, tls: t) })
         }
         return out
     }
 
-    /// Publishes a new snapshot, the key directory compiled against it and the listeners' TLS
-    /// contexts (new certificates for new connections; live ones keep theirs) to every loop.
-    func install(_ snapshot: PolicySnapshot, keys: KeyDirectory, tls: [TLSContext?]? = nil) {
+    /// Publishes a new snapshot, the key directory compiled against it and its TLS contexts
+    /// (new certificates for new connections; live ones keep theirs) to every loop. The
+    /// listeners' contexts only when the listeners are the ones bound at start.
+    func install(_ snapshot: PolicySnapshot, keys: KeyDirectory, tls: TLSContexts, listenersUnchanged: Bool) {
         for (i, loop) in loops.enumerated() {
             let ctx = UncheckedBox(contexts[i])
             let snap = snapshot
-            let contexts = tls.map { UncheckedBox($0) }
+            let contexts = UncheckedBox(tls)
             loop.execute {
-                ctx.value.install(snap)
+                ctx.value.install(snap, backendTLS: contexts.value.backends)
                 ctx.value.keys = keys
-                if let contexts { ctx.value.tlsContexts = contexts.value }
+                if listenersUnchanged { ctx.value.tlsContexts = contexts.value.listeners }
             }
         }
     }

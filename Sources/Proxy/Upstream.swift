@@ -60,6 +60,8 @@ final class UpstreamConnection: EventHandler {
 
     let fd: Int32
     let transport: Transport
+    /// `transport.mayHoldMore`, read once.
+    let mayHoldMore: Bool
     /// Strong: a reload replaces the loop's pools while exchanges are in flight; the old pool
     /// must outlive the connections it lent (it closes them on return once retired).
     let pool: UpstreamPool
@@ -83,6 +85,7 @@ final class UpstreamConnection: EventHandler {
     init(fd: Int32, pool: UpstreamPool, tls: TLSStream? = nil) {
         self.fd = fd
         self.transport = tls.map { .tls($0) } ?? .plain(fd)
+        mayHoldMore = transport.mayHoldMore
         self.pool = pool
     }
 
@@ -188,7 +191,9 @@ final class UpstreamPool {
     /// Replaced by a reload: connections coming back are closed, not pooled.
     var isRetired = false
 
-    init(loop: EventLoop, backendIndex: Int, spec: BackendSpec) {
+    /// - Parameter tls: the backend's TLS context (built once per policy, shared by the loops);
+    ///   an https backend without one fails every connection with `.tls`.
+    init(loop: EventLoop, backendIndex: Int, spec: BackendSpec, tls: BackendTLSContext?) {
         self.loop = loop
         self.backendIndex = backendIndex
         self.address = UpstreamAddress(host: spec.host, port: spec.port)
@@ -198,8 +203,7 @@ final class UpstreamPool {
         self.responseTimeoutNanos = spec.responseTimeout.nanoseconds
         self.idleTimeoutNanos = spec.idleTimeout.nanoseconds
         tlsHost = spec.host
-        // Checked at load (`Server.buildTLS`): a failure here leaves the backend answering 502.
-        tls = spec.tls.flatMap { try? BackendTLSContext(backend: spec, tls: $0) }
+        self.tls = tls
         isTLSBackend = spec.tls != nil
         idle.reserveCapacity(maxIdle)
     }

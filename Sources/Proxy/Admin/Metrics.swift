@@ -61,8 +61,8 @@ enum UpstreamErrorKind: Int, CaseIterable {
 
 /// Upper bounds of `tollgate_request_duration_seconds` buckets (`+Inf` is the count).
 enum DurationBuckets {
+    /// The bounds `index` decides by, for the exposition (`fixedCount` of them).
     static let seconds: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
-    static var count: Int { fixedCount }
     /// `seconds.count`, as a constant (no lazy global on the request path).
     static let fixedCount = 14
 
@@ -253,7 +253,7 @@ final class MetricsRegistry: Sendable {
         out += "# TYPE tollgate_request_duration_seconds histogram\n"
         for name in routeOrder {
             let d = durations[name]!
-            let total = d[DurationBuckets.count + 1]
+            let total = d[DurationBuckets.fixedCount + 1]
             if total == 0 { continue }
             let label = Self.escape(name)
             var cumulative: UInt64 = 0
@@ -262,7 +262,7 @@ final class MetricsRegistry: Sendable {
                 out += "tollgate_request_duration_seconds_bucket{route=\"\(label)\",le=\"\(Self.format(le))\"} \(cumulative)\n"
             }
             out += "tollgate_request_duration_seconds_bucket{route=\"\(label)\",le=\"+Inf\"} \(total)\n"
-            out += "tollgate_request_duration_seconds_sum{route=\"\(label)\"} \(Self.format(Double(d[DurationBuckets.count]) / 1e9))\n"
+            out += "tollgate_request_duration_seconds_sum{route=\"\(label)\"} \(Self.format(Double(d[DurationBuckets.fixedCount]) / 1e9))\n"
             out += "tollgate_request_duration_seconds_count{route=\"\(label)\"} \(total)\n"
         }
         out += "# HELP tollgate_upstream_errors_total Failed exchanges with a backend by kind.\n"

@@ -72,7 +72,9 @@ final class HTTP1Session: EventHandler {
     /// The exchange's header table, held here too (a `let` of the session: no retain per use).
     let headers: HeaderTable
     private var workspace: UnsafeMutableRawPointer?
-    private(set) var hasWorkspace = false
+    var hasWorkspace: Bool { workspace != nil }
+    /// `transport.mayHoldMore`, read once (a stored Bool on the read path, not a switch).
+    let mayHoldMore: Bool
     /// When the connection last went idle holding its workspace (loop clock); the loop's
     /// sweep takes the workspace back once it has been idle a while (`releaseIfIdle`).
     var idleSince: UInt64 = 0
@@ -111,6 +113,7 @@ final class HTTP1Session: EventHandler {
     init(fd: Int32, peer: PeerAddress, tls: TLSStream?, context: LoopContext) {
         self.fd = fd
         self.transport = tls.map { .tls($0) } ?? .plain(fd)
+        mayHoldMore = transport.mayHoldMore
         let isTLS = tls != nil
         if isTLS { state = .handshaking }
         self.peer = peer
@@ -133,7 +136,6 @@ final class HTTP1Session: EventHandler {
         outBuf.attachStorage(w + l.outOffset, capacity: l.outBytes)
         exchange.attachStorage(headers: w + l.headersOffset, path: w + l.pathOffset)
         workspace = w
-        hasWorkspace = true
     }
 
     /// The loop's sweep: a keep-alive connection idle since before `cutoff` gives its
@@ -147,8 +149,7 @@ final class HTTP1Session: EventHandler {
 
     /// Gives the buffers and the exchange back (idle keep-alive, or closed).
     private func detachWorkspace() {
-        guard hasWorkspace, let w = workspace else { return }
-        hasWorkspace = false
+        guard let w = workspace else { return }
         workspace = nil
         inBuf.detachStorage()
         outBuf.detachStorage()
@@ -191,7 +192,7 @@ final class HTTP1Session: EventHandler {
         if events.hasOutput { isWritable = true }
         if events.hasHangup { hasHungUp = true }
         // A TLS read that wanted a write goes again once the socket can take it.
-        if events.hasOutput, case .tls(let s) = transport, s.readWantsWrite { isReadable = true }
+        if isTLS && events.hasOutput, case .tls(let s) = transport, s.readWantsWrite { isReadable = true }
         drive()
     }
 
@@ -320,7 +321,7 @@ final class HTTP1Session: EventHandler {
                 inBuf.writerIndex += n
                 // Drained (edge-triggered: a new edge will come), unless the FIN came in
                 // the same edge as the data.
-                if n < want && !hasHungUp && !transport.mayHoldMore { isReadable = false }
+                if n < want && !hasHungUp && !mayHoldMore { isReadable = false }
                 return n
             case .wouldBlock:
                 isReadable = false
@@ -626,7 +627,7 @@ final class HTTP1Session: EventHandler {
                 if n == 0 { up.sawEOF = true; up.isReadable = false } else {
                     buf.writerIndex += n
                     got = n
-                    if n < want && !up.hasHungUp && !up.transport.mayHoldMore { up.isReadable = false }
+                    if n < want && !up.hasHungUp && !up.mayHoldMore { up.isReadable = false }
                 }
             case .wouldBlock:
                 up.isReadable = false

@@ -165,7 +165,7 @@ enum RequestHeadWriter {
     @inline(__always)
     private static func isCredentialHeader(_ name: UnsafeRawPointer, _ count: Int, _ snapshot: PolicySnapshot) -> Bool {
         for lower in snapshot.credentials.headerNamesLowercased where lower.count == count {
-            if lower.withUnsafeBytes({ Pipeline.caselessEquals(name, $0.baseAddress!, count) }) { return true }
+            if lower.withUnsafeBytes({ HeaderNames.caselessEquals(name, $0.baseAddress!, count) }) { return true }
         }
         return false
     }
@@ -268,7 +268,7 @@ struct ConnectionTokens {
             let len = withUnsafeBytes(of: counts) { Int($0.load(fromByteOffset: k * 4, as: Int32.self)) }
             if len != n { continue }
             let off = withUnsafeBytes(of: offsets) { Int($0.load(fromByteOffset: k * 4, as: Int32.self)) }
-            if Pipeline.caselessEqualsMixed(p, base + off, n) { return true }
+            if HeaderNames.caselessEqualsMixed(p, base + off, n) { return true }
         }
         return false
     }

@@ -125,6 +125,34 @@ enum HeaderNames {
         return (start, end - start, i)
     }
     @inline(__always) static func isOWS(_ c: UInt8) -> Bool { c == 0x20 || c == 0x09 }
+
+    /// ASCII case-insensitive comparison of two byte runs.
+    @inline(__always)
+    static func caselessEqualsMixed(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ n: Int) -> Bool {
+        var i = 0
+        while i < n {
+            var x = a.load(fromByteOffset: i, as: UInt8.self)
+            var y = b.load(fromByteOffset: i, as: UInt8.self)
+            if x &- 0x41 < 26 { x |= 0x20 }
+            if y &- 0x41 < 26 { y |= 0x20 }
+            if x != y { return false }
+            i &+= 1
+        }
+        return true
+    }
+
+    @inline(__always)
+    static func caselessEquals(_ a: UnsafeRawPointer, _ lower: UnsafeRawPointer, _ n: Int) -> Bool {
+        var i = 0
+        while i < n {
+            var c = a.load(fromByteOffset: i, as: UInt8.self)
+            if c &- 0x41 < 26 { c |= 0x20 }
+            if c != lower.load(fromByteOffset: i, as: UInt8.self) { return false }
+            i &+= 1
+        }
+        return true
+    }
+
     @inline(__always) static func isOWSorComma(_ c: UInt8) -> Bool { c == 0x20 || c == 0x09 || c == 0x2C }
 }
 

@@ -149,7 +149,7 @@ enum Pipeline {
             let np = base + Int(f.name.offset)
             let nn = Int(f.name.count)
             for name in rule.headerNamesLowercased where name.count == nn {
-                if name.withUnsafeBytes({ caselessEquals(np, $0.baseAddress!, nn) }), f.value.count > 0 {
+                if name.withUnsafeBytes({ HeaderNames.caselessEquals(np, $0.baseAddress!, nn) }), f.value.count > 0 {
                     x.facts.credentialSource = .header
                     x.facts.credentialHeader = i
                     x.facts.credential = f.value
@@ -214,32 +214,5 @@ enum Pipeline {
         while start > 0, v[start - 1] != 0x2C { start -= 1 }
         while start < end, HeaderNames.isOWS(v[start]) { start += 1 }
         return end - start == 5 && HeaderNames.lowerEquals(p + start, 5, https)
-    }
-
-    /// ASCII case-insensitive comparison of two byte runs.
-    @inline(__always)
-    static func caselessEqualsMixed(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ n: Int) -> Bool {
-        var i = 0
-        while i < n {
-            var x = a.load(fromByteOffset: i, as: UInt8.self)
-            var y = b.load(fromByteOffset: i, as: UInt8.self)
-            if x &- 0x41 < 26 { x |= 0x20 }
-            if y &- 0x41 < 26 { y |= 0x20 }
-            if x != y { return false }
-            i &+= 1
-        }
-        return true
-    }
-
-    @inline(__always)
-    static func caselessEquals(_ a: UnsafeRawPointer, _ lower: UnsafeRawPointer, _ n: Int) -> Bool {
-        var i = 0
-        while i < n {
-            var c = a.load(fromByteOffset: i, as: UInt8.self)
-            if c &- 0x41 < 26 { c |= 0x20 }
-            if c != lower.load(fromByteOffset: i, as: UInt8.self) { return false }
-            i &+= 1
-        }
-        return true
     }
 }

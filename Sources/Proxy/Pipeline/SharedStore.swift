@@ -37,9 +37,6 @@ final class SharedStore {
     private var scaledPlans: [Int: (Int, PlanSpec)] = [:]
     /// Refusals that still hold (see `RefusalMemo`).
     var refusals = RefusalMemo()
-    /// Counts for the log and tests.
-    private(set) var admittedOpen = 0
-    private(set) var limitedLocally = 0
 
     /// Whether the connection has reported any health yet (it reports nothing until it first
     /// comes up, so a store that is unreachable from the start would otherwise never be logged).
@@ -148,8 +145,6 @@ final class SharedStore {
         return p
     }
 
-    func countOpenAdmit() { admittedOpen += 1 }
-    func countLocalLimit() { limitedLocally += 1 }
 }
 
 /// Logs store health once per transition, not per request (every loop reports; one line each way).
