@@ -64,6 +64,10 @@ final class LoopContext {
     private(set) var pools: [UpstreamPool] = []
     var listeners: [Listener] = []
     private(set) var clients: [HTTP1Session] = []
+    private(set) var h2Sessions: [HTTP2Session] = []
+    /// HTTP/2 streams (each with its exchange) and request-body buffers given back, for reuse.
+    private var spareStreams: [H2Stream] = []
+    private var spareBodies: [IOBuffer] = []
     /// Request counters under the current snapshot (an exchange keeps the block of the
     /// snapshot it started under).
     private(set) var metrics: RequestMetrics
@@ -362,10 +366,66 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
             last.slot = i
         }
         c.slot = -1
-        if isDraining && clients.isEmpty { onDrained?() }
+        if isDraining && clients.isEmpty && h2Sessions.isEmpty { onDrained?() }
     }
 
-    var connectionCount: Int { clients.count }
+    var connectionCount: Int { clients.count + h2Sessions.count }
+
+    func add(_ s: HTTP2Session) {
+        s.slot = h2Sessions.count
+        h2Sessions.append(s)
+        gauges.add(.h2Connections)
+    }
+
+    func remove(_ s: HTTP2Session) {
+        let i = s.slot
+        guard i >= 0, i < h2Sessions.count, h2Sessions[i] === s else { return }
+        gauges.subtract(.h2Connections)
+        let last = h2Sessions.removeLast()
+        if i < h2Sessions.count {
+            h2Sessions[i] = last
+            last.slot = i
+        }
+        s.slot = -1
+        if isDraining && clients.isEmpty && h2Sessions.isEmpty { onDrained?() }
+    }
+
+    /// An HTTP/1.1 connection that turned out to speak HTTP/2 (ALPN `h2`, or the h2c preface):
+    /// the same socket gets an HTTP/2 session, with the bytes already read.
+    func upgrade(_ c: HTTP1Session, transport: Transport, initial: UnsafeRawBufferPointer) {
+        let h2 = HTTP2Session(fd: c.fd, transport: transport, peer: c.peer, peerIP: c.peerIP, context: self, initial: initial)
+        remove(c)
+        loop.deregister(fd: c.fd)
+        do {
+            try loop.register(fd: c.fd, handler: h2)
+        } catch {
+            loop.close(fd: c.fd)
+            return
+        }
+        add(h2)
+        if !h2.start() { h2.close() }
+    }
+
+    func takeStream(session: HTTP2Session, id: Int32) -> H2Stream {
+        let s = spareStreams.popLast() ?? H2Stream(session: session, context: self)
+        s.session = session
+        s.id = id
+        return s
+    }
+
+    func giveBackStream(_ s: H2Stream) {
+        if spareStreams.count < 256 { spareStreams.append(s) }
+    }
+
+    /// A request-body buffer for one HTTP/2 stream: one stream window.
+    func takeBodyBuffer() -> IOBuffer {
+        spareBodies.popLast() ?? IOBuffer(capacity: HTTP2Session.streamWindow + 1)
+    }
+
+    func giveBackBodyBuffer(_ b: IOBuffer) {
+        b.clear()
+        if spareBodies.count < 64 { spareBodies.append(b) }
+    }
 
     /// Stop accepting; close idle connections; let in-flight exchanges finish, then close.
     func beginDrain() {
@@ -374,8 +434,9 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
         for l in listeners { l.close() }
         listeners.removeAll()
         for c in clients { c.drain() }
+        for s in h2Sessions { s.drain() }
         for p in pools { p.closeAll() }
-        if clients.isEmpty { onDrained?() }
+        if clients.isEmpty && h2Sessions.isEmpty { onDrained?() }
     }
 
     // MARK: request ids

@@ -80,6 +80,8 @@ final class UpstreamConnection: EventHandler {
     var hasHungUp = false
     /// The exchange this connection serves; nil while idle.
     unowned(unsafe) var client: HTTP1Session?
+    /// The HTTP/2 stream this connection serves (instead of `client`); nil while idle.
+    unowned(unsafe) var stream: H2Stream?
     var deadline = Deadline()
 
     init(fd: Int32, pool: UpstreamPool, tls: TLSStream? = nil) {
@@ -91,17 +93,17 @@ final class UpstreamConnection: EventHandler {
 
     /// Drives the TLS handshake to the backend (`handshaking`): active when done.
     private func stepHandshake() {
-        guard case .tls(let stream) = transport else { state = .active; client?.upstreamConnected(self); return }
+        guard case .tls(let stream) = transport else { state = .active; notifyConnected(); return }
         switch stream.handshake() {
         case .done:
             state = .active
             isWritable = true
             pool.remember(stream)
-            client?.upstreamConnected(self)
+            notifyConnected()
         case .wantRead, .wantWrite:
             break
         case .failed:
-            client?.upstreamFailed(self, .tls)
+            notifyFailed(.tls)
         }
     }
 
@@ -114,19 +116,19 @@ final class UpstreamConnection: EventHandler {
             if events.hasOutputOrFailure {
                 let err = Sys.socketError(fd)
                 if err != 0 {
-                    client?.upstreamFailed(self, .connect(err))
+                    notifyFailed(.connect(err))
                 } else if case .tls = transport {
                     state = .handshaking
                     stepHandshake()
                 } else {
                     state = .active
-                    client?.upstreamConnected(self)
+                    notifyConnected()
                 }
             }
         case .handshaking:
             stepHandshake()
         case .active:
-            client?.upstreamEvent(self)
+            if let c = client { c.upstreamEvent(self) } else { stream?.upstreamEvent(self) }
         case .idle:
             // Closed by the backend, or unsolicited bytes: either way it is no longer reusable.
             pool.retire(self)
@@ -138,17 +140,26 @@ final class UpstreamConnection: EventHandler {
     func handleTimer(loop: EventLoop) {
         guard deadline.expired(fd: fd, loop: loop) else { return }
         switch state {
-        case .connecting, .handshaking: client?.upstreamFailed(self, .connectTimeout)
-        case .active: client?.upstreamFailed(self, .responseTimeout)
+        case .connecting, .handshaking: notifyFailed(.connectTimeout)
+        case .active: notifyFailed(.responseTimeout)
         case .idle: pool.retire(self)
         case .closed: break
         }
+    }
+
+    private func notifyConnected() {
+        if let c = client { c.upstreamConnected(self) } else { stream?.upstreamConnected(self) }
+    }
+
+    private func notifyFailed(_ f: UpstreamFailure) {
+        if let c = client { c.upstreamFailed(self, f) } else { stream?.upstreamFailed(self, f) }
     }
 
     func close(loop: EventLoop) {
         if state == .closed { return }
         state = .closed
         client = nil
+        stream = nil
         loop.close(fd: fd)
     }
 }
@@ -264,6 +275,7 @@ final class UpstreamPool {
     /// Returns a connection whose exchange finished cleanly.
     func release(_ c: UpstreamConnection) {
         c.client = nil
+        c.stream = nil
         if isRetired || idle.count >= maxIdle || c.state != .active {
             c.close(loop: loop)
             return

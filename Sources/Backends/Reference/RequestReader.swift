@@ -154,7 +154,10 @@ struct RequestReader {
                 scanned += 1
             }
             guard scanned - start <= 4096 else { throw RequestRejection(status: 400, reason: "line too long") }
+            // fill() may move `start` (it drops consumed bytes): keep the scan relative to it.
+            let seen = scanned - start
             guard fill() else { throw RequestRejection(status: 400, reason: "body ended early") }
+            scanned = start + seen
         }
     }
 

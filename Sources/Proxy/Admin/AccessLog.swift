@@ -268,6 +268,7 @@ enum AccessLogLine {
         out.write(tClient)
         switch x.downstream {
         case .h1(let s) where f.clientIP == s.peerIP: s.peer.text.withUnsafeBytes { out.write($0) }
+        case .h2(let s) where f.clientIP == s.session.peerIP: s.session.peer.text.withUnsafeBytes { out.write($0) }
         default: out.write(string: f.clientIP.description)
         }
         out.write(tMethod)

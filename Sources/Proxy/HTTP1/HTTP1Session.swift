@@ -13,7 +13,7 @@ import Runtime
 ///
 /// An idle connection holds no buffers and no exchange: they are lent by the loop when the
 /// first byte of a head arrives and given back when the connection goes idle again.
-final class HTTP1Session: EventHandler {
+final class HTTP1Session: EventHandler, ExchangeCarrier {
     enum State: UInt8 {
         /// A TLS handshake is under way (TLS listeners only).
         case handshaking
@@ -73,6 +73,8 @@ final class HTTP1Session: EventHandler {
     let headers: HeaderTable
     private var workspace: UnsafeMutableRawPointer?
     var hasWorkspace: Bool { workspace != nil }
+    var headBytes: UnsafeRawBufferPointer { inBuf.readable }
+    var decodesChunked: Bool { request.version != .http11 }
     /// `transport.mayHoldMore`, read once (a stored Bool on the read path, not a switch).
     let mayHoldMore: Bool
     /// When the connection last went idle holding its workspace (loop clock); the loop's
@@ -91,6 +93,8 @@ final class HTTP1Session: EventHandler {
     var hasHungUp = false
     /// Empty lines skipped before the current request line (bounded).
     var emptyLines = 0
+    /// No request yet: the connection may still turn out to be HTTP/2 (h2c prior knowledge).
+    var isFresh = true
 
     // The exchange in progress.
     var upstream: UpstreamConnection?
@@ -168,6 +172,10 @@ final class HTTP1Session: EventHandler {
         guard case .tls(let stream) = transport else { state = .readingHead; return true }
         switch stream.handshake() {
         case .done:
+            if stream.isH2 {
+                becomeHTTP2()
+                return false
+            }
             state = .readingHead
             deadline.set(context.loop.now &+ context.idleTimeoutNanos, fd: fd, loop: context.loop)
             isReadable = true   // the first request may have come with the last handshake flight
@@ -262,6 +270,14 @@ final class HTTP1Session: EventHandler {
             isParseable = skipEmptyLines()
             if state == .closed { return false }
         }
+        if isFresh && isParseable && inBuf.readPointer.load(as: UInt8.self) == 0x50 {
+            // `PRI * HTTP/2.0`: HTTP/2 with prior knowledge (h2c) on a plain listener.
+            switch Self.matchPreface(inBuf.readable) {
+            case .yes: becomeHTTP2(); return false
+            case .partial: isParseable = false
+            case .no: break
+            }
+        }
         if isParseable && inBuf.readableBytes > 0 {
             switch parser.parse(inBuf.readable, into: &request, headers: headers) {
             case .complete(let consumed):
@@ -338,6 +354,7 @@ final class HTTP1Session: EventHandler {
 
     private func startExchange(headLength: Int) {
         state = .proxying
+        isFresh = false
         emptyLines = 0
         exchange.open(peer: peerIP)
         exchange.request.base = UnsafeRawPointer(inBuf.readPointer)
@@ -880,6 +897,27 @@ final class HTTP1Session: EventHandler {
         if let up = upstream { upstream = nil; up.pool.retire(up) }
         exchange.settle()
         nextRequest()
+    }
+
+    // MARK: HTTP/2
+
+    enum PrefaceMatch { case yes, partial, no }
+    static let h2Preface: StaticString = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+    static func matchPreface(_ b: UnsafeRawBufferPointer) -> PrefaceMatch {
+        let n = min(b.count, 24)
+        if memcmp(b.baseAddress!, h2Preface.utf8Start, n) != 0 { return .no }
+        return n == 24 ? .yes : .partial
+    }
+
+    /// Hands the socket (and the bytes read so far) to an HTTP/2 session.
+    private func becomeHTTP2() {
+        state = .closed
+        deadline.clear()
+        exchange.downstream = .detached
+        let initial = [UInt8](inBuf.readable)
+        detachWorkspace()
+        initial.withUnsafeBytes { context.upgrade(self, transport: transport, initial: $0) }
     }
 
     // MARK: closing

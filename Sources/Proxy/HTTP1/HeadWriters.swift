@@ -2,6 +2,24 @@ import Glibc
 import Policy
 import Runtime
 
+/// What the head writers read from whatever carries an exchange: an HTTP/1.1 connection, or
+/// an HTTP/2 stream (whose head was rebuilt as HTTP/1.1 text and parsed by the same strict
+/// parser). Generic, not an existential: each carrier gets its own specialised writers.
+protocol ExchangeCarrier: AnyObject {
+    var request: HTTP1RequestHead { get }
+    /// The request head's bytes (what `request`'s and the exchange's ranges point into).
+    var headBytes: UnsafeRawBufferPointer { get }
+    var exchange: Exchange { get }
+    var headers: HeaderTable { get }
+    var peer: PeerAddress { get }
+    var context: LoopContext { get }
+    var responseBody: HTTP1Session.ResponseBody { get set }
+    var responseChunks: ChunkedDecoder { get set }
+    var closeAfterResponse: Bool { get set }
+    /// A chunked upstream body is de-chunked (HTTP/1.0 clients, HTTP/2 streams).
+    var decodesChunked: Bool { get }
+}
+
 /// Writes the request head sent upstream: hop-by-hop and Tollgate-owned fields dropped,
 /// framing re-stated, X-Forwarded-*, X-Request-Id and identity added.
 enum RequestHeadWriter {
@@ -23,9 +41,9 @@ enum RequestHeadWriter {
 
     enum Outcome { case written, tooLarge, tooManyConnectionOptions }
 
-    static func write(_ c: HTTP1Session, into out: IOBuffer) -> Outcome {
+    static func write<C: ExchangeCarrier>(_ c: C, into out: IOBuffer) -> Outcome {
         let req = c.request
-        let head = c.inBuf.readable
+        let head = c.headBytes
         guard let base = head.baseAddress else { return .tooLarge }
         // Every write below is bounded by the buffer: one that does not fit sets the flag and
         // the exchange is refused (431), never the process.
@@ -199,7 +217,7 @@ enum RateLimitFields {
     static let retryAfter: StaticString = "Retry-After: "
     static let crlf: StaticString = "\r\n"
 
-    static func write(_ c: HTTP1Session, into out: IOBuffer) {
+    static func write<C: ExchangeCarrier>(_ c: C, into out: IOBuffer) {
         let limitPlan = c.exchange.facts.limitPlan
         guard limitPlan >= 0 else { return }
         let plans = c.exchange.facts.snapshot.plans
@@ -313,7 +331,7 @@ enum ResponseHeadWriter {
     static let xrid: StaticString = "X-Request-Id: "
     static let crlfXrid: StaticString = "\r\nX-Request-Id: "
 
-    static func write(_ c: HTTP1Session, _ up: UpstreamConnection, into out: IOBuffer) -> Bool {
+    static func write<C: ExchangeCarrier>(_ c: C, _ up: UpstreamConnection, into out: IOBuffer) -> Bool {
         let head = up.head
         let base = up.inBuf.readPointer
         if out.readableBytes == 0 { out.clear() }
@@ -328,7 +346,7 @@ enum ResponseHeadWriter {
         case .contentLength(let n):
             c.responseBody = n == 0 ? .done : .length(remaining: n)
         case .chunked:
-            if c.request.version == .http11 {
+            if !c.decodesChunked {
                 c.responseBody = .chunkedPass
             } else {
                 c.responseBody = .chunkedDecode
@@ -408,7 +426,7 @@ enum ResponseHeadWriter {
     }
 
     /// Relays an interim (1xx) response head as is, minus hop-by-hop fields.
-    static func writeInterim(_ c: HTTP1Session, _ up: UpstreamConnection, into out: IOBuffer) -> Bool {
+    static func writeInterim<C: ExchangeCarrier>(_ c: C, _ up: UpstreamConnection, into out: IOBuffer) -> Bool {
         let head = up.head
         let base = up.inBuf.readPointer
         let start = out.writerIndex
@@ -454,7 +472,7 @@ enum LocalReply {
     static let bodyRequestID: StaticString = "\",\"request_id\":\""
     static let bodyEnd: StaticString = "\"}}"
 
-    static func write(_ c: HTTP1Session, status: Int, code: DenialCode, message: String, into out: IOBuffer) {
+    static func write<C: ExchangeCarrier>(_ c: C, status: Int, code: DenialCode, message: String, into out: IOBuffer) {
         if out.readableBytes == 0 { out.clear() }
         let start = out.writerIndex
         out.isOverflowed = false
@@ -467,7 +485,7 @@ enum LocalReply {
         }
     }
 
-    private static func writeReply(_ c: HTTP1Session, status: Int, code: DenialCode, message: String, into out: IOBuffer) {
+    private static func writeReply<C: ExchangeCarrier>(_ c: C, status: Int, code: DenialCode, message: String, into out: IOBuffer) {
         var msg = message
         let codeCount = code.rawValue.utf8.count
         let bodyLength = bodyStart.utf8CodeUnitCount + codeCount + bodyMessage.utf8CodeUnitCount + msg.utf8.count + bodyRequestID.utf8CodeUnitCount

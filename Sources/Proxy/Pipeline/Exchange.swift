@@ -20,10 +20,11 @@ enum PhaseResult {
 /// Where the credential was found.
 enum CredentialSource: UInt8 { case none, header, bearer, query }
 
-/// How an exchange answers: the session that carries it. An enum, not an existential: HTTP/2
-/// adds `.h2(session, stream)`.
+/// How an exchange answers: the session that carries it. An enum, not an existential.
 enum Downstream {
     case h1(HTTP1Session)
+    /// An HTTP/2 stream (its session is `stream.session`).
+    case h2(H2Stream)
     /// The session is gone (closed); late completions find nobody to answer.
     case detached
 }
@@ -198,6 +199,7 @@ final class Exchange: RedisWaiter {
         guard isOpen, token == facts.token, facts.phase == .lookupKey || facts.phase == .admit else { return }
         switch downstream {
         case .h1(let session): session.storeAnswered(Pipeline.resume(self, with: result))
+        case .h2(let stream): stream.storeAnswered(Pipeline.resume(self, with: result))
         case .detached: break
         }
     }

@@ -92,20 +92,27 @@ final class TLSContext: @unchecked Sendable {
         _ = SSL_CTX_set_options(ctx, options)
         _ = tollgate_SSL_CTX_set_mode(ctx, tollgate_SSL_MODE_ENABLE_PARTIAL_WRITE | tollgate_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                                       | tollgate_SSL_MODE_RELEASE_BUFFERS)
-        // ALPN: http/1.1 when the client offers it (h2 follows with HTTP/2); otherwise none.
+        // ALPN: h2 when the client offers it, else http/1.1; otherwise none (HTTP/1.1 is spoken).
         SSL_CTX_set_alpn_select_cb(ctx, { _, out, outLength, input, inputLength, _ in
             guard let input, let out, let outLength else { return tollgate_SSL_TLSEXT_ERR_NOACK }
             var i = 0
             let n = Int(inputLength)
+            var http11: UnsafePointer<UInt8>?
             while i < n {
                 let len = Int(input[i])
                 if i + 1 + len > n { break }
-                if len == 8 && memcmp(input + i + 1, "http/1.1", 8) == 0 {
+                if len == 2 && input[i + 1] == 0x68 && input[i + 2] == 0x32 {
                     out.pointee = input + i + 1
-                    outLength.pointee = 8
+                    outLength.pointee = 2
                     return tollgate_SSL_TLSEXT_ERR_OK
                 }
+                if len == 8 && memcmp(input + i + 1, "http/1.1", 8) == 0 { http11 = input + i + 1 }
                 i += 1 + len
+            }
+            if let h = http11 {
+                out.pointee = h
+                outLength.pointee = 8
+                return tollgate_SSL_TLSEXT_ERR_OK
             }
             return tollgate_SSL_TLSEXT_ERR_NOACK
         }, nil)

@@ -66,6 +66,15 @@ final class TLSStream {
         }
     }
 
+    /// ALPN chose `h2`.
+    var isH2: Bool {
+        var p: UnsafePointer<UInt8>?
+        var n: UInt32 = 0
+        SSL_get0_alpn_selected(ssl, &p, &n)
+        guard let p, n == 2 else { return false }
+        return p[0] == 0x68 && p[1] == 0x32
+    }
+
     /// The ALPN protocol chosen, if any.
     var alpn: String? {
         var p: UnsafePointer<UInt8>?
