@@ -74,15 +74,16 @@ func curlTLS(_ url: String, _ extra: [String] = []) throws -> (Int32, String) {
                                                      tls: "{certificate: server.pem, private_key: server-key.pem}"))
         let tg = try TollgateProcess(policies: dir + "/gateway.yaml", port: port)
         defer { tg.stop() }
-        let (rc, out) = try curlTLS("https://localhost:\(port)/secure/a", ["--cacert", c.cert])
+        let (rc, out) = try curlTLS("https://localhost:\(port)/secure/a", ["--cacert", c.cert, "--http1.1"])
         #expect(rc == 0, "\(out)")
         #expect(out.contains("ALPN: server accepted http/1.1"), "\(out)")
         #expect(out.contains("< HTTP/1.1 200"))
         // require_https is met by the TLS listener; the backend is told so.
         #expect(headerValue(log.heads.last ?? "", "X-Forwarded-Proto") == "https")
-        // h2-only clients get no ALPN (HTTP/2 is a later step) and still HTTP/1.1.
-        let (rc2, out2) = try curlTLS("https://localhost:\(port)/a", ["--cacert", c.cert, "--http1.1"])
-        #expect(rc2 == 0 && out2.contains("< HTTP/1.1 200"))
+        // A client offering h2 and http/1.1 gets h2; over h2 the backend is told the same.
+        let (rc2, out2) = try curlTLS("https://localhost:\(port)/secure/b", ["--cacert", c.cert, "--http2"])
+        #expect(rc2 == 0 && out2.contains("ALPN: server accepted h2") && out2.contains("< HTTP/2 200"), "\(out2)")
+        #expect(headerValue(log.heads.last ?? "", "X-Forwarded-Proto") == "https")
         // Nothing older than TLS 1.2.
         let (rc3, _) = try curlTLS("https://localhost:\(port)/a", ["--cacert", c.cert, "--tls-max", "1.1"])
         #expect(rc3 != 0)

@@ -60,6 +60,8 @@ final class H2Stream: ExchangeCarrier {
     private var hasContentLength = false
     private var hostDisagrees = false
     private var decodedBytes = 0
+    /// A parsed head waiting for `step` to start its exchange.
+    private var pendingHeadLength = 0
     private var fieldCount = 0
 
     // The exchange.
@@ -98,7 +100,7 @@ final class H2Stream: ExchangeCarrier {
         phase = .head
         method = .empty; path = .empty; authority = .empty; cookies = .empty
         hasRequestLine = false; hasContentLength = false; hostDisagrees = false
-        decodedBytes = 0; fieldCount = 0
+        decodedBytes = 0; fieldCount = 0; pendingHeadLength = 0
         requestComplete = false
         requestBody = .none
         requestBodyReceived = 0
@@ -110,7 +112,6 @@ final class H2Stream: ExchangeCarrier {
         responseBody = .awaitingHead
         closeAfterResponse = false
         exchange.downstream = .h2(self)
-        exchange.open(peer: session.peerIP)
     }
 
     /// One decoded field. Returns nonzero to make nghttp2 fail the connection (an HPACK bomb).
@@ -211,7 +212,11 @@ final class H2Stream: ExchangeCarrier {
         if hostDisagrees { return fail(status: 400, message: "request target and Host disagree") }
         switch parser.parse(inBuf.readable, into: &request, headers: headers) {
         case .complete(let consumed):
-            startExchange(headLength: consumed)
+            // Started once nghttp2 has handed over every frame of this read: a stream the
+            // client resets in the same batch (rapid reset) costs no pipeline run and no
+            // upstream connection.
+            pendingHeadLength = consumed
+            session.markDirty(self)
         case .failed(let e):
             fail(status: e.status, message: HTTP1Session.message(for: e))
         case .incomplete:
@@ -221,12 +226,14 @@ final class H2Stream: ExchangeCarrier {
 
     /// A head that cannot become a request is answered like HTTP/1.1's.
     private func fail(status: Int, message: String) {
+        exchange.open(peer: session.peerIP)
         exchange.assignGeneratedID()
         replyLocal(status: status, code: .badRequest, message: message)
     }
 
     private func startExchange(headLength: Int) {
         let r = request
+        exchange.open(peer: session.peerIP)
         exchange.request.base = UnsafeRawPointer(inBuf.readPointer)
         exchange.request.method = r.method
         exchange.request.methodRange = r.methodRange
@@ -279,7 +286,6 @@ final class H2Stream: ExchangeCarrier {
             return
         }
         b.write(UnsafeRawPointer(data), count: n)
-        exchange.bytesIn &+= Int64(n)
         if phase == .proxying { session.markDirty(self) }
     }
 
@@ -346,6 +352,7 @@ final class H2Stream: ExchangeCarrier {
             if b.readableBytes == 0 { b.clear() }
         }
         consume(moved)
+        exchange.bytesIn &+= Int64(moved)
         if requestComplete, case .chunked = requestBody, body?.readableBytes ?? 0 == 0, out.writableBytes >= 5 {
             out.write(HTTP1Session.lastChunk)
             requestBody = .done
@@ -412,8 +419,13 @@ final class H2Stream: ExchangeCarrier {
         session.pump()
     }
 
-    /// One round of relaying, both ways.
+    /// One round of relaying, both ways (or the start of the exchange).
     func step() {
+        if pendingHeadLength > 0 {
+            let n = pendingHeadLength
+            pendingHeadLength = 0
+            if phase == .deciding { startExchange(headLength: n) }
+        }
         guard phase == .proxying, let up = upstream else { return }
         var rounds = 0
         while rounds < 64 && phase == .proxying && upstream === up {

@@ -1,0 +1,348 @@
+import Foundation
+import Glibc
+import Testing
+
+/// The HTTP/2 client of the tests (`Tests/tools/h2client.py`, on Debian's python3-h2).
+enum H2Client {
+    static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("tools/h2client.py").path
+    /// Debian's interpreter (python3-h2 is installed for it, whatever `python3` is on PATH).
+    static let python = "/usr/bin/python3"
+
+    /// Runs the client to completion; every JSON line it printed.
+    static func run(_ port: UInt16, _ mode: String, _ args: [String]) throws -> [[String: Any]] {
+        let (rc, out) = try ProxyTests.run(python, [script, String(port), mode] + args)
+        let lines = out.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+        if rc != 0 && lines.isEmpty { throw HarnessError("h2client \(mode) failed (\(rc)): \(out)") }
+        return lines
+    }
+
+    /// One request per path on one connection.
+    static func request(_ port: UInt16, paths: [String], headers: [String] = [], extra: [String] = []) throws -> [H2Answer] {
+        var args = extra
+        for p in paths { args += ["--path", p] }
+        for h in headers { args += ["--header", h] }
+        return try run(port, "request", args).map(H2Answer.init)
+    }
+}
+
+struct H2Answer {
+    var status: Int
+    var headers: [String: [String]]
+    var body: String
+    var bodyLength: Int
+    var reset: Int?
+
+    init(_ j: [String: Any]) {
+        status = j["status"] as? Int ?? 0
+        headers = j["headers"] as? [String: [String]] ?? [:]
+        body = j["body"] as? String ?? ""
+        bodyLength = j["bodyLength"] as? Int ?? 0
+        reset = j["reset"] as? Int
+    }
+
+    func header(_ name: String) -> String? { headers[name.lowercased()]?.first }
+}
+
+/// The JSON error body without its request id (which differs per request).
+private func errorShape(_ body: String) -> String {
+    guard let j = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
+          var e = j["error"] as? [String: Any] else { return "not JSON: \(body)" }
+    e["request_id"] = nil
+    return "\(e["code"] ?? "-")|\(e["message"] ?? "-")"
+}
+
+/// Reads a child's stdout line by line as it comes (no waiting for its end).
+final class LineReader {
+    private let fd: Int32
+    private var pending: [UInt8] = []
+    init(_ handle: FileHandle) { fd = handle.fileDescriptor }
+
+    /// The next line, or nil at the end of output (or after `timeout` seconds without one).
+    func next(timeout: Double = 15) -> String? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            if let i = pending.firstIndex(of: 0x0A) {
+                let line = String(decoding: pending[..<i], as: UTF8.self)
+                pending.removeFirst(i + 1)
+                return line
+            }
+            let left = deadline.timeIntervalSinceNow
+            if left <= 0 { return nil }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            if poll(&p, 1, Int32(left * 1000)) <= 0 { return nil }
+            var buf = [UInt8](repeating: 0, count: 4096)
+            let n = Glibc.read(fd, &buf, buf.count)
+            if n <= 0 { return nil }
+            pending += buf[0..<n]
+        }
+    }
+}
+
+/// A gate over plain (h2c) and TLS (h2 by ALPN) listeners.
+final class H2Gate {
+    let gate: PolicyGate
+    let tlsPort = freePort()
+    let cert: TestCertificate
+
+    init() throws {
+        gate = try PolicyGate()
+        cert = try TestCertificate.make(in: gate.dir, name: "server", host: "localhost")
+        // A second listener, with TLS (policy lists concatenate across files).
+        writeFile(gate.dir + "/20-tls.yaml", """
+        version: 1
+        listen:
+          - address: 127.0.0.1:\(tlsPort)
+            tls: {certificate: server.pem, private_key: server-key.pem}
+
+        """)
+        try gate.restart()
+        try gate.tg.waitUntilListening(port: tlsPort)
+    }
+
+    var port: UInt16 { gate.port }
+    func stop() { gate.stop() }
+    var tlsArgs: [String] { ["--tls", "--cafile", cert.cert] }
+}
+
+@Suite(.serialized) struct HTTP2Tests {
+    @Test func refusalsAreTheSameOverHTTP1AndHTTP2() throws {
+        let g = try H2Gate()
+        defer { g.stop() }
+        let cases: [(String, String?)] = [
+            ("/api/finance/accounts", nil),                       // MISSING_CREDENTIAL
+            ("/api/finance/accounts", "not-a-key"),               // INVALID_KEY
+            ("/api/finance/accounts", PlainKey.revoked),          // REVOKED
+            ("/admin/stats", PlainKey.alice),                     // INSUFFICIENT_SCOPE
+            ("/nowhere", PlainKey.alice),                         // NO_ROUTE
+        ]
+        for (path, key) in cases {
+            let h1 = try g.gate.get(path, key: key)
+            let headers = key.map { ["x-api-key: \($0)"] } ?? []
+            for extra in [[], g.tlsArgs] {
+                let port = extra.isEmpty ? g.port : g.tlsPort
+                let a = try #require(try H2Client.request(port, paths: [path], headers: headers, extra: extra).first)
+                #expect(a.status == h1.status, "\(path) \(key ?? "-"): h2 \(a.status) vs h1 \(h1.status)")
+                #expect(errorShape(a.body) == errorShape(h1.text), "\(a.body) vs \(h1.text)")
+                // The same fields, minus HTTP/1.1's connection management.
+                let h1Names = Set(h1.headers.map { $0.0.lowercased() }).subtracting(["connection", "keep-alive"])
+                #expect(Set(a.headers.keys) == h1Names, "\(a.headers.keys.sorted()) vs \(h1Names.sorted())")
+                #expect(a.header("www-authenticate") == h1.header("WWW-Authenticate"))
+                #expect(a.header("content-type") == "application/json")
+            }
+        }
+        // Rate limited: the same status, Retry-After and RateLimit fields.
+        for _ in 0..<3 { _ = try g.gate.get("/open/x", key: PlainKey.limited) }
+        let h1 = try g.gate.get("/open/x", key: PlainKey.limited)
+        let a = try #require(try H2Client.request(g.port, paths: ["/open/x"], headers: ["x-api-key: \(PlainKey.limited)"]).first)
+        #expect(h1.status == 429 && a.status == 429)
+        #expect(a.header("retry-after") != nil && a.header("ratelimit") != nil && a.header("ratelimit-policy") == h1.header("RateLimit-Policy"))
+        #expect(errorShape(a.body) == errorShape(h1.text))
+    }
+
+    @Test func admittedRequestsReachTheBackendAsHTTP1WithTheSameFacts() throws {
+        let g = try H2Gate()
+        defer { g.stop() }
+        let before = g.gate.log.heads.count
+        // h2c (prior knowledge), several streams on one connection.
+        let answers = try H2Client.request(g.port, paths: ["/open/a?x=1", "/open/b"], headers: ["x-api-key: \(PlainKey.alice)",
+                                           "cookie: a=1", "cookie: b=2", "x-request-id: h2-test-1"])
+        #expect(answers.map(\.status) == [200, 200])
+        #expect(answers[0].header("x-request-id") == "h2-test-1")
+        // h2 over TLS, chosen by ALPN.
+        let tls = try H2Client.request(g.tlsPort, paths: ["/secure/c"], headers: ["x-api-key: \(PlainKey.alice)"], extra: g.tlsArgs)
+        #expect(tls.first?.status == 200)
+        let heads = Array(g.gate.log.heads.dropFirst(before))
+        #expect(heads.count == 3)
+        let first = try #require(heads.first)
+        #expect(first.hasPrefix("GET /open/a?x=1 HTTP/1.1\r\n"), "\(first)")
+        #expect(headerValue(first, "Host") == "127.0.0.1:\(g.port)")
+        #expect(headerValue(first, "X-Tollgate-Consumer") == "alice")
+        #expect(headerValue(first, "X-API-Key") == nil)
+        #expect(headerValue(first, "cookie") == "a=1; b=2")   // split cookies joined (RFC 9113 §8.2.3)
+        #expect(headerValue(first, "X-Forwarded-Proto") == "http")
+        #expect(headerValue(heads[2], "X-Forwarded-Proto") == "https")   // require_https met by the TLS listener
+        // curl, both ways.
+        let (rc, out) = try run("/usr/bin/curl", ["-sS", "-v", "--http2-prior-knowledge", "-H", "X-API-Key: \(PlainKey.alice)",
+                                                  "http://127.0.0.1:\(g.port)/open/curl"])
+        #expect(rc == 0 && out.contains("< HTTP/2 200"), "\(out)")
+        let (rc2, out2) = try run("/usr/bin/curl", ["-sS", "-v", "--http2", "--cacert", g.cert.cert, "--resolve", "localhost:\(g.tlsPort):127.0.0.1",
+                                                    "-H", "X-API-Key: \(PlainKey.alice)", "https://localhost:\(g.tlsPort)/open/curl"])
+        #expect(rc2 == 0 && out2.contains("ALPN: server accepted h2") && out2.contains("< HTTP/2 200"), "\(out2)")
+    }
+
+    @Test func theDowngradeForwardsNothingAStrictHTTP1ParserWouldRefuse() throws {
+        let g = try H2Gate()
+        defer { g.stop() }
+        let key = "x-api-key: \(PlainKey.alice)"
+        let before = g.gate.log.heads.count
+        // Each is refused (a stream reset, or a 400 answer); none reaches the backend.
+        let bad: [[String]] = [
+            [key, "connection: keep-alive"],
+            [key, "transfer-encoding: chunked"],
+            [key, "te: gzip"],
+            [key, "upgrade: websocket"],
+            [key, "X-Upper: 1"],
+            [key, #"x-bad: a\r\nx-injected: 1"#],
+            [key, #"x-nul: a\x00b"#],
+            [key, #"x-cr: a\rb"#],
+            [key, "host: other.example"],   // disagrees with :authority
+        ]
+        for headers in bad {
+            let a = try #require(try H2Client.request(g.port, paths: ["/open/bad"], headers: headers).first)
+            #expect(a.reset != nil || a.status == 400, "\(headers): \(a.status) \(a.body)")
+        }
+        #expect(g.gate.log.heads.count == before, "\(g.gate.log.heads.dropFirst(before))")
+        // A content-length the DATA frames exceed: the stream is reset, and the backend (which
+        // may have had the head) never gets more than the 5 bytes announced.
+        let cl = try #require(try H2Client.request(g.port, paths: ["/open/cl"], headers: [key, "content-length: 5"],
+                                                   extra: ["--method", "POST", "--body-size", "9"]).first)
+        #expect(cl.reset != nil && cl.status != 200, "\(cl)")
+        // The connection-level damage is nil: a good request still works.
+        #expect(try H2Client.request(g.port, paths: ["/open/ok"], headers: [key]).first?.status == 200)
+    }
+
+    @Test func bodiesFlowBothWaysWithinTheWindows() throws {
+        let up = try echoUpstream()
+        defer { up.stop() }
+        let dir = makeTempDir("tgh2")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let port = freePort()
+        writeFile(dir + "/gateway.yaml", """
+        version: 1
+        listen:
+          - address: 127.0.0.1:\(port)
+        backends:
+          up: {url: "http://127.0.0.1:\(up.port)"}
+        routes:
+          - name: all
+            match: {path_prefix: /}
+            backend: up
+            auth: none
+            max_body: 4MiB
+
+        """)
+        let tg = try TollgateProcess(policies: dir + "/gateway.yaml", port: port)
+        defer { tg.stop() }
+        // 600 KB up without a length (chunked to the backend), and the echo (600 KB) back:
+        // ten times the stream window each way.
+        let size = 600_000
+        let a = try #require(try H2Client.request(port, paths: ["/upload"], extra: ["--method", "POST", "--body-size", String(size)]).first)
+        #expect(a.status == 200)
+        #expect(a.bodyLength > size)
+        // With a length: passed as Content-Length.
+        let b = try #require(try H2Client.request(port, paths: ["/upload2"], headers: ["content-length: \(size)"],
+                                                  extra: ["--method", "POST", "--body-size", String(size)]).first)
+        #expect(b.status == 200 && b.bodyLength > size)
+        #expect(tg.process.isRunning)
+    }
+
+    @Test func anSSEAnswerArrivesEventByEventAndShutdownFinishesIt() throws {
+        // The backend sends one event, then waits until the client has shown it before the
+        // next: an answer held back until its end would never get past the first.
+        let gateOpen = DispatchSemaphore(value: 0)
+        let up = try ScriptedUpstream { peer in
+            guard peer.readHead() != nil else { return }
+            peer.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i in 1...3 {
+                let event = "data: event-\(i)\n\n"
+                peer.write(String(event.utf8.count, radix: 16) + "\r\n" + event + "\r\n")
+                if gateOpen.wait(timeout: .now() + 15) == .timedOut { return }
+            }
+            peer.write("0\r\n\r\n")
+        }
+        defer { up.stop() }
+        let dir = makeTempDir("tgh2")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let port = freePort()
+        let admin = freePort()
+        writeFile(dir + "/gateway.yaml", """
+        version: 1
+        listen:
+          - address: 127.0.0.1:\(port)
+        admin:
+          address: 127.0.0.1:\(admin)
+        backends:
+          up: {url: "http://127.0.0.1:\(up.port)"}
+        routes:
+          - name: all
+            match: {path_prefix: /}
+            backend: up
+            auth: none
+
+        """)
+        let tg = try TollgateProcess(policies: dir + "/gateway.yaml", port: port)
+        defer { tg.stop() }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: H2Client.python)
+        p.arguments = [H2Client.script, String(port), "stream", "--path", "/events"]
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        try p.run()
+        defer { if p.isRunning { p.terminate() } }
+        let lines = LineReader(pipe.fileHandleForReading)
+        #expect(lines.next()?.contains("200") == true)
+        // An open h2 connection is counted as such.
+        let metrics = try get(admin, "/metrics").text
+        #expect(metrics.contains("tollgate_connections{protocol=\"h2\"} 1"), "\(metrics)")
+        for i in 1...3 {
+            let line = lines.next() ?? "nothing"
+            #expect(line.contains("event-\(i)"), "\(line)")
+            if i == 2 {
+                // Graceful shutdown with the stream in flight: GOAWAY, and the stream finishes.
+                tg.signal(SIGTERM)
+                let g = lines.next() ?? "nothing"
+                #expect(g.contains("\"goaway\": 0"), "\(g)")
+            }
+            gateOpen.signal()
+        }
+        var rest: [String] = []
+        while let l = lines.next() { rest.append(l) }
+        #expect(rest.last?.contains("ended") == true, "\(rest)")
+        #expect(tg.waitForExit() == 0)
+    }
+
+    @Test func floodsCloseTheFloodingConnectionAndOthersAreServed() throws {
+        let g = try H2Gate()
+        defer { g.stop() }
+        let key = "x-api-key: \(PlainKey.alice)"
+        let upstreamBefore = g.gate.recorder.connections
+        // Rapid reset (CVE-2023-44487): 5,000 streams opened and cancelled.
+        let rr = try #require(try H2Client.run(g.port, "flood", ["--kind", "rapid-reset", "--count", "5000", "--path", "/open/rr", "--header", key]).first)
+        #expect(rr["closed"] as? Bool == true, "\(rr)")
+        // It cost the upstream pool next to nothing (streams reset before their exchange ran).
+        #expect(g.gate.recorder.connections - upstreamBefore < 50, "\(g.gate.recorder.connections - upstreamBefore) upstream connections")
+        // CONTINUATION flood (CVE-2024-27316): endless CONTINUATION frames without END_HEADERS.
+        let cf = try #require(try H2Client.run(g.port, "flood", ["--kind", "continuation", "--count", "10000", "--header", key]).first)
+        #expect(cf["closed"] as? Bool == true, "\(cf)")
+        // A header block decoding far past the limit: the connection is closed.
+        let hb = try #require(try H2Client.run(g.port, "flood", ["--kind", "headers-big", "--count", "40", "--header", key]).first)
+        #expect(hb["closed"] as? Bool == true, "\(hb)")
+        // One somewhat over the head limit: answered 431, like HTTP/1.1.
+        let big = (0..<5).map { "x-filler-\($0): " + String(repeating: "v", count: 4000) }
+        #expect(try H2Client.request(g.port, paths: ["/open/big"], headers: [key] + big).first?.status == 431)
+        // SETTINGS and PING floods: answered within bounds, the proxy stays up.
+        for kind in ["settings", "ping"] {
+            _ = try H2Client.run(g.port, "flood", ["--kind", kind, "--count", "20000", "--header", key])
+        }
+        // Everyone else is served as usual, over both protocols.
+        #expect(try H2Client.request(g.port, paths: ["/open/after"], headers: [key]).first?.status == 200)
+        #expect(try g.gate.get("/open/after", key: PlainKey.alice).status == 200)
+        #expect(g.gate.tg.process.isRunning)
+    }
+
+    @Test func h2loadIsServedOverH2cAndH2() throws {
+        let g = try H2Gate()
+        defer { g.stop() }
+        for url in ["http://127.0.0.1:\(g.port)/open/load", "https://127.0.0.1:\(g.tlsPort)/open/load"] {
+            let (rc, out) = try run("/usr/bin/h2load", ["-n", "400", "-c", "4", "-m", "10", "-H", "x-api-key: \(PlainKey.swarm)", url])
+            #expect(rc == 0, "\(out)")
+            // 20 per hour for this key: the rest are 429, all answered, none failed at the protocol level.
+            #expect(out.contains("400 done"), "\(out)")
+            #expect(out.contains("status codes: 20 2xx, 0 3xx, 380 4xx, 0 5xx") || url.hasPrefix("https"), "\(out)")
+            #expect(out.contains("0 errored"), "\(out)")
+        }
+    }
+}
