@@ -68,6 +68,7 @@ final class LoopContext {
     /// HTTP/2 streams (each with its exchange) and request-body buffers given back, for reuse.
     private var spareStreams: [H2Stream] = []
     private var spareBodies: [IOBuffer] = []
+    private(set) lazy var h2Fields = H2FieldScratch()
     /// Request counters under the current snapshot (an exchange keeps the block of the
     /// snapshot it started under).
     private(set) var metrics: RequestMetrics
@@ -305,7 +306,7 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
     private var isSweepScheduled = false
     static let idleSweepNanos: UInt64 = 1_000_000_000
 
-    private func scheduleSweep() {
+    func scheduleSweep() {
         if isSweepScheduled { return }
         isSweepScheduled = true
         loop.schedule(at: loop.now &+ Self.idleSweepNanos, handler: idleSweeper)
@@ -318,6 +319,10 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
         for c in clients {
             c.releaseIfIdle(before: cutoff)
             if c.hasWorkspace { holding += 1 }
+        }
+        for s in h2Sessions {
+            s.releaseIfIdle(before: cutoff)
+            if s.hasBuffers { holding += 1 }
         }
         if holding > 0 { scheduleSweep() }
     }

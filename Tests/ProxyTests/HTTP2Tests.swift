@@ -346,3 +346,68 @@ final class H2Gate {
         }
     }
 }
+
+extension HTTP2Tests {
+    /// Renewed certificates under h2 load: the open connections keep theirs and finish every
+    /// request; connections made after the reload get the new certificate.
+    @Test func aCertificateReloadUnderLoadDropsNoConnection() throws {
+        let dir = makeTempDir("tgh2")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let old = try TestCertificate.make(in: dir, name: "old", host: "localhost")
+        let new = try TestCertificate.make(in: dir, name: "new", host: "localhost")
+        try FileManager.default.copyItem(atPath: old.cert, toPath: dir + "/cert.pem")
+        try FileManager.default.copyItem(atPath: old.key, toPath: dir + "/key.pem")
+        let up = try echoUpstream()
+        defer { up.stop() }
+        let port = freePort()
+        let admin = freePort()
+        let policies = dir + "/policies"
+        try FileManager.default.createDirectory(atPath: policies, withIntermediateDirectories: true)
+        writeFile(policies + "/gateway.yaml", """
+        version: 1
+        listen:
+          - address: 127.0.0.1:\(port)
+            tls: {certificate: ../cert.pem, private_key: ../key.pem}
+        admin:
+          address: 127.0.0.1:\(admin)
+        backends:
+          up: {url: "http://127.0.0.1:\(up.port)"}
+        routes:
+          - name: all
+            match: {path_prefix: /}
+            backend: up
+            auth: none
+
+        """)
+        let tg = try TollgateProcess(policies: policies, port: port)
+        defer { tg.stop() }
+        // Four h2 connections under load for 4 seconds (bounded by time, not by our waiting).
+        let load = Process()
+        load.executableURL = URL(fileURLWithPath: "/usr/bin/h2load")
+        load.arguments = ["-D", "4", "-c", "4", "-m", "4", "https://127.0.0.1:\(port)/load"]
+        let out = Pipe()
+        load.standardOutput = out
+        load.standardError = out
+        try load.run()
+        // Once they are open: renew the files and reload.
+        let opened = try poll(timeout: 10) { try get(admin, "/metrics").text.contains("tollgate_connections{protocol=\"h2\"} 4") }
+        #expect(opened != nil)
+        try FileManager.default.removeItem(atPath: dir + "/cert.pem")
+        try FileManager.default.removeItem(atPath: dir + "/key.pem")
+        try FileManager.default.copyItem(atPath: new.key, toPath: dir + "/key.pem")
+        try FileManager.default.copyItem(atPath: new.cert, toPath: dir + "/cert.pem")
+        tg.signal(SIGHUP)
+        // New connections get the new certificate…
+        #expect(try poll(timeout: 10, step: 0.1) {
+            try run("/usr/bin/curl", ["-sS", "--http2", "--cacert", new.cert, "https://localhost:\(port)/after"]).0 == 0
+        } != nil, "\(tg.log)")
+        // …while the load's connections were still open, and they lost nothing.
+        let stillOpen = try get(admin, "/metrics").text.contains("tollgate_connections{protocol=\"h2\"} 4")
+        let report = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        load.waitUntilExit()
+        #expect(stillOpen || report.contains("finished in 4"), "\(report)")
+        #expect(report.contains(" 0 failed, 0 errored, 0 timeout"), "\(report)")
+        #expect(!report.contains("requests: 0 total"), "\(report)")
+        #expect(tg.log.contains("policy reloaded"))
+    }
+}

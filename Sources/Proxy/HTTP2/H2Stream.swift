@@ -649,8 +649,9 @@ final class H2Stream: ExchangeCarrier {
     /// unless there is none). False when it could not be sent (the stream is reset).
     private func submitAnswer() -> Bool {
         guard let s = nghttp2 else { return false }
-        let count = H2Fields.fromHead(outBuf, into: session.nvArray, capacity: HTTP2Session.nvCapacity,
-                                      scratch: session.nvScratch, scratchBytes: HTTP2Session.nvScratchBytes)
+        let nv = context.h2Fields
+        let count = H2Fields.fromHead(outBuf, into: nv.array, capacity: H2FieldScratch.capacity,
+                                      scratch: nv.names, scratchBytes: H2FieldScratch.nameBytes)
         guard count > 0 else {
             reset(NGHTTP2_INTERNAL_ERROR)
             return false
@@ -659,12 +660,12 @@ final class H2Stream: ExchangeCarrier {
         let noBody = responseBody.isDone && outBuf.readableBytes == 0 && responsePass == 0
         let rv: Int32
         if noBody {
-            rv = nghttp2_submit_response(s, id, session.nvArray, count, nil)
+            rv = nghttp2_submit_response(s, id, nv.array, count, nil)
         } else {
             var provider = nghttp2_data_provider()
             provider.source.ptr = Unmanaged.passUnretained(self).toOpaque()
             provider.read_callback = h2ReadBody
-            rv = nghttp2_submit_response(s, id, session.nvArray, count, &provider)
+            rv = nghttp2_submit_response(s, id, nv.array, count, &provider)
         }
         if rv != 0 { reset(NGHTTP2_INTERNAL_ERROR); return false }
         return true
@@ -750,6 +751,15 @@ final class H2Stream: ExchangeCarrier {
         }
         if let b = body { body = nil; context.giveBackBodyBuffer(b) }
     }
+}
+
+/// Per-loop scratch for an answer's fields on their way into HEADERS (nghttp2 copies them on
+/// submission, so one per loop serves every stream).
+final class H2FieldScratch {
+    static let capacity = 256
+    static let nameBytes = 32 * 1024
+    let array = UnsafeMutablePointer<nghttp2_nv>.allocate(capacity: capacity)
+    let names = UnsafeMutableRawPointer.allocate(byteCount: nameBytes, alignment: 8)
 }
 
 /// HTTP/1.1 answer heads (as our head writers produce them) to HTTP/2 fields.

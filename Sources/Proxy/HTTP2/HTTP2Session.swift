@@ -27,8 +27,16 @@ final class HTTP2Session: EventHandler {
     let context: LoopContext
     var slot = -1
     private(set) var session: OpaquePointer?
-    let inBuf: IOBuffer
-    let outBuf: IOBuffer
+    /// Read and write buffers: held while the connection is busy, given back by the loop's
+    /// sweep once it has been idle a second (an idle HTTP/2 connection holds nghttp2's state only).
+    let inBuf = IOBuffer()
+    let outBuf = IOBuffer()
+    private var buffers: UnsafeMutableRawPointer?
+    private var inCapacity = 0
+    static let outCapacity = 32 * 1024
+    /// When the last stream closed (loop clock); 0 while streams are open.
+    private var idleSince: UInt64 = 0
+    var hasBuffers: Bool { buffers != nil }
     private(set) var streams: [H2Stream] = []
     /// Streams with work to do once the current nghttp2 call returns.
     var dirty: [H2Stream] = []
@@ -41,11 +49,6 @@ final class HTTP2Session: EventHandler {
     /// Inside `nghttp2_session_mem_recv` or `_send`: `pump` waits until it returns.
     private var inNghttp2 = false
     var deadline = Deadline()
-    /// Scratch for response heads turned into name/value pairs (names lower-cased here).
-    let nvScratch: UnsafeMutableRawPointer
-    let nvArray: UnsafeMutablePointer<nghttp2_nv>
-    static let nvScratchBytes = 32 * 1024
-    static let nvCapacity = 256
 
     // Limits.
     static let maxConcurrentStreams: UInt32 = 100
@@ -64,17 +67,39 @@ final class HTTP2Session: EventHandler {
         self.peerIP = peerIP
         if case .tls = transport { isTLS = true } else { isTLS = false }
         self.context = context
-        inBuf = IOBuffer(capacity: 16 * 1024 + max(0, initial.count))
-        outBuf = IOBuffer(capacity: 64 * 1024)
-        nvScratch = .allocate(byteCount: Self.nvScratchBytes, alignment: 8)
-        nvArray = .allocate(capacity: Self.nvCapacity)
+        inCapacity = max(16 * 1024, initial.count)
+        attachBuffers()
         if initial.count > 0 { inBuf.write(initial) }
     }
 
     deinit {
         if let s = session { nghttp2_session_del(s) }
-        nvScratch.deallocate()
-        nvArray.deallocate()
+        detachBuffers()
+    }
+
+    @inline(__always)
+    private func attachBuffers() {
+        if buffers != nil { return }
+        let b = UnsafeMutableRawPointer.allocate(byteCount: inCapacity + Self.outCapacity, alignment: 16)
+        inBuf.attachStorage(b, capacity: inCapacity)
+        outBuf.attachStorage(b + inCapacity, capacity: Self.outCapacity)
+        buffers = b
+        context.scheduleSweep()
+    }
+
+    private func detachBuffers() {
+        guard let b = buffers else { return }
+        buffers = nil
+        inBuf.detachStorage()
+        outBuf.detachStorage()
+        b.deallocate()
+    }
+
+    /// The loop's sweep: a connection without streams since before `cutoff` gives its buffers back.
+    func releaseIfIdle(before cutoff: UInt64) {
+        guard buffers != nil, streams.isEmpty, idleSince != 0, idleSince < cutoff,
+              inBuf.readableBytes == 0, outBuf.readableBytes == 0 else { return }
+        detachBuffers()
     }
 
     /// Sets up nghttp2 and our SETTINGS; false when nghttp2 could not be set up.
@@ -118,6 +143,7 @@ final class HTTP2Session: EventHandler {
         // waiting for the store or a slow upstream) never holds the others back.
         _ = nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0,
                                                   Int32(Int(Self.maxConcurrentStreams) * Self.streamWindow))
+        idleSince = context.loop.now
         armDeadline()
         if inBuf.readableBytes > 0 { feed() }
         pump()
@@ -157,6 +183,7 @@ final class HTTP2Session: EventHandler {
         var rounds = 0
         while isReadable && !isClosed && rounds < 64 {
             rounds += 1
+            attachBuffers()
             // A client that does not read its answers is not read either: its PINGs and
             // SETTINGS cannot pile up output.
             if outBuf.readableBytes > outBuf.capacity / 2 { break }
@@ -265,6 +292,7 @@ final class HTTP2Session: EventHandler {
 
     /// nghttp2's send callback: copy what fits.
     func send(_ data: UnsafePointer<UInt8>, _ length: Int) -> Int {
+        attachBuffers()
         if outBuf.writableBytes == 0 && outBuf.readerIndex > 0 { _ = outBuf.compact() }
         let n = min(length, outBuf.writableBytes)
         if n == 0 { return Int(NGHTTP2_ERR_WOULDBLOCK.rawValue) }
@@ -290,7 +318,7 @@ final class HTTP2Session: EventHandler {
         s.slot = streams.count
         streams.append(s)
         nghttp2_session_set_stream_user_data(session, id, Unmanaged.passUnretained(s).toOpaque())
-        if streams.count == 1 { armDeadline() }
+        if streams.count == 1 { idleSince = 0; armDeadline() }
         return s
     }
 
@@ -305,7 +333,7 @@ final class HTTP2Session: EventHandler {
         if let session { nghttp2_session_set_stream_user_data(session, s.id, nil) }
         if s.isDirty, let k = dirty.firstIndex(where: { $0 === s }) { dirty.remove(at: k); s.isDirty = false }
         context.giveBackStream(s)
-        if streams.isEmpty { armDeadline() }
+        if streams.isEmpty { idleSince = context.loop.now; armDeadline() }
     }
 
     func markDirty(_ s: H2Stream) {
@@ -341,6 +369,7 @@ final class HTTP2Session: EventHandler {
         streams.removeAll()
         dirty.removeAll()
         if let s = session { nghttp2_session_del(s); session = nil }
+        detachBuffers()
         if case .tls(let s) = transport { s.shutdown() }
         context.loop.close(fd: fd)
         context.remove(self)
