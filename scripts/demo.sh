@@ -61,6 +61,21 @@ printf '\n$ curl -N -H "%s" -d {"question":"hello","streaming":true} %s/api/v1/p
 curl -s -N -H "$H" -H 'Content-Type: application/json' -d '{"question":"What does Tollgate do?","streaming":true}' \
     $U/api/v1/prediction/8c1f3e52-3c4b-4d2a-9a57-0d5f2b7c6a11 | head -12 | sed 's/^/  /' || true   # head may close first (curl: 23)
 echo "  ^ Flowise SSE events, relayed one by one"
+echo
+echo "== HTTP/2 with prior knowledge (h2c) on the same listener: the same pipeline, the same answers"
+show2() {   # show2 "what" curl-args…
+    local what=$1; shift
+    printf '\n$ curl --http2-prior-knowledge %s\n' "$*"
+    curl -s -i --http2-prior-knowledge "$@" | grep -iE '^HTTP/|^ratelimit:|^www-auth|^\{' | sed 's/^/  /'
+    printf '  ^ %s\n' "$what"
+}
+show2 "allowed over HTTP/2"                             -H "$H" $U/api/finance/accounts
+show2 "MISSING_CREDENTIAL over HTTP/2: the same status, body and headers"  $U/api/finance/accounts
+if command -v h2load >/dev/null; then
+    printf '\n$ h2load -n 200 -c 2 -m 10 %s/health\n' "$U"
+    h2load -n 200 -c 2 -m 10 "$U/health" 2>&1 | grep -E '^requests:|^status codes:' | sed 's/^/  /'
+    echo "  ^ 2 connections, 10 concurrent streams each"
+fi
 "$BIN" keys revoke "$ID" --policies policies >/dev/null
 sleep 0.3
 show "REVOKED (tollgate keys revoke $ID)"               -H "$H" $U/api/finance/accounts
