@@ -411,3 +411,76 @@ extension HTTP2Tests {
         #expect(tg.log.contains("policy reloaded"))
     }
 }
+
+extension HTTP2Tests {
+    /// An expired certificate, a name the certificate does not cover, and garbage instead of a
+    /// ClientHello: each fails that one handshake; an h2 connection opened before them is
+    /// served throughout and after.
+    @Test func failedHandshakesLeaveOtherH2ConnectionsServed() throws {
+        let dir = makeTempDir("tgh2")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // Expired yesterday (openssl x509 -days -1), for localhost.
+        writeFile(dir + "/san.ext", "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        let (rc1, o1) = try run("/usr/bin/openssl", ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                                                      "-keyout", dir + "/old-key.pem", "-out", dir + "/old.csr", "-subj", "/CN=localhost"])
+        #expect(rc1 == 0, "\(o1)")
+        let (rc2, o2) = try run("/usr/bin/openssl", ["x509", "-req", "-in", dir + "/old.csr", "-signkey", dir + "/old-key.pem",
+                                                      "-out", dir + "/old.pem", "-days", "-1", "-extfile", dir + "/san.ext"])
+        #expect(rc2 == 0, "\(o2)")
+        let good = try TestCertificate.make(in: dir, name: "good", host: "localhost")
+        let up = try echoUpstream()
+        defer { up.stop() }
+        let goodPort = freePort(), expiredPort = freePort(), admin = freePort()
+        writeFile(dir + "/gateway.yaml", """
+        version: 1
+        listen:
+          - address: 127.0.0.1:\(goodPort)
+            tls: {certificate: good.pem, private_key: good-key.pem}
+          - address: 127.0.0.1:\(expiredPort)
+            tls: {certificate: old.pem, private_key: old-key.pem}
+        admin:
+          address: 127.0.0.1:\(admin)
+        backends:
+          up: {url: "http://127.0.0.1:\(up.port)"}
+        routes:
+          - name: all
+            match: {path_prefix: /}
+            backend: up
+            auth: none
+
+        """)
+        let tg = try TollgateProcess(policies: dir + "/gateway.yaml", port: goodPort, threads: 1)
+        defer { tg.stop() }
+        try tg.waitUntilListening(port: expiredPort)
+        // An h2 client that keeps one connection through everything below (it sends its
+        // next request when told, on stdin).
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: H2Client.python)
+        p.arguments = [H2Client.script, String(goodPort), "request", "--tls", "--cafile", good.cert, "--path", "/before", "--path", "/after",
+                       "--wait-stdin"]
+        let out = Pipe(), inp = Pipe()
+        p.standardOutput = out
+        p.standardInput = inp
+        try p.run()
+        defer { if p.isRunning { p.terminate() } }
+        let lines = LineReader(out.fileHandleForReading)
+        #expect(lines.next()?.contains("\"status\": 200") == true)
+        // The expired certificate: the client refuses it (curl: 60, certificate problem).
+        let (e, eo) = try run("/usr/bin/curl", ["-sS", "--http2", "--cacert", dir + "/old.pem", "https://localhost:\(expiredPort)/x"])
+        #expect(e == 60 && eo.contains("expired"), "\(eo)")
+        // A name the certificate does not cover.
+        let (m, mo) = try run("/usr/bin/curl", ["-sS", "--http2", "--cacert", good.cert, "--resolve", "wrong.test:\(goodPort):127.0.0.1",
+                                                "https://wrong.test:\(goodPort)/x"])
+        #expect(m == 60, "\(mo)")
+        // Garbage where a ClientHello belongs.
+        let g = try RawClient(port: goodPort)
+        try g.send(String(repeating: "\u{16}\u{03}\u{01}\u{ff}\u{ff}garbage", count: 20))
+        #expect(g.isClosedByPeer())
+        // The first client's connection is still served.
+        inp.fileHandleForWriting.write(Data("next\n".utf8))
+        #expect(lines.next()?.contains("\"status\": 200") == true)
+        let metrics = try scrapeMetrics(admin)
+        #expect(metrics["tollgate_tls_handshake_failures_total{reason=\"protocol\"}"] ?? 0 >= 1, "\(metrics)")
+        #expect(tg.process.isRunning)
+    }
+}

@@ -94,7 +94,9 @@ def send_body(s, c, sid, body, handle, done):
 
 def request(a):
     s, c = connect(a)
-    for path in a.path:
+    for n, path in enumerate(a.path):
+        if a.wait_stdin and n > 0:
+            sys.stdin.readline()   # the test says when to send the next request
         sid = c.get_next_available_stream_id()
         body = b""
         if a.body_size:
@@ -226,6 +228,7 @@ def main():
     p.add_argument("--body-size", type=int, default=0)
     p.add_argument("--kind", default="rapid-reset")
     p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--wait-stdin", action="store_true")
     a = p.parse_args()
     if not a.path:
         a.path = ["/"]
