@@ -324,6 +324,7 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
             s.releaseIfIdle(before: cutoff)
             if s.hasBuffers { holding += 1 }
         }
+        if spareStreams.count > 256 { spareStreams.removeLast(spareStreams.count - 256) }
         if holding > 0 { scheduleSweep() }
     }
 
@@ -418,8 +419,11 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
         return s
     }
 
+    /// Always kept (a stream may be given back inside one of its own calls); the sweep trims
+    /// the spares to 256.
     func giveBackStream(_ s: H2Stream) {
-        if spareStreams.count < 256 { spareStreams.append(s) }
+        spareStreams.append(s)
+        if spareStreams.count > 256 { scheduleSweep() }
     }
 
     /// A request-body buffer for one HTTP/2 stream: one stream window.

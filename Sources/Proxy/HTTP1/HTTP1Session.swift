@@ -13,7 +13,7 @@ import Runtime
 ///
 /// An idle connection holds no buffers and no exchange: they are lent by the loop when the
 /// first byte of a head arrives and given back when the connection goes idle again.
-final class HTTP1Session: EventHandler, ExchangeCarrier {
+final class HTTP1Session: EventHandler, TimerHandler, ExchangeCarrier {
     enum State: UInt8 {
         /// A TLS handshake is under way (TLS listeners only).
         case handshaking
@@ -941,8 +941,14 @@ final class HTTP1Session: EventHandler, ExchangeCarrier {
         detachWorkspace()
         if case .tls(let s) = transport { s.shutdown() }
         context.loop.close(fd: fd)
+        // Closing may start inside a call that reached us through an unowned reference (an
+        // upstream's event): the loop holds us until this turn ends, so nothing below that
+        // call runs on a freed session.
+        context.loop.afterEvents(self)
         context.remove(self)
     }
+
+    func timerFired(loop: EventLoop) {}
 
     // MARK: constants
 

@@ -17,7 +17,7 @@ import Runtime
 /// fields), CONTINUATION frames per header block, incoming RST_STREAM rate (rapid reset),
 /// SETTINGS entries and queued SETTINGS/PING acknowledgements (floods). A client that trips one
 /// gets GOAWAY and the connection closes; others are served as usual.
-final class HTTP2Session: EventHandler {
+final class HTTP2Session: EventHandler, TimerHandler {
     let fd: Int32
     let transport: Transport
     let mayHoldMore: Bool
@@ -372,8 +372,13 @@ final class HTTP2Session: EventHandler {
         detachBuffers()
         if case .tls(let s) = transport { s.shutdown() }
         context.loop.close(fd: fd)
+        // Held until this loop turn ends: close may run under a call that reached us through
+        // an unowned reference (a stream's upstream event).
+        context.loop.afterEvents(self)
         context.remove(self)
     }
+
+    func timerFired(loop: EventLoop) {}
 }
 
 // MARK: nghttp2 callbacks (capture-free: the session is the user data)
