@@ -239,6 +239,39 @@ final class H2Gate {
         #expect(tg.process.isRunning)
     }
 
+    /// A chunked answer of 2 MB (de-chunked into DATA frames) arrives whole, through the
+    /// client's windows and our buffers' limits.
+    @Test func aLargeChunkedAnswerArrivesWhole() throws {
+        let chunk = String(repeating: "z", count: 3000)
+        let up = try ScriptedUpstream { peer in
+            guard peer.readHead() != nil else { return }
+            var out = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            for _ in 0..<700 { out += String(chunk.utf8.count, radix: 16) + "\r\n" + chunk + "\r\n" }
+            peer.write(out + "0\r\n\r\n")
+        }
+        defer { up.stop() }
+        let dir = makeTempDir("tgh2")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let port = freePort()
+        writeFile(dir + "/gateway.yaml", """
+        version: 1
+        listen:
+          - address: 127.0.0.1:\(port)
+        backends:
+          up: {url: "http://127.0.0.1:\(up.port)"}
+        routes:
+          - name: all
+            match: {path_prefix: /}
+            backend: up
+            auth: none
+
+        """)
+        let tg = try TollgateProcess(policies: dir + "/gateway.yaml", port: port)
+        defer { tg.stop() }
+        let a = try #require(try H2Client.request(port, paths: ["/big"]).first)
+        #expect(a.status == 200 && a.bodyLength == 700 * 3000, "\(a.status) \(a.bodyLength)")
+    }
+
     @Test func anSSEAnswerArrivesEventByEventAndShutdownFinishesIt() throws {
         // The backend sends one event, then waits until the client has shown it before the
         // next: an answer held back until its end would never get past the first.

@@ -445,6 +445,12 @@ final class H2Stream: ExchangeCarrier {
             if up.state == .active && up.isReadable && !responseBody.isDone {
                 if readUpstream(up) { progress = true }
                 if upstream !== up || phase != .proxying { return }
+            } else if !responseBody.isDone && !responseBody.isAwaitingHead && up.inBuf.readableBytes > responsePass {
+                // Bytes already read but not framed (de-chunking waited for room).
+                let mark = (up.inBuf.readerIndex, responsePass, outBuf.writerIndex)
+                frameResponse(up)
+                if upstream !== up || phase != .proxying { return }
+                if mark != (up.inBuf.readerIndex, responsePass, outBuf.writerIndex) { progress = true }
             }
             if isAnswerSubmitted && isDeferred && hasBodyBytes {
                 isDeferred = false

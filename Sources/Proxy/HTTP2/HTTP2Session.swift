@@ -162,6 +162,10 @@ final class HTTP2Session: EventHandler, TimerHandler {
 
     func handleTimer(loop: EventLoop) {
         guard !isClosed, deadline.expired(fd: fd, loop: loop) else { return }
+        if closeSoon {
+            close()   // a GOAWAY the client never read
+            return
+        }
         if streams.isEmpty {
             // Idle (or a client that never finished its preface): GOAWAY, then close.
             goAway(NGHTTP2_NO_ERROR)
@@ -307,9 +311,16 @@ final class HTTP2Session: EventHandler, TimerHandler {
 
     // MARK: streams
 
+    /// The stream the last lookup found: a header block's fields all ask for the same one.
+    private var lastStream: H2Stream?
+
+    @inline(__always)
     func stream(_ id: Int32) -> H2Stream? {
+        if let l = lastStream, l.id == id, l.slot >= 0 { return l }
         guard let session, let p = nghttp2_session_get_stream_user_data(session, id) else { return nil }
-        return Unmanaged<H2Stream>.fromOpaque(p).takeUnretainedValue()
+        let s = Unmanaged<H2Stream>.fromOpaque(p).takeUnretainedValue()
+        lastStream = s
+        return s
     }
 
     func openStream(_ id: Int32) -> H2Stream? {
@@ -330,6 +341,7 @@ final class HTTP2Session: EventHandler, TimerHandler {
             if i < streams.count { streams[i] = last; last.slot = i }
         }
         s.slot = -1
+        if lastStream === s { lastStream = nil }
         if let session { nghttp2_session_set_stream_user_data(session, s.id, nil) }
         if s.isDirty, let k = dirty.firstIndex(where: { $0 === s }) { dirty.remove(at: k); s.isDirty = false }
         context.giveBackStream(s)
@@ -368,6 +380,7 @@ final class HTTP2Session: EventHandler, TimerHandler {
         }
         streams.removeAll()
         dirty.removeAll()
+        lastStream = nil
         if let s = session { nghttp2_session_del(s); session = nil }
         detachBuffers()
         if case .tls(let s) = transport { s.shutdown() }
