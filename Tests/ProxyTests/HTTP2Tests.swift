@@ -107,6 +107,28 @@ final class H2Gate {
     var tlsArgs: [String] { ["--tls", "--cafile", cert.cert] }
 }
 
+/// `tollgate serve` on a fresh port with one open route (`auth: none`) to `upstream`, its
+/// policy written in `dir`; an admin listener when `admin` is given.
+func openGate(upstream: UInt16, dir: String, admin: UInt16? = nil, routeExtra: String = "") throws -> (TollgateProcess, UInt16) {
+    let port = freePort()
+    writeFile(dir + "/gateway.yaml", """
+    version: 1
+    listen:
+      - address: 127.0.0.1:\(port)
+    \(admin.map { "admin:\n  address: 127.0.0.1:\($0)" } ?? "")
+    backends:
+      up: {url: "http://127.0.0.1:\(upstream)"}
+    routes:
+      - name: all
+        match: {path_prefix: /}
+        backend: up
+        auth: none
+    \(routeExtra)
+
+    """)
+    return (try TollgateProcess(policies: dir + "/gateway.yaml", port: port), port)
+}
+
 @Suite(.serialized) struct HTTP2Tests {
     @Test func refusalsAreTheSameOverHTTP1AndHTTP2() throws {
         let g = try H2Gate()
@@ -209,22 +231,7 @@ final class H2Gate {
         defer { up.stop() }
         let dir = makeTempDir("tgh2")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let port = freePort()
-        writeFile(dir + "/gateway.yaml", """
-        version: 1
-        listen:
-          - address: 127.0.0.1:\(port)
-        backends:
-          up: {url: "http://127.0.0.1:\(up.port)"}
-        routes:
-          - name: all
-            match: {path_prefix: /}
-            backend: up
-            auth: none
-            max_body: 4MiB
-
-        """)
-        let tg = try TollgateProcess(policies: dir + "/gateway.yaml", port: port)
+        let (tg, port) = try openGate(upstream: up.port, dir: dir, routeExtra: "    max_body: 4MiB")
         defer { tg.stop() }
         // 600 KB up without a length (chunked to the backend), and the echo (600 KB) back:
         // ten times the stream window each way.
@@ -252,21 +259,7 @@ final class H2Gate {
         defer { up.stop() }
         let dir = makeTempDir("tgh2")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let port = freePort()
-        writeFile(dir + "/gateway.yaml", """
-        version: 1
-        listen:
-          - address: 127.0.0.1:\(port)
-        backends:
-          up: {url: "http://127.0.0.1:\(up.port)"}
-        routes:
-          - name: all
-            match: {path_prefix: /}
-            backend: up
-            auth: none
-
-        """)
-        let tg = try TollgateProcess(policies: dir + "/gateway.yaml", port: port)
+        let (tg, port) = try openGate(upstream: up.port, dir: dir)
         defer { tg.stop() }
         let a = try #require(try H2Client.request(port, paths: ["/big"]).first)
         #expect(a.status == 200 && a.bodyLength == 700 * 3000, "\(a.status) \(a.bodyLength)")
@@ -289,24 +282,8 @@ final class H2Gate {
         defer { up.stop() }
         let dir = makeTempDir("tgh2")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let port = freePort()
         let admin = freePort()
-        writeFile(dir + "/gateway.yaml", """
-        version: 1
-        listen:
-          - address: 127.0.0.1:\(port)
-        admin:
-          address: 127.0.0.1:\(admin)
-        backends:
-          up: {url: "http://127.0.0.1:\(up.port)"}
-        routes:
-          - name: all
-            match: {path_prefix: /}
-            backend: up
-            auth: none
-
-        """)
-        let tg = try TollgateProcess(policies: dir + "/gateway.yaml", port: port)
+        let (tg, port) = try openGate(upstream: up.port, dir: dir, admin: admin)
         defer { tg.stop() }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: H2Client.python)

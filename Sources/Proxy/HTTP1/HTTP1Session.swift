@@ -13,7 +13,7 @@ import Runtime
 ///
 /// An idle connection holds no buffers and no exchange: they are lent by the loop when the
 /// first byte of a head arrives and given back when the connection goes idle again.
-final class HTTP1Session: EventHandler, TimerHandler, ExchangeCarrier {
+final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
     enum State: UInt8 {
         /// A TLS handshake is under way (TLS listeners only).
         case handshaking
@@ -626,120 +626,6 @@ final class HTTP1Session: EventHandler, TimerHandler, ExchangeCarrier {
         }
     }
 
-    /// Reads upstream bytes and frames them (head, then body) for the client.
-    private func readUpstream(_ up: UpstreamConnection) -> Bool {
-        let buf = up.inBuf
-        if buf.writableBytes == 0 {
-            if buf.readerIndex > 0 { buf.compact() } else if responsePass > 0 { return false }
-        }
-        if buf.writableBytes == 0 {
-            if responseBody.isAwaitingHead { upstreamFailure(.badResponse) ; return true }
-            return false
-        }
-        let want = buf.writableBytes
-        var got = 0
-        do {
-            switch try up.transport.read(into: buf.writePointer, count: want) {
-            case .processed(let n):
-                if n == 0 { up.sawEOF = true; up.isReadable = false } else {
-                    buf.writerIndex += n
-                    got = n
-                    if n < want && !up.hasHungUp && !up.mayHoldMore { up.isReadable = false }
-                }
-            case .wouldBlock:
-                up.isReadable = false
-            }
-        } catch {
-            upstreamFailure(.reset(error.code))
-            return true
-        }
-        if got > 0 {
-            up.deadline.set(context.loop.now &+ (responseBody.isAwaitingHead ? up.pool.responseTimeoutNanos : up.pool.idleTimeoutNanos),
-                            fd: up.fd, loop: context.loop)
-        }
-        frameResponse(up)
-        if up.sawEOF && !responseBody.isDone && state != .closed && upstream === up {
-            if responseBody == .untilClose {
-                responseBody = .done
-            } else {
-                upstreamFailure(up.inBuf.readableBytes == 0 && responseBody.isAwaitingHead ? .closedEarly : .badResponse)
-            }
-            return true
-        }
-        return got > 0
-    }
-
-    private func frameResponse(_ up: UpstreamConnection) {
-        let buf = up.inBuf
-        while true {
-            switch responseBody {
-            case .awaitingHead:
-                if buf.readableBytes == 0 { return }
-                switch up.parser.parse(buf.readable, requestMethod: request.method, into: &up.head, headers: up.headers) {
-                case .incomplete:
-                    return
-                case .failed:
-                    upstreamFailure(.badResponse)
-                    return
-                case .complete(let consumed):
-                    if up.head.status >= 100 && up.head.status < 200 {
-                        if up.head.status == 101 { upstreamFailure(.badResponse); return }
-                        // Interim response: relay 100/103 to an HTTP/1.1 client, then read on.
-                        if request.version == .http11 && up.head.status != 100 {
-                            _ = ResponseHeadWriter.writeInterim(self, up, into: outBuf)
-                        }
-                        buf.readerIndex += consumed
-                        up.parser.reset()
-                        continue
-                    }
-                    guard ResponseHeadWriter.write(self, up, into: outBuf) else {
-                        upstreamFailure(.badResponse)
-                        return
-                    }
-                    isResponseHeadSent = true
-                    exchange.answer(status: up.head.status, code: MetricCode.ok)
-                    buf.readerIndex += consumed
-                }
-            case .length(let remaining):
-                let avail = buf.readableBytes - responsePass
-                if avail <= 0 { return }
-                let take = Int(min(Int64(avail), remaining))
-                responsePass += take
-                let left = remaining - Int64(take)
-                responseBody = left == 0 ? .done : .length(remaining: left)
-                return
-            case .chunkedPass:
-                let avail = buf.readableBytes - responsePass
-                if avail <= 0 { return }
-                let input = UnsafeRawBufferPointer(start: buf.readPointer + responsePass, count: avail)
-                switch responseChunks.step(input) {
-                case .data(let skip, let count): responsePass += skip + count
-                case .needMore(let consumed): responsePass += consumed; return
-                case .end(let consumed): responsePass += consumed; responseBody = .done; return
-                case .failed: upstreamFailure(.badResponse); return
-                }
-            case .chunkedDecode:
-                if buf.readableBytes == 0 { return }
-                let room = outBuf.writableBytes
-                if room == 0 { if outBuf.readerIndex > 0 { outBuf.compact(); continue }; return }
-                let input = UnsafeRawBufferPointer(rebasing: buf.readable[0..<min(buf.readableBytes, room)])
-                switch responseChunks.step(input) {
-                case .data(let skip, let count):
-                    outBuf.write(input.baseAddress! + skip, count: count)
-                    buf.readerIndex += skip + count
-                case .needMore(let consumed): buf.readerIndex += consumed; if consumed == 0 || buf.readableBytes == 0 { return }
-                case .end(let consumed): buf.readerIndex += consumed; responseBody = .done; return
-                case .failed: upstreamFailure(.badResponse); return
-                }
-            case .untilClose:
-                responsePass = buf.readableBytes
-                return
-            case .done:
-                return
-            }
-        }
-    }
-
     /// writev(outBuf, raw response bytes from the upstream's buffer) to the client.
     @discardableResult
     private func flushClient() -> Bool {
@@ -781,6 +667,22 @@ final class HTTP1Session: EventHandler, TimerHandler, ExchangeCarrier {
         }
     }
 
+    // MARK: relay hooks (UpstreamRelaying)
+
+    var isRelaying: Bool { state != .closed }
+
+    /// 100 and 103 to an HTTP/1.1 client (not 100 itself: we answered Expect ourselves).
+    func relayInterim(_ up: UpstreamConnection) {
+        if request.version == .http11 && up.head.status != 100 {
+            _ = ResponseHeadWriter.writeInterim(self, up, into: outBuf)
+        }
+    }
+
+    func answerHeadWritten(_ up: UpstreamConnection) -> Bool {
+        isResponseHeadSent = true
+        return true
+    }
+
     // MARK: ending an exchange
 
     private func finishExchange(_ up: UpstreamConnection) {
@@ -814,7 +716,7 @@ final class HTTP1Session: EventHandler, TimerHandler, ExchangeCarrier {
         }
     }
 
-    private func upstreamFailure(_ failure: UpstreamFailure) {
+    func upstreamFailure(_ failure: UpstreamFailure) {
         guard let up = upstream else { return }
         exchange.facts.metrics.countUpstreamError(backend: up.pool.backendIndex, kind: UpstreamErrorKind(failure))
         // A reused connection closed under an idempotent, body-less request: retry once, fresh.

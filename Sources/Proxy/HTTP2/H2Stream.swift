@@ -12,7 +12,7 @@ import Runtime
 /// head writers as HTTP/1.1 produce the answer (local or upstream), and its fields become
 /// HEADERS. Request and response bodies are copied between DATA frames and the upstream's
 /// buffers, each side held back by the other's window.
-final class H2Stream: ExchangeCarrier {
+final class H2Stream: UpstreamRelaying {
     enum Phase: UInt8 {
         /// Fields arriving.
         case head
@@ -73,7 +73,7 @@ final class H2Stream: ExchangeCarrier {
     private var maxBodyBytes = 0
     private var isRequestSent = false
     /// Response bytes at `upstream.inBuf.readerIndex` not yet copied into DATA frames.
-    private var responsePass = 0
+    var responsePass = 0
     private var isAnswerSubmitted = false
     private var isDeferred = false
     private var hasRetried = false
@@ -487,110 +487,6 @@ final class H2Stream: ExchangeCarrier {
         }
     }
 
-    private func readUpstream(_ up: UpstreamConnection) -> Bool {
-        let buf = up.inBuf
-        if buf.writableBytes == 0 && buf.readerIndex > 0 { _ = buf.compact() }
-        if buf.writableBytes == 0 {
-            if responseBody.isAwaitingHead { upstreamFailure(.badResponse); return false }
-            return false   // the client's window is closed: the upstream waits
-        }
-        // De-chunked bytes wait in outBuf: keep room for them.
-        if responseBody == .chunkedDecode && outBuf.writableBytes < 1024 && outBuf.readerIndex == 0 { return false }
-        let want = buf.writableBytes
-        var got = 0
-        do {
-            switch try up.transport.read(into: buf.writePointer, count: want) {
-            case .processed(let n):
-                if n == 0 { up.sawEOF = true; up.isReadable = false } else {
-                    buf.writerIndex += n
-                    got = n
-                    if n < want && !up.hasHungUp && !up.mayHoldMore { up.isReadable = false }
-                }
-            case .wouldBlock:
-                up.isReadable = false
-            }
-        } catch {
-            upstreamFailure(.reset(error.code))
-            return false
-        }
-        if got > 0 {
-            up.deadline.set(context.loop.now &+ (responseBody.isAwaitingHead ? up.pool.responseTimeoutNanos : up.pool.idleTimeoutNanos),
-                            fd: up.fd, loop: context.loop)
-        }
-        frameResponse(up)
-        if upstream !== up || phase != .proxying { return false }
-        if up.sawEOF && !responseBody.isDone {
-            if responseBody == .untilClose {
-                responseBody = .done
-            } else {
-                upstreamFailure(up.inBuf.readableBytes == 0 && responseBody.isAwaitingHead ? .closedEarly : .badResponse)
-                return false
-            }
-            return true
-        }
-        return got > 0
-    }
-
-    private func frameResponse(_ up: UpstreamConnection) {
-        let buf = up.inBuf
-        while true {
-            switch responseBody {
-            case .awaitingHead:
-                if buf.readableBytes == 0 { return }
-                switch up.parser.parse(buf.readable, requestMethod: request.method, into: &up.head, headers: up.headers) {
-                case .incomplete: return
-                case .failed: upstreamFailure(.badResponse); return
-                case .complete(let consumed):
-                    if up.head.status >= 100 && up.head.status < 200 {
-                        if up.head.status == 101 { upstreamFailure(.badResponse); return }
-                        buf.readerIndex += consumed   // interim answers are not relayed over HTTP/2
-                        up.parser.reset()
-                        continue
-                    }
-                    outBuf.clear()
-                    guard ResponseHeadWriter.write(self, up, into: outBuf) else { upstreamFailure(.badResponse); return }
-                    exchange.answer(status: up.head.status, code: MetricCode.ok)
-                    buf.readerIndex += consumed
-                    if !submitAnswer() { return }
-                }
-            case .length(let remaining):
-                let avail = buf.readableBytes - responsePass
-                if avail <= 0 { return }
-                let take = Int(min(Int64(avail), remaining))
-                responsePass += take
-                let left = remaining - Int64(take)
-                responseBody = left == 0 ? .done : .length(remaining: left)
-                return
-            case .chunkedDecode, .chunkedPass:
-                if buf.readableBytes == 0 { return }
-                if outBuf.writableBytes == 0 && outBuf.readerIndex > 0 { _ = outBuf.compact() }
-                let room = outBuf.writableBytes
-                if room == 0 { return }
-                let input = UnsafeRawBufferPointer(rebasing: buf.readable[0..<min(buf.readableBytes, room)])
-                switch responseChunks.step(input) {
-                case .data(let skip, let count):
-                    outBuf.write(input.baseAddress! + skip, count: count)
-                    buf.readerIndex += skip + count
-                case .needMore(let consumed):
-                    buf.readerIndex += consumed
-                    if consumed == 0 || buf.readableBytes == 0 { return }
-                case .end(let consumed):
-                    buf.readerIndex += consumed
-                    responseBody = .done
-                    return
-                case .failed:
-                    upstreamFailure(.badResponse)
-                    return
-                }
-            case .untilClose:
-                responsePass = buf.readableBytes
-                return
-            case .done:
-                return
-            }
-        }
-    }
-
     private func finishUpstream(_ up: UpstreamConnection) {
         upstream = nil
         up.stream = nil
@@ -598,7 +494,7 @@ final class H2Stream: ExchangeCarrier {
         if reusable { up.pool.release(up) } else { up.pool.retire(up) }
     }
 
-    private func upstreamFailure(_ failure: UpstreamFailure) {
+    func upstreamFailure(_ failure: UpstreamFailure) {
         guard let up = upstream else { return }
         exchange.facts.metrics.countUpstreamError(backend: up.pool.backendIndex, kind: UpstreamErrorKind(failure))
         // A reused connection closed under an idempotent, body-less request: retry once, fresh.
@@ -637,6 +533,15 @@ final class H2Stream: ExchangeCarrier {
         session.markDirty(self)
         return true
     }
+
+    // MARK: relay hooks (UpstreamRelaying)
+
+    var isRelaying: Bool { phase == .proxying }
+
+    /// Interim (1xx) answers are not relayed over HTTP/2.
+    func relayInterim(_ up: UpstreamConnection) {}
+
+    func answerHeadWritten(_ up: UpstreamConnection) -> Bool { submitAnswer() }
 
     // MARK: answering
 
