@@ -495,6 +495,12 @@ final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
         if up.state == .active && up.isReadable && !responseBody.isDone {
             if readUpstream(up) { progress = true }
             if state == .closed || upstream !== up { return true }
+        } else if responseBody == .chunkedDecode && up.inBuf.readableBytes > 0 {
+            // Chunks already read wait for room in outBuf (an HTTP/1.0 client reading slowly).
+            let mark = up.inBuf.readerIndex
+            frameResponse(up)
+            if state == .closed || upstream !== up { return true }
+            if up.inBuf.readerIndex != mark { progress = true }
         }
         if isWritable && (outBuf.readableBytes > 0 || responsePass > 0) {
             if flushClient() { progress = true }
