@@ -678,6 +678,11 @@ enum H2Fields {
     /// Reads the head at `buf`'s front (status line, fields, blank line), consumes it, and
     /// fills `nv`: `:status`, then every field but the connection-specific ones, names in
     /// lower case (copied to `scratch`). Returns the count, 0 when it does not fit.
+    ///
+    /// Values that differ on every answer (`x-request-id`, `ratelimit`, `retry-after`) are
+    /// sent "never indexed": added to the HPACK table they would only evict useful entries
+    /// (and, all under one name, make every lookup walk a long chain: measured, a third of
+    /// the cost of an HTTP/2 answer).
     static func fromHead(_ buf: IOBuffer, into nv: UnsafeMutablePointer<nghttp2_nv>, capacity: Int,
                          scratch: UnsafeMutableRawPointer, scratchBytes: Int) -> Int {
         let p = buf.readPointer
@@ -685,19 +690,12 @@ enum H2Fields {
         // "HTTP/1.1 SSS ..."
         guard n >= 16, p.load(fromByteOffset: 8, as: UInt8.self) == 0x20 else { return 0 }
         var count = 0
-        var used = 0
-        func add(_ name: UnsafeMutableRawPointer, _ nn: Int, _ value: UnsafeMutableRawPointer, _ vn: Int) -> Bool {
-            guard count < capacity else { return false }
-            nv[count] = nghttp2_nv(name: name.assumingMemoryBound(to: UInt8.self), value: value.assumingMemoryBound(to: UInt8.self),
-                                   namelen: nn, valuelen: vn, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
-            count += 1
-            return true
-        }
         scratch.copyMemory(from: H2Fields.statusName.utf8Start, byteCount: 7)
-        used = 8
-        guard add(scratch, 7, p + 9, 3) else { return 0 }
-        var i = 9
-        while i + 1 < n && !(p.load(fromByteOffset: i, as: UInt8.self) == 0x0D && p.load(fromByteOffset: i + 1, as: UInt8.self) == 0x0A) { i += 1 }
+        var used = 8
+        nv[0] = nghttp2_nv(name: scratch.assumingMemoryBound(to: UInt8.self), value: (p + 9).assumingMemoryBound(to: UInt8.self),
+                           namelen: 7, valuelen: 3, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
+        count = 1
+        guard var i = lineEnd(p, from: 9, n) else { return 0 }
         i += 2
         while i + 1 < n {
             if p.load(fromByteOffset: i, as: UInt8.self) == 0x0D {
@@ -705,27 +703,41 @@ enum H2Fields {
                 if buf.readableBytes == 0 { buf.clear() }
                 return count
             }
+            guard let colon = memchr(p + i, 0x3A, n - i) else { return 0 }
             let nameStart = i
-            while i < n && p.load(fromByteOffset: i, as: UInt8.self) != 0x3A { i += 1 }
-            let nn = i - nameStart
-            i += 1
-            while i < n && (p.load(fromByteOffset: i, as: UInt8.self) == 0x20 || p.load(fromByteOffset: i, as: UInt8.self) == 0x09) { i += 1 }
+            let nn = UnsafeMutableRawPointer(colon) - (p + i)
+            i += nn + 1
+            while i < n, case let c = p.load(fromByteOffset: i, as: UInt8.self), c == 0x20 || c == 0x09 { i += 1 }
             let valueStart = i
-            while i < n && p.load(fromByteOffset: i, as: UInt8.self) != 0x0D { i += 1 }
-            var ve = i
-            while ve > valueStart && (p.load(fromByteOffset: ve - 1, as: UInt8.self) == 0x20 || p.load(fromByteOffset: ve - 1, as: UInt8.self) == 0x09) { ve -= 1 }
-            i += 2
-            if HeaderNames.classify(p + nameStart, nn).isHopByHop { continue }
-            guard used + nn <= scratchBytes else { return 0 }
+            guard let end = lineEnd(p, from: i, n) else { return 0 }
+            var ve = end
+            while ve > valueStart, case let c = p.load(fromByteOffset: ve - 1, as: UInt8.self), c == 0x20 || c == 0x09 { ve -= 1 }
+            i = end + 2
+            let kind = HeaderNames.classify(p + nameStart, nn)
+            if kind.isHopByHop { continue }
+            guard used + nn <= scratchBytes, count < capacity else { return 0 }
             let lower = scratch + used
             for k in 0..<nn {
                 let c = p.load(fromByteOffset: nameStart + k, as: UInt8.self)
                 lower.storeBytes(of: c >= 0x41 && c <= 0x5A ? c | 0x20 : c, toByteOffset: k, as: UInt8.self)
             }
             used += nn
-            guard add(lower, nn, p + valueStart, ve - valueStart) else { return 0 }
+            let perAnswer = kind == .xRequestID || (nn == 9 && memcmp(lower, "ratelimit", 9) == 0)
+                || (nn == 11 && memcmp(lower, "retry-after", 11) == 0)
+            nv[count] = nghttp2_nv(name: lower.assumingMemoryBound(to: UInt8.self),
+                                   value: (p + valueStart).assumingMemoryBound(to: UInt8.self), namelen: nn, valuelen: ve - valueStart,
+                                   flags: UInt8(perAnswer ? NGHTTP2_NV_FLAG_NO_INDEX.rawValue : NGHTTP2_NV_FLAG_NONE.rawValue))
+            count += 1
         }
         return 0
+    }
+
+    /// The offset of the CR of the CRLF ending the line that `from` is in.
+    @inline(__always)
+    private static func lineEnd(_ p: UnsafeMutableRawPointer, from: Int, _ n: Int) -> Int? {
+        guard from < n, let cr = memchr(p + from, 0x0D, n - from) else { return nil }
+        let at = UnsafeMutableRawPointer(cr) - p
+        return at + 1 < n ? at : nil
     }
 
     static let statusName: StaticString = ":status"

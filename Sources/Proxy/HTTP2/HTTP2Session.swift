@@ -313,14 +313,25 @@ final class HTTP2Session: EventHandler, TimerHandler {
 
     /// The stream the last lookup found: a header block's fields all ask for the same one.
     private var lastStream: H2Stream?
+    private var lastStreamRef: Unmanaged<H2Stream>?
+    private var lastStreamID: Int32 = 0
 
     @inline(__always)
     func stream(_ id: Int32) -> H2Stream? {
-        if let l = lastStream, l.id == id, l.slot >= 0 { return l }
+        streamRef(id)?.takeUnretainedValue()
+    }
+
+    /// The stream, unretained (the callbacks run once per field and frame: no retain/release
+    /// pair each time). Valid while the stream is open; `lastStream` keeps it alive.
+    @inline(__always)
+    func streamRef(_ id: Int32) -> Unmanaged<H2Stream>? {
+        if id == lastStreamID, let l = lastStreamRef { return l }
         guard let session, let p = nghttp2_session_get_stream_user_data(session, id) else { return nil }
-        let s = Unmanaged<H2Stream>.fromOpaque(p).takeUnretainedValue()
-        lastStream = s
-        return s
+        let u = Unmanaged<H2Stream>.fromOpaque(p)
+        lastStream = u.takeUnretainedValue()
+        lastStreamRef = u
+        lastStreamID = id
+        return u
     }
 
     func openStream(_ id: Int32) -> H2Stream? {
@@ -341,7 +352,7 @@ final class HTTP2Session: EventHandler, TimerHandler {
             if i < streams.count { streams[i] = last; last.slot = i }
         }
         s.slot = -1
-        if lastStream === s { lastStream = nil }
+        if lastStream === s { lastStream = nil; lastStreamRef = nil; lastStreamID = 0 }
         if let session { nghttp2_session_set_stream_user_data(session, s.id, nil) }
         if s.isDirty, let k = dirty.firstIndex(where: { $0 === s }) { dirty.remove(at: k); s.isDirty = false }
         context.giveBackStream(s)
@@ -381,6 +392,8 @@ final class HTTP2Session: EventHandler, TimerHandler {
         streams.removeAll()
         dirty.removeAll()
         lastStream = nil
+        lastStreamRef = nil
+        lastStreamID = 0
         if let s = session { nghttp2_session_del(s); session = nil }
         detachBuffers()
         if case .tls(let s) = transport { s.shutdown() }
@@ -402,8 +415,8 @@ private func owner(_ user: UnsafeMutableRawPointer?) -> HTTP2Session {
 }
 
 private func h2Send(_: OpaquePointer?, _ data: UnsafePointer<UInt8>?, _ length: Int, _: Int32, _ user: UnsafeMutableRawPointer?) -> Int {
-    guard let data else { return 0 }
-    return owner(user).send(data, length)
+    guard let data, let user else { return 0 }
+    return Unmanaged<HTTP2Session>.fromOpaque(user)._withUnsafeGuaranteedRef { $0.send(data, length) }
 }
 
 private func h2BeginHeaders(_: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ user: UnsafeMutableRawPointer?) -> Int32 {
@@ -418,10 +431,12 @@ private func h2BeginHeaders(_: OpaquePointer?, _ frame: UnsafePointer<nghttp2_fr
 
 private func h2Header(_: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ name: UnsafePointer<UInt8>?, _ nameLength: Int,
                       _ value: UnsafePointer<UInt8>?, _ valueLength: Int, _: UInt8, _ user: UnsafeMutableRawPointer?) -> Int32 {
-    guard let frame, let name, let value else { return 0 }
-    let s = owner(user)
-    guard let stream = s.stream(frame.pointee.hd.stream_id) else { return 0 }
-    return stream.header(name, nameLength, value, valueLength)
+    guard let frame, let name, let value, let user else { return 0 }
+    let id = frame.pointee.hd.stream_id
+    return Unmanaged<HTTP2Session>.fromOpaque(user)._withUnsafeGuaranteedRef { s in
+        guard let stream = s.streamRef(id) else { return 0 }
+        return stream._withUnsafeGuaranteedRef { $0.header(name, nameLength, value, valueLength) }
+    }
 }
 
 private func h2FrameRecv(_: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ user: UnsafeMutableRawPointer?) -> Int32 {
