@@ -48,9 +48,9 @@ def pump(s, c, handle, until):
     """Reads and handles events until `until()` or the connection ends; True when ended."""
     while not until():
         out = c.data_to_send()
-        if out:
-            s.sendall(out)
         try:
+            if out:
+                s.sendall(out)
             d = s.recv(65536)
         except socket.timeout:
             return "timeout"
@@ -68,8 +68,11 @@ def pump(s, c, handle, until):
             if isinstance(e, h2.events.DataReceived):
                 c.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
         out = c.data_to_send()
-        if out:
-            s.sendall(out)
+        try:
+            if out:
+                s.sendall(out)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
+            return "closed"
     return None
 
 
@@ -158,6 +161,14 @@ def stream(a):
 
 
 def flood(a):
+    try:
+        flood_once(a)
+    except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError, h2.exceptions.ProtocolError) as e:
+        # The proxy closed the connection under the flood before the client saw a GOAWAY.
+        print(json.dumps({"goaway": None, "closed": True, "streams": -1, "error": repr(e)}), flush=True)
+
+
+def flood_once(a):
     s, c = connect(a)
     s.settimeout(5)
     result = {"goaway": None, "closed": False, "streams": 0}

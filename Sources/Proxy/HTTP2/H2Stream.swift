@@ -715,12 +715,9 @@ enum H2Fields {
             i = end + 2
             let kind = HeaderNames.classify(p + nameStart, nn)
             if kind.isHopByHop { continue }
-            guard used + nn <= scratchBytes, count < capacity else { return 0 }
+            guard used + nn + 8 <= scratchBytes, count < capacity else { return 0 }
             let lower = scratch + used
-            for k in 0..<nn {
-                let c = p.load(fromByteOffset: nameStart + k, as: UInt8.self)
-                lower.storeBytes(of: c >= 0x41 && c <= 0x5A ? c | 0x20 : c, toByteOffset: k, as: UInt8.self)
-            }
+            lowercase(p + nameStart, nn, into: lower)
             used += nn
             let perAnswer = kind == .xRequestID || (nn == 9 && memcmp(lower, "ratelimit", 9) == 0)
                 || (nn == 11 && memcmp(lower, "retry-after", 11) == 0)
@@ -730,6 +727,24 @@ enum H2Fields {
             count += 1
         }
         return 0
+    }
+
+    /// ASCII lower case, eight bytes at a time (field names are tchar: all below 0x80, so a
+    /// byte plus 0x3F or 0x25 never carries into the next). `out` has room for `n` rounded
+    /// up to 8.
+    @inline(__always)
+    static func lowercase(_ p: UnsafeRawPointer, _ n: Int, into out: UnsafeMutableRawPointer) {
+        var k = 0
+        while k < n {
+            var w: UInt64 = 0
+            let take = min(8, n - k)
+            withUnsafeMutableBytes(of: &w) { $0.baseAddress!.copyMemory(from: p + k, byteCount: take) }
+            let aboveA = w &+ 0x3F3F_3F3F_3F3F_3F3F       // high bit set from 'A' (0x41) up
+            let aboveZ = w &+ 0x2525_2525_2525_2525       // high bit set from '[' (0x5B) up
+            w |= ((aboveA & ~aboveZ) & 0x8080_8080_8080_8080) >> 2
+            (out + k).storeBytes(of: w, as: UInt64.self)
+            k += 8
+        }
     }
 
     /// The offset of the CR of the CRLF ending the line that `from` is in.

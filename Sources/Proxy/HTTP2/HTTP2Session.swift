@@ -408,32 +408,43 @@ final class HTTP2Session: EventHandler, TimerHandler {
 }
 
 // MARK: nghttp2 callbacks (capture-free: the session is the user data)
+//
+// The session and its streams are reached unretained (`_withUnsafeGuaranteedRef`): nghttp2
+// calls back only from inside our own calls into it, while the session is alive (close()
+// deletes nghttp2's state first), and a stream is alive while nghttp2 knows its id. Measured:
+// a retain/release pair per callback was ~1,000 instructions per request.
 
 @inline(__always)
-private func owner(_ user: UnsafeMutableRawPointer?) -> HTTP2Session {
-    Unmanaged<HTTP2Session>.fromOpaque(user!).takeUnretainedValue()
+private func withSession<R>(_ user: UnsafeMutableRawPointer?, _ body: (HTTP2Session) -> R) -> R {
+    Unmanaged<HTTP2Session>.fromOpaque(user!)._withUnsafeGuaranteedRef(body)
+}
+
+@inline(__always)
+private func withStream(_ s: HTTP2Session, _ id: Int32, _ body: (H2Stream) -> Void) {
+    s.streamRef(id)?._withUnsafeGuaranteedRef(body)
 }
 
 private func h2Send(_: OpaquePointer?, _ data: UnsafePointer<UInt8>?, _ length: Int, _: Int32, _ user: UnsafeMutableRawPointer?) -> Int {
-    guard let data, let user else { return 0 }
-    return Unmanaged<HTTP2Session>.fromOpaque(user)._withUnsafeGuaranteedRef { $0.send(data, length) }
+    guard let data else { return 0 }
+    return withSession(user) { $0.send(data, length) }
 }
 
 private func h2BeginHeaders(_: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ user: UnsafeMutableRawPointer?) -> Int32 {
     guard let frame else { return 0 }
     let hd = frame.pointee.hd
     guard hd.type == UInt8(NGHTTP2_HEADERS.rawValue), frame.pointee.headers.cat == NGHTTP2_HCAT_REQUEST else { return 0 }
-    let s = owner(user)
-    guard let stream = s.openStream(hd.stream_id) else { return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
-    stream.beginHead()
-    return 0
+    return withSession(user) { s in
+        guard let stream = s.openStream(hd.stream_id) else { return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
+        stream.beginHead()
+        return 0
+    }
 }
 
 private func h2Header(_: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ name: UnsafePointer<UInt8>?, _ nameLength: Int,
                       _ value: UnsafePointer<UInt8>?, _ valueLength: Int, _: UInt8, _ user: UnsafeMutableRawPointer?) -> Int32 {
-    guard let frame, let name, let value, let user else { return 0 }
+    guard let frame, let name, let value else { return 0 }
     let id = frame.pointee.hd.stream_id
-    return Unmanaged<HTTP2Session>.fromOpaque(user)._withUnsafeGuaranteedRef { s in
+    return withSession(user) { s in
         guard let stream = s.streamRef(id) else { return 0 }
         return stream._withUnsafeGuaranteedRef { $0.header(name, nameLength, value, valueLength) }
     }
@@ -443,35 +454,39 @@ private func h2FrameRecv(_: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame
     guard let frame else { return 0 }
     let hd = frame.pointee.hd
     let endStream = hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
-    let s = owner(user)
     if hd.type == UInt8(NGHTTP2_HEADERS.rawValue) {
-        guard let stream = s.stream(hd.stream_id) else { return 0 }
-        if frame.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
-            stream.headComplete(endStream: endStream)
-        } else if endStream {
-            stream.requestEnded()   // trailers (dropped) end the body
+        let isRequest = frame.pointee.headers.cat == NGHTTP2_HCAT_REQUEST
+        withSession(user) { s in
+            withStream(s, hd.stream_id) { stream in
+                if isRequest {
+                    stream.headComplete(endStream: endStream)
+                } else if endStream {
+                    stream.requestEnded()   // trailers (dropped) end the body
+                }
+            }
         }
     } else if hd.type == UInt8(NGHTTP2_DATA.rawValue) && endStream {
-        s.stream(hd.stream_id)?.requestEnded()
+        withSession(user) { s in withStream(s, hd.stream_id) { $0.requestEnded() } }
     }
     return 0
 }
 
 private func h2DataChunk(_ session: OpaquePointer?, _: UInt8, _ id: Int32, _ data: UnsafePointer<UInt8>?, _ length: Int,
                          _ user: UnsafeMutableRawPointer?) -> Int32 {
-    let s = owner(user)
-    guard let data, let stream = s.stream(id) else {
-        // A stream we no longer track: its bytes still count against the connection window.
-        if let session { _ = nghttp2_session_consume_connection(session, length) }
-        return 0
+    let delivered = withSession(user) { s -> Bool in
+        guard let data, let stream = s.streamRef(id) else { return false }
+        stream._withUnsafeGuaranteedRef { $0.bodyData(data, length) }
+        return true
     }
-    stream.bodyData(data, length)
+    // A stream we no longer track: its bytes still count against the connection window.
+    if !delivered, let session { _ = nghttp2_session_consume_connection(session, length) }
     return 0
 }
 
 private func h2StreamClose(_: OpaquePointer?, _ id: Int32, _ errorCode: UInt32, _ user: UnsafeMutableRawPointer?) -> Int32 {
-    let s = owner(user)
-    if let stream = s.stream(id) { s.streamClosed(stream, errorCode: errorCode) }
+    withSession(user) { s in
+        if let stream = s.stream(id) { s.streamClosed(stream, errorCode: errorCode) }
+    }
     return 0
 }
 
@@ -480,7 +495,7 @@ private func h2FrameSend(_: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame
     let hd = frame.pointee.hd
     guard hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0,
           hd.type == UInt8(NGHTTP2_DATA.rawValue) || hd.type == UInt8(NGHTTP2_HEADERS.rawValue) else { return 0 }
-    owner(user).stream(hd.stream_id)?.answerSent()
+    withSession(user) { s in withStream(s, hd.stream_id) { $0.answerSent() } }
     return 0
 }
 
@@ -489,6 +504,5 @@ func h2ReadBody(_: OpaquePointer?, _ id: Int32, _ buf: UnsafeMutablePointer<UInt
                 _ flags: UnsafeMutablePointer<UInt32>?, _ source: UnsafeMutablePointer<nghttp2_data_source>?,
                 _ user: UnsafeMutableRawPointer?) -> Int {
     guard let buf, let flags, let p = source?.pointee.ptr else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
-    let stream = Unmanaged<H2Stream>.fromOpaque(p).takeUnretainedValue()
-    return stream.readBody(into: buf, length, flags)
+    return Unmanaged<H2Stream>.fromOpaque(p)._withUnsafeGuaranteedRef { $0.readBody(into: buf, length, flags) }
 }
