@@ -24,6 +24,7 @@ enum PolicyCompiler {
         }
         let admin = single({ $0.admin }, "admin")
         let accessLog = single({ $0.accessLog }, "access_log")
+        let usage = single({ $0.usage }, "usage")
         let store = single({ $0.store }, "store")
         let clients = single({ $0.clients }, "clients") ?? ClientRules()
         let creds = single({ $0.credentials }, "credentials") ?? PolicyDocument.Credentials()
@@ -180,6 +181,6 @@ enum PolicyCompiler {
             credentials: CredentialRule(headerNames: creds.headers, queryParam: creds.query,
                                         forwardsCredential: creds.forward),
             clients: clients, plans: plans, routes: RouteTable(routes), scopeTable: scopeTable,
-            keys: keys, keyIndex: byHash, idIndex: ids)
+            keys: keys, keyIndex: byHash, idIndex: ids, usage: usage)
     }
 }

@@ -344,7 +344,9 @@ struct NodeReader {
                 for (i, item) in items.enumerated() {
                     if let key = readKey(item, index: i) { doc.keys.append(key) }
                 }
-            case "credits", "usage", "audit", "security", "secrets":
+            case "usage":
+                if let u = readUsage(v, k) { doc.usage = .init(value: u, at: loc(kn, k)) }
+            case "credits", "audit", "security", "secrets":
                 notSupportedYet(kn, k)
             default:
                 unknown(kn, k)
@@ -467,6 +469,81 @@ struct NodeReader {
         }
         if !m.contains(where: { $0.key == "path" }) { missing(n, path, "path") }
         return target.map { .init(target: $0) }
+    }
+
+    mutating func readUsage(_ n: PolicyNode, _ path: String) -> UsageSpec? {
+        guard let m = mapping(n, path) else { return nil }
+        var spool: String?
+        var durability: Duration = .milliseconds(100)
+        var sinks: [UsageSinkSpec] = []
+        var ok = true
+        for (k, kn, v) in m {
+            let p = NodeReader.join(path, k)
+            switch k {
+            case "spool":
+                if let s = nonEmptyString(v, p) { spool = PolicyValues.resolve(s, relativeToFileAt: file) } else { ok = false }
+            case "durability":
+                if let d = duration(v, p, allowZero: true) { durability = d } else { ok = false }
+            case "sinks":
+                guard let items = sequence(v, p) else { ok = false; continue }
+                for (i, item) in items.enumerated() {
+                    if let s = readUsageSink(item, "\(p)[\(i)]") { sinks.append(s) } else { ok = false }
+                }
+            default:
+                unknown(kn, p)
+                ok = false
+            }
+        }
+        if !m.contains(where: { $0.key == "spool" }) { missing(n, path, "spool"); ok = false }
+        var seen = Set<String>()
+        for s in sinks where !seen.insert(s.id).inserted {
+            fail(n, path + ".sinks", "two sinks deliver to the same place (\(s.label))")
+            ok = false
+        }
+        guard ok, let spool else { return nil }
+        return UsageSpec(spool: spool, durability: durability, sinks: sinks)
+    }
+
+    mutating func readUsageSink(_ n: PolicyNode, _ path: String) -> UsageSinkSpec? {
+        guard let m = mapping(n, path) else { return nil }
+        guard let kindEntry = m.first(where: { $0.key == "kind" }) else { missing(n, path, "kind"); return nil }
+        guard let kind = string(kindEntry.value, path + ".kind") else { return nil }
+        switch kind {
+        case "file":
+            var filePath: String?
+            var rotate = 100 << 20
+            var keep = 10
+            var ok = true
+            for (k, kn, v) in m {
+                let p = NodeReader.join(path, k)
+                switch k {
+                case "kind": break
+                case "path":
+                    if let s = nonEmptyString(v, p) { filePath = PolicyValues.resolve(s, relativeToFileAt: file) } else { ok = false }
+                case "rotate":
+                    guard let r = mapping(v, p) else { ok = false; continue }
+                    for (rk, rkn, rv) in r {
+                        let rp = NodeReader.join(p, rk)
+                        switch rk {
+                        case "size": if let s = size(rv, rp) { rotate = s } else { ok = false }
+                        case "keep": if let n = int(rv, rp, min: 0, max: 1000) { keep = n } else { ok = false }
+                        default: unknown(rkn, rp); ok = false
+                        }
+                    }
+                default: unknown(kn, p); ok = false
+                }
+            }
+            if !m.contains(where: { $0.key == "path" }) { missing(n, path, "path"); ok = false }
+            guard ok, let filePath else { return nil }
+            return UsageSinkSpec(kind: .file(path: filePath, rotateBytes: rotate, keep: keep),
+                                 id: "file-" + PolicyValues.shortDigest(filePath), label: "file:" + filePath)
+        case "redis_stream", "http":
+            notSupportedYet(kindEntry.keyNode, path + ".kind", "the \(kind) sink")
+            return nil
+        default:
+            fail(kindEntry.value, path + ".kind", "invalid value '\(kind)' (expected file, redis_stream or http)")
+            return nil
+        }
     }
 
     mutating func readStore(_ n: PolicyNode, _ path: String) -> PolicyDocument.Store? {

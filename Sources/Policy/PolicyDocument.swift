@@ -57,7 +57,8 @@
 /// `not supported yet` (a setting read and then ignored would be a silent hole):
 /// `listen[].tls`, `admin.tokens_file`, `credentials.jwt`, https backend URLs and base
 /// paths, `backends.NAME.inject`, plan `quotas`, route `credits` and `credentials`, and
-/// the top-level `credits`, `usage`, `audit`, `security` and `secrets` blocks.
+/// the top-level `credits`, `audit`, `security` and `secrets` blocks, and the `redis_stream`
+/// and `http` usage sinks.
 ///
 /// Durations: an integer and one of `ms`, `s`, `m`, `h`, `d`. CIDRs: `a.b.c.d/n`,
 /// `v6/n` or a bare address; host bits must be zero.
@@ -67,6 +68,7 @@ struct PolicyDocument {
     var listen: [Listen] = []
     var admin: Block<Admin>?
     var accessLog: Block<AccessLog>?
+    var usage: Block<UsageSpec>?
     var store: Block<Store>?
     var clients: Block<ClientRules>?
     var credentials: Block<Credentials>?

@@ -42,6 +42,27 @@ public struct AdminSpec: Sendable, Equatable {
     public var isIPv6: Bool
 }
 
+/// `usage`: one record per answered request, spooled to disk before any sink is tried.
+public struct UsageSpec: Sendable, Equatable {
+    /// The spool directory (resolved like every policy path).
+    public var spool: String
+    /// How often the spool is fsync'd (group commit); zero: after every batch the writer takes.
+    public var durability: Duration
+    public var sinks: [UsageSinkSpec]
+}
+
+public struct UsageSinkSpec: Sendable, Equatable {
+    public enum Kind: Sendable, Equatable {
+        /// JSON lines appended to `path`, rotated at `rotateBytes` (0: never) keeping `keep` old files.
+        case file(path: String, rotateBytes: Int, keep: Int)
+    }
+    public var kind: Kind
+    /// Stable across restarts while the sink's configuration is the same: names its cursor.
+    public var id: String
+    /// For metrics (`tollgate_usage_records_total{sink}`).
+    public var label: String
+}
+
 /// `access_log`: where one line per answered request goes.
 public struct AccessLogSpec: Sendable, Equatable {
     public enum Target: Sendable, Equatable {

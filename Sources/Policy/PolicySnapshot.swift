@@ -8,6 +8,8 @@ public final class PolicySnapshot: Sendable {
     public let admin: AdminSpec?
     /// `access_log`; nil (no access log) when omitted.
     public let accessLog: AccessLogSpec?
+    /// `usage`; nil (no usage records) when omitted.
+    public let usage: UsageSpec?
     /// Set when the policy names a Redis store; nil means the embedded store.
     public let store: StoreSpec?
     /// `store.on_error` / `store.deadline`, also when no Redis URL is given.
@@ -30,7 +32,8 @@ public final class PolicySnapshot: Sendable {
     init(listeners: [ListenerSpec], admin: AdminSpec?, accessLog: AccessLogSpec?, store: StoreSpec?, storeFailMode: StoreFailMode,
          storeDeadline: Duration, backends: [BackendSpec], credentials: CredentialRule, clients: ClientRules,
          plans: [PlanSpec], routes: RouteTable, scopeTable: ScopeTable, keys: [KeyRecord],
-         keyIndex: KeyHashMap<KeyRecord>, idIndex: [String: Int]) {
+         keyIndex: KeyHashMap<KeyRecord>, idIndex: [String: Int], usage: UsageSpec? = nil) {
+        self.usage = usage
         self.listeners = listeners; self.admin = admin; self.accessLog = accessLog
         self.store = store; self.storeFailMode = storeFailMode
         self.storeDeadline = storeDeadline; self.backends = backends; self.credentials = credentials

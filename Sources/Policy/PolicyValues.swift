@@ -152,6 +152,9 @@ enum PolicyValues {
         return String(file[...slash]) + path
     }
 
+    /// 16 hex digits of the SHA-256 of `s`: a stable, file-name-safe name for it.
+    static func shortDigest(_ s: String) -> String { String(KeyHash.sha256(s).hex.prefix(16)) }
+
     /// `sha256:` + 64 lowercase hex digits.
     static func hash(_ s: String) -> KeyHash? {
         var s = s

@@ -76,6 +76,8 @@ final class LoopContext {
     let gauges = LoopGauges()
     /// This loop's access log lines, when `access_log` is set.
     var accessLog: AccessLogBuffer?
+    /// This loop's usage records on their way to the spool, when `usage` is set.
+    var usage: UsageQueue?
     /// The TLS context of each listener (by its index in `listen`), nil for plain ones.
     /// Replaced whole by a reload; connections keep the context they started with.
     var tlsContexts: [TLSContext?] = []

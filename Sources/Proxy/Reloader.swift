@@ -63,6 +63,7 @@ final class Reloader: Sendable {
             }
             // Read at start only: say so rather than seem to apply them.
             if previous.accessLog != next.accessLog { Log.warn("access_log changed: the new target takes effect at the next start") }
+            if previous.usage != next.usage { Log.warn("usage changed: the new spool and sinks take effect at the next start") }
             if previous.admin != next.admin { Log.warn("admin changed: the admin listener moves at the next start") }
             let layout = { (s: PolicySnapshot) in s.listeners.map { "\($0.host):\($0.port):\($0.tls != nil)" } }
             let sameListeners = layout(previous) == layout(next)

@@ -16,14 +16,16 @@ final class Server: @unchecked Sendable {
     let limiter = RateLimiter()
     /// The access log's writer, when `access_log` is set (its target is fixed at start).
     private(set) var accessLog: AccessLogWriter?
+    private(set) var usage: UsageSpool?
 
     init(settings: ServerSettings) {
         self.settings = settings
     }
 
     /// Binds every listener on every loop (so a bind error surfaces before anything runs).
-    func start(snapshot: PolicySnapshot, keys: KeyDirectory, accessLog: AccessLogWriter? = nil) throws {
+    func start(snapshot: PolicySnapshot, keys: KeyDirectory, accessLog: AccessLogWriter? = nil, usage: UsageSpool? = nil) throws {
         self.accessLog = accessLog
+        self.usage = usage
         let tls = try Self.buildTLS(snapshot)
         for i in 0..<max(1, settings.threads) {
             let loop = try EventLoop(index: i)
@@ -31,6 +33,7 @@ final class Server: @unchecked Sendable {
                                   backendTLS: tls.backends)
             ctx.keys = keys
             if let accessLog { ctx.accessLog = AccessLogBuffer(writer: accessLog) }
+            if let usage, i < usage.queues.count { ctx.usage = usage.queues[i] }
             ctx.tlsContexts = tls.listeners
             for (index, spec) in snapshot.listeners.enumerated() {
                 do {
@@ -131,6 +134,8 @@ final class Server: @unchecked Sendable {
         // The loops are gone: their last access log lines are handed in and written.
         for ctx in contexts { ctx.accessLog?.flush() }
         accessLog?.stop()
+        // …and their last usage records are spooled and fsync'd.
+        usage?.stop()
         return clean
     }
 }

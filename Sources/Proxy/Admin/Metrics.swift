@@ -203,6 +203,9 @@ final class MetricsRegistry: Sendable {
     let reloadsOK = Atomic<UInt64>(0)
     let reloadsRejected = Atomic<UInt64>(0)
     let accessLogDropped = Atomic<UInt64>(0)
+    private let usageSpools = Mutex<[UsageSpool]>([])
+
+    func register(usage: UsageSpool) { usageSpools.withLock { $0.append(usage) } }
 
     func register(_ g: LoopGauges) { loops.withLock { $0.gauges.append(g) } }
 
@@ -296,7 +299,30 @@ final class MetricsRegistry: Sendable {
         out += "# HELP tollgate_access_log_dropped_total Access log lines dropped because the writer fell behind.\n"
         out += "# TYPE tollgate_access_log_dropped_total counter\n"
         out += "tollgate_access_log_dropped_total \(accessLogDropped.load(ordering: .relaxed))\n"
+        for spool in usageSpools.withLock({ $0 }) { renderUsage(spool, into: &out) }
         return out
+    }
+
+    private func renderUsage(_ spool: UsageSpool, into out: inout String) {
+        let c = spool.counters
+        out += "# HELP tollgate_usage_records_total Usage records: written to the spool, delivered to or failed at each sink.\n"
+        out += "# TYPE tollgate_usage_records_total counter\n"
+        out += "tollgate_usage_records_total{sink=\"spool\",result=\"written\"} \(c.written.load(ordering: .relaxed))\n"
+        out += "tollgate_usage_records_total{sink=\"spool\",result=\"dropped\"} \(c.dropped.load(ordering: .relaxed))\n"
+        for s in spool.sinks {
+            let label = Self.escape(s.spec.label)
+            out += "tollgate_usage_records_total{sink=\"\(label)\",result=\"delivered\"} \(s.delivered.load(ordering: .relaxed))\n"
+            out += "tollgate_usage_records_total{sink=\"\(label)\",result=\"failed\"} \(s.failed.load(ordering: .relaxed))\n"
+        }
+        out += "# HELP tollgate_usage_spilled_total Usage records that waited in a loop's overflow list (the writer was behind).\n"
+        out += "# TYPE tollgate_usage_spilled_total counter\n"
+        out += "tollgate_usage_spilled_total \(c.spilled.load(ordering: .relaxed))\n"
+        out += "# HELP tollgate_usage_spool_bytes Bytes in the usage spool's segments.\n# TYPE tollgate_usage_spool_bytes gauge\n"
+        out += "tollgate_usage_spool_bytes \(c.spoolBytes.load(ordering: .relaxed))\n"
+        out += "# HELP tollgate_usage_sink_lag_bytes Spool bytes a sink has not delivered yet.\n# TYPE tollgate_usage_sink_lag_bytes gauge\n"
+        for s in spool.sinks {
+            out += "tollgate_usage_sink_lag_bytes{sink=\"\(Self.escape(s.spec.label))\"} \(spool.lag(of: s))\n"
+        }
     }
 
     static func escape(_ s: String) -> String {

@@ -70,6 +70,16 @@ struct Serve: ParsableCommand {
                 throw ExitCode(1)
             }
         }
+        var usage: UsageSpool?
+        if let spec = snapshot.usage {
+            do {
+                usage = try UsageSpool(spec: spec, instance: Server.instanceID(), loops: max(1, settings.threads))
+            } catch {
+                Log.error("\(error)")
+                throw ExitCode(1)
+            }
+            usage?.start()
+        }
         let readiness = AdminServer.Readiness(storeMustAnswer: snapshot.store?.onError == .closed)
         var admin: AdminServer?
         if let spec = snapshot.admin {
@@ -82,7 +92,7 @@ struct Serve: ParsableCommand {
             Log.info("admin listening on \(spec.isIPv6 ? "[\(spec.host)]" : spec.host):\(spec.port)")
         }
         do {
-            try server.start(snapshot: snapshot, keys: reloader.keyDirectory(), accessLog: accessLog)
+            try server.start(snapshot: snapshot, keys: reloader.keyDirectory(), accessLog: accessLog, usage: usage)
         } catch {
             Log.error("\(error)")
             throw ExitCode(1)

@@ -220,9 +220,20 @@ final class Exchange: RedisWaiter {
             RequestMetrics.countRequest(facts.counters, route: facts.routeIndex, code: answerCode, nanos: nanos)
         }
         if let log = context.accessLog { AccessLogLine.write(self, nanos: nanos, into: log) }
+        if answerStatus != 0, let usage = context.usage { recordUsage(usage, nanos: nanos) }
     }
 
     static let methodNames: [StaticString] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"]
+
+    /// The request's method as bytes (empty when its head did not parse).
+    func withMethodBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
+        guard hasParsedHead else { return body(UnsafeRawBufferPointer(start: nil, count: 0)) }
+        if request.method == .other {
+            return withUnsafeBytes(of: &otherMethod) { body(UnsafeRawBufferPointer(rebasing: $0[0..<otherMethodCount])) }
+        }
+        let name = Self.methodNames[Int(request.method.rawValue)]
+        return body(UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
+    }
 
     /// The request's method as text (`-` when its head did not parse).
     func writeMethod(into out: IOBuffer) {
