@@ -77,9 +77,9 @@ import Testing
         }
 
         func accessRequestIDs() -> Set<String> {
-            // Exchanges the client left before any answer are logged with status 0: not answered.
+            // Exchanges the client left before any answer are logged as ABORTED: not answered.
             Set(((try? String(contentsOfFile: accessPath, encoding: .utf8)) ?? "").split(separator: "\n")
-                .filter { !$0.contains("\"status\":0,") }.compactMap { jsonField($0, "request_id") })
+                .filter { !$0.contains("\"code\":\"ABORTED\"") }.compactMap { jsonField($0, "request_id") })
         }
     }
 
