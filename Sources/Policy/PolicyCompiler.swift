@@ -26,6 +26,10 @@ enum PolicyCompiler {
         let accessLog = single({ $0.accessLog }, "access_log")
         let usage = single({ $0.usage }, "usage")
         let store = single({ $0.store }, "store")
+        if let u = usage, store?.redis == nil, u.sinks.contains(where: { if case .redisStream = $0.kind { return true }; return false }),
+           let at = docs.lazy.compactMap({ $0.usage?.at }).first {
+            found.append(at.error("a redis_stream sink needs store.redis (it writes to the store's Redis)"))
+        }
         let clients = single({ $0.clients }, "clients") ?? ClientRules()
         let creds = single({ $0.credentials }, "credentials") ?? PolicyDocument.Credentials()
 

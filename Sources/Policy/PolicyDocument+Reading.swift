@@ -537,9 +537,55 @@ struct NodeReader {
             guard ok, let filePath else { return nil }
             return UsageSinkSpec(kind: .file(path: filePath, rotateBytes: rotate, keep: keep),
                                  id: "file-" + PolicyValues.shortDigest(filePath), label: "file:" + filePath)
-        case "redis_stream", "http":
-            notSupportedYet(kindEntry.keyNode, path + ".kind", "the \(kind) sink")
-            return nil
+        case "redis_stream":
+            var stream = "tg:usage"
+            var maxLength = 1_000_000
+            var ok = true
+            for (k, kn, v) in m {
+                let p = NodeReader.join(path, k)
+                switch k {
+                case "kind": break
+                case "stream": if let s = nonEmptyString(v, p) { stream = s } else { ok = false }
+                case "maxlen": if let n = int(v, p, min: 1) { maxLength = n } else { ok = false }
+                default: unknown(kn, p); ok = false
+                }
+            }
+            guard ok else { return nil }
+            return UsageSinkSpec(kind: .redisStream(stream: stream, maxLength: maxLength),
+                                 id: "redis-" + PolicyValues.shortDigest(stream), label: "redis_stream:" + stream)
+        case "http":
+            var url: PolicyValues.ParsedURL?
+            var format = UsageSinkSpec.HTTPFormat.json
+            var timeout: Duration = .seconds(5)
+            var batch = 100
+            var ok = true
+            for (k, kn, v) in m {
+                let p = NodeReader.join(path, k)
+                switch k {
+                case "kind": break
+                case "url":
+                    guard let s = nonEmptyString(v, p) else { ok = false; continue }
+                    if s.hasPrefix("https://") { notSupportedYet(v, p, "an https usage sink"); ok = false; continue }
+                    guard let u = PolicyValues.url(s, schemes: ["http": 80]) else {
+                        fail(v, p, "invalid URL '\(s)' (expected http://host[:port][/path])"); ok = false; continue
+                    }
+                    url = u
+                case "format":
+                    guard let s = string(v, p) else { ok = false; continue }
+                    if let f = UsageSinkSpec.HTTPFormat(rawValue: s) { format = f } else {
+                        fail(v, p, "invalid value '\(s)' (expected json or accounting)"); ok = false
+                    }
+                case "timeout": if let d = duration(v, p) { timeout = d } else { ok = false }
+                case "batch": if let n = int(v, p, min: 1, max: 10_000) { batch = n } else { ok = false }
+                default: unknown(kn, p); ok = false
+                }
+            }
+            if !m.contains(where: { $0.key == "url" }) { missing(n, path, "url"); ok = false }
+            guard ok, let url else { return nil }
+            let target = "\(url.isIPv6 ? "[\(url.host)]" : url.host):\(url.port)\(url.basePath.isEmpty ? "/" : url.basePath)"
+            return UsageSinkSpec(kind: .http(host: url.host, port: url.port, path: url.basePath.isEmpty ? "/" : url.basePath,
+                                             format: format, timeout: timeout, batch: batch),
+                                 id: "http-" + PolicyValues.shortDigest(target + format.rawValue), label: "http:" + target)
         default:
             fail(kindEntry.value, path + ".kind", "invalid value '\(kind)' (expected file, redis_stream or http)")
             return nil

@@ -57,8 +57,8 @@
 /// `not supported yet` (a setting read and then ignored would be a silent hole):
 /// `listen[].tls`, `admin.tokens_file`, `credentials.jwt`, https backend URLs and base
 /// paths, `backends.NAME.inject`, plan `quotas`, route `credits` and `credentials`, and
-/// the top-level `credits`, `audit`, `security` and `secrets` blocks, and the `redis_stream`
-/// and `http` usage sinks.
+/// the top-level `credits`, `audit`, `security` and `secrets` blocks, and `https://` usage
+/// sinks.
 ///
 /// Durations: an integer and one of `ms`, `s`, `m`, `h`, `d`. CIDRs: `a.b.c.d/n`,
 /// `v6/n` or a bare address; host bits must be zero.

@@ -55,7 +55,13 @@ public struct UsageSinkSpec: Sendable, Equatable {
     public enum Kind: Sendable, Equatable {
         /// JSON lines appended to `path`, rotated at `rotateBytes` (0: never) keeping `keep` old files.
         case file(path: String, rotateBytes: Int, keep: Int)
+        /// `XADD stream MAXLEN ~ maxlen` on the store's Redis (`store.redis`).
+        case redisStream(stream: String, maxLength: Int)
+        /// Batches POSTed to `http://host:port/path`: a JSON array (`json`), or one seed 003
+        /// `POST /api/usage/record` per record (`accounting`, the record id as Idempotency-Key).
+        case http(host: String, port: UInt16, path: String, format: HTTPFormat, timeout: Duration, batch: Int)
     }
+    public enum HTTPFormat: String, Sendable, Equatable { case json, accounting }
     public var kind: Kind
     /// Stable across restarts while the sink's configuration is the same: names its cursor.
     public var id: String

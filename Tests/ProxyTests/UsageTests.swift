@@ -1,3 +1,4 @@
+import Backends
 import Foundation
 import Glibc
 import Testing
@@ -198,8 +199,10 @@ import Testing
             """)
             return try runTollgate(["check", dir + "/gateway.yaml"])
         }
-        let (rc1, o1) = try check("usage:\n  spool: s\n  sinks:\n    - {kind: redis_stream, stream: x}\n")
-        #expect(rc1 != 0 && o1.contains("gateway.yaml:14") && o1.contains("usage.sinks[0].kind") && o1.contains("not supported yet"), "\(o1)")
+        let (rc1, o1) = try check("usage:\n  spool: s\n  sinks:\n    - {kind: http, url: \"https://h.example/u\"}\n")
+        #expect(rc1 != 0 && o1.contains("gateway.yaml:14") && o1.contains("usage.sinks[0].url") && o1.contains("not supported yet"), "\(o1)")
+        let (rc0, o0) = try check("usage:\n  spool: s\n  sinks:\n    - {kind: redis_stream, stream: x}\n")
+        #expect(rc0 != 0 && o0.contains("store.redis"), "\(o0)")
         let (rc2, o2) = try check("usage:\n  spool: s\n  durability: soon\n")
         #expect(rc2 != 0 && o2.contains("usage.durability") && o2.contains("invalid duration"), "\(o2)")
         let (rc3, o3) = try check("usage:\n  sinks: []\n")
@@ -223,4 +226,125 @@ func jsonField<S: StringProtocol>(_ line: S, _ name: String) -> String? {
 func h2loadStatusTotal(_ report: String) -> Int {
     guard let line = report.split(separator: "\n").first(where: { $0.contains("status codes:") }) else { return 0 }
     return line.split(whereSeparator: { $0 == " " || $0 == "," }).compactMap { Int($0) }.reduce(0, +)
+}
+
+extension UsageTests {
+    /// A Redis stream and an HTTP sink (JSON batches) beside the file sink: the stream's Redis
+    /// goes away for a while and the HTTP receiver answers 500, then stalls past the timeout;
+    /// requests are served all along, and afterwards every sink holds every record.
+    @Test func sinksThatFailCatchUpAndNeverHoldRequestsOrEachOther() throws {
+        let redis = try RedisServer()
+        defer { redis.stop() }
+        // The HTTP receiver: 500 for the first batches, then silence past the sink's timeout,
+        // then 200 — keeping what it accepted.
+        final class Receiver: @unchecked Sendable {
+            let lock = NSLock()
+            var calls = 0
+            var ids: [String: Int] = [:]
+            let release = DispatchSemaphore(value: 0)
+        }
+        let rx = Receiver()
+        let receiver = try ScriptedUpstream { peer in
+            while let head = peer.readHead() {
+                let n = Int(headerValue(head, "Content-Length") ?? "0") ?? 0
+                let body = String(decoding: peer.read(count: n) ?? [], as: UTF8.self)
+                rx.lock.lock(); rx.calls += 1; let call = rx.calls; rx.lock.unlock()
+                if call <= 3 { peer.write("HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"); continue }
+                if call <= 5 {
+                    // Stalls: the sink's 300 ms timeout fires; the connection is dropped.
+                    _ = rx.release.wait(timeout: .now() + 1)
+                    return
+                }
+                rx.lock.lock()
+                for part in body.components(separatedBy: "{\"id\":\"").dropFirst() {
+                    let id = String(part.prefix { $0 != "\"" })
+                    rx.ids[id, default: 0] += 1
+                }
+                rx.lock.unlock()
+                peer.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            }
+        }
+        defer { receiver.stop() }
+        let g = try Gate()
+        defer { g.stop() }
+        // The same gate with two more sinks and the store.
+        let policy = try String(contentsOfFile: g.dir + "/gateway.yaml", encoding: .utf8)
+            .replacingOccurrences(of: "    - {kind: file, path: out/usage.jsonl, rotate: {size: 256KiB, keep: 50}}\n", with: """
+                - {kind: file, path: out/usage.jsonl, rotate: {size: 256KiB, keep: 50}}
+                - {kind: redis_stream, stream: "tg:usage", maxlen: 100000}
+                - {kind: http, url: "http://127.0.0.1:\(receiver.port)/batches", format: json, timeout: 300ms, batch: 50}
+            store:
+              redis: redis://127.0.0.1:\(redis.port)/0
+              on_error: open
+
+            """)
+        writeFile(g.dir + "/gateway.yaml", policy)
+        let tg = try g.serve()
+        for i in 0..<200 { #expect(try get(g.port, "/open/\(i)").status == 200) }
+        // Redis goes away; requests go on (the HTTP sink is failing meanwhile too).
+        redis.kill9()
+        for i in 0..<200 { #expect(try get(g.port, "/open/down-\(i)").status == 200) }
+        #expect(try poll(timeout: 10) { g.sinkIDs().count == 400 } != nil, "the file sink is held back by nobody")
+        try redis.restart()
+        for i in 0..<100 { #expect(try get(g.port, "/open/back-\(i)").status == 200) }
+        rx.release.signal(); rx.release.signal()
+        let streamed = { () -> Int64 in
+            switch try? redis.client().run(["XLEN", "tg:usage"]) {
+            case .integer(let n)?: return n
+            default: return 0
+            }
+        }
+        // Redis was killed (not saved): what it held before is gone with it; what the sink
+        // delivered since the restart is there. The cursor shows all 500 delivered.
+        #expect(try poll(timeout: 20) {
+            let m = try scrapeMetrics(g.admin)
+            return m["tollgate_usage_records_total{sink=\"redis_stream:tg:usage\",result=\"delivered\"}"] == 500
+                && m.first { $0.key.hasPrefix("tollgate_usage_records_total{sink=\"http:") && $0.key.hasSuffix("delivered\"}") }?.value == 500
+        } != nil, "\((try? scrapeMetrics(g.admin))?.filter { $0.key.contains("usage") } ?? [:])")
+        #expect(streamed() >= 100)
+        rx.lock.lock()
+        let httpIDs = rx.ids
+        rx.lock.unlock()
+        #expect(Set(httpIDs.keys) == Set(g.sinkIDs().keys), "\(httpIDs.count) vs \(g.sinkIDs().count)")
+        // The two that failed say so; the file sink never did.
+        let failures = try scrapeMetrics(g.admin).filter { $0.key.hasSuffix("result=\"failed\"}") }
+        #expect(failures.filter { !$0.key.contains("sink=\"file:") }.values.allSatisfy { $0 > 0 }, "\(failures)")
+        #expect(failures.filter { $0.key.contains("sink=\"file:") }.values.allSatisfy { $0 == 0 }, "\(failures)")
+        tg.stop()
+    }
+
+    /// The seed 003 accounting service as a sink: one usage record per request of a known
+    /// consumer, applied once each (the record id is the Idempotency-Key).
+    @Test func theAccountingServiceReceivesEachRecordOnce() throws {
+        let data = makeTempDir("tgacct")
+        defer { try? FileManager.default.removeItem(atPath: data) }
+        let backends = try ReferenceBackends.start(finance: nil, accounting: ReferenceAddress(host: "127.0.0.1", port: 0), flowise: nil,
+                                                   dataDirectory: data)
+        defer { backends.stop() }
+        let accounting = try #require(backends.accountingPort)
+        let gate = try PolicyGate(extraTop: """
+        usage:
+          spool: spool
+          sinks:
+            - {kind: http, url: "http://127.0.0.1:\(accounting)/api/usage/record", format: accounting}
+
+        """)
+        defer { gate.stop() }
+        for i in 0..<5 { #expect(try gate.get("/api/finance/accounts?i=\(i)", key: PlainKey.alice).status == 200) }
+        #expect(try gate.get("/api/finance/accounts", key: "unknown-key").status == 401)   // nobody to bill
+        let listed = try poll(timeout: 10) { () throws -> Bool in
+            let r = try get(accounting, "/api/usage/records", headers: ["X-Tollgate-Consumer": "alice"])
+            return r.text.contains("\"total\":5")
+        }
+        #expect(listed != nil)
+        // A restart re-reads nothing twice (cursor), and a replayed record would be answered
+        // from the idempotency store anyway.
+        try gate.restart()
+        #expect(try gate.get("/api/finance/accounts", key: PlainKey.alice).status == 200)
+        #expect(try poll(timeout: 10) { () throws -> Bool in
+            try get(accounting, "/api/usage/records", headers: ["X-Tollgate-Consumer": "alice"]).text.contains("\"total\":6")
+        } != nil)
+        let r = try get(accounting, "/api/usage/records", headers: ["X-Tollgate-Consumer": "alice"])
+        #expect(r.text.contains("\"service\":\"finance-read\"") && r.text.contains("\"operation\":\"GET\""), "\(r.text)")
+    }
 }

@@ -73,7 +73,8 @@ struct Serve: ParsableCommand {
         var usage: UsageSpool?
         if let spec = snapshot.usage {
             do {
-                usage = try UsageSpool(spec: spec, instance: Server.instanceID(), loops: max(1, settings.threads))
+                usage = try UsageSpool(spec: spec, instance: Server.instanceID(), loops: max(1, settings.threads),
+                                       store: snapshot.store?.url)
             } catch {
                 Log.error("\(error)")
                 throw ExitCode(1)

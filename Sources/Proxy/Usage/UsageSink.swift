@@ -36,6 +36,11 @@ final class UsageSinkRunner: @unchecked Sendable {
         wakeFD = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
         switch spec.kind {
         case .file(let path, let rotate, let keep): sink = FileUsageSink(path: path, rotateBytes: rotate, keep: keep)
+        case .redisStream(let stream, let maxLength):
+            // The compiler refused a redis_stream sink without store.redis.
+            sink = RedisStreamUsageSink(url: spool.store ?? RedisURL(endpoint: .tcp(host: "127.0.0.1", port: 6379)), stream: stream, maxLength: maxLength)
+        case .http(let host, let port, let path, let format, let timeout, let batch):
+            sink = HTTPUsageSink(host: host, port: port, path: path, format: format, timeout: timeout, batch: batch)
         }
         let start = Self.readCursor(cursorPath) ?? SpoolPosition(segment: oldest, offset: 0)
         positionLock.withLock { $0 = start }
@@ -87,14 +92,17 @@ final class UsageSinkRunner: @unchecked Sendable {
                 waitForWork(200)
                 continue
             }
-            let ok = buffer.withUnsafeBytes { sink.deliver(UnsafeRawBufferPointer(rebasing: $0[0..<count]), lines: lines) }
-            if ok {
-                delivered.add(UInt64(lines), ordering: .relaxed)
-                pos.offset += count
+            let taken = buffer.withUnsafeBytes { sink.deliver(UnsafeRawBufferPointer(rebasing: $0[0..<count]), lines: lines) }
+            if taken > 0 {
+                let n = taken == count ? lines : buffer[0..<taken].reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) }
+                delivered.add(UInt64(n), ordering: .relaxed)
+                pos.offset += taken
                 commit(pos)
+            }
+            if taken == count {
                 backoff = 100
             } else {
-                failed.add(UInt64(lines), ordering: .relaxed)
+                failed.add(UInt64(lines - (taken == 0 ? 0 : buffer[0..<taken].reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) })), ordering: .relaxed)
                 if deadline != 0 { return }
                 waitForWork(backoff)
                 backoff = min(backoff * 2, 5000)
@@ -166,10 +174,11 @@ final class UsageSinkRunner: @unchecked Sendable {
     }
 }
 
-/// Where records go. `deliver` is called from the sink's own thread with whole JSON lines; true
-/// when the sink has them (durably, as far as it can say).
+/// Where records go. `deliver` is called from the sink's own thread with whole JSON lines and
+/// returns how many bytes of them (whole lines, from the start) the sink has taken — durably,
+/// as far as it can say; fewer than given is a failure for the rest.
 protocol UsageSink: Sendable {
-    func deliver(_ lines: UnsafeRawBufferPointer, lines count: Int) -> Bool
+    func deliver(_ lines: UnsafeRawBufferPointer, lines count: Int) -> Int
 }
 
 /// `kind: file`: JSON lines appended to a file, fsync'd per batch, rotated by size
@@ -188,9 +197,9 @@ final class FileUsageSink: UsageSink, @unchecked Sendable {
         self.keep = keep
     }
 
-    func deliver(_ lines: UnsafeRawBufferPointer, lines count: Int) -> Bool {
-        if fd < 0 && !open() { return false }
-        if rotateBytes > 0 && size > 0 && size + lines.count > rotateBytes { rotate() ; if fd < 0 && !open() { return false } }
+    func deliver(_ lines: UnsafeRawBufferPointer, lines count: Int) -> Int {
+        if fd < 0 && !open() { return 0 }
+        if rotateBytes > 0 && size > 0 && size + lines.count > rotateBytes { rotate() ; if fd < 0 && !open() { return 0 } }
         var off = 0
         while off < lines.count {
             let w = Glibc.write(fd, lines.baseAddress! + off, lines.count - off)
@@ -200,17 +209,17 @@ final class FileUsageSink: UsageSink, @unchecked Sendable {
                 _ = ftruncate(fd, off_t(size))
                 Glibc.close(fd)
                 fd = -1
-                return false
+                return 0
             }
             off += w
         }
         guard fsync(fd) == 0 else {
             Glibc.close(fd)
             fd = -1
-            return false
+            return 0
         }
         size += lines.count
-        return true
+        return lines.count
     }
 
     private func open() -> Bool {

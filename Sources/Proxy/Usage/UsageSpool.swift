@@ -41,8 +41,12 @@ final class UsageSpool: @unchecked Sendable {
     static let segmentBytes = 64 << 20
     static let drainInterval: Int32 = 10   // ms
 
-    init(spec: UsageSpec, instance: String, loops: Int) throws(UsageError) {
+    /// The store's Redis, for `redis_stream` sinks.
+    let store: RedisURL?
+
+    init(spec: UsageSpec, instance: String, loops: Int, store: RedisURL? = nil) throws(UsageError) {
         self.spec = spec
+        self.store = store
         directory = spec.spool
         self.instance = String(instance.utf8.filter { Self.isIDByte($0) }.map { Character(Unicode.Scalar($0)) })
         counters = UsageCounters()
