@@ -3,6 +3,7 @@
 #   scripts/bench.sh [peers]    nginx, haproxy and tollgate: plain, auth, ratelimit, one run
 #   scripts/bench.sh redis      tollgate embedded vs tollgate on Redis: auth, ratelimit, one run
 #   scripts/bench.sh accesslog  nginx and tollgate, both with an access log to a file, one run
+#   scripts/bench.sh usage      tollgate without and with usage records (spool + file sink), one run
 # Further arguments go to run.sh (e.g. --duration 5 --rounds 1).
 # Builds a release binary and strips its debug info (valgrind 3.19 cannot read Swift 6.3's DWARF).
 set -euo pipefail
@@ -13,7 +14,24 @@ BIN=$(mktemp /tmp/tollgate-bench.XXXXXX)
 strip --strip-debug -o "$BIN" .build/release/tollgate
 export TOLLGATE_BIN=$BIN
 MODE=peers
-case ${1:-} in peers|redis|accesslog) MODE=$1; shift ;; esac
+case ${1:-} in peers|redis|accesslog|usage) MODE=$1; shift ;; esac
+if [[ $MODE == usage ]]; then
+    # The stock adapter with a `usage:` block (spool and a file sink in the run's work
+    # directory), beside the stock tollgate: the same variants in one run.
+    WRAP=$(mktemp /tmp/tollgate-usage-peer.XXXXXX)
+    cat >"$WRAP" <<'EOS'
+#!/usr/bin/env bash
+source "$BENCH_DIR/peers/tollgate.sh"
+tollgate_setup "$BENCH_VARIANT" "$BENCH_LISTEN_PORT" "$BENCH_WORKDIR"
+printf 'usage:\n  spool: %s/usage-spool\n  sinks:\n    - {kind: file, path: %s/usage.jsonl}\n' \
+    "$BENCH_WORKDIR" "$BENCH_WORKDIR" >>"$BENCH_WORKDIR/policies/gateway.yaml"
+exec "${PEER_ARGV[@]}"
+EOS
+    chmod +x "$WRAP"
+    exec "$BENCH/run.sh" --only tollgate --variants plain,auth \
+        --proxy-name tollgate_usage --proxy-variants plain,auth --proxy-port 17960 \
+        --proxy-cmd "export TOLLGATE_BIN=$BIN; exec $WRAP" "$@"
+fi
 if [[ $MODE == accesslog ]]; then
     # nginx and tollgate, each with its access log on (a file in the run's work directory,
     # one line per request with the same fields), in one run: a copy of the harness whose
