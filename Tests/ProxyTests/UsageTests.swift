@@ -348,3 +348,35 @@ extension UsageTests {
         #expect(r.text.contains("\"service\":\"finance-read\"") && r.text.contains("\"operation\":\"GET\""), "\(r.text)")
     }
 }
+
+extension UsageTests {
+    /// `GET /v1/usage` on the admin listener: per key, by hour or day, refusals by code; kept
+    /// across a restart.
+    @Test func perKeyUsageIsAggregatedAsRecordsPass() throws {
+        let gate = try PolicyGate(extraTop: """
+        usage:
+          spool: spool
+          sinks:
+            - {kind: file, path: usage.jsonl}
+
+        """, withAdmin: true)
+        defer { gate.stop() }
+        let admin = try #require(gate.adminPort)
+        for i in 0..<4 { #expect(try gate.get("/open/\(i)", key: PlainKey.alice).status == 200) }
+        for _ in 0..<5 { _ = try gate.get("/open/x", key: PlainKey.limited) }   // 3 per hour: 2 refused
+        #expect(try gate.get("/admin/x", key: PlainKey.alice).status == 403)
+        func usage(_ q: String) throws -> String { try get(admin, "/v1/usage?" + q).text }
+        let alice = try poll(timeout: 10) { try usage("key_id=key_alice&by=hour").contains("\"requests\":5") }
+        #expect(alice != nil, "\((try? usage("key_id=key_alice&by=hour")) ?? "-")")
+        let a = try usage("key_id=key_alice&by=day")
+        #expect(a.contains("\"refusals\":{\"INSUFFICIENT_SCOPE\":1}") && a.contains("\"by\":\"day\""), "\(a)")
+        #expect(try poll(timeout: 10) { try usage("key_id=key_limited").contains("\"RATE_LIMITED\":2") } != nil)
+        // Outside the window: nothing.
+        #expect(try usage("key_id=key_alice&from=2001-01-01&to=2001-01-02").contains("\"buckets\":[]"))
+        #expect(try get(admin, "/v1/usage").status == 400)
+        #expect(try get(admin, "/v1/usage?key_id=key_alice&by=week").status == 400)
+        // A restart keeps them (saved at the clean stop).
+        try gate.restart()
+        #expect(try usage("key_id=key_alice&by=hour").contains("\"requests\":5"))
+    }
+}

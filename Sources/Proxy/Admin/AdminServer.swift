@@ -17,8 +17,16 @@ final class AdminServer: Sendable {
         init(storeMustAnswer: Bool) { self.storeMustAnswer = storeMustAnswer }
     }
 
-    init(spec: AdminSpec, readiness: Readiness) throws(ReferenceServerError) {
+    init(spec: AdminSpec, readiness: Readiness, usage: UsageAggregates? = nil) throws(ReferenceServerError) {
         var router = ReferenceRouter()
+        if let usage {
+            // Per-key usage, aggregated by the spool writer (`UsageAggregates`).
+            router.add("GET", "/v1/usage") { request in
+                let (status, body) = usage.answer(keyID: request.query("key_id"), from: request.query("from"),
+                                                  to: request.query("to"), by: request.query("by"))
+                return ReferenceResponse(status: status, headers: [("Content-Type", "application/json")], body: .bytes(Array(body.utf8)))
+            }
+        }
         router.add("GET", "/healthz") { _ in .text(200, "ok\n") }
         router.add("GET", "/readyz") { _ in
             let (ready, why) = Self.ready(readiness)

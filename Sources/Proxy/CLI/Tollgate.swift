@@ -85,7 +85,7 @@ struct Serve: ParsableCommand {
         var admin: AdminServer?
         if let spec = snapshot.admin {
             do {
-                admin = try AdminServer(spec: spec, readiness: readiness)
+                admin = try AdminServer(spec: spec, readiness: readiness, usage: usage?.aggregates)
             } catch {
                 Log.error("admin: cannot listen on \(spec.host):\(spec.port): \(error)")
                 throw ExitCode(1)

@@ -29,6 +29,9 @@ final class UsageSpool: @unchecked Sendable {
     let counters: UsageCounters
     private(set) var queues: [UsageQueue] = []
     private(set) var sinks: [UsageSinkRunner] = []
+    /// Per-key usage by hour, for `GET /v1/usage`.
+    let aggregates: UsageAggregates
+    private var lastAggregateSave: UInt64 = 0
     /// The segment being written (sinks move past a segment only when a newer one exists).
     let current = Atomic<UInt64>(0)
     let isStopping = Atomic<Bool>(false)
@@ -54,6 +57,7 @@ final class UsageSpool: @unchecked Sendable {
         if ev < 0 { throw UsageError("usage: eventfd: \(Errno.current)") }
         wakeFD = ev
         try Self.makeDirectory(directory)
+        aggregates = UsageAggregates(path: spec.spool + "/aggregates.tsv")
         for i in 0..<loops { queues.append(UsageQueue(loopIndex: i, counters: counters)) }
         // A new segment per start: an older one may end in a torn line (sinks skip it).
         let existing = Self.segments(in: directory)
@@ -109,7 +113,12 @@ final class UsageSpool: @unchecked Sendable {
             if stopping {
                 writeBatch()
                 if fd >= 0 { _ = fsync(fd) }
+                aggregates.saveIfDirty()
                 return
+            }
+            if now &- lastAggregateSave >= 10_000_000_000 {
+                lastAggregateSave = now
+                aggregates.saveIfDirty()
             }
             deleteAcknowledgedSegments()
         }
@@ -119,7 +128,10 @@ final class UsageSpool: @unchecked Sendable {
         render.removeAll(keepingCapacity: true)
         var n = 0
         for q in queues {
-            n += q.drain { r in UsageLine.render(r.pointee, instance: instance, into: &render) }
+            n += q.drain { r in
+                UsageLine.render(r.pointee, instance: instance, into: &render)
+                aggregates.add(r.pointee)
+            }
         }
         guard n > 0 else { return }
         if segmentSize + render.count > Self.segmentBytes && segmentSize > 0 {
