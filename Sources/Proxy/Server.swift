@@ -22,7 +22,8 @@ final class Server: @unchecked Sendable {
     }
 
     /// Binds every listener on every loop (so a bind error surfaces before anything runs).
-    func start(snapshot: PolicySnapshot, keys: KeyDirectory, accessLog: AccessLogWriter? = nil) throws {
+    func start(snapshot: PolicySnapshot, keys: KeyDirectory, accessLog: AccessLogWriter? = nil,
+               instanceID: String = Server.instanceID()) throws {
         self.accessLog = accessLog
         let tls = try Self.buildTLS(snapshot)
         for i in 0..<max(1, settings.threads) {
@@ -47,7 +48,6 @@ final class Server: @unchecked Sendable {
             loops.append(loop)
             contexts.append(ctx)
         }
-        let instanceID = Self.instanceID()
         for (i, loop) in loops.enumerated() {
             let ctx = UncheckedBox(contexts[i])
             loop.execute { ctx.value.startStore(instanceID: instanceID) }
