@@ -116,8 +116,6 @@ struct NotSupportedYetTests {
              expected: ["p.yaml:2: credits: not supported yet"]),
         Case(name: "top-level usage", yaml: "version: 1\n\nusage: {spool: .state/usage}\n",
              expected: ["p.yaml:3: usage: not supported yet"]),
-        Case(name: "top-level audit", yaml: "version: 1\naudit:\n  path: .state/audit.jsonl\n",
-             expected: ["p.yaml:2: audit: not supported yet"]),
         Case(name: "top-level security", yaml: "version: 1\nsecurity:\n  lockout: {invalid_keys: 20, per: 1m, for: 10m}\n",
              expected: ["p.yaml:2: security: not supported yet"]),
         Case(name: "top-level secrets", yaml: "version: 1\n# master key\nsecrets: {master_key_env: TOLLGATE_MASTER_KEY}\n",
@@ -159,7 +157,6 @@ struct NotSupportedYetTests {
             "POLICY.yaml:86: routes[2].credits: not supported yet",
             "POLICY.yaml:111: credits: not supported yet",
             "POLICY.yaml:117: usage: not supported yet",
-            "POLICY.yaml:125: audit: not supported yet",
             "POLICY.yaml:130: security: not supported yet",
         ])
     }
