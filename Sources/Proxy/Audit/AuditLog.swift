@@ -303,10 +303,13 @@ final class AuditLog: @unchecked Sendable {
                 try writeHead(line)
             }
         }
-        try body(&session)
+        // What was written is made durable even when a later step fails.
+        var failure: AuditError?
+        do throws(AuditError) { try body(&session) } catch { failure = error }
         if !session.written.isEmpty || created {
             if fsync(fd) != 0 { throw .errno(path, "cannot fsync") }
         }
+        if let failure { throw failure }
         if created { try Self.syncDirectory(directory.isEmpty ? "." : directory) }
         if let line = session.checkpointLine { try writeHead(line) }
         stamp = try Self.stamp(fd, path: path)
