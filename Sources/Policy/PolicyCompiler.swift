@@ -2,11 +2,12 @@
 ///
 /// Merge rules (POLICY.md): `listen`, `routes` and `keys` concatenate in file order;
 /// `backends` and `plans` merge and a name defined twice is an error; `store`, `admin`,
-/// `access_log`, `clients` and `credentials` may appear in one file only. Then cross-references are
+/// `access_log`, `audit`, `clients` and `credentials` may appear in one file only. Then cross-references are
 /// resolved: route → backend, key → plan, unique route names, key ids and key hashes,
 /// scopes → bits. Every problem is collected; nothing is built if there is one.
 enum PolicyCompiler {
-    static func compile(_ docs: [PolicyDocument], errors: inout [PolicyError]) -> PolicySnapshot? {
+    static func compile(_ docs: [PolicyDocument], sources: [PolicySource] = [],
+                        errors: inout [PolicyError]) -> PolicySnapshot? {
         var found: [PolicyError] = []
 
         // Scalar blocks: one file only.
@@ -25,6 +26,7 @@ enum PolicyCompiler {
         let admin = single({ $0.admin }, "admin")
         let accessLog = single({ $0.accessLog }, "access_log")
         let usage = single({ $0.usage }, "usage")
+        let audit = single({ $0.audit }, "audit")
         let store = single({ $0.store }, "store")
         if let u = usage, store?.redis == nil, u.sinks.contains(where: { if case .redisStream = $0.kind { return true }; return false }),
            let at = docs.lazy.compactMap({ $0.usage?.at }).first {
@@ -185,6 +187,11 @@ enum PolicyCompiler {
             credentials: CredentialRule(headerNames: creds.headers, queryParam: creds.query,
                                         forwardsCredential: creds.forward),
             clients: clients, plans: plans, routes: RouteTable(routes), scopeTable: scopeTable,
-            keys: keys, keyIndex: byHash, idIndex: ids, usage: usage)
+            keys: keys, keyIndex: byHash, idIndex: ids, usage: usage,
+            audit: audit.map {
+                AuditSpec(path: $0.path, signingKey: $0.signingKey, signingKeyLocation: $0.signingKeyAt?.short ?? "",
+                          checkpointEvery: $0.every, checkpointInterval: $0.interval)
+            },
+            sources: sources)
     }
 }

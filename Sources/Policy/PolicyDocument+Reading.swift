@@ -346,7 +346,9 @@ struct NodeReader {
                 }
             case "usage":
                 if let u = readUsage(v, k) { doc.usage = .init(value: u, at: loc(kn, k)) }
-            case "credits", "audit", "security", "secrets":
+            case "audit":
+                if let a = readAudit(v, k) { doc.audit = .init(value: a, at: loc(kn, k)) }
+            case "credits", "security", "secrets":
                 notSupportedYet(kn, k)
             default:
                 unknown(kn, k)
@@ -590,6 +592,46 @@ struct NodeReader {
             fail(kindEntry.value, path + ".kind", "invalid value '\(kind)' (expected file, redis_stream or http)")
             return nil
         }
+    }
+
+    /// `audit: {path, signing_key, checkpoint: {every, interval}}`: relative paths are
+    /// resolved against the directory of the file that names them. The key file is read by
+    /// `check` and `serve` (no I/O here).
+    mutating func readAudit(_ n: PolicyNode, _ path: String) -> PolicyDocument.Audit? {
+        guard let m = mapping(n, path) else { return nil }
+        var target: String?
+        var a = PolicyDocument.Audit(path: "")
+        var ok = true
+        for (k, kn, v) in m {
+            let p = NodeReader.join(path, k)
+            switch k {
+            case "path":
+                target = nonEmptyString(v, p).map { PolicyValues.resolve($0, relativeToFileAt: file) }
+                ok = ok && target != nil
+            case "signing_key":
+                if NodeReader.isNull(v) { continue }
+                guard let s = nonEmptyString(v, p) else { ok = false; continue }
+                a.signingKey = PolicyValues.resolve(s, relativeToFileAt: file)
+                a.signingKeyAt = loc(v, p)
+            case "checkpoint":
+                guard let cm = mapping(v, p) else { ok = false; continue }
+                for (ck, ckn, cv) in cm {
+                    let cp = NodeReader.join(p, ck)
+                    switch ck {
+                    case "every":
+                        if let i = int(cv, cp, min: 1, max: 100_000_000) { a.every = i } else { ok = false }
+                    case "interval":
+                        if let d = duration(cv, cp) { a.interval = d } else { ok = false }
+                    default: unknown(ckn, cp); ok = false
+                    }
+                }
+            default: unknown(kn, p); ok = false
+            }
+        }
+        if !m.contains(where: { $0.key == "path" }) { missing(n, path, "path"); ok = false }
+        guard ok, let target else { return nil }
+        a.path = target
+        return a
     }
 
     mutating func readStore(_ n: PolicyNode, _ path: String) -> PolicyDocument.Store? {

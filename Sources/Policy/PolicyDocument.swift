@@ -18,6 +18,11 @@
 ///   address: 127.0.0.1:9901         # the admin listener
 /// access_log:
 ///   path: logs/access.jsonl         # "-" = standard output; relative to this file's directory
+/// audit:
+///   path: .state/audit.jsonl        # required; hash-chained JSON lines; relative to this file
+///   signing_key: secrets/audit.pem  # optional Ed25519 private key (PEM): signed checkpoints;
+///                                   # without it checkpoints are written unsigned
+///   checkpoint: {every: 1000, interval: 60s}   # the defaults; every ≥ 1
 /// store:
 ///   redis: redis://[user:password@]host[:port][/db]    # or unix:///path/redis.sock[?db=N]
 ///   on_error: closed                # closed | open | local (default closed)
@@ -57,7 +62,7 @@
 /// `not supported yet` (a setting read and then ignored would be a silent hole):
 /// `listen[].tls`, `admin.tokens_file`, `credentials.jwt`, https backend URLs and base
 /// paths, `backends.NAME.inject`, plan `quotas`, route `credits` and `credentials`, and
-/// the top-level `credits`, `audit`, `security` and `secrets` blocks, and `https://` usage
+/// the top-level `credits`, `security` and `secrets` blocks, and `https://` usage
 /// sinks.
 ///
 /// Durations: an integer and one of `ms`, `s`, `m`, `h`, `d`. CIDRs: `a.b.c.d/n`,
@@ -69,6 +74,7 @@ struct PolicyDocument {
     var admin: Block<Admin>?
     var accessLog: Block<AccessLog>?
     var usage: Block<UsageSpec>?
+    var audit: Block<Audit>?
     var store: Block<Store>?
     var clients: Block<ClientRules>?
     var credentials: Block<Credentials>?
@@ -96,6 +102,15 @@ struct PolicyDocument {
 
     struct AccessLog {
         var target: AccessLogSpec.Target
+    }
+
+    struct Audit {
+        var path: String
+        var signingKey: String?
+        /// Where `signing_key` is written (errors about the key file name it).
+        var signingKeyAt: SourceLocation?
+        var every = 1000
+        var interval: Duration = .seconds(60)
     }
 
     struct Store {

@@ -12,6 +12,7 @@ public enum PolicyLoader {
             throw PolicyLoadError(errors: [PolicyError(file: path, line: 1, keyPath: "", reason: "no such file or directory")])
         }
         var files: [(name: String, yaml: String)] = []
+        var sources: [PolicySource] = []
         var errors: [PolicyError] = []
         var paths: [String] = []
         if isDir.boolValue {
@@ -41,9 +42,10 @@ public enum PolicyLoader {
                 continue
             }
             files.append((p, text))
+            sources.append(PolicySource(file: p, sha256: data.withUnsafeBytes { KeyHash.sha256($0).hex }))
         }
         guard errors.isEmpty else { throw PolicyLoadError(errors: errors) }
-        return try load(files: files)
+        return try load(files: files, sources: sources)
     }
 
     /// One file's text, no I/O (tests, `check` on stdin).
@@ -52,13 +54,21 @@ public enum PolicyLoader {
     }
 
     /// Several files' texts, merged in the given order, no I/O.
+    /// ``PolicySnapshot/sources`` hold the SHA-256 of each text's UTF-8 bytes.
     public static func load(files: [(name: String, yaml: String)]) throws(PolicyLoadError) -> PolicySnapshot {
+        try load(files: files, sources: files.map { f in
+            var y = f.yaml
+            return PolicySource(file: f.name, sha256: y.withUTF8 { KeyHash.sha256(UnsafeRawBufferPointer($0)).hex })
+        })
+    }
+
+    static func load(files: [(name: String, yaml: String)], sources: [PolicySource]) throws(PolicyLoadError) -> PolicySnapshot {
         var errors: [PolicyError] = []
         var docs: [PolicyDocument] = []
         for f in files {
             docs.append(PolicyDocument.read(yaml: f.yaml, file: f.name, errors: &errors))
         }
-        let snapshot = PolicyCompiler.compile(docs, errors: &errors)
+        let snapshot = PolicyCompiler.compile(docs, sources: sources, errors: &errors)
         if let snapshot, errors.isEmpty { return snapshot }
         // File order, then line; stable otherwise.
         let order = Dictionary(files.enumerated().map { ($0.element.name, $0.offset) }, uniquingKeysWith: { a, _ in a })

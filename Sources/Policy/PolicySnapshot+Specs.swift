@@ -81,6 +81,35 @@ public struct AccessLogSpec: Sendable, Equatable {
     public var target: Target
 }
 
+/// `audit`: the hash-chained audit trail of key, secret, credit and policy changes.
+public struct AuditSpec: Sendable, Equatable {
+    /// The JSON-lines file, resolved against the directory of the policy file that names it.
+    public var path: String
+    /// An Ed25519 private key (PEM) that signs checkpoints, resolved like `path`; nil:
+    /// checkpoints are written unsigned (the chain still detects edits, not a rewrite).
+    public var signingKey: String?
+    /// Where `signing_key` is written, `file:line` (errors about the key file name it).
+    public var signingKeyLocation: String
+    /// `checkpoint.every`: a checkpoint after this many entries.
+    public var checkpointEvery: Int
+    /// `checkpoint.interval`: or once the oldest entry it would cover is this old.
+    public var checkpointInterval: Duration
+
+    public init(path: String, signingKey: String? = nil, signingKeyLocation: String = "",
+                checkpointEvery: Int = 1000, checkpointInterval: Duration = .seconds(60)) {
+        self.path = path; self.signingKey = signingKey; self.signingKeyLocation = signingKeyLocation
+        self.checkpointEvery = checkpointEvery; self.checkpointInterval = checkpointInterval
+    }
+}
+
+/// One policy file as loaded: its name (as errors name it) and the SHA-256 of its bytes.
+public struct PolicySource: Sendable, Equatable {
+    public var file: String
+    /// 64 lowercase hex digits.
+    public var sha256: String
+    public init(file: String, sha256: String) { self.file = file; self.sha256 = sha256 }
+}
+
 /// What the gate does when the store cannot answer in time.
 public enum StoreFailMode: String, Sendable, CaseIterable {
     /// Refuse with `STORE_UNAVAILABLE` (default).

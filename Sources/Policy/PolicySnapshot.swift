@@ -28,17 +28,24 @@ public final class PolicySnapshot: Sendable {
     let keyIndex: KeyHashMap<KeyRecord>
     /// Declared key id → position in ``keys``.
     let idIndex: [String: Int]
+    /// `audit`; nil (no audit trail) when omitted.
+    public let audit: AuditSpec?
+    /// The files this snapshot was compiled from, in merge order, with the SHA-256 of the
+    /// bytes read (what `sha256sum` prints): the audit trail records them on every reload.
+    public let sources: [PolicySource]
 
     init(listeners: [ListenerSpec], admin: AdminSpec?, accessLog: AccessLogSpec?, store: StoreSpec?, storeFailMode: StoreFailMode,
          storeDeadline: Duration, backends: [BackendSpec], credentials: CredentialRule, clients: ClientRules,
          plans: [PlanSpec], routes: RouteTable, scopeTable: ScopeTable, keys: [KeyRecord],
-         keyIndex: KeyHashMap<KeyRecord>, idIndex: [String: Int], usage: UsageSpec? = nil) {
+         keyIndex: KeyHashMap<KeyRecord>, idIndex: [String: Int], usage: UsageSpec? = nil, audit: AuditSpec? = nil,
+         sources: [PolicySource] = []) {
         self.usage = usage
         self.listeners = listeners; self.admin = admin; self.accessLog = accessLog
         self.store = store; self.storeFailMode = storeFailMode
         self.storeDeadline = storeDeadline; self.backends = backends; self.credentials = credentials
         self.clients = clients; self.plans = plans; self.routeTable = routes; self.scopeTable = scopeTable
         self.keys = keys; self.keyIndex = keyIndex; self.idIndex = idIndex
+        self.audit = audit; self.sources = sources
     }
 
     public var routes: [RouteSpec] { routeTable.routes }

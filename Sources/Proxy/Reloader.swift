@@ -18,6 +18,8 @@ final class Reloader: Sendable {
     }
     private let current: Mutex<Current>
     private let server: Mutex<Server?> = Mutex(nil)
+    /// The audit trail (`audit:`, read at start), when there is one.
+    private let audit: Mutex<AuditLog?> = Mutex(nil)
     /// The policy files as they were just before the first load (see `watchLoop`).
     private let loadedFingerprint: [String]
 
@@ -40,6 +42,13 @@ final class Reloader: Sendable {
     }
 
     func attach(_ s: Server) { server.withLock { $0 = s } }
+
+    func attach(audit log: AuditLog) { audit.withLock { $0 = log } }
+
+    /// `[{file, sha256}]` of the files a snapshot was compiled from.
+    static func auditFiles(_ s: PolicySnapshot) -> AuditValue {
+        .list(s.sources.map { .object([("file", .string($0.file)), ("sha256", .string($0.sha256))]) })
+    }
 
     /// Loads the policy again; on success installs it (with keys recompiled) everywhere.
     func reloadPolicy(reason: String) {
@@ -65,6 +74,7 @@ final class Reloader: Sendable {
             if previous.accessLog != next.accessLog { Log.warn("access_log changed: the new target takes effect at the next start") }
             if previous.usage != next.usage { Log.warn("usage changed: the new spool and sinks take effect at the next start") }
             if previous.admin != next.admin { Log.warn("admin changed: the admin listener moves at the next start") }
+            if previous.audit != next.audit { Log.warn("audit changed: the audit trail's settings take effect at the next start") }
             let layout = { (s: PolicySnapshot) in s.listeners.map { "\($0.host):\($0.port):\($0.tls != nil)" } }
             let sameListeners = layout(previous) == layout(next)
             if !sameListeners {
@@ -73,6 +83,18 @@ final class Reloader: Sendable {
             let keys = keyDirectory()
             server.withLock { $0?.install(next, keys: keys, tls: tls, listenersUnchanged: sameListeners) }
             MetricsRegistry.shared.reloadsOK.add(1, ordering: .relaxed)
+            // Recorded (fsync'd) before the reload is reported; a failure is logged, the new
+            // policy stays (a revocation written into a policy file must not wait on the disk).
+            if let log = audit.withLock({ $0 }) {
+                do {
+                    try log.record(AuditEvent(.policyReloaded, actor: .reload, subject: policiesPath, details: [
+                        ("reason", .string(reason)), ("files", Self.auditFiles(next)),
+                        ("routes", .int(Int64(next.routes.count))), ("declared_keys", .int(Int64(next.keys.count))),
+                    ]))
+                } catch {
+                    Log.error("audit: the policy reload (\(reason)) could not be recorded: \(error)")
+                }
+            }
             Log.info("policy reloaded (\(reason)): \(next.routes.count) route(s), \(next.keys.count) declared key(s)")
         } catch {
             MetricsRegistry.shared.reloadsRejected.add(1, ordering: .relaxed)

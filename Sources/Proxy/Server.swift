@@ -23,7 +23,8 @@ final class Server: @unchecked Sendable {
     }
 
     /// Binds every listener on every loop (so a bind error surfaces before anything runs).
-    func start(snapshot: PolicySnapshot, keys: KeyDirectory, accessLog: AccessLogWriter? = nil, usage: UsageSpool? = nil) throws {
+    func start(snapshot: PolicySnapshot, keys: KeyDirectory, accessLog: AccessLogWriter? = nil, usage: UsageSpool? = nil,
+               instanceID: String = Server.instanceID()) throws {
         self.accessLog = accessLog
         self.usage = usage
         let tls = try Self.buildTLS(snapshot)
@@ -50,7 +51,6 @@ final class Server: @unchecked Sendable {
             loops.append(loop)
             contexts.append(ctx)
         }
-        let instanceID = Self.instanceID()
         for (i, loop) in loops.enumerated() {
             let ctx = UncheckedBox(contexts[i])
             loop.execute { ctx.value.startStore(instanceID: instanceID) }

@@ -114,10 +114,8 @@ struct NotSupportedYetTests {
             """, expected: ["p.yaml:4: admin.tokens_file: not supported yet"]),
         Case(name: "top-level credits", yaml: "version: 1\ncredits:\n  ledger: local\n",
              expected: ["p.yaml:2: credits: not supported yet"]),
-        Case(name: "top-level usage", yaml: "version: 1\n\nusage: {spool: .state/usage}\n",
-             expected: ["p.yaml:3: usage: not supported yet"]),
-        Case(name: "top-level audit", yaml: "version: 1\naudit:\n  path: .state/audit.jsonl\n",
-             expected: ["p.yaml:2: audit: not supported yet"]),
+        Case(name: "an https usage sink", yaml: "version: 1\n\nusage:\n  spool: s\n  sinks:\n    - {kind: http, url: \"https://u.example/x\"}\n",
+             expected: ["p.yaml:6: usage.sinks[0].url: not supported yet (an https usage sink)"]),
         Case(name: "top-level security", yaml: "version: 1\nsecurity:\n  lockout: {invalid_keys: 20, per: 1m, for: 10m}\n",
              expected: ["p.yaml:2: security: not supported yet"]),
         Case(name: "top-level secrets", yaml: "version: 1\n# master key\nsecrets: {master_key_env: TOLLGATE_MASTER_KEY}\n",
@@ -158,8 +156,6 @@ struct NotSupportedYetTests {
             "POLICY.yaml:85: routes[2].credentials: not supported yet",
             "POLICY.yaml:86: routes[2].credits: not supported yet",
             "POLICY.yaml:111: credits: not supported yet",
-            "POLICY.yaml:117: usage: not supported yet",
-            "POLICY.yaml:125: audit: not supported yet",
             "POLICY.yaml:130: security: not supported yet",
         ])
     }

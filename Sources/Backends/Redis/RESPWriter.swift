@@ -184,6 +184,8 @@ public enum RedisKeys {
     public static let invalidationChannel = "tg:invalidate"
     /// Sorted set instanceID → last heartbeat (server ms).
     public static let instances = "tg:instances"
+    /// Stream of audit entries (`entry` = the JSON line), from every instance and the CLI.
+    public static let auditStream = "tg:audit"
 
     public static func record(_ hash: KeyHash) -> String { "tg:{\(hash.hex)}:key" }
     public static func limiter(_ hash: KeyHash, window: Int) -> String { "tg:{\(hash.hex)}:rl:\(window)" }

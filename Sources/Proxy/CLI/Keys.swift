@@ -60,7 +60,16 @@ struct Keys: ParsableCommand {
                                     consumer: consumer, plan: plan,
                                     scopes: scopes.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty },
                                     allowIPs: cidrs, expires: expiresAt, status: "active", at: wallClockSeconds())
+            let audit = try store.openAudit()
             try store.put(entry)
+            // Recorded (and fsync'd) before the key is shown: no key without its audit entry.
+            try store.record(audit, AuditEvent(.keyCreated, actor: .cli, subject: keyID, details: [
+                ("id", .string(keyID)), ("hash", .string("sha256:" + hash.hex)), ("prefix", .optional(entry.prefix)),
+                ("consumer", .string(consumer)), ("plan", .optional(plan)), ("scopes", .strings(entry.scopes ?? [])),
+                ("allow_ips", cidrs.map { .strings($0) } ?? .null),
+                ("expires", expiresAt.map { .string(AuditFormat.time(millis: $0 * 1000)) } ?? .null),
+                ("store", .string(store.kind)), ("os_user", .string(AuditLog.osUser())),
+            ]), done: "key \(keyID) was created (its key is not shown)")
             print("key: \(key)")
             print("id: \(keyID)")
             print("hash: sha256:\(hash.hex)")
@@ -138,7 +147,19 @@ private func setStatus(_ id: String, _ status: KeyStatus, _ policies: String) th
         let verb = status == .active ? "enabled" : "disabled"
         throw KeysError("key \(id) is revoked (by \(revokedBy)) and cannot be \(verb): revocation is final; mint a new key instead")
     }
+    let audit = try store.openAudit()
     try store.setStatus(id: id, status: status)
+    let action: AuditAction
+    switch status {
+    case .revoked: action = .keyRevoked
+    case .disabled: action = .keyDisabled
+    case .active: action = .keyEnabled
+    }
+    try store.record(audit, AuditEvent(action, actor: .cli, subject: id, details: [
+        ("id", .string(id)), ("from", .string(current.rawValue)), ("to", .string(status.rawValue)),
+        ("declared", .bool(store.snapshot.declaredKey(id: id) != nil)), ("store", .string(store.kind)),
+        ("os_user", .string(AuditLog.osUser())),
+    ]), done: "key \(id) is \(status.rawValue)")
     print("\(id): \(status.rawValue)")
 }
 
@@ -207,6 +228,29 @@ struct KeyStoreAccess {
         }
         guard let stored else { return d.status }
         return d.status.applying(KeyStatus(rawValue: stored) ?? .disabled)
+    }
+
+    /// The policy's audit trail, checked writable (signing key loaded, tail readable), or nil
+    /// when the policy has no `audit` block. Run before the change: a broken trail stops it.
+    func openAudit() throws -> AuditLog? {
+        guard let spec = snapshot.audit else { return nil }
+        do {
+            let log = try AuditLog(spec: spec, instance: AuditLog.cliInstance(), redis: snapshot.store?.url)
+            try log.prepare()
+            return log
+        } catch {
+            throw KeysError("audit: \(error); nothing was changed")
+        }
+    }
+
+    /// Records a change that is already durable in the store; a failure says what was done.
+    func record(_ audit: AuditLog?, _ event: AuditEvent, done: String) throws {
+        guard let audit else { return }
+        do {
+            try audit.record(event)
+        } catch {
+            throw KeysError("\(done), but the audit trail could not record it: \(error)")
+        }
     }
 
     func put(_ e: KeyLogEntry) throws {

@@ -11,7 +11,7 @@ struct Tollgate: ParsableCommand {
         commandName: "tollgate",
         abstract: "API-key enforcement sidecar: a reverse proxy that checks every request against policy files.",
         version: "0.1.0",
-        subcommands: [Serve.self, Check.self, Keys.self, BackendsCommand.self]
+        subcommands: [Serve.self, Check.self, Keys.self, AuditCommand.self, BackendsCommand.self]
     )
 }
 
@@ -70,10 +70,22 @@ struct Serve: ParsableCommand {
                 throw ExitCode(1)
             }
         }
+        let instanceID = Server.instanceID()
+        var audit: AuditLog?
+        if let spec = snapshot.audit {
+            do {
+                let log = try AuditLog(spec: spec, instance: instanceID, redis: snapshot.store?.url)
+                try log.prepare()
+                audit = log
+            } catch {
+                Log.error("\(error)")
+                throw ExitCode(2)
+            }
+        }
         var usage: UsageSpool?
         if let spec = snapshot.usage {
             do {
-                usage = try UsageSpool(spec: spec, instance: Server.instanceID(), loops: max(1, settings.threads),
+                usage = try UsageSpool(spec: spec, instance: instanceID, loops: max(1, settings.threads),
                                        store: snapshot.store?.url)
             } catch {
                 Log.error("\(error)")
@@ -93,10 +105,25 @@ struct Serve: ParsableCommand {
             Log.info("admin listening on \(spec.isIPv6 ? "[\(spec.host)]" : spec.host):\(spec.port)")
         }
         do {
-            try server.start(snapshot: snapshot, keys: reloader.keyDirectory(), accessLog: accessLog, usage: usage)
+            try server.start(snapshot: snapshot, keys: reloader.keyDirectory(), accessLog: accessLog, usage: usage,
+                             instanceID: instanceID)
         } catch {
             Log.error("\(error)")
             throw ExitCode(1)
+        }
+        if let audit {
+            do {
+                try audit.record(AuditEvent(.serverStarted, actor: .server, subject: instanceID, details: [
+                    ("policies", .string(policies)), ("files", Reloader.auditFiles(snapshot)),
+                    ("version", .string(Tollgate.configuration.version)), ("threads", .int(Int64(settings.threads))),
+                ]))
+            } catch {
+                Log.error("audit: \(error); not serving without the audit trail")
+                _ = server.drain(timeout: .zero)
+                throw ExitCode(1)
+            }
+            reloader.attach(audit: audit)
+            audit.startCheckpointTimer()
         }
         reloader.attach(server)
         reloader.startWatching()
@@ -118,6 +145,16 @@ struct Serve: ParsableCommand {
             defer { admin?.stop() }
             let clean = server.drain(timeout: settings.drainTimeout)
             Log.info(clean ? "drained, exiting" : "drain timed out, exiting")
+            if let audit {
+                do {
+                    try audit.shutDown(with: AuditEvent(.serverStopped, actor: .server, subject: instanceID, details: [
+                        ("signal", .int(Int64(sig))), ("drained", .bool(clean)),
+                    ]))
+                } catch {
+                    Log.error("audit: \(error)")
+                    throw ExitCode(1)
+                }
+            }
             throw ExitCode.success
         }
     }
@@ -142,6 +179,13 @@ struct Check: ParsableCommand {
         } catch {
             print("\(error)")
             throw ExitCode(1)
+        }
+        // So is the audit signing key.
+        if let audit = s.audit {
+            do { try AuditLog.checkSigningKey(audit) } catch {
+                print("\(error)")
+                throw ExitCode(1)
+            }
         }
         print("ok: \(s.routes.count) route(s), \(s.backends.count) backend(s)")
     }

@@ -1,4 +1,5 @@
 import CHiredis
+import CSystem
 import Glibc
 import Policy
 import Runtime
@@ -260,7 +261,7 @@ final class HTTPUsageSink: UsageSink, @unchecked Sendable {
     private func connect() -> Bool {
         if address == nil { address = UpstreamAddress(host: host, port: port) }
         guard var addr = address else { return false }
-        let s = socket(addr.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        let s = socket(addr.family, Int32(SOCK_STREAM.rawValue) | tollgate_SOCK_NONBLOCK | tollgate_SOCK_CLOEXEC, 0)
         if s < 0 { return false }
         let rc = withUnsafePointer(to: &addr.storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(s, $0, addr.length) }
