@@ -20,8 +20,18 @@ final class UsageAggregates: Sendable {
         var tokensOut: Int64 = 0
     }
 
+    /// One key's hours (a class: updated in place, no copy per record).
+    final class Hours: @unchecked Sendable {
+        // SAFETY: reached only through `state`, under its lock (or before it is shared, in load).
+        var buckets: [Int64: Counter] = [:]
+    }
+    final class Counter: @unchecked Sendable {
+        // SAFETY: as `Hours`.
+        var b = Bucket()
+    }
+
     private struct State {
-        var byKey: [String: [Int64: Bucket]] = [:]
+        var byKey: [InlineText: Hours] = [:]
         var newestHour: Int64 = 0
         var isDirty = false
     }
@@ -35,25 +45,33 @@ final class UsageAggregates: Sendable {
     }
 
     /// The writer, for each record of a known key.
-    func add(_ r: UsageRecord) {
-        guard !r.keyID.isEmpty else { return }
-        let key = r.keyID.withBytes { String(decoding: $0, as: UTF8.self) }
-        let hour = r.time / 1_000_000_000 / 3600
+    func add(_ r: UnsafePointer<UsageRecord>) {
+        guard !r.pointee.keyID.isEmpty else { return }
+        let hour = r.pointee.time / 1_000_000_000 / 3600
         state.withLock { s in
-            var b = s.byKey[key]?[hour] ?? Bucket()
-            b.requests += 1
-            if Int(r.code) != MetricCode.ok && Int(r.code) < b.refusals.count { b.refusals[Int(r.code)] += 1 }
-            b.credits += r.credits
-            b.tokensIn += r.tokensIn
-            b.tokensOut += r.tokensOut
-            s.byKey[key, default: [:]][hour] = b
+            let hours: Hours
+            if let h = s.byKey[r.pointee.keyID] { hours = h } else {
+                hours = Hours()
+                s.byKey[r.pointee.keyID] = hours
+            }
+            let c: Counter
+            if let x = hours.buckets[hour] { c = x } else {
+                c = Counter()
+                hours.buckets[hour] = c
+            }
+            c.b.requests += 1
+            let code = Int(r.pointee.code)
+            if code != MetricCode.ok && code < c.b.refusals.count { c.b.refusals[code] += 1 }
+            c.b.credits += r.pointee.credits
+            c.b.tokensIn += r.pointee.tokensIn
+            c.b.tokensOut += r.pointee.tokensOut
             s.isDirty = true
             if hour > s.newestHour {
                 s.newestHour = hour
                 let cutoff = hour - Self.retentionHours
-                for (k, hours) in s.byKey where hours.keys.contains(where: { $0 < cutoff }) {
-                    let kept = hours.filter { $0.key >= cutoff }
-                    s.byKey[k] = kept.isEmpty ? nil : kept
+                for (k, h) in s.byKey where h.buckets.keys.contains(where: { $0 < cutoff }) {
+                    h.buckets = h.buckets.filter { $0.key >= cutoff }
+                    if h.buckets.isEmpty { s.byKey[k] = nil }
                 }
             }
         }
@@ -61,7 +79,9 @@ final class UsageAggregates: Sendable {
 
     /// Buckets of `key` whose hour starts in [from, to), summed by hour or by day (UTC).
     func query(key: String, from: Int64, to: Int64, byDay: Bool) -> [(start: Int64, bucket: Bucket)] {
-        let hours = state.withLock { $0.byKey[key] ?? [:] }
+        var k = InlineText()
+        k.set(key)
+        let hours = state.withLock { s in (s.byKey[k]?.buckets ?? [:]).mapValues { $0.b } }
         var out: [Int64: Bucket] = [:]
         for (hour, b) in hours {
             let start = hour * 3600
@@ -84,7 +104,10 @@ final class UsageAggregates: Sendable {
         let (dirty, snapshot) = state.withLock { s -> (Bool, [String: [Int64: Bucket]]) in
             let d = s.isDirty
             s.isDirty = false
-            return (d, d ? s.byKey : [:])
+            guard d else { return (false, [:]) }
+            var copy: [String: [Int64: Bucket]] = [:]
+            for (k, h) in s.byKey { copy[k.withBytes { String(decoding: $0, as: UTF8.self) }] = h.buckets.mapValues { $0.b } }
+            return (true, copy)
         }
         guard dirty else { return }
         var text = ""
@@ -120,7 +143,7 @@ final class UsageAggregates: Sendable {
             bytes += chunk[0..<n]
         }
         Glibc.close(fd)
-        var loaded: [String: [Int64: Bucket]] = [:]
+        var loaded: [InlineText: Hours] = [:]
         var newest: Int64 = 0
         for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
             let f = line.split(separator: "\t", omittingEmptySubsequences: false)
@@ -128,7 +151,13 @@ final class UsageAggregates: Sendable {
                   let ti = Int64(f[4]), let to = Int64(f[5]) else { continue }
             var b = Bucket(requests: req, credits: cr, tokensIn: ti, tokensOut: to)
             for (i, v) in f[6].split(separator: ",").enumerated() where i < b.refusals.count { b.refusals[i] = Int64(v) ?? 0 }
-            loaded[String(f[0]), default: [:]][hour] = b
+            var key = InlineText()
+            key.set(String(f[0]))
+            let h = loaded[key] ?? Hours()
+            let c = Counter()
+            c.b = b
+            h.buckets[hour] = c
+            loaded[key] = h
             newest = max(newest, hour)
         }
         state.withLock { s in s.byKey = loaded; s.newestHour = newest }

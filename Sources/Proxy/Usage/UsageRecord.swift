@@ -5,7 +5,7 @@ import Runtime
 import Synchronization
 
 /// Up to 64 bytes of text kept inline (no allocation): a field of a usage record.
-struct InlineText {
+struct InlineText: Hashable {
     private var words: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
     private(set) var count: UInt8 = 0
     /// Longer than the 64 bytes kept (the record says so rather than pretend).
@@ -33,6 +33,16 @@ struct InlineText {
 
     func withBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
         withUnsafeBytes(of: words) { body(UnsafeRawBufferPointer(rebasing: $0[0..<Int(count)])) }
+    }
+
+    // Equal and hashed by the bytes kept (the unused tail is always zero: `set` copies into
+    // zeroed words only when the text is as long, so compare the count's bytes).
+    static func == (a: InlineText, b: InlineText) -> Bool {
+        a.count == b.count && a.withBytes { x in b.withBytes { y in memcmp(x.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, y.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, x.count) == 0 } }
+    }
+
+    func hash(into h: inout Hasher) {
+        withBytes { h.combine(bytes: $0) }
     }
 }
 

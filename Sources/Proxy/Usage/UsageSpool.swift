@@ -130,7 +130,7 @@ final class UsageSpool: @unchecked Sendable {
         for q in queues {
             n += q.drain { r in
                 UsageLine.render(r.pointee, instance: instance, into: &render)
-                aggregates.add(r.pointee)
+                aggregates.add(r)
             }
         }
         guard n > 0 else { return }
