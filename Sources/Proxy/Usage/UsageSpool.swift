@@ -94,10 +94,12 @@ final class UsageSpool: @unchecked Sendable {
 
     // MARK: the writer thread
 
-    private var render = [UInt8]()
+    /// The writer's render buffer (written out whenever it nears full, and after each drain).
+    private let out = IOBuffer(capacity: 1 << 20)
+    private var pending = 0
+    private lazy var line = UsageLine(instance: instance)
 
     private func run() {
-        render.reserveCapacity(1 << 20)
         var p = pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)
         while true {
             _ = poll(&p, 1, Self.drainInterval)
@@ -125,36 +127,44 @@ final class UsageSpool: @unchecked Sendable {
     }
 
     private func writeBatch() {
-        render.removeAll(keepingCapacity: true)
         var n = 0
         for q in queues {
             n += q.drain { r in
-                UsageLine.render(r.pointee, instance: instance, into: &render)
+                if out.writableBytes < UsageLine.maxBytes { writeRendered() }
+                line.render(r.pointee, into: out)
+                pending += 1
                 aggregates.add(r)
             }
         }
-        guard n > 0 else { return }
-        if segmentSize + render.count > Self.segmentBytes && segmentSize > 0 {
+        writeRendered()
+        if n > 0 { for s in sinks { s.wake() } }
+    }
+
+    /// Appends what is rendered to the segment (rotating first when it would grow past its size).
+    private func writeRendered() {
+        guard pending > 0 else { out.clear(); return }
+        if segmentSize + out.readableBytes > Self.segmentBytes && segmentSize > 0 {
             _ = fsync(fd)
             do { try openSegment(current.load(ordering: .relaxed) + 1) } catch { Log.error("\(error)") }
         }
-        if writeAll(render) {
-            segmentSize += render.count
-            counters.written.add(UInt64(n), ordering: .relaxed)
-            counters.spoolBytes.add(UInt64(render.count), ordering: .relaxed)
+        if writeAll(out.readable) {
+            segmentSize += out.readableBytes
+            counters.written.add(UInt64(pending), ordering: .relaxed)
+            counters.spoolBytes.add(UInt64(out.readableBytes), ordering: .relaxed)
             if isFailing { isFailing = false; Log.info("usage: the spool is writable again") }
         } else {
-            // Disk full or failing: the batch cannot be kept. Counted, and said once per episode.
-            counters.dropped.add(UInt64(n), ordering: .relaxed)
+            // Disk full or failing: these records cannot be kept. Counted, and said once per episode.
+            counters.dropped.add(UInt64(pending), ordering: .relaxed)
             if !isFailing { isFailing = true; Log.error("usage: cannot write the spool (\(Errno.current)); records are being dropped") }
         }
-        for s in sinks { s.wake() }
+        out.clear()
+        pending = 0
     }
 
-    private func writeAll(_ bytes: [UInt8]) -> Bool {
+    private func writeAll(_ raw: UnsafeRawBufferPointer) -> Bool {
         guard fd >= 0 else { return false }
         let start = segmentSize
-        let ok = bytes.withUnsafeBytes { raw -> Bool in
+        let ok = { () -> Bool in
             var off = 0
             while off < raw.count {
                 let w = Glibc.write(fd, raw.baseAddress! + off, raw.count - off)
@@ -162,7 +172,7 @@ final class UsageSpool: @unchecked Sendable {
                 off += w
             }
             return true
-        }
+        }()
         // A partial batch would leave a torn line the next batch continues: cut it off.
         if !ok { _ = ftruncate(fd, off_t(start)); _ = lseek(fd, off_t(start), SEEK_SET) }
         return ok
@@ -259,102 +269,110 @@ struct UsageError: Error, CustomStringConvertible {
     init(_ d: String) { description = d }
 }
 
-/// A record as one JSON line (the spool's format, and what the file sink writes).
-enum UsageLine {
-    static func render(_ r: UsageRecord, instance: String, into out: inout [UInt8]) {
-        put(&out, "{\"id\":\"u-")
-        put(&out, instance)
-        out.append(0x2D)
-        putInt(&out, Int64(r.loop))
-        out.append(0x2D)
-        putInt(&out, Int64(bitPattern: r.seq))
-        put(&out, "\",\"time\":\"")
-        putTime(&out, r.time)
-        put(&out, "\",\"request_id\":")
-        putText(&out, r.requestID)
-        put(&out, ",\"key_id\":")
-        putText(&out, r.keyID)
-        put(&out, ",\"consumer\":")
-        putText(&out, r.consumer)
-        put(&out, ",\"route\":")
-        putText(&out, r.route)
-        put(&out, ",\"method\":")
-        putText(&out, r.method)
-        put(&out, ",\"status\":")
-        putInt(&out, Int64(r.status))
-        put(&out, ",\"code\":\"")
-        put(&out, Int(r.code) < MetricCode.names.count ? MetricCode.names[Int(r.code)] : "-")
-        put(&out, "\",\"duration_ms\":")
-        putInt(&out, Int64(r.durationNanos / 1_000_000))
-        out.append(0x2E)
-        let micros = Int64((r.durationNanos / 1_000) % 1_000)
-        if micros < 100 { out.append(0x30) }
-        if micros < 10 { out.append(0x30) }
-        putInt(&out, micros)
-        put(&out, ",\"bytes_in\":")
-        putInt(&out, r.bytesIn)
-        put(&out, ",\"bytes_out\":")
-        putInt(&out, r.bytesOut)
-        put(&out, ",\"credits\":")
-        putInt(&out, r.credits)
-        put(&out, ",\"tokens_in\":")
-        putInt(&out, r.tokensIn)
-        put(&out, ",\"tokens_out\":")
-        putInt(&out, r.tokensOut)
-        put(&out, ",\"upstream\":")
-        putText(&out, r.upstream)
-        put(&out, ",\"instance\":\"")
-        put(&out, instance)
-        put(&out, "\"}\n")
-    }
+/// A record as one JSON line (the spool's format, and what the file sink writes), rendered
+/// straight into the writer's buffer (no allocation per record).
+struct UsageLine {
+    /// The longest line: fixed text, six text fields of 64 bytes each escaped at worst
+    /// (`\u00XX`), numbers, the instance.
+    static let maxBytes = 4096
+    let instance: [UInt8]
+    /// The wall-clock second whose `YYYY-MM-DDTHH:MM:SS.` is cached.
+    private var second: Int64 = -1
+    private var secondText = [UInt8](repeating: 0, count: 20)
 
-    @inline(__always)
-    static func put(_ out: inout [UInt8], _ s: String) { out.append(contentsOf: s.utf8) }
+    init(instance: String) { self.instance = Array(instance.utf8.prefix(256)) }
 
-    static func putInt(_ out: inout [UInt8], _ v: Int64) {
-        if v < 0 { out.append(0x2D); putInt(&out, v == .min ? .max : -v); return }
-        if v < 10 { out.append(0x30 &+ UInt8(v)); return }
-        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
-        var n = 0
-        var x = v
-        withUnsafeMutableBytes(of: &digits) { d in
-            while x > 0 { d[23 - n] = 0x30 &+ UInt8(x % 10); x /= 10; n += 1 }
-            out.append(contentsOf: d[(24 - n)...])
-        }
+    mutating func render(_ r: UsageRecord, into out: IOBuffer) {
+        out.write("{\"id\":\"u-")
+        out.write(instance)
+        out.write(byte: 0x2D)
+        out.write(decimal: Int(r.loop))
+        out.write(byte: 0x2D)
+        out.write(decimal: Int(truncatingIfNeeded: r.seq))
+        out.write("\",\"time\":\"")
+        writeTime(r.time, into: out)
+        out.write("\",\"request_id\":")
+        Self.text(r.requestID, into: out)
+        out.write(",\"key_id\":")
+        Self.text(r.keyID, into: out)
+        out.write(",\"consumer\":")
+        Self.text(r.consumer, into: out)
+        out.write(",\"route\":")
+        Self.text(r.route, into: out)
+        out.write(",\"method\":")
+        Self.text(r.method, into: out)
+        out.write(",\"status\":")
+        out.write(decimal: Int(r.status))
+        out.write(",\"code\":\"")
+        out.write(string: Int(r.code) < MetricCode.names.count ? MetricCode.names[Int(r.code)] : "-")
+        out.write("\",\"duration_ms\":")
+        out.write(decimal: Int(r.durationNanos / 1_000_000))
+        out.write(byte: 0x2E)
+        let micros = Int((r.durationNanos / 1_000) % 1_000)
+        if micros < 100 { out.write(byte: 0x30) }
+        if micros < 10 { out.write(byte: 0x30) }
+        out.write(decimal: micros)
+        out.write(",\"bytes_in\":")
+        out.write(decimal: Int(r.bytesIn))
+        out.write(",\"bytes_out\":")
+        out.write(decimal: Int(r.bytesOut))
+        out.write(",\"credits\":")
+        out.write(decimal: Int(r.credits))
+        out.write(",\"tokens_in\":")
+        out.write(decimal: Int(r.tokensIn))
+        out.write(",\"tokens_out\":")
+        out.write(decimal: Int(r.tokensOut))
+        out.write(",\"upstream\":")
+        Self.text(r.upstream, into: out)
+        out.write(",\"instance\":\"")
+        out.write(instance)
+        out.write("\"}\n")
     }
 
     /// `null`, or the text as a JSON string (a field longer than a record keeps ends in `…`).
-    static func putText(_ out: inout [UInt8], _ t: InlineText) {
-        if t.isEmpty { put(&out, "null"); return }
-        out.append(0x22)
+    static func text(_ t: InlineText, into out: IOBuffer) {
+        if t.isEmpty { out.write("null"); return }
+        out.write(byte: 0x22)
         t.withBytes { b in
-            for c in b {
+            var plain = 0
+            for (i, c) in b.enumerated() where c < 0x20 || c == 0x22 || c == 0x5C {
+                if i > plain { out.write(UnsafeRawBufferPointer(rebasing: b[plain..<i])) }
+                plain = i + 1
                 switch c {
-                case 0x22: out.append(0x5C); out.append(0x22)
-                case 0x5C: out.append(0x5C); out.append(0x5C)
-                case 0..<0x20:
-                    put(&out, "\\u00")
-                    out.append(Hex.digit(c >> 4)); out.append(Hex.digit(c & 15))
-                default: out.append(c)
+                case 0x22: out.write("\\\"")
+                case 0x5C: out.write("\\\\")
+                default:
+                    out.write("\\u00")
+                    out.write(byte: Hex.digit(c >> 4))
+                    out.write(byte: Hex.digit(c & 15))
                 }
             }
+            if plain < b.count { out.write(UnsafeRawBufferPointer(rebasing: b[plain...])) }
         }
-        if t.isTruncated { put(&out, "…") }
-        out.append(0x22)
+        if t.isTruncated { out.write("…") }
+        out.write(byte: 0x22)
     }
 
-    /// RFC 3339 UTC with milliseconds.
-    static func putTime(_ out: inout [UInt8], _ nanos: Int64) {
-        var secs = time_t(nanos / 1_000_000_000)
-        var tm = tm()
-        gmtime_r(&secs, &tm)
-        func two(_ v: Int32) { out.append(0x30 &+ UInt8(v / 10)); out.append(0x30 &+ UInt8(v % 10)) }
-        putInt(&out, Int64(tm.tm_year) + 1900)
-        out.append(0x2D); two(tm.tm_mon + 1); out.append(0x2D); two(tm.tm_mday)
-        out.append(0x54); two(tm.tm_hour); out.append(0x3A); two(tm.tm_min); out.append(0x3A); two(tm.tm_sec)
-        out.append(0x2E)
-        let ms = Int32((nanos / 1_000_000) % 1000)
-        out.append(0x30 &+ UInt8(ms / 100)); out.append(0x30 &+ UInt8(ms / 10 % 10)); out.append(0x30 &+ UInt8(ms % 10))
-        out.append(0x5A)
+    /// RFC 3339 UTC with milliseconds (the date and time text computed once a second).
+    mutating func writeTime(_ nanos: Int64, into out: IOBuffer) {
+        let sec = nanos / 1_000_000_000
+        if sec != second {
+            second = sec
+            var t = time_t(sec)
+            var tm = tm()
+            gmtime_r(&t, &tm)
+            let y = Int(tm.tm_year) + 1900
+            var b = [UInt8]()
+            b.reserveCapacity(20)
+            b += [UInt8(0x30 + y / 1000 % 10), UInt8(0x30 + y / 100 % 10), UInt8(0x30 + y / 10 % 10), UInt8(0x30 + y % 10), 0x2D]
+            func two(_ v: Int32) { b.append(0x30 &+ UInt8(v / 10)); b.append(0x30 &+ UInt8(v % 10)) }
+            two(tm.tm_mon + 1); b.append(0x2D); two(tm.tm_mday); b.append(0x54)
+            two(tm.tm_hour); b.append(0x3A); two(tm.tm_min); b.append(0x3A); two(tm.tm_sec); b.append(0x2E)
+            secondText = b
+        }
+        out.write(secondText)
+        let ms = Int((nanos / 1_000_000) % 1000)
+        out.write(byte: UInt8(0x30 + ms / 100)); out.write(byte: UInt8(0x30 + ms / 10 % 10)); out.write(byte: UInt8(0x30 + ms % 10))
+        out.write(byte: 0x5A)
     }
 }
