@@ -494,3 +494,37 @@ extension HTTP2Tests {
         #expect(tg.process.isRunning)
     }
 }
+
+extension HTTP2Tests {
+    /// A client that never opens its flow-control window cannot hold a stream (and its
+    /// buffers) forever: after a body time-out without a byte from it, the stream is reset,
+    /// then the idle connection closed (found by the h2 fuzz campaign).
+    @Test func aClientThatNeverOpensItsWindowIsLetGo() throws {
+        let up = try echoUpstream()
+        defer { up.stop() }
+        let dir = makeTempDir("tgh2")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let port = freePort()
+        writeFile(dir + "/gateway.yaml", """
+        version: 1
+        listen:
+          - address: 127.0.0.1:\(port)
+        backends:
+          up: {url: "http://127.0.0.1:\(up.port)"}
+        routes:
+          - name: keyed
+            match: {path_prefix: /keyed}
+            backend: up
+
+        """)
+        let tg = try TollgateProcess(policies: dir + "/gateway.yaml", port: port,
+                                     extra: ["--body-timeout", "0.5", "--idle-timeout", "1"])
+        defer { tg.stop() }
+        // A local 401 with a JSON body that a zero window cannot take.
+        let r = try #require(try H2Client.run(port, "stall", ["--path", "/keyed"]).first)
+        #expect(r["status"] as? Int == 401, "\(r)")
+        #expect(r["reset"] as? Int == 8, "CANCEL expected: \(r)")
+        #expect(r["closed"] as? Bool == true, "\(r)")
+        #expect(tg.process.isRunning)
+    }
+}

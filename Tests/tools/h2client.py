@@ -12,7 +12,7 @@ Modes:
 """
 import argparse, json, socket, ssl, sys, time
 
-import h2.config, h2.connection, h2.events, h2.errors, h2.exceptions
+import h2.config, h2.connection, h2.events, h2.errors, h2.exceptions, h2.settings
 from h2.settings import SettingCodes
 
 
@@ -225,10 +225,47 @@ def flood_once(a):
     print(json.dumps(result), flush=True)
 
 
+def stall(a):
+    """Opens no flow-control window (SETTINGS_INITIAL_WINDOW_SIZE 0), asks once, then only
+    listens: prints what the proxy does with an answer it cannot send."""
+    s = socket.create_connection(("127.0.0.1", a.port), timeout=30)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    c.local_settings = h2.settings.Settings(client=True, initial_values={SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    c.initiate_connection()
+    sid = c.get_next_available_stream_id()
+    c.send_headers(sid, headers_for(a, a.path[0], "GET"), end_stream=True)
+    s.sendall(c.data_to_send())
+    seen = {"status": None, "reset": None, "goaway": None, "closed": False, "seconds": 0}
+    t0 = time.monotonic()
+    while True:
+        try:
+            d = s.recv(65536)
+        except socket.timeout:
+            break
+        except OSError:
+            d = b""
+        if not d:
+            seen["closed"] = True
+            break
+        for e in c.receive_data(d):
+            if isinstance(e, h2.events.ResponseReceived):
+                seen["status"] = int(dict(e.headers)[":status"])
+            elif isinstance(e, h2.events.StreamReset):
+                seen["reset"] = int(e.error_code)
+            elif isinstance(e, h2.events.ConnectionTerminated):
+                seen["goaway"] = int(e.error_code)
+        # Acknowledge nothing: the window stays shut. (SETTINGS ACKs and PINGs still go out.)
+        out = c.data_to_send()
+        if out:
+            s.sendall(out)
+    seen["seconds"] = round(time.monotonic() - t0, 1)
+    print(json.dumps(seen), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("port", type=int)
-    p.add_argument("mode", choices=["request", "stream", "flood"])
+    p.add_argument("mode", choices=["request", "stream", "flood", "stall"])
     p.add_argument("--tls", action="store_true")
     p.add_argument("--cafile")
     p.add_argument("--sni")
@@ -243,7 +280,7 @@ def main():
     a = p.parse_args()
     if not a.path:
         a.path = ["/"]
-    {"request": request, "stream": stream, "flood": flood}[a.mode](a)
+    {"request": request, "stream": stream, "flood": flood, "stall": stall}[a.mode](a)
 
 
 if __name__ == "__main__":

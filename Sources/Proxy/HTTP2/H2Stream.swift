@@ -466,6 +466,9 @@ final class H2Stream: UpstreamRelaying {
         }
     }
 
+    /// Answer bytes are waiting (buffered here or upstream, or still to come).
+    private var isAnswerPending: Bool { outBuf.readableBytes > 0 || responsePass > 0 || !responseBody.isDone }
+
     private var hasBodyBytes: Bool { outBuf.readableBytes > 0 || responsePass > 0 || responseBody.isDone }
 
     private func flushUpstream(_ up: UpstreamConnection) -> Bool {
@@ -632,6 +635,14 @@ final class H2Stream: UpstreamRelaying {
     /// The connection-level deadline passed: a stream still waiting for its client is ended.
     /// True when this stream was waiting on the client.
     func timedOut() -> Bool {
+        if isAnswerSubmitted && phase != .done && isAnswerPending, let s = nghttp2,
+           nghttp2_session_get_stream_remote_window_size(s, id) <= 0 || nghttp2_session_get_remote_window_size(s) <= 0 {
+            // An answer the client's flow-control window will not take, and the client sent
+            // nothing for a body time-out (nothing opens it): the stream is given up, as
+            // HTTP/1.1 closes a client that stops reading.
+            reset(NGHTTP2_CANCEL)
+            return true
+        }
         switch phase {
         case .head:
             reset(NGHTTP2_CANCEL)

@@ -144,6 +144,7 @@ final class HTTP2Session: EventHandler, TimerHandler {
         _ = nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0,
                                                   Int32(Int(Self.maxConcurrentStreams) * Self.streamWindow))
         idleSince = context.loop.now
+        lastWriteProgress = context.loop.now
         armDeadline()
         if inBuf.readableBytes > 0 { feed() }
         pump()
@@ -166,20 +167,27 @@ final class HTTP2Session: EventHandler, TimerHandler {
             close()   // a GOAWAY the client never read
             return
         }
+        if outBuf.readableBytes > 0 && context.loop.now &- lastWriteProgress >= context.bodyTimeoutNanos {
+            // The client reads nothing of what we owe it (its TCP window is shut): as HTTP/1.1
+            // closes a client that stops reading.
+            close()
+            return
+        }
         if streams.isEmpty {
             // Idle (or a client that never finished its preface): GOAWAY, then close.
             goAway(NGHTTP2_NO_ERROR)
             closeSoon = true
         } else {
             // No bytes from the client for a body time-out while streams wait for theirs.
-            var waiting = false
-            for s in streams where s.timedOut() { waiting = true }
-            if !waiting { armDeadline() }
+            for s in streams { _ = s.timedOut() }
+            armDeadline()
         }
         pump()
     }
 
     private var closeSoon = false
+    /// When bytes last went out to the client (loop clock).
+    private var lastWriteProgress: UInt64 = 0
 
     /// Reads and feeds until the socket is drained (or output backs up), then pumps.
     func drive() {
@@ -283,6 +291,7 @@ final class HTTP2Session: EventHandler, TimerHandler {
                 isWritable = false
                 return false
             case .processed(let w):
+                if w > 0 { lastWriteProgress = context.loop.now }
                 outBuf.readerIndex += w
                 if outBuf.readableBytes == 0 { outBuf.clear() } else { _ = outBuf.compact() }
                 if w < n { isWritable = false }
