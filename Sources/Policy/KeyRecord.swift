@@ -30,6 +30,10 @@ public final class KeyRecord: Sendable, CustomStringConvertible {
     /// `X-Tollgate-Key-Id: …`, `X-Tollgate-Consumer: …`, `X-Tollgate-Scopes: a,b`, each with
     /// its CRLF. Owned by the record (freed with it) and never written after init.
     nonisolated(unsafe) public let identityLines: UnsafeRawBufferPointer
+    /// The id's and the consumer's bytes inside `identityLines` (control bytes shown as '?'):
+    /// what a usage record copies without touching a `String`.
+    nonisolated(unsafe) public let idBytes: UnsafeRawBufferPointer
+    nonisolated(unsafe) public let consumerBytes: UnsafeRawBufferPointer
 
     public init(id: String, hash: KeyHash, prefix: String = "", consumer: String, planIndex: Int?,
                  scopes: ScopeSet, scopeNames: [String], allowIPs: CIDRSet?, expiresAt: Int64?,
@@ -59,8 +63,16 @@ public final class KeyRecord: Sendable, CustomStringConvertible {
             }
         }
         func endLine() { storage[o] = 0x0D; storage[o + 1] = 0x0A; o += 2 }
-        put(idHead, asValue: false); put(id, asValue: true); endLine()
-        put(consumerHead, asValue: false); put(consumer, asValue: true); endLine()
+        put(idHead, asValue: false)
+        let idStart = o
+        put(id, asValue: true)
+        let idEnd = o
+        endLine()
+        put(consumerHead, asValue: false)
+        let consumerStart = o
+        put(consumer, asValue: true)
+        let consumerEnd = o
+        endLine()
         put(scopesHead, asValue: false)
         for (i, s) in scopeNames.enumerated() {
             if i > 0 { storage[o] = UInt8(ascii: ","); o += 1 }
@@ -69,6 +81,8 @@ public final class KeyRecord: Sendable, CustomStringConvertible {
         endLine()
         precondition(o == count)
         identityLines = UnsafeRawBufferPointer(storage)
+        idBytes = UnsafeRawBufferPointer(rebasing: identityLines[idStart..<idEnd])
+        consumerBytes = UnsafeRawBufferPointer(rebasing: identityLines[consumerStart..<consumerEnd])
     }
 
     deinit { identityLines.deallocate() }

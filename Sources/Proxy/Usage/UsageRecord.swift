@@ -89,6 +89,10 @@ final class UsageQueue: @unchecked Sendable {
     let loopIndex: UInt16
     private var nextSeq: UInt64 = 0
     private var isDropping = false
+    /// The loop's last route and the text of its name and backend's (loop thread only).
+    var lastRoute: RouteSpec?
+    var lastRouteText = InlineText()
+    var lastUpstreamText = InlineText()
     let counters: UsageCounters
 
     init(loopIndex: Int, counters: UsageCounters) {
@@ -175,14 +179,14 @@ extension Exchange {
     @inline(__always)
     func recordUsage(_ queue: UsageQueue, nanos: UInt64) {
         if let slot = queue.reserve() {
-            fillUsage(&slot.pointee, nanos: nanos)
+            fillUsage(&slot.pointee, nanos: nanos, queue: queue)
             queue.publish()
         } else {
-            queue.spill { fillUsage(&$0, nanos: nanos) }
+            queue.spill { fillUsage(&$0, nanos: nanos, queue: queue) }
         }
     }
 
-    private func fillUsage(_ r: inout UsageRecord, nanos: UInt64) {
+    private func fillUsage(_ r: inout UsageRecord, nanos: UInt64, queue: UsageQueue) {
         var t = timespec()
         clock_gettime(CLOCK_REALTIME, &t)
         r.time = Int64(t.tv_sec) &* 1_000_000_000 &+ Int64(t.tv_nsec)
@@ -197,18 +201,24 @@ extension Exchange {
         withMethodBytes { r.method.set($0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, $0.count) }
         withRequestID { r.requestID.set($0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, $0.count) }
         if let k = facts.record {
-            r.keyID.set(k.id)
-            r.consumer.set(k.consumer)
+            r.keyID.set(k.idBytes.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, k.idBytes.count)
+            r.consumer.set(k.consumerBytes.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, k.consumerBytes.count)
         } else {
             r.keyID.clear()
             r.consumer.clear()
         }
         if facts.routeIndex >= 0, let route = facts.route {
-            r.route.set(route.name)
-            let b = route.backend
-            let backends = facts.snapshot.backends
-            if answerCode == MetricCode.ok || answerCode == MetricCode.index(.upstreamUnavailable), b >= 0, b < backends.count {
-                r.upstream.set(backends[b].name)
+            // The route's and its backend's names as text, kept for the last route seen.
+            if route !== queue.lastRoute {
+                queue.lastRoute = route
+                queue.lastRouteText.set(route.name)
+                let b = route.backend
+                let backends = facts.snapshot.backends
+                if b >= 0, b < backends.count { queue.lastUpstreamText.set(backends[b].name) } else { queue.lastUpstreamText.clear() }
+            }
+            r.route = queue.lastRouteText
+            if answerCode == MetricCode.ok || answerCode == MetricCode.index(.upstreamUnavailable) {
+                r.upstream = queue.lastUpstreamText
             } else {
                 r.upstream.clear()
             }
