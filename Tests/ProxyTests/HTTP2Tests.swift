@@ -528,3 +528,27 @@ extension HTTP2Tests {
         #expect(tg.process.isRunning)
     }
 }
+
+extension HTTP2Tests {
+    /// A connection that sends a request and closes in the same read leaves its streams to be
+    /// reused by the loop: a later stream on a kept-alive upstream connection must still be
+    /// forwarded at once (it used to wait, marked as already queued, for an upstream event
+    /// that never came: found by the h2 fuzz campaign).
+    @Test func aStreamReusedAfterItsConnectionClosedMidWorkIsServed() throws {
+        let log = HeadLog()
+        let up = try recordingUpstream(log)
+        defer { up.stop() }
+        let dir = makeTempDir("tgh2")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (tg, port) = try openGate(upstream: up.port, dir: dir)
+        defer { tg.stop() }
+        for round in 0..<3 {
+            _ = try H2Client.run(port, "poison", ["--path", "/poison"])
+            // An HTTP/1.1 request leaves an idle upstream connection in the pool…
+            #expect(try get(port, "/warm/\(round)").status == 200)
+            // …which the next h2 stream is given.
+            let a = try #require(try H2Client.request(port, paths: ["/after/\(round)"]).first)
+            #expect(a.status == 200, "round \(round): \(a.status) reset \(String(describing: a.reset))")
+        }
+    }
+}

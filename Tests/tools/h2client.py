@@ -262,10 +262,32 @@ def stall(a):
     print(json.dumps(seen), flush=True)
 
 
+def poison(a):
+    """Sends a request and closes at once (HEADERS and the FIN in one TCP segment): the
+    proxy reads the request and the end of the connection in the same read."""
+    s = socket.create_connection(("127.0.0.1", a.port), timeout=5)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    c.initiate_connection()
+    s.sendall(c.data_to_send())
+    time.sleep(0.05)   # the preface is read on its own, the session set up
+    sid = c.get_next_available_stream_id()
+    c.send_headers(sid, headers_for(a, a.path[0], "GET"), end_stream=True)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    s.sendall(c.data_to_send())
+    s.shutdown(socket.SHUT_WR)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+    try:
+        while s.recv(65536):
+            pass
+    except OSError:
+        pass
+    print(json.dumps({"sent": True}), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("port", type=int)
-    p.add_argument("mode", choices=["request", "stream", "flood", "stall"])
+    p.add_argument("mode", choices=["request", "stream", "flood", "stall", "poison"])
     p.add_argument("--tls", action="store_true")
     p.add_argument("--cafile")
     p.add_argument("--sni")
@@ -280,7 +302,7 @@ def main():
     a = p.parse_args()
     if not a.path:
         a.path = ["/"]
-    {"request": request, "stream": stream, "flood": flood, "stall": stall}[a.mode](a)
+    {"request": request, "stream": stream, "flood": flood, "stall": stall, "poison": poison}[a.mode](a)
 
 
 if __name__ == "__main__":

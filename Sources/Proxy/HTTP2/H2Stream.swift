@@ -98,6 +98,7 @@ final class H2Stream: UpstreamRelaying {
         exchange.attachStorage(headers: w + l.headersOffset, path: w + l.pathOffset)
         workspace = w
         phase = .head
+        isDirty = false   // a stream object given back mid-work (its connection closed) starts clean
         method = .empty; path = .empty; authority = .empty; cookies = .empty
         hasRequestLine = false; hasContentLength = false; hostDisagrees = false
         decodedBytes = 0; fieldCount = 0; pendingHeadLength = 0

@@ -393,13 +393,15 @@ final class HTTP2Session: EventHandler, TimerHandler {
     func close() {
         if isClosed { return }
         isClosed = true
+        for s in dirty { s.isDirty = false }
+        dirty.removeAll()
         for s in streams {
             s.closed(errorCode: NGHTTP2_CANCEL.rawValue)
             s.slot = -1
+            s.isDirty = false
             context.giveBackStream(s)
         }
         streams.removeAll()
-        dirty.removeAll()
         lastStream = nil
         lastStreamRef = nil
         lastStreamID = 0
