@@ -851,7 +851,26 @@ class Gateway(pf.Gateway):
         return text
 
     def start(self):
-        """pf.Gateway.start, with extra `serve` arguments and the listener maybe TLS."""
+        """pf.Gateway.start, with extra `serve` arguments and the listener maybe TLS; a port
+        another process took between free_port() and bind() (two campaigns at once) is
+        detected and the start tried again on new ports."""
+        for attempt in range(5):
+            try:
+                self.start_once()
+            except RuntimeError:
+                self.stop()
+                if attempt == 4:
+                    raise
+                continue
+            time.sleep(0.1)
+            text = self.read_log(self.proxy_log) + self.read_log(self.backends_log)
+            if (self.proxy.poll() is None and self.backends.poll() is None and "bind" not in text
+                    and f"127.0.0.1:{self.port}" in self.read_log(self.proxy_log)):
+                return
+            self.stop()
+        raise RuntimeError("tollgate did not start on a free port:\n" + self.read_log(self.proxy_log))
+
+    def start_once(self):
         self.generation += 1
         gen_dir = os.path.join(self.workdir, f"run{self.generation}")
         os.makedirs(os.path.join(gen_dir, "policies"), exist_ok=True)
@@ -975,20 +994,35 @@ LIVE_STATUS = {}
 
 
 def liveness(port, tls=False, attempts=3):
-    """Both checks, each retried (the niced proxy may be busy): None when fine, else why."""
+    """Both checks, each retried (the niced proxy may be busy): None when fine, else why.
+
+    Any complete answer counts, but the `live` script is answered at once by the upstream:
+    a 504 means the proxy did not pass the request or the answer on within the backend's
+    1 s. One now and then is the python upstream being slow under load; h2 answered 504
+    `attempts` times in a row, with an HTTP/1.1 request answered between the attempts (it
+    leaves an idle upstream connection in the pool), is a stalled h2 path."""
+    h2_504 = 0
     for which, fn in (("h2", h2_live), ("http/1.1", h1_live)):
         why = None
         for k in range(attempts):
             ok, detail = fn(port, tls)
-            if ok:
-                key = which + " " + detail[:22]
-                LIVE_STATUS[key] = LIVE_STATUS.get(key, 0) + 1
-                why = None
-                break
-            why = f"{which} liveness: {detail}"
-            time.sleep(0.5 * (k + 1))
+            if not ok:
+                why = f"{which} liveness: {detail}"
+                time.sleep(0.5 * (k + 1))
+                continue
+            key = which + " " + detail[:22]
+            LIVE_STATUS[key] = LIVE_STATUS.get(key, 0) + 1
+            why = None
+            if which == "h2" and "504" in detail:
+                h2_504 += 1
+                h1_live(port, tls)
+                continue
+            h2_504 = 0 if which == "h2" else h2_504
+            break
         if why:
             return why
+    if h2_504 >= attempts:
+        return f"h2 liveness: {attempts} answers in a row were 504 (backend time-out) while HTTP/1.1 got its answers"
     return None
 
 
@@ -1518,10 +1552,13 @@ class Harness:
                 return ("crash", r)
             time.sleep(0.05)
         if kind == "hang":
-            why = self.check_live()
-            if why:
-                r = self.gateway.crash_report()
-                return ("crash", r) if r else ("hang", why)
+            # Twice: state a case leaves behind may show only on the second (the first
+            # check's HTTP/1.1 request leaves an idle upstream connection).
+            for _ in range(2):
+                why = self.check_live()
+                if why:
+                    r = self.gateway.crash_report()
+                    return ("crash", r) if r else ("hang", why)
         return None
 
     def restart(self):
@@ -1553,13 +1590,14 @@ class Harness:
         else:
             sig = "hang: " + detail.split(":")[0]
             print(f"{self.name}: hang: {detail}", flush=True)
-            extra = self.gdb_stacks()
             self.hang_count += 1
         saved = self.saved_per_sig.get(sig, 0)
         if saved >= 3:
             print(f"{self.name}: (already saved 3 cases with this signature)", flush=True)
             self.restart()
             return
+        if kind == "hang":
+            extra = self.gdb_stacks()
         found = None
         for case in self.candidates():
             if time.monotonic() > deadline:
@@ -1598,7 +1636,8 @@ class Harness:
         script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
         with open(os.path.join(d, "REPRODUCE"), "w") as f:
             f.write(f"# {'reproduced alone' if confirmed else 'NOT reproduced alone (in flight with others)'}\n# {sig}\n"
-                    f"cd {ROOT}\n/usr/bin/python3 {script} --binary {os.path.relpath(self.args.binary, ROOT)} --replay "
+                    f"cd {ROOT}\n/usr/bin/python3 {script} --binary {os.path.relpath(self.args.binary, ROOT)} "
+                    f"--threads {self.args.threads} --replay "
                     f"{os.path.relpath(d, ROOT)}\n")
         return d
 
@@ -1664,12 +1703,15 @@ class Harness:
                     time.sleep(0.2)
                 self.save_lingering()
         finally:
-            if self.reaper:
-                self.reaper.stop()
-            self.gateway.stop()
-            self.upstream.stop()
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.cleanup()
         return time.monotonic() - start
+
+    def cleanup(self):
+        if self.reaper:
+            self.reaper.stop()
+        self.gateway.stop()
+        self.upstream.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def report(self, elapsed):
         top = sorted(self.signatures.items(), key=lambda kv: -kv[1])[:10]
@@ -1695,10 +1737,11 @@ class Harness:
             if r:
                 return ("crash", r)
             time.sleep(0.05)
-        why = self.check_live()
-        if why:
-            r = self.gateway.crash_report()
-            return ("crash", r) if r else ("hang", why)
+        for _ in range(2):
+            why = self.check_live()
+            if why:
+                r = self.gateway.crash_report()
+                return ("crash", r) if r else ("hang", why)
         return None
 
     def replay(self, directory):
@@ -1718,10 +1761,7 @@ class Harness:
                 print(self.gdb_stacks())
             return 1
         finally:
-            if self.reaper:
-                self.reaper.stop()
-            self.gateway.stop()
-            self.upstream.stop()
+            self.cleanup()
 
     def minimize(self, directory, budget=300):
         """Frame-level ddmin (then piece cuts dropped): keeps what still reproduces."""
@@ -1772,10 +1812,7 @@ class Harness:
                               f"len={int.from_bytes(f[:3], 'big')} {f[9:41].hex()}" if len(f) >= 9 else f.hex()))
             return 0
         finally:
-            if self.reaper:
-                self.reaper.stop()
-            self.gateway.stop()
-            self.upstream.stop()
+            self.cleanup()
 
 
 def write_seeds(directory, seed=1):

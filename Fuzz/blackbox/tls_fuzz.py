@@ -37,6 +37,7 @@ import argparse
 import os
 import random
 import select
+import shutil
 import socket
 import ssl
 import struct
@@ -797,12 +798,9 @@ class TLSHarness(hf.Harness):
     def run_case(self, case, rng):
         return RUNNERS[case.meta["kind"]](self, case, rng)
 
-    def run(self):
-        try:
-            return super().run()
-        finally:
-            import shutil
-            shutil.rmtree(getattr(self, "cert_dir", "/nonexistent"), ignore_errors=True)
+    def cleanup(self):
+        super().cleanup()
+        shutil.rmtree(self.cert_dir, ignore_errors=True)
 
 
 def main():

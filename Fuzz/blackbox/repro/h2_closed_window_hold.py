@@ -12,7 +12,8 @@ Two variants, each on a fresh `tollgate serve` (ASan build) with --idle-timeout 
             response, de-chunked into the stream's buffer, upstream released): 1 byte goes
             out, the rest waits forever.
 Expected: the proxy resets the stream / closes the connection after a deadline.
-Observed: the connection is still open when the script gives up (default 30 s).
+Observed (d7a4069 and 2d46555): the connection is still open when the script gives up
+(default 30 s).
 
   /usr/bin/python3 Fuzz/blackbox/repro/h2_closed_window_hold.py [--binary PATH] [--wait S] [local|chunked]
 """
