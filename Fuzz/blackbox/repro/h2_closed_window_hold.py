@@ -19,6 +19,7 @@ Observed (d7a4069 and 2d46555): the connection is still open when the script giv
 """
 import argparse
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -35,7 +36,8 @@ def main():
     p.add_argument("variant", nargs="?", default="local", choices=["local", "chunked"])
     a = p.parse_args()
     up = h.Upstream()
-    gw = h.Gateway(os.path.abspath(a.binary), up.port, tempfile.mkdtemp(prefix="tollgate-repro-"))
+    workdir = tempfile.mkdtemp(prefix="tollgate-repro-")
+    gw = h.Gateway(os.path.abspath(a.binary), up.port, workdir)
     gw.start()
     try:
         s = socket.create_connection(("127.0.0.1", gw.port))
@@ -63,6 +65,7 @@ def main():
     finally:
         gw.stop()
         up.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ request is never answered at all (the client gives up after --timeout). `--poiso
 """
 import argparse
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -63,7 +64,8 @@ def main():
     p.add_argument("--timeout", type=float, default=5.0, help="seconds the h2 request waits for its answer")
     a = p.parse_args()
     up = h.Upstream()
-    gw = h.Gateway(os.path.abspath(a.binary), up.port, tempfile.mkdtemp(prefix="tollgate-repro-"), threads=1)
+    workdir = tempfile.mkdtemp(prefix="tollgate-repro-")
+    gw = h.Gateway(os.path.abspath(a.binary), up.port, workdir, threads=1)
     gw.start()
     bad = 0
     try:
@@ -82,6 +84,7 @@ def main():
     finally:
         gw.stop()
         up.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
