@@ -90,6 +90,20 @@ echo '$ tail -2 demo-data/access.jsonl'
 tail -2 "$DATA/access.jsonl" | sed 's/^/  /'
 echo "  ^ one JSON line per answered request: key id and consumer, never the key"
 
+echo
+echo '$ tail -1 demo-data/usage.jsonl'
+tail -1 "$DATA/usage.jsonl" | sed 's/^/  /'
+echo "  ^ the usage record of the same request: spooled first, then delivered to the file sink"
+echo
+printf '$ curl -s "http://127.0.0.1:9901/v1/usage?key_id=%s&by=hour"\n' "$ID"
+curl -s "http://127.0.0.1:9901/v1/usage?key_id=$ID&by=hour" | sed 's/^/  /'
+echo
+echo "  ^ per-key usage, aggregated as records pass (admin listener)"
+echo
+echo '$ tollgate audit verify demo-data/audit.jsonl'
+"$BIN" audit verify "$DATA/audit.jsonl" 2>&1 | sed 's/^/  /'
+echo "  ^ the key minted and revoked above, the server's start: a hash chain, checked end to end"
+
 cat <<EOT
 
 Tollgate is on http://127.0.0.1:8080 (policies/), backends on :7001-:7003, admin (metrics) on
