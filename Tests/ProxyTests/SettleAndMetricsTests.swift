@@ -168,7 +168,9 @@ import Testing
         let admin = gate.adminPort!
         let h = try get(admin, "/healthz")
         #expect(h.status == 200)
-        #expect(try get(admin, "/readyz").status == 200)
+        // Ready once the policy is loaded and the listeners serve (the proxy port may accept a
+        // moment before start-up is done: "starting" until then).
+        #expect(try poll(timeout: 5) { try get(admin, "/readyz").status == 200 } != nil)
         let m = try get(admin, "/metrics")
         #expect(m.header("Content-Type")?.hasPrefix("text/plain; version=0.0.4") == true)
         #expect(m.text.contains("# TYPE tollgate_requests_total counter"))
