@@ -294,40 +294,64 @@ final class HTTPUsageSink: UsageSink, @unchecked Sendable {
         return true
     }
 
-    /// The status of the answer (its body read and dropped); nil when it did not come in time
-    /// or made no sense.
+    /// The status of the answer (its body read and dropped), parsed by the proxy's own strict
+    /// response parser and chunk decoder; nil when it did not come in time, made no sense, or
+    /// would not end within `maxAnswerBytes` (a receiver cannot make the sink hold its body).
     private func readResponse() -> Int? {
         var buf: [UInt8] = []
-        var headEnd = -1
-        while headEnd < 0 {
+        var parser = HTTP1ResponseParser()
+        var head = HTTP1ResponseHead()
+        let fields = HeaderTable(capacity: 128)
+        var consumed = 0
+        while true {
             guard read(into: &buf) else { return nil }
-            if let r = find(buf, [0x0D, 0x0A, 0x0D, 0x0A]) { headEnd = r + 4 }
+            let r = buf.withUnsafeBytes { parser.parse($0, requestMethod: .post, into: &head, headers: fields) }
+            if case .complete(let n) = r { consumed = n; break }
+            if case .failed = r { return nil }
             if buf.count > 64 * 1024 { return nil }
         }
-        let head = String(decoding: buf[0..<headEnd], as: UTF8.self)
-        let lines = head.split(separator: "\r\n")
-        guard let first = lines.first, first.hasPrefix("HTTP/1."), first.count >= 12, let status = Int(first.dropFirst(9).prefix(3)) else { return nil }
-        var length = -1
-        var chunked = false
-        var close = first.hasPrefix("HTTP/1.0")
-        for l in lines.dropFirst() {
-            let lower = l.lowercased()
-            if lower.hasPrefix("content-length:") { length = Int(lower.dropFirst(15).trimmingSpaces) ?? -1 }
-            if lower.hasPrefix("transfer-encoding:") && lower.contains("chunked") { chunked = true }
-            if lower.hasPrefix("connection:") && lower.contains("close") { close = true }
+        var body = Array(buf[consumed...])
+        var seen = body.count
+        switch head.framing {
+        case .none:
+            break
+        case .contentLength(let n):
+            while Int64(seen) < n {
+                body.removeAll(keepingCapacity: true)
+                guard seen <= Self.maxAnswerBytes, read(into: &body) else { return nil }
+                seen += body.count
+            }
+        case .chunked:
+            var chunks = ChunkedDecoder()
+            decode: while true {
+                var at = 0
+                var starved = false
+                while at < body.count && !starved {
+                    switch body.withUnsafeBytes({ chunks.step(UnsafeRawBufferPointer(rebasing: $0[at...])) }) {
+                    case .data(let skip, let count): at += skip + count
+                    case .needMore(let n): at += n; starved = n == 0
+                    case .end: break decode
+                    case .failed: return nil
+                    }
+                }
+                body.removeFirst(at)
+                guard seen <= Self.maxAnswerBytes, read(into: &body) else { return nil }
+                seen += body.count
+            }
+        case .untilClose:
+            while seen <= Self.maxAnswerBytes {
+                body.removeAll(keepingCapacity: true)
+                guard read(into: &body) else { break }
+                seen += body.count
+            }
+            close()
+            return seen <= Self.maxAnswerBytes ? head.status : nil
         }
-        if chunked {
-            // Read to the last chunk; the body is not used.
-            while find(Array(buf[headEnd...]), Array("0\r\n\r\n".utf8)) == nil { guard read(into: &buf) else { return nil } }
-        } else if length >= 0 {
-            while buf.count - headEnd < length { guard read(into: &buf) else { return nil } }
-        } else {
-            close = true
-            while read(into: &buf) {}
-        }
-        if close { self.close() }
-        return status
+        if head.wantsClose { close() }
+        return head.status
     }
+
+    static let maxAnswerBytes = 1 << 20
 
     private func read(into buf: inout [UInt8]) -> Bool {
         var chunk = [UInt8](repeating: 0, count: 16 * 1024)
@@ -338,22 +362,5 @@ final class HTTPUsageSink: UsageSink, @unchecked Sendable {
             if errno == EAGAIN || errno == EINTR { if wait(Int16(POLLIN)) { continue } }
             return false
         }
-    }
-
-    private func find(_ hay: [UInt8], _ needle: [UInt8]) -> Int? {
-        guard hay.count >= needle.count else { return nil }
-        for i in 0...(hay.count - needle.count) where hay[i] == needle[0] {
-            if Array(hay[i..<i + needle.count]) == needle { return i }
-        }
-        return nil
-    }
-}
-
-extension Substring {
-    var trimmingSpaces: Substring {
-        var s = self
-        while s.first == " " || s.first == "\t" { s.removeFirst() }
-        while s.last == " " || s.last == "\t" || s.last == "\r" { s.removeLast() }
-        return s
     }
 }
