@@ -28,6 +28,12 @@ enum PolicyCompiler {
         let usage = single({ $0.usage }, "usage")
         let audit = single({ $0.audit }, "audit")
         let store = single({ $0.store }, "store")
+        let credits = single({ $0.credits }, "credits")
+        if let c = credits, c.ledger == .redis, store?.redis == nil,
+           let at = docs.lazy.compactMap({ $0.credits?.at }).first {
+            found.append(SourceLocation(file: at.file, line: at.line, keyPath: "credits.ledger")
+                .error("the redis ledger needs store.redis (it keeps balances in the store's Redis)"))
+        }
         if let u = usage, store?.redis == nil, u.sinks.contains(where: { if case .redisStream = $0.kind { return true }; return false }),
            let at = docs.lazy.compactMap({ $0.usage?.at }).first {
             found.append(at.error("a redis_stream sink needs store.redis (it writes to the store's Redis)"))
@@ -108,10 +114,19 @@ enum PolicyCompiler {
                     break
                 }
             }
+            if r.credits != nil, credits == nil, let at = r.creditsAt {
+                found.append(at.error("a route with credits needs the top-level credits block (which ledger to charge)"))
+                ok = false
+            }
+            if r.credits != nil, r.isPublic, let at = r.creditsAt {
+                found.append(at.error("a route with auth: none has nobody to charge"))
+                ok = false
+            }
             guard ok, let backend else { continue }
             routes.append(RouteSpec(
                 index: routes.count, name: r.name, backend: backend, scopes: scopes, scopeNames: r.scopes,
-                requiresHTTPS: r.requiresHTTPS, isPublic: r.isPublic, maxBodyBytes: r.maxBodyBytes, methods: r.methods, path: r.path, isPrefix: r.isPrefix))
+                requiresHTTPS: r.requiresHTTPS, isPublic: r.isPublic, maxBodyBytes: r.maxBodyBytes, methods: r.methods, path: r.path, isPrefix: r.isPrefix,
+                credits: r.credits))
         }
 
         // Keys: thousands of them, so no per-key location or String key path is built
@@ -187,7 +202,7 @@ enum PolicyCompiler {
             credentials: CredentialRule(headerNames: creds.headers, queryParam: creds.query,
                                         forwardsCredential: creds.forward),
             clients: clients, plans: plans, routes: RouteTable(routes), scopeTable: scopeTable,
-            keys: keys, keyIndex: byHash, idIndex: ids, usage: usage,
+            keys: keys, keyIndex: byHash, idIndex: ids, usage: usage, credits: credits,
             audit: audit.map {
                 AuditSpec(path: $0.path, signingKey: $0.signingKey, signingKeyLocation: $0.signingKeyAt?.short ?? "",
                           checkpointEvery: $0.every, checkpointInterval: $0.interval)

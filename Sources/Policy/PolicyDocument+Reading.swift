@@ -348,7 +348,9 @@ struct NodeReader {
                 if let u = readUsage(v, k) { doc.usage = .init(value: u, at: loc(kn, k)) }
             case "audit":
                 if let a = readAudit(v, k) { doc.audit = .init(value: a, at: loc(kn, k)) }
-            case "credits", "security", "secrets":
+            case "credits":
+                if let c = readCredits(v, k) { doc.credits = .init(value: c, at: loc(kn, k)) }
+            case "security", "secrets":
                 notSupportedYet(kn, k)
             default:
                 unknown(kn, k)
@@ -634,6 +636,80 @@ struct NodeReader {
         return a
     }
 
+    mutating func readCredits(_ n: PolicyNode, _ path: String) -> CreditsSpec? {
+        guard let m = mapping(n, path) else { return nil }
+        var c = CreditsSpec()
+        var ok = true
+        for (k, kn, v) in m {
+            let p = NodeReader.join(path, k)
+            switch k {
+            case "ledger":
+                guard let s = string(v, p) else { ok = false; continue }
+                switch CreditsSpec.Ledger(rawValue: s) {
+                case .local?: c.ledger = .local
+                case .redis?: c.ledger = .redis
+                case .accounting?: notSupportedYet(v, p, "the accounting ledger"); ok = false
+                case nil: fail(v, p, "invalid value '\(s)' (expected local, redis or accounting)"); ok = false
+                }
+            case "account":
+                guard let s = string(v, p) else { ok = false; continue }
+                if let a = CreditsSpec.Account(rawValue: s) { c.account = a } else {
+                    fail(v, p, "invalid value '\(s)' (expected consumer or key)"); ok = false
+                }
+            case "on_error":
+                guard let s = string(v, p) else { ok = false; continue }
+                if let e = CreditsSpec.OnError(rawValue: s) { c.onError = e } else {
+                    fail(v, p, "invalid value '\(s)' (expected closed or open)"); ok = false
+                }
+            case "path":
+                if let s = nonEmptyString(v, p) { c.path = PolicyValues.resolve(s, relativeToFileAt: file) } else { ok = false }
+            case "reservation_ttl":
+                if let d = duration(v, p) { c.reservationTTL = d } else { ok = false }
+            case "accounting":
+                notSupportedYet(kn, p, "the accounting ledger"); ok = false
+            default:
+                unknown(kn, p); ok = false
+            }
+        }
+        return ok ? c : nil
+    }
+
+    mutating func readRouteCredits(_ n: PolicyNode, _ path: String) -> RouteCredits? {
+        guard let m = mapping(n, path) else { return nil }
+        var c = RouteCredits()
+        var ok = true
+        let cap = 1_000_000_000_000
+        for (k, kn, v) in m {
+            let p = NodeReader.join(path, k)
+            switch k {
+            case "per_request":
+                if let i = int(v, p, min: 0, max: cap) { c.perRequest = Int64(i) } else { ok = false }
+            case "per_token", "stream":
+                notSupportedYet(kn, p, "per-token pricing and streamed metering"); ok = false
+            case "reserve_tokens":
+                if let i = int(v, p, min: 1, max: 10_000_000) { c.reserveTokens = Int64(i) } else { ok = false }
+            case "refund_on":
+                guard let names = stringList(v, p) else { ok = false; continue }
+                var set: RouteCredits.Refunds = []
+                for (i, s) in names.enumerated() {
+                    switch s {
+                    case "5xx": set.insert(.serverError)
+                    case "4xx": set.insert(.clientError)
+                    case "unavailable": set.insert(.unavailable)
+                    default: fail(v, "\(p)[\(i)]", "invalid value '\(s)' (expected 5xx, 4xx or unavailable)"); ok = false
+                    }
+                }
+                c.refundOn = set
+            default:
+                unknown(kn, p); ok = false
+            }
+        }
+        if ok, c.perRequest == 0, c.perToken == nil {
+            fail(n, path, "needs per_request or per_token (a price)"); ok = false
+        }
+        return ok ? c : nil
+    }
+
     mutating func readStore(_ n: PolicyNode, _ path: String) -> PolicyDocument.Store? {
         guard let m = mapping(n, path) else { return nil }
         var s = PolicyDocument.Store()
@@ -823,6 +899,7 @@ struct NodeReader {
         var scopes: [String] = [], scopesAt = loc(n, path + ".scopes")
         var requiresHTTPS = false, isPublic = false
         var maxBody = 10 << 20
+        var credits: RouteCredits?, creditsAt: SourceLocation?
         for (k, kn, v) in m {
             let p = NodeReader.join(path, k)
             switch k {
@@ -874,8 +951,7 @@ struct NodeReader {
                 default: fail(v, p, "invalid value '\(s)' (expected none or required)"); ok = false
                 }
             case "credits":
-                refuse(kn, v, p, fields: ["per_request", "per_token", "reserve_tokens", "stream", "refund_on"])
-                ok = false
+                if let c = readRouteCredits(v, p) { credits = c; creditsAt = loc(kn, p) } else { ok = false }
             case "credentials": notSupportedYet(kn, p); ok = false
             case "max_body":
                 if let s = size(v, p) { maxBody = s } else { ok = false }
@@ -891,7 +967,8 @@ struct NodeReader {
         guard ok, let name, let matchPath, let backend else { return nil }
         return .init(name: name, at: loc(n, path), nameAt: nameAt, methods: methods, path: matchPath, isPrefix: isPrefix,
                      backend: backend, backendAt: backendAt, scopes: scopes, scopesAt: scopesAt,
-                     requiresHTTPS: requiresHTTPS, isPublic: isPublic, maxBodyBytes: maxBody)
+                     requiresHTTPS: requiresHTTPS, isPublic: isPublic, maxBodyBytes: maxBody,
+                     credits: credits, creditsAt: creditsAt)
     }
 
     /// `keys[index]`. Built for thousands of entries: no key path or location is made

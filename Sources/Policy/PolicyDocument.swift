@@ -75,6 +75,7 @@ struct PolicyDocument {
     var accessLog: Block<AccessLog>?
     var usage: Block<UsageSpec>?
     var audit: Block<Audit>?
+    var credits: Block<CreditsSpec>?
     var store: Block<Store>?
     var clients: Block<ClientRules>?
     var credentials: Block<Credentials>?
@@ -165,6 +166,8 @@ struct PolicyDocument {
         var requiresHTTPS: Bool
         var isPublic: Bool
         var maxBodyBytes: Int
+        var credits: RouteCredits?
+        var creditsAt: SourceLocation?
     }
 
     /// One entry of `keys`. Lines rather than ``SourceLocation``s: a file may declare

@@ -10,6 +10,8 @@ public final class PolicySnapshot: Sendable {
     public let accessLog: AccessLogSpec?
     /// `usage`; nil (no usage records) when omitted.
     public let usage: UsageSpec?
+    /// `credits`; nil when no route has a price.
+    public let credits: CreditsSpec?
     /// Set when the policy names a Redis store; nil means the embedded store.
     public let store: StoreSpec?
     /// `store.on_error` / `store.deadline`, also when no Redis URL is given.
@@ -37,9 +39,10 @@ public final class PolicySnapshot: Sendable {
     init(listeners: [ListenerSpec], admin: AdminSpec?, accessLog: AccessLogSpec?, store: StoreSpec?, storeFailMode: StoreFailMode,
          storeDeadline: Duration, backends: [BackendSpec], credentials: CredentialRule, clients: ClientRules,
          plans: [PlanSpec], routes: RouteTable, scopeTable: ScopeTable, keys: [KeyRecord],
-         keyIndex: KeyHashMap<KeyRecord>, idIndex: [String: Int], usage: UsageSpec? = nil, audit: AuditSpec? = nil,
-         sources: [PolicySource] = []) {
+         keyIndex: KeyHashMap<KeyRecord>, idIndex: [String: Int], usage: UsageSpec? = nil, credits: CreditsSpec? = nil,
+         audit: AuditSpec? = nil, sources: [PolicySource] = []) {
         self.usage = usage
+        self.credits = credits
         self.listeners = listeners; self.admin = admin; self.accessLog = accessLog
         self.store = store; self.storeFailMode = storeFailMode
         self.storeDeadline = storeDeadline; self.backends = backends; self.credentials = credentials

@@ -52,9 +52,13 @@ public final class RouteSpec: Sendable {
     /// The normalised path (exact) or prefix bytes.
     public let path: [UInt8]
     public let isPrefix: Bool
+    /// The route's price (`credits:`); nil: free.
+    public let credits: RouteCredits?
 
     init(index: Int, name: String, backend: Int, scopes: ScopeSet, scopeNames: [String], requiresHTTPS: Bool,
-         isPublic: Bool, maxBodyBytes: Int, methods: MethodSet, path: [UInt8], isPrefix: Bool) {
+         isPublic: Bool, maxBodyBytes: Int, methods: MethodSet, path: [UInt8], isPrefix: Bool,
+         credits: RouteCredits? = nil) {
+        self.credits = credits
         self.index = index; self.name = name; self.backend = backend; self.scopes = scopes
         self.scopeNames = scopeNames; self.requiresHTTPS = requiresHTTPS; self.isPublic = isPublic
         self.maxBodyBytes = maxBodyBytes; self.methods = methods

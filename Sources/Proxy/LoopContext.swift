@@ -78,6 +78,8 @@ final class LoopContext {
     var accessLog: AccessLogBuffer?
     /// This loop's usage records on their way to the spool, when `usage` is set.
     var usage: UsageQueue?
+    /// The ledger for priced routes, when the policy has `credits`.
+    var credits: CreditGate?
     /// The TLS context of each listener (by its index in `listen`), nil for plain ones.
     /// Replaced whole by a reload; connections keep the context they started with.
     var tlsContexts: [TLSContext?] = []
@@ -156,6 +158,11 @@ final class LoopContext {
                          tls: $0.offset < backendTLS.count ? backendTLS[$0.offset] : nil)
         }
         snapshot = new
+        if let g = credits, let spec = new.credits, spec != g.spec {
+            // Same ledger (a change of ledger is refused by the reload); who pays and the
+            // outage answer may change.
+            credits = CreditGate(spec: spec, local: g.local, charged: g.charged)
+        }
         metrics = RequestMetrics(snapshot: new)
         MetricsRegistry.shared.register(metrics)
         // Cached store records were compiled against the old snapshot (scope bits, plan

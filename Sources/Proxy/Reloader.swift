@@ -54,6 +54,14 @@ final class Reloader: Sendable {
     func reloadPolicy(reason: String) {
         do {
             let next = try PolicyLoader.load(path: policiesPath)
+            let before = snapshot.credits
+            if let c = next.credits, before == nil || before!.ledger != c.ledger || before!.path != c.path {
+                // A ledger is opened at start; switching one under running requests could charge
+                // twice or not at all.
+                MetricsRegistry.shared.reloadsRejected.add(1, ordering: .relaxed)
+                Log.error("policy reload (\(reason)) refused: credits.ledger/credits.path differ from the ones this process started with; restart to switch ledgers (the current policy keeps serving)")
+                return
+            }
             // Certificates are read again on every reload (SIGHUP after renewing them); a file
             // that fails keeps everything as it was, old certificates serving.
             let tls: Server.TLSContexts

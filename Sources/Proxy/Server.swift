@@ -17,6 +17,8 @@ final class Server: @unchecked Sendable {
     /// The access log's writer, when `access_log` is set (its target is fixed at start).
     private(set) var accessLog: AccessLogWriter?
     private(set) var usage: UsageSpool?
+    /// The embedded ledger, when the policy's `credits.ledger` is `local`.
+    private(set) var ledger: LocalLedger?
 
     init(settings: ServerSettings) {
         self.settings = settings
@@ -24,9 +26,10 @@ final class Server: @unchecked Sendable {
 
     /// Binds every listener on every loop (so a bind error surfaces before anything runs).
     func start(snapshot: PolicySnapshot, keys: KeyDirectory, accessLog: AccessLogWriter? = nil, usage: UsageSpool? = nil,
-               instanceID: String = Server.instanceID()) throws {
+               ledger: LocalLedger? = nil, instanceID: String = Server.instanceID()) throws {
         self.accessLog = accessLog
         self.usage = usage
+        self.ledger = ledger
         let tls = try Self.buildTLS(snapshot)
         for i in 0..<max(1, settings.threads) {
             let loop = try EventLoop(index: i)
@@ -35,6 +38,9 @@ final class Server: @unchecked Sendable {
             ctx.keys = keys
             if let accessLog { ctx.accessLog = AccessLogBuffer(writer: accessLog) }
             if let usage, i < usage.queues.count { ctx.usage = usage.queues[i] }
+            if let spec = snapshot.credits {
+                ctx.credits = CreditGate(spec: spec, local: ledger, charged: MetricsRegistry.shared.credits)
+            }
             ctx.tlsContexts = tls.listeners
             for (index, spec) in snapshot.listeners.enumerated() {
                 do {
@@ -134,6 +140,8 @@ final class Server: @unchecked Sendable {
         // The loops are gone: their last access log lines are handed in and written.
         for ctx in contexts { ctx.accessLog?.flush() }
         accessLog?.stop()
+        // …their last charges are fsync'd…
+        ledger?.stop()
         // …and their last usage records are spooled and fsync'd.
         usage?.stop()
         return clean

@@ -76,16 +76,18 @@ struct NotSupportedYetTests {
                 required_claims: {type: access}
                 leeway: 30s
             """, expected: ["p.yaml:4: credentials.jwt: not supported yet"]),
-        Case(name: "route credits", yaml: """
+        Case(name: "route per-token credits", yaml: """
             version: 1
+            credits: {ledger: local}
             backends:
               finance: {url: http://127.0.0.1:7001}
             routes:
               - name: chat
                 match: {path_prefix: /chat/}
                 backend: finance
-                credits: {per_request: 1}
-            """, expected: ["p.yaml:8: routes[0].credits: not supported yet"]),
+                credits:
+                  per_token: {input: 1, output: 3, per: 1000}
+            """, expected: ["p.yaml:10: routes[0].credits.per_token: not supported yet (per-token pricing and streamed metering)"]),
         Case(name: "route credentials", yaml: """
             version: 1
             backends:
@@ -112,8 +114,8 @@ struct NotSupportedYetTests {
               address: 127.0.0.1:9901
               tokens_file: secrets/admin-tokens
             """, expected: ["p.yaml:4: admin.tokens_file: not supported yet"]),
-        Case(name: "top-level credits", yaml: "version: 1\ncredits:\n  ledger: local\n",
-             expected: ["p.yaml:2: credits: not supported yet"]),
+        Case(name: "the accounting ledger", yaml: "version: 1\ncredits:\n  ledger: accounting\n",
+             expected: ["p.yaml:3: credits.ledger: not supported yet (the accounting ledger)"]),
         Case(name: "an https usage sink", yaml: "version: 1\n\nusage:\n  spool: s\n  sinks:\n    - {kind: http, url: \"https://u.example/x\"}\n",
              expected: ["p.yaml:6: usage.sinks[0].url: not supported yet (an https usage sink)"]),
         Case(name: "top-level security", yaml: "version: 1\nsecurity:\n  lockout: {invalid_keys: 20, per: 1m, for: 10m}\n",
@@ -154,8 +156,9 @@ struct NotSupportedYetTests {
             "POLICY.yaml:56: secrets: not supported yet",
             "POLICY.yaml:64: plans.free.quotas: not supported yet",
             "POLICY.yaml:85: routes[2].credentials: not supported yet",
-            "POLICY.yaml:86: routes[2].credits: not supported yet",
-            "POLICY.yaml:111: credits: not supported yet",
+            "POLICY.yaml:88: routes[2].credits.per_token: not supported yet (per-token pricing and streamed metering)",
+            "POLICY.yaml:90: routes[2].credits.stream: not supported yet (per-token pricing and streamed metering)",
+            "POLICY.yaml:114: credits.accounting: not supported yet (the accounting ledger)",
             "POLICY.yaml:130: security: not supported yet",
         ])
     }

@@ -204,6 +204,8 @@ final class MetricsRegistry: Sendable {
     let reloadsRejected = Atomic<UInt64>(0)
     let accessLogDropped = Atomic<UInt64>(0)
     private let usageSpools = Mutex<[UsageSpool]>([])
+    /// Credits settled, by route name (`tollgate_credits_charged_total`).
+    let credits = CreditCounters()
 
     func register(usage: UsageSpool) { usageSpools.withLock { $0.append(usage) } }
 
@@ -300,6 +302,12 @@ final class MetricsRegistry: Sendable {
         out += "# TYPE tollgate_access_log_dropped_total counter\n"
         out += "tollgate_access_log_dropped_total \(accessLogDropped.load(ordering: .relaxed))\n"
         for spool in usageSpools.withLock({ $0 }) { renderUsage(spool, into: &out) }
+        let charged = credits.snapshot()
+        if !charged.isEmpty {
+            out += "# HELP tollgate_credits_charged_total Credits settled (charged), by route.\n"
+            out += "# TYPE tollgate_credits_charged_total counter\n"
+            for (route, n) in charged { out += "tollgate_credits_charged_total{route=\"\(Self.escape(route))\"} \(n)\n" }
+        }
         return out
     }
 
@@ -342,4 +350,16 @@ final class MetricsRegistry: Sendable {
         if v == v.rounded() && abs(v) < 1e15 { return String(Int64(v)) }
         return String(v)
     }
+}
+
+/// Credits charged per route name (names outlive reloads). Touched once per settled charge.
+final class CreditCounters: Sendable {
+    private let byRoute = Mutex<[(String, UInt64)]>([])
+    func add(route: String, _ n: Int64) {
+        guard n > 0 else { return }
+        byRoute.withLock { list in
+            if let i = list.firstIndex(where: { $0.0 == route }) { list[i].1 &+= UInt64(n) } else { list.append((route, UInt64(n))) }
+        }
+    }
+    func snapshot() -> [(String, UInt64)] { byRoute.withLock { $0 } }
 }

@@ -11,7 +11,7 @@ struct Tollgate: ParsableCommand {
         commandName: "tollgate",
         abstract: "API-key enforcement sidecar: a reverse proxy that checks every request against policy files.",
         version: "0.1.0",
-        subcommands: [Serve.self, Check.self, Keys.self, AuditCommand.self, BackendsCommand.self]
+        subcommands: [Serve.self, Check.self, Keys.self, CreditsCommand.self, AuditCommand.self, BackendsCommand.self]
     )
 }
 
@@ -93,6 +93,16 @@ struct Serve: ParsableCommand {
             }
             usage?.start()
         }
+        var ledger: LocalLedger?
+        if let spec = snapshot.credits, spec.ledger == .local {
+            do {
+                ledger = try LocalLedger(directory: CreditsCommand.directory(spec, policies: policies), instance: instanceID)
+            } catch {
+                Log.error("credits: \(error)")
+                throw ExitCode(1)
+            }
+            ledger?.start()
+        }
         let readiness = AdminServer.Readiness(storeMustAnswer: snapshot.store?.onError == .closed)
         var admin: AdminServer?
         if let spec = snapshot.admin {
@@ -106,7 +116,7 @@ struct Serve: ParsableCommand {
         }
         do {
             try server.start(snapshot: snapshot, keys: reloader.keyDirectory(), accessLog: accessLog, usage: usage,
-                             instanceID: instanceID)
+                             ledger: ledger, instanceID: instanceID)
         } catch {
             Log.error("\(error)")
             throw ExitCode(1)

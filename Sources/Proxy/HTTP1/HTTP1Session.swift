@@ -440,7 +440,7 @@ final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
         up.sawEOF = false
         switch RequestHeadWriter.write(self, into: up.outBuf) {
         case .written:
-            break
+            exchange.facts.upstreamSent = true
         case .tooLarge:
             up.pool.retire(up)
             upstream = nil

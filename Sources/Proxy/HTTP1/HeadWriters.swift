@@ -415,6 +415,12 @@ enum ResponseHeadWriter {
         }
         if lineOpen { out.put(crlf) }
         RateLimitFields.write(c, into: out)
+        if c.exchange.facts.creditState == .held {
+            // Available to others after this request's reservation (settled at its end).
+            out.put(LocalReply.creditsRemaining)
+            out.put(decimal: Int(max(0, c.exchange.facts.creditsRemaining)))
+            out.put(crlf)
+        }
         if let d = c.exchange.facts.degraded.headerValue { out.put(d) }
         if c.closeAfterResponse {
             out.put(close)
@@ -471,6 +477,7 @@ enum LocalReply {
     static let bodyMessage: StaticString = "\",\"message\":\""
     static let bodyRequestID: StaticString = "\",\"request_id\":\""
     static let bodyEnd: StaticString = "\"}}"
+    static let bodyEndAfterNumber: StaticString = "}}"
 
     static func write<C: ExchangeCarrier>(_ c: C, status: Int, code: DenialCode, message: String, into out: IOBuffer) {
         if out.readableBytes == 0 { out.clear() }
@@ -490,6 +497,8 @@ enum LocalReply {
         let codeCount = code.rawValue.utf8.count
         let bodyLength = bodyStart.utf8CodeUnitCount + codeCount + bodyMessage.utf8CodeUnitCount + msg.utf8.count + bodyRequestID.utf8CodeUnitCount
             + c.exchange.requestIDCount + bodyEnd.utf8CodeUnitCount
+            + (status == 402 ? balanceField.utf8CodeUnitCount + decimalDigits(max(0, c.exchange.facts.creditsRemaining))
+                + bodyEndAfterNumber.utf8CodeUnitCount - bodyEnd.utf8CodeUnitCount : 0)
         out.put(http11)
         out.put(decimal: status)
         out.put(byte: 0x20)
@@ -510,6 +519,11 @@ enum LocalReply {
             out.put(decimal: c.exchange.facts.retryAfterSeconds)
             out.put(crlf)
         }
+        if status == 402 {
+            out.put(creditsRemaining)
+            out.put(decimal: Int(max(0, c.exchange.facts.creditsRemaining)))
+            out.put(crlf)
+        }
         if c.closeAfterResponse { out.put(close) } else if c.request.version == .http10 { out.put(keepAlive) }
         out.put(crlf)
         out.put(bodyStart)
@@ -518,7 +532,24 @@ enum LocalReply {
         msg.withUTF8 { out.put(UnsafeRawBufferPointer($0)) }
         out.put(bodyRequestID)
         c.exchange.withRequestID { out.put($0) }
-        out.put(bodyEnd)
+        if status == 402 {
+            out.put(balanceField)
+            out.put(decimal: Int(max(0, c.exchange.facts.creditsRemaining)))
+            out.put(bodyEndAfterNumber)
+        } else {
+            out.put(bodyEnd)
+        }
+    }
+
+    static let creditsRemaining: StaticString = "X-Tollgate-Credits-Remaining: "
+    /// Inside the error object, before its closing `}}`: `"request_id":"…","balance":N`.
+    static let balanceField: StaticString = "\",\"balance\":"
+
+    static func decimalDigits(_ v: Int64) -> Int {
+        var n = 1
+        var x = v
+        while x >= 10 { x /= 10; n += 1 }
+        return n
     }
 
     static func reason(_ status: Int) -> String {

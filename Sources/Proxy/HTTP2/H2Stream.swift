@@ -381,7 +381,7 @@ final class H2Stream: UpstreamRelaying {
         up.parser.reset()
         up.sawEOF = false
         switch RequestHeadWriter.write(self, into: up.outBuf) {
-        case .written: break
+        case .written: exchange.facts.upstreamSent = true
         case .tooLarge:
             drop(up)
             return replyLocal(status: 431, code: .badRequest, message: "request head too large to forward")

@@ -5,7 +5,7 @@ import Runtime
 /// The request phases, in the one order they run (declaration order is the contract).
 /// Nothing is consumed by a request a phase refuses: the limiter runs last.
 enum Phase: UInt8 {
-    case route, resolveClient, extractCredential, lookupKey, authorize, admit, forward
+    case route, resolveClient, extractCredential, lookupKey, authorize, admit, reserve, forward
 }
 
 /// What a phase did: go on, park the exchange until the store answers, or refuse.
@@ -196,7 +196,7 @@ final class Exchange: RedisWaiter {
     /// The store answered the phase this exchange waits in (never from inside the call that
     /// started the wait: the Redis client defers every completion).
     func redisCompleted(token: UInt64, result: RedisResult) {
-        guard isOpen, token == facts.token, facts.phase == .lookupKey || facts.phase == .admit else { return }
+        guard isOpen, token == facts.token, facts.phase == .lookupKey || facts.phase == .admit || facts.phase == .reserve else { return }
         switch downstream {
         case .h1(let session): session.storeAnswered(Pipeline.resume(self, with: result))
         case .h2(let stream): stream.storeAnswered(Pipeline.resume(self, with: result))
@@ -214,6 +214,7 @@ final class Exchange: RedisWaiter {
         isOpen = false
         facts.token &+= 1   // a late store completion finds nothing to resume
         let nanos = context.loop.now &- startedAt
+        if facts.creditState == .held { context.credits?.settle(self) }
         // Only an exchange whose answer began was answered (a client that left while its
         // request waited was not).
         if answerStatus != 0 {
@@ -287,6 +288,15 @@ struct ExchangeFacts {
     var degraded: Degraded = .none
     /// Bumped per exchange so a late completion for an old one is ignored.
     var token: UInt64 = 0
+    // Credits (routes with a price).
+    var creditState: CreditState = .none
+    var creditAccount: String?
+    var creditReserved: Int64 = 0
+    var creditCharged: Int64 = 0
+    /// Available credits after the reservation (or, refused, what was available); -1: none.
+    var creditsRemaining: Int64 = -1
+    /// Bytes of the request went to an upstream (a client that leaves before is not charged).
+    var upstreamSent = false
 
     init(snapshot: PolicySnapshot, metrics: RequestMetrics) {
         self.snapshot = snapshot
@@ -308,6 +318,14 @@ struct ExchangeFacts {
         retryAfterSeconds = 0
         degraded = .none
         token &+= 1
+        if creditState != .none || creditsRemaining >= 0 {
+            creditState = .none
+            creditAccount = nil
+            creditReserved = 0
+            creditCharged = 0
+            creditsRemaining = -1
+        }
+        upstreamSent = false
     }
 }
 

@@ -30,6 +30,7 @@ enum Pipeline {
             case .lookupKey: result = x.context.lookup(for: x)
             case .authorize: result = authorize(x)
             case .admit: result = admit(x)
+            case .reserve: result = reserve(x)
             case .forward: return .forward
             }
             if let stop = apply(result, to: x) { return stop }
@@ -199,6 +200,16 @@ enum Pipeline {
         let plans = x.facts.snapshot.plans
         guard planIndex < plans.count, !plans[planIndex].windows.isEmpty else { return .next }
         return x.context.admit(for: x, plan: plans[planIndex])
+    }
+
+    /// Credits: the route's price held on the payer's account (402 when it cannot be).
+    static func reserve(_ x: Exchange) -> PhaseResult {
+        guard let price = x.facts.route?.credits else { return .next }
+        guard let gate = x.context.credits else {
+            // A reload priced a route, but this process started without a ledger.
+            return .reply(Denial(.storeUnavailable, retryAfterSeconds: 1))
+        }
+        return gate.reserve(x, price: price)
     }
 
     // MARK: helpers

@@ -195,7 +195,7 @@ extension Exchange {
         r.code = UInt8(truncatingIfNeeded: answerCode)
         r.bytesIn = bytesIn
         r.bytesOut = bytesOut
-        r.credits = 0
+        r.credits = facts.creditCharged
         r.tokensIn = 0
         r.tokensOut = 0
         withMethodBytes { r.method.set($0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, $0.count) }

@@ -1,0 +1,100 @@
+import ArgumentParser
+import Backends
+import Foundation
+import Policy
+
+/// `tollgate credits grant|balance`: on whichever ledger the policy names. Every grant is
+/// audited (when the policy has an audit trail) after it is durable.
+struct CreditsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "credits",
+        abstract: "Grant credits to an account and read its balance, on the policy's ledger.",
+        subcommands: [Grant.self, Balance.self])
+
+    /// The local ledger's directory: `credits.path`, else the policy's state directory.
+    static func directory(_ spec: CreditsSpec, policies: String) -> String {
+        spec.path ?? EmbeddedKeyLog.defaultDirectory(forPolicies: policies)
+    }
+
+    static func load(_ policies: String) throws -> (PolicySnapshot, CreditsSpec) {
+        let snapshot: PolicySnapshot
+        do { snapshot = try PolicyLoader.load(path: policies) } catch {
+            throw ValidationError(error.errors.map(\.description).joined(separator: "\n"))
+        }
+        guard let spec = snapshot.credits else {
+            throw ValidationError("\(policies) has no credits block: no ledger to act on")
+        }
+        return (snapshot, spec)
+    }
+
+    struct Grant: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Add N credits to ACCOUNT (a consumer, or a key id with credits.account: key).")
+        @Argument(help: "The account.") var account: String
+        @Argument(help: "Credits to add (a positive integer).") var amount: Int64
+        @Option(help: "The policy file or directory the running instances serve.") var policies: String
+        @Option(help: "Grant id: a retried grant with the same id adds nothing (default: a new one).") var id: String?
+        @Option(help: "Not supported yet: credits that expire.") var expires: String?
+
+        func run() throws {
+            guard amount > 0, amount <= 1_000_000_000_000 else { throw ValidationError("N must be between 1 and 10^12") }
+            guard !account.isEmpty, account.utf8.count <= 256 else { throw ValidationError("ACCOUNT must be 1 to 256 bytes") }
+            if expires != nil { throw ValidationError("--expires is not supported yet (credits do not expire)") }
+            let (snapshot, spec) = try CreditsCommand.load(policies)
+            let audit = try openAudit(snapshot)
+            let grantID = id ?? "g-" + String(KeyHash.sha256(KeyFormat.mint()).hex.prefix(16))
+            let balance: Int64
+            switch spec.ledger {
+            case .local:
+                do {
+                    balance = try LocalLedger.grant(directory: CreditsCommand.directory(spec, policies: policies), account: account,
+                                                    amount: amount, id: grantID, by: AuditLog.cliInstance())
+                } catch { throw ValidationError("\(error)") }
+            case .redis, .accounting:
+                throw ValidationError("the \(spec.ledger.rawValue) ledger is not supported by this command yet")
+            }
+            if let audit {
+                do {
+                    try audit.record(AuditEvent(.creditsGranted, actor: .cli, subject: account, details: [
+                        ("amount", .int(amount)), ("grant_id", .string(grantID)), ("ledger", .string(spec.ledger.rawValue)),
+                        ("balance", .int(balance)), ("os_user", .string(ProcessInfo.processInfo.environment["USER"] ?? "")),
+                    ]))
+                } catch {
+                    throw ValidationError("granted \(amount) to \(account), but the audit trail could not record it: \(error)")
+                }
+            }
+            print("granted: \(amount)")
+            print("balance: \(balance)")
+        }
+
+        func openAudit(_ snapshot: PolicySnapshot) throws -> AuditLog? {
+            guard let spec = snapshot.audit else { return nil }
+            do {
+                let log = try AuditLog(spec: spec, instance: AuditLog.cliInstance(), redis: snapshot.store?.url)
+                try log.prepare()
+                return log
+            } catch {
+                throw ValidationError("audit: \(error); nothing was changed")
+            }
+        }
+    }
+
+    struct Balance: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print ACCOUNT's balance (`balance: N`, and `reserved: R` while reservations are held).")
+        @Argument(help: "The account.") var account: String
+        @Option(help: "The policy file or directory the running instances serve.") var policies: String
+
+        func run() throws {
+            let (_, spec) = try CreditsCommand.load(policies)
+            switch spec.ledger {
+            case .local:
+                let a: LocalLedger.Account
+                do { a = try LocalLedger.balance(directory: CreditsCommand.directory(spec, policies: policies), account: account) } catch {
+                    throw ValidationError("\(error)")
+                }
+                print("balance: \(a.balance)")
+            case .redis, .accounting:
+                throw ValidationError("the \(spec.ledger.rawValue) ledger is not supported by this command yet")
+            }
+        }
+    }
+}
