@@ -99,6 +99,14 @@ final class LoopContext {
     let workspaceLayout: WorkspaceLayout
 
     private var requestCounter: UInt64 = 0
+    private var creditCounter: UInt64 = 0
+    private(set) var instanceID = "tollgate"
+
+    /// A reservation id unique across instances and restarts (the instance id is per run).
+    func nextCreditID() -> String {
+        creditCounter &+= 1
+        return "\(instanceID)-\(loop.index)-\(creditCounter)"
+    }
     private let requestIDSeed: UInt64
     /// First half of the trace ids this loop starts (16 hex digits, random per run); the
     /// second half is the request's own id.
@@ -138,6 +146,7 @@ final class LoopContext {
     /// Every loop announces the same `instanceID` (the process's): the heartbeat counts
     /// processes, because that is what shares one in-process limiter in `local` mode.
     func startStore(instanceID: String) {
+        self.instanceID = instanceID
         guard let spec = snapshot.store else { return }
         gauges.set(.storeConfigured, 1)
         store = SharedStore(loop: loop, url: spec.url, deadline: spec.deadline, mode: spec.onError,
@@ -158,10 +167,10 @@ final class LoopContext {
                          tls: $0.offset < backendTLS.count ? backendTLS[$0.offset] : nil)
         }
         snapshot = new
-        if let g = credits, let spec = new.credits, spec != g.spec {
+        if let g = credits, let spec = new.credits {
             // Same ledger (a change of ledger is refused by the reload); who pays and the
             // outage answer may change.
-            credits = CreditGate(spec: spec, local: g.local, charged: g.charged)
+            g.spec = spec
         }
         metrics = RequestMetrics(snapshot: new)
         MetricsRegistry.shared.register(metrics)
@@ -262,6 +271,8 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
             default:
                 return keyLookupFailed(c, store, result)
             }
+        case .reserve:
+            return credits?.completeReserve(c, result: result) ?? .reply(Denial(.storeUnavailable, retryAfterSeconds: 1))
         case .admit:
             let pinned = c.facts.snapshot
             guard let record = c.facts.record, let pi = record.planIndex, pi < pinned.plans.count else { return .next }
@@ -381,7 +392,7 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
             last.slot = i
         }
         c.slot = -1
-        if isDraining && clients.isEmpty && h2Sessions.isEmpty { onDrained?() }
+        if isDraining && clients.isEmpty && h2Sessions.isEmpty { finishDrain() }
     }
 
     var connectionCount: Int { clients.count + h2Sessions.count }
@@ -402,7 +413,7 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
             last.slot = i
         }
         s.slot = -1
-        if isDraining && clients.isEmpty && h2Sessions.isEmpty { onDrained?() }
+        if isDraining && clients.isEmpty && h2Sessions.isEmpty { finishDrain() }
     }
 
     /// An HTTP/1.1 connection that turned out to speak HTTP/2 (ALPN `h2`, or the h2c preface):
@@ -454,7 +465,24 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
         for c in clients { c.drain() }
         for s in h2Sessions { s.drain() }
         for p in pools { p.closeAll() }
-        if clients.isEmpty && h2Sessions.isEmpty { onDrained?() }
+        if clients.isEmpty && h2Sessions.isEmpty { finishDrain() }
+    }
+
+    /// The last connection is gone: settlements still on their way to the shared ledger get
+    /// up to 2 s more (each is retried with its id until Redis takes it), then the loop stops.
+    private var drainSettleDeadline: UInt64 = 0
+    private lazy var drainCheck = TimerAction { [unowned self] in self.finishDrain() }
+    private func finishDrain() {
+        if let g = credits, g.unsettled > 0 {
+            if drainSettleDeadline == 0 { drainSettleDeadline = loop.now &+ 2_000_000_000 }
+            if loop.now < drainSettleDeadline {
+                loop.schedule(at: loop.now &+ 20_000_000, handler: drainCheck)
+                return
+            }
+            Log.error("credits: stopping with \(g.unsettled) settlement(s) redis did not take; their reservations expire back to the accounts")
+        }
+        onDrained?()
+        onDrained = nil
     }
 
     // MARK: request ids

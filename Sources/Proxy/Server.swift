@@ -39,7 +39,7 @@ final class Server: @unchecked Sendable {
             if let accessLog { ctx.accessLog = AccessLogBuffer(writer: accessLog) }
             if let usage, i < usage.queues.count { ctx.usage = usage.queues[i] }
             if let spec = snapshot.credits {
-                ctx.credits = CreditGate(spec: spec, local: ledger, charged: MetricsRegistry.shared.credits)
+                ctx.credits = CreditGate(spec: spec, local: ledger, charged: MetricsRegistry.shared.credits, context: ctx)
             }
             ctx.tlsContexts = tls.listeners
             for (index, spec) in snapshot.listeners.enumerated() {

@@ -14,30 +14,35 @@ import Testing
         let dir: String
         let port: UInt16
         let admin: UInt16
-        var policy: String { dir + "/gateway.yaml" }
+        var policy: String { dir + "/gateway-\(port).yaml" }
         var journal: String { dir + "/.state/credits.journal" }
-        var sink: String { dir + "/out/usage.jsonl" }
+        var sink: String { dir + "/out/usage-\(port).jsonl" }
 
-        init(upstreamPort: UInt16, price: Int = 1, refundOn: String = "[5xx, unavailable]", extraRoutes: String = "") {
-            dir = makeTempDir("tgcredits")
+        init(upstreamPort: UInt16, price: Int = 1, refundOn: String = "[5xx, unavailable]", extraRoutes: String = "",
+             redis: String? = nil, reservationTTL: String = "5m", dir shared: String? = nil) {
+            dir = shared ?? makeTempDir("tgcredits")
             port = freePort()
             admin = freePort()
-            writeFile(dir + "/gateway.yaml", """
+            let store = redis.map { "store: {redis: \"\($0)\", deadline: 500ms}" } ?? ""
+            let ledger = redis == nil ? "local" : "redis"
+            writeFile(policy, """
             version: 1
             listen:
               - address: 127.0.0.1:\(port)
             admin:
               address: 127.0.0.1:\(admin)
             usage:
-              spool: spool
+              spool: spool-\(port)
               durability: 0ms
               sinks:
-                - {kind: file, path: out/usage.jsonl}
+                - {kind: file, path: out/usage-\(port).jsonl}
             audit:
               path: audit.jsonl
+            \(store)
             credits:
-              ledger: local
+              ledger: \(ledger)
               account: consumer
+              reservation_ttl: \(reservationTTL)
             backends:
               up: {url: "http://127.0.0.1:\(upstreamPort)"}
             routes:
@@ -96,6 +101,42 @@ import Testing
         }
 
         func stop() { try? FileManager.default.removeItem(atPath: dir) }
+
+        /// `credits balance` lines: (balance, reserved).
+        func balanceAndReserved(_ account: String) throws -> (Int, Int) {
+            let (status, out) = try runTollgate(["credits", "balance", account, "--policies", policy])
+            #expect(status == 0, "\(out)")
+            var b = -1, r = 0
+            for line in out.split(separator: "\n") {
+                if line.hasPrefix("balance: ") { b = Int(line.dropFirst(9)) ?? -1 }
+                if line.hasPrefix("reserved: ") { r = Int(line.dropFirst(10)) ?? -1 }
+            }
+            return (b, r)
+        }
+    }
+
+    /// Runs `clients` connections at once, `perClient` requests each, spread over `ports`.
+    static func hammer(ports: [UInt16], clients: Int, perClient: Int, key: String) -> (counts: [Int: Int], failures: [String]) {
+        let results = Mutex<[Int: Int]>([:])
+        let failures = Mutex<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: clients) { i in
+            do {
+                let c = try RawClient(port: ports[i % ports.count])
+                defer { c.close() }
+                for _ in 0..<perClient {
+                    let r = try Self.request(c, "/paid/x", key: key)
+                    results.withLock { $0[r.status, default: 0] += 1 }
+                    let body = String(decoding: r.body, as: UTF8.self)
+                    if r.status == 402, r.header("X-Tollgate-Credits-Remaining") == nil || !body.contains("\"code\":\"INSUFFICIENT_CREDITS\"") {
+                        failures.withLock { $0.append("402 without the header or code: \(body)") }
+                    }
+                    if r.status != 200 && r.status != 402 { failures.withLock { $0.append("\(r.status): \(body)") } }
+                }
+            } catch {
+                failures.withLock { $0.append("\(error)") }
+            }
+        }
+        return (results.withLock { $0 }, failures.withLock { $0 })
     }
 
     static func request(_ c: RawClient, _ path: String, key: String) throws -> HTTPResponse {
@@ -114,28 +155,8 @@ import Testing
         _ = try gate.grant("alice", 1000)
         _ = try gate.grant("alice", 1)
         let tg = try gate.serve()
-        let clients = 200, perClient = 5
-        let results = Mutex<[Int: Int]>([:])
-        let failures = Mutex<[String]>([])
-        DispatchQueue.concurrentPerform(iterations: clients) { _ in
-            do {
-                let c = try RawClient(port: gate.port)
-                defer { c.close() }
-                for _ in 0..<perClient {
-                    let r = try Self.request(c, "/paid/x", key: Self.aliceKey)
-                    results.withLock { $0[r.status, default: 0] += 1 }
-                    if r.status == 402 {
-                        if r.header("X-Tollgate-Credits-Remaining") == nil || !String(decoding: r.body, as: UTF8.self).contains("\"code\":\"INSUFFICIENT_CREDITS\"") {
-                            failures.withLock { $0.append("402 without the header or code: \(String(decoding: r.body, as: UTF8.self))") }
-                        }
-                    }
-                }
-            } catch {
-                failures.withLock { $0.append("\(error)") }
-            }
-        }
-        let counts = results.withLock { $0 }
-        #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { $0 }.prefix(3))")
+        let (counts, failures) = Self.hammer(ports: [gate.port], clients: 200, perClient: 5, key: Self.aliceKey)
+        #expect(failures.isEmpty, "\(failures.prefix(3))")
         #expect(counts[200] == 500, "\(counts)")
         #expect(counts[402] == 500, "\(counts)")
         // Another consumer is untouched by alice's run and has nothing to spend.
@@ -230,5 +251,69 @@ import Testing
         #expect(status == 200)
         #expect(try get(gate.port, "/paid/x", headers: ["X-API-Key": Self.aliceKey]).status == 200)
         #expect(try get(gate.port, "/paid/x", headers: ["X-API-Key": Self.aliceKey]).status == 402)
+    }
+
+    /// Three instances on one Redis, 200 clients spread over them: the account is charged for
+    /// exactly the requests served, to the credit, and never goes below zero.
+    @Test func threeInstancesOnOneRedisChargeExactly() throws {
+        let redis = try RedisServer()
+        defer { redis.stop() }
+        let up = try echoUpstream()
+        defer { up.stop() }
+        let dir = makeTempDir("tgcredits3")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let gates = (0..<3).map { _ in Gate(upstreamPort: up.port, price: 2, redis: redis.urlText, dir: dir) }
+        #expect(try gates[0].grant("alice", 600).contains("balance: 600"))
+        #expect(try gates[1].grant("alice", 1).contains("balance: 601"))
+        let procs = try gates.map { try $0.serve() }
+        let (counts, failures) = Self.hammer(ports: gates.map(\.port), clients: 200, perClient: 3, key: Self.aliceKey)
+        #expect(failures.isEmpty, "\(failures.prefix(3))")
+        #expect(counts[200] == 300, "\(counts)")
+        #expect(counts[402] == 300, "\(counts)")
+        for p in procs { #expect(p.stop() == 0) }
+        let (balance, reserved) = try gates[2].balanceAndReserved("alice")
+        #expect(balance == 1)
+        #expect(reserved == 0)
+        let usage = gates.flatMap { $0.usage() }
+        #expect(usage.filter { $0.status == 200 }.count == 300)
+        #expect(usage.reduce(0) { $0 + $1.credits } == 600)
+        // A retried grant (same id) adds nothing.
+        let (s1, o1) = try runTollgate(["credits", "grant", "alice", "5", "--id", "g-fixed", "--policies", gates[0].policy])
+        let (s2, o2) = try runTollgate(["credits", "grant", "alice", "5", "--id", "g-fixed", "--policies", gates[0].policy])
+        #expect(s1 == 0 && s2 == 0, "\(o1) \(o2)")
+        #expect(try gates[0].balanceAndReserved("alice").0 == 6)
+    }
+
+    /// A proxy killed while it holds a reservation strands nothing: the reservation expires
+    /// back to the account (`reservation_ttl`), and nothing was charged.
+    @Test func aReservationOfAKilledProxyExpiresBackToTheAccount() throws {
+        let redis = try RedisServer()
+        defer { redis.stop() }
+        let headSeen = DispatchSemaphore(value: 0)
+        let up = try ScriptedUpstream { peer in
+            if peer.readHead() != nil { headSeen.signal() }
+            _ = peer.read(count: 1)   // never answers; returns when the proxy is gone
+        }
+        defer { up.stop() }
+        let gate = Gate(upstreamPort: up.port, price: 7, redis: redis.urlText, reservationTTL: "1s")
+        defer { gate.stop() }
+        _ = try gate.grant("alice", 10)
+        let tg = try gate.serve()
+        let c = try RawClient(port: gate.port)
+        try c.send("GET /paid/slow HTTP/1.1\r\nHost: t\r\nX-API-Key: \(Self.aliceKey)\r\n\r\n")
+        #expect(headSeen.wait(timeout: .now() + 10) == .success)
+        #expect(try gate.balanceAndReserved("alice") == (10, 7))
+        tg.signal(SIGKILL)
+        _ = tg.waitForExit()
+        c.close()
+        // Wait for the expiry (1 s) to be visible: bounded at 10 s.
+        let deadline = Date().addingTimeInterval(10)
+        var now = (0, 0)
+        while Date() < deadline {
+            now = try gate.balanceAndReserved("alice")
+            if now.1 == 0 { break }
+            usleep(100_000)
+        }
+        #expect(now == (10, 0))
     }
 }

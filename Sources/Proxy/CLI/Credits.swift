@@ -27,6 +27,22 @@ struct CreditsCommand: ParsableCommand {
         return (snapshot, spec)
     }
 
+    /// One operation of the ledger script on the policy's Redis (blocking: the command line).
+    static func redis(_ snapshot: PolicySnapshot, account: String, id: String, op: String, _ args: [String]) throws -> [Int64] {
+        guard let url = snapshot.store?.url else { throw ValidationError("the redis ledger needs store.redis") }
+        do {
+            let client = try RedisKeyDirectory(url: url)
+            let cmd = RedisCreditScript.command(account: account, id: id, op: op, args, withSource: true)
+            let reply = try client.run(cmd.map { String(decoding: $0, as: UTF8.self) })
+            guard let v = RedisCreditScript.integers(reply) else { throw ValidationError("redis: unexpected answer \(reply)") }
+            return v
+        } catch let e as ValidationError {
+            throw e
+        } catch {
+            throw ValidationError("redis: \(error)")
+        }
+    }
+
     struct Grant: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Add N credits to ACCOUNT (a consumer, or a key id with credits.account: key).")
         @Argument(help: "The account.") var account: String
@@ -49,8 +65,11 @@ struct CreditsCommand: ParsableCommand {
                     balance = try LocalLedger.grant(directory: CreditsCommand.directory(spec, policies: policies), account: account,
                                                     amount: amount, id: grantID, by: AuditLog.cliInstance())
                 } catch { throw ValidationError("\(error)") }
-            case .redis, .accounting:
-                throw ValidationError("the \(spec.ledger.rawValue) ledger is not supported by this command yet")
+            case .redis:
+                let v = try CreditsCommand.redis(snapshot, account: account, id: grantID, op: "grant", [String(amount), account])
+                balance = v.count > 1 ? v[1] : 0
+            case .accounting:
+                throw ValidationError("the accounting ledger is not supported by this command yet")
             }
             if let audit {
                 do {
@@ -84,7 +103,7 @@ struct CreditsCommand: ParsableCommand {
         @Option(help: "The policy file or directory the running instances serve.") var policies: String
 
         func run() throws {
-            let (_, spec) = try CreditsCommand.load(policies)
+            let (snapshot, spec) = try CreditsCommand.load(policies)
             switch spec.ledger {
             case .local:
                 let a: LocalLedger.Account
@@ -92,7 +111,11 @@ struct CreditsCommand: ParsableCommand {
                     throw ValidationError("\(error)")
                 }
                 print("balance: \(a.balance)")
-            case .redis, .accounting:
+            case .redis:
+                let v = try CreditsCommand.redis(snapshot, account: account, id: "-", op: "balance", [])
+                print("balance: \(v.first ?? 0)")
+                if v.count > 1, v[1] > 0 { print("reserved: \(v[1])") }
+            case .accounting:
                 throw ValidationError("the \(spec.ledger.rawValue) ledger is not supported by this command yet")
             }
         }

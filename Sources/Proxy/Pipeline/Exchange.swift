@@ -292,6 +292,11 @@ struct ExchangeFacts {
     var creditState: CreditState = .none
     var creditAccount: String?
     var creditReserved: Int64 = 0
+    /// The reservation's id in a shared ledger (instance, loop, sequence): also its settlement's
+    /// idempotency key. Never the client's request id (a client could reuse one).
+    var creditID: String?
+    var creditWant: Int64 = 0
+    var creditMinimum: Int64 = 0
     var creditCharged: Int64 = 0
     /// Available credits after the reservation (or, refused, what was available); -1: none.
     var creditsRemaining: Int64 = -1
@@ -321,6 +326,7 @@ struct ExchangeFacts {
         if creditState != .none || creditsRemaining >= 0 {
             creditState = .none
             creditAccount = nil
+            creditID = nil
             creditReserved = 0
             creditCharged = 0
             creditsRemaining = -1
