@@ -45,6 +45,8 @@ public final class PlanSpec: Sendable {
     public let index: Int
     public let name: String
     public let windows: [RateWindow]
+    /// Calendar quotas (`quotas:`), checked after the rate limits.
+    public let quotas: [QuotaSpec]
     /// `"free-1s";q=10;w=1, "free-1d";q=1000;w=86400`, built once.
     public let policyHeader: [UInt8]
     /// Identifies the window layout, so a limiter cell made under another plan/reload
@@ -57,8 +59,9 @@ public final class PlanSpec: Sendable {
     public let policyLineCount: Int
     public let stateOpenings: InlineArray<8, (Int32, Int32)>
 
-    public init(index: Int, name: String, windows: [RateWindow]) {
+    public init(index: Int, name: String, windows: [RateWindow], quotas: [QuotaSpec] = []) {
         precondition(windows.count <= PlanSpec.maxWindows)
+        self.quotas = quotas
         self.index = index
         self.name = name
         self.windows = windows

@@ -86,7 +86,7 @@ enum PolicyCompiler {
             }
             guard ok else { continue }
             planIndex[p.name] = (plans.count, p.at)
-            plans.append(PlanSpec(index: plans.count, name: p.name, windows: windows))
+            plans.append(PlanSpec(index: plans.count, name: p.name, windows: windows, quotas: p.quotas))
         }
 
         // Routes: scopes are interned in route order.

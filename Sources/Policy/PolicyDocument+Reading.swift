@@ -882,7 +882,40 @@ struct NodeReader {
                         plan.windows.append(.init(requests: requests, per: per, burst: burst, at: loc(item, wp)))
                     }
                 }
-            case "quotas": notSupportedYet(kn, p)
+            case "quotas":
+                guard let items = sequence(v, p) else { continue }
+                for (i, item) in items.enumerated() {
+                    let qp = "\(p)[\(i)]"
+                    guard let qm = mapping(item, qp) else { continue }
+                    var kind: QuotaSpec.Kind?, limit: Int?, period: QuotaSpec.Period?, by = QuotaSpec.Subject.key
+                    var ok = true
+                    for (qk, qkn, qv) in qm {
+                        let fp = NodeReader.join(qp, qk)
+                        switch qk {
+                        case "requests":
+                            if kind != nil { fail(qkn, fp, "a quota counts requests or tokens, not both"); ok = false }
+                            kind = .requests; limit = int(qv, fp, min: 1, max: 1_000_000_000_000); ok = ok && limit != nil
+                        case "tokens":
+                            notSupportedYet(qkn, fp, "token quotas arrive with per-token pricing"); ok = false
+                        case "per":
+                            guard let s = string(qv, fp) else { ok = false; continue }
+                            if let pe = QuotaSpec.Period(rawValue: s) { period = pe } else {
+                                fail(qv, fp, "invalid value '\(s)' (expected day or month: UTC calendar periods)"); ok = false
+                            }
+                        case "by":
+                            guard let s = string(qv, fp) else { ok = false; continue }
+                            if let b = QuotaSpec.Subject(rawValue: s) { by = b } else {
+                                fail(qv, fp, "invalid value '\(s)' (expected key or consumer)"); ok = false
+                            }
+                        default: unknown(qkn, fp); ok = false
+                        }
+                    }
+                    if ok && kind == nil { fail(item, qp, "needs requests (or tokens)"); ok = false }
+                    if !qm.contains(where: { $0.key == "per" }) { missing(item, qp, "per"); ok = false }
+                    if ok, let kind, let limit, let period {
+                        plan.quotas.append(QuotaSpec(kind: kind, limit: Int64(limit), period: period, by: by))
+                    }
+                }
             default: unknown(kn, p)
             }
         }

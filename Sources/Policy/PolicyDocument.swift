@@ -143,6 +143,7 @@ struct PolicyDocument {
         var name: String
         var at: SourceLocation
         var windows: [Window]
+        var quotas: [QuotaSpec] = []
     }
 
     struct Window {

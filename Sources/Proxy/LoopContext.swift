@@ -80,6 +80,8 @@ final class LoopContext {
     var usage: UsageQueue?
     /// The ledger for priced routes, when the policy has `credits`.
     var credits: CreditGate?
+    /// Calendar quotas (always present; counters local or in Redis).
+    var quotas: QuotaGate?
     /// The TLS context of each listener (by its index in `listen`), nil for plain ones.
     /// Replaced whole by a reload; connections keep the context they started with.
     var tlsContexts: [TLSContext?] = []
@@ -271,6 +273,8 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
             default:
                 return keyLookupFailed(c, store, result)
             }
+        case .quota:
+            return quotas?.complete(c, result: result) ?? .next
         case .reserve:
             return credits?.completeReserve(c, result: result) ?? .reply(Denial(.storeUnavailable, retryAfterSeconds: 1))
         case .admit:

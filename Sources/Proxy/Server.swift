@@ -19,6 +19,7 @@ final class Server: @unchecked Sendable {
     private(set) var usage: UsageSpool?
     /// The embedded ledger, when the policy's `credits.ledger` is `local`.
     private(set) var ledger: LocalLedger?
+    private(set) var localQuotas: LocalQuotas?
 
     init(settings: ServerSettings) {
         self.settings = settings
@@ -26,7 +27,8 @@ final class Server: @unchecked Sendable {
 
     /// Binds every listener on every loop (so a bind error surfaces before anything runs).
     func start(snapshot: PolicySnapshot, keys: KeyDirectory, accessLog: AccessLogWriter? = nil, usage: UsageSpool? = nil,
-               ledger: LocalLedger? = nil, instanceID: String = Server.instanceID()) throws {
+               ledger: LocalLedger? = nil, quotas: LocalQuotas? = nil, instanceID: String = Server.instanceID()) throws {
+        localQuotas = quotas
         self.accessLog = accessLog
         self.usage = usage
         self.ledger = ledger
@@ -38,6 +40,7 @@ final class Server: @unchecked Sendable {
             ctx.keys = keys
             if let accessLog { ctx.accessLog = AccessLogBuffer(writer: accessLog) }
             if let usage, i < usage.queues.count { ctx.usage = usage.queues[i] }
+            ctx.quotas = QuotaGate(local: quotas, context: ctx)
             if let spec = snapshot.credits {
                 ctx.credits = CreditGate(spec: spec, local: ledger, charged: MetricsRegistry.shared.credits, context: ctx)
             }
@@ -142,6 +145,7 @@ final class Server: @unchecked Sendable {
         accessLog?.stop()
         // …their last charges are fsync'd…
         ledger?.stop()
+        localQuotas?.stop()
         // …and their last usage records are spooled and fsync'd.
         usage?.stop()
         return clean

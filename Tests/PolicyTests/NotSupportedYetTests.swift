@@ -99,7 +99,7 @@ struct NotSupportedYetTests {
                 credentials: [api_key]
                 backend: finance
             """, expected: ["p.yaml:8: routes[1].credentials: not supported yet"]),
-        Case(name: "plan quotas", yaml: """
+        Case(name: "token quotas", yaml: """
             version: 1
             plans:
               free:
@@ -107,7 +107,8 @@ struct NotSupportedYetTests {
                   - {requests: 10, per: 1s}
                 quotas:
                   - {requests: 5000, per: month}
-            """, expected: ["p.yaml:6: plans.free.quotas: not supported yet"]),
+                  - {tokens: 200000, per: day}
+            """, expected: ["p.yaml:8: plans.free.quotas[1].tokens: not supported yet (token quotas arrive with per-token pricing)"]),
         Case(name: "admin tokens_file", yaml: """
             version: 1
             admin:
@@ -135,14 +136,14 @@ struct NotSupportedYetTests {
         backends:
           flowise: {url: https://flowise.internal}
         plans:
-          free: {quotas: [{requests: 1, per: day}]}
+          free: {quotas: [{tokens: 1, per: day}]}
         routes:
           - {name: chat, match: {path: /chat}, backend: flowise}
         keys:
           - {id: k, hash: \(Fixture.hash("k")), consumer: c, plan: free}
         """
         #expect(errors(yaml) == [
-            "p.yaml:5: plans.free.quotas: not supported yet",
+            "p.yaml:5: plans.free.quotas[0].tokens: not supported yet (token quotas arrive with per-token pricing)",
         ])
     }
 
@@ -154,7 +155,7 @@ struct NotSupportedYetTests {
             "POLICY.yaml:35: credentials.jwt: not supported yet",
             "POLICY.yaml:51: backends.flowise.inject: not supported yet",
             "POLICY.yaml:56: secrets: not supported yet",
-            "POLICY.yaml:64: plans.free.quotas: not supported yet",
+            "POLICY.yaml:66: plans.free.quotas[1].tokens: not supported yet (token quotas arrive with per-token pricing)",
             "POLICY.yaml:85: routes[2].credentials: not supported yet",
             "POLICY.yaml:88: routes[2].credits.per_token: not supported yet (per-token pricing and streamed metering)",
             "POLICY.yaml:90: routes[2].credits.stream: not supported yet (per-token pricing and streamed metering)",

@@ -1,5 +1,6 @@
 import CSystem
 import ArgumentParser
+import Backends
 import Glibc
 import Policy
 import Runtime
@@ -103,6 +104,9 @@ struct Serve: ParsableCommand {
             }
             ledger?.start()
         }
+        // Calendar quotas without Redis: counted here, saved beside the key log.
+        let quotas = snapshot.store == nil ? LocalQuotas(directory: EmbeddedKeyLog.defaultDirectory(forPolicies: policies)) : nil
+        quotas?.start()
         let readiness = AdminServer.Readiness(storeMustAnswer: snapshot.store?.onError == .closed)
         var admin: AdminServer?
         if let spec = snapshot.admin {
@@ -116,7 +120,7 @@ struct Serve: ParsableCommand {
         }
         do {
             try server.start(snapshot: snapshot, keys: reloader.keyDirectory(), accessLog: accessLog, usage: usage,
-                             ledger: ledger, instanceID: instanceID)
+                             ledger: ledger, quotas: quotas, instanceID: instanceID)
         } catch {
             Log.error("\(error)")
             throw ExitCode(1)

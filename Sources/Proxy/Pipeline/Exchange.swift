@@ -5,7 +5,7 @@ import Runtime
 /// The request phases, in the one order they run (declaration order is the contract).
 /// Nothing is consumed by a request a phase refuses: the limiter runs last.
 enum Phase: UInt8 {
-    case route, resolveClient, extractCredential, lookupKey, authorize, admit, reserve, forward
+    case route, resolveClient, extractCredential, lookupKey, authorize, admit, quota, reserve, forward
 }
 
 /// What a phase did: go on, park the exchange until the store answers, or refuse.
@@ -196,7 +196,7 @@ final class Exchange: RedisWaiter {
     /// The store answered the phase this exchange waits in (never from inside the call that
     /// started the wait: the Redis client defers every completion).
     func redisCompleted(token: UInt64, result: RedisResult) {
-        guard isOpen, token == facts.token, facts.phase == .lookupKey || facts.phase == .admit || facts.phase == .reserve else { return }
+        guard isOpen, token == facts.token, facts.phase == .lookupKey || facts.phase == .admit || facts.phase == .quota || facts.phase == .reserve else { return }
         switch downstream {
         case .h1(let session): session.storeAnswered(Pipeline.resume(self, with: result))
         case .h2(let stream): stream.storeAnswered(Pipeline.resume(self, with: result))
@@ -300,6 +300,10 @@ struct ExchangeFacts {
     var creditCharged: Int64 = 0
     /// Available credits after the reservation (or, refused, what was available); -1: none.
     var creditsRemaining: Int64 = -1
+    /// Quota counts this exchange took (given back if a later phase refuses it).
+    var quotaKeys: [String]?
+    var quotaCountedInRedis = false
+    var quotaEnds: [Int64] = []
     /// Bytes of the request went to an upstream (a client that leaves before is not charged).
     var upstreamSent = false
 
@@ -332,6 +336,7 @@ struct ExchangeFacts {
             creditsRemaining = -1
         }
         upstreamSent = false
+        if quotaKeys != nil || quotaCountedInRedis { quotaKeys = nil; quotaCountedInRedis = false }
     }
 }
 

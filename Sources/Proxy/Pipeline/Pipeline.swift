@@ -30,6 +30,7 @@ enum Pipeline {
             case .lookupKey: result = x.context.lookup(for: x)
             case .authorize: result = authorize(x)
             case .admit: result = admit(x)
+            case .quota: result = quota(x)
             case .reserve: result = reserve(x)
             case .forward: return .forward
             }
@@ -66,6 +67,7 @@ enum Pipeline {
 
     private static func refuse(_ d: Denial, _ x: Exchange) -> Step {
         x.facts.retryAfterSeconds = d.retryAfterSeconds ?? 0
+        if x.facts.quotaKeys != nil || x.facts.quotaCountedInRedis { x.context.quotas?.giveBack(x) }
         return .refuse(d)
     }
 
@@ -200,6 +202,14 @@ enum Pipeline {
         let plans = x.facts.snapshot.plans
         guard planIndex < plans.count, !plans[planIndex].windows.isEmpty else { return .next }
         return x.context.admit(for: x, plan: plans[planIndex])
+    }
+
+    /// Calendar quotas of the key's plan (after the rate limits, before credits).
+    static func quota(_ x: Exchange) -> PhaseResult {
+        guard let record = x.facts.record, let planIndex = record.planIndex else { return .next }
+        let plans = x.facts.snapshot.plans
+        guard planIndex < plans.count, !plans[planIndex].quotas.isEmpty, let gate = x.context.quotas else { return .next }
+        return gate.check(x, plan: plans[planIndex])
     }
 
     /// Credits: the route's price held on the payer's account (402 when it cannot be).
