@@ -34,9 +34,6 @@ public struct CreditsSpec: Sendable, Equatable {
     public init() {}
 }
 
-/// The SSE dialect a metered route's answers are counted in.
-public enum StreamDialect: UInt8, Sendable { case flowise, openai }
-
 /// A route's `credits:` block: its price and how a failed exchange is refunded.
 public struct RouteCredits: Sendable, Equatable {
     public struct TokenPrice: Sendable, Equatable {
