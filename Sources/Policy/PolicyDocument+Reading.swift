@@ -684,8 +684,30 @@ struct NodeReader {
             switch k {
             case "per_request":
                 if let i = int(v, p, min: 0, max: cap) { c.perRequest = Int64(i) } else { ok = false }
-            case "per_token", "stream":
-                notSupportedYet(kn, p, "per-token pricing and streamed metering"); ok = false
+            case "per_token":
+                guard let tm = mapping(v, p) else { ok = false; continue }
+                var price = RouteCredits.TokenPrice(input: 0, output: 0, per: 1000)
+                var sawOutput = false
+                for (tk, tkn, tv) in tm {
+                    let tp = NodeReader.join(p, tk)
+                    switch tk {
+                    case "input": if let i = int(tv, tp, min: 0, max: cap) { price.input = Int64(i) } else { ok = false }
+                    case "output":
+                        sawOutput = true
+                        if let i = int(tv, tp, min: 0, max: cap) { price.output = Int64(i) } else { ok = false }
+                    case "per": if let i = int(tv, tp, min: 1, max: 1_000_000_000) { price.per = Int64(i) } else { ok = false }
+                    default: unknown(tkn, tp); ok = false
+                    }
+                }
+                if !sawOutput { missing(v, p, "output"); ok = false }
+                c.perToken = price
+            case "stream":
+                guard let s = string(v, p) else { ok = false; continue }
+                switch s {
+                case "flowise": c.stream = .flowise
+                case "openai": c.stream = .openai
+                default: fail(v, p, "invalid value '\(s)' (expected flowise or openai)"); ok = false
+                }
             case "reserve_tokens":
                 if let i = int(v, p, min: 1, max: 10_000_000) { c.reserveTokens = Int64(i) } else { ok = false }
             case "refund_on":
@@ -706,6 +728,9 @@ struct NodeReader {
         }
         if ok, c.perRequest == 0, c.perToken == nil {
             fail(n, path, "needs per_request or per_token (a price)"); ok = false
+        }
+        if ok, c.stream != nil, c.perToken == nil, let sn = m.first(where: { $0.key == "stream" }) {
+            fail(sn.keyNode, NodeReader.join(path, "stream"), "metering a stream needs per_token (a price per token)"); ok = false
         }
         return ok ? c : nil
     }

@@ -76,6 +76,9 @@ final class UpstreamConnection: EventHandler {
     var isReadable = false
     var isWritable = false
     var sawEOF = false
+    /// Not reusable whatever its state (an answer cut off for want of credits: closing it
+    /// tells the backend to stop generating).
+    var mustClose = false
     /// epoll reported the peer's FIN (or an error): read until a read says so.
     var hasHungUp = false
     /// The exchange this connection serves; nil while idle.

@@ -71,6 +71,10 @@ extension UpstreamRelaying {
     func frameResponse(_ up: UpstreamConnection) {
         let buf = up.inBuf
         while true {
+            if exchange.meterState.mode != .off && !responseBody.isAwaitingHead {
+                if exchange.meterState.paused || !frameMetered(up) { return }
+                continue
+            }
             switch responseBody {
             case .awaitingHead:
                 if buf.readableBytes == 0 { return }
@@ -136,4 +140,55 @@ extension UpstreamRelaying {
         }
     }
 
+    /// One step of a metered answer's body: every byte goes through the meter into `outBuf`
+    /// (chunks de-chunked, and framed again for an HTTP/1.1 client). False when nothing more
+    /// can be done now (no bytes, no room, paused, or the answer ended).
+    func frameMetered(_ up: UpstreamConnection) -> Bool {
+        let buf = up.inBuf
+        if responseBody.isDone || buf.readableBytes == 0 { return false }
+        // Room for a chunk's size line and CRLF besides the data.
+        var room = outBuf.writableBytes - 16
+        if room <= 0 {
+            if outBuf.readerIndex > 0 { _ = outBuf.compact(); room = outBuf.writableBytes - 16 }
+            if room <= 0 { return false }
+        }
+        switch responseBody {
+        case .length(let remaining):
+            let take = Int(min(Int64(min(buf.readableBytes, room)), remaining))
+            let used = meterBody(buf.readPointer, take)
+            buf.readerIndex += used
+            if case .length = responseBody {
+                let left = remaining - Int64(used)
+                responseBody = left == 0 ? .done : .length(remaining: left)
+            }
+            return used == take && used > 0 && !responseBody.isDone
+        case .untilClose:
+            let take = min(buf.readableBytes, room)
+            let used = meterBody(buf.readPointer, take)
+            buf.readerIndex += used
+            return used == take && used > 0 && !responseBody.isDone
+        case .chunkedDecode, .chunkedPass:
+            let input = UnsafeRawBufferPointer(rebasing: buf.readable[0..<min(buf.readableBytes, room)])
+            switch responseChunks.step(input) {
+            case .data(let skip, let count):
+                let used = meterBody(input.baseAddress! + skip, count)
+                if used < count { responseChunks.giveBack(count - used) }
+                buf.readerIndex += skip + used
+                return used == count && !responseBody.isDone
+            case .needMore(let consumed):
+                buf.readerIndex += consumed
+                return consumed > 0 && buf.readableBytes > 0
+            case .end(let consumed):
+                buf.readerIndex += consumed
+                if rechunks { outBuf.write(HTTP1Session.lastChunk) }
+                responseBody = .done
+                return false
+            case .failed:
+                upstreamFailure(.badResponse)
+                return false
+            }
+        case .awaitingHead, .done:
+            return false
+        }
+    }
 }

@@ -34,6 +34,32 @@ import Testing
         #expect(snap.routes[1].credits == nil)
     }
 
+    @Test func perTokenPricesCompile() throws {
+        let (s, errors) = load(Self.base + """
+        credits: {ledger: local}
+        routes:
+          - name: chat
+            match: {path_prefix: /c/}
+            backend: up
+            credits: {per_request: 1, per_token: {input: 1, output: 3, per: 1000}, reserve_tokens: 512, stream: openai}
+        """)
+        #expect(errors.isEmpty, "\(errors)")
+        let c = try #require(s?.routes[0].credits)
+        #expect(c.perToken == RouteCredits.TokenPrice(input: 1, output: 3, per: 1000))
+        #expect(c.reserveTokens == 512)
+        #expect(c.stream == .openai)
+        #expect(load(Self.base + """
+        credits: {ledger: local}
+        routes:
+          - {name: c, match: {path: /c}, backend: up, credits: {per_request: 1, stream: flowise}}
+        """).1 == ["p.yaml:6: routes[0].credits.stream: metering a stream needs per_token (a price per token)"])
+        #expect(load(Self.base + """
+        credits: {ledger: local}
+        routes:
+          - {name: c, match: {path: /c}, backend: up, credits: {per_token: {input: 1}}}
+        """).1 == ["p.yaml:6: routes[0].credits.per_token.output: missing required field"])
+    }
+
     @Test func refusalsNameFileLineAndKey() {
         #expect(load(Self.base + """
         routes:

@@ -76,18 +76,6 @@ struct NotSupportedYetTests {
                 required_claims: {type: access}
                 leeway: 30s
             """, expected: ["p.yaml:4: credentials.jwt: not supported yet"]),
-        Case(name: "route per-token credits", yaml: """
-            version: 1
-            credits: {ledger: local}
-            backends:
-              finance: {url: http://127.0.0.1:7001}
-            routes:
-              - name: chat
-                match: {path_prefix: /chat/}
-                backend: finance
-                credits:
-                  per_token: {input: 1, output: 3, per: 1000}
-            """, expected: ["p.yaml:10: routes[0].credits.per_token: not supported yet (per-token pricing and streamed metering)"]),
         Case(name: "route credentials", yaml: """
             version: 1
             backends:
@@ -157,8 +145,6 @@ struct NotSupportedYetTests {
             "POLICY.yaml:56: secrets: not supported yet",
             "POLICY.yaml:66: plans.free.quotas[1].tokens: not supported yet (token quotas arrive with per-token pricing)",
             "POLICY.yaml:85: routes[2].credentials: not supported yet",
-            "POLICY.yaml:88: routes[2].credits.per_token: not supported yet (per-token pricing and streamed metering)",
-            "POLICY.yaml:90: routes[2].credits.stream: not supported yet (per-token pricing and streamed metering)",
             "POLICY.yaml:114: credits.accounting: not supported yet (the accounting ledger)",
             "POLICY.yaml:130: security: not supported yet",
         ])

@@ -63,8 +63,11 @@ import Testing
 
         static func hash(_ key: String) -> String { KeyHash.sha256(key).description }
 
+        /// Started, and ready (the store connected when there is one).
         func serve() throws -> TollgateProcess {
-            try TollgateProcess(policies: policy, port: port, extra: ["--drain-timeout", "5"])
+            let tg = try TollgateProcess(policies: policy, port: port, extra: ["--drain-timeout", "5"])
+            #expect(try poll(timeout: 10) { try get(admin, "/readyz").status == 200 } != nil)
+            return tg
         }
 
         func grant(_ account: String, _ n: Int) throws -> String {

@@ -51,8 +51,14 @@ final class CreditGate: RedisWaiter {
     func reserve(_ x: Exchange, price: RouteCredits) -> PhaseResult {
         guard let record = x.facts.record else { return .reply(Denial(.invalidKey)) }
         let account = account(of: record)
-        let want = price.perRequest
-        let minimum = price.perRequest
+        var want = price.perRequest
+        var minimum = price.perRequest
+        if let t = price.perToken {
+            // The price, the input estimate, and the output the client asked for (at least one
+            // token of it must be affordable).
+            want = Self.add(price.perRequest, Self.tokenCredits(input: x.facts.inputEstimate, output: x.facts.outputWanted, price: t))
+            minimum = Self.add(price.perRequest, Self.tokenCredits(input: x.facts.inputEstimate, output: 1, price: t))
+        }
         x.facts.creditAccount = account
         if spec.ledger == .redis {
             return reserveInRedis(x, account: account, want: want, minimum: minimum, withSource: false)
@@ -84,7 +90,14 @@ final class CreditGate: RedisWaiter {
         guard x.facts.creditState == .held, let account = x.facts.creditAccount,
               let price = x.facts.route?.credits else { return }
         x.facts.creditState = .settled
-        let charge = Self.charge(x, price: price)
+        var charge = Self.charge(x, price: price)
+        if !Self.isRefunded(x, price: price), let t = price.perToken {
+            let input = x.meterState.reportedInput ?? x.facts.inputEstimate
+            let output = x.meterState.outputTokens
+            x.facts.tokensIn = input
+            x.facts.tokensOut = output
+            charge = Self.add(price.perRequest, Self.tokenCredits(input: input, output: output, price: t))
+        }
         if spec.ledger == .redis {
             x.facts.creditCharged = charge
             guard let id = x.facts.creditID else { return }
@@ -96,6 +109,81 @@ final class CreditGate: RedisWaiter {
         let r = x.withRequestID { local.settle(account, reserved: x.facts.creditReserved, charge: charge, requestID: $0) }
         x.facts.creditCharged = r.charged
         if r.charged > 0 { charged.add(route: x.facts.route?.name ?? "-", r.charged) }
+    }
+
+    // MARK: per-token arithmetic
+
+    /// ceil((input × in + output × out) / per): rounded up once per request, saturating.
+    static func tokenCredits(input: Int64, output: Int64, price: RouteCredits.TokenPrice) -> Int64 {
+        let (a, o1) = max(0, input).multipliedReportingOverflow(by: price.input)
+        let (b, o2) = max(0, output).multipliedReportingOverflow(by: price.output)
+        let (sum, o3) = a.addingReportingOverflow(b)
+        if o1 || o2 || o3 { return Int64.max / 4 }
+        let per = max(1, price.per)
+        return sum / per + (sum % per == 0 ? 0 : 1)
+    }
+
+    static func add(_ a: Int64, _ b: Int64) -> Int64 {
+        let (r, o) = a.addingReportingOverflow(b)
+        return o ? Int64.max / 4 : r
+    }
+
+    /// The output tokens `held` credits pay for, after the flat price and the input.
+    static func outputBudget(held: Int64, perRequest: Int64, inputTokens: Int64, price: RouteCredits.TokenPrice) -> Int64 {
+        guard price.output > 0 else { return .max }
+        let (room, o1) = (held - perRequest).multipliedReportingOverflow(by: max(1, price.per))
+        let (inputCost, o2) = max(0, inputTokens).multipliedReportingOverflow(by: price.input)
+        if o1 || o2 { return 0 }
+        let left = room - inputCost
+        return left <= 0 ? 0 : left / price.output
+    }
+
+    /// A stream spent what it held: another `reserve_tokens` worth (or what is left, at least
+    /// one token's). Local: decided now; Redis: `.pending`, the answer resumes the exchange.
+    func extend(_ x: Exchange) -> ExtendOutcome {
+        guard x.facts.creditState == .held, let account = x.facts.creditAccount, let price = x.facts.route?.credits,
+              let t = price.perToken else { return .refused }
+        let want = max(1, Self.tokenCredits(input: 0, output: price.reserveTokens, price: t))
+        let minimum = max(1, Self.tokenCredits(input: 0, output: 1, price: t))
+        if spec.ledger == .redis {
+            guard let redis = context.store?.redis, let id = x.facts.creditID else { return .refused }
+            let ttl = max(1, spec.reservationTTL.nanoseconds / 1_000_000)
+            let cmd = RedisCreditScript.command(account: account, id: id, op: "reserve",
+                                                [String(want), String(minimum), String(ttl)], withSource: true)
+            x.facts.extending = true
+            if let failed = redis.command(cmd, waiter: x, token: x.facts.token) {
+                x.facts.extending = false
+                return completeExtension(x, result: failed)
+            }
+            return .pending
+        }
+        guard let local else { return .refused }
+        switch local.reserve(account, want: want, minimum: minimum) {
+        case .granted(let amount, let available):
+            granted(x, amount: amount, available: available)
+            return .granted
+        case .insufficient:
+            return .refused
+        }
+    }
+
+    private func granted(_ x: Exchange, amount: Int64, available: Int64) {
+        x.facts.creditReserved = Self.add(x.facts.creditReserved, amount)
+        x.facts.creditsRemaining = available
+        if let price = x.facts.route?.credits, let t = price.perToken {
+            x.meterState.budget = Self.outputBudget(held: x.facts.creditReserved, perRequest: price.perRequest,
+                                                    inputTokens: x.facts.inputEstimate, price: t)
+        }
+    }
+
+    /// Redis answered an extension.
+    func completeExtension(_ x: Exchange, result: RedisResult) -> ExtendOutcome {
+        x.facts.extending = false
+        guard case .reply(let r) = result, let v = RedisCreditScript.integers(r), v.count >= 2, v[0] == 1, v.count >= 3 else {
+            return .refused
+        }
+        granted(x, amount: v[1], available: v[2])
+        return .granted
     }
 
     // MARK: the redis ledger
@@ -192,17 +280,22 @@ final class CreditGate: RedisWaiter {
 
     /// What an exchange that held credits owes: its price, unless `refund_on` gives it back.
     static func charge(_ x: Exchange, price: RouteCredits) -> Int64 {
+        isRefunded(x, price: price) ? 0 : price.perRequest
+    }
+
+    /// `refund_on` gives this exchange's price back (or nothing was served).
+    static func isRefunded(_ x: Exchange, price: RouteCredits) -> Bool {
         let status = x.answerStatus
         if x.answerCode == MetricCode.ok {
-            if status >= 500 && price.refundOn.contains(.serverError) { return 0 }
-            if status >= 400 && status < 500 && price.refundOn.contains(.clientError) { return 0 }
+            if status >= 500 && price.refundOn.contains(.serverError) { return true }
+            if status >= 400 && status < 500 && price.refundOn.contains(.clientError) { return true }
         } else if status != 0 {
             // Tollgate answered itself after admission: the upstream failed or never answered.
-            if price.refundOn.contains(.unavailable) { return 0 }
+            if price.refundOn.contains(.unavailable) { return true }
         } else if !x.facts.upstreamSent {
             // The client left before anything reached the upstream: nothing was served.
-            return 0
+            return true
         }
-        return price.perRequest
+        return false
     }
 }

@@ -23,6 +23,8 @@ final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
         case proxying
         /// A phase waits for a store (Redis) reply; nothing is read meanwhile.
         case waiting
+        /// A per-token route: the whole request body is read (into `sideBody`) before admission.
+        case collectingBody
         /// Writing a locally generated response.
         case replying
         case closed
@@ -74,7 +76,8 @@ final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
     private var workspace: UnsafeMutableRawPointer?
     var hasWorkspace: Bool { workspace != nil }
     var headBytes: UnsafeRawBufferPointer { inBuf.readable }
-    var decodesChunked: Bool { request.version != .http11 }
+    var decodesChunked: Bool { request.version != .http11 || exchange.meterState.mode != .off }
+    var rechunks: Bool { request.version == .http11 && exchange.meterState.mode != .off }
     /// `transport.mayHoldMore`, read once (a stored Bool on the read path, not a switch).
     let mayHoldMore: Bool
     /// When the connection last went idle holding its workspace (loop clock); the loop's
@@ -113,6 +116,11 @@ final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
     var hasRetried = false
     /// When the current request body's deadline falls (it moves with the bytes received).
     var bodyDeadline: UInt64 = 0
+    /// A per-token request's body, read whole before admission and then sent on from here.
+    private var sideBody: IOBuffer?
+    private var sideBodyTarget = 0
+    /// The largest body a per-token request may have (it is read whole before admission).
+    static let maxPricedBody = HTTP2Session.streamWindow
 
     init(fd: Int32, peer: PeerAddress, tls: TLSStream?, context: LoopContext) {
         self.fd = fd
@@ -219,6 +227,8 @@ final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
         case .handshaking:
             context.gauges.countHandshakeFailure("timeout")
             close()
+        case .collectingBody:
+            replyAndClose(status: 408, code: .badRequest, message: "request body not received in time")
         case .waiting, .closed:
             break
         }
@@ -257,6 +267,8 @@ final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
                 if !stepHandshake() { return }
             case .waiting:
                 return
+            case .collectingBody:
+                if !stepCollectingBody() { return }
             case .closed:
                 return
             }
@@ -407,7 +419,95 @@ final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
             state = .proxying
             replyLocal(status: 413, code: .badRequest, message: "request body larger than the route allows",
                        headLength: exchange.facts.headLength, forceClose: true)
+        case .needBody:
+            beginCollectingBody()
         }
+    }
+
+    // MARK: per-token requests: the body before admission
+
+    private func beginCollectingBody() {
+        let headLength = exchange.facts.headLength
+        switch request.framing {
+        case .none, .untilClose:
+            exchange.request.bodyReady = true
+            state = .proxying
+            act(on: Pipeline.run(exchange))
+        case .chunked:
+            state = .proxying
+            replyLocal(status: 411, code: .badRequest, message: "a priced request needs a Content-Length body",
+                       headLength: headLength, forceClose: true)
+        case .contentLength(let n):
+            guard n <= Int64(Self.maxPricedBody), n <= Int64(exchange.facts.route?.maxBodyBytes ?? 0) else {
+                state = .proxying
+                return replyLocal(status: 413, code: .badRequest,
+                                  message: "a priced request body may be \(Self.maxPricedBody / 1024) KiB at most",
+                                  headLength: headLength, forceClose: true)
+            }
+            let b = context.takeBodyBuffer()
+            b.clear()
+            sideBody = b
+            sideBodyTarget = Int(n)
+            state = .collectingBody
+            if request.expectsContinue && inBuf.readableBytes == headLength { outBuf.write(Self.continue100) }
+            bodyDeadline = context.loop.now &+ context.bodyTimeoutNanos
+            deadline.set(bodyDeadline, fd: fd, loop: context.loop)
+            takeCollectedBytes()
+        }
+    }
+
+    /// Moves body bytes that follow the head in `inBuf` into `sideBody` (the head stays in
+    /// place: the exchange's ranges point into it); the body complete, the phases go on.
+    private func takeCollectedBytes() {
+        guard let b = sideBody else { return }
+        let headEnd = inBuf.readerIndex + exchange.facts.headLength
+        let avail = inBuf.writerIndex - headEnd
+        let take = min(avail, sideBodyTarget - b.readableBytes)
+        if take > 0 {
+            b.write(UnsafeRawPointer(inBuf.base + headEnd), count: take)
+            let tail = avail - take
+            if tail > 0 { memmove(inBuf.base + headEnd, inBuf.base + headEnd + take, tail) }
+            inBuf.writerIndex = headEnd + tail
+        }
+        guard b.readableBytes == sideBodyTarget, state == .collectingBody else { return }
+        exchange.request.body = b.readable
+        exchange.request.bodyReady = true
+        exchange.bytesIn &+= Int64(sideBodyTarget)
+        requestBody = .none      // read whole; `sideBody` goes upstream after the head
+        deadline.clear()
+        state = .proxying
+        act(on: Pipeline.run(exchange))
+    }
+
+    private func stepCollectingBody() -> Bool {
+        if outBuf.readableBytes > 0 && isWritable { _ = flushClient() }
+        if state != .collectingBody { return false }
+        guard isReadable, inBuf.writableBytes > 0 else {
+            if sawEOF { close() }
+            return false
+        }
+        let n = readClient()
+        if n > 0 {
+            extendBodyDeadline(by: n)
+            takeCollectedBytes()
+            return true
+        }
+        if sawEOF { close() }
+        return false
+    }
+
+    private func releaseSideBody() {
+        if let b = sideBody {
+            sideBody = nil
+            context.giveBackBodyBuffer(b)
+        }
+    }
+
+    /// An extension of a metered answer's reservation came back (Redis).
+    func meterResumed(_ outcome: ExtendOutcome) {
+        guard state == .proxying, upstream != nil else { return }
+        meterExtended(outcome)
+        drive()
     }
 
     /// The exchange's store wait ended (its completion ran the pipeline on).
@@ -438,6 +538,7 @@ final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
         up.inBuf.clear()
         up.parser.reset()
         up.sawEOF = false
+        up.mustClose = false
         switch RequestHeadWriter.write(self, into: up.outBuf) {
         case .written:
             exchange.facts.upstreamSent = true
@@ -475,6 +576,17 @@ final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
 
         // Request side: client → upstream.
         if !isRequestSent {
+            if let sb = sideBody {
+                let out = up.outBuf
+                if out.writableBytes == 0 && out.readerIndex > 0 { _ = out.compact() }
+                let take = min(sb.readableBytes, out.writableBytes)
+                if take > 0 {
+                    out.write(sb.readPointer, count: take)
+                    sb.readerIndex += take
+                    progress = true
+                }
+                if sb.readableBytes == 0 { releaseSideBody() }
+            }
             if requestBody.isPending {
                 if frameRequestBody(up) { progress = true }
                 if case .closed = state { return false }
@@ -483,7 +595,7 @@ final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
                 if flushUpstream(up) { progress = true }
                 if state == .closed || upstream !== up { return true }
             }
-            if up.outBuf.readableBytes == 0 && requestPass == 0 && !requestBody.isPending {
+            if up.outBuf.readableBytes == 0 && requestPass == 0 && !requestBody.isPending && sideBody == nil {
                 isRequestSent = true
                 progress = true
             }
@@ -495,7 +607,8 @@ final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
         if up.state == .active && up.isReadable && !responseBody.isDone {
             if readUpstream(up) { progress = true }
             if state == .closed || upstream !== up { return true }
-        } else if responseBody == .chunkedDecode && up.inBuf.readableBytes > 0 {
+        } else if (responseBody == .chunkedDecode || exchange.meterState.mode != .off) && !responseBody.isDone
+                    && up.inBuf.readableBytes > 0 {
             // Chunks already read wait for room in outBuf (an HTTP/1.0 client reading slowly).
             let mark = up.inBuf.readerIndex
             frameResponse(up)
@@ -694,7 +807,7 @@ final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
     private func finishExchange(_ up: UpstreamConnection) {
         upstream = nil
         exchange.settle()
-        let reusable = isRequestSent && !up.head.wantsClose && !up.sawEOF && up.inBuf.readableBytes == 0
+        let reusable = isRequestSent && !up.head.wantsClose && !up.sawEOF && !up.mustClose && up.inBuf.readableBytes == 0
         if reusable { up.pool.release(up) } else { up.pool.retire(up) }
         if !isRequestSent {
             // The response ended before the request body did: the rest of it can't be framed.
@@ -704,6 +817,7 @@ final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
     }
 
     private func nextRequest() {
+        releaseSideBody()
         if closeAfterResponse || isDrainRequested && inBuf.readableBytes == 0 {
             close()
             return
@@ -844,6 +958,7 @@ final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
         if state == .closed { return }
         if let up = upstream { upstream = nil; up.pool.retire(up) }
         state = .closed
+        releaseSideBody()
         exchange.settle()   // a client that left, a cut response, a time-out: settled all the same
         exchange.downstream = .detached
         detachWorkspace()

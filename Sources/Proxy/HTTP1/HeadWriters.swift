@@ -16,8 +16,12 @@ protocol ExchangeCarrier: AnyObject {
     var responseBody: HTTP1Session.ResponseBody { get set }
     var responseChunks: ChunkedDecoder { get set }
     var closeAfterResponse: Bool { get set }
-    /// A chunked upstream body is de-chunked (HTTP/1.0 clients, HTTP/2 streams).
+    /// A chunked upstream body is de-chunked (HTTP/1.0 clients, HTTP/2 streams, metered
+    /// answers).
     var decodesChunked: Bool { get }
+    /// De-chunked bytes go to the client as chunks again (a metered answer to an HTTP/1.1
+    /// client: the meter can end it with an event and the last chunk).
+    var rechunks: Bool { get }
 }
 
 /// Writes the request head sent upstream: hop-by-hop and Tollgate-owned fields dropped,
@@ -339,6 +343,7 @@ enum ResponseHeadWriter {
         out.isOverflowed = false
 
         var keepContentLength = false
+        c.exchange.beginMetering(up)
         switch head.framing {
         case .none:
             c.responseBody = .done
@@ -350,7 +355,7 @@ enum ResponseHeadWriter {
                 c.responseBody = .chunkedPass
             } else {
                 c.responseBody = .chunkedDecode
-                c.closeAfterResponse = true
+                if !c.rechunks { c.closeAfterResponse = true }
             }
             c.responseChunks.reset()
         case .untilClose:
@@ -404,7 +409,7 @@ enum ResponseHeadWriter {
             out.put(decimal: Int(n))
             lineOpen = true
         case .chunked:
-            if c.responseBody == .chunkedPass { out.put(chunked) }
+            if c.responseBody == .chunkedPass || c.rechunks { out.put(chunked) }
         case .none, .untilClose:
             break
         }
@@ -560,6 +565,7 @@ enum LocalReply {
         case 403: return "Forbidden"
         case 404: return "Not Found"
         case 408: return "Request Timeout"
+        case 411: return "Length Required"
         case 413: return "Content Too Large"
         case 414: return "URI Too Long"
         case 429: return "Too Many Requests"

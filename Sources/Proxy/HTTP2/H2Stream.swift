@@ -48,6 +48,7 @@ final class H2Stream: UpstreamRelaying {
     var responseChunks = ChunkedDecoder()
     var closeAfterResponse = false
     var decodesChunked: Bool { true }
+    var rechunks: Bool { false }
     var headBytes: UnsafeRawBufferPointer { inBuf.readable }
     var peer: PeerAddress { session.peer }
 
@@ -77,6 +78,8 @@ final class H2Stream: UpstreamRelaying {
     private var isAnswerSubmitted = false
     private var isDeferred = false
     private var hasRetried = false
+    /// A per-token route waits for the whole body (END_STREAM) before admission.
+    private var awaitingBody = false
 
     init(session: HTTP2Session, context: LoopContext) {
         self.session = session
@@ -110,6 +113,7 @@ final class H2Stream: UpstreamRelaying {
         isAnswerSubmitted = false
         isDeferred = false
         hasRetried = false
+        awaitingBody = false
         responseBody = .awaitingHead
         closeAfterResponse = false
         exchange.downstream = .h2(self)
@@ -260,7 +264,30 @@ final class H2Stream: UpstreamRelaying {
         case .wait: phase = .deciding
         case .refuse(let denial): replyLocal(status: denial.code.status, code: denial.code, message: denial.code.defaultMessage)
         case .bodyTooLarge: replyLocal(status: 413, code: .badRequest, message: "request body larger than the route allows")
+        case .needBody:
+            phase = .deciding
+            if requestComplete { provideBody() } else { awaitingBody = true }
         }
+    }
+
+    /// The whole body is buffered (END_STREAM came; it fits one window): the phases go on.
+    private func provideBody() {
+        awaitingBody = false
+        if let b = body {
+            exchange.request.body = b.readable
+        } else {
+            exchange.request.body = UnsafeRawBufferPointer(start: nil, count: 0)
+        }
+        exchange.request.bodyReady = true
+        act(on: Pipeline.run(exchange))
+    }
+
+    /// An extension of a metered answer's reservation came back (Redis).
+    func meterResumed(_ outcome: ExtendOutcome) {
+        guard phase == .proxying, upstream != nil else { return }
+        meterExtended(outcome)
+        session.markDirty(self)
+        session.pump()
     }
 
     /// The store answered the phase this exchange waited in.
@@ -288,12 +315,18 @@ final class H2Stream: UpstreamRelaying {
         }
         b.write(UnsafeRawPointer(data), count: n)
         if phase == .proxying { session.markDirty(self) }
+        if awaitingBody && b.writableBytes == 0 && !requestComplete {
+            // A priced request's body must fit one window (it is read whole before admission).
+            awaitingBody = false
+            replyLocal(status: 413, code: .badRequest, message: "a priced request body may be \(HTTP2Session.streamWindow / 1024) KiB at most")
+        }
     }
 
     func requestEnded() {
         requestComplete = true
         if phase == .deciding || phase == .proxying { requestBody = bodyAfterEnd() }
         if phase == .proxying { session.markDirty(self) }
+        if awaitingBody && phase == .deciding { provideBody() }
     }
 
     /// What is left of the body once END_STREAM came: only buffered bytes.
@@ -380,6 +413,7 @@ final class H2Stream: UpstreamRelaying {
         up.inBuf.clear()
         up.parser.reset()
         up.sawEOF = false
+        up.mustClose = false
         switch RequestHeadWriter.write(self, into: up.outBuf) {
         case .written: exchange.facts.upstreamSent = true
         case .tooLarge:
@@ -494,7 +528,7 @@ final class H2Stream: UpstreamRelaying {
     private func finishUpstream(_ up: UpstreamConnection) {
         upstream = nil
         up.stream = nil
-        let reusable = !up.head.wantsClose && !up.sawEOF && up.inBuf.readableBytes == 0
+        let reusable = !up.head.wantsClose && !up.sawEOF && !up.mustClose && up.inBuf.readableBytes == 0
         if reusable { up.pool.release(up) } else { up.pool.retire(up) }
     }
 

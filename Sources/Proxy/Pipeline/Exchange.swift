@@ -5,7 +5,7 @@ import Runtime
 /// The request phases, in the one order they run (declaration order is the contract).
 /// Nothing is consumed by a request a phase refuses: the limiter runs last.
 enum Phase: UInt8 {
-    case route, resolveClient, extractCredential, lookupKey, authorize, admit, quota, reserve, forward
+    case route, resolveClient, extractCredential, lookupKey, authorize, body, admit, quota, reserve, forward
 }
 
 /// What a phase did: go on, park the exchange until the store answers, or refuse.
@@ -15,6 +15,8 @@ enum PhaseResult {
     case reply(Denial)
     /// A declared body over the route's limit: 413 before any credential work.
     case bodyTooLarge
+    /// The route prices tokens: the whole request body must be read before admission.
+    case needBody
 }
 
 /// Where the credential was found.
@@ -45,6 +47,9 @@ struct RequestView {
     var declaredBodyLength: Int64 = -1
     /// The listener the request came in on is TLS.
     var isTLS = false
+    /// The whole request body is in `body` (per-token routes read it before admission).
+    var bodyReady = false
+    var body = UnsafeRawBufferPointer(start: nil, count: 0)
 }
 
 /// One request, whatever protocol brought it: its view of the head, the facts the phases find,
@@ -84,6 +89,8 @@ final class Exchange: RedisWaiter {
     var bytesOut: Int64 = 0
     /// The head parsed (method and path are known).
     var hasParsedHead = false
+    /// A priced answer's metering (per-token routes).
+    var meterState = MeterState()
     /// An extension method's bytes (up to 16), for the access log.
     private var otherMethod: (UInt64, UInt64) = (0, 0)
     private var otherMethodCount = 0
@@ -125,6 +132,9 @@ final class Exchange: RedisWaiter {
         answerCode = MetricCode.ok
         bytesIn = 0
         bytesOut = 0
+        if meterState.mode != .off { meterState = MeterState() }
+        request.bodyReady = false
+        request.body = UnsafeRawBufferPointer(start: nil, count: 0)
         if facts.snapshot !== context.snapshot {
             facts.snapshot = context.snapshot
             facts.metrics = context.metrics
@@ -196,6 +206,15 @@ final class Exchange: RedisWaiter {
     /// The store answered the phase this exchange waits in (never from inside the call that
     /// started the wait: the Redis client defers every completion).
     func redisCompleted(token: UInt64, result: RedisResult) {
+        if isOpen, token == facts.token, facts.phase == .forward, facts.extending {
+            let outcome = context.credits?.completeExtension(self, result: result) ?? .refused
+            switch downstream {
+            case .h1(let session): session.meterResumed(outcome)
+            case .h2(let stream): stream.meterResumed(outcome)
+            case .detached: break
+            }
+            return
+        }
         guard isOpen, token == facts.token, facts.phase == .lookupKey || facts.phase == .admit || facts.phase == .quota || facts.phase == .reserve else { return }
         switch downstream {
         case .h1(let session): session.storeAnswered(Pipeline.resume(self, with: result))
@@ -304,6 +323,14 @@ struct ExchangeFacts {
     var quotaKeys: [String]?
     var quotaCountedInRedis = false
     var quotaEnds: [Int64] = []
+    /// Per-token routes: the input estimate and the output tokens the request asks for.
+    var inputEstimate: Int64 = 0
+    var outputWanted: Int64 = 0
+    /// What was charged for, in tokens (usage record).
+    var tokensIn: Int64 = 0
+    var tokensOut: Int64 = 0
+    /// An extension of the reservation is on its way to Redis.
+    var extending = false
     /// Bytes of the request went to an upstream (a client that leaves before is not charged).
     var upstreamSent = false
 
@@ -334,6 +361,9 @@ struct ExchangeFacts {
             creditReserved = 0
             creditCharged = 0
             creditsRemaining = -1
+            tokensIn = 0
+            tokensOut = 0
+            extending = false
         }
         upstreamSent = false
         if quotaKeys != nil || quotaCountedInRedis { quotaKeys = nil; quotaCountedInRedis = false }

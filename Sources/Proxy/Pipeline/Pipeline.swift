@@ -17,6 +17,8 @@ enum Pipeline {
         case refuse(Denial)
         /// A declared body over the route's limit: 413 `BAD_REQUEST`.
         case bodyTooLarge
+        /// Read the whole request body (`request.body`), then `run` again.
+        case needBody
     }
 
     /// Runs the phases from the current one until one stops the exchange.
@@ -29,6 +31,7 @@ enum Pipeline {
             case .extractCredential: result = extractCredential(x)
             case .lookupKey: result = x.context.lookup(for: x)
             case .authorize: result = authorize(x)
+            case .body: result = body(x)
             case .admit: result = admit(x)
             case .quota: result = quota(x)
             case .reserve: result = reserve(x)
@@ -62,6 +65,8 @@ enum Pipeline {
             return refuse(denial, x)
         case .bodyTooLarge:
             return .bodyTooLarge
+        case .needBody:
+            return .needBody
         }
     }
 
@@ -202,6 +207,19 @@ enum Pipeline {
         let plans = x.facts.snapshot.plans
         guard planIndex < plans.count, !plans[planIndex].windows.isEmpty else { return .next }
         return x.context.admit(for: x, plan: plans[planIndex])
+    }
+
+    /// Per-token routes: the request body, read whole, gives the input estimate and the output
+    /// the client asks for (the largest of every field a model might honour).
+    static func body(_ x: Exchange) -> PhaseResult {
+        guard let price = x.facts.route?.credits, price.perToken != nil else { return .next }
+        guard x.request.bodyReady else { return .needBody }
+        let body = x.request.body
+        let hints = body.count > 0 ? RequestTokenHints.scan(body) : RequestTokenHints()
+        if hints.invalid && body.count > 0 { return .reply(Denial(.badRequest)) }
+        x.facts.inputEstimate = CreditMath.inputEstimate(bodyBytes: Int64(body.count))
+        x.facts.outputWanted = max(1, hints.maxOutputTokens ?? price.reserveTokens)
+        return .next
     }
 
     /// Calendar quotas of the key's plan (after the rate limits, before credits).

@@ -196,8 +196,8 @@ extension Exchange {
         r.bytesIn = bytesIn
         r.bytesOut = bytesOut
         r.credits = facts.creditCharged
-        r.tokensIn = 0
-        r.tokensOut = 0
+        r.tokensIn = facts.tokensIn
+        r.tokensOut = facts.tokensOut
         withMethodBytes { r.method.set($0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, $0.count) }
         withRequestID { r.requestID.set($0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, $0.count) }
         if let k = facts.record {

@@ -178,6 +178,13 @@ struct ChunkedState: Sendable {
 
     /// Hands out chunk data from `p[from..<n]` (at least one byte is available).
     @inline(__always)
+    mutating func giveBack(_ n: Int) {
+        guard n > 0 else { return }
+        remaining &+= UInt64(n)
+        total -= n
+        phase = .data
+    }
+
     private mutating func emit(_ p: UnsafeRawPointer, from: Int, _ n: Int) -> ChunkedStep {
         let available = UInt64(n - from)
         let take = remaining < available ? remaining : available

@@ -40,4 +40,7 @@ public struct ChunkedDecoder: Sendable {
     /// `input` holds only bytes not consumed by earlier steps. After `.end` further steps
     /// return `.end(consumed: 0)`; after `.failed` they repeat the failure.
     public mutating func step(_ input: UnsafeRawBufferPointer) -> ChunkedStep { state.step(input) }
+    /// Gives back the last `n` bytes of the data the last step returned (they were not
+    /// taken; the next step returns them again).
+    public mutating func giveBack(_ n: Int) { state.giveBack(n) }
 }

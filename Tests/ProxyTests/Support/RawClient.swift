@@ -19,7 +19,7 @@ struct HTTPResponse {
 /// A blocking loopback HTTP/1.1 client over a raw socket: tests control every byte.
 final class RawClient {
     let fd: Int32
-    private var buffer: [UInt8] = []
+    private(set) var buffer: [UInt8] = []
 
     init(port: UInt16, host: String = "127.0.0.1", timeout: Double = 10) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)

@@ -136,6 +136,16 @@ final class UpstreamPeer: @unchecked Sendable {
     }
 
     func write(_ s: String) { write(Array(s.utf8)) }
+    /// Sends all of `b`; false when the peer is gone (the connection was closed under us).
+    func trySend(_ b: [UInt8]) -> Bool {
+        var off = 0
+        while off < b.count {
+            let n = b[off...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n <= 0 { return false }
+            off += n
+        }
+        return true
+    }
     func write(_ b: [UInt8]) {
         var off = 0
         while off < b.count {

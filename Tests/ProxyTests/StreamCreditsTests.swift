@@ -1,0 +1,301 @@
+import Foundation
+import Glibc
+import Policy
+import Synchronization
+import Testing
+
+/// Streamed answers on a per-token route: counted event by event as they pass, the
+/// reservation extended as it is spent, the stream ended cleanly when the account is empty,
+/// and one settlement whatever ended it.
+@Suite(.serialized) struct StreamCreditsTests {
+    static let key = "tg_stream_alice_0123456789"
+
+    /// A Flowise-style backend (the event bytes of BACKENDS.md): `start`, one `token` event per
+    /// token `delay` apart, then `usageMetadata` with the real figures. It notes how many
+    /// tokens it could write before its connection was closed under it.
+    final class FlowiseStream: @unchecked Sendable {
+        let upstream: ScriptedUpstream
+        let stopped = DispatchSemaphore(value: 0)
+        let lastBody = Mutex<String>("")
+        let writtenBeforeClose = Mutex<Int>(-1)
+
+        init(tokens: Int, delayMicros: UInt32 = 2_000) throws {
+            let box = Box()
+            upstream = try ScriptedUpstream { peer in
+                guard let me = box.value else { return }
+                while let head = peer.readHead() {
+                    let n = Int(headerValue(head, "Content-Length") ?? "0") ?? 0
+                    let body = n > 0 ? String(decoding: peer.read(count: n) ?? [], as: UTF8.self) : ""
+                    me.lastBody.withLock { $0 = body }
+                    func chunk(_ s: String) -> Bool {
+                        let b = Array(s.utf8)
+                        return peer.trySend(Array(String(b.count, radix: 16).utf8) + [13, 10] + b + [13, 10])
+                    }
+                    guard peer.trySend(Array("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".utf8)),
+                          chunk("message:\ndata:{\"event\":\"start\",\"data\":\"\"}\n\n") else { return }
+                    for i in 0..<tokens {
+                        if !chunk("message:\ndata:{\"event\":\"token\",\"data\":\"w\(i) \"}\n\n") {
+                            me.writtenBeforeClose.withLock { $0 = i }
+                            me.stopped.signal()
+                            return
+                        }
+                        usleep(delayMicros)
+                    }
+                    _ = chunk("message:\ndata:{\"event\":\"usageMetadata\",\"data\":{\"input_tokens\":7,\"output_tokens\":\(tokens),\"total_tokens\":\(tokens + 7)}}\n\n")
+                    _ = peer.trySend(Array("0\r\n\r\n".utf8))
+                }
+            }
+            box.value = self
+        }
+        final class Box: @unchecked Sendable { var value: FlowiseStream? }
+        var port: UInt16 { upstream.port }
+        func stop() { upstream.stop() }
+    }
+
+    struct Gate {
+        let dir: String
+        let port: UInt16
+        let admin = freePort()
+        var policy: String { dir + "/gw-\(port).yaml" }
+
+        init(upstream: UInt16, reserveTokens: Int = 4, redis: String? = nil, ttl: String = "5m", dir shared: String? = nil) {
+            dir = shared ?? makeTempDir("tgstream")
+            port = freePort()
+            writeFile(dir + "/gw-\(port).yaml", """
+            version: 1
+            listen:
+              - address: 127.0.0.1:\(port)
+            admin: {address: "127.0.0.1:\(admin)"}
+            \(redis.map { "store: {redis: \"\($0)\", deadline: 500ms}" } ?? "")
+            credits:
+              ledger: \(redis == nil ? "local" : "redis")
+              reservation_ttl: \(ttl)
+            usage:
+              spool: spool-\(port)
+              durability: 0ms
+              sinks:
+                - {kind: file, path: out/usage-\(port).jsonl}
+            backends:
+              flowise: {url: "http://127.0.0.1:\(upstream)"}
+            routes:
+              - name: chat
+                match: {methods: [POST], path_prefix: /api/v1/prediction/}
+                backend: flowise
+                credits:
+                  per_token: {input: 0, output: 1, per: 1}
+                  reserve_tokens: \(reserveTokens)
+                  stream: flowise
+            keys:
+              - {id: key_alice, hash: \(KeyHash.sha256(StreamCreditsTests.key).description), consumer: alice, scopes: []}
+
+            """)
+        }
+
+        /// Started, and ready (the store connected when there is one).
+        func serve() throws -> TollgateProcess {
+            let tg = try TollgateProcess(policies: policy, port: port, extra: ["--drain-timeout", "5"])
+            #expect(try poll(timeout: 10) { try get(admin, "/readyz").status == 200 } != nil)
+            return tg
+        }
+
+        func grant(_ n: Int) throws {
+            let (s, out) = try runTollgate(["credits", "grant", "alice", String(n), "--policies", policy])
+            #expect(s == 0, "\(out)")
+        }
+
+        func balance() throws -> (Int, Int) {
+            let (s, out) = try runTollgate(["credits", "balance", "alice", "--policies", policy])
+            #expect(s == 0, "\(out)")
+            var b = -1, r = 0
+            for line in out.split(separator: "\n") {
+                if line.hasPrefix("balance: ") { b = Int(line.dropFirst(9)) ?? -1 }
+                if line.hasPrefix("reserved: ") { r = Int(line.dropFirst(10)) ?? -1 }
+            }
+            return (b, r)
+        }
+
+        func usage() -> [[String: Any]] {
+            ((try? String(contentsOfFile: dir + "/out/usage-\(port).jsonl", encoding: .utf8)) ?? "").split(separator: "\n").compactMap {
+                try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+            }
+        }
+
+        func stop() { try? FileManager.default.removeItem(atPath: dir) }
+    }
+
+    static func chat(_ body: String = #"{"question":"hi","streaming":true}"#) -> String {
+        "POST /api/v1/prediction/flow1 HTTP/1.1\r\nHost: t\r\nX-API-Key: \(key)\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+    }
+
+    static func tokenEvents(_ text: String) -> Int { text.components(separatedBy: "\"event\":\"token\"").count - 1 }
+
+    /// 10 credits at one per token: the answer is cut after its 11th token (one event of
+    /// overshoot) with the Flowise error event and the last chunk; the account pays 10 and
+    /// is empty; the backend's connection is closed so it stops generating.
+    @Test func aStreamIsCutOffWhenCreditRunsOut() throws {
+        let flow = try FlowiseStream(tokens: 200)
+        defer { flow.stop() }
+        let gate = Gate(upstream: flow.port)
+        defer { gate.stop() }
+        try gate.grant(10)
+        let tg = try gate.serve()
+        let c = try RawClient(port: gate.port)
+        let r = try c.request(Self.chat(), method: "POST")   // reads to the last chunk
+        c.close()
+        let text = String(decoding: r.body, as: UTF8.self)
+        #expect(r.status == 200)
+        #expect(Self.tokenEvents(text) == 11, "\(text)")
+        #expect(text.hasSuffix("message:\ndata:{\"event\":\"error\",\"data\":\"INSUFFICIENT_CREDITS: Credits ran out; the answer was cut off.\"}\n\n"))
+        #expect(flow.stopped.wait(timeout: .now() + 10) == .success)
+        #expect(flow.writtenBeforeClose.withLock { $0 } < 200)
+        #expect(tg.stop() == 0)
+        #expect(try gate.balance() == (0, 0))
+        let rec = gate.usage().first { $0["route"] as? String == "chat" }
+        #expect(rec?["credits"] as? Int == 10)
+        #expect(rec?["tokens_out"] as? Int == 11)
+    }
+
+    /// The same over HTTP/2 (curl): the error event, then END_STREAM (curl exits 0).
+    @Test func aStreamIsCutOffOverHTTP2() throws {
+        let flow = try FlowiseStream(tokens: 200)
+        defer { flow.stop() }
+        let gate = Gate(upstream: flow.port)
+        defer { gate.stop() }
+        try gate.grant(6)
+        let tg = try gate.serve()
+        defer { tg.stop() }
+        let (rc, out) = try run("/usr/bin/curl", ["-sS", "-N", "--http2-prior-knowledge", "-H", "X-API-Key: \(Self.key)",
+                                                          "-d", #"{"question":"hi","streaming":true}"#,
+                                                          "http://127.0.0.1:\(gate.port)/api/v1/prediction/flow1"])
+        #expect(rc == 0, "\(out)")
+        #expect(Self.tokenEvents(out) == 7, "\(out)")
+        #expect(out.hasSuffix("data:{\"event\":\"error\",\"data\":\"INSUFFICIENT_CREDITS: Credits ran out; the answer was cut off.\"}\n\n"))
+    }
+
+    /// Enough credit: the whole answer passes, extended 4 tokens at a time, and the charge
+    /// is the backend's own usage figure.
+    @Test func aStreamWithEnoughCreditIsChargedItsUsageFigure() throws {
+        let flow = try FlowiseStream(tokens: 30)
+        defer { flow.stop() }
+        let gate = Gate(upstream: flow.port)
+        defer { gate.stop() }
+        try gate.grant(100)
+        let tg = try gate.serve()
+        let c = try RawClient(port: gate.port)
+        let r = try c.request(Self.chat(), method: "POST")
+        c.close()
+        let text = String(decoding: r.body, as: UTF8.self)
+        #expect(Self.tokenEvents(text) == 30)
+        #expect(text.contains("usageMetadata"))
+        #expect(!text.contains("INSUFFICIENT_CREDITS"))
+        #expect(tg.stop() == 0)
+        #expect(try gate.balance() == (70, 0))
+    }
+
+    /// A client that leaves mid-stream pays for what it was sent, not for the rest; the
+    /// backend's connection is closed so it stops generating.
+    @Test func aClientThatLeavesMidStreamPaysForWhatWasDelivered() throws {
+        let flow = try FlowiseStream(tokens: 400, delayMicros: 20_000)
+        defer { flow.stop() }
+        let gate = Gate(upstream: flow.port, reserveTokens: 1000)
+        defer { gate.stop() }
+        try gate.grant(1000)
+        let tg = try gate.serve()
+        let c = try RawClient(port: gate.port)
+        try c.send(Self.chat())
+        _ = try c.readHead()
+        var seen = ""
+        while Self.tokenEvents(seen) < 5 {
+            guard try c.fill() else { break }
+            seen = String(decoding: c.buffer, as: UTF8.self)
+        }
+        c.close()
+        #expect(flow.stopped.wait(timeout: .now() + 10) == .success)
+        #expect(tg.stop() == 0)
+        let (balance, reserved) = try gate.balance()
+        #expect(reserved == 0)
+        // Charged for the tokens that passed: the five read, and at most a couple more that were
+        // already on their way when the client closed.
+        #expect(balance <= 995 && balance >= 990, "balance \(balance)")
+        let rec = gate.usage().first { $0["route"] as? String == "chat" }
+        #expect((rec?["credits"] as? Int).map { 1000 - $0 } == balance)
+    }
+
+    /// `max_tokens: 10` beside `max_completion_tokens: 300`: the larger is reserved (so the
+    /// remaining balance the answer reports is 1000 − 300), whichever order they come in.
+    @Test func theLargestOutputFieldIsReserved() throws {
+        let flow = try FlowiseStream(tokens: 3)
+        defer { flow.stop() }
+        let gate = Gate(upstream: flow.port)
+        defer { gate.stop() }
+        try gate.grant(1000)
+        let tg = try gate.serve()
+        defer { tg.stop() }
+        for body in [#"{"question":"q","streaming":true,"max_tokens":10,"max_completion_tokens":300}"#,
+                     #"{"question":"q","streaming":true,"max_completion_tokens":300,"max_tokens":10}"#,
+                     #"{"question":"q","streaming":true,"overrideConfig":{"maxTokens":{"chatOpenAI_0":300}},"max_tokens":10}"#] {
+            let c = try RawClient(port: gate.port)
+            let r = try c.request(Self.chat(body), method: "POST")
+            c.close()
+            #expect(r.status == 200)
+            // Available after the reservation: what is left minus 300 (input is free here).
+            let remaining = Int(r.header("X-Tollgate-Credits-Remaining") ?? "") ?? -1
+            let (balance, _) = try gate.balance()
+            #expect(remaining == balance + 3 - 300, "remaining \(remaining) balance \(balance)")
+            #expect(flow.lastBody.withLock { $0 } == body)   // the body went upstream unchanged
+        }
+        let c = try RawClient(port: gate.port)
+        let bad = try c.request(Self.chat(#"{"question":"q","max_tokens":-5}"#), method: "POST")
+        c.close()
+        #expect(bad.status == 400)
+    }
+
+    /// Redis ledger: extensions go to Redis while the stream waits; the cut-off and the charge
+    /// are the same as the local ledger's. A proxy killed mid-stream strands nothing: its
+    /// reservation expires back to the account.
+    @Test func redisLedgerExtendsCutsOffAndExpiresReservations() throws {
+        let redis = try RedisServer()
+        defer { redis.stop() }
+        let flow = try FlowiseStream(tokens: 200)
+        defer { flow.stop() }
+        let gate = Gate(upstream: flow.port, redis: redis.urlText, ttl: "1s")
+        defer { gate.stop() }
+        try gate.grant(20)
+        var tg = try gate.serve()
+        let c = try RawClient(port: gate.port)
+        let r = try c.request(Self.chat(), method: "POST")
+        c.close()
+        let text = String(decoding: r.body, as: UTF8.self)
+        #expect(Self.tokenEvents(text) == 21, "\(text)")
+        #expect(text.contains("INSUFFICIENT_CREDITS"))
+        #expect(tg.stop() == 0)
+        #expect(try gate.balance() == (0, 0))
+
+        // Killed mid-stream: the reservation (4 tokens' worth, extended as it goes) comes back.
+        try gate.grant(50)
+        let slow = try FlowiseStream(tokens: 1000, delayMicros: 20_000)
+        defer { slow.stop() }
+        let gate2 = Gate(upstream: slow.port, reserveTokens: 40, redis: redis.urlText, ttl: "1s", dir: gate.dir)
+        tg = try gate2.serve()
+        let c2 = try RawClient(port: gate2.port)
+        try c2.send(Self.chat())
+        _ = try c2.readHead()
+        var seen = ""
+        while Self.tokenEvents(seen) < 3 {
+            guard try c2.fill() else { break }
+            seen = String(decoding: c2.buffer, as: UTF8.self)
+        }
+        #expect(try gate2.balance() == (50, 40))
+        tg.signal(SIGKILL)
+        _ = tg.waitForExit()
+        c2.close()
+        let deadline = Date().addingTimeInterval(10)
+        var now = (0, 0)
+        while Date() < deadline {
+            now = try gate2.balance()
+            if now.1 == 0 { break }
+            usleep(100_000)
+        }
+        #expect(now == (50, 0))
+    }
+}
