@@ -921,7 +921,8 @@ struct NodeReader {
                             if kind != nil { fail(qkn, fp, "a quota counts requests or tokens, not both"); ok = false }
                             kind = .requests; limit = int(qv, fp, min: 1, max: 1_000_000_000_000); ok = ok && limit != nil
                         case "tokens":
-                            notSupportedYet(qkn, fp, "token quotas arrive with per-token pricing"); ok = false
+                            if kind != nil { fail(qkn, fp, "a quota counts requests or tokens, not both"); ok = false }
+                            kind = .tokens; limit = int(qv, fp, min: 1, max: 1_000_000_000_000); ok = ok && limit != nil
                         case "per":
                             guard let s = string(qv, fp) else { ok = false; continue }
                             if let pe = QuotaSpec.Period(rawValue: s) { period = pe } else {

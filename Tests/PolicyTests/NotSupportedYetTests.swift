@@ -87,16 +87,6 @@ struct NotSupportedYetTests {
                 credentials: [api_key]
                 backend: finance
             """, expected: ["p.yaml:8: routes[1].credentials: not supported yet"]),
-        Case(name: "token quotas", yaml: """
-            version: 1
-            plans:
-              free:
-                rate_limits:
-                  - {requests: 10, per: 1s}
-                quotas:
-                  - {requests: 5000, per: month}
-                  - {tokens: 200000, per: day}
-            """, expected: ["p.yaml:8: plans.free.quotas[1].tokens: not supported yet (token quotas arrive with per-token pricing)"]),
         Case(name: "admin tokens_file", yaml: """
             version: 1
             admin:
@@ -117,21 +107,18 @@ struct NotSupportedYetTests {
         #expect(errors(c.yaml) == c.expected)
     }
 
-    /// A refused backend or plan is still defined, so what refers to it reports nothing more.
+    /// A refused backend setting leaves the backend defined, so what refers to it reports
+    /// nothing more.
     @Test func refusalsDoNotCascade() {
         let yaml = """
         version: 1
         backends:
-          flowise: {url: https://flowise.internal}
-        plans:
-          free: {quotas: [{tokens: 1, per: day}]}
+          flowise: {url: "https://flowise.internal", inject: {header: Authorization, format: "Bearer {secret}", secret: s}}
         routes:
           - {name: chat, match: {path: /chat}, backend: flowise}
-        keys:
-          - {id: k, hash: \(Fixture.hash("k")), consumer: c, plan: free}
         """
         #expect(errors(yaml) == [
-            "p.yaml:5: plans.free.quotas[0].tokens: not supported yet (token quotas arrive with per-token pricing)",
+            "p.yaml:3: backends.flowise.inject: not supported yet",
         ])
     }
 
@@ -143,7 +130,6 @@ struct NotSupportedYetTests {
             "POLICY.yaml:35: credentials.jwt: not supported yet",
             "POLICY.yaml:51: backends.flowise.inject: not supported yet",
             "POLICY.yaml:56: secrets: not supported yet",
-            "POLICY.yaml:66: plans.free.quotas[1].tokens: not supported yet (token quotas arrive with per-token pricing)",
             "POLICY.yaml:85: routes[2].credentials: not supported yet",
             "POLICY.yaml:114: credits.accounting: not supported yet (the accounting ledger)",
             "POLICY.yaml:130: security: not supported yet",

@@ -58,7 +58,8 @@ import Testing
         let admin = freePort()
         var policy: String { dir + "/gw-\(port).yaml" }
 
-        init(upstream: UInt16, reserveTokens: Int = 4, redis: String? = nil, ttl: String = "5m", dir shared: String? = nil) {
+        init(upstream: UInt16, reserveTokens: Int = 4, redis: String? = nil, ttl: String = "5m", dir shared: String? = nil,
+             tokenQuota: Int? = nil) {
             dir = shared ?? makeTempDir("tgstream")
             port = freePort()
             writeFile(dir + "/gw-\(port).yaml", """
@@ -77,6 +78,8 @@ import Testing
                 - {kind: file, path: out/usage-\(port).jsonl}
             backends:
               flowise: {url: "http://127.0.0.1:\(upstream)"}
+            plans:
+              metered: {quotas: [{tokens: \(tokenQuota ?? 1_000_000_000), per: day}]}
             routes:
               - name: chat
                 match: {methods: [POST], path_prefix: /api/v1/prediction/}
@@ -86,7 +89,7 @@ import Testing
                   reserve_tokens: \(reserveTokens)
                   stream: flowise
             keys:
-              - {id: key_alice, hash: \(KeyHash.sha256(StreamCreditsTests.key).description), consumer: alice, scopes: []}
+              - {id: key_alice, hash: \(KeyHash.sha256(StreamCreditsTests.key).description), consumer: alice, plan: metered, scopes: []}
 
             """)
         }
@@ -297,5 +300,25 @@ import Testing
             usleep(100_000)
         }
         #expect(now == (50, 0))
+    }
+
+    /// A token quota: checked at admission, and the tokens a stream used (input and output, the
+    /// backend's figures) count against it at settle.
+    @Test func tokensCountAgainstATokenQuota() throws {
+        let flow = try FlowiseStream(tokens: 30)
+        defer { flow.stop() }
+        let gate = Gate(upstream: flow.port, tokenQuota: 40)
+        defer { gate.stop() }
+        try gate.grant(1000)
+        let tg = try gate.serve()
+        defer { tg.stop() }
+        let c = try RawClient(port: gate.port)
+        #expect(try c.request(Self.chat(), method: "POST").status == 200)   // 7 + 30 = 37 of 40
+        #expect(try c.request(Self.chat(), method: "POST").status == 200)   // 37 < 40: admitted; 74 after
+        let third = try c.request(Self.chat(), method: "POST")
+        c.close()
+        #expect(third.status == 429)
+        #expect(String(decoding: third.body, as: UTF8.self).contains("QUOTA_EXCEEDED"))
+        #expect(Int(third.header("Retry-After") ?? "") ?? 0 >= 1)
     }
 }

@@ -97,6 +97,7 @@ final class CreditGate: RedisWaiter {
             x.facts.tokensIn = input
             x.facts.tokensOut = output
             charge = Self.add(price.perRequest, Self.tokenCredits(input: input, output: output, price: t))
+            context.quotas?.addTokens(x, Self.add(input, output))
         }
         if spec.ledger == .redis {
             x.facts.creditCharged = charge

@@ -38,17 +38,29 @@ final class LocalQuotas: @unchecked Sendable {
         }
     }
 
-    /// Counts one request against every quota in `keys` (all or nothing). Returns the index
-    /// of the first quota that is full, or nil when counted.
-    func count(_ keys: [(key: String, limit: Int64, end: Int64)]) -> Int? {
+    /// Counts one request against every request quota in `keys` and checks the token ones
+    /// (all or nothing). Returns the index of the first quota that is full, or nil when counted.
+    func count(_ keys: [QuotaGate.Key]) -> Int? {
         state.withLock { s in
             for (i, k) in keys.enumerated() where (s.counts[k.key] ?? 0) >= k.limit { return i }
-            for k in keys {
+            for k in keys where !k.isTokens {
                 s.counts[k.key, default: 0] += 1
                 s.ends[k.key] = k.end
             }
             s.dirty = true
             return nil
+        }
+    }
+
+    /// Adds the tokens an exchange used to its token quotas.
+    func add(_ keys: [QuotaGate.Key], tokens: Int64) {
+        guard tokens > 0 else { return }
+        state.withLock { s in
+            for k in keys where k.isTokens {
+                s.counts[k.key, default: 0] += tokens
+                s.ends[k.key] = k.end
+            }
+            s.dirty = true
         }
     }
 
@@ -114,13 +126,21 @@ final class QuotaGate: RedisWaiter {
         self.context = context
     }
 
+    struct Key {
+        var key: String
+        var limit: Int64
+        var end: Int64
+        var isTokens: Bool
+    }
+
     /// Keys of the quotas an exchange counts against (period start in each).
-    private func keys(_ x: Exchange, record: KeyRecord, plan: PlanSpec, now: Int64) -> [(key: String, limit: Int64, end: Int64)] {
-        var out: [(String, Int64, Int64)] = []
-        for (i, q) in plan.quotas.enumerated() where q.kind == .requests {
+    private func keys(record: KeyRecord, plan: PlanSpec, now: Int64) -> [Key] {
+        var out: [Key] = []
+        for (i, q) in plan.quotas.enumerated() {
             let (start, end) = QuotaSpec.bounds(q.period, now: now)
             let subject = q.by == .key ? "k:" + record.id : "c:" + record.consumer
-            out.append((subject + "|" + plan.name + "|" + String(i) + "|" + String(start), q.limit, end))
+            out.append(Key(key: subject + "|" + plan.name + "|" + String(i) + "|" + String(start), limit: q.limit, end: end,
+                           isTokens: q.kind == .tokens))
         }
         return out
     }
@@ -128,14 +148,18 @@ final class QuotaGate: RedisWaiter {
     func check(_ x: Exchange, plan: PlanSpec) -> PhaseResult {
         guard let record = x.facts.record else { return .next }
         let now = Int64(time(nil))
-        let ks = keys(x, record: record, plan: plan, now: now)
+        let ks = keys(record: record, plan: plan, now: now)
         if ks.isEmpty { return .next }
         if let store = context.store {
             // One script for all of them, tagged by the key's consumer (one slot).
             let tag = RedisCreditScript.tag(record.consumer)
             var cmd: [[UInt8]] = [Array("EVAL".utf8), Array(Self.script.utf8), Array(String(ks.count).utf8)]
             for k in ks { cmd.append(Array("tg:q:{\(tag)}:\(k.key)".utf8)) }
-            for k in ks { cmd.append(Array(String(k.limit).utf8)); cmd.append(Array(String(k.end).utf8)) }
+            for k in ks {
+                cmd.append(Array(String(k.limit).utf8))
+                cmd.append(Array(String(k.end).utf8))
+                cmd.append(Array((k.isTokens ? "t" : "r").utf8))
+            }
             x.facts.quotaEnds = ks.map(\.end)
             if let failed = store.redis.command(cmd, waiter: x, token: x.facts.token) {
                 return complete(x, result: failed)
@@ -146,7 +170,7 @@ final class QuotaGate: RedisWaiter {
         if let full = local.count(ks) {
             return .reply(Denial(.quotaExceeded, retryAfterSeconds: Int(max(1, ks[full].end - now))))
         }
-        x.facts.quotaKeys = ks.map(\.key)
+        x.facts.quotaKeys = ks.filter { !$0.isTokens }.map(\.key)
         return .next
     }
 
@@ -178,7 +202,7 @@ final class QuotaGate: RedisWaiter {
             x.facts.quotaCountedInRedis = false
             let plan = x.facts.snapshot.plans[pi]
             let tag = RedisCreditScript.tag(record.consumer)
-            for k in keys(x, record: record, plan: plan, now: Int64(time(nil))) {
+            for k in keys(record: record, plan: plan, now: Int64(time(nil))) where !k.isTokens {
                 _ = store.redis.command([Array("DECR".utf8), Array("tg:q:{\(tag)}:\(k.key)".utf8)], waiter: self, token: 0)
             }
         }
@@ -186,15 +210,38 @@ final class QuotaGate: RedisWaiter {
 
     func redisCompleted(token: UInt64, result: RedisResult) {}
 
-    /// All or nothing over KEYS: ARGV[2i-1] the limit of KEYS[i], ARGV[2i] its period's end.
+    /// Settle: the tokens a per-token exchange used count against its plan's token quotas.
+    func addTokens(_ x: Exchange, _ tokens: Int64) {
+        guard tokens > 0, let record = x.facts.record, let pi = record.planIndex, pi < x.facts.snapshot.plans.count else { return }
+        let plan = x.facts.snapshot.plans[pi]
+        guard plan.quotas.contains(where: { $0.kind == .tokens }) else { return }
+        let ks = keys(record: record, plan: plan, now: Int64(time(nil))).filter(\.isTokens)
+        if let store = context.store {
+            let tag = RedisCreditScript.tag(record.consumer)
+            for k in ks {
+                _ = store.redis.command([Array("INCRBY".utf8), Array("tg:q:{\(tag)}:\(k.key)".utf8), Array(String(tokens).utf8)],
+                                        waiter: self, token: 0)
+                _ = store.redis.command([Array("EXPIREAT".utf8), Array("tg:q:{\(tag)}:\(k.key)".utf8), Array(String(k.end + 86_400).utf8)],
+                                        waiter: self, token: 0)
+            }
+        } else {
+            local?.add(ks, tokens: tokens)
+        }
+    }
+
+    /// All or nothing over KEYS: ARGV[3i-2] the limit of KEYS[i], ARGV[3i-1] its period's
+    /// end, ARGV[3i] `r` (a request quota: counted here) or `t` (a token quota: only checked;
+    /// settle adds the tokens).
     static let script = """
         for i = 1, #KEYS do
           local v = tonumber(redis.call('GET', KEYS[i]) or '0')
-          if v >= tonumber(ARGV[2 * i - 1]) then return {0, i} end
+          if v >= tonumber(ARGV[3 * i - 2]) then return {0, i} end
         end
         for i = 1, #KEYS do
-          redis.call('INCR', KEYS[i])
-          redis.call('EXPIREAT', KEYS[i], tonumber(ARGV[2 * i]) + 86400)
+          if ARGV[3 * i] == 'r' then
+            redis.call('INCR', KEYS[i])
+            redis.call('EXPIREAT', KEYS[i], tonumber(ARGV[3 * i - 1]) + 86400)
+          end
         end
         return {1}
         """
