@@ -1,5 +1,5 @@
 import ArgumentParser
-import Backends
+import ReferenceBackends
 import Foundation
 
 /// `tollgate backends`: the reference finance, accounting and Flowise-style services.

@@ -220,7 +220,7 @@ struct ImportUpload {
             if partEnd >= 2 && body[partEnd - 2] == 13 && body[partEnd - 1] == 10 { partEnd -= 2 }
             guard partStart <= partEnd else { continue }
             let part = Array(body[partStart..<partEnd])
-            guard let headEnd = RequestReader.find(crlfcrlfIn: part, from: 0) else { continue }
+            guard let headEnd = Self.find([13, 10, 13, 10], in: part, from: 0) else { continue }
             let head = String(decoding: part[..<headEnd], as: UTF8.self)
             var fileName: String?
             var contentType: String?

@@ -115,3 +115,12 @@ extension ReferenceRouter {
         add(method, pattern, counter.wrap(handler))
     }
 }
+
+extension Substring {
+    func trimmed(of set: String) -> String {
+        var view = self[...]
+        while let first = view.first, set.contains(first) { view = view.dropFirst() }
+        while let last = view.last, set.contains(last) { view = view.dropLast() }
+        return String(view)
+    }
+}
