@@ -1,24 +1,55 @@
 import Foundation
 
-/// The accounting / credit service of seed 003.
+/// The accounting / credit service of seed 003 (`BACKENDS.md`).
 ///
-/// Identity: with a JWT secret configured (`--jwt-secret`, env
-/// `ACCOUNTING_JWT_SECRET`) every request needs `Authorization: Bearer <HS256
-/// JWT>` and the user is its `sub` (admin: `role` claim `admin`). Without a
-/// secret the user is the `X-Tollgate-Consumer` header (`anonymous` when
-/// absent) and admin means `X-Tollgate-Scopes` holds `admin` (or
-/// `<something>:admin`). New users start with ``Options/initialCredits``.
+/// **Identity.** With a JWT secret configured (`--jwt-secret`, env
+/// `ACCOUNTING_JWT_SECRET`) every request needs `Authorization: Bearer <HS256 JWT>`; the
+/// user is its `sub`, and the caller is an admin exactly when its `role` claim is
+/// `admin`. Without a secret the user is the `X-Tollgate-Consumer` header (`anonymous`
+/// when absent), and the caller is an admin exactly when `X-Tollgate-Scopes` holds the
+/// scope `admin` (`finance:admin`, `x:admin` are not). A service credential (the proxy's
+/// `accounting` ledger) is such an admin caller. New users start with
+/// ``Options/initialCredits`` (credits that never expire).
 ///
-/// `POST /api/credits/deduct` and `POST /api/usage/record` honour an
-/// `Idempotency-Key` header: a retry with the same key and body replays the
-/// first answer (with `Idempotent-Replayed: true`) and changes nothing; the
-/// same key with another body is `422`.
+/// **Endpoints.**
+/// - `GET /api/credits/total-balance` → `{"totalCredits": N}`; `GET /api/credits/balance`
+///   → the allocations. Admins may add `?userId=U` to read another user's.
+/// - `POST /api/credits/deduct {"credits": N}` → `{"success": true, "newBalance": N}`.
+///   Atomic: below `credits` it answers `402 {"success": false, "error": "insufficient
+///   credits", "balance": N}` and changes nothing. Admins may add `"userId"` to deduct
+///   from that user. Credits that expire soonest are spent first.
+/// - `POST /api/credits/allocate {"userId", "credits", "expiryDays"?, "notes"?}` (admin
+///   only): without `expiryDays` the credits never expire (refunds).
+/// - `POST /api/credits/calculate {"service", "operation", "units"?}` → the price.
+/// - `POST /api/usage/record {"service", "operation", "credits", "metadata"}` (admins may
+///   add `"userId"`), `GET /api/usage/records` (the latest
+///   ``maximumUsageRecordsPerUser`` per user; admins may add `?userId=U`).
+///
+/// **Idempotency.** `deduct`, `allocate` and `usage/record` honour an `Idempotency-Key`
+/// header (per caller): a retry with the same key and the same body replays the first
+/// answer with `Idempotent-Replayed: true` and changes nothing; the same key with another
+/// body is `422`. Keys are kept for ``Options/idempotencyKeyLifetime``, at most
+/// ``Options/maximumIdempotencyKeys`` of them.
+///
+/// **Storage.** A change is one JSON line appended to a journal and `fdatasync`ed before
+/// it is answered (an answered change survives `kill -9` and a power cut), then applied in
+/// memory; the journal is compacted into `accounting.json` in the background once it
+/// passes ``Options/compactionBytes``. Reads take the read side of a reader/writer lock
+/// and never wait for a disk. Spent allocations, old idempotency keys and old usage
+/// records are pruned; credit transactions live in the journal only. So a deduct costs
+/// the same however long the history.
 public final class AccountingBackend: Sendable {
     public struct Options: Sendable {
         /// HS256 secret shared with the auth service; `nil`: trust `X-Tollgate-Consumer`.
         public var jwtSecret: String?
         /// Credits a user is given when first seen.
         public var initialCredits: Int = 100
+        /// Idempotency keys kept (the oldest go first).
+        public var maximumIdempotencyKeys = 100_000
+        /// How long an idempotency key is remembered.
+        public var idempotencyKeyLifetime: Duration = .seconds(24 * 3600)
+        /// Journal bytes that trigger a compaction into the snapshot.
+        public var compactionBytes = 4 * 1024 * 1024
         public init() {}
     }
 
@@ -32,11 +63,12 @@ public final class AccountingBackend: Sendable {
         ("finance", "import", 5),
     ]
 
-    static let snapshotName = "accounting.json"
-    static let maximumIdempotencyKeys = 10_000
+    static let storeName = "accounting"
     static let idempotencyHeader = "Idempotency-Key"
+    /// Usage records kept per user for `GET /api/usage/records` (the journal has them all).
+    public static let maximumUsageRecordsPerUser = 1000
 
-    let store: StateStore<AccountingState>
+    let store: JournaledStore<AccountingState>
     private let options: Options
     private let verifier: HS256Verifier?
     private let counter = RequestCounter()
@@ -44,7 +76,23 @@ public final class AccountingBackend: Sendable {
     public init(dataDirectory: String, options: Options = Options()) throws(ReferenceServerError) {
         self.options = options
         self.verifier = options.jwtSecret.flatMap { $0.isEmpty ? nil : HS256Verifier(secret: $0) }
-        self.store = try StateStore(directory: dataDirectory, name: Self.snapshotName, initial: AccountingState())
+        var storeOptions = JournaledStore<AccountingState>.Options()
+        storeOptions.durability = .synced
+        storeOptions.compactionBytes = options.compactionBytes
+        let limits = AccountingState.Limits(maximumIdempotencyKeys: max(1, options.maximumIdempotencyKeys),
+                                            idempotencyKeyLifetime: Double(options.idempotencyKeyLifetime.components.seconds),
+                                            maximumUsageRecordsPerUser: Self.maximumUsageRecordsPerUser)
+        self.store = try JournaledStore(directory: dataDirectory, name: Self.storeName, initial: AccountingState(),
+                                        options: storeOptions) { state in state.limits = limits }
+    }
+
+    /// Waits for a background compaction, if one is running.
+    public func shutdown() { store.waitForCompaction() }
+
+    /// What the journal holds right now (for tests and `/admin/stats`).
+    public var journalStatus: (segments: Int, bytes: Int, compactions: Int) {
+        let files = store.journalFiles
+        return (files.count, files.bytes, store.compactionCount)
     }
 
     public func router() -> ReferenceRouter {
@@ -72,8 +120,8 @@ public final class AccountingBackend: Sendable {
         guard let verifier else {
             let scopes = (request.header(TollgateHeader.scopes) ?? "")
                 .split(whereSeparator: { $0 == " " || $0 == "," })
-            return Caller(userID: request.consumer,
-                          isAdmin: scopes.contains { $0 == "admin" || $0.hasSuffix(":admin") })
+            // Exactly `admin`: a service's own admin scope (`finance:admin`) is not accounting's.
+            return Caller(userID: request.consumer, isAdmin: scopes.contains("admin"))
         }
         guard let authorization = request.header("Authorization"),
               authorization.count > 7, authorization.prefix(7).lowercased() == "bearer " else {
@@ -94,19 +142,32 @@ public final class AccountingBackend: Sendable {
         return Caller(userID: claims["sub"]?.stringValue ?? "", isAdmin: claims["role"]?.stringValue == "admin")
     }
 
+    /// The user a request acts on: the caller, or (admins only) the one it names.
+    private func subject(_ caller: Caller, naming requested: String?) throws(ReferenceHTTPError) -> String {
+        guard let requested, requested != caller.userID else { return caller.userID }
+        guard !requested.isEmpty else { throw .message(400, "userId must not be empty") }
+        guard caller.isAdmin else { throw .message(403, "admin role required to act for another user") }
+        return requested
+    }
+
     // MARK: - Balances
 
+    /// The user's account as stored, or as it would start (reads create nothing).
+    private func currentAccount(_ user: String, in state: AccountingState, now: Date) -> CreditAccount {
+        state.users[user] ?? CreditAccount.opening(user, initialCredits: options.initialCredits, now: now)
+    }
+
     private func totalBalance(_ request: ReferenceRequest) throws -> ReferenceResponse {
-        let user = try caller(request).userID
+        let user = try subject(caller(request), naming: request.query("userId"))
         let now = Date()
-        let total = try store.mutate { state in state.account(user, initialCredits: options.initialCredits, now: now).balance(at: now) }
+        let total = store.read { state in currentAccount(user, in: state, now: now).balance(at: now) }
         return .json(200, ["totalCredits": .number(total)])
     }
 
     private func balance(_ request: ReferenceRequest) throws -> ReferenceResponse {
-        let user = try caller(request).userID
+        let user = try subject(caller(request), naming: request.query("userId"))
         let now = Date()
-        let account = try store.mutate { state in state.account(user, initialCredits: options.initialCredits, now: now) }
+        let account = store.read { state in currentAccount(user, in: state, now: now) }
         let allocations: [JSONValue] = account.allocations.map { allocation in
             ["id": .string(allocation.id), "credits": .number(allocation.credits), "remaining": .number(allocation.remaining),
              "allocatedAt": .string(Timestamp.iso(allocation.allocatedAt)), "expiresAt": Timestamp.iso(allocation.expiresAt),
@@ -117,27 +178,28 @@ public final class AccountingBackend: Sendable {
     }
 
     private func deduct(_ request: ReferenceRequest) throws -> ReferenceResponse {
-        let user = try caller(request).userID
+        let caller = try caller(request)
         let body = try request.jsonObject()
         guard let credits = body["credits"]?.intValue, credits > 0 else {
             throw ReferenceHTTPError.message(400, "credits must be a positive integer")
         }
+        let user = try subject(caller, naming: body["userId"]?.stringValue)
         let description = body["description"]?.stringValue
-        let initialCredits = options.initialCredits
-        return try idempotent(request, route: "deduct", user: user) { state, now in
-            var account = state.account(user, initialCredits: initialCredits, now: now)
+        return try idempotent(request, route: "deduct", caller: caller.userID) { state, now in
+            var account = currentAccount(user, in: state, now: now)
             let available = account.balance(at: now)
             guard available >= credits else {
-                return (402, ["success": false, "error": "insufficient credits", "balance": .number(available)])
+                return Decision(status: 402, body: ["success": false, "error": "insufficient credits",
+                                                    "balance": .number(available)])
             }
             account.consume(credits, at: now)
-            let newBalance = account.balance(at: now)
             account.updatedAt = now
-            state.users[user] = account
-            state.transactions.append(CreditTransaction(id: UUID().uuidString.lowercased(), userId: user, type: .deduction,
-                                                        amount: credits, balanceAfter: newBalance,
-                                                        description: description, createdAt: now))
-            return (200, ["success": true, "newBalance": .number(newBalance)])
+            account.prune(at: now)
+            let newBalance = account.balance(at: now)
+            let transaction = CreditTransaction(id: Self.newID(), userId: user, type: .deduction, amount: credits,
+                                                balanceAfter: newBalance, description: description, createdAt: now)
+            return Decision(status: 200, body: ["success": true, "newBalance": .number(newBalance)],
+                            entry: AccountingEntry(at: now, account: account, transaction: transaction))
         }
     }
 
@@ -174,31 +236,33 @@ public final class AccountingBackend: Sendable {
         }
         let expiryDays = body["expiryDays"]?.intValue
         if let expiryDays, expiryDays <= 0 { throw ReferenceHTTPError.message(400, "expiryDays must be positive") }
+        if body["expiryDays"] != nil && body["expiryDays"] != .null && expiryDays == nil {
+            throw ReferenceHTTPError.message(400, "expiryDays must be a positive integer")
+        }
         let notes = body["notes"]?.stringValue
-        let now = Date()
-        let (allocation, newBalance) = try store.mutate { state in
-            var account = state.account(user, initialCredits: options.initialCredits, now: now)
-            let allocation = CreditAllocation(id: UUID().uuidString.lowercased(), credits: credits, remaining: credits,
+        return try idempotent(request, route: "allocate", caller: admin.userID) { state, now in
+            var account = currentAccount(user, in: state, now: now)
+            let allocation = CreditAllocation(id: Self.newID(), credits: credits, remaining: credits,
                                               expiresAt: expiryDays.map { now.addingTimeInterval(Double($0) * 86_400) },
                                               allocatedAt: now, notes: notes)
             account.allocations.append(allocation)
             account.updatedAt = now
-            state.users[user] = account
+            account.prune(at: now)
             let newBalance = account.balance(at: now)
-            state.transactions.append(CreditTransaction(id: UUID().uuidString.lowercased(), userId: user, type: .allocation,
-                                                        amount: credits, balanceAfter: newBalance,
-                                                        description: notes, createdAt: now))
-            return (allocation, newBalance)
+            let transaction = CreditTransaction(id: Self.newID(), userId: user, type: .allocation, amount: credits,
+                                                balanceAfter: newBalance, description: notes, createdAt: now)
+            return Decision(status: 200,
+                            body: ["success": true, "userId": .string(user), "allocationId": .string(allocation.id),
+                                   "credits": .number(credits), "expiresAt": Timestamp.iso(allocation.expiresAt),
+                                   "newBalance": .number(newBalance)],
+                            entry: AccountingEntry(at: now, account: account, transaction: transaction))
         }
-        return .json(200, ["success": true, "userId": .string(user), "allocationId": .string(allocation.id),
-                           "credits": .number(credits), "expiresAt": Timestamp.iso(allocation.expiresAt),
-                           "newBalance": .number(newBalance)])
     }
 
     // MARK: - Usage
 
     private func recordUsage(_ request: ReferenceRequest) throws -> ReferenceResponse {
-        let user = try caller(request).userID
+        let caller = try caller(request)
         let body = try request.jsonObject()
         guard let service = body["service"]?.stringValue, let operation = body["operation"]?.stringValue else {
             throw ReferenceHTTPError.message(400, "service and operation are required")
@@ -206,18 +270,19 @@ public final class AccountingBackend: Sendable {
         guard let credits = body["credits"]?.intValue, credits >= 0 else {
             throw ReferenceHTTPError.message(400, "credits must be a non-negative integer")
         }
+        let user = try subject(caller, naming: body["userId"]?.stringValue)
         let metadata = body["metadata"] ?? .null
-        return try idempotent(request, route: "usage/record", user: user) { state, now in
-            let record = UsageRecord(id: UUID().uuidString.lowercased(), userId: user, service: service,
+        return try idempotent(request, route: "usage/record", caller: caller.userID) { _, now in
+            let record = UsageRecord(id: Self.newID(), userId: user, service: service,
                                      operation: operation, credits: credits, metadata: metadata, timestamp: now)
-            state.usage.append(record)
-            return (201, ["success": true, "id": .string(record.id)])
+            return Decision(status: 201, body: ["success": true, "id": .string(record.id)],
+                            entry: AccountingEntry(at: now, usage: record))
         }
     }
 
     private func listUsage(_ request: ReferenceRequest) throws -> ReferenceResponse {
-        let user = try caller(request).userID
-        let records = store.read { state in state.usage.filter { $0.userId == user } }
+        let user = try subject(caller(request), naming: request.query("userId"))
+        let records = store.read { state in state.usage[user] ?? [] }
         let items: [JSONValue] = records.map { record in
             ["id": .string(record.id), "service": .string(record.service), "operation": .string(record.operation),
              "credits": .number(record.credits), "metadata": record.metadata,
@@ -228,33 +293,41 @@ public final class AccountingBackend: Sendable {
 
     // MARK: - Idempotency
 
-    /// Runs `apply` at most once per (user, route, `Idempotency-Key`): the
-    /// check, the change and the stored answer share one critical section, so
-    /// concurrent retries cannot both apply.
-    private func idempotent(_ request: ReferenceRequest, route: String, user: String,
-                            _ apply: @escaping (inout AccountingState, Date) -> (Int, JSONValue)) throws -> ReferenceResponse {
+    /// An answer and the change that goes with it (none for a refusal).
+    struct Decision {
+        var status: Int
+        var body: JSONValue
+        var entry: AccountingEntry?
+    }
+
+    /// Decides and commits a change at most once per (caller, route, `Idempotency-Key`):
+    /// the check, the change and the stored answer are one journal entry, committed one
+    /// at a time, so concurrent retries cannot both apply.
+    private func idempotent(_ request: ReferenceRequest, route: String, caller: String,
+                            _ decide: (AccountingState, Date) throws -> Decision) throws -> ReferenceResponse {
         guard let key = request.header(Self.idempotencyHeader), !key.isEmpty else {
-            let (status, body) = try store.mutate { state in apply(&state, Date()) }
-            return .json(status, body)
+            let decision = try store.commit { state in
+                let decision = try decide(state, Date())
+                return (decision.entry.map { [$0] } ?? [], decision)
+            }
+            return .json(decision.status, decision.body)
         }
         guard key.count <= 255 else { throw ReferenceHTTPError.message(400, "Idempotency-Key longer than 255 characters") }
-        let slot = "\(user)\n\(route)\n\(key)"
+        let slot = "\(caller)\n\(route)\n\(key)"
         let fingerprint = ReferenceCrypto.hex(ReferenceCrypto.sha256(request.body))
-        let (status, body, isReplay) = try store.mutate { state -> (Int, String, Bool) in
-            if let stored = state.idempotency[slot] {
+        let (status, body, isReplay) = try store.commit { state -> (entries: [AccountingEntry], result: (Int, String, Bool)) in
+            let now = Date()
+            if let stored = state.storedReply(slot, at: now) {
                 guard stored.fingerprint == fingerprint else {
                     throw ReferenceHTTPError.message(422, "Idempotency-Key reused with a different request body")
                 }
-                return (stored.status, stored.body, true)
+                return ([], (stored.status, stored.body, true))
             }
-            let now = Date()
-            let (status, body) = apply(&state, now)
-            state.idempotency[slot] = StoredReply(fingerprint: fingerprint, status: status, body: body.serialized(), storedAt: now)
-            if state.idempotency.count > Self.maximumIdempotencyKeys,
-               let oldest = state.idempotency.min(by: { $0.value.storedAt < $1.value.storedAt }) {
-                state.idempotency[oldest.key] = nil
-            }
-            return (status, body.serialized(), false)
+            let decision = try decide(state, now)
+            let text = decision.body.serialized()
+            var entry = decision.entry ?? AccountingEntry(at: now)
+            entry.reply = StoredReply(slot: slot, fingerprint: fingerprint, status: decision.status, body: text, storedAt: now)
+            return ([entry], (decision.status, text, false))
         }
         var headers: [(name: String, value: String)] = [("Content-Type", "application/json; charset=utf-8")]
         if isReplay { headers.append(("Idempotent-Replayed", "true")) }
@@ -263,104 +336,14 @@ public final class AccountingBackend: Sendable {
 
     private func stats() -> ReferenceResponse {
         let counts = store.read { state in
-            (state.users.count, state.transactions.count, state.usage.count, state.idempotency.count)
+            (state.users.count, state.transactionCount, state.usageRecordCount, state.idempotency.count, state.lastSequence)
         }
         return .json(200, ["backend": "accounting", "requests": .number(counter.value),
                            "uptimeSeconds": .double(counter.uptimeSeconds), "users": .number(counts.0),
                            "creditTransactions": .number(counts.1), "usageRecords": .number(counts.2),
-                           "idempotencyKeys": .number(counts.3), "jwtRequired": .bool(verifier != nil)])
-    }
-}
-
-// MARK: - State
-
-/// Everything the accounting backend persists (`accounting.json`).
-struct AccountingState: Codable, Sendable {
-    var users: [String: CreditAccount] = [:]
-    var transactions: [CreditTransaction] = []
-    var usage: [UsageRecord] = []
-    var idempotency: [String: StoredReply] = [:]
-
-    /// The user's account, created with `initialCredits` on first sight.
-    mutating func account(_ user: String, initialCredits: Int, now: Date) -> CreditAccount {
-        if let account = users[user] { return account }
-        var account = CreditAccount(userId: user, allocations: [], createdAt: now, updatedAt: now)
-        if initialCredits > 0 {
-            account.allocations.append(CreditAllocation(id: UUID().uuidString.lowercased(), credits: initialCredits,
-                                                        remaining: initialCredits, expiresAt: nil, allocatedAt: now,
-                                                        notes: "initial balance"))
-        }
-        users[user] = account
-        return account
-    }
-}
-
-struct CreditAccount: Codable, Sendable {
-    var userId: String
-    var allocations: [CreditAllocation]
-    var createdAt: Date
-    var updatedAt: Date
-
-    func balance(at now: Date) -> Int {
-        allocations.filter { !$0.isExpired(at: now) }.reduce(0) { $0 + $1.remaining }
+                           "idempotencyKeys": .number(counts.3), "journalSequence": .int(Int64(counts.4)),
+                           "jwtRequired": .bool(verifier != nil)])
     }
 
-    /// Takes `credits` from live allocations, soonest expiry first. The caller
-    /// has checked the balance.
-    mutating func consume(_ credits: Int, at now: Date) {
-        var left = credits
-        let order = allocations.indices
-            .filter { !allocations[$0].isExpired(at: now) && allocations[$0].remaining > 0 }
-            .sorted { (allocations[$0].expiresAt ?? .distantFuture) < (allocations[$1].expiresAt ?? .distantFuture) }
-        for index in order where left > 0 {
-            let taken = min(left, allocations[index].remaining)
-            allocations[index].remaining -= taken
-            left -= taken
-        }
-        precondition(left == 0, "consume called without enough credits")
-    }
-}
-
-struct CreditAllocation: Codable, Sendable {
-    var id: String
-    var credits: Int
-    var remaining: Int
-    var expiresAt: Date?
-    var allocatedAt: Date
-    var notes: String?
-
-    func isExpired(at now: Date) -> Bool { expiresAt.map { $0 <= now } ?? false }
-}
-
-enum CreditTransactionKind: String, Codable, Sendable {
-    case deduction
-    case allocation
-}
-
-struct CreditTransaction: Codable, Sendable {
-    var id: String
-    var userId: String
-    var type: CreditTransactionKind
-    var amount: Int
-    var balanceAfter: Int
-    var description: String?
-    var createdAt: Date
-}
-
-struct UsageRecord: Codable, Sendable {
-    var id: String
-    var userId: String
-    var service: String
-    var operation: String
-    var credits: Int
-    var metadata: JSONValue
-    var timestamp: Date
-}
-
-/// The first answer to an idempotent request.
-struct StoredReply: Codable, Sendable {
-    var fingerprint: String
-    var status: Int
-    var body: String
-    var storedAt: Date
+    static func newID() -> String { UUID().uuidString.lowercased() }
 }

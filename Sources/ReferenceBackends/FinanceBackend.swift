@@ -9,10 +9,18 @@ import Synchronization
 /// Ownership: every record belongs to the consumer named in
 /// `X-Tollgate-Consumer` (added by the proxy), `anonymous` without it. Other
 /// consumers' records answer `404`.
+///
+/// Import jobs run on a bounded pool (``Options/importWorkers`` threads, at most
+/// ``Options/importQueueCapacity`` jobs waiting); past it an import is refused with `503`
+/// and `Retry-After`.
 public final class FinanceBackend: Sendable {
     public struct Options: Sendable {
         /// Wait before an import job starts processing (lets tests see `queued`).
         public var importDelay: Duration = .milliseconds(20)
+        /// Threads running import jobs.
+        public var importWorkers = 2
+        /// Import jobs waiting for a thread; past it: `503`.
+        public var importQueueCapacity = 64
         public init() {}
     }
 
@@ -22,12 +30,22 @@ public final class FinanceBackend: Sendable {
     private let options: Options
     private let counter = RequestCounter()
     private let stopSignal = ReferenceStopSignal()
-    /// Import jobs still running on their background threads.
-    private let runningImports = Mutex(0)
+    private let importPool: WorkerPool<ImportWork>
+
+    private struct ImportWork: Sendable {
+        var job: ImportJob
+        var payload: [UInt8]
+    }
 
     public init(dataDirectory: String, options: Options = Options()) throws(ReferenceServerError) {
         self.options = options
         self.store = try StateStore(directory: dataDirectory, name: Self.snapshotName, initial: FinanceState())
+        let box = WeakBox<FinanceBackend>()
+        self.importPool = WorkerPool(name: "tg-ref-import", maximumWorkers: options.importWorkers,
+                                     queueCapacity: options.importQueueCapacity) { work in
+            box.object?.runImport(work.job, payload: work.payload)
+        }
+        box.object = self
         // Jobs cut short by a restart cannot resume (their payload is not kept).
         do {
             try store.mutate { state in
@@ -42,13 +60,11 @@ public final class FinanceBackend: Sendable {
         }
     }
 
-    /// Stops background import jobs and waits (up to five seconds) for them.
+    /// Stops background import jobs and waits (up to five seconds) for those running.
+    /// Jobs still queued stay `queued`; the next start marks them failed.
     public func shutdown() {
         stopSignal.raise()
-        let deadline = ContinuousClock.now.advanced(by: .seconds(5))
-        while runningImports.withLock({ $0 }) > 0 && ContinuousClock.now < deadline {
-            ReferenceStopSignal().sleep(for: .milliseconds(2))
-        }
+        importPool.shutdown(waitingUpTo: .seconds(5))
     }
 
     public func router() -> ReferenceRouter {
@@ -264,15 +280,9 @@ public final class FinanceBackend: Sendable {
                             accountId: request.query("accountId"), importedRows: 0, failedRows: 0, errors: [],
                             note: nil, createdAt: Date(), completedAt: nil)
         try store.mutate { $0.imports[job.id] = job }
-        runningImports.withLock { $0 += 1 }
-        do {
-            try ReferenceThread.detach { [self] in
-                defer { runningImports.withLock { $0 -= 1 } }
-                runImport(job, payload: upload.payload)
-            }
-        } catch {
-            runningImports.withLock { $0 -= 1 }
-            throw error
+        guard importPool.submit(ImportWork(job: job, payload: upload.payload)) else {
+            _ = try? store.mutate { $0.imports[job.id] = nil }
+            throw ReferenceHTTPError(503, ["error": "import queue full, try again later"], headers: [("Retry-After", "1")])
         }
         return .json(202, ["jobId": .string(job.id), "status": "queued",
                            "statusUrl": .string("/api/finance/imports/\(job.id)")],

@@ -103,16 +103,16 @@ public final class ReferenceServer: Sendable {
         self.router = router
         self.limits = limits
         // The pool holds the server weakly: a dropped server is not kept alive by its workers.
-        let serverBox = WeakServer()
+        let serverBox = WeakBox<ReferenceServer>()
         self.pool = WorkerPool(name: "tg-ref-worker", maximumWorkers: limits.workerThreads,
                                queueCapacity: limits.queueCapacity) { connection in
-            guard let server = serverBox.server else {
+            guard let server = serverBox.object else {
                 close(connection.fd)
                 return
             }
             server.serve(connection)
         }
-        serverBox.server = self
+        serverBox.object = self
         var event = epoll_event()
         event.events = Self.epollIn
         event.data.u64 = Self.wakeKey
@@ -260,6 +260,30 @@ public final class ReferenceServer: Sendable {
         }
     }
 
+    /// After a refusal: stop sending, then read (and drop) what the client is still
+    /// sending for a moment, so that the close is a FIN and the client reads the answer
+    /// (closing with unread bytes would reset the connection).
+    private func lingerAndRelease(_ connection: ReferenceConnection) {
+        shutdown(connection.fd, Int32(SHUT_WR))
+        let deadline = ContinuousClock.now.advanced(by: .seconds(1))
+        var sink: [UInt8] = []
+        var drained = 0
+        var descriptor = pollfd(fd: connection.fd, events: Int16(POLLIN), revents: 0)
+        draining: while drained < 1024 * 1024 && ContinuousClock.now < deadline && !stopSignal.isStopping {
+            if poll(&descriptor, 1, 100) < 0 && errno != EINTR { break }
+            switch connection.socket.receive(into: &sink, maximum: 64 * 1024) {
+            case .bytes(let count):
+                drained += count
+                sink.removeAll(keepingCapacity: true)
+            case .wouldBlock:
+                continue
+            case .endOfStream, .failed:
+                break draining
+            }
+        }
+        release(connection)
+    }
+
     private func release(_ connection: ReferenceConnection) {
         // Deregister under the lock so stop() never shuts down a reused descriptor.
         registry.withLock { state in
@@ -321,7 +345,7 @@ public final class ReferenceServer: Sendable {
                 continue
             case .rejected(let rejection):
                 try? write(Self.rejectionResponse(rejection), to: socket, for: nil, closing: true)
-                release(connection)
+                lingerAndRelease(connection)
                 return
             case .request(let parsed, let bytes):
                 head = parsed
@@ -410,9 +434,3 @@ public final class ReferenceServer: Sendable {
     }
 }
 
-/// The worker pool's way back to its server, without keeping it alive.
-private final class WeakServer: @unchecked Sendable {
-    // SAFETY: set once in ReferenceServer.init before any work is queued (the queue's
-    // mutex orders that store before every read); only read afterwards.
-    weak var server: ReferenceServer?
-}

@@ -65,6 +65,11 @@ struct SnapshotFile: Sendable {
         guard rename(temporary, path) == 0 else {
             throw .persistenceFailed(path: path, reason: "rename errno \(errno)")
         }
+        Self.syncDirectory(directory)
+    }
+
+    /// `fsync` of a directory, so that a created or renamed entry in it is durable.
+    static func syncDirectory(_ directory: String) {
         let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if directoryFD >= 0 {
             fsync(directoryFD)

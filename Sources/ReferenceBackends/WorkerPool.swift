@@ -170,3 +170,12 @@ final class WorkerPool<Item: Sendable>: @unchecked Sendable {
         }
     }
 }
+
+/// A weak reference that can be captured by a `@Sendable` closure made before its
+/// object is fully initialised (a pool's handler pointing back at its owner).
+final class WeakBox<Object: AnyObject & Sendable>: @unchecked Sendable {
+    // SAFETY: set once by the owner's init before any work that reads it is queued (the
+    // pool's mutex orders that store before every read); only read afterwards.
+    weak var object: Object?
+    init() {}
+}

@@ -155,4 +155,187 @@ struct AccountingBackendTests {
             #expect(try client.request("POST", "/api/credits/deduct", json: ["credits": 1.5]).status == 400)
         }
     }
+
+    /// Admin is exactly the `admin` scope: another service's admin scope is not accounting's.
+    @Test func aScopedAdminScopeIsNotAccountingAdmin() throws {
+        let directory = TemporaryDirectory()
+        try withBackends(accounting: true, dataDirectory: directory.path) { backends in
+            let client = try TestHTTPClient(port: try #require(backends.accountingPort))
+            let grant: JSONValue = ["userId": "mallory", "credits": 1000]
+            for scopes in ["finance:admin", "x:admin", "finance:read finance:admin", "admins", "Admin"] {
+                let refused = try client.request("POST", "/api/credits/allocate",
+                                                 headers: [("X-Tollgate-Consumer", "mallory"), ("X-Tollgate-Scopes", scopes)],
+                                                 json: grant)
+                #expect(refused.status == 403, "\(scopes)")
+                // Nor may it deduct from, or read, someone else.
+                let deduct = try client.request("POST", "/api/credits/deduct",
+                                                headers: [("X-Tollgate-Consumer", "mallory"), ("X-Tollgate-Scopes", scopes)],
+                                                json: ["credits": 1, "userId": "victim"])
+                #expect(deduct.status == 403, "\(scopes)")
+                let peek = try client.request("GET", "/api/credits/balance?userId=victim",
+                                              headers: [("X-Tollgate-Consumer", "mallory"), ("X-Tollgate-Scopes", scopes)])
+                #expect(peek.status == 403, "\(scopes)")
+            }
+            let me = [("X-Tollgate-Consumer", "mallory")]
+            #expect(try client.request("GET", "/api/credits/total-balance", headers: me).text == #"{"totalCredits":100}"#)
+            let admin = [("X-Tollgate-Consumer", "ops"), ("X-Tollgate-Scopes", "finance:read,admin")]
+            let allowed = try client.request("POST", "/api/credits/allocate", headers: admin, json: grant)
+            #expect(allowed.status == 200)
+            #expect(try allowed.json["newBalance"]?.intValue == 1100)
+        }
+    }
+
+    /// What the proxy's `accounting` ledger uses with its service credential: deduct for a
+    /// user (atomic, 402 when short), refund without expiry, read a user's balance, all
+    /// idempotent.
+    @Test func aServiceCredentialDeductsRefundsAndReadsForAUser() throws {
+        let directory = TemporaryDirectory()
+        try withBackends(accounting: true, dataDirectory: directory.path) { backends in
+            let client = try TestHTTPClient(port: try #require(backends.accountingPort))
+            let service = [("X-Tollgate-Consumer", "tollgate"), ("X-Tollgate-Scopes", "admin")]
+            let charged = try client.request("POST", "/api/credits/deduct", headers: service + [("Idempotency-Key", "charge-1")],
+                                             json: ["userId": "carol", "credits": 30])
+            #expect(charged.text == #"{"success":true,"newBalance":70}"#)
+            let replay = try client.request("POST", "/api/credits/deduct", headers: service + [("Idempotency-Key", "charge-1")],
+                                            json: ["userId": "carol", "credits": 30])
+            #expect(replay.header("Idempotent-Replayed") == "true")
+            #expect(replay.text == charged.text)
+            #expect(try client.request("POST", "/api/credits/deduct", headers: service + [("Idempotency-Key", "charge-1")],
+                                       json: ["userId": "carol", "credits": 31]).status == 422)
+            // The service's own balance is untouched; carol's moved once.
+            #expect(try client.request("GET", "/api/credits/total-balance", headers: service).text == #"{"totalCredits":100}"#)
+            #expect(try client.request("GET", "/api/credits/total-balance?userId=carol", headers: service).text == #"{"totalCredits":70}"#)
+
+            // Short: 402 with the balance, nothing changed.
+            let short = try client.request("POST", "/api/credits/deduct", headers: service, json: ["userId": "carol", "credits": 71])
+            #expect(short.status == 402)
+            #expect(short.text == #"{"success":false,"error":"insufficient credits","balance":70}"#)
+
+            // A refund: credits that never expire, applied once per key.
+            let refund: JSONValue = ["userId": "carol", "credits": 30, "notes": "refund charge-1"]
+            let refunded = try client.request("POST", "/api/credits/allocate", headers: service + [("Idempotency-Key", "refund-1")],
+                                              json: refund)
+            #expect(refunded.status == 200)
+            #expect(try refunded.json["expiresAt"] == .null)
+            #expect(try refunded.json["newBalance"]?.intValue == 100)
+            let again = try client.request("POST", "/api/credits/allocate", headers: service + [("Idempotency-Key", "refund-1")],
+                                           json: refund)
+            #expect(again.header("Idempotent-Replayed") == "true")
+            #expect(try client.request("POST", "/api/credits/allocate", headers: service + [("Idempotency-Key", "refund-1")],
+                                       json: ["userId": "carol", "credits": 31]).status == 422)
+
+            let detail = try client.request("GET", "/api/credits/balance?userId=carol", headers: service).json
+            #expect(detail["userId"]?.stringValue == "carol")
+            #expect(detail["totalCredits"]?.intValue == 100)
+            #expect(detail["allocations"]?[1]?["expiresAt"] == .null)
+            // Carol herself sees the same, and may not name anyone else.
+            let carol = [("X-Tollgate-Consumer", "carol")]
+            #expect(try client.request("GET", "/api/credits/balance", headers: carol).json["totalCredits"]?.intValue == 100)
+            #expect(try client.request("GET", "/api/credits/balance?userId=carol", headers: carol).status == 200)
+            #expect(try client.request("GET", "/api/credits/balance?userId=dave", headers: carol).status == 403)
+        }
+    }
+
+    @Test func aServiceJWTWithTheAdminRoleDeductsForAUser() throws {
+        let directory = TemporaryDirectory()
+        var options = fastOptions()
+        options.accounting.jwtSecret = "shared-test-secret"
+        try withBackends(accounting: true, dataDirectory: directory.path, options: options) { backends in
+            let client = try TestHTTPClient(port: try #require(backends.accountingPort))
+            let signer = HS256Verifier(secret: "shared-test-secret")
+            let exp = JSONValue.double(Date().timeIntervalSince1970 + 900)
+            let service = [("Authorization", "Bearer \(signer.sign(["sub": "tollgate", "role": "admin", "exp": exp]))")]
+            let scoped = [("Authorization", "Bearer \(signer.sign(["sub": "svc", "role": "finance:admin", "exp": exp]))")]
+            #expect(try client.request("POST", "/api/credits/deduct", headers: scoped,
+                                       json: ["userId": "erin", "credits": 5]).status == 403)
+            #expect(try client.request("POST", "/api/credits/deduct", headers: service,
+                                       json: ["userId": "erin", "credits": 5]).text == #"{"success":true,"newBalance":95}"#)
+            let erin = [("Authorization", "Bearer \(signer.sign(["sub": "erin", "exp": exp]))")]
+            #expect(try client.request("GET", "/api/credits/total-balance", headers: erin).text == #"{"totalCredits":95}"#)
+        }
+    }
+
+    /// An answered deduct is on disk before the answer: a second process on the same data
+    /// directory (the first never stopped, as after `kill -9`) sees it; a torn last line
+    /// (a change never answered) is cut off.
+    @Test func answeredChangesSurviveACrashAndATornTailIsCutOff() throws {
+        let directory = TemporaryDirectory()
+        let me = [("X-Tollgate-Consumer", "durable")]
+        let crashed = try ReferenceBackends.start(finance: nil, accounting: loopbackEphemeral, flowise: nil,
+                                                  dataDirectory: directory.path, options: fastOptions())
+        let client = try TestHTTPClient(port: try #require(crashed.accountingPort))
+        for _ in 0..<3 {
+            #expect(try client.request("POST", "/api/credits/deduct", headers: me, json: ["credits": 7]).status == 200)
+        }
+        // No stop(): nothing is flushed on the way out.
+        let journal = directory.path + "/accounting-000000000001.journal"
+        let handle = try #require(FileHandle(forWritingAtPath: journal))
+        handle.seekToEndOfFile()
+        handle.write(Data(#"{"entry":{"account":{"userId":"durable","allocations":[],"creat"#.utf8))
+        handle.closeFile()
+        try withBackends(accounting: true, dataDirectory: directory.path) { backends in
+            let again = try TestHTTPClient(port: try #require(backends.accountingPort))
+            #expect(try again.request("GET", "/api/credits/total-balance", headers: me).text == #"{"totalCredits":79}"#)
+            #expect(try again.request("POST", "/api/credits/deduct", headers: me, json: ["credits": 1]).status == 200)
+        }
+        let lines = try String(contentsOfFile: journal, encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 4)
+        #expect(lines.allSatisfy { (try? JSONValue.parse(Array($0.utf8))) != nil })
+        crashed.stop()
+    }
+
+    /// The journal is compacted into a snapshot, idempotency keys are pruned past their
+    /// bound, and the state comes back the same after a restart.
+    @Test func theJournalIsCompactedAndOldKeysArePruned() throws {
+        let directory = TemporaryDirectory()
+        var options = fastOptions()
+        options.accounting.initialCredits = 1000
+        options.accounting.compactionBytes = 4096
+        options.accounting.maximumIdempotencyKeys = 10
+        let me = [("X-Tollgate-Consumer", "busy")]
+        try withBackends(accounting: true, dataDirectory: directory.path, options: options) { backends in
+            let client = try TestHTTPClient(port: try #require(backends.accountingPort))
+            for index in 0..<100 {
+                let response = try client.request("POST", "/api/credits/deduct", headers: me + [("Idempotency-Key", "k\(index)")],
+                                                  json: ["credits": 1])
+                #expect(response.status == 200)
+            }
+            let accounting = try #require(backends.accounting)
+            accounting.shutdown()  // waits for a compaction in flight
+            let status = accounting.journalStatus
+            #expect(status.compactions >= 1)
+            #expect(status.bytes < 4096 + 1024)
+            let stats = try client.request("GET", "/admin/stats").json
+            #expect(stats["idempotencyKeys"]?.intValue == 10)
+            #expect(stats["creditTransactions"]?.intValue == 100)
+        }
+        #expect(FileManager.default.fileExists(atPath: directory.path + "/accounting.json"))
+        try withBackends(accounting: true, dataDirectory: directory.path, options: options) { backends in
+            let client = try TestHTTPClient(port: try #require(backends.accountingPort))
+            #expect(try client.request("GET", "/api/credits/total-balance", headers: me).text == #"{"totalCredits":900}"#)
+            // The newest key is remembered; the oldest was pruned, so it is a new request.
+            let newest = try client.request("POST", "/api/credits/deduct", headers: me + [("Idempotency-Key", "k99")],
+                                            json: ["credits": 1])
+            #expect(newest.header("Idempotent-Replayed") == "true")
+            let oldest = try client.request("POST", "/api/credits/deduct", headers: me + [("Idempotency-Key", "k0")],
+                                            json: ["credits": 1])
+            #expect(oldest.header("Idempotent-Replayed") == nil)
+            #expect(try oldest.json["newBalance"]?.intValue == 899)
+        }
+    }
+
+    /// Reads create nothing: a balance of an unknown user is its opening balance, and no
+    /// account or journal line comes of it.
+    @Test func balanceReadsWriteNothing() throws {
+        let directory = TemporaryDirectory()
+        try withBackends(accounting: true, dataDirectory: directory.path) { backends in
+            let client = try TestHTTPClient(port: try #require(backends.accountingPort))
+            for user in ["a", "b", "c"] {
+                #expect(try client.request("GET", "/api/credits/balance", headers: [("X-Tollgate-Consumer", user)])
+                    .json["totalCredits"]?.intValue == 100)
+            }
+            #expect(try client.request("GET", "/admin/stats").json["users"]?.intValue == 0)
+            #expect(try #require(backends.accounting).journalStatus.bytes == 0)
+        }
+    }
 }
