@@ -45,34 +45,6 @@ extension ReferenceRequest {
     }
 }
 
-/// A backend's state behind a mutex, saved as a JSON snapshot after every
-/// mutation. A mutation that cannot be saved is rolled back and fails.
-final class StateStore<State: Codable & Sendable>: Sendable {
-    private let state: Mutex<State>
-    private let snapshot: SnapshotFile
-
-    init(directory: String, name: String, initial: State) throws(ReferenceServerError) {
-        try SnapshotFile.makeDirectory(directory)
-        self.snapshot = SnapshotFile(directory: directory, name: name)
-        self.state = Mutex(try snapshot.load(State.self) ?? initial)
-    }
-
-    func read<Result: Sendable>(_ body: (State) throws -> Result) rethrows -> Result {
-        try state.withLock { current in try body(current) }
-    }
-
-    /// Applies `body` to a copy, saves it, then publishes it (all under the lock).
-    func mutate<Result: Sendable>(_ body: (inout State) throws -> Result) throws -> Result {
-        try state.withLock { current in
-            var next = current
-            let result = try body(&next)
-            try snapshot.save(next)
-            current = next
-            return result
-        }
-    }
-}
-
 enum Timestamp {
     static func iso(_ date: Date) -> String {
         date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))

@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 
 /// The finance API of seed 000 (TiHoMo CoreFinance): accounts and
 /// transactions per consumer, an asynchronous import (`202 Accepted` + job),
@@ -24,9 +23,9 @@ public final class FinanceBackend: Sendable {
         public init() {}
     }
 
-    static let snapshotName = "finance.json"
+    static let storeName = "finance"
 
-    let store: StateStore<FinanceState>
+    let store: JournaledStore<FinanceState>
     private let options: Options
     private let counter = RequestCounter()
     private let stopSignal = ReferenceStopSignal()
@@ -39,7 +38,10 @@ public final class FinanceBackend: Sendable {
 
     public init(dataDirectory: String, options: Options = Options()) throws(ReferenceServerError) {
         self.options = options
-        self.store = try StateStore(directory: dataDirectory, name: Self.snapshotName, initial: FinanceState())
+        var storeOptions = JournaledStore<FinanceState>.Options()
+        storeOptions.durability = .written
+        self.store = try JournaledStore(directory: dataDirectory, name: Self.storeName, initial: FinanceState(),
+                                        options: storeOptions)
         let box = WeakBox<FinanceBackend>()
         self.importPool = WorkerPool(name: "tg-ref-import", maximumWorkers: options.importWorkers,
                                      queueCapacity: options.importQueueCapacity) { work in
@@ -48,13 +50,16 @@ public final class FinanceBackend: Sendable {
         box.object = self
         // Jobs cut short by a restart cannot resume (their payload is not kept).
         do {
-            try store.mutate { state in
-                for (id, job) in state.imports where job.status == .queued || job.status == .processing {
+            let interrupted = store.read { state in
+                state.imports.values.filter { $0.status == .queued || $0.status == .processing }.map(\.id)
+            }
+            if !interrupted.isEmpty { try store.mutate { state in
+                for id in interrupted {
                     state.imports[id]?.status = .failed
                     state.imports[id]?.errors.append("interrupted by a restart before completion")
                     state.imports[id]?.completedAt = Date()
                 }
-            }
+            } }
         } catch {
             throw .persistenceFailed(path: dataDirectory, reason: "\(error)")
         }
@@ -65,6 +70,7 @@ public final class FinanceBackend: Sendable {
     public func shutdown() {
         stopSignal.raise()
         importPool.shutdown(waitingUpTo: .seconds(5))
+        store.waitForCompaction()
     }
 
     public func router() -> ReferenceRouter {
@@ -120,8 +126,8 @@ public final class FinanceBackend: Sendable {
         return .json(201, account.json, headers: [("Location", "/api/finance/accounts/\(account.id)")])
     }
 
-    private func ownedAccount(_ id: String, _ owner: String, in state: FinanceState) throws(ReferenceHTTPError) -> FinanceAccount {
-        guard let account = state.accounts[id], account.owner == owner else {
+    private func ownedAccount(_ id: String, _ owner: String, in state: some FinanceRecords) throws(ReferenceHTTPError) -> FinanceAccount {
+        guard let account = state.account(id), account.owner == owner else {
             throw .message(404, "account not found")
         }
         return account
@@ -194,7 +200,7 @@ public final class FinanceBackend: Sendable {
 
     /// Records a transaction and moves its account's balance.
     static func insert(_ draft: TransactionDraft, owner: String, now: Date,
-                       into state: inout FinanceState) throws(ReferenceHTTPError) -> FinanceTransaction {
+                       into state: inout FinanceChange) throws(ReferenceHTTPError) -> FinanceTransaction {
         guard var account = state.accounts[draft.accountId], account.owner == owner else {
             throw .message(404, "account not found")
         }
@@ -209,8 +215,8 @@ public final class FinanceBackend: Sendable {
         return transaction
     }
 
-    private func ownedTransaction(_ id: String, _ owner: String, in state: FinanceState) throws(ReferenceHTTPError) -> FinanceTransaction {
-        guard let transaction = state.transactions[id], transaction.owner == owner else {
+    private func ownedTransaction(_ id: String, _ owner: String, in state: some FinanceRecords) throws(ReferenceHTTPError) -> FinanceTransaction {
+        guard let transaction = state.transaction(id), transaction.owner == owner else {
             throw .message(404, "transaction not found")
         }
         return transaction

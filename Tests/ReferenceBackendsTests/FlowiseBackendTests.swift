@@ -218,9 +218,9 @@ struct PersistenceTests {
                                         json: ["question": "remember me", "chatId": "c-9"]).status == 200)
             return accountID
         }
-        // Finance: a snapshot; accounting and Flowise: journals (compacted into snapshots later).
+        // Journals, compacted into `<name>.json` snapshots once they grow.
         let files = try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted()
-        #expect(files == ["accounting-000000000001.journal", "finance.json", "flowise-000000000001.journal"])
+        #expect(files == ["accounting-000000000001.journal", "finance-000000000001.journal", "flowise-000000000001.journal"])
 
         try withBackends(finance: true, accounting: true, flowise: true, dataDirectory: directory.path) { backends in
             let finance = try TestHTTPClient(port: try #require(backends.financePort))
