@@ -31,10 +31,11 @@ import Foundation
 /// body is `422`. Keys are kept for ``Options/idempotencyKeyLifetime``, at most
 /// ``Options/maximumIdempotencyKeys`` of them.
 ///
-/// **Storage.** A change is one JSON line appended to a journal and `fdatasync`ed before
-/// it is answered (an answered change survives `kill -9` and a power cut), then applied in
-/// memory; the journal is compacted into `accounting.json` in the background once it
-/// passes ``Options/compactionBytes``. Reads take the read side of a reader/writer lock
+/// **Storage.** A change is one JSON line appended to a journal and applied in memory, and
+/// it is answered once an `fdatasync` covers it (an answered change survives `kill -9`
+/// and a power cut; concurrent changes share one `fdatasync`, a group commit); the
+/// journal is compacted into `accounting.json` in the background once it passes
+/// ``Options/compactionBytes``. Reads take the read side of a reader/writer lock
 /// and never wait for a disk. Spent allocations, old idempotency keys and old usage
 /// records are pruned; credit transactions live in the journal only. So a deduct costs
 /// the same however long the history.
@@ -49,7 +50,7 @@ public final class AccountingBackend: Sendable {
         /// How long an idempotency key is remembered.
         public var idempotencyKeyLifetime: Duration = .seconds(24 * 3600)
         /// Journal bytes that trigger a compaction into the snapshot.
-        public var compactionBytes = 4 * 1024 * 1024
+        public var compactionBytes = 32 * 1024 * 1024
         public init() {}
     }
 

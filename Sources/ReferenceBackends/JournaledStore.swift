@@ -38,9 +38,13 @@ struct JournalLine<Entry: Codable>: Codable {
 ///  <name>-000000004711.journal     (the name is the first sequence number it may hold)
 /// ```
 ///
-/// A commit appends its entries (one `write`, then `fdatasync` when ``JournalDurability``
-/// says so) before it applies them and returns: the cost of a change is one short append,
-/// whatever the history. When the segments since the snapshot pass
+/// A commit appends its entries (one `write`), applies them, and, when
+/// ``JournalDurability`` says so, waits for an `fdatasync` that covers them before it
+/// returns: the cost of a change is one short append, whatever the history. The sync is a
+/// group commit: commits that arrive while one `fdatasync` runs share the next one, so
+/// concurrent changes do not queue behind one disk flush each. (A reader may see a change
+/// a moment before its commit returns; no answer goes out before its change is on
+/// disk.) When the segments since the snapshot pass
 /// ``Options/compactionBytes``, a new segment is started and a background thread writes
 /// the snapshot and deletes the segments it covers. Start-up loads the snapshot and
 /// replays the segments (entries the snapshot covers are skipped); a torn last line, a
@@ -53,12 +57,14 @@ struct JournalLine<Entry: Codable>: Codable {
 final class JournaledStore<State: JournaledState>: @unchecked Sendable {
     // SAFETY: `state` is read under `lock`'s read side (or by the committer, the only
     // writer, which holds `commitLock`) and written under its write side with
-    // `commitLock` held; the `writer*` fields and `isCompacting` are only touched with
-    // `commitLock` held; `compactions` with `compactionDone` locked.
+    // `commitLock` held; the `segment*` fields, `journalBytes` and `isCompacting` are
+    // only touched with `commitLock` held (`segmentFD` is also read, and only changed,
+    // with `syncMonitor` locked); the `sync*` fields with `syncMonitor` locked;
+    // `compactions` with `compactionDone` locked.
     struct Options: Sendable {
         var durability = JournalDurability.synced
         /// Journal bytes since the snapshot that trigger a compaction.
-        var compactionBytes = 4 * 1024 * 1024
+        var compactionBytes = 32 * 1024 * 1024
     }
 
     let directory: String
@@ -76,6 +82,15 @@ final class JournaledStore<State: JournaledState>: @unchecked Sendable {
     private var isCompacting = false
     private var compactions = 0
     private let snapshot: SnapshotFile
+    private let syncMonitor = Monitor()
+    /// Counts segment switches (a switch syncs the old segment).
+    private var syncGeneration: UInt64 = 0
+    /// Bytes of the current segment written, and known to be on disk.
+    private var syncWritten = 0
+    private var syncDurable = 0
+    private var isSyncing = false
+    /// A failed `fdatasync`: the journal's state on disk is unknown; no more commits.
+    private var syncFailure: ReferenceServerError?
 
     /// Loads the snapshot (or `initial`), replays the journal, and opens it for appends.
     init(directory: String, name: String, initial: State, options: Options = Options(),
@@ -97,6 +112,9 @@ final class JournaledStore<State: JournaledState>: @unchecked Sendable {
         } else {
             try openSegment(firstSequence: loaded.lastSequence + 1)
         }
+        _ = fdatasync(segmentFD)
+        syncWritten = segmentBytes
+        syncDurable = segmentBytes
     }
 
     deinit {
@@ -113,9 +131,10 @@ final class JournaledStore<State: JournaledState>: @unchecked Sendable {
     /// when `decide` throws or returns no entries; a failed write throws and applies
     /// nothing. Commits run one at a time.
     func commit<Result>(_ decide: (State) throws -> (entries: [State.Entry], result: Result)) throws -> Result {
-        try commitLock.locked {
+        let (ticket, result) = try commitLock.locked { () throws -> (SyncTicket?, Result) in
+            if let failure = syncMonitor.locked({ syncFailure }) { throw failure }
             let (entries, result) = try decide(state)
-            guard !entries.isEmpty else { return result }
+            guard !entries.isEmpty else { return (nil, result) }
             var sequence = state.lastSequence
             var bytes: [UInt8] = []
             let encoder = Self.encoder()
@@ -134,8 +153,51 @@ final class JournaledStore<State: JournaledState>: @unchecked Sendable {
                 for entry in entries { state.apply(entry) }
                 state.lastSequence = sequence
             }
+            let ticket = syncMonitor.locked { () -> SyncTicket in
+                syncWritten = segmentBytes
+                return SyncTicket(generation: syncGeneration, offset: segmentBytes)
+            }
             if journalBytes >= options.compactionBytes && !isCompacting { startCompaction() }
-            return result
+            return (ticket, result)
+        }
+        if options.durability == .synced, let ticket { try waitUntilDurable(ticket) }
+        return result
+    }
+
+    /// Where a commit's bytes end in the journal.
+    private struct SyncTicket {
+        var generation: UInt64
+        var offset: Int
+    }
+
+    /// Returns once an `fdatasync` has covered `ticket`: runs one itself when none is
+    /// running (covering everything written so far), else waits for the running one and
+    /// checks again.
+    private func waitUntilDurable(_ ticket: SyncTicket) throws(ReferenceServerError) {
+        syncMonitor.lock()
+        defer { syncMonitor.unlock() }
+        while true {
+            if let syncFailure { throw syncFailure }
+            // A later generation: the switch synced the old segment.
+            if ticket.generation < syncGeneration || syncDurable >= ticket.offset { return }
+            if isSyncing {
+                syncMonitor.wait()
+                continue
+            }
+            isSyncing = true
+            let fd = segmentFD
+            let target = syncWritten
+            syncMonitor.unlock()
+            let failed = fdatasync(fd) != 0
+            let code = errno
+            syncMonitor.lock()
+            isSyncing = false
+            if failed {
+                syncFailure = .persistenceFailed(path: segmentPath(segmentFirstSequence), reason: "fdatasync errno \(code)")
+            } else {
+                syncDurable = max(syncDurable, target)
+            }
+            syncMonitor.broadcast()
         }
     }
 
@@ -174,10 +236,24 @@ final class JournaledStore<State: JournaledState>: @unchecked Sendable {
         let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .persistenceFailed(path: path, reason: "open errno \(errno)") }
         if isNew { SnapshotFile.syncDirectory(directory) }
-        if segmentFD >= 0 { close(segmentFD) }
-        segmentFD = fd
-        segmentFirstSequence = firstSequence
-        segmentBytes = Int(lseek(fd, 0, SEEK_END))
+        syncMonitor.locked {
+            if segmentFD >= 0 {
+                // Sync the old segment before leaving it: its waiters count on the switch.
+                while isSyncing { syncMonitor.wait() }
+                if options.durability == .synced && fdatasync(segmentFD) != 0 {
+                    syncFailure = .persistenceFailed(path: segmentPath(segmentFirstSequence),
+                                                     reason: "fdatasync errno \(errno)")
+                }
+                close(segmentFD)
+            }
+            segmentFD = fd
+            syncGeneration += 1
+            segmentBytes = Int(lseek(fd, 0, SEEK_END))
+            syncWritten = segmentBytes
+            syncDurable = segmentBytes
+            segmentFirstSequence = firstSequence
+            syncMonitor.broadcast()
+        }
     }
 
     private func append(_ bytes: [UInt8]) throws(ReferenceServerError) {
@@ -193,11 +269,6 @@ final class JournaledStore<State: JournaledState>: @unchecked Sendable {
                 throw .persistenceFailed(path: path, reason: "write errno \(code)")
             }
             offset += written
-        }
-        if options.durability == .synced && fdatasync(segmentFD) != 0 {
-            let code = errno
-            _ = ftruncate(segmentFD, off_t(segmentBytes))
-            throw .persistenceFailed(path: path, reason: "fdatasync errno \(code)")
         }
         segmentBytes += bytes.count
         journalBytes += bytes.count

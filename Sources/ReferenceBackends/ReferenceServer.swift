@@ -196,7 +196,12 @@ public final class ReferenceServer: Sendable {
             if fd < 0 {
                 let code = errno
                 if code == EINTR || code == ECONNABORTED { continue }
-                // EAGAIN: all taken. EMFILE and the like: the next readiness retries.
+                if code == EMFILE || code == ENFILE || code == ENOBUFS || code == ENOMEM {
+                    // Out of descriptors or memory: the listener stays readable, so pause
+                    // rather than spin; the next readiness retries.
+                    ReferenceStopSignal().sleep(for: .milliseconds(10))
+                }
+                // EAGAIN: all taken.
                 return
             }
             var one: Int32 = 1

@@ -61,21 +61,18 @@ final class ReferenceSocket: Sendable {
 
     /// Appends what is available (at most `maximum` bytes) to `buffer` without blocking.
     func receive(into buffer: inout [UInt8], maximum: Int) -> ReadOutcome {
-        let oldCount = buffer.count
-        buffer.append(contentsOf: repeatElement(0, count: maximum))
-        while true {
-            let count = buffer.withUnsafeMutableBytes { raw -> Int in
-                guard let base = raw.baseAddress else { return 0 }
-                return recv(fd, base + oldCount, maximum, Int32(MSG_DONTWAIT))
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: maximum) { scratch -> ReadOutcome in
+            while true {
+                let count = recv(fd, scratch.baseAddress, maximum, Int32(MSG_DONTWAIT))
+                if count < 0 {
+                    let code = errno
+                    if code == EINTR { continue }
+                    return code == EAGAIN || code == EWOULDBLOCK ? .wouldBlock : .failed(code)
+                }
+                if count == 0 { return .endOfStream }
+                buffer.append(contentsOf: UnsafeBufferPointer(rebasing: scratch[0..<count]))
+                return .bytes(count)
             }
-            if count < 0 {
-                let code = errno
-                if code == EINTR { continue }
-                buffer.removeSubrange(oldCount...)
-                return code == EAGAIN || code == EWOULDBLOCK ? .wouldBlock : .failed(code)
-            }
-            buffer.removeSubrange((oldCount + count)...)
-            return count == 0 ? .endOfStream : .bytes(count)
         }
     }
 }

@@ -29,7 +29,7 @@ struct SnapshotFile: Sendable {
 
     func save<Value: Encodable>(_ value: Value) throws(ReferenceServerError) {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        encoder.outputFormatting = [.sortedKeys]
         encoder.dateEncodingStrategy = .secondsSince1970
         let data: Data
         do {

@@ -36,6 +36,9 @@ final class Monitor: @unchecked Sendable {
         return try body()
     }
 
+    func lock() { pthread_mutex_lock(mutex) }
+    func unlock() { pthread_mutex_unlock(mutex) }
+
     /// Waits for a signal; the caller holds the lock (inside ``locked(_:)``).
     func wait() { pthread_cond_wait(condition, mutex) }
 

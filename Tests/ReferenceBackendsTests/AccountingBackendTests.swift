@@ -51,6 +51,13 @@ struct AccountingBackendTests {
                                              json: ["credits": 1])
             #expect(refused.status == 402)
             #expect(refused.text == #"{"success":false,"error":"insufficient credits","balance":0}"#)
+            // Every answered deduct was on disk (group commits): a second process on the
+            // same data directory, the first never stopped, sees them all.
+            try withBackends(accounting: true, dataDirectory: directory.path, options: options) { second in
+                let reader = try TestHTTPClient(port: try #require(second.accountingPort))
+                let after = try reader.request("GET", "/api/credits/total-balance", headers: [("X-Tollgate-Consumer", "racer")])
+                #expect(after.text == #"{"totalCredits":0}"#)
+            }
         }
     }
 
