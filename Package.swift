@@ -35,19 +35,22 @@ let package = Package(
         .target(name: "Runtime", dependencies: ["CSystem"], swiftSettings: hot),
         // Pure decisions: no I/O.
         .target(name: "Policy", dependencies: ["COpenSSL", "Yams"], swiftSettings: hot),
-        // Everything behind the gate: upstream pools, Redis, reference backends, sinks.
+        // Everything behind the gate: upstream pools, Redis, sinks.
         .target(name: "Backends", dependencies: ["Runtime", "Policy", "CHiredis", "COpenSSL", "CSystem"],
                 swiftSettings: hot),
+        // The reference backends of the seeds (`tollgate backends`, tests, demos): not the product.
+        .target(name: "ReferenceBackends", dependencies: ["Runtime", "COpenSSL", "CSystem"], swiftSettings: strict),
         // The proxy and the CLI (`tollgate`).
         .executableTarget(name: "Proxy", dependencies: [
-            "Runtime", "Policy", "Backends", "COpenSSL", "CNghttp2",
+            "Runtime", "Policy", "Backends", "ReferenceBackends", "COpenSSL", "CNghttp2",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: hot),
 
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime"], swiftSettings: strict),
         .testTarget(name: "PolicyTests", dependencies: ["Policy"], swiftSettings: strict),
         .testTarget(name: "BackendsTests", dependencies: ["Backends", "Runtime", "Policy"], swiftSettings: strict),
-        .testTarget(name: "ProxyTests", dependencies: ["Proxy", "Runtime", "Policy", "Backends"],
+        .testTarget(name: "ReferenceBackendsTests", dependencies: ["ReferenceBackends", "Runtime"], swiftSettings: strict),
+        .testTarget(name: "ProxyTests", dependencies: ["Proxy", "Runtime", "Policy", "Backends", "ReferenceBackends"],
                     swiftSettings: strict),
     ]
 )

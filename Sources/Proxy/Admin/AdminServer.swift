@@ -1,4 +1,4 @@
-import Backends
+import ReferenceBackends
 import Policy
 import Synchronization
 

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Backends
+import ReferenceBackends
 import Foundation
 
 /// `tollgate backends`: the reference finance, accounting and Flowise-style services.
@@ -15,6 +15,7 @@ struct BackendsCommand: ParsableCommand {
     @Option(help: "HS256 secret for the accounting service's JWTs (else ACCOUNTING_JWT_SECRET).") var jwtSecret: String?
     @Option(help: "API key the Flowise-style service requires (else FLOWISE_API_KEY).") var flowiseApiKey: String?
     @Option(help: "Delay between streamed tokens, ms (else FLOWISE_TOKEN_DELAY_MS).") var tokenDelayMs: Int?
+    @Option(help: "Tokens in every chat answer, for long streams (else FLOWISE_ANSWER_TOKENS).") var answerTokens: Int?
 
     func run() throws {
         func address(_ s: String) throws -> ReferenceAddress? {
@@ -26,6 +27,12 @@ struct BackendsCommand: ParsableCommand {
         if let s = jwtSecret { options.accounting.jwtSecret = s }
         if let k = flowiseApiKey { options.flowise.apiKey = k }
         if let d = tokenDelayMs { options.flowise.tokenDelay = .milliseconds(d) }
+        if let n = answerTokens {
+            guard (1...FlowiseBackend.maximumAnswerTokens).contains(n) else {
+                throw ValidationError("--answer-tokens must be 1...\(FlowiseBackend.maximumAnswerTokens)")
+            }
+            options.flowise.answerTokens = n
+        }
         let b = try ReferenceBackends.start(finance: address(finance), accounting: address(accounting), flowise: address(flowise),
                                             dataDirectory: data, options: options)
         for line in b.summary { print(line) }

@@ -1,4 +1,5 @@
 import Backends
+import ReferenceBackends
 import Foundation
 import Glibc
 import Policy

@@ -1,4 +1,5 @@
-import Backends
+import ReferenceBackends
+import Dispatch
 import Foundation
 import Testing
 
@@ -134,6 +135,136 @@ struct ReferenceServerTests {
         finance.shutdown()
         #expect(client.isClosedByPeer())
         #expect(throws: (any Error).self) { _ = try TestHTTPClient(port: server.port).request("GET", "/health") }
+    }
+}
+
+/// Bounded concurrency: a fixed pool of workers, a bounded queue, 503 past it; idle
+/// keep-alive connections hold no worker.
+struct ReferenceServerBoundsTests {
+    /// A router whose `/block` parks its worker until the test opens the gate.
+    private final class Gate: Sendable {
+        let entered = DispatchSemaphore(value: 0)
+        let open = DispatchSemaphore(value: 0)
+
+        func router() -> ReferenceRouter {
+            var router = ReferenceRouter()
+            router.add("GET", "/block") { [self] _ in
+                entered.signal()
+                _ = open.wait(timeout: .now() + 30)
+                return .text(200, "released")
+            }
+            router.add("GET", "/health") { _ in .json(200, ["status": "ok"]) }
+            return router
+        }
+    }
+
+    @Test func pastTheQueueBoundAConnectionGets503AndIsClosed() throws {
+        let gate = Gate()
+        var limits = ReferenceServer.Limits()
+        limits.workerThreads = 1
+        limits.queueCapacity = 1
+        let server = try ReferenceServer(host: "127.0.0.1", port: 0, router: gate.router(), limits: limits)
+        defer { server.stop() }
+        // A holds the only worker.
+        let a = try TestHTTPClient(port: server.port)
+        try a.sendRequest("GET", "/block")
+        #expect(gate.entered.wait(timeout: .now() + 10) == .success)
+        // B waits in the queue (accepted connections are queued in accept order)…
+        let b = try TestHTTPClient(port: server.port)
+        try b.sendRequest("GET", "/health")
+        // …so C finds the queue full.
+        let c = try TestHTTPClient(port: server.port)
+        let refused = try c.readResponse()
+        #expect(refused.status == 503)
+        #expect(refused.header("Connection") == "close")
+        #expect(refused.header("Retry-After") == "1")
+        #expect(c.isClosedByPeer())
+        #expect(server.refusedConnectionCount == 1)
+        // Open the gate: A is answered, then B.
+        gate.open.signal()
+        #expect(try a.readResponse().text == "released")
+        #expect(try b.readResponse().status == 200)
+        #expect(server.workerThreadCount == 1)
+    }
+
+    @Test func idleKeptAliveConnectionsHoldNoWorker() throws {
+        let directory = TemporaryDirectory()
+        let finance = try FinanceBackend(dataDirectory: directory.path)
+        var limits = ReferenceServer.Limits()
+        limits.workerThreads = 2
+        limits.queueCapacity = 64
+        let server = try ReferenceServer(host: "127.0.0.1", port: 0, router: finance.router(), limits: limits)
+        defer {
+            server.stop()
+            finance.shutdown()
+        }
+        // Forty kept-alive connections, each used twice, served by two threads.
+        let clients = try (0..<40).map { _ in try TestHTTPClient(port: server.port) }
+        for round in 0..<2 {
+            for (index, client) in clients.enumerated() {
+                let response = try client.request("GET", "/api/finance/echo?c=\(index)&r=\(round)")
+                #expect(response.status == 200)
+                #expect(try response.json["query"]?.stringValue == "c=\(index)&r=\(round)")
+                #expect(response.header("Connection") == nil)
+            }
+        }
+        #expect(server.workerThreadCount <= 2)
+        #expect(server.refusedConnectionCount == 0)
+        #expect(server.requestCount == 80)
+    }
+
+    @Test func bodiesPastTheBoundAre413() throws {
+        let directory = TemporaryDirectory()
+        let finance = try FinanceBackend(dataDirectory: directory.path)
+        var limits = ReferenceServer.Limits()
+        limits.maximumBodyBytes = 1024
+        let server = try ReferenceServer(host: "127.0.0.1", port: 0, router: finance.router(), limits: limits)
+        defer {
+            server.stop()
+            finance.shutdown()
+        }
+        let declared = try TestHTTPClient(port: server.port)
+        try declared.send("POST /api/finance/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1025\r\n\r\n")
+        #expect(try declared.readResponse().status == 413)
+        #expect(declared.isClosedByPeer())
+
+        let chunked = try TestHTTPClient(port: server.port)
+        let chunk = String(repeating: "a", count: 600)
+        try chunked.send("POST /api/finance/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + "258\r\n\(chunk)\r\n258\r\n\(chunk)\r\n0\r\n\r\n")
+        #expect(try chunked.readResponse().status == 413)
+        #expect(chunked.isClosedByPeer())
+
+        // At the bound: fine, with Expect: 100-continue too.
+        let fits = try TestHTTPClient(port: server.port)
+        try fits.send("POST /api/finance/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1024\r\nExpect: 100-continue\r\n\r\n")
+        try fits.send(Array(repeating: UInt8(ascii: "b"), count: 1024))
+        #expect(try fits.readResponse().json["bodyLength"]?.intValue == 1024)
+    }
+
+    /// The strict codec's other refusals keep their own status.
+    @Test(arguments: [
+        ("GET /x HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        ("GET /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 400),
+        ("GET /x HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
+        ("GET /x HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+        ("GET /x#frag HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        ("GET /x HTTP/1.1\r\nHost: x\r\nX-Long: \(String(repeating: "v", count: 70_000))\r\n\r\n", 431),
+    ])
+    func theStrictParserDecides(_ raw: String, _ status: Int) throws {
+        let directory = TemporaryDirectory()
+        let finance = try FinanceBackend(dataDirectory: directory.path)
+        let server = try ReferenceServer(host: "127.0.0.1", port: 0, router: finance.router())
+        defer {
+            server.stop()
+            finance.shutdown()
+        }
+        let client = try TestHTTPClient(port: server.port)
+        try client.send(raw)
+        let response = try client.readResponse()
+        #expect(response.status == status)
+        #expect(response.header("Connection") == "close")
+        #expect(client.isClosedByPeer())
     }
 }
 

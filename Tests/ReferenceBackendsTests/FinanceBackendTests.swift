@@ -1,4 +1,4 @@
-import Backends
+import ReferenceBackends
 import Foundation
 import Testing
 
@@ -146,6 +146,32 @@ struct FinanceBackendTests {
             #expect(response.status == 200)
             #expect(ContinuousClock.now - started >= .milliseconds(30))
             #expect(try client.request("GET", "/admin/stats").json["requests"]?.intValue == 2)
+        }
+    }
+
+    /// Imports run on a bounded pool: one thread, one queued job; the rest are refused.
+    @Test func importsPastTheQueueBoundAreRefusedWith503() throws {
+        let directory = TemporaryDirectory()
+        var options = fastOptions()
+        options.finance.importWorkers = 1
+        options.finance.importQueueCapacity = 1
+        // The running job waits this long (cut short by stop()), holding the only thread.
+        options.finance.importDelay = .seconds(60)
+        try withBackends(finance: true, dataDirectory: directory.path, options: options) { backends in
+            let client = try TestHTTPClient(port: try #require(backends.financePort))
+            let csv = Array("amount,accountId\n1,x\n".utf8)
+            // The thread takes at most one job (it is then held), and one more may wait:
+            // of three, at least one is refused.
+            let statuses = try (0..<3).map { _ in
+                try client.request("POST", "/api/finance/imports", headers: [("Content-Type", "text/csv")], body: csv)
+            }
+            #expect(statuses[0].status == 202)
+            let refused = statuses.filter { $0.status == 503 }
+            #expect(!refused.isEmpty)
+            #expect(statuses.allSatisfy { $0.status == 202 || $0.status == 503 })
+            #expect(refused.allSatisfy { $0.header("Retry-After") == "1" })
+            let stats = try client.request("GET", "/admin/stats").json
+            #expect(stats["imports"]?.intValue == statuses.count - refused.count)
         }
     }
 

@@ -1,4 +1,4 @@
-import Backends
+import ReferenceBackends
 import Dispatch
 import Foundation
 import Synchronization
@@ -108,6 +108,70 @@ struct FlowiseBackendTests {
         }
     }
 
+    @Test func chatMessagesAreFilteredByConsumer() throws {
+        let directory = TemporaryDirectory()
+        try withBackends(flowise: true, dataDirectory: directory.path) { backends in
+            let client = try TestHTTPClient(port: try #require(backends.flowisePort))
+            for (consumer, question) in [("alice", "alice asks"), ("bob", "bob asks"), ("alice", "alice again")] {
+                let asked = try client.request("POST", "/api/v1/prediction/\(Self.chatflow)",
+                                               headers: [("X-Tollgate-Consumer", consumer)],
+                                               json: ["question": .string(question), "chatId": "shared-chat"])
+                #expect(asked.status == 200)
+            }
+            func contents(_ headers: [(String, String)], _ query: String = "") throws -> [String] {
+                let list = try client.request("GET", "/api/v1/chatmessage/\(Self.chatflow)\(query)", headers: headers).json
+                guard case .array(let items) = list else { return [] }
+                return items.compactMap { $0["content"]?.stringValue }
+            }
+            #expect(try contents([("X-Tollgate-Consumer", "alice")]) ==
+                ["alice asks", "Reference answer: alice asks", "alice again", "Reference answer: alice again"])
+            #expect(try contents([("X-Tollgate-Consumer", "bob")], "?chatId=shared-chat") == ["bob asks", "Reference answer: bob asks"])
+            #expect(try contents([("X-Tollgate-Consumer", "mallory")], "?chatId=shared-chat").isEmpty)
+            #expect(try contents([]).isEmpty)
+        }
+        // The owners survive a restart.
+        try withBackends(flowise: true, dataDirectory: directory.path) { backends in
+            let client = try TestHTTPClient(port: try #require(backends.flowisePort))
+            let list = try client.request("GET", "/api/v1/chatmessage/\(Self.chatflow)", headers: [("X-Tollgate-Consumer", "bob")]).json
+            #expect(list.arrayCount == 2)
+        }
+    }
+
+    @Test func answerTokensMakesAStreamAsLongAsAsked() throws {
+        let directory = TemporaryDirectory()
+        var options = fastOptions()
+        options.flowise.tokenDelay = .zero
+        options.flowise.answerTokens = 12
+        try withBackends(flowise: true, dataDirectory: directory.path, options: options) { backends in
+            let client = try TestHTTPClient(port: try #require(backends.flowisePort))
+            func tokens(_ body: String) throws -> [String] {
+                try client.sendRequest("POST", "/api/v1/prediction/\(Self.chatflow)", headers: [("Content-Type", "application/json")],
+                                       body: Array(body.utf8))
+                #expect(try client.readHead().status == 200)
+                var events: [JSONValue] = []
+                while let chunk = try client.readChunk() {
+                    events.append(try JSONValue.parse(Array(String(decoding: chunk, as: UTF8.self).dropFirst("message:\ndata:".count).utf8)))
+                }
+                #expect(events.first?["event"]?.stringValue == "start")
+                #expect(events.suffix(2).compactMap { $0["event"]?.stringValue } == ["usageMetadata", "metadata"])
+                return events.filter { $0["event"]?.stringValue == "token" }.compactMap { $0["data"]?.stringValue }
+            }
+            // The option: 12 tokens.
+            let padded = try tokens(#"{"question":"Hi","streaming":true}"#)
+            #expect(padded.count == 12)
+            #expect(padded.joined() == FlowiseBackend.answer(to: "Hi", tokens: 12))
+            #expect(padded.joined().hasPrefix("Reference answer: Hi token4"))
+            // The request field wins: 2000 tokens, or 2 (the canned answer cut).
+            let long = try tokens(#"{"question":"Hi","streaming":true,"answerTokens":2000}"#)
+            #expect(long.count == 2000)
+            #expect(long.last == " token2000")
+            #expect(try tokens(#"{"question":"Hi","streaming":true,"answerTokens":2}"#) == ["Reference", " answer:"])
+            let refused = try client.request("POST", "/api/v1/prediction/\(Self.chatflow)",
+                                             json: ["question": "Hi", "answerTokens": 0])
+            #expect(refused.status == 400)
+        }
+    }
+
     @Test func requiresTheFlowiseAPIKeyWhenConfigured() throws {
         let directory = TemporaryDirectory()
         var options = fastOptions()
@@ -154,8 +218,9 @@ struct PersistenceTests {
                                         json: ["question": "remember me", "chatId": "c-9"]).status == 200)
             return accountID
         }
+        // Journals, compacted into `<name>.json` snapshots once they grow.
         let files = try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted()
-        #expect(files == ["accounting.json", "finance.json", "flowise.json"])
+        #expect(files == ["accounting-000000000001.journal", "finance-000000000001.journal", "flowise-000000000001.journal"])
 
         try withBackends(finance: true, accounting: true, flowise: true, dataDirectory: directory.path) { backends in
             let finance = try TestHTTPClient(port: try #require(backends.financePort))

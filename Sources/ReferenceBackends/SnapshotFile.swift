@@ -29,7 +29,7 @@ struct SnapshotFile: Sendable {
 
     func save<Value: Encodable>(_ value: Value) throws(ReferenceServerError) {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        encoder.outputFormatting = [.sortedKeys]
         encoder.dateEncodingStrategy = .secondsSince1970
         let data: Data
         do {
@@ -65,6 +65,11 @@ struct SnapshotFile: Sendable {
         guard rename(temporary, path) == 0 else {
             throw .persistenceFailed(path: path, reason: "rename errno \(errno)")
         }
+        Self.syncDirectory(directory)
+    }
+
+    /// `fsync` of a directory, so that a created or renamed entry in it is durable.
+    static func syncDirectory(_ directory: String) {
         let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if directoryFD >= 0 {
             fsync(directoryFD)

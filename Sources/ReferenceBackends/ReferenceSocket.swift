@@ -1,17 +1,24 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CSystem
 
-/// A connected blocking TCP socket owned by one connection thread.
+/// A connected, non-blocking TCP socket owned by one worker at a time.
 ///
-/// The descriptor is closed by the connection thread only; ``ReferenceServer``
-/// may `shutdown(2)` it concurrently (under its lock) to wake a blocked read.
+/// Reads never block (the server parks a connection that has nothing to read); writes
+/// wait for room with `poll(2)`, at most ``writeTimeout`` per wait. ``ReferenceServer``
+/// may `shutdown(2)` the socket concurrently (under its lock) to wake a blocked write.
 final class ReferenceSocket: Sendable {
     let fd: Int32
+    let writeTimeout: Duration
 
-    init(fd: Int32) { self.fd = fd }
+    init(fd: Int32, writeTimeout: Duration = .seconds(30)) {
+        self.fd = fd
+        self.writeTimeout = writeTimeout
+    }
 
-    /// Sends every byte (retrying short writes and EINTR); never raises SIGPIPE.
+    /// Sends every byte (retrying short writes and EINTR, waiting while the send buffer is
+    /// full); never raises SIGPIPE.
     func sendAll(_ bytes: [UInt8]) throws(ReferenceServerError) {
         var offset = 0
         while offset < bytes.count {
@@ -20,27 +27,52 @@ final class ReferenceSocket: Sendable {
                 return send(fd, base + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
             }
             if sent < 0 {
-                if errno == EINTR { continue }
-                throw .socketFailed(operation: "send", errno: errno)
+                let code = errno
+                if code == EINTR { continue }
+                if code == EAGAIN || code == EWOULDBLOCK {
+                    try waitWritable()
+                    continue
+                }
+                throw .socketFailed(operation: "send", errno: code)
             }
             offset += sent
         }
     }
 
-    /// Reads what is available (at most `maximum` bytes); an empty result is end of stream.
-    func receive(maximum: Int) throws(ReferenceServerError) -> [UInt8] {
-        var buffer = [UInt8](repeating: 0, count: maximum)
+    private func waitWritable() throws(ReferenceServerError) {
+        let milliseconds = Int32(clamping: writeTimeout.components.seconds * 1000
+            + writeTimeout.components.attoseconds / 1_000_000_000_000_000)
+        var descriptor = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
         while true {
-            let count = buffer.withUnsafeMutableBytes { raw -> Int in
-                guard let base = raw.baseAddress else { return 0 }
-                return recv(fd, base, raw.count, 0)
+            let ready = poll(&descriptor, 1, milliseconds)
+            if ready < 0 && errno == EINTR { continue }
+            if ready < 0 { throw .socketFailed(operation: "poll", errno: errno) }
+            if ready == 0 { throw .socketFailed(operation: "send (timed out)", errno: ETIMEDOUT) }
+            return
+        }
+    }
+
+    enum ReadOutcome {
+        case bytes(Int)
+        case wouldBlock
+        case endOfStream
+        case failed(Int32)
+    }
+
+    /// Appends what is available (at most `maximum` bytes) to `buffer` without blocking.
+    func receive(into buffer: inout [UInt8], maximum: Int) -> ReadOutcome {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: maximum) { scratch -> ReadOutcome in
+            while true {
+                let count = recv(fd, scratch.baseAddress, maximum, Int32(MSG_DONTWAIT))
+                if count < 0 {
+                    let code = errno
+                    if code == EINTR { continue }
+                    return code == EAGAIN || code == EWOULDBLOCK ? .wouldBlock : .failed(code)
+                }
+                if count == 0 { return .endOfStream }
+                buffer.append(contentsOf: UnsafeBufferPointer(rebasing: scratch[0..<count]))
+                return .bytes(count)
             }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw .socketFailed(operation: "recv", errno: errno)
-            }
-            buffer.removeSubrange(count...)
-            return buffer
         }
     }
 }
@@ -64,7 +96,7 @@ enum SocketAddress {
         } else {
             throw .invalidAddress(host)
         }
-        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw .socketFailed(operation: "socket", errno: errno) }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -84,7 +116,7 @@ enum SocketAddress {
             close(fd)
             throw .socketFailed(operation: "bind \(host):\(port)", errno: code)
         }
-        guard Glibc.listen(fd, 128) == 0 else {
+        guard Glibc.listen(fd, 512) == 0 else {
             let code = errno
             close(fd)
             throw .socketFailed(operation: "listen", errno: code)

@@ -17,12 +17,26 @@ import Synchronization
 /// and then ends the response (no `end` event, as the current Flowise server).
 /// With an API key configured every `/api/v1/…` route but `ping` needs
 /// `Authorization: Bearer <key>`, else `401 {"message":"Unauthorized"}`.
+///
+/// A long answer, for streaming and credit benchmarks: ``Options/answerTokens``
+/// (`--answer-tokens`, env `FLOWISE_ANSWER_TOKENS`) or the request field
+/// `"answerTokens": N` (a Tollgate extension, 1…100 000) pads or cuts the canned answer
+/// to N tokens (see ``answer(to:tokens:)``).
+///
+/// Chat messages belong to the consumer named in `X-Tollgate-Consumer` (added by the
+/// proxy; `anonymous` without it): `GET /api/v1/chatmessage/{chatflowId}` lists the
+/// caller's own only. They are kept in a journal (`flowise-*.journal`, written before
+/// the answer, no `fsync`: they survive `kill -9`, not a power cut), compacted into
+/// `flowise.json`; the latest ``maximumMessagesPerConsumer`` per consumer are kept.
 public final class FlowiseBackend: Sendable {
     public struct Options: Sendable {
         /// Flowise's own API key (`--flowise-api-key`, env `FLOWISE_API_KEY`).
         public var apiKey: String?
         /// Pause between token events (`--token-delay-ms`, env `FLOWISE_TOKEN_DELAY_MS`).
         public var tokenDelay: Duration = .milliseconds(20)
+        /// Tokens in every answer (`nil`: the canned answer as it is); a request's
+        /// `answerTokens` field wins.
+        public var answerTokens: Int?
         /// Test seam: called on the streaming thread just before event `index`
         /// (0-based) of `count` is written. Tests hold the stream open here.
         public var beforeStreamEvent: (@Sendable (_ index: Int, _ count: Int) -> Void)?
@@ -40,9 +54,13 @@ public final class FlowiseBackend: Sendable {
                  isPublic: true, category: nil, createdDate: Date(timeIntervalSince1970: 1_735_862_400)),
     ]
 
-    static let snapshotName = "flowise.json"
+    static let storeName = "flowise"
+    /// Chat messages kept per consumer (older ones are dropped).
+    public static let maximumMessagesPerConsumer = 1000
+    /// The largest `answerTokens`.
+    public static let maximumAnswerTokens = 100_000
 
-    let store: StateStore<FlowiseState>
+    let store: JournaledStore<FlowiseState>
     private let options: Options
     private let counter = RequestCounter()
     private let streamsStarted = Atomic(0)
@@ -50,9 +68,15 @@ public final class FlowiseBackend: Sendable {
 
     public init(dataDirectory: String, options: Options = Options()) throws(ReferenceServerError) {
         self.options = options
-        self.store = try StateStore(directory: dataDirectory, name: Self.snapshotName,
-                                    initial: FlowiseState(chatflows: Self.defaultChatflows))
+        var storeOptions = JournaledStore<FlowiseState>.Options()
+        storeOptions.durability = .written
+        self.store = try JournaledStore(directory: dataDirectory, name: Self.storeName,
+                                        initial: FlowiseState(chatflows: Self.defaultChatflows),
+                                        options: storeOptions)
     }
+
+    /// Waits for a background compaction, if one is running.
+    public func shutdown() { store.waitForCompaction() }
 
     /// Streams whose last event has been written.
     public var finishedStreamCount: Int { streamsFinished.load(ordering: .acquiring) }
@@ -86,6 +110,18 @@ public final class FlowiseBackend: Sendable {
     /// The canned reply to `question`.
     public static func cannedAnswer(to question: String) -> String {
         "Reference answer: \(question)"
+    }
+
+    /// The canned reply, padded (` token5`, ` token6`, …) or cut to `tokens` tokens when
+    /// given.
+    public static func answer(to question: String, tokens: Int?) -> String {
+        let canned = cannedAnswer(to: question)
+        guard let tokens, tokens > 0 else { return canned }
+        var parts = tokenize(canned)
+        if parts.count >= tokens { return parts.prefix(tokens).joined() }
+        parts.reserveCapacity(tokens)
+        for index in parts.count..<tokens { parts.append(" token\(index + 1)") }
+        return parts.joined()
     }
 
     /// Splits text into tokens: each is a run of whitespace plus the word after
@@ -133,19 +169,28 @@ public final class FlowiseBackend: Sendable {
             throw Self.flowiseError(400, "question is required")
         }
         let isStreaming = body["streaming"]?.boolValue ?? false
+        var answerTokens = options.answerTokens
+        if let requested = body["answerTokens"] {
+            guard let count = requested.intValue, (1...Self.maximumAnswerTokens).contains(count) else {
+                throw Self.flowiseError(400, "answerTokens must be an integer in 1...\(Self.maximumAnswerTokens)")
+            }
+            answerTokens = count
+        }
         let chatID = body["chatId"]?.stringValue ?? UUID().uuidString.lowercased()
         let sessionID = body["overrideConfig"]?["sessionId"]?.stringValue ?? chatID
-        let answer = Self.cannedAnswer(to: question)
+        let answer = Self.answer(to: question, tokens: answerTokens)
         let tokens = Self.tokenize(answer)
         let usage = Self.usage(question: question, answerTokens: tokens.count)
         let messageID = UUID().uuidString.lowercased()
         let now = Date()
-        try store.mutate { state in
-            state.messages.append(ChatMessage(id: UUID().uuidString.lowercased(), chatflowId: flow.id, chatId: chatID,
-                                              sessionId: sessionID, role: "userMessage", content: question, createdDate: now))
-            state.messages.append(ChatMessage(id: messageID, chatflowId: flow.id, chatId: chatID, sessionId: sessionID,
-                                              role: "apiMessage", content: answer, createdDate: now))
-        }
+        let owner = request.consumer
+        let exchange = [
+            ChatMessage(id: UUID().uuidString.lowercased(), owner: owner, chatflowId: flow.id, chatId: chatID,
+                        sessionId: sessionID, role: "userMessage", content: question, createdDate: now),
+            ChatMessage(id: messageID, owner: owner, chatflowId: flow.id, chatId: chatID, sessionId: sessionID,
+                        role: "apiMessage", content: answer, createdDate: now),
+        ]
+        try store.commit { _ in ([FlowiseEntry(messages: exchange)], ()) }
         guard isStreaming else {
             return .json(200, ["text": .string(answer), "question": .string(question), "chatId": .string(chatID),
                                "chatMessageId": .string(messageID), "isStreamValid": false,
@@ -176,8 +221,10 @@ public final class FlowiseBackend: Sendable {
     private func messages(_ request: ReferenceRequest) throws -> ReferenceResponse {
         let flow = try chatflow(request.pathParameters["chatflowId"] ?? "")
         let chatID = request.query("chatId")
+        let owner = request.consumer
+        // The caller's own messages only.
         let list = store.read { state in
-            state.messages.filter { $0.chatflowId == flow.id && (chatID == nil || $0.chatId == chatID) }
+            (state.messages[owner] ?? []).filter { $0.chatflowId == flow.id && (chatID == nil || $0.chatId == chatID) }
         }
         return .json(200, .array(list.map(\.json)))
     }
@@ -211,7 +258,7 @@ public final class FlowiseBackend: Sendable {
     }
 
     private func stats() -> ReferenceResponse {
-        let counts = store.read { ($0.chatflows.count, $0.messages.count) }
+        let counts = store.read { ($0.chatflows.count, $0.messageCount) }
         return .json(200, ["backend": "flowise", "requests": .number(counter.value),
                            "uptimeSeconds": .double(counter.uptimeSeconds), "chatflows": .number(counts.0),
                            "messages": .number(counts.1),
@@ -223,10 +270,48 @@ public final class FlowiseBackend: Sendable {
 
 // MARK: - State
 
-/// Everything the Flowise backend persists (`flowise.json`).
-struct FlowiseState: Codable, Sendable {
+/// Everything the Flowise backend persists (`flowise.json` and its journal).
+struct FlowiseState: JournaledState {
+    var lastSequence: UInt64 = 0
     var chatflows: [FlowiseBackend.Chatflow]
-    var messages: [ChatMessage] = []
+    /// Chat messages by owner (consumer), oldest first, the latest
+    /// ``FlowiseBackend/maximumMessagesPerConsumer`` each.
+    var messages: [String: [ChatMessage]] = [:]
+
+    init(chatflows: [FlowiseBackend.Chatflow]) { self.chatflows = chatflows }
+
+    var messageCount: Int { messages.values.reduce(0) { $0 + $1.count } }
+
+    mutating func apply(_ entry: FlowiseEntry) {
+        for message in entry.messages {
+            var list = messages[message.owner] ?? []
+            messages[message.owner] = nil  // keep the array uniquely referenced while it changes
+            list.append(message)
+            if list.count > FlowiseBackend.maximumMessagesPerConsumer {
+                list.removeFirst(list.count - FlowiseBackend.maximumMessagesPerConsumer)
+            }
+            messages[message.owner] = list
+        }
+    }
+
+    private enum CodingKeys: String, CodingKey { case lastSequence, chatflows, messages }
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        lastSequence = try container.decodeIfPresent(UInt64.self, forKey: .lastSequence) ?? 0
+        chatflows = try container.decode([FlowiseBackend.Chatflow].self, forKey: .chatflows)
+        if let byOwner = try? container.decodeIfPresent([String: [ChatMessage]].self, forKey: .messages) {
+            messages = byOwner
+        } else if let flat = try? container.decodeIfPresent([ChatMessage].self, forKey: .messages) {
+            // The earlier whole-state snapshot: one list, no owners.
+            messages = Dictionary(grouping: flat, by: \.owner)
+        }
+    }
+}
+
+/// One journaled change: the messages of one prediction.
+struct FlowiseEntry: Codable, Sendable {
+    var messages: [ChatMessage]
 }
 
 extension FlowiseBackend {
@@ -248,6 +333,8 @@ extension FlowiseBackend {
 
 struct ChatMessage: Codable, Sendable {
     var id: String
+    /// The consumer who asked (never shown to others).
+    var owner: String
     var chatflowId: String
     var chatId: String
     var sessionId: String
@@ -258,5 +345,23 @@ struct ChatMessage: Codable, Sendable {
     var json: JSONValue {
         ["id": .string(id), "chatflowid": .string(chatflowId), "chatId": .string(chatId), "sessionId": .string(sessionId),
          "role": .string(role), "content": .string(content), "createdDate": .string(Timestamp.iso(createdDate))]
+    }
+}
+
+extension ChatMessage {
+    private enum CodingKeys: String, CodingKey {
+        case id, owner, chatflowId, chatId, sessionId, role, content, createdDate
+    }
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        id = try container.decode(String.self, forKey: .id)
+        owner = try container.decodeIfPresent(String.self, forKey: .owner) ?? TollgateHeader.anonymousConsumer
+        chatflowId = try container.decode(String.self, forKey: .chatflowId)
+        chatId = try container.decode(String.self, forKey: .chatId)
+        sessionId = try container.decode(String.self, forKey: .sessionId)
+        role = try container.decode(String.self, forKey: .role)
+        content = try container.decode(String.self, forKey: .content)
+        createdDate = try container.decode(Date.self, forKey: .createdDate)
     }
 }

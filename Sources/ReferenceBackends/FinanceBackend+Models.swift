@@ -1,10 +1,101 @@
 import Foundation
 
-/// Everything the finance backend persists (`finance.json`).
-struct FinanceState: Codable, Sendable {
+/// Everything the finance backend persists (`finance.json` and its journal).
+struct FinanceState: JournaledState, FinanceRecords {
+    var lastSequence: UInt64 = 0
     var accounts: [String: FinanceAccount] = [:]
     var transactions: [String: FinanceTransaction] = [:]
     var imports: [String: ImportJob] = [:]
+
+    init() {}
+
+    func account(_ id: String) -> FinanceAccount? { accounts[id] }
+    func transaction(_ id: String) -> FinanceTransaction? { transactions[id] }
+
+    mutating func apply(_ entry: FinanceEntry) {
+        for (id, account) in entry.accounts { accounts[id] = account }
+        for (id, transaction) in entry.transactions { transactions[id] = transaction }
+        for (id, job) in entry.imports { imports[id] = job }
+    }
+
+    private enum CodingKeys: String, CodingKey { case lastSequence, accounts, transactions, imports }
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        lastSequence = try container.decodeIfPresent(UInt64.self, forKey: .lastSequence) ?? 0
+        accounts = try container.decodeIfPresent([String: FinanceAccount].self, forKey: .accounts) ?? [:]
+        transactions = try container.decodeIfPresent([String: FinanceTransaction].self, forKey: .transactions) ?? [:]
+        imports = try container.decodeIfPresent([String: ImportJob].self, forKey: .imports) ?? [:]
+    }
+}
+
+/// Lookups shared by the state and a change in progress.
+protocol FinanceRecords {
+    func account(_ id: String) -> FinanceAccount?
+    func transaction(_ id: String) -> FinanceTransaction?
+}
+
+/// One journaled change: the records it wrote (`null`: deleted).
+struct FinanceEntry: Codable, Sendable {
+    var accounts: [String: FinanceAccount?] = [:]
+    var transactions: [String: FinanceTransaction?] = [:]
+    var imports: [String: ImportJob?] = [:]
+}
+
+/// A change in progress: the state as it would be, and what was written.
+struct FinanceChange: FinanceRecords {
+    var accounts: Overlay<FinanceAccount>
+    var transactions: Overlay<FinanceTransaction>
+    var imports: Overlay<ImportJob>
+
+    init(_ state: FinanceState) {
+        accounts = Overlay(state.accounts)
+        transactions = Overlay(state.transactions)
+        imports = Overlay(state.imports)
+    }
+
+    func account(_ id: String) -> FinanceAccount? { accounts[id] }
+    func transaction(_ id: String) -> FinanceTransaction? { transactions[id] }
+
+    var entry: FinanceEntry {
+        FinanceEntry(accounts: accounts.changes, transactions: transactions.changes, imports: imports.changes)
+    }
+
+    var isEmpty: Bool { accounts.changes.isEmpty && transactions.changes.isEmpty && imports.changes.isEmpty }
+}
+
+/// A dictionary seen through the writes of a change (`changes`, `nil`: removed), the
+/// base left as it is.
+struct Overlay<Value> {
+    private let base: [String: Value]
+    private(set) var changes: [String: Value?] = [:]
+
+    init(_ base: [String: Value]) { self.base = base }
+
+    subscript(key: String) -> Value? {
+        get {
+            if let changed = changes[key] { return changed }
+            return base[key]
+        }
+        set { changes.updateValue(newValue, forKey: key) }
+    }
+
+    /// Every value as the change sees it (a scan: for rare checks only).
+    var values: [Value] {
+        base.compactMap { changes[$0.key] == nil ? $0.value : nil } + changes.values.compactMap { $0 }
+    }
+}
+
+extension JournaledStore where State == FinanceState {
+    /// Runs `body` on a change of the current state and commits what it wrote, as one
+    /// entry (nothing when it throws or writes nothing).
+    func mutate<Result>(_ body: (inout FinanceChange) throws -> Result) throws -> Result {
+        try commit { state in
+            var change = FinanceChange(state)
+            let result = try body(&change)
+            return (change.isEmpty ? [] : [change.entry], result)
+        }
+    }
 }
 
 struct FinanceAccount: Codable, Sendable {
@@ -220,7 +311,7 @@ struct ImportUpload {
             if partEnd >= 2 && body[partEnd - 2] == 13 && body[partEnd - 1] == 10 { partEnd -= 2 }
             guard partStart <= partEnd else { continue }
             let part = Array(body[partStart..<partEnd])
-            guard let headEnd = RequestReader.find(crlfcrlfIn: part, from: 0) else { continue }
+            guard let headEnd = Self.find([13, 10, 13, 10], in: part, from: 0) else { continue }
             let head = String(decoding: part[..<headEnd], as: UTF8.self)
             var fileName: String?
             var contentType: String?

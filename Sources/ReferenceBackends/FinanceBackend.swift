@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 
 /// The finance API of seed 000 (TiHoMo CoreFinance): accounts and
 /// transactions per consumer, an asynchronous import (`202 Accepted` + job),
@@ -9,46 +8,69 @@ import Synchronization
 /// Ownership: every record belongs to the consumer named in
 /// `X-Tollgate-Consumer` (added by the proxy), `anonymous` without it. Other
 /// consumers' records answer `404`.
+///
+/// Import jobs run on a bounded pool (``Options/importWorkers`` threads, at most
+/// ``Options/importQueueCapacity`` jobs waiting); past it an import is refused with `503`
+/// and `Retry-After`.
 public final class FinanceBackend: Sendable {
     public struct Options: Sendable {
         /// Wait before an import job starts processing (lets tests see `queued`).
         public var importDelay: Duration = .milliseconds(20)
+        /// Threads running import jobs.
+        public var importWorkers = 2
+        /// Import jobs waiting for a thread; past it: `503`.
+        public var importQueueCapacity = 64
         public init() {}
     }
 
-    static let snapshotName = "finance.json"
+    static let storeName = "finance"
 
-    let store: StateStore<FinanceState>
+    let store: JournaledStore<FinanceState>
     private let options: Options
     private let counter = RequestCounter()
     private let stopSignal = ReferenceStopSignal()
-    /// Import jobs still running on their background threads.
-    private let runningImports = Mutex(0)
+    private let importPool: WorkerPool<ImportWork>
+
+    private struct ImportWork: Sendable {
+        var job: ImportJob
+        var payload: [UInt8]
+    }
 
     public init(dataDirectory: String, options: Options = Options()) throws(ReferenceServerError) {
         self.options = options
-        self.store = try StateStore(directory: dataDirectory, name: Self.snapshotName, initial: FinanceState())
+        var storeOptions = JournaledStore<FinanceState>.Options()
+        storeOptions.durability = .written
+        self.store = try JournaledStore(directory: dataDirectory, name: Self.storeName, initial: FinanceState(),
+                                        options: storeOptions)
+        let box = WeakBox<FinanceBackend>()
+        self.importPool = WorkerPool(name: "tg-ref-import", maximumWorkers: options.importWorkers,
+                                     queueCapacity: options.importQueueCapacity) { work in
+            box.object?.runImport(work.job, payload: work.payload)
+        }
+        box.object = self
         // Jobs cut short by a restart cannot resume (their payload is not kept).
         do {
-            try store.mutate { state in
-                for (id, job) in state.imports where job.status == .queued || job.status == .processing {
+            let interrupted = store.read { state in
+                state.imports.values.filter { $0.status == .queued || $0.status == .processing }.map(\.id)
+            }
+            if !interrupted.isEmpty { try store.mutate { state in
+                for id in interrupted {
                     state.imports[id]?.status = .failed
                     state.imports[id]?.errors.append("interrupted by a restart before completion")
                     state.imports[id]?.completedAt = Date()
                 }
-            }
+            } }
         } catch {
             throw .persistenceFailed(path: dataDirectory, reason: "\(error)")
         }
     }
 
-    /// Stops background import jobs and waits (up to five seconds) for them.
+    /// Stops background import jobs and waits (up to five seconds) for those running.
+    /// Jobs still queued stay `queued`; the next start marks them failed.
     public func shutdown() {
         stopSignal.raise()
-        let deadline = ContinuousClock.now.advanced(by: .seconds(5))
-        while runningImports.withLock({ $0 }) > 0 && ContinuousClock.now < deadline {
-            ReferenceStopSignal().sleep(for: .milliseconds(2))
-        }
+        importPool.shutdown(waitingUpTo: .seconds(5))
+        store.waitForCompaction()
     }
 
     public func router() -> ReferenceRouter {
@@ -104,8 +126,8 @@ public final class FinanceBackend: Sendable {
         return .json(201, account.json, headers: [("Location", "/api/finance/accounts/\(account.id)")])
     }
 
-    private func ownedAccount(_ id: String, _ owner: String, in state: FinanceState) throws(ReferenceHTTPError) -> FinanceAccount {
-        guard let account = state.accounts[id], account.owner == owner else {
+    private func ownedAccount(_ id: String, _ owner: String, in state: some FinanceRecords) throws(ReferenceHTTPError) -> FinanceAccount {
+        guard let account = state.account(id), account.owner == owner else {
             throw .message(404, "account not found")
         }
         return account
@@ -178,7 +200,7 @@ public final class FinanceBackend: Sendable {
 
     /// Records a transaction and moves its account's balance.
     static func insert(_ draft: TransactionDraft, owner: String, now: Date,
-                       into state: inout FinanceState) throws(ReferenceHTTPError) -> FinanceTransaction {
+                       into state: inout FinanceChange) throws(ReferenceHTTPError) -> FinanceTransaction {
         guard var account = state.accounts[draft.accountId], account.owner == owner else {
             throw .message(404, "account not found")
         }
@@ -193,8 +215,8 @@ public final class FinanceBackend: Sendable {
         return transaction
     }
 
-    private func ownedTransaction(_ id: String, _ owner: String, in state: FinanceState) throws(ReferenceHTTPError) -> FinanceTransaction {
-        guard let transaction = state.transactions[id], transaction.owner == owner else {
+    private func ownedTransaction(_ id: String, _ owner: String, in state: some FinanceRecords) throws(ReferenceHTTPError) -> FinanceTransaction {
+        guard let transaction = state.transaction(id), transaction.owner == owner else {
             throw .message(404, "transaction not found")
         }
         return transaction
@@ -264,15 +286,9 @@ public final class FinanceBackend: Sendable {
                             accountId: request.query("accountId"), importedRows: 0, failedRows: 0, errors: [],
                             note: nil, createdAt: Date(), completedAt: nil)
         try store.mutate { $0.imports[job.id] = job }
-        runningImports.withLock { $0 += 1 }
-        do {
-            try ReferenceThread.detach { [self] in
-                defer { runningImports.withLock { $0 -= 1 } }
-                runImport(job, payload: upload.payload)
-            }
-        } catch {
-            runningImports.withLock { $0 -= 1 }
-            throw error
+        guard importPool.submit(ImportWork(job: job, payload: upload.payload)) else {
+            _ = try? store.mutate { $0.imports[job.id] = nil }
+            throw ReferenceHTTPError(503, ["error": "import queue full, try again later"], headers: [("Retry-After", "1")])
         }
         return .json(202, ["jobId": .string(job.id), "status": "queued",
                            "statusUrl": .string("/api/finance/imports/\(job.id)")],

@@ -45,34 +45,6 @@ extension ReferenceRequest {
     }
 }
 
-/// A backend's state behind a mutex, saved as a JSON snapshot after every
-/// mutation. A mutation that cannot be saved is rolled back and fails.
-final class StateStore<State: Codable & Sendable>: Sendable {
-    private let state: Mutex<State>
-    private let snapshot: SnapshotFile
-
-    init(directory: String, name: String, initial: State) throws(ReferenceServerError) {
-        try SnapshotFile.makeDirectory(directory)
-        self.snapshot = SnapshotFile(directory: directory, name: name)
-        self.state = Mutex(try snapshot.load(State.self) ?? initial)
-    }
-
-    func read<Result: Sendable>(_ body: (State) throws -> Result) rethrows -> Result {
-        try state.withLock { current in try body(current) }
-    }
-
-    /// Applies `body` to a copy, saves it, then publishes it (all under the lock).
-    func mutate<Result: Sendable>(_ body: (inout State) throws -> Result) throws -> Result {
-        try state.withLock { current in
-            var next = current
-            let result = try body(&next)
-            try snapshot.save(next)
-            current = next
-            return result
-        }
-    }
-}
-
 enum Timestamp {
     static func iso(_ date: Date) -> String {
         date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
@@ -113,5 +85,14 @@ extension ReferenceRouter {
     mutating func add(_ method: String, _ pattern: String, counting counter: RequestCounter,
                       _ handler: @escaping Handler) {
         add(method, pattern, counter.wrap(handler))
+    }
+}
+
+extension Substring {
+    func trimmed(of set: String) -> String {
+        var view = self[...]
+        while let first = view.first, set.contains(first) { view = view.dropFirst() }
+        while let last = view.last, set.contains(last) { view = view.dropLast() }
+        return String(view)
     }
 }

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Backends
+import ReferenceBackends
 import Foundation
 
 /// A blocking HTTP/1.1 client over a raw loopback socket, so tests see the

@@ -56,7 +56,8 @@ public struct ReferenceBackends: Sendable {
         public init() {}
 
         /// Options from `ACCOUNTING_JWT_SECRET`, `ACCOUNTING_INITIAL_CREDITS`,
-        /// `FLOWISE_API_KEY` and `FLOWISE_TOKEN_DELAY_MS` (unset or unparsable: defaults).
+        /// `FLOWISE_API_KEY`, `FLOWISE_TOKEN_DELAY_MS` and `FLOWISE_ANSWER_TOKENS` (unset or
+        /// unparsable: defaults).
         public static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> Options {
             var options = Options()
             if let secret = environment["ACCOUNTING_JWT_SECRET"], !secret.isEmpty { options.accounting.jwtSecret = secret }
@@ -66,6 +67,10 @@ public struct ReferenceBackends: Sendable {
             if let key = environment["FLOWISE_API_KEY"], !key.isEmpty { options.flowise.apiKey = key }
             if let delay = environment["FLOWISE_TOKEN_DELAY_MS"].flatMap({ Int($0) }), delay >= 0 {
                 options.flowise.tokenDelay = .milliseconds(delay)
+            }
+            if let tokens = environment["FLOWISE_ANSWER_TOKENS"].flatMap({ Int($0) }),
+               (1...FlowiseBackend.maximumAnswerTokens).contains(tokens) {
+                options.flowise.answerTokens = tokens
             }
             return options
         }
@@ -86,7 +91,8 @@ public struct ReferenceBackends: Sendable {
     public var flowisePort: UInt16? { flowiseServer?.port }
 
     /// Starts the backends whose address is given; each keeps its state in
-    /// `dataDirectory` (`finance.json`, `accounting.json`, `flowise.json`).
+    /// `dataDirectory` (`finance.json`; `accounting.json` and `flowise.json`, snapshots of
+    /// their `accounting-*.journal` and `flowise-*.journal`).
     /// If one fails to start, those already started are stopped.
     public static func start(finance: ReferenceAddress?, accounting: ReferenceAddress?, flowise: ReferenceAddress?,
                               dataDirectory: String = defaultDataDirectory,
@@ -119,12 +125,15 @@ public struct ReferenceBackends: Sendable {
         }
     }
 
-    /// Stops the servers (closing their connections) and waits for import jobs.
+    /// Stops the servers (closing their connections) and waits for import jobs and
+    /// journal compactions.
     public func stop() {
         financeServer?.stop()
         accountingServer?.stop()
         flowiseServer?.stop()
         finance?.shutdown()
+        accounting?.shutdown()
+        flowise?.shutdown()
     }
 
     /// One line per running backend: `finance http://127.0.0.1:7001`.
