@@ -60,6 +60,18 @@ enum PolicyCompiler {
                 responseTimeout: b.responseTimeout, idleTimeout: b.idleTimeout, maxIdle: b.maxIdle))
         }
 
+        if let c = credits, c.ledger == .accounting, let name = c.accountingBackend,
+           let at = docs.lazy.compactMap({ $0.credits?.at }).first {
+            let where_ = SourceLocation(file: at.file, line: at.line, keyPath: "credits.accounting.backend")
+            if let (i, _) = backendIndex[name] {
+                if backends[i].tls != nil {
+                    found.append(where_.error("not supported yet (an https accounting service)"))
+                }
+            } else {
+                found.append(where_.error("unknown backend '\(name)'"))
+            }
+        }
+
         // Plans.
         var plans: [PlanSpec] = []
         var planIndex: [String: (Int, SourceLocation)] = [:]

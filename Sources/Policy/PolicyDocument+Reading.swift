@@ -648,7 +648,7 @@ struct NodeReader {
                 switch CreditsSpec.Ledger(rawValue: s) {
                 case .local?: c.ledger = .local
                 case .redis?: c.ledger = .redis
-                case .accounting?: notSupportedYet(v, p, "the accounting ledger"); ok = false
+                case .accounting?: c.ledger = .accounting
                 case nil: fail(v, p, "invalid value '\(s)' (expected local, redis or accounting)"); ok = false
                 }
             case "account":
@@ -666,10 +666,23 @@ struct NodeReader {
             case "reservation_ttl":
                 if let d = duration(v, p) { c.reservationTTL = d } else { ok = false }
             case "accounting":
-                notSupportedYet(kn, p, "the accounting ledger"); ok = false
+                guard let am = mapping(v, p) else { ok = false; continue }
+                for (ak, akn, av) in am {
+                    let ap = NodeReader.join(p, ak)
+                    switch ak {
+                    case "backend": c.accountingBackend = self.name(av, ap); ok = ok && c.accountingBackend != nil
+                    case "token_env": c.accountingTokenEnv = nonEmptyString(av, ap); ok = ok && c.accountingTokenEnv != nil
+                    default: unknown(akn, ap); ok = false
+                    }
+                }
+                if c.accountingBackend == nil && ok { missing(v, p, "backend"); ok = false }
+                if c.accountingTokenEnv == nil && ok { missing(v, p, "token_env"); ok = false }
             default:
                 unknown(kn, p); ok = false
             }
+        }
+        if ok, c.ledger == .accounting, c.accountingBackend == nil {
+            fail(n, path, "ledger: accounting needs accounting: {backend, token_env}"); ok = false
         }
         return ok ? c : nil
     }

@@ -20,6 +20,7 @@ final class Server: @unchecked Sendable {
     /// The embedded ledger, when the policy's `credits.ledger` is `local`.
     private(set) var ledger: LocalLedger?
     private(set) var localQuotas: LocalQuotas?
+    private(set) var accounting: AccountingLedger?
 
     init(settings: ServerSettings) {
         self.settings = settings
@@ -27,7 +28,9 @@ final class Server: @unchecked Sendable {
 
     /// Binds every listener on every loop (so a bind error surfaces before anything runs).
     func start(snapshot: PolicySnapshot, keys: KeyDirectory, accessLog: AccessLogWriter? = nil, usage: UsageSpool? = nil,
-               ledger: LocalLedger? = nil, quotas: LocalQuotas? = nil, instanceID: String = Server.instanceID()) throws {
+               ledger: LocalLedger? = nil, quotas: LocalQuotas? = nil, accounting: AccountingLedger? = nil,
+               instanceID: String = Server.instanceID()) throws {
+        self.accounting = accounting
         localQuotas = quotas
         self.accessLog = accessLog
         self.usage = usage
@@ -42,7 +45,8 @@ final class Server: @unchecked Sendable {
             if let usage, i < usage.queues.count { ctx.usage = usage.queues[i] }
             ctx.quotas = QuotaGate(local: quotas, context: ctx)
             if let spec = snapshot.credits {
-                ctx.credits = CreditGate(spec: spec, local: ledger, charged: MetricsRegistry.shared.credits, context: ctx)
+                ctx.credits = CreditGate(spec: spec, local: ledger, accounting: accounting, charged: MetricsRegistry.shared.credits,
+                                         context: ctx)
             }
             ctx.tlsContexts = tls.listeners
             for (index, spec) in snapshot.listeners.enumerated() {
@@ -145,6 +149,7 @@ final class Server: @unchecked Sendable {
         accessLog?.stop()
         // …their last charges are fsync'd…
         ledger?.stop()
+        accounting?.stop()
         localQuotas?.stop()
         // …and their last usage records are spooled and fsync'd.
         usage?.stop()

@@ -170,6 +170,13 @@ private enum SignalWaiter {
         }
         signal(SIGINT, handler)
         signal(SIGTERM, handler)
+        // A parent may have started us with these blocked (the mask is inherited): unblock
+        // them here, or SIGTERM would never reach the handler.
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
         var byte: UInt8 = 0
         while read(fds[0], &byte, 1) < 0 && errno == EINTR {}
         signal(SIGINT, SIG_DFL)

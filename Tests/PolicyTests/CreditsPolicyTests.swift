@@ -70,6 +70,10 @@ import Testing
         """).1 == ["p.yaml:8: routes[0].credits: a route with credits needs the top-level credits block (which ledger to charge)"])
         #expect(load(Self.base + "credits: {ledger: redis}\n").1
                 == ["p.yaml:4: credits.ledger: the redis ledger needs store.redis (it keeps balances in the store's Redis)"])
+        #expect(load(Self.base + "credits:\n  ledger: accounting\n").1
+                == ["p.yaml:5: credits: ledger: accounting needs accounting: {backend, token_env}"])
+        #expect(load(Self.base + "credits: {ledger: accounting, accounting: {backend: nope, token_env: T}}\n").1
+                == ["p.yaml:4: credits.accounting.backend: unknown backend 'nope'"])
         #expect(load(Self.base + "credits: {ledger: paper}\n").1
                 == ["p.yaml:4: credits.ledger: invalid value 'paper' (expected local, redis or accounting)"])
         #expect(load(Self.base + """

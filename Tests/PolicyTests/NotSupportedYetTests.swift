@@ -93,8 +93,6 @@ struct NotSupportedYetTests {
               address: 127.0.0.1:9901
               tokens_file: secrets/admin-tokens
             """, expected: ["p.yaml:4: admin.tokens_file: not supported yet"]),
-        Case(name: "the accounting ledger", yaml: "version: 1\ncredits:\n  ledger: accounting\n",
-             expected: ["p.yaml:3: credits.ledger: not supported yet (the accounting ledger)"]),
         Case(name: "an https usage sink", yaml: "version: 1\n\nusage:\n  spool: s\n  sinks:\n    - {kind: http, url: \"https://u.example/x\"}\n",
              expected: ["p.yaml:6: usage.sinks[0].url: not supported yet (an https usage sink)"]),
         Case(name: "top-level security", yaml: "version: 1\nsecurity:\n  lockout: {invalid_keys: 20, per: 1m, for: 10m}\n",
@@ -131,7 +129,6 @@ struct NotSupportedYetTests {
             "POLICY.yaml:51: backends.flowise.inject: not supported yet",
             "POLICY.yaml:56: secrets: not supported yet",
             "POLICY.yaml:85: routes[2].credentials: not supported yet",
-            "POLICY.yaml:114: credits.accounting: not supported yet (the accounting ledger)",
             "POLICY.yaml:130: security: not supported yet",
         ])
     }

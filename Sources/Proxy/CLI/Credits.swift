@@ -43,6 +43,30 @@ struct CreditsCommand: ParsableCommand {
         }
     }
 
+    /// One call to the accounting service with the ledger's service credential.
+    static func accounting(_ snapshot: PolicySnapshot, _ spec: CreditsSpec, _ method: String, _ path: String, key: String?,
+                           _ body: [String: Any]?) throws -> (Int, [String: Any]) {
+        guard let name = spec.accountingBackend, let env = spec.accountingTokenEnv,
+              let backend = snapshot.backends.first(where: { $0.name == name }) else {
+            throw ValidationError("credits.accounting names no backend")
+        }
+        guard let token = ProcessInfo.processInfo.environment[env], !token.isEmpty else {
+            throw ValidationError("the accounting ledger's service credential is not set (environment variable \(env))")
+        }
+        var headers = [("Authorization", "Bearer " + token), ("Content-Type", "application/json")]
+        if let key { headers.append(("Idempotency-Key", key)) }
+        let data = try body.map { try JSONSerialization.data(withJSONObject: $0, options: [.sortedKeys]) }.map { Array($0) } ?? []
+        let client = BlockingHTTPClient(host: backend.host, port: backend.port, timeout: .seconds(5))
+        guard let a = client.request(method, path, headers: headers, body: data) else {
+            throw ValidationError("accounting service at \(backend.host):\(backend.port) did not answer")
+        }
+        return (a.status, (try? JSONSerialization.jsonObject(with: Data(a.body))) as? [String: Any] ?? [:])
+    }
+
+    static func query(_ s: String) -> String {
+        s.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? s
+    }
+
     struct Grant: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Add N credits to ACCOUNT (a consumer, or a key id with credits.account: key).")
         @Argument(help: "The account.") var account: String
@@ -69,7 +93,13 @@ struct CreditsCommand: ParsableCommand {
                 let v = try CreditsCommand.redis(snapshot, account: account, id: grantID, op: "grant", [String(amount), account])
                 balance = v.count > 1 ? v[1] : 0
             case .accounting:
-                throw ValidationError("the accounting ledger is not supported by this command yet")
+                let (status, o) = try CreditsCommand.accounting(snapshot, spec, "POST", "/api/credits/allocate", key: grantID,
+                                                                ["userId": account, "credits": amount, "notes": "tollgate credits grant"])
+                guard status == 200 || status == 422 else { throw ValidationError("accounting service: allocate answered \(status)") }
+                if status == 422 { throw ValidationError("grant id \(grantID) was used before for another grant") }
+                let (_, b) = try CreditsCommand.accounting(snapshot, spec, "GET", "/api/credits/balance?userId=" + CreditsCommand.query(account), key: nil, nil)
+                balance = (b["totalCredits"] as? NSNumber)?.int64Value ?? 0
+                _ = o
             }
             if let audit {
                 do {
@@ -116,7 +146,9 @@ struct CreditsCommand: ParsableCommand {
                 print("balance: \(v.first ?? 0)")
                 if v.count > 1, v[1] > 0 { print("reserved: \(v[1])") }
             case .accounting:
-                throw ValidationError("the \(spec.ledger.rawValue) ledger is not supported by this command yet")
+                let (status, o) = try CreditsCommand.accounting(snapshot, spec, "GET", "/api/credits/balance?userId=" + CreditsCommand.query(account), key: nil, nil)
+                guard status == 200 else { throw ValidationError("accounting service: balance answered \(status)") }
+                print("balance: \((o["totalCredits"] as? NSNumber)?.int64Value ?? 0)")
             }
         }
     }

@@ -104,6 +104,22 @@ struct Serve: ParsableCommand {
             }
             ledger?.start()
         }
+        var accounting: AccountingLedger?
+        if let spec = snapshot.credits, spec.ledger == .accounting, let name = spec.accountingBackend,
+           let env = spec.accountingTokenEnv, let backend = snapshot.backends.first(where: { $0.name == name }) {
+            guard let raw = getenv(env), case let token = String(cString: raw), !token.isEmpty else {
+                Log.error("credits: the accounting ledger's service credential is not set (environment variable \(env) is empty or missing)")
+                throw ExitCode(1)
+            }
+            do {
+                accounting = try AccountingLedger(host: backend.host, port: backend.port, token: token,
+                                                  directory: CreditsCommand.directory(spec, policies: policies))
+            } catch {
+                Log.error("credits: \(error)")
+                throw ExitCode(1)
+            }
+            accounting?.start()
+        }
         // Calendar quotas without Redis: counted here, saved beside the key log.
         let quotas = snapshot.store == nil ? LocalQuotas(directory: EmbeddedKeyLog.defaultDirectory(forPolicies: policies)) : nil
         quotas?.start()
@@ -120,7 +136,7 @@ struct Serve: ParsableCommand {
         }
         do {
             try server.start(snapshot: snapshot, keys: reloader.keyDirectory(), accessLog: accessLog, usage: usage,
-                             ledger: ledger, quotas: quotas, instanceID: instanceID)
+                             ledger: ledger, quotas: quotas, accounting: accounting, instanceID: instanceID)
         } catch {
             Log.error("\(error)")
             throw ExitCode(1)

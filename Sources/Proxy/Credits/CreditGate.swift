@@ -18,6 +18,8 @@ final class CreditGate: RedisWaiter {
     /// Replaced by a reload (who pays, the outage answer); the ledger stays.
     var spec: CreditsSpec
     let local: LocalLedger?
+    /// The accounting service of seed 003, when `credits.ledger` is `accounting`.
+    let accounting: AccountingLedger?
     let charged: CreditCounters
     /// Settlements sent to Redis and not answered yet, by token; failed ones wait in `retry`.
     private struct PendingSettle {
@@ -34,8 +36,9 @@ final class CreditGate: RedisWaiter {
     private var retryScheduled = false
     private unowned let context: LoopContext
 
-    init(spec: CreditsSpec, local: LocalLedger?, charged: CreditCounters, context: LoopContext) {
+    init(spec: CreditsSpec, local: LocalLedger?, accounting: AccountingLedger? = nil, charged: CreditCounters, context: LoopContext) {
         self.context = context
+        self.accounting = accounting
         self.spec = spec
         self.local = local
         self.charged = charged
@@ -62,6 +65,13 @@ final class CreditGate: RedisWaiter {
         x.facts.creditAccount = account
         if spec.ledger == .redis {
             return reserveInRedis(x, account: account, want: want, minimum: minimum, withSource: false)
+        }
+        if spec.ledger == .accounting {
+            guard let accounting else { return unavailable(x) }
+            let id = x.context.nextCreditID()
+            x.facts.creditID = id
+            ask(accounting, x, id: id, account: account, want: want, minimum: minimum)
+            return .wait
         }
         guard let local else { return unavailable(x) }
         switch local.reserve(account, want: want, minimum: minimum) {
@@ -98,6 +108,13 @@ final class CreditGate: RedisWaiter {
             x.facts.tokensOut = output
             charge = Self.add(price.perRequest, Self.tokenCredits(input: input, output: output, price: t))
             context.quotas?.addTokens(x, Self.add(input, output))
+        }
+        if spec.ledger == .accounting {
+            x.facts.creditCharged = charge
+            guard let id = x.facts.creditID, let accounting else { return }
+            accounting.settle(base: id, account: account, held: x.facts.creditReserved, charge: charge)
+            charged.add(route: x.facts.route?.name ?? "-", min(charge, x.facts.creditReserved + charge))
+            return
         }
         if spec.ledger == .redis {
             x.facts.creditCharged = charge
@@ -146,6 +163,13 @@ final class CreditGate: RedisWaiter {
               let t = price.perToken else { return .refused }
         let want = max(1, Self.tokenCredits(input: 0, output: price.reserveTokens, price: t))
         let minimum = max(1, Self.tokenCredits(input: 0, output: 1, price: t))
+        if spec.ledger == .accounting {
+            guard let accounting, let id = x.facts.creditID else { return .refused }
+            x.facts.extensions += 1
+            x.facts.extending = true
+            ask(accounting, x, id: id + "~e" + String(x.facts.extensions), account: account, want: want, minimum: minimum)
+            return .pending
+        }
         if spec.ledger == .redis {
             guard let redis = context.store?.redis, let id = x.facts.creditID else { return .refused }
             let ttl = max(1, spec.reservationTTL.nanoseconds / 1_000_000)
@@ -184,6 +208,42 @@ final class CreditGate: RedisWaiter {
             return .refused
         }
         granted(x, amount: v[1], available: v[2])
+        return .granted
+    }
+
+    // MARK: the accounting ledger
+
+    /// A deduct on the accounting service's worker; its answer comes back on this loop.
+    private func ask(_ accounting: AccountingLedger, _ x: Exchange, id: String, account: String, want: Int64, minimum: Int64) {
+        let box = UncheckedBox(x)
+        let token = x.facts.token
+        let loop = context.loop
+        accounting.reserve(id: id, account: account, want: want, minimum: minimum) { outcome in
+            loop.execute { box.value.ledgerAnswered(token: token, id: id, account: account, outcome) }
+        }
+    }
+
+    /// The accounting service answered a reservation (admission).
+    func completeReserve(_ x: Exchange, outcome: AccountingLedger.Outcome) -> PhaseResult {
+        switch outcome {
+        case .granted(let amount, let available):
+            x.facts.creditReserved = amount
+            x.facts.creditState = .held
+            x.facts.creditsRemaining = available
+            return .next
+        case .insufficient(let available):
+            x.facts.creditsRemaining = available
+            return .reply(Denial(.insufficientCredits))
+        case .unavailable:
+            return unavailable(x)
+        }
+    }
+
+    /// The accounting service answered an extension.
+    func completeExtension(_ x: Exchange, outcome: AccountingLedger.Outcome) -> ExtendOutcome {
+        x.facts.extending = false
+        guard case .granted(let amount, let available) = outcome else { return .refused }
+        granted(x, amount: amount, available: available)
         return .granted
     }
 

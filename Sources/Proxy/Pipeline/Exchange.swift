@@ -223,6 +223,34 @@ final class Exchange: RedisWaiter {
         }
     }
 
+    /// The accounting ledger answered (on this loop): a reservation in admission, or an
+    /// extension while the answer waits.
+    func ledgerAnswered(token: UInt64, id: String, account: String, _ outcome: AccountingLedger.Outcome) {
+        guard isOpen, token == facts.token, let gate = context.credits,
+              facts.phase == .reserve || (facts.phase == .forward && facts.extending) else {
+            // The exchange ended first: a granted deduct is given back (under its own key).
+            if case .granted(let amount, _) = outcome {
+                context.credits?.accounting?.settle(base: id, account: account, held: amount, charge: 0)
+            }
+            return
+        }
+        if facts.phase == .reserve {
+            let step = Pipeline.resume(self, result: gate.completeReserve(self, outcome: outcome))
+            switch downstream {
+            case .h1(let session): session.storeAnswered(step)
+            case .h2(let stream): stream.storeAnswered(step)
+            case .detached: break
+            }
+        } else if facts.phase == .forward && facts.extending {
+            let r = gate.completeExtension(self, outcome: outcome)
+            switch downstream {
+            case .h1(let session): session.meterResumed(r)
+            case .h2(let stream): stream.meterResumed(r)
+            case .detached: break
+            }
+        }
+    }
+
     // MARK: settling
 
     /// The one end of every exchange, whatever ended it (an answer sent, a refusal, an
@@ -329,8 +357,9 @@ struct ExchangeFacts {
     /// What was charged for, in tokens (usage record).
     var tokensIn: Int64 = 0
     var tokensOut: Int64 = 0
-    /// An extension of the reservation is on its way to Redis.
+    /// An extension of the reservation is on its way to the ledger.
     var extending = false
+    var extensions = 0
     /// Bytes of the request went to an upstream (a client that leaves before is not charged).
     var upstreamSent = false
 
@@ -364,6 +393,7 @@ struct ExchangeFacts {
             tokensIn = 0
             tokensOut = 0
             extending = false
+            extensions = 0
         }
         upstreamSent = false
         if quotaKeys != nil || quotaCountedInRedis { quotaKeys = nil; quotaCountedInRedis = false }

@@ -47,6 +47,12 @@ enum Pipeline {
         return run(x)
     }
 
+    /// A phase parked on something other than the store answered with `result`: go on.
+    static func resume(_ x: Exchange, result: PhaseResult) -> Step {
+        if let stop = apply(result, to: x) { return stop }
+        return run(x)
+    }
+
     /// Moves the exchange on by a phase's result; the step when the driver must stop.
     private static func apply(_ result: PhaseResult, to x: Exchange) -> Step? {
         switch result {

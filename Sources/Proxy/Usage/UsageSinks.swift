@@ -175,25 +175,17 @@ final class RedisStreamUsageSink: UsageSink, @unchecked Sendable {
 ///   record without a consumer (a refused unknown key) has nobody to bill and is skipped.
 final class HTTPUsageSink: UsageSink, @unchecked Sendable {
     // SAFETY: used by one sink thread only.
-    let host: String
-    let port: UInt16
     let path: String
     let format: UsageSinkSpec.HTTPFormat
-    let timeoutMillis: Int32
     let batch: Int
-    private var fd: Int32 = -1
-    private var address: UpstreamAddress?
+    private let client: BlockingHTTPClient
 
     init(host: String, port: UInt16, path: String, format: UsageSinkSpec.HTTPFormat, timeout: Duration, batch: Int) {
-        self.host = host
-        self.port = port
         self.path = path
         self.format = format
-        timeoutMillis = Int32(clamping: timeout.nanoseconds / 1_000_000)
         self.batch = batch
+        client = BlockingHTTPClient(host: host, port: port, timeout: timeout)
     }
-
-    deinit { if fd >= 0 { Glibc.close(fd) } }
 
     func deliver(_ lines: UnsafeRawBufferPointer, lines count: Int) -> Int {
         var delivered = 0
@@ -242,125 +234,9 @@ final class HTTPUsageSink: UsageSink, @unchecked Sendable {
 
     /// One request and its answer; true on 2xx.
     private func post(_ body: [UInt8], idempotencyKey: [UInt8], consumer: [UInt8]?) -> Bool {
-        for attempt in 0..<2 {
-            let reused = fd >= 0
-            if !reused && !connect() { return false }
-            var head = "POST \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\n"
-            head += "Idempotency-Key: " + String(decoding: idempotencyKey, as: UTF8.self) + "\r\n"
-            if let consumer { head += "X-Tollgate-Consumer: " + String(decoding: consumer, as: UTF8.self) + "\r\n" }
-            head += "\r\n"
-            if send(Array(head.utf8) + body), let status = readResponse() {
-                return status >= 200 && status < 300
-            }
-            close()
-            if !reused || attempt == 1 { return false }   // a kept-alive connection the server had closed: once more, fresh
-        }
-        return false
-    }
-
-    private func connect() -> Bool {
-        if address == nil { address = UpstreamAddress(host: host, port: port) }
-        guard var addr = address else { return false }
-        let s = socket(addr.family, Int32(SOCK_STREAM.rawValue) | tollgate_SOCK_NONBLOCK | tollgate_SOCK_CLOEXEC, 0)
-        if s < 0 { return false }
-        let rc = withUnsafePointer(to: &addr.storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(s, $0, addr.length) }
-        }
-        if rc < 0 && errno != EINPROGRESS { Glibc.close(s); return false }
-        var p = pollfd(fd: s, events: Int16(POLLOUT), revents: 0)
-        guard poll(&p, 1, timeoutMillis) == 1, Sys.socketError(s) == 0 else { Glibc.close(s); return false }
-        fd = s
-        return true
-    }
-
-    private func close() {
-        if fd >= 0 { Glibc.close(fd) }
-        fd = -1
-    }
-
-    private func wait(_ events: Int16) -> Bool {
-        var p = pollfd(fd: fd, events: events, revents: 0)
-        return poll(&p, 1, timeoutMillis) == 1
-    }
-
-    private func send(_ bytes: [UInt8]) -> Bool {
-        var off = 0
-        while off < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + off, $0.count - off, Int32(MSG_NOSIGNAL)) }
-            if n > 0 { off += n; continue }
-            if n < 0 && (errno == EAGAIN || errno == EINTR) { if wait(Int16(POLLOUT)) { continue } }
-            return false
-        }
-        return true
-    }
-
-    /// The status of the answer (its body read and dropped), parsed by the proxy's own strict
-    /// response parser and chunk decoder; nil when it did not come in time, made no sense, or
-    /// would not end within `maxAnswerBytes` (a receiver cannot make the sink hold its body).
-    private func readResponse() -> Int? {
-        var buf: [UInt8] = []
-        var parser = HTTP1ResponseParser()
-        var head = HTTP1ResponseHead()
-        let fields = HeaderTable(capacity: 128)
-        var consumed = 0
-        while true {
-            guard read(into: &buf) else { return nil }
-            let r = buf.withUnsafeBytes { parser.parse($0, requestMethod: .post, into: &head, headers: fields) }
-            if case .complete(let n) = r { consumed = n; break }
-            if case .failed = r { return nil }
-            if buf.count > 64 * 1024 { return nil }
-        }
-        var body = Array(buf[consumed...])
-        var seen = body.count
-        switch head.framing {
-        case .none:
-            break
-        case .contentLength(let n):
-            while Int64(seen) < n {
-                body.removeAll(keepingCapacity: true)
-                guard seen <= Self.maxAnswerBytes, read(into: &body) else { return nil }
-                seen += body.count
-            }
-        case .chunked:
-            var chunks = ChunkedDecoder()
-            decode: while true {
-                var at = 0
-                var starved = false
-                while at < body.count && !starved {
-                    switch body.withUnsafeBytes({ chunks.step(UnsafeRawBufferPointer(rebasing: $0[at...])) }) {
-                    case .data(let skip, let count): at += skip + count
-                    case .needMore(let n): at += n; starved = n == 0
-                    case .end: break decode
-                    case .failed: return nil
-                    }
-                }
-                body.removeFirst(at)
-                guard seen <= Self.maxAnswerBytes, read(into: &body) else { return nil }
-                seen += body.count
-            }
-        case .untilClose:
-            while seen <= Self.maxAnswerBytes {
-                body.removeAll(keepingCapacity: true)
-                guard read(into: &body) else { break }
-                seen += body.count
-            }
-            close()
-            return seen <= Self.maxAnswerBytes ? head.status : nil
-        }
-        if head.wantsClose { close() }
-        return head.status
-    }
-
-    static let maxAnswerBytes = 1 << 20
-
-    private func read(into buf: inout [UInt8]) -> Bool {
-        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress!, $0.count, 0) }
-            if n > 0 { buf.append(contentsOf: chunk[0..<n]); return true }
-            if n == 0 { return false }
-            if errno == EAGAIN || errno == EINTR { if wait(Int16(POLLIN)) { continue } }
-            return false
-        }
+        var headers = [("Content-Type", "application/json"), ("Idempotency-Key", String(decoding: idempotencyKey, as: UTF8.self))]
+        if let consumer { headers.append(("X-Tollgate-Consumer", String(decoding: consumer, as: UTF8.self))) }
+        guard let a = client.request("POST", path, headers: headers, body: body, keepBody: 0) else { return false }
+        return a.status >= 200 && a.status < 300
     }
 }
