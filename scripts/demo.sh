@@ -57,10 +57,22 @@ echo "\$ for i in 1..8: curl -H '$H' $U/api/finance/accounts   (plan free: 5/s)"
 for i in $(seq 8); do curl -s -o /dev/null -w '%{http_code} ' -H "$H" $U/api/finance/accounts; done
 echo "  ^ RATE_LIMITED after the burst"
 sleep 1.1
-printf '\n$ curl -N -H "%s" -d {"question":"hello","streaming":true} %s/api/v1/prediction/8c1f3e52-3c4b-4d2a-9a57-0d5f2b7c6a11\n' "$H" "$U"
-curl -s -N -H "$H" -H 'Content-Type: application/json' -d '{"question":"What does Tollgate do?","streaming":true}' \
-    $U/api/v1/prediction/8c1f3e52-3c4b-4d2a-9a57-0d5f2b7c6a11 | head -12 | sed 's/^/  /' || true   # head may close first (curl: 23)
-echo "  ^ Flowise SSE events, relayed one by one"
+echo
+echo "== credits: the chat route costs 1 per request + 1 per answer token (policies/00-gateway.yaml)"
+CHAT=$U/api/v1/prediction/8c1f3e52-3c4b-4d2a-9a57-0d5f2b7c6a11
+show "INSUFFICIENT_CREDITS (the demo consumer has none yet)" -H "$H" -d '{"question":"hi","streaming":true}' $CHAT
+echo
+echo "\$ tollgate credits grant demo 25 --policies policies"
+"$BIN" credits grant demo 25 --policies policies | sed 's/^/  /'
+sleep 0.3   # the running proxy reads the ledger's journal every 200 ms
+printf '\n$ curl -N -H "%s" -d {"question":"What does Tollgate do?","streaming":true,"answerTokens":60} %s\n' "$H" "$CHAT"
+curl -s -N -H "$H" -H 'Content-Type: application/json' -d '{"question":"What does Tollgate do?","streaming":true,"answerTokens":60}' \
+    "$CHAT" | grep -v '^$' | grep -v '^message:' | sed 's/^/  /' | sed -n '1,4p;$p' || true
+echo "  ^ Flowise SSE events relayed one by one, counted as they pass; 25 credits buy 24 tokens"
+echo "    (+1 event of overshoot), then the stream ends with Flowise's own error event"
+echo
+echo "\$ tollgate credits balance demo --policies policies"
+"$BIN" credits balance demo --policies policies | sed 's/^/  /'
 echo
 echo "== HTTP/2 with prior knowledge (h2c) on the same listener: the same pipeline, the same answers"
 show2() {   # show2 "what" curl-args…
@@ -94,6 +106,10 @@ echo
 echo '$ tail -1 demo-data/usage.jsonl'
 tail -1 "$DATA/usage.jsonl" | sed 's/^/  /'
 echo "  ^ the usage record of the same request: spooled first, then delivered to the file sink"
+echo
+echo '$ grep '"'"'"route":"chat"'"'"' demo-data/usage.jsonl | tail -1'
+grep '"route":"chat"' "$DATA/usage.jsonl" | tail -1 | sed 's/^/  /'
+echo "  ^ the streamed chat: what it was charged (credits) and the tokens it was charged for"
 echo
 printf '$ curl -s "http://127.0.0.1:9901/v1/usage?key_id=%s&by=hour"\n' "$ID"
 curl -s "http://127.0.0.1:9901/v1/usage?key_id=$ID&by=hour" | sed 's/^/  /'
