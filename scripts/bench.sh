@@ -4,6 +4,8 @@
 #   scripts/bench.sh redis      tollgate embedded vs tollgate on Redis: auth, ratelimit, one run
 #   scripts/bench.sh accesslog  nginx and tollgate, both with an access log to a file, one run
 #   scripts/bench.sh usage      tollgate without and with usage records (spool + file sink), one run
+#   scripts/bench.sh credits    tollgate without and with a per-request price (local ledger; the
+#                               redis ledger with TOLLGATE_BENCH_REDIS=redis://127.0.0.1:PORT/0)
 # Further arguments go to run.sh (e.g. --duration 5 --rounds 1).
 # Builds a release binary and strips its debug info (valgrind 3.19 cannot read Swift 6.3's DWARF).
 set -euo pipefail
@@ -14,7 +16,7 @@ BIN=$(mktemp /tmp/tollgate-bench.XXXXXX)
 strip --strip-debug -o "$BIN" .build/release/tollgate
 export TOLLGATE_BIN=$BIN
 MODE=peers
-case ${1:-} in peers|redis|accesslog|usage) MODE=$1; shift ;; esac
+case ${1:-} in peers|redis|accesslog|usage|credits) MODE=$1; shift ;; esac
 if [[ $MODE == usage ]]; then
     # The stock adapter with a `usage:` block (spool and a file sink in the run's work
     # directory), beside the stock tollgate: the same variants in one run.
@@ -30,6 +32,44 @@ EOS
     chmod +x "$WRAP"
     exec "$BENCH/run.sh" --only tollgate --variants plain,auth \
         --proxy-name tollgate_usage --proxy-variants plain,auth --proxy-port 17960 \
+        --proxy-cmd "export TOLLGATE_BIN=$BIN; exec $WRAP" "$@"
+fi
+if [[ $MODE == credits ]]; then
+    # The stock adapter's `auth` and `ratelimit` variants with a per-request price on the
+    # route (`credits: {per_request: 1}`), beside the stock tollgate, in one run. Every one of
+    # the bench's 10,000 keys is its own consumer: each gets 10^12 credits before the start
+    # (journal lines for the local ledger; the script's own keys with TOLLGATE_BENCH_REDIS,
+    # which selects the redis ledger).
+    WRAP=$(mktemp /tmp/tollgate-credits-peer.XXXXXX)
+    cat >"$WRAP" <<'EOS'
+#!/usr/bin/env bash
+source "$BENCH_DIR/peers/tollgate.sh"
+tollgate_setup "$BENCH_VARIANT" "$BENCH_LISTEN_PORT" "$BENCH_WORKDIR"
+P=$BENCH_WORKDIR/policies/gateway.yaml
+python3 - "$P" "$BENCH_KEYS_TSV" "$BENCH_WORKDIR/credits-$BENCH_VARIANT" "${TOLLGATE_BENCH_REDIS:-}" <<'PY'
+import hashlib, json, os, subprocess, sys
+policy, keys, state, redis = sys.argv[1:5]
+s = open(policy).read()
+s = s.replace("    backend: upstream\n", "    backend: upstream\n    credits: {per_request: 1}\n", 1)
+ledger = "redis" if redis else "local"
+s += "credits: {ledger: %s, path: %s}\n" % (ledger, state)
+open(policy, "w").write(s)
+accounts = [l.split("\t")[0] for l in open(keys) if l.strip()]
+if redis:
+    port = redis.rsplit(":", 1)[1].split("/")[0]
+    cmds = "".join("HSET tg:cr:{%s} balance 1000000000000 held 0\n" % hashlib.sha256(a.encode()).hexdigest()[:32] for a in accounts)
+    subprocess.run(["redis-cli", "-p", port], input=cmds.encode(), stdout=subprocess.DEVNULL, check=True)
+else:
+    os.makedirs(state, exist_ok=True)
+    with open(state + "/credits.journal", "w") as f:
+        for i, a in enumerate(accounts):
+            f.write(json.dumps({"op": "grant", "id": "g-bench-%d" % i, "account": a, "amount": 10**12, "by": "bench"}) + "\n")
+PY
+exec "${PEER_ARGV[@]}"
+EOS
+    chmod +x "$WRAP"
+    exec "$BENCH/run.sh" --only tollgate --variants auth,ratelimit \
+        --proxy-name tollgate_credits --proxy-variants auth,ratelimit --proxy-port 17980 \
         --proxy-cmd "export TOLLGATE_BIN=$BIN; exec $WRAP" "$@"
 fi
 if [[ $MODE == accesslog ]]; then

@@ -22,7 +22,12 @@ import Synchronization
 /// see its reservations).
 final class LocalLedger: @unchecked Sendable {
     // SAFETY: every mutable field is behind `state`'s lock, except `thread` (start/stop only).
-    struct Account { var balance: Int64 = 0; var held: Int64 = 0 }
+    struct Account {
+        var balance: Int64 = 0
+        var held: Int64 = 0
+        /// The account's name as a JSON string (quoted once, for the journal lines).
+        var quoted: [UInt8] = []
+    }
 
     enum Outcome: Equatable {
         /// Held `amount`; `available` is what is left to others afterwards.
@@ -44,6 +49,10 @@ final class LocalLedger: @unchecked Sendable {
 
     let path: String
     let instance: String
+    /// `{"op":"charge","id":"c-<instance>-`: how this process's own lines begin.
+    let ownPrefix: [UInt8]
+    /// `,"by":"<instance>","request_id":"`.
+    let byField: [UInt8]
     private let state: Mutex<State>
     private var thread: pthread_t?
     private let running = Atomic<Bool>(false)
@@ -53,6 +62,10 @@ final class LocalLedger: @unchecked Sendable {
     init(directory: String, instance: String) throws(LedgerError) {
         path = (directory as NSString).appendingPathComponent(Self.fileName)
         self.instance = instance
+        ownPrefix = Array(#"{"op":"charge","id":"c-"#.utf8) + Array(instance.utf8) + [0x2D]
+        var by = Array(#","by":"#.utf8)
+        JSONText.appendQuoted(instance, to: &by)
+        byField = by + Array(#","request_id":""#.utf8)
         state = Mutex(State())
         try makeDirectory(directory)
         let fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
@@ -78,12 +91,13 @@ final class LocalLedger: @unchecked Sendable {
     /// Holds up to `want` (at least `minimum`) of `account`'s available balance.
     func reserve(_ account: String, want: Int64, minimum: Int64) -> Outcome {
         state.withLock { s in
-            var a = s.accounts[account] ?? Account()
+            // One lookup, changed in place (an unknown account is not created by a refusal).
+            guard let i = s.accounts.index(forKey: account) else { return .insufficient(available: 0) }
+            let a = s.accounts.values[i]
             let available = a.balance - a.held
             if available < minimum || available <= 0 && minimum > 0 { return .insufficient(available: max(0, available)) }
             let amount = min(want, available)
-            a.held += amount
-            s.accounts[account] = a
+            s.accounts.values[i].held += amount
             return .granted(amount: amount, available: available - amount)
         }
     }
@@ -92,12 +106,16 @@ final class LocalLedger: @unchecked Sendable {
     /// reservations hold, nor below zero). Returns what was charged and the available balance.
     func settle(_ account: String, reserved: Int64, charge: Int64, requestID: UnsafeRawBufferPointer) -> (charged: Int64, available: Int64) {
         state.withLock { s in
-            var a = s.accounts[account] ?? Account()
+            guard let i = s.accounts.index(forKey: account) else { return (0, 0) }
+            var a = s.accounts.values[i]
             a.held = max(0, a.held - reserved)
             let charged = max(0, min(charge, a.balance - a.held))
             a.balance -= charged
-            s.accounts[account] = a
-            if charged > 0 { appendCharge(&s, account: account, amount: charged, requestID: requestID) }
+            if charged > 0 {
+                if a.quoted.isEmpty { JSONText.appendQuoted(account, to: &a.quoted) }
+                appendCharge(&s, quotedAccount: a.quoted, amount: charged, requestID: requestID)
+            }
+            s.accounts.values[i] = a
             return (charged, a.balance - a.held)
         }
     }
@@ -109,27 +127,41 @@ final class LocalLedger: @unchecked Sendable {
 
     // MARK: the journal
 
-    private func appendCharge(_ s: inout State, account: String, amount: Int64, requestID: UnsafeRawBufferPointer) {
+    private func appendCharge(_ s: inout State, quotedAccount: [UInt8], amount: Int64, requestID: UnsafeRawBufferPointer) {
         s.chargeSeq &+= 1
         var line = s.line
         line.removeAll(keepingCapacity: true)
-        line.append(contentsOf: #"{"op":"charge","id":"c-"#.utf8)
-        line.append(contentsOf: instance.utf8)
-        line.append(0x2D)
-        line.append(contentsOf: String(s.chargeSeq).utf8)
+        line.append(contentsOf: ownPrefix)
+        Self.appendDecimal(Int64(truncatingIfNeeded: s.chargeSeq), to: &line)
         line.append(contentsOf: #"","account":"#.utf8)
-        JSONText.appendQuoted(account, to: &line)
+        line.append(contentsOf: quotedAccount)
         line.append(contentsOf: #","amount":"#.utf8)
-        line.append(contentsOf: String(amount).utf8)
-        line.append(contentsOf: #","by":"#.utf8)
-        JSONText.appendQuoted(instance, to: &line)
-        line.append(contentsOf: #","request_id":""#.utf8)
+        Self.appendDecimal(amount, to: &line)
+        line.append(contentsOf: byField)
         line.append(contentsOf: requestID)
         line.append(contentsOf: "\"}\n".utf8)
         let ok = line.withUnsafeBytes { Self.writeAll(s.fd, $0) }
         if !ok { LedgerLog.writeFailed(path: path) }
+        // Nobody else wrote since the last read: the reader need not read our own line back.
+        let end = lseek(s.fd, 0, SEEK_CUR)
+        if ok, s.partial.isEmpty, end >= 0, Int(end) - line.count == s.readOffset { s.readOffset = Int(end) }
         s.dirty = true
         s.line = line
+    }
+
+    static func appendDecimal(_ v: Int64, to out: inout [UInt8]) {
+        if v < 0 { out.append(0x2D) }
+        var x = v.magnitude
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)   // 24 bytes: enough for 20 digits
+        var n = 0
+        withUnsafeMutableBytes(of: &digits) { d in
+            repeat {
+                d[23 - n] = UInt8(truncatingIfNeeded: 0x30 &+ x % 10)
+                x /= 10
+                n += 1
+            } while x > 0
+            out.append(contentsOf: d[(24 - n)...])
+        }
     }
 
     static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
@@ -144,7 +176,7 @@ final class LocalLedger: @unchecked Sendable {
 
     /// Reads what was appended since the last read and applies every line written by someone
     /// else (`skipOwn`: this instance's id; nil at start, when every line is applied).
-    private static func readNew(_ s: inout State, skipOwn: String?) {
+    private static func readNew(_ s: inout State, skipOwn: [UInt8]?) {
         var st = stat()
         guard fstat(s.fd, &st) == 0 else { return }
         let size = Int(st.st_size)
@@ -163,9 +195,11 @@ final class LocalLedger: @unchecked Sendable {
         s.partial = Array(data[start...])
     }
 
-    private static func apply(_ s: inout State, line: ArraySlice<UInt8>, skipOwn: String?) {
+    private static func apply(_ s: inout State, line: ArraySlice<UInt8>, skipOwn: [UInt8]?) {
+        // This process's own charges (already applied) are known by their id's prefix, without
+        // parsing: most lines a running proxy reads back are its own.
+        if let own = skipOwn, line.count > own.count, line.starts(with: own) { return }
         guard let e = LedgerEntry.parse(Data(line)) else { return }  // a torn or foreign line: skipped
-        if let me = skipOwn, e.by == me { return }
         switch e.op {
         case .grant:
             if let id = e.id {
@@ -197,7 +231,7 @@ final class LocalLedger: @unchecked Sendable {
     /// Applies lines others appended; fsyncs ours.
     func tick() {
         let (fd, dirty) = state.withLock { s -> (Int32, Bool) in
-            Self.readNew(&s, skipOwn: instance)
+            Self.readNew(&s, skipOwn: ownPrefix)
             let d = s.dirty
             s.dirty = false
             return (s.fd, d)
