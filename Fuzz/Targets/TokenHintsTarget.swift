@@ -8,7 +8,9 @@
 //   RFC 8259: inputs where they knowingly differ are left out of the comparison (Foundation
 //   takes trailing commas, a BOM and NUL bytes around a value, refuses lone surrogate escapes, numbers past Double and
 //   invalid UTF-8; the scanner stops at 64 levels and calls an empty body "no hints");
-// - on a body both parse, a plain reading of Foundation's objects by the documented rules is
+// - on a body both parse (and with no raw BOM: JSONSerialization drops one at the start of a
+//   string, `"\u{FEFF}max_tokens"` is `max_tokens` to it), a plain reading of Foundation's
+//   objects by the documented rules is
 //   a lower bound: every maximum it finds (it sees one of each duplicate key) is at most the
 //   scanner's, and a recognised field with a bad value there makes the scanner's hints invalid.
 //
@@ -47,7 +49,10 @@ public func fuzzTokenHints(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     if object != nil && !parsed && !foundationTakesMore(bytes) {
         check(false, "Foundation parsed what the scanner refuses: \(describe(body))")
     }
-    if let object, parsed {
+    // JSONSerialization drops a raw BOM at the start of a string (a key too; JSONDecoder and
+    // other parsers keep it): no value comparison on such bodies.
+    let bom = bytes.indices.contains { bytes[$0...].starts(with: [0xEF, 0xBB, 0xBF]) }
+    if let object, parsed, !bom {
         var oracle = HintsOracle()
         oracle.read(object)
         if oracle.invalid { check(hints.invalid, "a bad value Foundation sees, scanner valid: \(describe(body))") }

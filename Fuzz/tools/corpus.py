@@ -139,6 +139,9 @@ BODIES = [
     '{"tools":[{"function":{"parameters":{"type":"object","properties":{"max_tokens":{"type":"integer"}}}}}]}',
     '[1,{"a":[true,false,null]},"\\"",-0.5e-3]', '', ' ', '{"a":1,}', '{"a":01}', '{"a":"\\uD800"}',
     '[' * 64 + ']' * 64, '[' * 65 + ']' * 65,
+    # Found by the first token_hints campaign (an oracle artifact, not a scanner bug):
+    # JSONSerialization drops the raw BOM, so the key is max_tokens to it.
+    '{"\ufeffmax_tokens":""}',
 ]
 
 

@@ -1,5 +1,5 @@
 // A resumable, allocation-free JSON scanner for credit metering: it reads JSON in any pieces
-// (any split of the input gives the same calls), keeps a fixed ~100 bytes of state
+// (any split of the input gives the same calls), keeps a fixed ~150 bytes of state
 // whatever the input, and reports structure to a sink instead of building values. Runs of
 // string bytes, unwanted keys and unread numbers are skipped in tight loops.
 //

@@ -13,7 +13,8 @@ public enum StreamDialect: UInt8, Sendable {
 /// fields other than `data` (`message`, `event`, `id`, `retry`) are ignored; a `data` value
 /// loses one leading space, and the data lines of one event are joined with LF. An event is
 /// dispatched (counted in ``events``) only if it had a data line. A stream's last event
-/// without its blank line is never dispatched (a browser drops it too).
+/// without its blank line is never dispatched (a browser drops it too). A UTF-8 byte order
+/// mark at the start is skipped.
 ///
 /// What counts:
 /// - ``StreamDialect/flowise``: the data is `{"event": NAME, "data": …}`. Each `token`
@@ -27,15 +28,21 @@ public enum StreamDialect: UInt8, Sendable {
 ///   (the same names); an `error` object (or string) at the top level sets ``sawError``;
 ///   `data: [DONE]` sets ``sawDone``.
 ///
-/// Figures are integers (`12`, `12.0`, `"12"`); others are ignored. When several events
-/// carry figures, the largest of each is kept (usage figures in a stream are cumulative).
+/// Figures are integers (`12`, `12.0`, `"12"`; past `Int64.max / 2` they clamp to it); others
+/// are ignored. When several events carry figures, the largest of each is kept (usage
+/// figures in a stream are cumulative).
 ///
 /// The data is parsed as it arrives by a resumable JSON scanner with a fixed state of about
-/// a hundred bytes: nothing is buffered, so an event of any size is read whole in bounded
+/// 150 bytes: nothing is buffered, so an event of any size is read whole in bounded
 /// memory and linear time, and facts seen before a syntax error still count (a token event
 /// whose JSON breaks after `"event":"token"` is a token: its bytes reached the client). No
-/// input can trap: counters saturate. The struct is a plain value (no heap storage), cheap
-/// to copy and `Sendable`.
+/// input can trap: counters saturate. The struct is a plain value (no heap storage, about
+/// 280 bytes), cheap to copy and `Sendable`.
+///
+/// Cost (callgrind, -O): a Flowise token event whole in its chunk takes a short cut past the
+/// scanner, about 350 instructions for `message:\ndata:{"event":"token","data":" answer"}\n\n`;
+/// other events go through the scanner at about 20 instructions a byte (a typical 250-byte
+/// OpenAI chunk: about 5,000); runs of string bytes are skipped eight at a time.
 public struct StreamMeter: Sendable {
     public let dialect: StreamDialect
     /// Output tokens counted so far (never decreases).
