@@ -5,6 +5,7 @@
 #
 # Targets (default: all, in this order):
 #   request response chunked path credential client-ip   libFuzzer (-sanitize=fuzzer,address)
+#   sse_meter token_hints                                 libFuzzer: credit metering (Policy/Credits)
 #   proxy                                                 black-box, the real binary with ASan
 #   h2 tls                                                black-box HTTP/2 (h2c) and TLS record path
 #                                                         (python with h2: FUZZ_PYTHON, /usr/bin/python3)
@@ -19,7 +20,7 @@ duration=60
 seed=$(( $(date +%s) % 100000 ))
 build_only=0
 targets=()
-all_targets=(request response chunked path credential client-ip proxy h2 tls)
+all_targets=(request response chunked path credential client-ip sse_meter token_hints proxy h2 tls)
 while (($#)); do
     case "$1" in
         --duration) duration="$2"; shift 2 ;;
@@ -27,7 +28,7 @@ while (($#)); do
         --seed) seed="$2"; shift 2 ;;
         --seed=*) seed="${1#*=}"; shift ;;
         --build-only) build_only=1; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
         *) targets+=("$1"); shift ;;
     esac
@@ -54,6 +55,8 @@ sources() {
         credential) echo "$P/CredentialRule.swift $P/KeyFormat.swift $P/KeyHash.swift $S/PolicyShim.swift" \
                          "$S/FuzzSupport.swift Fuzz/Targets/CredentialTarget.swift" ;;
         client-ip)  echo "$P/IPRules.swift $S/FuzzSupport.swift Fuzz/Targets/ClientIPTarget.swift" ;;
+        sse_meter)  echo "$P"/Credits/*.swift "$S/FuzzSupport.swift Fuzz/Targets/SSEMeterTarget.swift" ;;
+        token_hints) echo "$P"/Credits/*.swift "$S/FuzzSupport.swift Fuzz/Targets/TokenHintsTarget.swift" ;;
         *) return 1 ;;
     esac
 }
@@ -64,12 +67,15 @@ dict_of() {
         path) echo Fuzz/dict/path.dict ;;
         credential) echo Fuzz/dict/credential.dict ;;
         client-ip) echo Fuzz/dict/ip.dict ;;
+        sse_meter) echo Fuzz/dict/sse.dict ;;
+        token_hints) echo Fuzz/dict/json.dict ;;
     esac
 }
 max_len_of() {
     case "$1" in
         request|response) echo 20000 ;;   # past the 16 KiB head limit
         chunked) echo 9000 ;;             # past the 4 KiB extension/trailer limits
+        sse_meter|token_hints) echo 8192 ;;
         *) echo 4096 ;;
     esac
 }

@@ -3,6 +3,7 @@
 
   corpus.py build SEEDDIR    rewrite Fuzz/corpus/* from DumpSeeds output (SEEDDIR/{request,
                              response,chunked}), the black-box seeds and the lists below
+  corpus.py credits          rewrite Fuzz/corpus/{sse_meter,token_hints} only (the lists below)
   corpus.py wrap IN OUT [--flags F] [--splits a,b,...]
                              raw HTTP bytes → a request/response/chunked target input
   corpus.py unwrap IN        a target input → its raw message (stdout) and control (stderr)
@@ -80,6 +81,87 @@ ADDRESSES = [
 ]
 
 
+def flowise_event(name, data_json):
+    """Flowise's own bytes (BACKENDS.md, FlowiseBackend.event): message line, data line, blank line."""
+    return "message:\ndata:" + '{"event":"%s","data":%s}' % (name, data_json) + "\n\n"
+
+
+def openai_chunk(contents, usage=None):
+    choices = ",".join('{"index":%d,"delta":%s,"logprobs":null,"finish_reason":null}'
+                       % (i, '{"content":"%s"}' % c if c is not None else '{"role":"assistant"}')
+                       for i, c in enumerate(contents))
+    u = ',"usage":%s' % usage if usage else ""
+    return ('data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1733000000,"model":"gpt-4o-mini",'
+            '"system_fingerprint":"fp_1","choices":[%s]%s}\n\n' % (choices, u))
+
+
+REFERENCE_FLOWISE = (flowise_event("start", '""') + flowise_event("token", '"Reference"') + flowise_event("token", '" answer:"')
+                     + flowise_event("token", '" hello"')
+                     + flowise_event("usageMetadata", '{"input_tokens":1,"output_tokens":3,"total_tokens":4}')
+                     + flowise_event("metadata", '{"chatId":"c1","chatMessageId":"m1","question":"hello","sessionId":"c1"}'))
+
+# (dialect 0 flowise / 1 openai, stream text)
+STREAMS = [
+    (0, REFERENCE_FLOWISE),
+    (0, REFERENCE_FLOWISE.replace("\n", "\r\n")),
+    (0, REFERENCE_FLOWISE.replace("\n", "\r")),
+    (0, ":heartbeat\n\n" + flowise_event("token", '"a"') + ":heartbeat\n\n" + flowise_event("token", '"b\\n\\u00e9"')),
+    (0, flowise_event("token", '"x"') + flowise_event("error", '"model overloaded"')),
+    (0, 'message:\ndata:{"event":"error","data":"INSUFFICIENT_CREDITS: out of credits"}\n\n'),
+    (0, "data:{\"event\":\ndata:\"token\"}\n\ndata\n\n\ufeffdata: x\n\n"),
+    (0, "\ufeff" + flowise_event("token", '"a"')),
+    (0, 'data:{"data":{"output_tokens":4,"prompt_tokens":"2"},"event":"usageMetadata"}\n\n'),
+    (0, flowise_event("usageMetadata", '{"inputTokens":1e1,"outputTokens":2.0,"completionTokens":99999999999999999999}')),
+    (0, flowise_event("sourceDocuments", '[{"pageContent":"lorem \\"ipsum\\"","metadata":{"a":[1,2,{"b":null}]}}]')),
+    (0, 'data:{"event":"token","data":"unterminated\n\ndata:{"event":"tok\\u0065n"}\n\n'),
+    (1, openai_chunk([None]) + openai_chunk(["Hel"]) + openai_chunk(["lo"]) + openai_chunk([""])
+        + openai_chunk([], '{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}') + "data: [DONE]\n\n"),
+    (1, openai_chunk(["a", "b", None, ""]) + 'data: {"choices":[{"text":"x"},{"text":""}]}\n\n'),
+    (1, "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n"
+        "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":"
+        "{\"input_tokens\":5,\"output_tokens\":7}}}\n\n"),
+    (1, 'data: {"error":{"code":"INSUFFICIENT_CREDITS","message":"out of credits"}}\n\ndata: [DONE]\n\n'),
+    (1, 'data: {"choices":[{"delta":{"content":"x"}}],"usage":null}\r\n\r\ndata:[DONE]\r\n\r\n'),
+]
+
+# Request bodies for token_hints.
+BODIES = [
+    '{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"max_tokens":256,"stream":true}',
+    '{"question":"hello","streaming":true,"overrideConfig":{"maxTokens":{"chatOpenAI_0":300,"chatAnthropic_0":"1200"}}}',
+    '{"question":"hello","overrideConfig":{"chatOpenAI_0":{"maxTokens":50},"vars":[{"max_tokens":7}]}}',
+    '{"contents":[{"parts":[{"text":"hi"}]}],"generationConfig":{"temperature":0.2,"maxOutputTokens":1024}}',
+    '{"inputs":"hi","parameters":{"max_new_tokens":50}}',
+    '{"model":"llama3","prompt":"hi","options":{"num_predict":128}}',
+    '{"max_tokens":100,"max_completion_tokens":500,"max_tokens":10,"max_output_tokens":1e2,"maxNewTokens":100.0}',
+    '{"max\\u005ftokens":5,"num_predict":null,"maxOutputTokens":"3e2"}',
+    '{"max_tokens":-1}', '{"max_tokens":1.5}', '{"max_tokens":"abc"}', '{"max_tokens":true}', '{"max_tokens":[1]}',
+    '{"max_tokens":{"a":1}}', '{"max_tokens":99999999999999999999999}', '{"max_tokens":1e400}',
+    '{"tools":[{"function":{"parameters":{"type":"object","properties":{"max_tokens":{"type":"integer"}}}}}]}',
+    '[1,{"a":[true,false,null]},"\\"",-0.5e-3]', '', ' ', '{"a":1,}', '{"a":01}', '{"a":"\\uD800"}',
+    '[' * 64 + ']' * 64, '[' * 65 + ']' * 65,
+    # Found by the first token_hints campaign (an oracle artifact, not a scanner bug):
+    # JSONSerialization drops the raw BOM, so the key is max_tokens to it.
+    '{"\ufeffmax_tokens":""}',
+]
+
+
+def credits():
+    for kind in ("sse_meter", "token_hints"):
+        shutil.rmtree(os.path.join(CORPUS, kind), ignore_errors=True)
+    for dialect, text in STREAMS:
+        raw = text.encode("utf-8")
+        for budget in (0, 1):
+            # bit 0 dialect, bit 1 budget mode (first budget 1: bits 3-4), bit 2 byte at a time
+            flags = (3 << 5) | dialect | (budget << 1) | (1 << 3) | (0b100 if len(raw) <= 1024 else 0)
+            data = wrap(raw, flags=flags)
+            write(os.path.join(CORPUS, "sse_meter"), hashlib.sha1(data).hexdigest()[:12], data)
+    for body in BODIES:
+        data = wrap(body.encode("utf-8"))
+        write(os.path.join(CORPUS, "token_hints"), hashlib.sha1(data).hexdigest()[:12], data)
+    print(f"sse_meter: {2 * len(STREAMS)} seeds")
+    print(f"token_hints: {len(BODIES)} seeds")
+
+
 def build(seed_dir):
     for kind in ("request", "response", "chunked", "path", "credential", "client-ip"):
         shutil.rmtree(os.path.join(CORPUS, kind), ignore_errors=True)
@@ -117,6 +199,7 @@ def build(seed_dir):
     counts["client-ip"] = len(ADDRESSES)
     for k, v in sorted(counts.items()):
         print(f"{k}: {v} seeds")
+    credits()
 
 
 def main():
@@ -124,6 +207,7 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")
     b.add_argument("seed_dir")
+    sub.add_parser("credits")
     w = sub.add_parser("wrap")
     w.add_argument("input")
     w.add_argument("output")
@@ -134,6 +218,8 @@ def main():
     a = p.parse_args()
     if a.cmd == "build":
         build(a.seed_dir)
+    elif a.cmd == "credits":
+        credits()
     elif a.cmd == "wrap":
         with open(a.input, "rb") as f:
             raw = f.read()

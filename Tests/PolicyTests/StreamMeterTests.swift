@@ -181,6 +181,28 @@ struct StreamMeterFlowiseTests {
         #expect(meterAllWays("data:{\"event\":\"token\"}{\"event\":\"token\"}\n\n", .flowise) == MeterReading(tokens: 1, events: 1))
     }
 
+    /// Whole token events take a short cut past the JSON scanner; fed in pieces they go
+    /// through it: both must agree, on good and bad lines alike.
+    @Test func tokenShortCutAgreesWithTheScanner() {
+        let lines = [
+            #"{"event":"token","data":"plain"}"#, #"{"event":"token","data":""}"#,
+            #"{"event":"token","data":"line\nbreak \"quoted\" \\ \/ \b\f\r\t"}"#,
+            #"{"event":"token","data":"caf\u00e9 \uD83D\uDE00 é"}"#, #"{"event":"token","data":"bad \x escape"}"#,
+            #"{"event":"token","data":"bad \u12G4"}"#, #"{"event":"token","data":"short \u12"}"#,
+            "{\"event\":\"token\",\"data\":\"tab\tinside\"}", #"{"event":"token","data":"x"} "#,
+            #"{"event":"token","data":"x"}}"#, #"{"event":"token","data":"x","more":1}"#, #"{"event":"token","data":"x""#,
+            #"{"event":"token","data":"unterminated"#, #"{"event":"token","data":5}"#, #"{"event":"token","data":"x\"}"#,
+            #"{"event":"token","data":"x\\"}"#, #"{"event":"token","data":"\"#, #" {"event":"token","data":"x"}"#,
+        ]
+        for line in lines {
+            for eol in ["\n", "\r\n", "\r"] {
+                let text = "message:" + eol + "data:" + line + eol + eol + "data: " + line + eol + eol
+                let r = meterAllWays(text, .flowise)
+                #expect(r.events == 2 && r.tokens == 2, "\(line)")
+            }
+        }
+    }
+
     @Test func usageFigureAliasesAndForms() {
         let cases: [(String, Int64?, Int64?)] = [
             (#"{"input_tokens":10,"output_tokens":20}"#, 10, 20),

@@ -5,7 +5,9 @@ import Testing
 /// The committed libFuzzer corpora (`Fuzz/corpus/{request,response,chunked}`, see
 /// Fuzz/README.md) replayed through the codec on every `swift test`: each input whole, split
 /// at every offset and byte by byte, against a guard page. A crash input added to a corpus
-/// stays a regression test without libFuzzer.
+/// stays a regression test without libFuzzer. The credit-metering corpora (`sse_meter`,
+/// `token_hints`) are replayed by PolicyTests/CreditsFuzzCorpusTests.swift (this target
+/// cannot import Policy).
 struct FuzzCorpusTests {
     /// The repository root, from this file's path (`Tests/RuntimeTests/…`).
     static let root: String = {

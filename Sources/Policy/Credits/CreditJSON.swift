@@ -1,6 +1,7 @@
-// A resumable, allocation-free JSON scanner for credit metering: it reads JSON a byte at a
-// time (any split of the input gives the same calls), keeps a fixed ~100 bytes of state
-// whatever the input, and reports structure to a sink instead of building values.
+// A resumable, allocation-free JSON scanner for credit metering: it reads JSON in any pieces
+// (any split of the input gives the same calls), keeps a fixed ~150 bytes of state
+// whatever the input, and reports structure to a sink instead of building values. Runs of
+// string bytes, unwanted keys and unread numbers are skipped in tight loops.
 //
 // Used whole (RequestTokenHints: one request body) and resumed (StreamMeter: the data lines
 // of one SSE event, fed as they pass). Strict RFC 8259 syntax: strings with valid escapes and
@@ -29,6 +30,8 @@ enum CreditNumber: Equatable, Sendable {
     case negative
     /// Not a number at all (numeric strings only: `"abc"`, `""`, `"0300"`, `" 3"`).
     case malformed
+    /// Not read: the sink did not ask for the value (interest `.skip`).
+    case unread
 
     /// The largest value metering works with: sums of a few of them cannot overflow.
     static let limit: Int64 = Int64.max / 2
@@ -50,11 +53,13 @@ enum CreditScalar: Equatable, Sendable {
 /// has depth 1; a member of the object at depth `d` has `key(_:depth: d)`, and if its value
 /// is a container, that container has depth `d + 1`.
 protocol CreditJSONSink {
-    /// The key of a member of the object at `depth`; returns what to collect of the value
-    /// (used only if the value is a string).
+    /// The key of a member of the object at `depth` (only in objects whose `open` returned
+    /// true); returns what to read of the value: with `.skip`, a string is `.string(length,
+    /// .other)` and a number `.unread`; the value of a member whose key is not reported too.
     mutating func key(_ word: CreditWord, depth: Int) -> CreditJSONInterest
-    /// A container opens; `depth` is its own depth (1 for the top-level value).
-    mutating func open(object: Bool, depth: Int)
+    /// A container opens; `depth` is its own depth (1 for the top-level value). For an
+    /// object, returns whether its keys are wanted (the others are skipped unread).
+    mutating func open(object: Bool, depth: Int) -> Bool
     /// The container at `depth` closes.
     mutating func close(depth: Int)
     /// A scalar value inside the container at `depth` (0: the top-level value itself).
@@ -171,8 +176,10 @@ struct CreditJSONScanner: Sendable {
     static let maxDepth = 64
 
     enum State: UInt8, Sendable {
-        case start, value, valueOrClose, keyOrClose, key, keyString, colon, string, number, literal,
-             afterValue, end, failed
+        case start, value, valueOrClose, keyOrClose, key, colon, afterValue, end, failed
+        /// Inside a key that is wanted (decoded and captured) / not wanted (skipped).
+        case keyString, skippedKey
+        case string, number, literal
     }
 
     enum Outcome: Equatable, Sendable {
@@ -190,6 +197,8 @@ struct CreditJSONScanner: Sendable {
     private(set) var depth = 0
     /// Bit `d - 1` set: the container at depth `d` is an object.
     private var objects: UInt64 = 0
+    /// Bit `d - 1` set: the sink wants the keys of the object at depth `d`.
+    private var keyed: UInt64 = 0
     private var interest: CreditJSONInterest = .skip
     /// 0: none; 1: after `\`; 2…5: after `\u` and (escape − 2) hex digits.
     private var escape: UInt8 = 0
@@ -211,94 +220,280 @@ struct CreditJSONScanner: Sendable {
 
     private static let quote = UInt8(ascii: "\"")
     private static let backslash = UInt8(ascii: "\\")
+    private static let lf: UInt8 = 0x0A
+    private static let cr: UInt8 = 0x0D
 
     @inline(__always)
     private static func isSpace(_ c: UInt8) -> Bool {
         c == 0x20 || c == 0x0A || c == 0x0D || c == 0x09
     }
 
+    /// A byte that ends a run of plain string bytes.
     @inline(__always)
-    private var topIsObject: Bool { depth > 0 && (objects >> UInt64(depth - 1)) & 1 == 1 }
+    private static func endsRun(_ c: UInt8) -> Bool {
+        c == quote || c == backslash || c < 0x20
+    }
 
-    /// Scans `bytes` (the next part of the input).
+    /// The high bit of each byte of `x` (little-endian) that is a quote, a backslash or a
+    /// control byte (< 0x20), exact up to and including the first such byte (bytes after it
+    /// may be flagged by borrows: only the lowest set bit is used).
+    @inline(__always)
+    static func stopMask(_ x: UInt64) -> UInt64 {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let highs: UInt64 = 0x8080_8080_8080_8080
+        let q = x ^ (ones &* 0x22)
+        let bs = x ^ (ones &* 0x5C)
+        let control = (x &- ones &* 0x20) & ~x
+        let quote = (q &- ones) & ~q
+        let backslash = (bs &- ones) & ~bs
+        return (control | quote | backslash) & highs
+    }
+
+    @inline(__always)
+    private static func isDigit(_ c: UInt8) -> Bool { c &- 0x30 <= 9 }
+
+    @inline(__always)
+    private var topIsObject: Bool { (objects >> UInt64(truncatingIfNeeded: depth &- 1)) & 1 == 1 }
+
+    /// Scans `bytes` (the next part of the input); every byte is consumed.
     mutating func feed<S: CreditJSONSink>(_ bytes: UnsafeRawBufferPointer, _ sink: inout S) {
         guard let base = bytes.baseAddress else { return }
-        let n = bytes.count
+        _ = scan(base, bytes.count, lines: false, &sink)
+    }
+
+    /// Scans the next part of an SSE data line: stops at the first CR or LF (not consumed;
+    /// the caller feeds the LF that joins data lines) and returns its offset, or `count`.
+    /// After a syntax error it stops where it failed (``state`` is `.failed`) and ignores
+    /// the rest of the input.
+    mutating func feedLine<S: CreditJSONSink>(_ base: UnsafeRawPointer, _ count: Int, _ sink: inout S) -> Int {
+        scan(base, count, lines: true, &sink)
+    }
+
+    @inline(__always)
+    private mutating func scan<S: CreditJSONSink>(_ base: UnsafeRawPointer, _ n: Int, lines: Bool,
+                                                   _ sink: inout S) -> Int {
         var i = 0
         while i < n {
             let c = base.load(fromByteOffset: i, as: UInt8.self)
+            // In the structural states the expected bytes are tried first; whitespace (rare in
+            // what backends send) after them.
             switch state {
             case .start, .value, .valueOrClose:
-                if Self.isSpace(c) { i += 1; continue }
-                if c == UInt8(ascii: "]") && state == .valueOrClose {
+                if c > 0x20 {
+                    i += 1
+                    if c == UInt8(ascii: "]") && state == .valueOrClose {
+                        closeContainer(&sink)
+                    } else {
+                        beginValue(c, &sink)
+                        if state == .failed { return i - 1 }
+                    }
+                    continue
+                }
+            case .keyOrClose, .key:
+                if c == Self.quote {
+                    i += 1
+                    escape = 0
+                    length = 0
+                    if (keyed >> UInt64(truncatingIfNeeded: depth &- 1)) & 1 == 1 {
+                        state = .keyString
+                        w0 = 0; w1 = 0; w2 = 0; captured = 0
+                    } else {
+                        state = .skippedKey
+                    }
+                    continue
+                }
+                if c == UInt8(ascii: "}") && state == .keyOrClose {
                     i += 1
                     closeContainer(&sink)
                     continue
                 }
-                i += 1
-                beginValue(c, &sink)
-            case .keyOrClose, .key:
-                if Self.isSpace(c) { i += 1; continue }
-                i += 1
-                if c == Self.quote {
-                    beginString(key: true)
-                } else if c == UInt8(ascii: "}") && state == .keyOrClose {
-                    closeContainer(&sink)
-                } else {
-                    state = .failed
-                    return
-                }
             case .colon:
-                if Self.isSpace(c) { i += 1; continue }
-                i += 1
-                guard c == UInt8(ascii: ":") else { state = .failed; return }
-                state = .value
-            case .keyString, .string:
-                if escape == 0 && state == .string && interest == .skip {
-                    // Fast path: skip to the closing quote, an escape or a control byte.
-                    var j = i
-                    var b = c
-                    while b != Self.quote && b != Self.backslash && b >= 0x20 {
+                if c == UInt8(ascii: ":") {
+                    i += 1
+                    state = .value
+                    continue
+                }
+            case .afterValue:
+                if c == UInt8(ascii: ",") {
+                    i += 1
+                    state = topIsObject ? .key : .value
+                    continue
+                }
+                if c == (topIsObject ? UInt8(ascii: "}") : UInt8(ascii: "]")) {
+                    i += 1
+                    closeContainer(&sink)
+                    continue
+                }
+            case .end:
+                break
+            case .keyString, .skippedKey, .string:
+                if escape != 0 {
+                    i += 1
+                    escapeByte(c)
+                    if state == .failed { return i - 1 }
+                    continue
+                }
+                // A run of plain bytes, up to a quote, a backslash or a control byte: eight at
+                // a time while they last (SWAR), then one by one.
+                var j = i
+                var b = c
+                if state == .keyString || (state == .string && interest == .capture) {
+                    var k = captured
+                    var a0 = w0, a1 = w1, a2 = w2
+                    // Whole words while the capture is word-aligned (a key's start).
+                    while k & 7 == 0 && k < 24 && j &+ 8 <= n {
+                        let x = base.loadUnaligned(fromByteOffset: j, as: UInt64.self)
+                        let stop = Self.stopMask(x)
+                        let taken = stop == 0 ? 8 : stop.trailingZeroBitCount >> 3
+                        let part = taken == 8 ? x : x & ((1 &<< UInt64(taken << 3)) &- 1)
+                        if k == 0 { a0 = part } else if k == 8 { a1 = part } else { a2 = part }
+                        k += taken
+                        j += taken
+                        if taken < 8 { break }
+                    }
+                    if k > 25 { k = 25 }
+                    if j < n {
+                        b = base.load(fromByteOffset: j, as: UInt8.self)
+                        while !Self.endsRun(b) {
+                            let shift = UInt64((k & 7) << 3)
+                            if k < 8 { a0 |= UInt64(b) << shift } else if k < 16 { a1 |= UInt64(b) << shift } else if k < 24 { a2 |= UInt64(b) << shift }
+                            if k < 25 { k += 1 }
+                            j += 1
+                            if j == n { break }
+                            b = base.load(fromByteOffset: j, as: UInt8.self)
+                        }
+                    }
+                    captured = k
+                    w0 = a0; w1 = a1; w2 = a2
+                } else if state == .string && interest == .number {
+                    while !Self.endsRun(b) {
+                        if !numberBad && !number.take(b) { numberBad = true }
                         j += 1
                         if j == n { break }
                         b = base.load(fromByteOffset: j, as: UInt8.self)
                     }
-                    length = Self.saturatingAdd(length, j - i)
-                    i = j
-                    if i == n { return }
+                } else {
+                    while j &+ 8 <= n {
+                        let stop = Self.stopMask(base.loadUnaligned(fromByteOffset: j, as: UInt64.self))
+                        if stop != 0 { j += stop.trailingZeroBitCount >> 3; break }
+                        j += 8
+                    }
+                    if j < n {
+                        b = base.load(fromByteOffset: j, as: UInt8.self)
+                        while !Self.endsRun(b) {
+                            j += 1
+                            if j == n { break }
+                            b = base.load(fromByteOffset: j, as: UInt8.self)
+                        }
+                    }
                 }
-                let b = base.load(fromByteOffset: i, as: UInt8.self)
+                length = Self.saturatingAdd(length, j &- i)
+                i = j
+                if i == n { return n }
                 i += 1
-                stringByte(b, &sink)
-                if state == .failed { return }
+                if b == Self.quote {
+                    endString(&sink)
+                    // What usually follows, taken at once: a key's colon, a value's comma.
+                    if i < n {
+                        let d = base.load(fromByteOffset: i, as: UInt8.self)
+                        if state == .colon {
+                            if d == UInt8(ascii: ":") { i += 1; state = .value }
+                        } else if state == .afterValue && d == UInt8(ascii: ",") {
+                            i += 1
+                            state = topIsObject ? .key : .value
+                        }
+                    }
+                } else if b == Self.backslash {
+                    length = Self.saturatingAdd(length, 1)
+                    escape = 1
+                } else {
+                    if lines && (b == Self.lf || b == Self.cr) { return i - 1 }
+                    state = .failed
+                    return i - 1
+                }
+                continue
             case .number:
-                if number.take(c) { i += 1; continue }
-                guard number.isComplete else { state = .failed; return }
+                if interest == .skip && (number.phase == .int || number.phase == .frac || number.phase == .exp) {
+                    // Unread: skip the digits (they change nothing but the value).
+                    var b = c
+                    while Self.isDigit(b) {
+                        i += 1
+                        if i == n { return n }
+                        b = base.load(fromByteOffset: i, as: UInt8.self)
+                    }
+                    if number.take(b) { i += 1; continue }
+                } else if number.take(c) {
+                    i += 1
+                    continue
+                }
+                guard number.isComplete else { state = .failed; return i }
                 // The byte after the number is looked at again in the next state.
-                endScalar(.number(number.value), &sink)
+                endScalar(.number(interest == .skip ? .unread : number.value), &sink)
+                continue
             case .literal:
+                guard c == UInt8(truncatingIfNeeded: literalRest) else { state = .failed; return i }
                 i += 1
-                guard c == UInt8(truncatingIfNeeded: literalRest) else { state = .failed; return }
                 literalRest >>= 8
                 if literalRest == 0 { endScalar(literalValue, &sink) }
-            case .afterValue:
-                if Self.isSpace(c) { i += 1; continue }
-                i += 1
-                switch c {
-                case UInt8(ascii: ","):
-                    state = topIsObject ? .key : .value
-                case UInt8(ascii: "}") where topIsObject, UInt8(ascii: "]") where !topIsObject:
-                    closeContainer(&sink)
-                default:
-                    state = .failed
-                    return
-                }
-            case .end:
-                if Self.isSpace(c) { i += 1; continue }
-                state = .failed
-                return
+                continue
             case .failed:
-                return
+                return i
+            }
+            // A structural state, and not a byte it expects: whitespace, or the end of the
+            // data line, or a syntax error.
+            guard Self.isSpace(c) else { state = .failed; return i }
+            if lines && (c == Self.lf || c == Self.cr) { return i }
+            i += 1
+        }
+        return n
+    }
+
+    /// Ready for a new input (what `beginValue` and the string starts set up is left as is).
+    mutating func reset() {
+        state = .start
+        depth = 0
+        interest = .skip
+        escape = 0
+    }
+
+    /// A fresh scanner is told its input was one complete value (a caller that recognised
+    /// it whole and told the sink what the scan would have).
+    mutating func assumeComplete() {
+        state = .end
+    }
+
+    /// The offset of the quote that closes a JSON string whose text starts at `p + from`, if
+    /// the text is valid (escapes included) and closed within `count`; nil otherwise.
+    static func stringEnd(_ p: UnsafeRawPointer, from: Int, count n: Int) -> Int? {
+        var j = from
+        while true {
+            while j &+ 8 <= n {
+                let stop = stopMask(p.loadUnaligned(fromByteOffset: j, as: UInt64.self))
+                if stop != 0 { j += stop.trailingZeroBitCount >> 3; break }
+                j += 8
+            }
+            guard j < n else { return nil }
+            var b = p.load(fromByteOffset: j, as: UInt8.self)
+            while !endsRun(b) {
+                j += 1
+                guard j < n else { return nil }
+                b = p.load(fromByteOffset: j, as: UInt8.self)
+            }
+            if b == quote { return j }
+            guard b == backslash, j + 1 < n else { return nil }
+            switch p.load(fromByteOffset: j + 1, as: UInt8.self) {
+            case quote, backslash, UInt8(ascii: "/"), UInt8(ascii: "b"), UInt8(ascii: "f"), UInt8(ascii: "n"),
+                 UInt8(ascii: "r"), UInt8(ascii: "t"):
+                j += 2
+            case UInt8(ascii: "u"):
+                guard j + 5 < n else { return nil }
+                for k in 2...5 {
+                    let h = p.load(fromByteOffset: j + k, as: UInt8.self)
+                    guard isDigit(h) || (h | 0x20) &- UInt8(ascii: "a") < 6 else { return nil }
+                }
+                j += 6
+            default:
+                return nil
             }
         }
     }
@@ -306,7 +501,11 @@ struct CreditJSONScanner: Sendable {
     /// The input has ended: a number at the very end is complete here.
     mutating func finish<S: CreditJSONSink>(_ sink: inout S) -> Outcome {
         if state == .number {
-            if number.isComplete { endScalar(.number(number.value), &sink) } else { state = .failed }
+            if number.isComplete {
+                endScalar(.number(interest == .skip ? .unread : number.value), &sink)
+            } else {
+                state = .failed
+            }
         }
         switch state {
         case .end: return .complete
@@ -326,12 +525,26 @@ struct CreditJSONScanner: Sendable {
             let object = c == UInt8(ascii: "{")
             depth += 1
             let bit: UInt64 = 1 << UInt64(depth - 1)
-            if object { objects |= bit } else { objects &= ~bit }
             interest = .skip
-            state = object ? .keyOrClose : .valueOrClose
-            sink.open(object: object, depth: depth)
+            if object {
+                objects |= bit
+                state = .keyOrClose
+                if sink.open(object: true, depth: depth) { keyed |= bit } else { keyed &= ~bit }
+            } else {
+                objects &= ~bit
+                state = .valueOrClose
+                _ = sink.open(object: false, depth: depth)
+            }
         case Self.quote:
-            beginString(key: false)
+            state = .string
+            escape = 0
+            length = 0
+            if interest == .capture {
+                w0 = 0; w1 = 0; w2 = 0; captured = 0
+            } else if interest == .number {
+                number = CreditNumberReader()
+                numberBad = false
+            }
         case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
             number = CreditNumberReader()
             _ = number.take(c)
@@ -370,30 +583,10 @@ struct CreditJSONScanner: Sendable {
 
     // MARK: - Strings
 
-    @inline(__always)
-    private mutating func beginString(key: Bool) {
-        state = key ? .keyString : .string
-        escape = 0
-        length = 0
-        if key || interest == .capture {
-            w0 = 0; w1 = 0; w2 = 0; captured = 0
-        } else if interest == .number {
-            number = CreditNumberReader()
-            numberBad = false
-        }
-    }
-
-    /// One byte inside a string (not the fast path).
-    @inline(__always)
-    private mutating func stringByte<S: CreditJSONSink>(_ c: UInt8, _ sink: inout S) {
-        if escape == 0 && c == Self.quote { endString(&sink); return }
+    /// One byte of an escape sequence (`escape != 0`).
+    private mutating func escapeByte(_ c: UInt8) {
         length = Self.saturatingAdd(length, 1)
-        switch escape {
-        case 0:
-            if c == Self.backslash { escape = 1; return }
-            if c < 0x20 { state = .failed; return }
-            decoded(c)
-        case 1:
+        if escape == 1 {
             let d: UInt8
             switch c {
             case Self.quote, Self.backslash, UInt8(ascii: "/"): d = c
@@ -412,65 +605,64 @@ struct CreditJSONScanner: Sendable {
             }
             escape = 0
             decoded(d)
-        default:
-            let h: UInt32
-            switch c {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): h = UInt32(c &- 0x30)
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): h = UInt32(c &- 0x57)
-            case UInt8(ascii: "A")...UInt8(ascii: "F"): h = UInt32(c &- 0x37)
-            default: state = .failed; return
-            }
-            code = code << 4 | h
-            escape += 1
-            if escape == 6 {
-                escape = 0
-                // ASCII decodes to its byte; anything else to 0x80, which no word contains
-                // and no number accepts (surrogate pairs need no pairing here).
-                decoded(code < 0x80 ? UInt8(truncatingIfNeeded: code) : 0x80)
-            }
+            return
+        }
+        let h: UInt32
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): h = UInt32(c &- 0x30)
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): h = UInt32(c &- 0x57)
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): h = UInt32(c &- 0x37)
+        default: state = .failed; return
+        }
+        code = code << 4 | h
+        escape += 1
+        if escape == 6 {
+            escape = 0
+            // ASCII decodes to its byte; anything else to 0x80, which no word contains and no
+            // number accepts (surrogate pairs need no pairing here).
+            decoded(code < 0x80 ? UInt8(truncatingIfNeeded: code) : 0x80)
         }
     }
 
-    @inline(__always)
+    /// A decoded escape's byte.
     private mutating func decoded(_ b: UInt8) {
-        if state == .keyString || interest == .capture {
+        if state == .keyString || (state == .string && interest == .capture) {
             let k = captured
             if k < 24 {
-                let v = UInt64(b) << UInt64((k & 7) * 8)
-                switch k >> 3 {
-                case 0: w0 |= v
-                case 1: w1 |= v
-                default: w2 |= v
-                }
+                let v = UInt64(b) << UInt64((k & 7) << 3)
+                if k < 8 { w0 |= v } else if k < 16 { w1 |= v } else { w2 |= v }
             }
             if k < 25 { captured = k + 1 }
-        } else if interest == .number {
+        } else if state == .string && interest == .number {
             if !numberBad && !number.take(b) { numberBad = true }
         }
     }
 
     @inline(__always)
     private mutating func endString<S: CreditJSONSink>(_ sink: inout S) {
-        if state == .keyString {
-            let word = CreditWord.classify(count: captured, w0, w1, w2)
+        switch state {
+        case .keyString:
             state = .colon
-            interest = sink.key(word, depth: depth)
-            return
+            interest = sink.key(CreditWord.classify(count: captured, w0, w1, w2), depth: depth)
+        case .skippedKey:
+            state = .colon
+            interest = .skip
+        default:
+            let value: CreditScalar
+            switch interest {
+            case .skip:
+                value = .string(length: length, word: .other)
+            case .capture:
+                value = .string(length: length, word: CreditWord.classify(count: captured, w0, w1, w2))
+            case .number:
+                value = .numericString(!numberBad && number.isComplete ? number.value : .malformed)
+            }
+            endScalar(value, &sink)
         }
-        let value: CreditScalar
-        switch interest {
-        case .skip:
-            value = .string(length: length, word: .other)
-        case .capture:
-            value = .string(length: length, word: CreditWord.classify(count: captured, w0, w1, w2))
-        case .number:
-            value = .numericString(!numberBad && number.isComplete ? number.value : .malformed)
-        }
-        endScalar(value, &sink)
     }
 
     @inline(__always)
     private static func saturatingAdd(_ a: Int, _ b: Int) -> Int {
-        a > Int.max - b ? Int.max : a + b
+        a > Int.max &- b ? Int.max : a &+ b
     }
 }

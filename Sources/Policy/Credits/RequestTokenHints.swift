@@ -91,13 +91,13 @@ struct HintsSink: CreditJSONSink, Sendable {
         return .skip
     }
 
-    mutating func open(object: Bool, depth: Int) {
+    mutating func open(object: Bool, depth: Int) -> Bool {
         let p = pending
         pending = .none
         if maximumDepth != 0 {
             // Inside a maximum's object: more objects of numbers, no arrays.
             if !object { invalid = true }
-            return
+            return true
         }
         switch p {
         case .maximum:
@@ -111,6 +111,7 @@ struct HintsSink: CreditJSONSink, Sendable {
         case .none:
             break
         }
+        return depth == 1 || depth == parametersDepth || overrideDepth != 0 || maximumDepth != 0
     }
 
     mutating func close(depth: Int) {
