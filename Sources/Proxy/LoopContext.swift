@@ -104,6 +104,17 @@ final class LoopContext {
     private var creditCounter: UInt64 = 0
     private(set) var instanceID = "tollgate"
 
+    /// `<instance>-<loop>-`, the start of every reservation id of this loop.
+    private lazy var creditKeyPrefix: [UInt8] = Array("\(instanceID)-\(loop.index)-".utf8)
+
+    /// The next reservation id as bytes (Redis ledger).
+    func nextCreditKey() -> [UInt8] {
+        creditCounter &+= 1
+        var k = creditKeyPrefix
+        LocalLedger.appendDecimal(Int64(truncatingIfNeeded: creditCounter), to: &k)
+        return k
+    }
+
     /// A reservation id unique across instances and restarts (the instance id is per run).
     func nextCreditID() -> String {
         creditCounter &+= 1

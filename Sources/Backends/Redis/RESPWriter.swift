@@ -120,6 +120,28 @@ public final class RESPWriter {
         count += b.count
     }
 
+    /// One argument made of several parts (a key built from a prefix, a tag and a suffix).
+    public func bulk(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ c: UnsafeRawBufferPointer,
+                     _ d: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                     _ e: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0)) {
+        bulkHeader(a.count + b.count + c.count + d.count + e.count)
+        if a.count > 0 { putRaw(a.baseAddress!, a.count) }
+        if b.count > 0 { putRaw(b.baseAddress!, b.count) }
+        if c.count > 0 { putRaw(c.baseAddress!, c.count) }
+        if d.count > 0 { putRaw(d.baseAddress!, d.count) }
+        if e.count > 0 { putRaw(e.baseAddress!, e.count) }
+        reserve(2); crlf()
+    }
+
+    /// A decimal argument: `prefix` then the digits of `v` (an id made of a fixed prefix and
+    /// a sequence number).
+    public func bulk(_ prefix: UnsafeRawBufferPointer, decimal v: Int) {
+        bulkHeader(prefix.count + RESPWriter.decimalWidth(v))
+        if prefix.count > 0 { putRaw(prefix.baseAddress!, prefix.count) }
+        putDecimal(v)
+        reserve(2); crlf()
+    }
+
     public func bulk(decimal v: Int) {
         bulkHeader(RESPWriter.decimalWidth(v))
         putDecimal(v)

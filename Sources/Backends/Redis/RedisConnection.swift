@@ -404,6 +404,16 @@ public final class RedisConnection {
         return enqueue(.user(waiter, token), deadline: loop.now &+ deadlineNanos) ? nil : .unavailable
     }
 
+    /// A command the caller formats straight into the connection's writer (no argument
+    /// arrays on a hot path). Same completion rules as `lookupKey`.
+    public func command(waiter: any RedisWaiter, token: UInt64, _ format: (RESPWriter) -> Void) -> RedisResult? {
+        loop.assertOnLoop()
+        guard isAccepting else { return .unavailable }
+        writer.reset()
+        format(writer)
+        return enqueue(.user(waiter, token), deadline: loop.now &+ deadlineNanos) ? nil : .unavailable
+    }
+
     public func command(_ args: String..., waiter: any RedisWaiter, token: UInt64) -> RedisResult? {
         command(args.map { Array($0.utf8) }, waiter: waiter, token: token)
     }

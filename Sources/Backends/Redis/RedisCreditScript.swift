@@ -1,4 +1,5 @@
 import Policy
+import Runtime
 
 /// The credit ledger in Redis: one Lua script, four operations, every one atomic.
 ///
@@ -106,6 +107,52 @@ public enum RedisCreditScript {
         for a in args { out.append(Array(a.utf8)) }
         return out
     }
+
+    /// The account's tag as bytes (32 hex digits).
+    public static func tagBytes(_ account: String) -> [UInt8] {
+        let h = KeyHash.sha256(account)
+        return [UInt8](unsafeUninitializedCapacity: 32) { b, n in
+            Hex.write16(h.w0, to: UnsafeMutableRawPointer(b.baseAddress!))
+            Hex.write16(h.w1, to: UnsafeMutableRawPointer(b.baseAddress! + 16))
+            n = 32
+        }
+    }
+
+    /// Formats `EVALSHA sha 4 keys… op id args…` (or `EVAL source …`) straight into `w`
+    /// (`tag` from ``tagBytes(_:)``): no argument arrays per command.
+    public static func format(into w: RESPWriter, tag: [UInt8], id: [UInt8], op: StaticString, _ a1: Int64,
+                              _ a2: Int64? = nil, _ a3: Int64? = nil, withSource: Bool = false) {
+        w.arrayHeader(3 + 4 + 2 + 1 + (a2 == nil ? 0 : 1) + (a3 == nil ? 0 : 1))
+        if withSource {
+            w.bulk("EVAL")
+            w.bulk(source)
+        } else {
+            w.bulk("EVALSHA")
+            w.bulk(sha1)
+        }
+        w.bulk("4")
+        tag.withUnsafeBytes { t in
+            id.withUnsafeBytes { i in
+                let open = UnsafeRawBufferPointer(start: keyOpen.utf8Start, count: keyOpen.utf8CodeUnitCount)
+                let close = UnsafeRawBufferPointer(start: keyClose.utf8Start, count: keyClose.utf8CodeUnitCount)
+                w.bulk(open, t, close)
+                w.bulk(open, t, close, UnsafeRawBufferPointer(start: resSuffix.utf8Start, count: resSuffix.utf8CodeUnitCount))
+                w.bulk(open, t, close, UnsafeRawBufferPointer(start: amtSuffix.utf8Start, count: amtSuffix.utf8CodeUnitCount))
+                w.bulk(open, t, close, UnsafeRawBufferPointer(start: doneSuffix.utf8Start, count: doneSuffix.utf8CodeUnitCount), i)
+                w.bulk(op)
+                w.bulk(i)
+            }
+        }
+        w.bulk(decimal: Int(a1))
+        if let a2 { w.bulk(decimal: Int(a2)) }
+        if let a3 { w.bulk(decimal: Int(a3)) }
+    }
+
+    private static let keyOpen: StaticString = "tg:cr:{"
+    private static let keyClose: StaticString = "}"
+    private static let resSuffix: StaticString = ":res"
+    private static let amtSuffix: StaticString = ":amt"
+    private static let doneSuffix: StaticString = ":done:"
 
     /// Decodes a script answer: the integers of its array, or nil (an error or another shape).
     public static func integers(_ r: RedisReply) -> [Int64]? {

@@ -23,8 +23,8 @@ final class CreditGate: RedisWaiter {
     let charged: CreditCounters
     /// Settlements sent to Redis and not answered yet, by token; failed ones wait in `retry`.
     private struct PendingSettle {
-        var account: String
-        var id: String
+        var tag: [UInt8]
+        var key: [UInt8]
         var charge: Int64
         var route: String
         var attempts: Int
@@ -118,9 +118,9 @@ final class CreditGate: RedisWaiter {
         }
         if spec.ledger == .redis {
             x.facts.creditCharged = charge
-            guard let id = x.facts.creditID else { return }
-            send(PendingSettle(account: account, id: id, charge: charge, route: x.facts.route?.name ?? "-", attempts: 0,
-                               withSource: false))
+            guard !x.facts.creditKey.isEmpty else { return }
+            send(PendingSettle(tag: x.facts.creditTag, key: x.facts.creditKey, charge: charge, route: x.facts.route?.name ?? "-",
+                               attempts: 0, withSource: false))
             return
         }
         guard let local else { return }
@@ -171,12 +171,13 @@ final class CreditGate: RedisWaiter {
             return .pending
         }
         if spec.ledger == .redis {
-            guard let redis = context.store?.redis, let id = x.facts.creditID else { return .refused }
-            let ttl = max(1, spec.reservationTTL.nanoseconds / 1_000_000)
-            let cmd = RedisCreditScript.command(account: account, id: id, op: "reserve",
-                                                [String(want), String(minimum), String(ttl)], withSource: true)
+            guard let redis = context.store?.redis, !x.facts.creditKey.isEmpty else { return .refused }
+            let ttl = Int64(max(1, spec.reservationTTL.nanoseconds / 1_000_000))
             x.facts.extending = true
-            if let failed = redis.command(cmd, waiter: x, token: x.facts.token) {
+            let (tag, key) = (x.facts.creditTag, x.facts.creditKey)
+            if let failed = redis.command(waiter: x, token: x.facts.token, { w in
+                RedisCreditScript.format(into: w, tag: tag, id: key, op: "reserve", want, minimum, ttl, withSource: true)
+            }) {
                 x.facts.extending = false
                 return completeExtension(x, result: failed)
             }
@@ -249,16 +250,31 @@ final class CreditGate: RedisWaiter {
 
     // MARK: the redis ledger
 
+    /// Accounts' hash tags (SHA-256 of the name, 32 hex digits), remembered for the accounts
+    /// seen lately (bounded: cleared when full).
+    private var tags: [String: [UInt8]] = [:]
+
+    private func tag(_ account: String) -> [UInt8] {
+        if let t = tags[account] { return t }
+        if tags.count >= 8192 { tags.removeAll(keepingCapacity: true) }
+        let t = RedisCreditScript.tagBytes(account)
+        tags[account] = t
+        return t
+    }
+
     private func reserveInRedis(_ x: Exchange, account: String, want: Int64, minimum: Int64, withSource: Bool) -> PhaseResult {
         guard let redis = x.context.store?.redis else { return unavailable(x) }
-        let id = x.facts.creditID ?? x.context.nextCreditID()
-        x.facts.creditID = id
+        if x.facts.creditKey.isEmpty {
+            x.facts.creditKey = x.context.nextCreditKey()
+            x.facts.creditTag = tag(account)
+        }
         x.facts.creditWant = want
         x.facts.creditMinimum = minimum
-        let ttl = max(1, spec.reservationTTL.nanoseconds / 1_000_000)
-        let cmd = RedisCreditScript.command(account: account, id: id, op: "reserve",
-                                            [String(want), String(minimum), String(ttl)], withSource: withSource)
-        if let failed = redis.command(cmd, waiter: x, token: x.facts.token) {
+        let ttl = Int64(max(1, spec.reservationTTL.nanoseconds / 1_000_000))
+        let (tag, key) = (x.facts.creditTag, x.facts.creditKey)
+        if let failed = redis.command(waiter: x, token: x.facts.token, { w in
+            RedisCreditScript.format(into: w, tag: tag, id: key, op: "reserve", want, minimum, ttl, withSource: withSource)
+        }) {
             return completeReserve(x, result: failed)
         }
         return .wait
@@ -290,9 +306,10 @@ final class CreditGate: RedisWaiter {
         guard let redis = context.store?.redis else { retry.append(p); scheduleRetry(); return }
         let token = nextToken
         nextToken &+= 1
-        let cmd = RedisCreditScript.command(account: p.account, id: p.id, op: "settle", [String(p.charge)], withSource: p.withSource)
         pending[token] = p
-        if let failed = redis.command(cmd, waiter: self, token: token) {
+        if let failed = redis.command(waiter: self, token: token, { w in
+            RedisCreditScript.format(into: w, tag: p.tag, id: p.key, op: "settle", p.charge, withSource: p.withSource)
+        }) {
             redisCompleted(token: token, result: failed)
         }
     }

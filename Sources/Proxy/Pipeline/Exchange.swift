@@ -342,6 +342,9 @@ struct ExchangeFacts {
     /// The reservation's id in a shared ledger (instance, loop, sequence): also its settlement's
     /// idempotency key. Never the client's request id (a client could reuse one).
     var creditID: String?
+    /// The same id as bytes, and the account's hash tag (Redis ledger).
+    var creditKey: [UInt8] = []
+    var creditTag: [UInt8] = []
     var creditWant: Int64 = 0
     var creditMinimum: Int64 = 0
     var creditCharged: Int64 = 0
@@ -387,6 +390,7 @@ struct ExchangeFacts {
             creditState = .none
             creditAccount = nil
             creditID = nil
+            creditKey = []
             creditReserved = 0
             creditCharged = 0
             creditsRemaining = -1
