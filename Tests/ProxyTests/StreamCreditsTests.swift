@@ -321,4 +321,40 @@ import Testing
         #expect(String(decoding: third.body, as: UTF8.self).contains("QUOTA_EXCEEDED"))
         #expect(Int(third.header("Retry-After") ?? "") ?? 0 >= 1)
     }
+
+    /// Through the reference Flowise backend (`tollgate backends`, its real event bytes): a
+    /// streamed chat cut off when credit runs out, the backend's usage figure charged when
+    /// there is enough, the price in the usage record.
+    @Test func theReferenceFlowiseBackendIsMeteredAndCutOff() throws {
+        let flowPort = freePort()
+        let dir = makeTempDir("tgflowref")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let backends = try TollgateProcess(arguments: ["backends", "--finance", "off", "--accounting", "off",
+                                                       "--flowise", "127.0.0.1:\(flowPort)", "--data", dir + "/be",
+                                                       "--token-delay-ms", "1"], port: flowPort)
+        defer { backends.stop() }
+        let gate = Gate(upstream: flowPort, reserveTokens: 8, dir: dir)
+        try gate.grant(30)
+        let tg = try gate.serve()
+        let chat = #"{"question":"What does Tollgate do?","streaming":true,"answerTokens":100}"#
+        let c = try RawClient(port: gate.port)
+        let cut = try c.request(Self.chat(chat).replacingOccurrences(of: "flow1", with: "8c1f3e52-3c4b-4d2a-9a57-0d5f2b7c6a11"), method: "POST")
+        let cutText = String(decoding: cut.body, as: UTF8.self)
+        #expect(cut.status == 200)
+        #expect(Self.tokenEvents(cutText) == 31, "\(cutText)")   // 30 credits: 30 tokens, +1 of overshoot
+        #expect(cutText.hasSuffix("message:\ndata:{\"event\":\"error\",\"data\":\"INSUFFICIENT_CREDITS: Credits ran out; the answer was cut off.\"}\n\n"))
+        try gate.grant(1000)
+        #expect(try poll(timeout: 5) { (try? gate.balance().0) == 1000 } != nil)
+        let short = #"{"question":"hi","streaming":true,"answerTokens":12}"#
+        let full = try c.request(Self.chat(short).replacingOccurrences(of: "flow1", with: "8c1f3e52-3c4b-4d2a-9a57-0d5f2b7c6a11"), method: "POST")
+        c.close()
+        let fullText = String(decoding: full.body, as: UTF8.self)
+        #expect(Self.tokenEvents(fullText) == 12)
+        #expect(fullText.contains("usageMetadata"))
+        #expect(tg.stop() == 0)
+        #expect(try gate.balance() == (988, 0))
+        let recs = gate.usage().filter { $0["route"] as? String == "chat" }
+        #expect(recs.map { $0["credits"] as? Int } == [30, 12])
+        #expect(recs.last?["tokens_out"] as? Int == 12)
+    }
 }
