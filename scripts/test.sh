@@ -7,7 +7,7 @@ swift build
 ./.build/debug/tollgate check policies/
 swift test
 # Opt-in: a short libFuzzer run of every parser target (Fuzz/README.md), e.g.
-# TOLLGATE_FUZZ_SECONDS=10 scripts/test.sh for ten seconds per target (about a minute).
+# TOLLGATE_FUZZ_SECONDS=10 scripts/test.sh for ten seconds per target (about a minute and a half).
 if [[ -n "${TOLLGATE_FUZZ_SECONDS:-}" ]]; then
-    scripts/fuzz.sh --duration "$TOLLGATE_FUZZ_SECONDS" request response chunked path credential client-ip
+    scripts/fuzz.sh --duration "$TOLLGATE_FUZZ_SECONDS" request response chunked path credential client-ip sse_meter token_hints
 fi
