@@ -118,28 +118,16 @@ import Testing
         }
     }
 
-    /// Runs `clients` connections at once, `perClient` requests each, spread over `ports`.
+    /// Many clients at once on `/paid/x`: 200 or a well-formed 402, nothing else.
     static func hammer(ports: [UInt16], clients: Int, perClient: Int, key: String) -> (counts: [Int: Int], failures: [String]) {
-        let results = Mutex<[Int: Int]>([:])
-        let failures = Mutex<[String]>([])
-        DispatchQueue.concurrentPerform(iterations: clients) { i in
-            do {
-                let c = try RawClient(port: ports[i % ports.count])
-                defer { c.close() }
-                for _ in 0..<perClient {
-                    let r = try Self.request(c, "/paid/x", key: key)
-                    results.withLock { $0[r.status, default: 0] += 1 }
-                    let body = String(decoding: r.body, as: UTF8.self)
-                    if r.status == 402, r.header("X-Tollgate-Credits-Remaining") == nil || !body.contains("\"code\":\"INSUFFICIENT_CREDITS\"") {
-                        failures.withLock { $0.append("402 without the header or code: \(body)") }
-                    }
-                    if r.status != 200 && r.status != 402 { failures.withLock { $0.append("\(r.status): \(body)") } }
-                }
-            } catch {
-                failures.withLock { $0.append("\(error)") }
+        ProxyTests.hammer(ports: ports, clients: clients, perClient: perClient,
+                          request: "GET /paid/x HTTP/1.1\r\nHost: t\r\nX-API-Key: \(key)\r\n\r\n") { r in
+            let body = String(decoding: r.body, as: UTF8.self)
+            if r.status == 402, r.header("X-Tollgate-Credits-Remaining") == nil || !body.contains("\"code\":\"INSUFFICIENT_CREDITS\"") {
+                return "402 without the header or code: \(body)"
             }
+            return r.status != 200 && r.status != 402 ? "\(r.status): \(body)" : nil
         }
-        return (results.withLock { $0 }, failures.withLock { $0 })
     }
 
     static func request(_ c: RawClient, _ path: String, key: String) throws -> HTTPResponse {

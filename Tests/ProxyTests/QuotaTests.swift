@@ -38,29 +38,19 @@ import Testing
         return path
     }
 
+    /// Many clients at once: 200 or a well-formed 429 `QUOTA_EXCEEDED` with a sane `Retry-After`.
     static func hammer(ports: [UInt16], clients: Int, perClient: Int) -> ([Int: Int], [String]) {
-        let results = Mutex<[Int: Int]>([:])
-        let failures = Mutex<[String]>([])
-        DispatchQueue.concurrentPerform(iterations: clients) { i in
-            do {
-                let c = try RawClient(port: ports[i % ports.count])
-                defer { c.close() }
-                for _ in 0..<perClient {
-                    let r = try c.request("GET /api/x HTTP/1.1\r\nHost: t\r\nX-API-Key: \(Self.key)\r\n\r\n")
-                    results.withLock { $0[r.status, default: 0] += 1 }
-                    if r.status == 429 {
-                        let body = String(decoding: r.body, as: UTF8.self)
-                        let retry = Int(r.header("Retry-After") ?? "") ?? 0
-                        if !body.contains("\"code\":\"QUOTA_EXCEEDED\"") || retry < 1 || retry > 86_400 {
-                            failures.withLock { $0.append("429 \(r.header("Retry-After") ?? "-"): \(body)") }
-                        }
-                    }
-                }
-            } catch {
-                failures.withLock { $0.append("\(error)") }
+        let r = ProxyTests.hammer(ports: ports, clients: clients, perClient: perClient,
+                                  request: "GET /api/x HTTP/1.1\r\nHost: t\r\nX-API-Key: \(Self.key)\r\n\r\n") { r in
+            guard r.status == 429 else { return nil }
+            let body = String(decoding: r.body, as: UTF8.self)
+            let retry = Int(r.header("Retry-After") ?? "") ?? 0
+            if !body.contains("\"code\":\"QUOTA_EXCEEDED\"") || retry < 1 || retry > 86_400 {
+                return "429 \(r.header("Retry-After") ?? "-"): \(body)"
             }
+            return nil
         }
-        return (results.withLock { $0 }, failures.withLock { $0 })
+        return (r.counts, r.failures)
     }
 
     /// 200 clients at once against a daily quota of 300: exactly 300 served, the rest 429

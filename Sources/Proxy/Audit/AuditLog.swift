@@ -551,3 +551,24 @@ extension Duration {
         return s * 1000 + atto / 1_000_000_000_000_000
     }
 }
+
+extension AuditLog {
+    /// The policy's audit trail for a command (`keys`, `credits`), checked writable (signing
+    /// key loaded, tail readable), or nil when the policy has none. Run before the change: a
+    /// broken trail stops it.
+    static func openForCommand(_ snapshot: PolicySnapshot) throws(AuditCommandError) -> AuditLog? {
+        guard let spec = snapshot.audit else { return nil }
+        do {
+            let log = try AuditLog(spec: spec, instance: AuditLog.cliInstance(), redis: snapshot.store?.url)
+            try log.prepare()
+            return log
+        } catch {
+            throw AuditCommandError(message: "audit: \(error); nothing was changed")
+        }
+    }
+}
+
+struct AuditCommandError: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}

@@ -116,14 +116,7 @@ struct CreditsCommand: ParsableCommand {
         }
 
         func openAudit(_ snapshot: PolicySnapshot) throws -> AuditLog? {
-            guard let spec = snapshot.audit else { return nil }
-            do {
-                let log = try AuditLog(spec: spec, instance: AuditLog.cliInstance(), redis: snapshot.store?.url)
-                try log.prepare()
-                return log
-            } catch {
-                throw ValidationError("audit: \(error); nothing was changed")
-            }
+            do { return try AuditLog.openForCommand(snapshot) } catch { throw ValidationError("\(error)") }
         }
     }
 

@@ -233,14 +233,7 @@ struct KeyStoreAccess {
     /// The policy's audit trail, checked writable (signing key loaded, tail readable), or nil
     /// when the policy has no `audit` block. Run before the change: a broken trail stops it.
     func openAudit() throws -> AuditLog? {
-        guard let spec = snapshot.audit else { return nil }
-        do {
-            let log = try AuditLog(spec: spec, instance: AuditLog.cliInstance(), redis: snapshot.store?.url)
-            try log.prepare()
-            return log
-        } catch {
-            throw KeysError("audit: \(error); nothing was changed")
-        }
+        do { return try AuditLog.openForCommand(snapshot) } catch { throw KeysError("\(error)") }
     }
 
     /// Records a change that is already durable in the store; a failure says what was done.

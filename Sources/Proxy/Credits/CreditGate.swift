@@ -75,15 +75,23 @@ final class CreditGate: RedisWaiter {
         }
         guard let local else { return unavailable(x) }
         switch local.reserve(account, want: want, minimum: minimum) {
-        case .granted(let amount, let available):
-            x.facts.creditReserved = amount
-            x.facts.creditState = .held
-            x.facts.creditsRemaining = available
-            return .next
-        case .insufficient(let available):
-            x.facts.creditsRemaining = available
-            return .reply(Denial(.insufficientCredits))
+        case .granted(let amount, let available): return held(x, amount: amount, available: available)
+        case .insufficient(let available): return refused(x, available: available)
         }
+    }
+
+    /// A reservation was granted: it is held until settle.
+    private func held(_ x: Exchange, amount: Int64, available: Int64) -> PhaseResult {
+        x.facts.creditReserved = amount
+        x.facts.creditState = .held
+        x.facts.creditsRemaining = available
+        return .next
+    }
+
+    /// 402 `INSUFFICIENT_CREDITS`, with what is available.
+    private func refused(_ x: Exchange, available: Int64) -> PhaseResult {
+        x.facts.creditsRemaining = max(0, available)
+        return .reply(Denial(.insufficientCredits))
     }
 
     private func unavailable(_ x: Exchange) -> PhaseResult {
@@ -227,14 +235,8 @@ final class CreditGate: RedisWaiter {
     /// The accounting service answered a reservation (admission).
     func completeReserve(_ x: Exchange, outcome: AccountingLedger.Outcome) -> PhaseResult {
         switch outcome {
-        case .granted(let amount, let available):
-            x.facts.creditReserved = amount
-            x.facts.creditState = .held
-            x.facts.creditsRemaining = available
-            return .next
-        case .insufficient(let available):
-            x.facts.creditsRemaining = available
-            return .reply(Denial(.insufficientCredits))
+        case .granted(let amount, let available): return held(x, amount: amount, available: available)
+        case .insufficient(let available): return refused(x, available: available)
         case .unavailable:
             return unavailable(x)
         }
@@ -290,14 +292,8 @@ final class CreditGate: RedisWaiter {
             Log.error("credits: unexpected answer from the redis ledger: \(r)")
             return unavailable(x)
         }
-        if v[0] == 1, v.count >= 3 {
-            x.facts.creditReserved = v[1]
-            x.facts.creditState = .held
-            x.facts.creditsRemaining = v[2]
-            return .next
-        }
-        x.facts.creditsRemaining = max(0, v[1])
-        return .reply(Denial(.insufficientCredits))
+        if v[0] == 1, v.count >= 3 { return held(x, amount: v[1], available: v[2]) }
+        return refused(x, available: v[1])
     }
 
     /// Sends a settlement; an answer that does not come is retried with the same id (the
