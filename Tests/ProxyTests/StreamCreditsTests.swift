@@ -351,6 +351,10 @@ import Testing
         let fullText = String(decoding: full.body, as: UTF8.self)
         #expect(Self.tokenEvents(fullText) == 12)
         #expect(fullText.contains("usageMetadata"))
+        // The per-key usage API shows what was charged, in credits and tokens.
+        #expect(try poll(timeout: 5) {
+            String(decoding: try get(gate.admin, "/v1/usage?key_id=key_alice").body, as: UTF8.self).contains("\"credits\":42")
+        } != nil)
         #expect(tg.stop() == 0)
         #expect(try gate.balance() == (988, 0))
         let recs = gate.usage().filter { $0["route"] as? String == "chat" }
