@@ -2,7 +2,7 @@
 ///
 /// Merge rules (POLICY.md): `listen`, `routes` and `keys` concatenate in file order;
 /// `backends` and `plans` merge and a name defined twice is an error; `store`, `admin`,
-/// `access_log`, `audit`, `clients` and `credentials` may appear in one file only. Then cross-references are
+/// `access_log`, `audit`, `secrets`, `clients` and `credentials` may appear in one file only. Then cross-references are
 /// resolved: route → backend, key → plan, unique route names, key ids and key hashes,
 /// scopes → bits. Every problem is collected; nothing is built if there is one.
 enum PolicyCompiler {
@@ -29,6 +29,7 @@ enum PolicyCompiler {
         let audit = single({ $0.audit }, "audit")
         let store = single({ $0.store }, "store")
         let credits = single({ $0.credits }, "credits")
+        let secrets = single({ $0.secrets }, "secrets")
         if let c = credits, c.ledger == .redis, store?.redis == nil,
            let at = docs.lazy.compactMap({ $0.credits?.at }).first {
             found.append(SourceLocation(file: at.file, line: at.line, keyPath: "credits.ledger")
@@ -54,10 +55,13 @@ enum PolicyCompiler {
                 continue
             }
             backendIndex[b.name] = (backends.count, b.at)
+            if b.inject != nil, secrets == nil, let at = b.injectAt {
+                found.append(at.error("inject needs the top-level secrets block (the master key of the secret store)"))
+            }
             backends.append(BackendSpec(
                 index: backends.count, name: b.name, host: b.host, port: b.port, isIPv6: b.isIPv6, tls: b.tls,
                 connectTimeout: b.connectTimeout,
-                responseTimeout: b.responseTimeout, idleTimeout: b.idleTimeout, maxIdle: b.maxIdle))
+                responseTimeout: b.responseTimeout, idleTimeout: b.idleTimeout, maxIdle: b.maxIdle, inject: b.inject))
         }
 
         if let c = credits, c.ledger == .accounting, let name = c.accountingBackend,
@@ -214,7 +218,7 @@ enum PolicyCompiler {
             credentials: CredentialRule(headerNames: creds.headers, queryParam: creds.query,
                                         forwardsCredential: creds.forward),
             clients: clients, plans: plans, routes: RouteTable(routes), scopeTable: scopeTable,
-            keys: keys, keyIndex: byHash, idIndex: ids, usage: usage, credits: credits,
+            keys: keys, keyIndex: byHash, idIndex: ids, usage: usage, credits: credits, secrets: secrets,
             audit: audit.map {
                 AuditSpec(path: $0.path, signingKey: $0.signingKey, signingKeyLocation: $0.signingKeyAt?.short ?? "",
                           checkpointEvery: $0.every, checkpointInterval: $0.interval)

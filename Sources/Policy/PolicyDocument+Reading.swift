@@ -350,7 +350,9 @@ struct NodeReader {
                 if let a = readAudit(v, k) { doc.audit = .init(value: a, at: loc(kn, k)) }
             case "credits":
                 if let c = readCredits(v, k) { doc.credits = .init(value: c, at: loc(kn, k)) }
-            case "security", "secrets":
+            case "secrets":
+                if let sp = readSecrets(v, k) { doc.secrets = .init(value: sp, at: loc(kn, k)) }
+            case "security":
                 notSupportedYet(kn, k)
             default:
                 unknown(kn, k)
@@ -856,7 +858,8 @@ struct NodeReader {
                     }
                 }
             case "inject":
-                refuse(kn, v, p, fields: ["header", "format", "secret"])
+                b.injectAt = loc(kn, p)
+                b.inject = readInject(v, p)
             case "timeouts":
                 guard let tm = mapping(v, p) else { continue }
                 for (tk, tkn, tv) in tm {
@@ -889,6 +892,61 @@ struct NodeReader {
             fail(tlsKey, NodeReader.join(path, "tls"), "tls settings need an https:// url")
         }
         return b
+    }
+
+    /// `secrets: {master_key_file: PATH}` or `{master_key_env: NAME}`, exactly one.
+    mutating func readSecrets(_ n: PolicyNode, _ path: String) -> SecretsSpec? {
+        guard let m = mapping(n, path) else { return nil }
+        var key: SecretsSpec.MasterKey?
+        var ok = true
+        for (k, kn, v) in m {
+            let p = NodeReader.join(path, k)
+            switch k {
+            case "master_key_file":
+                if let s = nonEmptyString(v, p) { key = .file(PolicyValues.resolve(s, relativeToFileAt: file)) } else { ok = false }
+            case "master_key_env":
+                guard let s = nonEmptyString(v, p) else { ok = false; continue }
+                if s.utf8.allSatisfy({ $0 == 0x5F || ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) }) {
+                    key = .env(s)
+                } else {
+                    fail(v, p, "invalid environment variable name '\(s)'"); ok = false
+                }
+            default: unknown(kn, p); ok = false
+            }
+        }
+        let both = m.contains(where: { $0.key == "master_key_file" }) && m.contains(where: { $0.key == "master_key_env" })
+        if both { fail(n, path, "give either master_key_file or master_key_env, not both"); ok = false }
+        if !m.contains(where: { $0.key == "master_key_file" || $0.key == "master_key_env" }) {
+            missing(n, path, "master_key_file"); ok = false
+        }
+        guard ok, let key else { return nil }
+        return SecretsSpec(masterKey: key)
+    }
+
+    /// `inject: {header, format, secret}`: format holds `{secret}` once (default
+    /// `"{secret}"`); the header is a valid field name the proxy does not frame or own.
+    mutating func readInject(_ n: PolicyNode, _ path: String) -> InjectSpec? {
+        guard let m = mapping(n, path) else { return nil }
+        var header: String?, format = InjectSpec.placeholder, secret: String?
+        var ok = true
+        for (k, kn, v) in m {
+            let p = NodeReader.join(path, k)
+            switch k {
+            case "header":
+                guard let s = nonEmptyString(v, p) else { ok = false; continue }
+                if let why = InjectSpec.problem(withHeader: s) { fail(v, p, why); ok = false } else { header = s }
+            case "format":
+                guard let s = nonEmptyString(v, p) else { ok = false; continue }
+                if let why = InjectSpec.problem(withFormat: s) { fail(v, p, why); ok = false } else { format = s }
+            case "secret":
+                if let s = name(v, p) { secret = s } else { ok = false }
+            default: unknown(kn, p); ok = false
+            }
+        }
+        if !m.contains(where: { $0.key == "header" }) { missing(n, path, "header"); ok = false }
+        if !m.contains(where: { $0.key == "secret" }) { missing(n, path, "secret"); ok = false }
+        guard ok, let header, let secret else { return nil }
+        return InjectSpec(header: header, format: format, secret: secret)
     }
 
     mutating func readPlan(_ n: PolicyNode, _ path: String, name: String, at: SourceLocation) -> PolicyDocument.Plan? {

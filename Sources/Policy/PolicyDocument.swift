@@ -60,10 +60,20 @@
 ///
 /// Settings of the contract that are not built yet are refused at their key with
 /// `not supported yet` (a setting read and then ignored would be a silent hole):
-/// `listen[].tls`, `admin.tokens_file`, `credentials.jwt`, https backend URLs and base
-/// paths, `backends.NAME.inject`, plan `quotas`, route `credits` and `credentials`, and
-/// the top-level `credits`, `security` and `secrets` blocks, and `https://` usage
-/// sinks.
+/// `admin.tokens_file`, `credentials.jwt`, backend base paths, route `credentials`, the
+/// top-level `security` block, and `https://` usage sinks.
+///
+/// Provider secrets (seed 004):
+///
+/// ```yaml
+/// secrets:
+///   master_key_file: secrets/master.key   # 64 hex characters; relative to this file
+///   # or master_key_env: TOLLGATE_MASTER_KEY (exactly one of the two)
+/// backends:
+///   flowise:
+///     url: http://127.0.0.1:7003
+///     inject: {header: Authorization, format: "Bearer {secret}", secret: flowise_api_key}
+/// ```
 ///
 /// Durations: an integer and one of `ms`, `s`, `m`, `h`, `d`. CIDRs: `a.b.c.d/n`,
 /// `v6/n` or a bare address; host bits must be zero.
@@ -76,6 +86,7 @@ struct PolicyDocument {
     var usage: Block<UsageSpec>?
     var audit: Block<Audit>?
     var credits: Block<CreditsSpec>?
+    var secrets: Block<SecretsSpec>?
     var store: Block<Store>?
     var clients: Block<ClientRules>?
     var credentials: Block<Credentials>?
@@ -137,6 +148,9 @@ struct PolicyDocument {
         var responseTimeout: Duration = .seconds(30)
         var idleTimeout: Duration = .seconds(300)
         var maxIdle = 64
+        var inject: InjectSpec?
+        /// Where `inject` is written (it needs the top-level `secrets` block).
+        var injectAt: SourceLocation?
     }
 
     struct Plan {

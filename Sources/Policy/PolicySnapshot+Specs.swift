@@ -142,4 +142,6 @@ public struct BackendSpec: Sendable, Equatable {
     public var idleTimeout: Duration
     /// Idle keep-alive connections kept per loop.
     public var maxIdle: Int
+    /// `inject`: an upstream credential from the secret store, nil for none.
+    public var inject: InjectSpec? = nil
 }

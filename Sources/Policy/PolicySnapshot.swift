@@ -12,6 +12,8 @@ public final class PolicySnapshot: Sendable {
     public let usage: UsageSpec?
     /// `credits`; nil when no route has a price.
     public let credits: CreditsSpec?
+    /// `secrets`; nil when the policy names no master key (then no backend injects).
+    public let secrets: SecretsSpec?
     /// Set when the policy names a Redis store; nil means the embedded store.
     public let store: StoreSpec?
     /// `store.on_error` / `store.deadline`, also when no Redis URL is given.
@@ -40,9 +42,10 @@ public final class PolicySnapshot: Sendable {
          storeDeadline: Duration, backends: [BackendSpec], credentials: CredentialRule, clients: ClientRules,
          plans: [PlanSpec], routes: RouteTable, scopeTable: ScopeTable, keys: [KeyRecord],
          keyIndex: KeyHashMap<KeyRecord>, idIndex: [String: Int], usage: UsageSpec? = nil, credits: CreditsSpec? = nil,
-         audit: AuditSpec? = nil, sources: [PolicySource] = []) {
+         secrets: SecretsSpec? = nil, audit: AuditSpec? = nil, sources: [PolicySource] = []) {
         self.usage = usage
         self.credits = credits
+        self.secrets = secrets
         self.listeners = listeners; self.admin = admin; self.accessLog = accessLog
         self.store = store; self.storeFailMode = storeFailMode
         self.storeDeadline = storeDeadline; self.backends = backends; self.credentials = credentials

@@ -56,16 +56,6 @@ struct NotSupportedYetTests {
             backends:
               flowise: {url: http://127.0.0.1:7003/api/v1}
             """, expected: ["p.yaml:3: backends.flowise.url: not supported yet (a base path)"]),
-        Case(name: "backend inject", yaml: """
-            version: 1
-            backends:
-              flowise:
-                url: http://127.0.0.1:7003
-                inject:
-                  header: Authorization
-                  format: "Bearer {secret}"
-                  secret: flowise_api_key
-            """, expected: ["p.yaml:5: backends.flowise.inject: not supported yet"]),
         Case(name: "credentials jwt", yaml: """
             version: 1
             credentials:
@@ -97,8 +87,6 @@ struct NotSupportedYetTests {
              expected: ["p.yaml:6: usage.sinks[0].url: not supported yet (an https usage sink)"]),
         Case(name: "top-level security", yaml: "version: 1\nsecurity:\n  lockout: {invalid_keys: 20, per: 1m, for: 10m}\n",
              expected: ["p.yaml:2: security: not supported yet"]),
-        Case(name: "top-level secrets", yaml: "version: 1\n# master key\nsecrets: {master_key_env: TOLLGATE_MASTER_KEY}\n",
-             expected: ["p.yaml:3: secrets: not supported yet"]),
     ]
 
     @Test(arguments: cases) func refusedAtItsKey(_ c: Case) {
@@ -116,7 +104,7 @@ struct NotSupportedYetTests {
           - {name: chat, match: {path: /chat}, backend: flowise}
         """
         #expect(errors(yaml) == [
-            "p.yaml:3: backends.flowise.inject: not supported yet",
+            "p.yaml:3: backends.flowise.inject: inject needs the top-level secrets block (the master key of the secret store)",
         ])
     }
 
@@ -126,8 +114,6 @@ struct NotSupportedYetTests {
         #expect(errors(Self.policyMDExample, file: "POLICY.yaml") == [
             "POLICY.yaml:15: admin.tokens_file: not supported yet",
             "POLICY.yaml:35: credentials.jwt: not supported yet",
-            "POLICY.yaml:51: backends.flowise.inject: not supported yet",
-            "POLICY.yaml:56: secrets: not supported yet",
             "POLICY.yaml:85: routes[2].credentials: not supported yet",
             "POLICY.yaml:130: security: not supported yet",
         ])
