@@ -55,6 +55,8 @@ final class LoopContext {
     private(set) var hasClientRules = false
     /// Keys known in-process (declared + embedded store), compiled against `snapshot`.
     var keys: KeyDirectory = .empty
+    /// Provider secrets, decrypted (`backends.*.inject`); replaced whole when the store changes.
+    var secrets: SecretTable = .empty
     /// The shared store (Redis), when the policy names one.
     private(set) var store: SharedStore?
     /// SHA-256 of recently seen keys (see `KeyHashMemo`).

@@ -20,6 +20,8 @@ final class Reloader: Sendable {
     private let server: Mutex<Server?> = Mutex(nil)
     /// The audit trail (`audit:`, read at start), when there is one.
     private let audit: Mutex<AuditLog?> = Mutex(nil)
+    /// The provider secrets (a reload that changes `secrets` opens the store with it first).
+    private let secrets: Mutex<SecretsReloader?> = Mutex(nil)
     /// The policy files as they were just before the first load (see `watchLoop`).
     private let loadedFingerprint: [String]
 
@@ -44,6 +46,8 @@ final class Reloader: Sendable {
     func attach(_ s: Server) { server.withLock { $0 = s } }
 
     func attach(audit log: AuditLog) { audit.withLock { $0 = log } }
+
+    func attach(secrets s: SecretsReloader) { secrets.withLock { $0 = s } }
 
     /// `[{file, sha256}]` of the files a snapshot was compiled from.
     static func auditFiles(_ s: PolicySnapshot) -> AuditValue {
@@ -71,6 +75,11 @@ final class Reloader: Sendable {
                 MetricsRegistry.shared.reloadsRejected.add(1, ordering: .relaxed)
                 Log.error("policy reload (\(reason)) failed; the current policy and certificates keep serving:")
                 Log.error("  \(error)")
+                return
+            }
+            if let why = secrets.withLock({ $0 })?.reconfigure(for: next) {
+                MetricsRegistry.shared.reloadsRejected.add(1, ordering: .relaxed)
+                Log.error("policy reload (\(reason)) refused: \(why) (the current policy and secrets keep serving)")
                 return
             }
             let previous = current.withLock { cur -> PolicySnapshot in

@@ -29,7 +29,7 @@ final class Server: @unchecked Sendable {
     /// Binds every listener on every loop (so a bind error surfaces before anything runs).
     func start(snapshot: PolicySnapshot, keys: KeyDirectory, accessLog: AccessLogWriter? = nil, usage: UsageSpool? = nil,
                ledger: LocalLedger? = nil, quotas: LocalQuotas? = nil, accounting: AccountingLedger? = nil,
-               instanceID: String = Server.instanceID()) throws {
+               secrets: SecretTable = .empty, instanceID: String = Server.instanceID()) throws {
         self.accounting = accounting
         localQuotas = quotas
         self.accessLog = accessLog
@@ -41,6 +41,7 @@ final class Server: @unchecked Sendable {
             let ctx = LoopContext(loop: loop, snapshot: snapshot, settings: settings, limiter: limiter,
                                   backendTLS: tls.backends)
             ctx.keys = keys
+            ctx.secrets = secrets
             if let accessLog { ctx.accessLog = AccessLogBuffer(writer: accessLog) }
             if let usage, i < usage.queues.count { ctx.usage = usage.queues[i] }
             ctx.quotas = QuotaGate(local: quotas, context: ctx)
@@ -118,6 +119,15 @@ final class Server: @unchecked Sendable {
         for (i, loop) in loops.enumerated() {
             let ctx = UncheckedBox(contexts[i])
             loop.execute { ctx.value.keys = keys }
+        }
+    }
+
+    /// Publishes newly decrypted provider secrets to every loop (exchanges that chose a value
+    /// keep the table it came from until they end).
+    func install(secrets: SecretTable) {
+        for (i, loop) in loops.enumerated() {
+            let ctx = UncheckedBox(contexts[i])
+            loop.execute { ctx.value.secrets = secrets }
         }
     }
 

@@ -12,7 +12,8 @@ struct Tollgate: ParsableCommand {
         commandName: "tollgate",
         abstract: "API-key enforcement sidecar: a reverse proxy that checks every request against policy files.",
         version: "0.1.0",
-        subcommands: [Serve.self, Check.self, Keys.self, CreditsCommand.self, AuditCommand.self, BackendsCommand.self]
+        subcommands: [Serve.self, Check.self, Keys.self, CreditsCommand.self, SecretsCommand.self, AuditCommand.self,
+                      BackendsCommand.self]
     )
 }
 
@@ -123,6 +124,15 @@ struct Serve: ParsableCommand {
         // Calendar quotas without Redis: counted here, saved beside the key log.
         let quotas = snapshot.store == nil ? LocalQuotas(directory: EmbeddedKeyLog.defaultDirectory(forPolicies: policies)) : nil
         quotas?.start()
+        // Provider secrets: decrypted here, or `serve` does not start (wrong or missing master
+        // key, damaged store); the message names the problem, never the key.
+        let secrets: SecretsReloader
+        do {
+            secrets = try SecretsReloader(snapshot: snapshot, stateDirectory: EmbeddedKeyLog.defaultDirectory(forPolicies: policies))
+        } catch {
+            Log.error("secrets: \(error)")
+            throw ExitCode(2)
+        }
         let readiness = AdminServer.Readiness(storeMustAnswer: snapshot.store?.onError == .closed)
         var admin: AdminServer?
         if let spec = snapshot.admin {
@@ -136,7 +146,8 @@ struct Serve: ParsableCommand {
         }
         do {
             try server.start(snapshot: snapshot, keys: reloader.keyDirectory(), accessLog: accessLog, usage: usage,
-                             ledger: ledger, quotas: quotas, accounting: accounting, instanceID: instanceID)
+                             ledger: ledger, quotas: quotas, accounting: accounting, secrets: secrets.table,
+                             instanceID: instanceID)
         } catch {
             Log.error("\(error)")
             throw ExitCode(1)
@@ -156,6 +167,9 @@ struct Serve: ParsableCommand {
             audit.startCheckpointTimer()
         }
         reloader.attach(server)
+        secrets.attach(server)
+        reloader.attach(secrets: secrets)
+        secrets.startPolling()
         reloader.startWatching()
         reloader.startTicketKeyRotation(every: settings.ticketKeyRotation)
         for l in snapshot.listeners {
@@ -167,6 +181,7 @@ struct Serve: ParsableCommand {
             if sig == SIGHUP {
                 reloader.reloadPolicy(reason: "SIGHUP")
                 reloader.reloadKeys()
+                secrets.reloadNow()
                 accessLog?.reopen()
                 continue
             }
@@ -209,6 +224,13 @@ struct Check: ParsableCommand {
         } catch {
             print("\(error)")
             throw ExitCode(1)
+        }
+        // And the master key of the secret store (its format; not the store).
+        if let spec = s.secrets {
+            do { _ = try MasterKey.load(spec) } catch {
+                print("secrets: \(error)")
+                throw ExitCode(1)
+            }
         }
         // So is the audit signing key.
         if let audit = s.audit {

@@ -421,6 +421,10 @@ final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
                        headLength: exchange.facts.headLength, forceClose: true)
         case .needBody:
             beginCollectingBody()
+        case .noUpstreamCredential:
+            state = .proxying
+            replyLocal(status: 503, code: .upstreamUnavailable, message: Pipeline.noUpstreamCredentialMessage,
+                       headLength: exchange.facts.headLength, forceClose: requestBody != .none)
         }
     }
 

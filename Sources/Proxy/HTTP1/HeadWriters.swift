@@ -1,3 +1,4 @@
+import Backends
 import Glibc
 import Policy
 import Runtime
@@ -25,7 +26,8 @@ protocol ExchangeCarrier: AnyObject {
 }
 
 /// Writes the request head sent upstream: hop-by-hop and Tollgate-owned fields dropped,
-/// framing re-stated, X-Forwarded-*, X-Request-Id and identity added.
+/// framing re-stated, X-Forwarded-*, X-Request-Id and identity added, and for a backend with
+/// `inject` its credential (any client-sent field of that name dropped).
 enum RequestHeadWriter {
     static let http11: StaticString = " HTTP/1.1\r\n"
     static let colonSpace: StaticString = ": "
@@ -72,6 +74,10 @@ enum RequestHeadWriter {
         let credentialHeader = c.exchange.facts.credentialHeader
         var clientXFF = ByteRange.empty
 
+        // The provider secret the pipeline chose (backends with `inject`).
+        let injection = c.exchange.facts.secretSource == .none ? nil : c.exchange.facts.route.flatMap {
+            $0.backend < snapshot.backends.count ? snapshot.backends[$0.backend].inject : nil
+        }
         let tokens = req.hasConnectionOptions ? ConnectionTokens(headers: c.headers, base: base) : ConnectionTokens.none
         if tokens.isTruncated { return .tooManyConnectionOptions }
         var hostValue = ByteRange.empty
@@ -85,6 +91,10 @@ enum RequestHeadWriter {
             let nn = Int(f.name.count)
             var keep = true
             if stripCredential && i == credentialHeader {
+                keep = false
+            } else if let inj = injection, nn == inj.headerLowercased.count,
+                      inj.headerLowercased.withUnsafeBytes({ HeaderNames.caselessEquals(np, $0.baseAddress!, nn) }) {
+                // The client's own value of the injected field never reaches the backend.
                 keep = false
             } else {
                 switch HeaderNames.classifyRequestField(np, nn) {
@@ -171,6 +181,11 @@ enum RequestHeadWriter {
             // Identity for the backend (client-sent X-Tollgate-* were dropped above), built
             // once per record.
             out.put(r.identityLines)
+        }
+        if let inj = injection, let table = c.exchange.facts.secretTable {
+            out.put(inj.opening)
+            out.put(table.value(c.exchange.facts.secretSlot))
+            out.put(inj.closing)
         }
         out.put(crlf)
         return out.isOverflowed ? .tooLarge : .written

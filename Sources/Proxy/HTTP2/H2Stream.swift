@@ -267,6 +267,8 @@ final class H2Stream: UpstreamRelaying {
         case .needBody:
             phase = .deciding
             if requestComplete { provideBody() } else { awaitingBody = true }
+        case .noUpstreamCredential:
+            replyLocal(status: 503, code: .upstreamUnavailable, message: Pipeline.noUpstreamCredentialMessage)
         }
     }
 

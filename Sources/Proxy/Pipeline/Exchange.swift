@@ -17,6 +17,8 @@ enum PhaseResult {
     case bodyTooLarge
     /// The route prices tokens: the whole request body must be read before admission.
     case needBody
+    /// The backend injects a provider secret and neither the consumer nor the system has one.
+    case noUpstreamCredential
 }
 
 /// Where the credential was found.
@@ -365,6 +367,11 @@ struct ExchangeFacts {
     var extensions = 0
     /// Bytes of the request went to an upstream (a client that leaves before is not charged).
     var upstreamSent = false
+    /// The provider secret the request head carries upstream (`backends.*.inject`): whose,
+    /// and where (the table is kept so a reload during the exchange cannot move the value).
+    var secretSource: SecretTable.Source = .none
+    var secretSlot = SecretTable.Slot(offset: 0, count: 0)
+    var secretTable: SecretTable?
 
     init(snapshot: PolicySnapshot, metrics: RequestMetrics) {
         self.snapshot = snapshot
@@ -400,6 +407,7 @@ struct ExchangeFacts {
             extensions = 0
         }
         upstreamSent = false
+        if secretTable != nil { secretTable = nil; secretSource = .none }
         if quotaKeys != nil || quotaCountedInRedis { quotaKeys = nil; quotaCountedInRedis = false }
     }
 }

@@ -19,6 +19,8 @@ enum Pipeline {
         case bodyTooLarge
         /// Read the whole request body (`request.body`), then `run` again.
         case needBody
+        /// The backend injects a provider secret and there is none for this consumer: 503.
+        case noUpstreamCredential
     }
 
     /// Runs the phases from the current one until one stops the exchange.
@@ -60,6 +62,7 @@ enum Pipeline {
             if x.facts.phase == .resolveClient, let route = x.facts.route, route.isPublic {
                 // No credential work on a public route; the HTTPS requirement still holds.
                 if route.requiresHTTPS && !x.facts.isHTTPS { return refuse(Denial(.httpsRequired), x) }
+                if case .noUpstreamCredential = resolveSecret(x) { return .noUpstreamCredential }
                 x.facts.phase = .forward
             } else {
                 x.facts.phase = Phase(rawValue: x.facts.phase.rawValue &+ 1) ?? .forward
@@ -73,6 +76,8 @@ enum Pipeline {
             return .bodyTooLarge
         case .needBody:
             return .needBody
+        case .noUpstreamCredential:
+            return .noUpstreamCredential
         }
     }
 
@@ -202,7 +207,7 @@ enum Pipeline {
         guard let record = x.facts.record, let route = x.facts.route else { return .reply(Denial(.invalidKey)) }
         switch Authorizer.authorize(record: record, route: route, clientIP: x.facts.clientIP,
                                     isHTTPS: x.facts.isHTTPS, now: Int64(time(nil))) {
-        case .allow: return .next
+        case .allow: return resolveSecret(x)
         case .deny(let d): return .reply(d)
         }
     }

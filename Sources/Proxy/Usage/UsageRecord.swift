@@ -1,3 +1,4 @@
+import Backends
 import CSystem
 import Glibc
 import Policy
@@ -62,6 +63,9 @@ struct UsageRecord {
     var credits: Int64 = 0
     var tokensIn: Int64 = 0
     var tokensOut: Int64 = 0
+    /// The provider secret injected upstream (`SecretTable.Source`: 0 none, 1 the consumer's
+    /// own, 2 the system one).
+    var secret: UInt8 = 0
     var method = InlineText()
     var requestID = InlineText()
     var keyID = InlineText()
@@ -198,6 +202,7 @@ extension Exchange {
         r.credits = facts.creditCharged
         r.tokensIn = facts.tokensIn
         r.tokensOut = facts.tokensOut
+        r.secret = facts.upstreamSent ? facts.secretSource.rawValue : 0
         withMethodBytes { r.method.set($0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, $0.count) }
         withRequestID { r.requestID.set($0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, $0.count) }
         if let k = facts.record {

@@ -324,6 +324,11 @@ struct UsageLine {
         out.write(decimal: Int(r.tokensOut))
         out.write(",\"upstream\":")
         Self.text(r.upstream, into: out)
+        switch r.secret {
+        case 1: out.write(",\"secret\":\"consumer\"")
+        case 2: out.write(",\"secret\":\"system\"")
+        default: out.write(",\"secret\":null")
+        }
         out.write(",\"instance\":\"")
         out.write(instance)
         out.write("\"}\n")

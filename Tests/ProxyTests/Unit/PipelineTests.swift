@@ -189,7 +189,7 @@ import Testing
             #expect(c.expected == nil, "forwarded, expected \(c.expected?.rawValue ?? "")")
         case .refuse(let d):
             #expect(d.code == c.expected, "refused \(d.code.rawValue)")
-        case .wait, .bodyTooLarge, .needBody:
+        case .wait, .bodyTooLarge, .needBody, .noUpstreamCredential:
             Issue.record("unexpected step \(step)")
         }
         if let name = c.route { #expect(b.exchange.facts.route?.name == name) }
