@@ -16,7 +16,12 @@ import Synchronization
 ///
 /// and then ends the response (no `end` event, as the current Flowise server).
 /// With an API key configured every `/api/v1/…` route but `ping` needs
-/// `Authorization: Bearer <key>`, else `401 {"message":"Unauthorized"}`.
+/// `Authorization: Bearer <key>`, else `401 {"message":"Unauthorized"}`. Several keys may be
+/// accepted (``Options/apiKeys``, `--flowise-api-keys FILE`, one per line): every answer to
+/// a request that presented one says which in `X-Flowise-Key: N` (its 1-based position:
+/// ``Options/apiKey`` first, then ``Options/apiKeys``), so a test sees which credential a
+/// proxy injected. A request with more than one `Authorization` field is refused (400): a
+/// credential must be unambiguous.
 ///
 /// A long answer, for streaming and credit benchmarks: ``Options/answerTokens``
 /// (`--answer-tokens`, env `FLOWISE_ANSWER_TOKENS`) or the request field
@@ -32,6 +37,9 @@ public final class FlowiseBackend: Sendable {
     public struct Options: Sendable {
         /// Flowise's own API key (`--flowise-api-key`, env `FLOWISE_API_KEY`).
         public var apiKey: String?
+        /// More accepted keys (`--flowise-api-keys FILE`, env `FLOWISE_API_KEYS_FILE`: one per
+        /// line, blank lines and `#` comments skipped).
+        public var apiKeys: [String] = []
         /// Pause between token events (`--token-delay-ms`, env `FLOWISE_TOKEN_DELAY_MS`).
         public var tokenDelay: Duration = .milliseconds(20)
         /// Tokens in every answer (`nil`: the canned answer as it is); a request's
@@ -87,20 +95,20 @@ public final class FlowiseBackend: Sendable {
         router.add("GET", "/admin/stats", counting: counter) { [self] _ in stats() }
         router.add("GET", "/api/v1/ping", counting: counter) { _ in .text(200, "pong") }
         router.add("GET", "/api/v1/chatflows", counting: counter) { [self] request in
-            try authorize(request)
-            return .json(200, .array(store.read { $0.chatflows }.map(\.json)))
+            let key = try authorize(request)
+            return Self.naming(key, .json(200, .array(store.read { $0.chatflows }.map(\.json))))
         }
         router.add("GET", "/api/v1/chatflows/{id}", counting: counter) { [self] request in
-            try authorize(request)
-            return .json(200, try chatflow(request.pathParameters["id"] ?? "").json)
+            let key = try authorize(request)
+            return Self.naming(key, .json(200, try chatflow(request.pathParameters["id"] ?? "").json))
         }
         router.add("POST", "/api/v1/prediction/{chatflowId}", counting: counter) { [self] request in
-            try authorize(request)
-            return try predict(request)
+            let key = try authorize(request)
+            return Self.naming(key, try predict(request))
         }
         router.add("GET", "/api/v1/chatmessage/{chatflowId}", counting: counter) { [self] request in
-            try authorize(request)
-            return try messages(request)
+            let key = try authorize(request)
+            return Self.naming(key, try messages(request))
         }
         return router
     }
@@ -231,17 +239,45 @@ public final class FlowiseBackend: Sendable {
 
     // MARK: - Checks
 
-    private func authorize(_ request: ReferenceRequest) throws(ReferenceHTTPError) {
-        guard let key = options.apiKey, !key.isEmpty else { return }
-        let presented = request.header("Authorization").flatMap { value -> String? in
+    /// Every key this server accepts, in the order `X-Flowise-Key` numbers them.
+    var acceptedKeys: [String] { ([options.apiKey ?? ""] + options.apiKeys).filter { !$0.isEmpty } }
+
+    /// The 1-based position of the key presented (nil when none is required); throws 401
+    /// without a matching one, 400 when `Authorization` is sent more than once.
+    private func authorize(_ request: ReferenceRequest) throws(ReferenceHTTPError) -> Int? {
+        let keys = acceptedKeys
+        guard !keys.isEmpty else { return nil }
+        let fields = request.headers.filter { $0.name.lowercased() == "authorization" }
+        if fields.count > 1 { throw ReferenceHTTPError(400, ["message": "more than one Authorization header"]) }
+        let presented = fields.first.flatMap { field -> String? in
+            let value = field.value
             guard value.count > 7, value.prefix(7).lowercased() == "bearer " else { return nil }
             return String(value.dropFirst(7))
         }
-        guard let presented,
-              ReferenceCrypto.equalInConstantTime(ReferenceCrypto.sha256(Array(presented.utf8)),
-                                                  ReferenceCrypto.sha256(Array(key.utf8))) else {
-            throw ReferenceHTTPError(401, ["message": "Unauthorized"])
+        guard let presented else { throw ReferenceHTTPError(401, ["message": "Unauthorized"]) }
+        let digest = ReferenceCrypto.sha256(Array(presented.utf8))
+        var found: Int?
+        for (i, key) in keys.enumerated() {
+            // Every key compared (no early exit on a match).
+            if ReferenceCrypto.equalInConstantTime(digest, ReferenceCrypto.sha256(Array(key.utf8))), found == nil { found = i + 1 }
         }
+        guard let found else { throw ReferenceHTTPError(401, ["message": "Unauthorized"]) }
+        return found
+    }
+
+    /// `X-Flowise-Key: N` on an answer to a request that presented key N.
+    static func naming(_ key: Int?, _ response: ReferenceResponse) -> ReferenceResponse {
+        guard let key else { return response }
+        var r = response
+        r.headers.append((name: "X-Flowise-Key", value: String(key)))
+        return r
+    }
+
+    /// Keys from a file: one per line, blank lines and `#` comments skipped.
+    public static func readKeys(file path: String) throws -> [String] {
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        return text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty && !$0.hasPrefix("#") }
     }
 
     private func chatflow(_ id: String) throws(ReferenceHTTPError) -> Chatflow {
@@ -264,7 +300,7 @@ public final class FlowiseBackend: Sendable {
                            "messages": .number(counts.1),
                            "streamsStarted": .number(streamsStarted.load(ordering: .relaxed)),
                            "streamsFinished": .number(streamsFinished.load(ordering: .relaxed)),
-                           "apiKeyRequired": .bool(!(options.apiKey ?? "").isEmpty)])
+                           "apiKeyRequired": .bool(!acceptedKeys.isEmpty), "apiKeys": .number(acceptedKeys.count)])
     }
 }
 

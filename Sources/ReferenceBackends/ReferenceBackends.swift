@@ -56,7 +56,7 @@ public struct ReferenceBackends: Sendable {
         public init() {}
 
         /// Options from `ACCOUNTING_JWT_SECRET`, `ACCOUNTING_INITIAL_CREDITS`,
-        /// `FLOWISE_API_KEY`, `FLOWISE_TOKEN_DELAY_MS` and `FLOWISE_ANSWER_TOKENS` (unset or
+        /// `FLOWISE_API_KEY`, `FLOWISE_API_KEYS_FILE`, `FLOWISE_TOKEN_DELAY_MS` and `FLOWISE_ANSWER_TOKENS` (unset or
         /// unparsable: defaults).
         public static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> Options {
             var options = Options()
@@ -65,6 +65,10 @@ public struct ReferenceBackends: Sendable {
                 options.accounting.initialCredits = credits
             }
             if let key = environment["FLOWISE_API_KEY"], !key.isEmpty { options.flowise.apiKey = key }
+            if let file = environment["FLOWISE_API_KEYS_FILE"], !file.isEmpty,
+               let keys = try? FlowiseBackend.readKeys(file: file) {
+                options.flowise.apiKeys = keys
+            }
             if let delay = environment["FLOWISE_TOKEN_DELAY_MS"].flatMap({ Int($0) }), delay >= 0 {
                 options.flowise.tokenDelay = .milliseconds(delay)
             }

@@ -14,6 +14,8 @@ struct BackendsCommand: ParsableCommand {
     @Option(help: "Where the backends keep their state.") var data: String = ReferenceBackends.defaultDataDirectory
     @Option(help: "HS256 secret for the accounting service's JWTs (else ACCOUNTING_JWT_SECRET).") var jwtSecret: String?
     @Option(help: "API key the Flowise-style service requires (else FLOWISE_API_KEY).") var flowiseApiKey: String?
+    @Option(help: "A file of more API keys the Flowise-style service accepts, one per line (else FLOWISE_API_KEYS_FILE); answers name the key used in X-Flowise-Key.")
+    var flowiseApiKeys: String?
     @Option(help: "Delay between streamed tokens, ms (else FLOWISE_TOKEN_DELAY_MS).") var tokenDelayMs: Int?
     @Option(help: "Tokens in every chat answer, for long streams (else FLOWISE_ANSWER_TOKENS).") var answerTokens: Int?
 
@@ -26,6 +28,11 @@ struct BackendsCommand: ParsableCommand {
         var options = ReferenceBackends.Options.fromEnvironment()
         if let s = jwtSecret { options.accounting.jwtSecret = s }
         if let k = flowiseApiKey { options.flowise.apiKey = k }
+        if let f = flowiseApiKeys {
+            do { options.flowise.apiKeys = try FlowiseBackend.readKeys(file: f) } catch {
+                throw ValidationError("--flowise-api-keys: cannot read \(f): \(error)")
+            }
+        }
         if let d = tokenDelayMs { options.flowise.tokenDelay = .milliseconds(d) }
         if let n = answerTokens {
             guard (1...FlowiseBackend.maximumAnswerTokens).contains(n) else {
