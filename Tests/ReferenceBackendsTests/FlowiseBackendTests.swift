@@ -188,6 +188,38 @@ struct FlowiseBackendTests {
         }
     }
 
+    /// Several keys (`apiKeys`, `--flowise-api-keys`): each works, and the answer names the
+    /// one presented (`X-Flowise-Key`, 1-based: `apiKey` first); two Authorization fields are
+    /// refused.
+    @Test func acceptsSeveralKeysAndNamesTheOnePresented() throws {
+        let directory = TemporaryDirectory()
+        var options = fastOptions()
+        options.flowise.apiKey = "flowise-main"
+        options.flowise.apiKeys = ["flowise-alice", "flowise-bob"]
+        try withBackends(flowise: true, dataDirectory: directory.path, options: options) { backends in
+            let client = try TestHTTPClient(port: try #require(backends.flowisePort))
+            for (key, index) in [("flowise-main", "1"), ("flowise-alice", "2"), ("flowise-bob", "3")] {
+                let r = try client.request("POST", "/api/v1/prediction/\(Self.chatflow)",
+                                           headers: [("Authorization", "Bearer \(key)")], json: ["question": "hi"])
+                #expect(r.status == 200)
+                #expect(r.header("X-Flowise-Key") == index)
+            }
+            let unknown = try client.request("GET", "/api/v1/chatflows", headers: [("Authorization", "Bearer flowise-carol")])
+            #expect(unknown.status == 401)
+            #expect(unknown.header("X-Flowise-Key") == nil)
+            let two = try client.request("GET", "/api/v1/chatflows", headers: [("Authorization", "Bearer flowise-bob"),
+                                                                               ("Authorization", "Basic eDp5")])
+            #expect(two.status == 400)
+        }
+    }
+
+    @Test func readsKeysFromAFile() throws {
+        let directory = TemporaryDirectory()
+        let file = directory.path + "/keys"
+        try "# keys\nflowise-a\n\n  flowise-b  \n".write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(try FlowiseBackend.readKeys(file: file) == ["flowise-a", "flowise-b"])
+    }
+
     @Test func unknownChatflowIs404LikeFlowise() throws {
         let directory = TemporaryDirectory()
         try withBackends(flowise: true, dataDirectory: directory.path) { backends in
