@@ -225,8 +225,9 @@ struct Check: ParsableCommand {
             print("\(error)")
             throw ExitCode(1)
         }
-        // And the master key of the secret store (its format; not the store).
-        if let spec = s.secrets {
+        // The secret store's master key is read too (its format, not the store); one from the
+        // environment only when the variable is set here (CI may not hold it).
+        if let spec = s.secrets, Self.isMasterKeyAvailable(spec) {
             do { _ = try MasterKey.load(spec) } catch {
                 print("secrets: \(error)")
                 throw ExitCode(1)
@@ -240,6 +241,11 @@ struct Check: ParsableCommand {
             }
         }
         print("ok: \(s.routes.count) route(s), \(s.backends.count) backend(s)")
+    }
+
+    static func isMasterKeyAvailable(_ spec: SecretsSpec) -> Bool {
+        if case .env(let name) = spec.masterKey { return getenv(name) != nil }
+        return true
     }
 }
 
