@@ -219,10 +219,13 @@ final class UpstreamPool {
         tlsHost = spec.host
         self.tls = tls
         isTLSBackend = spec.tls != nil
+        inject = spec.inject
         idle.reserveCapacity(maxIdle)
     }
 
     let isTLSBackend: Bool
+    /// `inject`: the credential every request to this backend carries (nil: none).
+    let inject: InjectSpec?
 
     deinit { if let s = tlsSession { SSL_SESSION_free(s) } }
 

@@ -74,10 +74,9 @@ enum RequestHeadWriter {
         let credentialHeader = c.exchange.facts.credentialHeader
         var clientXFF = ByteRange.empty
 
-        // The provider secret the pipeline chose (backends with `inject`).
-        let injection = c.exchange.facts.secretSource == .none ? nil : c.exchange.facts.route.flatMap {
-            $0.backend < snapshot.backends.count ? snapshot.backends[$0.backend].inject : nil
-        }
+        // A backend with `inject`: any client field of that name is dropped whatever the
+        // pipeline chose; the value it chose is written below.
+        let injection = c.exchange.facts.pool?.inject
         let tokens = req.hasConnectionOptions ? ConnectionTokens(headers: c.headers, base: base) : ConnectionTokens.none
         if tokens.isTruncated { return .tooManyConnectionOptions }
         var hostValue = ByteRange.empty
