@@ -99,6 +99,7 @@ struct PolicyDocument {
 
     struct Admin {
         var address: PolicyValues.HostPort
+        var tokensFile: String?
     }
 
     struct AccessLog {

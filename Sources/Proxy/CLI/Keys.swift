@@ -171,6 +171,12 @@ struct KeyStoreAccess {
         }
     }
 
+    /// The Redis connection when the store is Redis (idempotency records live there too).
+    var redisDirectory: RedisKeyDirectory? {
+        if case .redis(let r) = backing { return r }
+        return nil
+    }
+
     /// A key minted into the store (not a declared one), or nil.
     func entry(id: String) throws -> KeyLogEntry? {
         switch backing {
