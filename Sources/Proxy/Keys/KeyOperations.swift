@@ -232,7 +232,9 @@ struct KeyOperations {
             ("declared", .bool(snapshot.declaredKey(id: id) != nil)), ("store", .string(store.kind)),
             ("by", .string(caller.name)),
         ]), done: "key \(id) is \(status.rawValue)")
-        return try get(id)
+        var v = try get(id)   // read before the change (the embedded log is read once per operation)
+        v.status = status.rawValue
+        return v
     }
 
     // MARK: store access
