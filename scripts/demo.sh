@@ -21,6 +21,10 @@ for port in 7001 7002 7003 8080 9901; do
     if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then echo "port $port is busy: stop what uses it first"; exit 1; fi
 done
 
+# The admin API's bootstrap token: only its hash is in the file the policy names.
+ADMIN_TOKEN=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
+printf 'sha256:%s\n' "$(printf %s "$ADMIN_TOKEN" | sha256sum | cut -d' ' -f1)" >"$DATA/admin-tokens"
+
 "$BIN" backends --data "$DATA/backends" >"$DATA/backends.log" 2>&1 & pids+=($!)
 "$BIN" serve --policies policies --threads 2 >"$DATA/tollgate.log" 2>&1 & pids+=($!)
 for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:8080/health && break; sleep 0.1; done
@@ -111,10 +115,30 @@ echo '$ grep '"'"'"route":"chat"'"'"' demo-data/usage.jsonl | tail -1'
 grep '"route":"chat"' "$DATA/usage.jsonl" | tail -1 | sed 's/^/  /'
 echo "  ^ the streamed chat: what it was charged (credits) and the tokens it was charged for"
 echo
-printf '$ curl -s "http://127.0.0.1:9901/v1/usage?key_id=%s&by=hour"\n' "$ID"
-curl -s "http://127.0.0.1:9901/v1/usage?key_id=$ID&by=hour" | sed 's/^/  /'
+printf '$ curl -s -H "Authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.1:9901/v1/usage?key_id=%s&by=hour"\n' "$ID"
+curl -s -H "Authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.1:9901/v1/usage?key_id=$ID&by=hour" | sed 's/^/  /'
 echo
 echo "  ^ per-key usage, aggregated as records pass (admin listener)"
+echo
+echo "== the key API (admin listener, docs/openapi.yaml): mint, rotate with an overlap"
+A="Authorization: Bearer $ADMIN_TOKEN"
+printf '\n$ curl -X POST -H "%s" -d {"consumer":"api-demo","scopes":["finance:read"]} http://127.0.0.1:9901/v1/keys\n' "Authorization: Bearer …"
+NEW=$(curl -s -X POST -H "$A" -d '{"consumer":"api-demo","scopes":["finance:read"]}' http://127.0.0.1:9901/v1/keys)
+echo "$NEW" | sed 's/"key":"[^"]*"/"key":"tg_…(shown once)"/; s/^/  /'
+NKEY=$(sed -n 's/.*"key":"\([^"]*\)".*/\1/p' <<<"$NEW"); NID=$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' <<<"$NEW")
+sleep 0.3
+show "the new key works" -H "X-API-Key: $NKEY" $U/api/finance/accounts
+printf '\n$ curl -X POST -H "Idempotency-Key: demo-rotation" -d {"overlap":"2s"} .../v1/keys/%s/rotate   (twice)\n' "$NID"
+ROT=$(curl -s -X POST -H "$A" -H "Idempotency-Key: demo-rotation" -d '{"overlap":"2s"}' "http://127.0.0.1:9901/v1/keys/$NID/rotate")
+curl -s -o /dev/null -w '  retried: %{http_code} (same id, no key)\n' -X POST -H "$A" -H "Idempotency-Key: demo-rotation" -d '{"overlap":"2s"}' "http://127.0.0.1:9901/v1/keys/$NID/rotate"
+RKEY=$(sed -n 's/.*"key":"\([^"]*\)".*/\1/p' <<<"$ROT")
+echo "$ROT" | grep -o '"id":"[^"]*"\|"old_key_expires":"[^"]*"\|"replaces":"[^"]*"' | sed 's/^/  /'
+sleep 0.3
+printf '  during the overlap: old %s, new %s\n' "$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $NKEY" $U/api/finance/accounts)" \
+    "$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $RKEY" $U/api/finance/accounts)"
+sleep 2.2
+show "after the overlap: REVOKED, saying it was rotated" -H "X-API-Key: $NKEY" $U/api/finance/accounts
+
 echo
 echo '$ tollgate audit verify demo-data/audit.jsonl'
 "$BIN" audit verify "$DATA/audit.jsonl" 2>&1 | sed 's/^/  /'

@@ -16,10 +16,13 @@ public enum Authorizer {
         case .disabled: return .deny(.disabled)
         case .active: break
         }
-        if let exp = record.expiresAt, now >= exp { return .deny(.expired) }
+        if let exp = record.expiresAt, now >= exp {
+            // A rotated key past its overlap is revoked (the refusal says it was rotated).
+            return .deny(record.rotatedTo != nil ? .revoked : .expired)
+        }
         if let allow = record.allowIPs, !allow.contains(clientIP) { return .deny(.ipDenied) }
         if !record.scopes.isSuperset(of: route.scopes) { return .deny(.insufficientScope) }
-        if route.requiresHTTPS, !isHTTPS { return .deny(.httpsRequired) }
+        if route.requiresHTTPS || record.requiresHTTPS, !isHTTPS { return .deny(.httpsRequired) }
         return .allow
     }
 }

@@ -26,6 +26,11 @@ public final class KeyRecord: Sendable, CustomStringConvertible {
     /// Unix seconds; the key is refused from this instant on.
     public let expiresAt: Int64?
     public let status: KeyStatus
+    /// The key itself requires HTTPS (`require_https` of the key API), whatever the route says.
+    public let requiresHTTPS: Bool
+    /// Rotated: the id of the key that replaced it (it works until `expiresAt`, the overlap's
+    /// end; then it is refused as revoked, saying so).
+    public let rotatedTo: String?
     /// The identity lines the backend receives, built once per record:
     /// `X-Tollgate-Key-Id: …`, `X-Tollgate-Consumer: …`, `X-Tollgate-Scopes: a,b`, each with
     /// its CRLF. Owned by the record (freed with it) and never written after init.
@@ -37,7 +42,9 @@ public final class KeyRecord: Sendable, CustomStringConvertible {
 
     public init(id: String, hash: KeyHash, prefix: String = "", consumer: String, planIndex: Int?,
                  scopes: ScopeSet, scopeNames: [String], allowIPs: CIDRSet?, expiresAt: Int64?,
-                 status: KeyStatus) {
+                 status: KeyStatus, requiresHTTPS: Bool = false, rotatedTo: String? = nil) {
+        self.requiresHTTPS = requiresHTTPS
+        self.rotatedTo = rotatedTo
         self.id = id; self.hash = hash; self.prefix = prefix; self.consumer = consumer
         self.planIndex = planIndex; self.scopes = scopes; self.scopeNames = scopeNames
         self.allowIPs = allowIPs; self.expiresAt = expiresAt; self.status = status
@@ -91,7 +98,7 @@ public final class KeyRecord: Sendable, CustomStringConvertible {
     public func with(status: KeyStatus) -> KeyRecord {
         KeyRecord(id: id, hash: hash, prefix: prefix, consumer: consumer, planIndex: planIndex,
                   scopes: scopes, scopeNames: scopeNames, allowIPs: allowIPs, expiresAt: expiresAt,
-                  status: status)
+                  status: status, requiresHTTPS: requiresHTTPS, rotatedTo: rotatedTo)
     }
 
     public var description: String { "KeyRecord(\(id), \(consumer), \(status.rawValue))" }

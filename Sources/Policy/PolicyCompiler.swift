@@ -205,7 +205,8 @@ enum PolicyCompiler {
         guard errors.isEmpty else { return nil }
         return PolicySnapshot(
             listeners: listeners,
-            admin: admin.map { AdminSpec(host: $0.address.host, port: $0.address.port, isIPv6: $0.address.isIPv6) },
+            admin: admin.map { AdminSpec(host: $0.address.host, port: $0.address.port, isIPv6: $0.address.isIPv6,
+                                         tokensFile: $0.tokensFile) },
             accessLog: accessLog.map { AccessLogSpec(target: $0.target) },
             store: store.map { s in
                 s.redis.map {

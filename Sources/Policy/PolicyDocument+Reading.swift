@@ -445,18 +445,22 @@ struct NodeReader {
     mutating func readAdmin(_ n: PolicyNode, _ path: String) -> PolicyDocument.Admin? {
         guard let m = mapping(n, path) else { return nil }
         var address: PolicyValues.HostPort?
+        var tokensFile: String?
         var ok = true
         for (k, kn, v) in m {
             let p = NodeReader.join(path, k)
             switch k {
             case "address": address = self.address(v, p)
-            case "tokens_file": notSupportedYet(kn, p); ok = false
+            case "tokens_file":
+                if NodeReader.isNull(v) { continue }
+                if let s = nonEmptyString(v, p) { tokensFile = PolicyValues.resolve(s, relativeToFileAt: file) } else { ok = false }
             default: unknown(kn, p)
             }
+            _ = kn
         }
         if !m.contains(where: { $0.key == "address" }) { missing(n, path, "address") }
         guard ok else { return nil }
-        return address.map { .init(address: $0) }
+        return address.map { .init(address: $0, tokensFile: tokensFile) }
     }
 
     /// `access_log: {path: PATH}`: "-" is standard output; a relative path is resolved

@@ -110,6 +110,7 @@ struct PolicyDocument {
 
     struct Admin {
         var address: PolicyValues.HostPort
+        var tokensFile: String?
     }
 
     struct AccessLog {

@@ -40,6 +40,12 @@ public struct AdminSpec: Sendable, Equatable {
     public var host: String
     public var port: UInt16
     public var isIPv6: Bool
+    /// `admin.tokens_file`: bootstrap bearer tokens for the admin API, one `sha256:<hex>` per
+    /// line (resolved like every policy path).
+    public var tokensFile: String?
+    public init(host: String, port: UInt16, isIPv6: Bool, tokensFile: String? = nil) {
+        self.host = host; self.port = port; self.isIPv6 = isIPv6; self.tokensFile = tokensFile
+    }
 }
 
 /// `usage`: one record per answered request, spooled to disk before any sink is tried.

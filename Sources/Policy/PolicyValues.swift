@@ -261,3 +261,7 @@ enum PolicyValues {
         }
     }
 }
+
+/// A duration as policy files write it (`10ms`, `1s`, `5m`, `2h`, `1d`), for commands and the
+/// admin API.
+public func parsePolicyDuration(_ s: String) -> Duration? { PolicyValues.duration(s) }

@@ -77,12 +77,6 @@ struct NotSupportedYetTests {
                 credentials: [api_key]
                 backend: finance
             """, expected: ["p.yaml:8: routes[1].credentials: not supported yet"]),
-        Case(name: "admin tokens_file", yaml: """
-            version: 1
-            admin:
-              address: 127.0.0.1:9901
-              tokens_file: secrets/admin-tokens
-            """, expected: ["p.yaml:4: admin.tokens_file: not supported yet"]),
         Case(name: "an https usage sink", yaml: "version: 1\n\nusage:\n  spool: s\n  sinks:\n    - {kind: http, url: \"https://u.example/x\"}\n",
              expected: ["p.yaml:6: usage.sinks[0].url: not supported yet (an https usage sink)"]),
         Case(name: "top-level security", yaml: "version: 1\nsecurity:\n  lockout: {invalid_keys: 20, per: 1m, for: 10m}\n",
@@ -112,7 +106,6 @@ struct NotSupportedYetTests {
     /// (and nothing is an unknown field).
     @Test func policyMDExampleIsRefusedOnlyWhereNotBuilt() {
         #expect(errors(Self.policyMDExample, file: "POLICY.yaml") == [
-            "POLICY.yaml:15: admin.tokens_file: not supported yet",
             "POLICY.yaml:35: credentials.jwt: not supported yet",
             "POLICY.yaml:85: routes[2].credentials: not supported yet",
             "POLICY.yaml:130: security: not supported yet",

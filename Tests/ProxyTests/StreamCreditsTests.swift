@@ -62,11 +62,12 @@ import Testing
              tokenQuota: Int? = nil) {
             dir = shared ?? makeTempDir("tgstream")
             port = freePort()
+            writeFile(dir + "/admin-tokens-\(port)", AdminAuth.tokensFileLine + "\n")
             writeFile(dir + "/gw-\(port).yaml", """
             version: 1
             listen:
               - address: 127.0.0.1:\(port)
-            admin: {address: "127.0.0.1:\(admin)"}
+            admin: {address: "127.0.0.1:\(admin)", tokens_file: admin-tokens-\(port)}
             \(redis.map { "store: {redis: \"\($0)\", deadline: 500ms}" } ?? "")
             credits:
               ledger: \(redis == nil ? "local" : "redis")
@@ -288,7 +289,9 @@ import Testing
             guard try c2.fill() else { break }
             seen = String(decoding: c2.buffer, as: UTF8.self)
         }
-        #expect(try gate2.balance() == (50, 40))
+        // Held: 40 at first, more once the stream has spent it (a slow machine reads later).
+        let held = try gate2.balance()
+        #expect(held.0 == 50 && held.1 >= 40, "\(held)")
         tg.signal(SIGKILL)
         _ = tg.waitForExit()
         c2.close()
@@ -353,7 +356,7 @@ import Testing
         #expect(fullText.contains("usageMetadata"))
         // The per-key usage API shows what was charged, in credits and tokens.
         #expect(try poll(timeout: 5) {
-            String(decoding: try get(gate.admin, "/v1/usage?key_id=key_alice").body, as: UTF8.self).contains("\"credits\":42")
+            String(decoding: try adminGet(gate.admin, "/v1/usage?key_id=key_alice").body, as: UTF8.self).contains("\"credits\":42")
         } != nil)
         #expect(tg.stop() == 0)
         #expect(try gate.balance() == (988, 0))

@@ -366,7 +366,7 @@ extension UsageTests {
         for i in 0..<4 { #expect(try gate.get("/open/\(i)", key: PlainKey.alice).status == 200) }
         for _ in 0..<5 { _ = try gate.get("/open/x", key: PlainKey.limited) }   // 3 per hour: 2 refused
         #expect(try gate.get("/admin/x", key: PlainKey.alice).status == 403)
-        func usage(_ q: String) throws -> String { try get(admin, "/v1/usage?" + q).text }
+        func usage(_ q: String) throws -> String { try adminGet(admin, "/v1/usage?" + q).text }
         let alice = try poll(timeout: 10) { try usage("key_id=key_alice&by=hour").contains("\"requests\":5") }
         #expect(alice != nil, "\((try? usage("key_id=key_alice&by=hour")) ?? "-")")
         let a = try usage("key_id=key_alice&by=day")
@@ -374,8 +374,9 @@ extension UsageTests {
         #expect(try poll(timeout: 10) { try usage("key_id=key_limited").contains("\"RATE_LIMITED\":2") } != nil)
         // Outside the window: nothing.
         #expect(try usage("key_id=key_alice&from=2001-01-01&to=2001-01-02").contains("\"buckets\":[]"))
-        #expect(try get(admin, "/v1/usage").status == 400)
-        #expect(try get(admin, "/v1/usage?key_id=key_alice&by=week").status == 400)
+        #expect(try adminGet(admin, "/v1/usage").status == 400)
+        #expect(try adminGet(admin, "/v1/usage?key_id=key_alice&by=week").status == 400)
+        #expect(try get(admin, "/v1/usage?key_id=key_alice").status == 401)   // behind the admin credential
         // A restart keeps them (saved at the clean stop).
         try gate.restart()
         #expect(try usage("key_id=key_alice&by=hour").contains("\"requests\":5"))

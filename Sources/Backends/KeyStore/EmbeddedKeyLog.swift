@@ -17,6 +17,11 @@ public struct KeyLogEntry: Codable, Sendable, Equatable {
     public var expires: Int64?        // unix seconds
     public var status: String?        // active | disabled | revoked
     public var at: Int64              // unix seconds of the change
+    public var requireHTTPS: Bool?    // the key API's per-key HTTPS requirement
+    public var metadata: [String: String]?
+    public var replaces: String?      // rotation: the id this key replaced
+    public var rotatedTo: String?     // rotation: the id that replaced this key (it expires at `expires`)
+    public var created: Int64?        // unix seconds the key was minted (kept by later changes)
 
     public init(op: Op, id: String, hash: String? = nil, prefix: String? = nil, consumer: String? = nil, plan: String? = nil,
                  scopes: [String]? = nil, allowIPs: [String]? = nil, expires: Int64? = nil, status: String? = nil, at: Int64) {

@@ -79,7 +79,8 @@ public final class KeyDirectory: Sendable {
         let scopes = e.scopes ?? []
         return KeyRecord(id: e.id, hash: hash, prefix: e.prefix ?? "", consumer: e.consumer ?? "", planIndex: planIndex,
                          scopes: snapshot.scopeSet(of: scopes), scopeNames: scopes, allowIPs: allow,
-                         expiresAt: e.expires, status: status)
+                         expiresAt: e.expires, status: status, requiresHTTPS: e.requireHTTPS ?? false,
+                         rotatedTo: e.rotatedTo)
     }
 
     /// The record for `hash`: stored (or status-changed) first, then declared.

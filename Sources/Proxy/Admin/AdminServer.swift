@@ -17,16 +17,19 @@ final class AdminServer: Sendable {
         init(storeMustAnswer: Bool) { self.storeMustAnswer = storeMustAnswer }
     }
 
-    init(spec: AdminSpec, readiness: Readiness, usage: UsageAggregates? = nil) throws(ReferenceServerError) {
+    init(spec: AdminSpec, readiness: Readiness, usage: UsageAggregates? = nil, keys: KeyAPI? = nil) throws(ReferenceServerError) {
         var router = ReferenceRouter()
         if let usage {
-            // Per-key usage, aggregated by the spool writer (`UsageAggregates`).
+            // Per-key usage, aggregated by the spool writer (`UsageAggregates`); behind the
+            // admin credential like every `/v1/…` path.
             router.add("GET", "/v1/usage") { request in
+                if let keys, let refusal = keys.refusal(request) { return refusal }
                 let (status, body) = usage.answer(keyID: request.query("key_id"), from: request.query("from"),
                                                   to: request.query("to"), by: request.query("by"))
                 return ReferenceResponse(status: status, headers: [("Content-Type", "application/json")], body: .bytes(Array(body.utf8)))
             }
         }
+        keys?.register(into: &router)
         router.add("GET", "/healthz") { _ in .text(200, "ok\n") }
         router.add("GET", "/readyz") { _ in
             let (ready, why) = Self.ready(readiness)

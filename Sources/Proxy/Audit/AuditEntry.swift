@@ -9,6 +9,7 @@ enum AuditAction: String, Sendable, CaseIterable {
     case keyCreated = "key.created"
     /// Key rotation: not emitted yet (the key API with `rotate` is a later issue).
     case keyRotated = "key.rotated"
+    case keyUpdated = "key.updated"
     case keyRevoked = "key.revoked"
     case keyDisabled = "key.disabled"
     case keyEnabled = "key.enabled"

@@ -10,7 +10,7 @@ import Runtime
 struct Keys: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Mint, list, revoke, disable and enable API keys.",
-        subcommands: [New.self, List.self, Revoke.self, Disable.self, Enable.self])
+        subcommands: [New.self, List.self, Rotate.self, Revoke.self, Disable.self, Enable.self])
 
     struct Common: ParsableArguments {
         @Option(help: "The policy file or directory the running instances serve.")
@@ -29,50 +29,39 @@ struct Keys: ParsableCommand {
 
         func run() throws {
             let store = try KeyStoreAccess(policies: common.policies)
-            let snapshot = store.snapshot
-            if let p = plan, snapshot.plan(named: p) == nil {
-                throw ValidationError("plan \(p) is not defined in \(common.policies)")
-            }
             var expiresAt: Int64?
             if let e = expires {
                 guard let d = ISO8601DateFormatter().date(from: e) else { throw ValidationError("--expires: not an RFC 3339 time: \(e)") }
                 expiresAt = Int64(d.timeIntervalSince1970)
             }
-            var cidrs: [String]?
-            if let a = allowIps {
-                let list = a.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-                for c in list {
-                    if case .failure = CIDR.parse(c) { throw ValidationError("--allow-ips: not a CIDR: \(c)") }
-                }
-                cidrs = list
-            }
-            let keyID = id ?? "key_" + String(KeyHash.sha256(KeyFormat.mint()).hex.prefix(12))
-            guard keyID.allSatisfy({ $0.isLetter || $0.isNumber || "_-.:".contains($0) }), !keyID.isEmpty else {
-                throw ValidationError("--id: use letters, digits and _-.: only")
-            }
-            let existing = try store.entry(id: keyID)
-            if snapshot.declaredKey(id: keyID) != nil || existing != nil {
-                throw ValidationError("a key with id \(keyID) already exists")
-            }
-            let key = KeyFormat.mint()
-            let hash = KeyHash.sha256(key)
-            let entry = KeyLogEntry(op: .put, id: keyID, hash: "sha256:" + hash.hex, prefix: KeyFormat.displayPrefix(of: key),
-                                    consumer: consumer, plan: plan,
-                                    scopes: scopes.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty },
-                                    allowIPs: cidrs, expires: expiresAt, status: "active", at: wallClockSeconds())
-            let audit = try store.openAudit()
-            try store.put(entry)
-            // Recorded (and fsync'd) before the key is shown: no key without its audit entry.
-            try store.record(audit, AuditEvent(.keyCreated, actor: .cli, subject: keyID, details: [
-                ("id", .string(keyID)), ("hash", .string("sha256:" + hash.hex)), ("prefix", .optional(entry.prefix)),
-                ("consumer", .string(consumer)), ("plan", .optional(plan)), ("scopes", .strings(entry.scopes ?? [])),
-                ("allow_ips", cidrs.map { .strings($0) } ?? .null),
-                ("expires", expiresAt.map { .string(AuditFormat.time(millis: $0 * 1000)) } ?? .null),
-                ("store", .string(store.kind)), ("os_user", .string(AuditLog.osUser())),
-            ]), done: "key \(keyID) was created (its key is not shown)")
+            let cidrs = allowIps.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+            var k = KeyOperations.NewKey(consumer: consumer, scopes: scopes.split(separator: ",")
+                                            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty },
+                                         plan: plan, allowIPs: cidrs, expires: expiresAt)
+            k.id = id
+            let (view, key) = try KeyOperations(store: store, caller: .commandLine).create(k)
             print("key: \(key)")
-            print("id: \(keyID)")
-            print("hash: sha256:\(hash.hex)")
+            print("id: \(view.id)")
+            print("hash: sha256:\(KeyHash.sha256(key).hex)")
+        }
+    }
+
+    struct Rotate: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Mint a replacement with the same settings; the old key works until the overlap ends (printed once: key, id, hash).")
+        @Argument var id: String
+        @OptionGroup var common: Common
+        @Option(help: "How long the old key keeps working (e.g. 1h, 30m, 0s).") var overlap: String = "1h"
+
+        func run() throws {
+            guard let d = parsePolicyDuration(overlap) else { throw ValidationError("--overlap: not a duration: \(overlap)") }
+            let store = try KeyStoreAccess(policies: common.policies)
+            let (view, key, ends) = try KeyOperations(store: store, caller: .commandLine)
+                .rotate(id, overlap: Int64(d.components.seconds))
+            print("key: \(key)")
+            print("id: \(view.id)")
+            print("hash: sha256:\(KeyHash.sha256(key).hex)")
+            print("replaces: \(id) (works until \(KeyView.rfc3339(ends)))")
         }
     }
 
@@ -132,35 +121,13 @@ struct KeysError: Error, CustomStringConvertible {
 
 private func setStatus(_ id: String, _ status: KeyStatus, _ policies: String) throws {
     let store = try KeyStoreAccess(policies: policies)
-    let current: KeyStatus
-    var revokedBy = "the key store"
-    if let d = store.snapshot.declaredKey(id: id) {
-        // Declared keys first: their status may be revoked by the policy file itself.
-        current = try store.effectiveStatus(of: d)
-        if d.status == .revoked { revokedBy = "its policy file" }
-    } else if let e = try store.entry(id: id) {
-        current = KeyStatus(rawValue: e.status ?? "active") ?? .disabled
-    } else {
-        throw KeysError("no key with id \(id)")
-    }
-    if current == .revoked && status != .revoked {
-        let verb = status == .active ? "enabled" : "disabled"
-        throw KeysError("key \(id) is revoked (by \(revokedBy)) and cannot be \(verb): revocation is final; mint a new key instead")
-    }
-    let audit = try store.openAudit()
-    try store.setStatus(id: id, status: status)
-    let action: AuditAction
-    switch status {
-    case .revoked: action = .keyRevoked
-    case .disabled: action = .keyDisabled
-    case .active: action = .keyEnabled
-    }
-    try store.record(audit, AuditEvent(action, actor: .cli, subject: id, details: [
-        ("id", .string(id)), ("from", .string(current.rawValue)), ("to", .string(status.rawValue)),
-        ("declared", .bool(store.snapshot.declaredKey(id: id) != nil)), ("store", .string(store.kind)),
-        ("os_user", .string(AuditLog.osUser())),
-    ]), done: "key \(id) is \(status.rawValue)")
+    _ = try KeyOperations(store: store, caller: .commandLine).setStatus(id, status)
     print("\(id): \(status.rawValue)")
+}
+
+extension KeyCaller {
+    /// `tollgate keys …`: the OS user.
+    static var commandLine: KeyCaller { KeyCaller(kind: .cli, name: AuditLog.osUser()) }
 }
 
 /// The key store a policy names: the embedded log, or Redis.
@@ -175,11 +142,18 @@ struct KeyStoreAccess {
     private let backing: Backing
 
     init(policies: String) throws {
+        let snapshot: PolicySnapshot
         do {
             snapshot = try PolicyLoader.load(path: policies)
         } catch {
             throw ValidationError(error.errors.map(\.description).joined(separator: "\n"))
         }
+        try self.init(snapshot: snapshot, policies: policies)
+    }
+
+    /// The store of a policy already loaded (the admin API: the running snapshot).
+    init(snapshot: PolicySnapshot, policies: String) throws {
+        self.snapshot = snapshot
         if let store = snapshot.store {
             kind = "redis"
             do {
@@ -195,6 +169,12 @@ struct KeyStoreAccess {
             for p in state.problems { FileHandle.standardError.write(Data("warning: \(p)\n".utf8)) }
             backing = .log(log, state)
         }
+    }
+
+    /// The Redis connection when the store is Redis (idempotency records live there too).
+    var redisDirectory: RedisKeyDirectory? {
+        if case .redis(let r) = backing { return r }
+        return nil
     }
 
     /// A key minted into the store (not a declared one), or nil.

@@ -137,7 +137,9 @@ struct Serve: ParsableCommand {
         var admin: AdminServer?
         if let spec = snapshot.admin {
             do {
-                admin = try AdminServer(spec: spec, readiness: readiness, usage: usage?.aggregates)
+                let keyAPI = KeyAPI(policies: policies, snapshot: { reloader.snapshot }, tokensFile: spec.tokensFile,
+                                    usage: usage?.aggregates)
+                admin = try AdminServer(spec: spec, readiness: readiness, usage: usage?.aggregates, keys: keyAPI)
             } catch {
                 Log.error("admin: cannot listen on \(spec.host):\(spec.port): \(error)")
                 throw ExitCode(1)

@@ -889,7 +889,7 @@ final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
     // MARK: local replies
 
     func deny(_ code: DenialCode, headLength: Int) {
-        replyLocal(status: code.status, code: code, message: code.defaultMessage, headLength: headLength,
+        replyLocal(status: code.status, code: code, message: exchange.refusalMessage(code), headLength: headLength,
                    forceClose: requestBody != .none)
     }
 

@@ -262,7 +262,7 @@ final class H2Stream: UpstreamRelaying {
         switch step {
         case .forward: forward()
         case .wait: phase = .deciding
-        case .refuse(let denial): replyLocal(status: denial.code.status, code: denial.code, message: denial.code.defaultMessage)
+        case .refuse(let denial): replyLocal(status: denial.code.status, code: denial.code, message: exchange.refusalMessage(denial.code))
         case .bodyTooLarge: replyLocal(status: 413, code: .badRequest, message: "request body larger than the route allows")
         case .needBody:
             phase = .deciding

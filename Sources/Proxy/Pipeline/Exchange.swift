@@ -253,6 +253,14 @@ final class Exchange: RedisWaiter {
         }
     }
 
+    /// The message of a refusal: the code's own, or one that says more (a rotated key).
+    func refusalMessage(_ code: DenialCode) -> String {
+        if code == .revoked, let r = facts.record, let to = r.rotatedTo {
+            return "This key was rotated (replaced by \(to)) and its overlap has ended."
+        }
+        return code.defaultMessage
+    }
+
     // MARK: settling
 
     /// The one end of every exchange, whatever ended it (an answer sent, a refusal, an

@@ -165,6 +165,15 @@ final class UsageAggregates: Sendable {
 
     // MARK: the admin API
 
+    /// The start of the last hour (Unix seconds) in which the key was used, if known: the
+    /// key API's coarse "last used".
+    func lastUsedHour(keyID: String) -> Int64? {
+        var k = InlineText()
+        k.set(keyID)
+        let newest = state.withLock { s in s.byKey[k]?.buckets.filter { $0.value.b.requests > 0 }.keys.max() }
+        return newest.map { $0 * 3600 }
+    }
+
     /// `GET /v1/usage?key_id=…&from=…&to=…&by=day|hour` → (status, JSON).
     func answer(keyID: String?, from: String?, to: String?, by: String?) -> (Int, String) {
         guard let keyID, !keyID.isEmpty else { return (400, Self.error("key_id is required")) }

@@ -83,7 +83,10 @@ final class PolicyGate {
         bad[bad.count - 1] = bad[bad.count - 1] == "A" ? "B" : "A"
         mintedBad = String(bad)
         var top = extraTop
-        if let adminPort { top += "\nadmin:\n  address: 127.0.0.1:\(adminPort)\n" }
+        if let adminPort {
+            writeFile(dir + "/admin-tokens", AdminAuth.tokensFileLine + "\n")
+            top += "\nadmin:\n  address: 127.0.0.1:\(adminPort)\n  tokens_file: admin-tokens\n"
+        }
         writeFile(dir + "/00-gateway.yaml", Self.gateway(port: port, finance: backends.financePort!, recorder: recorder.port,
                                                          clients: clients, credentials: credentials, extraRoutes: extraRoutes,
                                                          extraBackends: extraBackends) + top)
