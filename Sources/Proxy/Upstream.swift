@@ -220,12 +220,15 @@ final class UpstreamPool {
         self.tls = tls
         isTLSBackend = spec.tls != nil
         inject = spec.inject
+        injects = spec.inject != nil
         idle.reserveCapacity(maxIdle)
     }
 
     let isTLSBackend: Bool
     /// `inject`: the credential every request to this backend carries (nil: none).
     let inject: InjectSpec?
+    /// `inject != nil`, read on every request without copying the spec.
+    let injects: Bool
 
     deinit { if let s = tlsSession { SSL_SESSION_free(s) } }
 

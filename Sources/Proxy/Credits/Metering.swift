@@ -43,7 +43,7 @@ enum ExtendOutcome { case granted, pending, refused }
 extension Exchange {
     /// The answer's head is about to be written: is its body metered, and how?
     func beginMetering(_ up: UpstreamConnection) {
-        meterState = MeterState()
+        if meterState.mode != .off { meterState = MeterState() }
         guard facts.creditState == .held, let price = facts.route?.credits, let tokens = price.perToken,
               up.head.status >= 200 && up.head.status < 300 else { return }
         if let dialect = price.stream, Self.isEventStream(up) {

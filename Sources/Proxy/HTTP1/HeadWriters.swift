@@ -76,7 +76,7 @@ enum RequestHeadWriter {
 
         // A backend with `inject`: any client field of that name is dropped whatever the
         // pipeline chose; the value it chose is written below.
-        let injection = c.exchange.facts.pool?.inject
+        let injection = c.exchange.facts.pool.flatMap { $0.injects ? $0.inject : nil }
         let tokens = req.hasConnectionOptions ? ConnectionTokens(headers: c.headers, base: base) : ConnectionTokens.none
         if tokens.isTruncated { return .tooManyConnectionOptions }
         var hostValue = ByteRange.empty

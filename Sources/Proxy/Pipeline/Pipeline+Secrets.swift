@@ -10,7 +10,8 @@ extension Pipeline {
     /// a request that cannot be sent costs no rate-limit, quota or credit. Neither: 503
     /// `UPSTREAM_UNAVAILABLE`, and nothing reaches the backend.
     static func resolveSecret(_ x: Exchange) -> PhaseResult {
-        guard let route = x.facts.route else { return .next }
+        // Most backends inject nothing: decided by one flag of the route's pool.
+        guard let pool = x.facts.pool, pool.injects, let route = x.facts.route else { return .next }
         let backends = x.facts.snapshot.backends
         guard route.backend < backends.count, let inject = backends[route.backend].inject else { return .next }
         let table = x.context.secrets
