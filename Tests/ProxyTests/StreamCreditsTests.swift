@@ -358,3 +358,104 @@ import Testing
         #expect(recs.last?["tokens_out"] as? Int == 12)
     }
 }
+
+/// Metered answers the upstream frames by Content-Length or by closing its connection (found
+/// by the credits fuzz campaign, `Fuzz/blackbox/repro/credits_length_framed_meter.py`).
+extension StreamCreditsTests {
+    /// Answers by path: `/length` an SSE stream of `tokens` token events with Content-Length,
+    /// `/json` a JSON answer with Content-Length (metered by its bytes), `/close` the SSE stream
+    /// ended by closing the connection. Each answer's bytes are `body(path)`.
+    final class FramedAnswers: @unchecked Sendable {
+        let upstream: ScriptedUpstream
+        let tokens: Int
+
+        init(tokens: Int) throws {
+            self.tokens = tokens
+            upstream = try ScriptedUpstream { [tokens] peer in
+                while let head = peer.readHead() {
+                    let n = Int(headerValue(head, "Content-Length") ?? "0") ?? 0
+                    if n > 0 { _ = peer.read(count: n) }
+                    let path = head.split(separator: " ").dropFirst().first.map(String.init) ?? ""
+                    let body = FramedAnswers.body(path, tokens: tokens)
+                    if path.hasSuffix("/close") {
+                        peer.write(Array("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n".utf8) + body)
+                        return
+                    }
+                    let type = path.hasSuffix("/json") ? "application/json" : "text/event-stream"
+                    peer.write(Array("HTTP/1.1 200 OK\r\nContent-Type: \(type)\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body)
+                }
+            }
+        }
+
+        static func body(_ path: String, tokens: Int) -> [UInt8] {
+            if path.hasSuffix("/json") { return Array(#"{"text":"hello","usage":{"output_tokens":5}}"#.utf8) }
+            return Array((0..<tokens).map { "message:\ndata:{\"event\":\"token\",\"data\":\"w\($0) \"}\n\n" }.joined().utf8)
+        }
+        var port: UInt16 { upstream.port }
+        func stop() { upstream.stop() }
+    }
+
+    /// With enough credit, a metered answer framed by Content-Length reaches an HTTP/1.1 client
+    /// as it came (no chunk size lines inside a Content-Length body, nothing left over to be
+    /// read as the next answer on the kept-alive connection), and a close-delimited one too.
+    @Test func aMeteredAnswerFramedByLengthOrCloseKeepsItsFraming() throws {
+        let up = try FramedAnswers(tokens: 20)
+        defer { up.stop() }
+        let gate = Gate(upstream: up.port)
+        defer { gate.stop() }
+        try gate.grant(1000)
+        let tg = try gate.serve()
+        defer { tg.stop() }
+        let c = try RawClient(port: gate.port)
+        for path in ["length", "json", "length"] {
+            let r = try c.request(Self.chat().replacingOccurrences(of: "flow1", with: path), method: "POST")
+            #expect(r.status == 200)
+            #expect(r.header("Transfer-Encoding") == nil)
+            #expect(r.text == String(decoding: FramedAnswers.body("/" + path, tokens: 20), as: UTF8.self), "\(path)")
+        }
+        c.close()
+        let c2 = try RawClient(port: gate.port)
+        defer { c2.close() }
+        let r = try c2.request(Self.chat().replacingOccurrences(of: "flow1", with: "close"), method: "POST")
+        #expect(r.status == 200)
+        #expect(r.header("Transfer-Encoding") == nil && r.header("Content-Length") == nil)
+        #expect(r.text == String(decoding: FramedAnswers.body("/close", tokens: 20), as: UTF8.self))
+    }
+
+    /// A Content-Length answer cannot take the cut-off event: when credit runs out it ends
+    /// short of its length. HTTP/1.1: the connection closes after a prefix of the stream;
+    /// HTTP/2: the stream is reset (it used to end with END_STREAM short of its content-length,
+    /// a malformed answer).
+    @Test func aLengthFramedStreamCutOffEndsShort() throws {
+        let up = try FramedAnswers(tokens: 200)
+        defer { up.stop() }
+        let full = FramedAnswers.body("/length", tokens: 200)
+
+        let gate = Gate(upstream: up.port)
+        defer { gate.stop() }
+        try gate.grant(6)
+        let tg = try gate.serve()
+        defer { tg.stop() }
+        let c = try RawClient(port: gate.port)
+        defer { c.close() }
+        try c.send(Self.chat().replacingOccurrences(of: "flow1", with: "length"))
+        let head = try c.readHead()
+        #expect(head.status == 200)
+        #expect(head.header("Content-Length") == String(full.count))
+        #expect(c.isClosedByPeer(timeout: 10))
+        let got = c.unreadBytes
+        #expect(got.count < full.count && Array(full.prefix(got.count)) == got, "\(String(decoding: got.prefix(40), as: UTF8.self))")
+
+        let gate2 = Gate(upstream: up.port)
+        defer { gate2.stop() }
+        try gate2.grant(6)
+        let tg2 = try gate2.serve()
+        defer { tg2.stop() }
+        let a = try #require(try H2Client.request(gate2.port, paths: ["/api/v1/prediction/length"],
+                                                  headers: ["x-api-key: \(Self.key)"], extra: ["--method", "POST"]).first)
+        #expect(a.status == 200)
+        #expect(a.header("content-length") == String(full.count))
+        #expect(a.reset == 2, "RST_STREAM INTERNAL_ERROR expected: \(a.bodyLength) bytes, reset \(String(describing: a.reset))")
+        #expect(a.bodyLength < full.count)
+    }
+}

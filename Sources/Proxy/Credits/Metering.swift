@@ -21,6 +21,9 @@ struct MeterState {
     var paused = false
     /// Ended for want of credits: the cut-off event was sent.
     var cutOff = false
+    /// Cut off in an answer framed by Content-Length: it ends short of that length (HTTP/1:
+    /// the connection closes; HTTP/2: the stream is reset, never ended as if whole).
+    var endsShort = false
 
     /// Output tokens to charge: the backend's figure when it sent one, never 0 when tokens
     /// passed.
@@ -129,6 +132,7 @@ extension UpstreamRelaying {
         if case .length = responseBody {
             // A length-framed answer cannot take an event it did not announce: it ends short
             // (HTTP/1: the connection closes; HTTP/2: the stream is reset).
+            x.meterState.endsShort = true
             closeAfterResponse = true
             responseBody = .done
             return
