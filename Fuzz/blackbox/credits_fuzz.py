@@ -221,6 +221,67 @@ keys:
         return rc == 0
 
 
+class Upstream(h.Upstream):
+    """h2_fuzz's scripted upstream (a permanent `live` script), patient with slow readers (a
+    proxy held back by its client stops reading: 20 s, not 3, before a send gives up), and
+    noting the scripts it could not send whole (the content oracle then knows a prefix only)."""
+
+    def __init__(self):
+        super().__init__()
+        self.unsent = set()
+
+    def serve(self, conn):
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.settimeout(20.0)
+        buf = b""
+        rid = None
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                    if len(buf) > 1 << 20:
+                        return
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                self.requests += 1
+                m = re.search(rb"\r\n" + pf.CASE_HEADER + rb":[ \t]*([0-9A-Za-z_-]+)", head, re.IGNORECASE)
+                rid = m.group(1).decode() if m else None
+                with self.lock:
+                    script = self.scripts.get(rid) if rid else None
+                    script = script or self.fallback
+                buf = self.drain_body(conn, head, buf)
+                last = 0
+                pieces = []
+                for c in script.cuts + [len(script.data)]:
+                    pieces.append(script.data[last:c])
+                    last = c
+                for i, piece in enumerate(pieces):
+                    if piece:
+                        conn.sendall(piece)
+                    if i < len(pieces) - 1:
+                        time.sleep(script.delays[i % len(script.delays)] if script.delays else 0.001)
+                rid = None
+                if script.ending == "close":
+                    return
+                if script.ending == "reset":
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    return
+                if script.ending == "shutdown-read":
+                    conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            if rid:
+                with self.lock:
+                    self.unsent.add(rid)
+            return
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+
 # ---------------------------------------------------------------------------------------
 # Request bodies
 # ---------------------------------------------------------------------------------------
@@ -704,10 +765,10 @@ def read_messages(data, methods, eof, strict_version=True):
     return msgs, None
 
 
-def upstream_view(script, meta, request_method=b"POST"):
+def upstream_view(script, meta, sent_whole=True, request_method=b"POST"):
     """What the proxy must relay of a script: (status, payload, exact). `exact` False when
-    only a prefix of the payload is known (damaged framing). None when the content oracle
-    does not apply (a head not generated structurally)."""
+    only a prefix of the payload is known (damaged framing, or the upstream could not send it
+    all). None when the content oracle does not apply (a head not generated structurally)."""
     if not meta.get("structured"):
         return None
     eof = script.ending in ("close", "reset")
@@ -719,7 +780,7 @@ def upstream_view(script, meta, request_method=b"POST"):
     if m.framing == "close":
         # Ended by close (or a reset, which may lose what the proxy had not read yet).
         exact = script.ending == "close"
-    return m.status, m.body, exact
+    return m.status, m.body, exact and sent_whole
 
 
 # ---------------------------------------------------------------------------------------
@@ -905,7 +966,10 @@ def make_h1_case(rng, case_id):
     more = [rng.randint(1, max(1, len(data) - 1)) for _ in range(rng.choice((0, 0, 0, 1, 2, 5)))]
     c.cuts = sorted(set(cuts + more))
     c.opts["half_close"] = rng.random() < 0.3
-    c.opts["slow_read"] = rng.random() < 0.05
+    if rng.random() < 0.08:
+        # A slow reader: a small receive buffer, a pause before reading, small reads (the
+        # proxy's buffers fill: answers wait for room, and so do the events' chunks).
+        c.opts["slow_read"] = rng.choice((0.2, 0.5, 1.0))
     if rng.random() < 0.15:
         c.opts["leave_after"] = rng.choice((1, 50, 200, 400, 1000, 5000, 20000))
         c.opts["leave_rst"] = rng.random() < 0.5
@@ -917,8 +981,15 @@ def make_h2_case(rng, case_id):
     c = Case(case_id, "h2")
     out = bytearray(h.PREFACE)
     entries = []
-    if rng.random() < 0.3:
-        entries.append((4, rng.choice((0, 1, 100, 1000, 16384, 65535, 2 ** 20, 2 ** 31 - 1))))   # INITIAL_WINDOW_SIZE
+    r = rng.random()
+    drip = False
+    if r < 0.15:
+        entries.append((4, rng.choice((0, 1, 100, 16384, 65535, 2 ** 20, 2 ** 31 - 1))))   # INITIAL_WINDOW_SIZE
+    elif r < 0.4:
+        # A small window refilled DATA frame by DATA frame: the answer waits on the client.
+        entries.append((4, rng.choice((100, 1000, 4096, 16384))))
+        drip = True
+    c.opts["drip"] = drip
     if rng.random() < 0.1:
         entries.append((5, rng.choice((16384, 65535, 2 ** 24 - 1))))                          # MAX_FRAME_SIZE
     out += h.settings(entries)
@@ -959,8 +1030,8 @@ def make_h2_case(rng, case_id):
         block = h.hp_block(fields, rng)
         end_now = not body and rng.random() < 0.8
         out += h.frame(h.HEADERS, h.END_HEADERS | (h.END_STREAM if end_now else 0), sid, block)
-        if dict(entries).get(4, 65535) < 65535 and not stingy:
-            # A small initial window, opened at once (it is refilled DATA frame by DATA frame).
+        if dict(entries).get(4, 65535) < 65535 and not stingy and not drip:
+            # A small initial window, opened wide at once.
             out += h.frame(h.WINDOW_UPDATE, 0, sid, struct.pack(">I", 1 << 24))
         if not end_now:
             pos = 0
@@ -1024,9 +1095,9 @@ def send_all(sock, data, deadline):
     return True
 
 
-def recv_some(sock, received):
+def recv_some(sock, received, size=262144):
     try:
-        chunk = sock.recv(262144)
+        chunk = sock.recv(size)
     except BlockingIOError:
         return True
     except OSError:
@@ -1046,6 +1117,7 @@ class Outcome:
         self.sent_all = True
         self.got_continue_before_body = None
         self.h2 = None
+        self.unsent = set()
 
 
 def run_h1(port, case, rng):
@@ -1092,6 +1164,8 @@ def run_h1(port, case, rng):
                 s.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
+        if case.opts.get("slow_read"):
+            time.sleep(case.opts["slow_read"])      # the client's pause: the proxy's buffers fill
         methods = [r.method for r in case.reqs]
         expected = len(case.reqs) if all(r.structured for r in case.reqs) else None
         leave = case.opts.get("leave_after")
@@ -1119,9 +1193,7 @@ def run_h1(port, case, rng):
                     o.stalled = (f"no byte for {STALL_QUIET:.0f}s: {len(complete)} of {expected} answers complete, "
                                  f"{'an answer half-sent' if incomplete else 'none started'}")
                 break
-            if case.opts.get("slow_read"):
-                select.select([], [], [], 0.002)
-            if not recv_some(s, o.received):
+            if not recv_some(s, o.received, 4096 if case.opts.get("slow_read") else 262144):
                 o.eof = True
     finally:
         s.close()
@@ -1362,7 +1434,7 @@ def check_h1(case, o):
             problems.append(("expect", f"request {k} ({req.route}, {req.meta.get('framing')}) answered {m.status}, "
                                        f"expected {req.expect_status}"))
         script, meta = case.scripts[req.rid]
-        view = upstream_view(script, meta)
+        view = upstream_view(script, meta, req.rid not in o.unsent)
         if view is None or m.status != view[0] or m.status >= 400 or o.left and m.state != "complete":
             pass
         elif m.framing != "none":
@@ -1398,7 +1470,7 @@ def check_h2(case, o):
             problems.append(("framing", f"h2 stream {req.meta['sid']} ({req.route}) ended with {len(st['data'])} "
                                         f"DATA bytes, content-length {cl[0].decode()}"))
         script, meta = case.scripts[req.rid]
-        view = upstream_view(script, meta)
+        view = upstream_view(script, meta, req.rid not in o.unsent)
         if view is None or st["status"] != view[0] or st["status"] >= 400:
             continue
         complete = st["ended"] and st["reset"] is None
@@ -1422,7 +1494,7 @@ class Harness:
         self.args = args
         self.lock = threading.Lock()
         self.workdir = tempfile.mkdtemp(prefix="tollgate-credits-fuzz-")
-        self.upstream = h.Upstream()
+        self.upstream = Upstream()
         self.gateway = Gateway(args.binary, self.upstream.port, self.workdir, threads=args.threads)
         self.counter = 0
         self.executions = 0
@@ -1455,7 +1527,11 @@ class Harness:
     def run_case(self, case, rng):
         for rid, (script, _) in case.scripts.items():
             self.upstream.register(rid, script)
-        return (run_h2 if case.proto == "h2" else run_h1)(self.gateway.port, case, rng)
+        o = (run_h2 if case.proto == "h2" else run_h1)(self.gateway.port, case, rng)
+        if o is not None:
+            with self.upstream.lock:
+                o.unsent = {rid for rid in case.scripts if rid in self.upstream.unsent}
+        return o
 
     def check(self, case, o):
         return check_h2(case, o) if case.proto == "h2" else check_h1(case, o)
