@@ -459,3 +459,124 @@ extension StreamCreditsTests {
         #expect(a.bodyLength < full.count)
     }
 }
+
+/// Metered answers that wait on a slow client (found by the credits fuzz target: the answer
+/// stopped once the upstream buffer was full of bytes waiting for room, and rechunked events
+/// overran the client buffer's margin).
+extension StreamCreditsTests {
+    /// Token events, chunked or ended by close, written until the proxy stops reading (the
+    /// first send that would block: every buffer on the way is full, the client's answer
+    /// buffer too), then `extra` bytes more, blocking.
+    final class Flood: @unchecked Sendable {
+        let upstream: ScriptedUpstream
+        /// Signalled when a send first would block.
+        let blocked = DispatchSemaphore(value: 0)
+        /// Events written, once the answer is complete.
+        let written = Mutex<Int>(0)
+
+        init(chunked: Bool, extra: Int = 1 << 20) throws {
+            let box = Box()
+            upstream = try ScriptedUpstream { peer in
+                guard let me = box.value, let head = peer.readHead() else { return }
+                let n = Int(headerValue(head, "Content-Length") ?? "0") ?? 0
+                if n > 0 { _ = peer.read(count: n) }
+                peer.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                           + (chunked ? "Transfer-Encoding: chunked\r\n\r\n" : "Connection: close\r\n\r\n"))
+                var events = 0, after = -1
+                while after < extra {
+                    var batch: [UInt8] = []
+                    for i in events..<(events + 64) { batch += Flood.event(i) }
+                    events += 64
+                    if chunked { batch = Array(String(batch.count, radix: 16).utf8) + [13, 10] + batch + [13, 10] }
+                    var off = 0
+                    while off < batch.count {
+                        let k = batch[off...].withUnsafeBytes { Glibc.send(peer.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+                        if k > 0 { off += k; continue }
+                        guard errno == EAGAIN else { return }
+                        if after < 0 { after = 0; me.blocked.signal() }
+                        var pfd = pollfd(fd: peer.fd, events: Int16(POLLOUT), revents: 0)
+                        guard poll(&pfd, 1, 20_000) == 1 else { return }
+                    }
+                    if after >= 0 { after += batch.count }
+                }
+                if chunked { peer.write("0\r\n\r\n") }
+                me.written.withLock { $0 = events }
+            }
+            box.value = self
+        }
+        final class Box: @unchecked Sendable { var value: Flood? }
+
+        static func event(_ i: Int) -> [UInt8] { Array("message:\ndata:{\"event\":\"token\",\"data\":\"w\(i) \"}\n\n".utf8) }
+        static func events(_ n: Int) -> [UInt8] { (0..<n).reduce(into: []) { $0 += event($1) } }
+        var port: UInt16 { upstream.port }
+        func stop() { upstream.stop() }
+    }
+
+    /// The client reads only once the proxy has stopped reading the upstream (its answer buffer
+    /// and the upstream buffer full): the rest must still come, whole. Chunked: the events are
+    /// framed as chunks again, their size lines within the buffer (they used to overrun it and
+    /// be dropped: broken chunk framing). Close-delimited: it used to stop there, the upstream
+    /// buffer never framed again, until the backend's idle time-out.
+    @Test(arguments: [true, false]) func aMeteredStreamWaitingOnASlowClientArrivesWhole(chunked: Bool) throws {
+        let flood = try Flood(chunked: chunked)
+        defer { flood.stop() }
+        let gate = Gate(upstream: flood.port)
+        defer { gate.stop() }
+        try gate.grant(100_000_000)
+        let tg = try gate.serve()
+        defer { tg.stop() }
+        let c = try RawClient(port: gate.port)
+        defer { c.close() }
+        try c.send(Self.chat().replacingOccurrences(of: "Content-Type:", with: "Connection: close\r\nContent-Type:"))
+        #expect(flood.blocked.wait(timeout: .now() + 60) == .success)
+        while try c.fill() {}
+        let raw = c.unreadBytes
+        let end = try #require(raw.firstRange(of: Array("\r\n\r\n".utf8))?.upperBound)
+        let head = String(decoding: raw[..<end], as: UTF8.self)
+        #expect(head.hasPrefix("HTTP/1.1 200 "))
+        #expect(head.contains("Transfer-Encoding: chunked") == chunked)
+        let payload = chunked ? try #require(Self.dechunk(raw[end...]), "broken chunk framing") : Array(raw[end...])
+        let expected = Flood.events(flood.written.withLock { $0 })
+        #expect(payload.count == expected.count)
+        let same = payload == expected
+        #expect(same, "the payload is not the upstream's events")
+    }
+
+    /// Over HTTP/2 with a small stream window (refilled as the client reads): the metered
+    /// stream used to stop after one answer buffer (24,560 bytes) and wait for the backend's
+    /// idle time-out.
+    @Test func aMeteredStreamWaitingOnAnHTTP2WindowArrivesWhole() throws {
+        let up = try FramedAnswers(tokens: 5000)
+        defer { up.stop() }
+        let full = FramedAnswers.body("/close", tokens: 5000)
+        let gate = Gate(upstream: up.port)
+        defer { gate.stop() }
+        try gate.grant(100_000)
+        let tg = try gate.serve()
+        defer { tg.stop() }
+        let a = try #require(try H2Client.request(gate.port, paths: ["/api/v1/prediction/close"], headers: ["x-api-key: \(Self.key)"],
+                                                  extra: ["--method", "POST", "--window", "4096"]).first)
+        #expect(a.status == 200)
+        #expect(a.reset == nil)
+        #expect(a.bodyLength == full.count)
+    }
+
+    /// Strict chunked framing through the last chunk: the payload, or nil.
+    static func dechunk(_ bytes: ArraySlice<UInt8>) -> [UInt8]? {
+        var out: [UInt8] = []
+        var i = bytes.startIndex
+        func line() -> String? {
+            guard let r = bytes[i...].firstRange(of: [13, 10]) else { return nil }
+            defer { i = r.upperBound }
+            return String(decoding: bytes[i..<r.lowerBound], as: UTF8.self)
+        }
+        while let l = line() {
+            guard !l.isEmpty, l.count <= 8, let n = Int(l, radix: 16), n >= 0 else { return nil }
+            if n == 0 { return line() == "" && i == bytes.endIndex ? out : nil }
+            guard bytes.endIndex - i >= n + 2, bytes[(i + n)..<(i + n + 2)].elementsEqual([13, 10]) else { return nil }
+            out += bytes[i..<(i + n)]
+            i += n + 2
+        }
+        return nil
+    }
+}

@@ -25,8 +25,8 @@ Steps (one proxy, the credits_fuzz policy: flowise route per_request 1, per_toke
   d. h2c, small: 400 token events with Content-Length: the account runs out mid-stream.
 Expected: a-c carry the upstream's bytes exactly (a, c on a connection that stays usable);
 d ends with RST_STREAM (or the connection closing), never END_STREAM short of its
-content-length. Observed on e7747e7: a-c carry chunk framing (`370\\r\\nmessage:...`); d
-ends with END_STREAM after ~1.5 KB of a 17,600-byte content-length.
+content-length. Observed on e7747e7: a-c carry chunk framing (`b0\\r\\nmessage:...`); d
+ends with END_STREAM after 1,980 bytes of a 17,600-byte content-length.
 
   /usr/bin/python3 Fuzz/blackbox/repro/credits_length_framed_meter.py [--binary PATH]
 """
