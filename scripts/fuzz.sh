@@ -9,10 +9,12 @@
 #   proxy                                                 black-box, the real binary with ASan
 #   h2 tls                                                black-box HTTP/2 (h2c) and TLS record path
 #                                                         (python with h2: FUZZ_PYTHON, /usr/bin/python3)
+#   credits                                               black-box metered path: priced requests, SSE answers
 #
-# Prints per target: executions, seconds, crashes found. Crash inputs go to
-# Fuzz/crashes/<target>/ with a reproduction command. Exit status 1 when a crash was found,
-# 2 when a build failed. Long runs are niced (FUZZ_NICE, default 10).
+# Prints per target: executions, seconds, crashes found (h2, tls, credits: crashes + hangs +
+# oracle violations). Crash inputs go to Fuzz/crashes/<target>/ with a reproduction command.
+# Exit status 1 when a crash was found, 2 when a build failed. Long runs are niced (FUZZ_NICE,
+# default 10).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +22,7 @@ duration=60
 seed=$(( $(date +%s) % 100000 ))
 build_only=0
 targets=()
-all_targets=(request response chunked path credential client-ip sse_meter token_hints proxy h2 tls)
+all_targets=(request response chunked path credential client-ip sse_meter token_hints proxy h2 tls credits)
 while (($#)); do
     case "$1" in
         --duration) duration="$2"; shift 2 ;;
@@ -28,7 +30,7 @@ while (($#)); do
         --seed) seed="$2"; shift 2 ;;
         --seed=*) seed="${1#*=}"; shift ;;
         --build-only) build_only=1; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
         *) targets+=("$1"); shift ;;
     esac
@@ -159,10 +161,11 @@ run_proxy() {
     if [[ "${found:-1}" != 0 ]]; then status=1; fi
 }
 
-# h2, tls: the black-box HTTP/2 and TLS fuzzers (Fuzz/blackbox/h2_fuzz.py, tls_fuzz.py) on the
-# same ASan binary; they need python's h2/hpack packages, hence their own interpreter.
+# h2, tls, credits: the black-box HTTP/2, TLS and metered-path fuzzers (Fuzz/blackbox/h2_fuzz.py,
+# tls_fuzz.py, credits_fuzz.py) on the same ASan binary; they need python's h2/hpack packages,
+# hence their own interpreter. Violations (credits: framing, content, balance oracles) count.
 run_blackbox() {
-    local t="$1" script="$2" log="$out/$1.log" start end line execs crashes hangs found
+    local t="$1" script="$2" log="$out/$1.log" start end line execs crashes hangs violations found
     local py="${FUZZ_PYTHON:-/usr/bin/python3}"
     if ! "$py" -c 'import h2, hpack' 2>/dev/null; then
         echo "== $t: $py has no h2/hpack (set FUZZ_PYTHON)" >&2
@@ -173,13 +176,14 @@ run_blackbox() {
     # The proxy the script starts inherits the nice level.
     timeout --kill-after=30 $((duration + 600)) nice -n "$nice_level" "$py" "$script" \
         --binary .build-asan/debug/tollgate --duration "$duration" --seed "$seed" 2>&1 | tee "$log" \
-        | grep -a 'crash\|hang\|saved\|still open' >&2
+        | grep -a 'crash\|hang\|saved\|still open\|violation' >&2
     end=$(date +%s)
     line=$(grep -a "^$t: executions=" "$log" | tail -1)
     execs=$(sed -n 's/.*executions=\([0-9]*\).*/\1/p' <<< "$line")
     crashes=$(sed -n 's/.*crashes=\([0-9]*\).*/\1/p' <<< "$line")
     hangs=$(sed -n 's/.*hangs=\([0-9]*\).*/\1/p' <<< "$line")
-    found=$(( ${crashes:-0} + ${hangs:-0} ))
+    violations=$(sed -n 's/.*violations=\([0-9]*\).*/\1/p' <<< "$line")
+    found=$(( ${crashes:-0} + ${hangs:-0} + ${violations:-0} ))
     if [[ -z "$line" ]]; then found=1; echo "== $t: the fuzzer did not finish; see $log" >&2; tail -5 "$log" >&2; fi
     record "$t" "${execs:-?}" "$((end - start))" "$found"
     if ((found != 0)); then status=1; fi
@@ -188,7 +192,7 @@ run_blackbox() {
 proxy_built=0
 for t in "${targets[@]}"; do
     case "$t" in
-        proxy|h2|tls)
+        proxy|h2|tls|credits)
             if ((proxy_built == 0)); then build_proxy || exit 2; proxy_built=1; fi ;;
         *) build_libfuzzer "$t" || exit 2 ;;
     esac
@@ -200,6 +204,7 @@ for t in "${targets[@]}"; do
         proxy) run_proxy ;;
         h2) run_blackbox h2 Fuzz/blackbox/h2_fuzz.py ;;
         tls) run_blackbox tls Fuzz/blackbox/tls_fuzz.py ;;
+        credits) run_blackbox credits Fuzz/blackbox/credits_fuzz.py ;;
         *) run_libfuzzer "$t" ;;
     esac
 done

@@ -26,6 +26,17 @@ extension UpstreamRelaying {
         let buf = up.inBuf
         // De-chunked bytes wait in outBuf: keep room for them before reading more.
         if responseBody == .chunkedDecode && outBuf.writableBytes < 1024 && outBuf.readerIndex == 0 { return false }
+        // Bytes read earlier that wait to be de-chunked or metered into outBuf (for room, or an
+        // extension): frame what fits, and read on only once all are. Otherwise a full buffer is
+        // never looked at again while the upstream stays readable (the answer stalls), and an
+        // EOF read meanwhile would end the answer without them.
+        if buf.readableBytes > 0
+            && (responseBody == .chunkedDecode || exchange.meterState.mode != .off && !responseBody.isAwaitingHead) {
+            let mark = (buf.readerIndex, outBuf.writerIndex)
+            frameResponse(up)
+            if !isRelaying || upstream !== up { return true }
+            if buf.readableBytes > 0 || responseBody.isDone { return mark != (buf.readerIndex, outBuf.writerIndex) }
+        }
         if buf.writableBytes == 0 {
             if buf.readerIndex > 0 { _ = buf.compact() } else if responsePass > 0 { return false }
         }
@@ -146,10 +157,10 @@ extension UpstreamRelaying {
     func frameMetered(_ up: UpstreamConnection) -> Bool {
         let buf = up.inBuf
         if responseBody.isDone || buf.readableBytes == 0 { return false }
-        // Room for a chunk's size line and CRLF besides the data.
-        var room = outBuf.writableBytes - 16
+        // Room for a chunk's size line and CRLF and for the cut-off event besides the data.
+        var room = outBuf.writableBytes - MeterState.headroom
         if room <= 0 {
-            if outBuf.readerIndex > 0 { _ = outBuf.compact(); room = outBuf.writableBytes - 16 }
+            if outBuf.readerIndex > 0 { _ = outBuf.compact(); room = outBuf.writableBytes - MeterState.headroom }
             if room <= 0 { return false }
         }
         switch responseBody {

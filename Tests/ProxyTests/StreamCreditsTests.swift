@@ -365,3 +365,225 @@ import Testing
         #expect(recs.last?["tokens_out"] as? Int == 12)
     }
 }
+
+/// Metered answers the upstream frames by Content-Length or by closing its connection (found
+/// by the credits fuzz campaign, `Fuzz/blackbox/repro/credits_length_framed_meter.py`).
+extension StreamCreditsTests {
+    /// Answers by path: `/length` an SSE stream of `tokens` token events with Content-Length,
+    /// `/json` a JSON answer with Content-Length (metered by its bytes), `/close` the SSE stream
+    /// ended by closing the connection. Each answer's bytes are `body(path)`.
+    final class FramedAnswers: @unchecked Sendable {
+        let upstream: ScriptedUpstream
+        let tokens: Int
+
+        init(tokens: Int) throws {
+            self.tokens = tokens
+            upstream = try ScriptedUpstream { [tokens] peer in
+                while let head = peer.readHead() {
+                    let n = Int(headerValue(head, "Content-Length") ?? "0") ?? 0
+                    if n > 0 { _ = peer.read(count: n) }
+                    let path = head.split(separator: " ").dropFirst().first.map(String.init) ?? ""
+                    let body = FramedAnswers.body(path, tokens: tokens)
+                    if path.hasSuffix("/close") {
+                        peer.write(Array("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n".utf8) + body)
+                        return
+                    }
+                    let type = path.hasSuffix("/json") ? "application/json" : "text/event-stream"
+                    peer.write(Array("HTTP/1.1 200 OK\r\nContent-Type: \(type)\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body)
+                }
+            }
+        }
+
+        static func body(_ path: String, tokens: Int) -> [UInt8] {
+            if path.hasSuffix("/json") { return Array(#"{"text":"hello","usage":{"output_tokens":5}}"#.utf8) }
+            return Array((0..<tokens).map { "message:\ndata:{\"event\":\"token\",\"data\":\"w\($0) \"}\n\n" }.joined().utf8)
+        }
+        var port: UInt16 { upstream.port }
+        func stop() { upstream.stop() }
+    }
+
+    /// With enough credit, a metered answer framed by Content-Length reaches an HTTP/1.1 client
+    /// as it came (no chunk size lines inside a Content-Length body, nothing left over to be
+    /// read as the next answer on the kept-alive connection), and a close-delimited one too.
+    @Test func aMeteredAnswerFramedByLengthOrCloseKeepsItsFraming() throws {
+        let up = try FramedAnswers(tokens: 20)
+        defer { up.stop() }
+        let gate = Gate(upstream: up.port)
+        defer { gate.stop() }
+        try gate.grant(1000)
+        let tg = try gate.serve()
+        defer { tg.stop() }
+        let c = try RawClient(port: gate.port)
+        for path in ["length", "json", "length"] {
+            let r = try c.request(Self.chat().replacingOccurrences(of: "flow1", with: path), method: "POST")
+            #expect(r.status == 200)
+            #expect(r.header("Transfer-Encoding") == nil)
+            #expect(r.text == String(decoding: FramedAnswers.body("/" + path, tokens: 20), as: UTF8.self), "\(path)")
+        }
+        c.close()
+        let c2 = try RawClient(port: gate.port)
+        defer { c2.close() }
+        let r = try c2.request(Self.chat().replacingOccurrences(of: "flow1", with: "close"), method: "POST")
+        #expect(r.status == 200)
+        #expect(r.header("Transfer-Encoding") == nil && r.header("Content-Length") == nil)
+        #expect(r.text == String(decoding: FramedAnswers.body("/close", tokens: 20), as: UTF8.self))
+    }
+
+    /// A Content-Length answer cannot take the cut-off event: when credit runs out it ends
+    /// short of its length. HTTP/1.1: the connection closes after a prefix of the stream;
+    /// HTTP/2: the stream is reset (it used to end with END_STREAM short of its content-length,
+    /// a malformed answer).
+    @Test func aLengthFramedStreamCutOffEndsShort() throws {
+        let up = try FramedAnswers(tokens: 200)
+        defer { up.stop() }
+        let full = FramedAnswers.body("/length", tokens: 200)
+
+        let gate = Gate(upstream: up.port)
+        defer { gate.stop() }
+        try gate.grant(6)
+        let tg = try gate.serve()
+        defer { tg.stop() }
+        let c = try RawClient(port: gate.port)
+        defer { c.close() }
+        try c.send(Self.chat().replacingOccurrences(of: "flow1", with: "length"))
+        let head = try c.readHead()
+        #expect(head.status == 200)
+        #expect(head.header("Content-Length") == String(full.count))
+        #expect(c.isClosedByPeer(timeout: 10))
+        let got = c.unreadBytes
+        #expect(got.count < full.count && Array(full.prefix(got.count)) == got, "\(String(decoding: got.prefix(40), as: UTF8.self))")
+
+        let gate2 = Gate(upstream: up.port)
+        defer { gate2.stop() }
+        try gate2.grant(6)
+        let tg2 = try gate2.serve()
+        defer { tg2.stop() }
+        let a = try #require(try H2Client.request(gate2.port, paths: ["/api/v1/prediction/length"],
+                                                  headers: ["x-api-key: \(Self.key)"], extra: ["--method", "POST"]).first)
+        #expect(a.status == 200)
+        #expect(a.header("content-length") == String(full.count))
+        #expect(a.reset == 2, "RST_STREAM INTERNAL_ERROR expected: \(a.bodyLength) bytes, reset \(String(describing: a.reset))")
+        #expect(a.bodyLength < full.count)
+    }
+}
+
+/// Metered answers that wait on a slow client (found by the credits fuzz target: the answer
+/// stopped once the upstream buffer was full of bytes waiting for room, and rechunked events
+/// overran the client buffer's margin).
+extension StreamCreditsTests {
+    /// Token events, chunked or ended by close, written until the proxy stops reading (the
+    /// first send that would block: every buffer on the way is full, the client's answer
+    /// buffer too), then `extra` bytes more, blocking.
+    final class Flood: @unchecked Sendable {
+        let upstream: ScriptedUpstream
+        /// Signalled when a send first would block.
+        let blocked = DispatchSemaphore(value: 0)
+        /// Events written, once the answer is complete.
+        let written = Mutex<Int>(0)
+
+        init(chunked: Bool, extra: Int = 1 << 20) throws {
+            let box = Box()
+            upstream = try ScriptedUpstream { peer in
+                guard let me = box.value, let head = peer.readHead() else { return }
+                let n = Int(headerValue(head, "Content-Length") ?? "0") ?? 0
+                if n > 0 { _ = peer.read(count: n) }
+                peer.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                           + (chunked ? "Transfer-Encoding: chunked\r\n\r\n" : "Connection: close\r\n\r\n"))
+                var events = 0, after = -1
+                while after < extra {
+                    var batch: [UInt8] = []
+                    for i in events..<(events + 64) { batch += Flood.event(i) }
+                    events += 64
+                    if chunked { batch = Array(String(batch.count, radix: 16).utf8) + [13, 10] + batch + [13, 10] }
+                    var off = 0
+                    while off < batch.count {
+                        let k = batch[off...].withUnsafeBytes { Glibc.send(peer.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+                        if k > 0 { off += k; continue }
+                        guard errno == EAGAIN else { return }
+                        if after < 0 { after = 0; me.blocked.signal() }
+                        var pfd = pollfd(fd: peer.fd, events: Int16(POLLOUT), revents: 0)
+                        guard poll(&pfd, 1, 20_000) == 1 else { return }
+                    }
+                    if after >= 0 { after += batch.count }
+                }
+                if chunked { peer.write("0\r\n\r\n") }
+                me.written.withLock { $0 = events }
+            }
+            box.value = self
+        }
+        final class Box: @unchecked Sendable { var value: Flood? }
+
+        static func event(_ i: Int) -> [UInt8] { Array("message:\ndata:{\"event\":\"token\",\"data\":\"w\(i) \"}\n\n".utf8) }
+        static func events(_ n: Int) -> [UInt8] { (0..<n).reduce(into: []) { $0 += event($1) } }
+        var port: UInt16 { upstream.port }
+        func stop() { upstream.stop() }
+    }
+
+    /// The client reads only once the proxy has stopped reading the upstream (its answer buffer
+    /// and the upstream buffer full): the rest must still come, whole. Chunked: the events are
+    /// framed as chunks again, their size lines within the buffer (they used to overrun it and
+    /// be dropped: broken chunk framing). Close-delimited: it used to stop there, the upstream
+    /// buffer never framed again, until the backend's idle time-out.
+    @Test(arguments: [true, false]) func aMeteredStreamWaitingOnASlowClientArrivesWhole(chunked: Bool) throws {
+        let flood = try Flood(chunked: chunked)
+        defer { flood.stop() }
+        let gate = Gate(upstream: flood.port)
+        defer { gate.stop() }
+        try gate.grant(100_000_000)
+        let tg = try gate.serve()
+        defer { tg.stop() }
+        let c = try RawClient(port: gate.port)
+        defer { c.close() }
+        try c.send(Self.chat().replacingOccurrences(of: "Content-Type:", with: "Connection: close\r\nContent-Type:"))
+        #expect(flood.blocked.wait(timeout: .now() + 60) == .success)
+        while try c.fill() {}
+        let raw = c.unreadBytes
+        let end = try #require(raw.firstRange(of: Array("\r\n\r\n".utf8))?.upperBound)
+        let head = String(decoding: raw[..<end], as: UTF8.self)
+        #expect(head.hasPrefix("HTTP/1.1 200 "))
+        #expect(head.contains("Transfer-Encoding: chunked") == chunked)
+        let payload = chunked ? try #require(Self.dechunk(raw[end...]), "broken chunk framing") : Array(raw[end...])
+        let expected = Flood.events(flood.written.withLock { $0 })
+        #expect(payload.count == expected.count)
+        let same = payload == expected
+        #expect(same, "the payload is not the upstream's events")
+    }
+
+    /// Over HTTP/2 with a small stream window (refilled as the client reads): the metered
+    /// stream used to stop after one answer buffer (24,560 bytes) and wait for the backend's
+    /// idle time-out.
+    @Test func aMeteredStreamWaitingOnAnHTTP2WindowArrivesWhole() throws {
+        let up = try FramedAnswers(tokens: 5000)
+        defer { up.stop() }
+        let full = FramedAnswers.body("/close", tokens: 5000)
+        let gate = Gate(upstream: up.port)
+        defer { gate.stop() }
+        try gate.grant(100_000)
+        let tg = try gate.serve()
+        defer { tg.stop() }
+        let a = try #require(try H2Client.request(gate.port, paths: ["/api/v1/prediction/close"], headers: ["x-api-key: \(Self.key)"],
+                                                  extra: ["--method", "POST", "--window", "4096"]).first)
+        #expect(a.status == 200)
+        #expect(a.reset == nil)
+        #expect(a.bodyLength == full.count)
+    }
+
+    /// Strict chunked framing through the last chunk: the payload, or nil.
+    static func dechunk(_ bytes: ArraySlice<UInt8>) -> [UInt8]? {
+        var out: [UInt8] = []
+        var i = bytes.startIndex
+        func line() -> String? {
+            guard let r = bytes[i...].firstRange(of: [13, 10]) else { return nil }
+            defer { i = r.upperBound }
+            return String(decoding: bytes[i..<r.lowerBound], as: UTF8.self)
+        }
+        while let l = line() {
+            guard !l.isEmpty, l.count <= 8, let n = Int(l, radix: 16), n >= 0 else { return nil }
+            if n == 0 { return line() == "" && i == bytes.endIndex ? out : nil }
+            guard bytes.endIndex - i >= n + 2, bytes[(i + n)..<(i + n + 2)].elementsEqual([13, 10]) else { return nil }
+            out += bytes[i..<(i + n)]
+            i += n + 2
+        }
+        return nil
+    }
+}

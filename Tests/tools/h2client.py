@@ -5,7 +5,8 @@
 
 Modes:
   request  one request per --path (same connection, in order); prints each answer
-           {"status", "headers", "body", "reset"}
+           {"status", "headers", "body", "reset"}; --window N: streams' initial window N
+           (refilled as the data is read: the answer waits on the client)
   stream   one request; prints {"data": "..."} per DATA frame as it arrives, then the end
   flood    --kind rapid-reset|continuation|settings|ping|headers-big: misbehaves for at most
            --count frames/streams, then prints {"goaway": code|null, "closed": bool, "streams": n}
@@ -29,6 +30,8 @@ def connect(a):
                                                              validate_outbound_headers=False,
                                                              normalize_outbound_headers=False))
     c.initiate_connection()
+    if getattr(a, "window", None) is not None:
+        c.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: a.window})
     s.sendall(c.data_to_send())
     return s, c
 
@@ -299,6 +302,7 @@ def main():
     p.add_argument("--kind", default="rapid-reset")
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--wait-stdin", action="store_true")
+    p.add_argument("--window", type=int)
     a = p.parse_args()
     if not a.path:
         a.path = ["/"]

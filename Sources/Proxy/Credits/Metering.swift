@@ -21,6 +21,9 @@ struct MeterState {
     var paused = false
     /// Ended for want of credits: the cut-off event was sent.
     var cutOff = false
+    /// Cut off in an answer framed by Content-Length: it ends short of that length (HTTP/1:
+    /// the connection closes; HTTP/2: the stream is reset, never ended as if whole).
+    var endsShort = false
 
     /// Output tokens to charge: the backend's figure when it sent one, never 0 when tokens
     /// passed.
@@ -35,6 +38,10 @@ struct MeterState {
         }
     }
     var reportedInput: Int64? { mode == .sse ? meter.reportedInput : nil }
+
+    /// Room kept in `outBuf` beyond the metered bytes: a chunk's size line and CRLF, and the
+    /// cut-off event (with its own chunk and the last chunk).
+    static let headroom = 256
 }
 
 /// How an extension of a reservation went.
@@ -75,7 +82,7 @@ extension UpstreamRelaying {
     /// Passes `n` body bytes at `p` through the meter into `outBuf` (framed as a chunk when
     /// the client gets chunks again). Returns how many were taken: fewer when the reservation
     /// ran out at an event's end and an extension is pending (`paused`) or was refused (cut
-    /// off: the rest is never sent).
+    /// off: the rest is never sent), or the rest did not fit after an extension (it waits).
     func meterBody(_ p: UnsafeRawPointer, _ n: Int) -> Int {
         let x = exchange
         switch x.meterState.mode {
@@ -94,7 +101,11 @@ extension UpstreamRelaying {
                 off += used
                 guard x.meterState.meter.stoppedAtBudget else { continue }
                 switch x.context.credits?.extend(x) ?? .refused {
-                case .granted: continue
+                case .granted:
+                    // The rest is written as another piece (an HTTP/1.1 client: another chunk,
+                    // another size line): when it does not fit with the headroom, it waits.
+                    if outBuf.writableBytes < n - off + MeterState.headroom { return off }
+                    continue
                 case .pending:
                     x.meterState.paused = true
                     return off
@@ -129,6 +140,7 @@ extension UpstreamRelaying {
         if case .length = responseBody {
             // A length-framed answer cannot take an event it did not announce: it ends short
             // (HTTP/1: the connection closes; HTTP/2: the stream is reset).
+            x.meterState.endsShort = true
             closeAfterResponse = true
             responseBody = .done
             return

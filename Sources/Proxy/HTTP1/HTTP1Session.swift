@@ -77,7 +77,9 @@ final class HTTP1Session: EventHandler, TimerHandler, UpstreamRelaying {
     var hasWorkspace: Bool { workspace != nil }
     var headBytes: UnsafeRawBufferPointer { inBuf.readable }
     var decodesChunked: Bool { request.version != .http11 || exchange.meterState.mode != .off }
-    var rechunks: Bool { request.version == .http11 && exchange.meterState.mode != .off }
+    /// Only an answer that came chunked: one framed by Content-Length or by close passes framed
+    /// as its head says (a cut-off ends it short: the connection closes).
+    var rechunks: Bool { request.version == .http11 && exchange.meterState.mode != .off && responseBody == .chunkedDecode }
     /// `transport.mayHoldMore`, read once (a stored Bool on the read path, not a switch).
     let mayHoldMore: Bool
     /// When the connection last went idle holding its workspace (loop clock); the loop's

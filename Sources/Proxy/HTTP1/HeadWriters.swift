@@ -20,8 +20,8 @@ protocol ExchangeCarrier: AnyObject {
     /// A chunked upstream body is de-chunked (HTTP/1.0 clients, HTTP/2 streams, metered
     /// answers).
     var decodesChunked: Bool { get }
-    /// De-chunked bytes go to the client as chunks again (a metered answer to an HTTP/1.1
-    /// client: the meter can end it with an event and the last chunk).
+    /// De-chunked bytes go to the client as chunks again (a metered chunked answer to an
+    /// HTTP/1.1 client: the meter can end it with an event and the last chunk).
     var rechunks: Bool { get }
 }
 

@@ -645,6 +645,11 @@ final class H2Stream: UpstreamRelaying {
         }
         exchange.bytesOut &+= Int64(n)
         if responseBody.isDone && outBuf.readableBytes == 0 && responsePass == 0 {
+            if exchange.meterState.endsShort {
+                // Cut off short of its content-length: END_STREAM would make it look whole
+                // (RFC 9113 §8.1.1). What is copied goes out; then nghttp2 resets the stream.
+                return n > 0 ? n : Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
+            }
             flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue
             if let up = upstream, phase == .proxying, isRequestSent { finishUpstream(up) }
             return n
