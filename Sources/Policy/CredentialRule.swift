@@ -1,3 +1,13 @@
+/// Which credentials a route takes (`routes[].credentials: [api_key, jwt]`).
+public struct CredentialKinds: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// An API key: a configured header, `Authorization: Bearer`, or the query parameter.
+    public static let apiKey = CredentialKinds(rawValue: 1)
+    /// A JWT in `Authorization: Bearer` (`credentials.jwt`).
+    public static let jwt = CredentialKinds(rawValue: 2)
+}
+
 /// Where the proxy reads the API key, and whether it is forwarded upstream.
 ///
 /// Order of reading: each configured header (first non-empty wins), then
