@@ -382,6 +382,8 @@ struct JWTVerifierTests {
         #expect(!check(JWTMint.segment("{\"typ\":\"JWT\"}") + ".e30.AAAA"))   // no alg
         #expect(!check(JWTMint.segment("[1]") + ".e30.AAAA"))
         #expect(!check("key.with.dots"))
+        // A header with crit is still a JOSE header (refused as a token, not taken for a key).
+        #expect(check(JWTMint.segment("{\"alg\":\"HS256\",\"crit\":[\"x\"]}") + ".e30.AAAA"))
     }
 
     // MARK: the policy block

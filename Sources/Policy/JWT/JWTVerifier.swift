@@ -178,15 +178,18 @@ public final class JWTVerifier: Sendable {
 
     /// "With both credentials on a route, a Bearer value made of three base64url parts whose
     /// first decodes to a JOSE header is a JWT" (POLICY.md): three non-empty segments of the
-    /// base64url alphabet, the first decoding to a JSON object with a string `alg`. Cheap for
-    /// an API key (no dot: one pass over its bytes). `scratch`: at least 1 KiB.
+    /// base64url alphabet, the first decoding to a JSON object with a string `alg` (whatever
+    /// the length: an oversized token is still a token, refused as one). Cheap for an API key
+    /// (no dot: one pass over its bytes). `scratch`: at least 1 KiB.
     public static func isJWT(_ value: UnsafeRawBufferPointer, scratch: UnsafeMutableRawBufferPointer) -> Bool {
-        guard value.count <= JWTSettings.maxTokenBytes, let dots = Self.dots(value) else { return false }
+        guard let dots = Self.dots(value) else { return false }
         let header = UnsafeRawBufferPointer(rebasing: value[0..<dots.0])
         guard let n = Base64URL.decodedCount(header.count), n <= scratch.count,
               let h = Base64URL.decode(header, into: scratch), let base = scratch.baseAddress else { return false }
-        guard case .header = Self.readHeader(base.assumingMemoryBound(to: UInt8.self), h) else { return false }
-        return true
+        switch Self.readHeader(base.assumingMemoryBound(to: UInt8.self), h) {
+        case .header, .critical: return true
+        case .invalid: return false
+        }
     }
 
     /// The positions of the two dots of three non-empty base64url segments, or nil.

@@ -319,6 +319,9 @@ struct ExchangeFacts {
     var isPeerTrusted = false
     var isHTTPS = false
     var credentialSource: CredentialSource = .none
+    /// The credential is a JWT (`Authorization: Bearer`), not an API key: verified by the
+    /// loop's `JWTGate`, never hashed as a key, always stripped before the backend.
+    var isJWT = false
     /// Header index of the credential (header or bearer).
     var credentialHeader = -1
     /// The key's bytes, relative to the start of the head.
@@ -379,6 +382,7 @@ struct ExchangeFacts {
         // `route` and `pool` stay until the route phase replaces them (see `Pipeline.route`).
         pathCount = 0
         credentialSource = .none
+        isJWT = false
         credentialHeader = -1
         credential = .empty
         record = nil
