@@ -10,9 +10,10 @@ import Runtime
 /// - **Verified tokens** are remembered by a 128-bit SipHash of the token under a random
 ///   per-loop secret (the token itself is never stored), until their `exp` plus leeway: a
 ///   token that comes back costs a hash and a probe, not a signature check. Fixed size
-///   (4,096 sets of two), so a flood of distinct tokens only evicts entries.
+///   (8,192 sets of two, 512 KiB per loop), so a flood of distinct tokens only evicts entries.
 /// - **Identities** (one record per consumer and scope list) are shared by every token that
-///   names them: a fresh token of a known consumer allocates nothing. Fixed size too.
+///   names them: a fresh token of a known consumer allocates nothing. Fixed size too (8,192
+///   sets of two, 384 KiB, plus the records).
 /// - **Limiter key**: SHA-256 of `jwt` NUL consumer (no API key can hash to it: a header
 ///   value never holds a NUL), so a consumer's tokens share one budget, apart from its keys'.
 /// - Both caches belong to the verifier of the loop's current snapshot: a reload empties
@@ -44,7 +45,7 @@ final class JWTGate {
     /// The verifier the caches hold results of.
     private var owner: JWTVerifier?
 
-    init(tokenEntries: Int = 8192, identityEntries: Int = 2048) {
+    init(tokenEntries: Int = 16_384, identityEntries: Int = 16_384) {
         scratch = .allocate(byteCount: JWTVerifier.scratchBytes, alignment: 16)
         var n = 2
         while n < tokenEntries { n <<= 1 }
@@ -69,10 +70,22 @@ final class JWTGate {
     }
 
     /// The POLICY.md rule for routes taking both credentials: does this Bearer value look like
-    /// a JWT (three base64url segments, the first a JOSE header)?
-    @inline(__always)
-    func isJWT(_ value: UnsafeRawBufferPointer) -> Bool {
-        JWTVerifier.isJWT(value, scratch: scratch)
+    /// a JWT (three base64url segments, the first a JOSE header)? A token this loop has
+    /// verified and still remembers is one without looking again (its cache tag is kept for
+    /// the verification phase).
+    func isJWT(_ value: UnsafeRawBufferPointer, for x: Exchange) -> Bool {
+        if value.count <= JWTSettings.maxTokenBytes, let verifier = x.facts.snapshot.jwt, x.facts.snapshot === x.context.snapshot {
+            if owner !== verifier { clear(owner: verifier) }
+            let (t0, t1) = SipHash24.hash128(value, k0: k0, k1: k1)
+            x.facts.hasJWTTag = true
+            x.facts.jwtTag0 = t0
+            x.facts.jwtTag1 = t1
+            let first = tokens + (Int(truncatingIfNeeded: t0) & tokenSetMask) << 1
+            if first.pointee.tag0 == t0 && first.pointee.tag1 == t1 && first.pointee.record != nil { return true }
+            let second = first + 1
+            if second.pointee.tag0 == t0 && second.pointee.tag1 == t1 && second.pointee.record != nil { return true }
+        }
+        return JWTVerifier.isJWT(value, scratch: scratch)
     }
 
     /// The credential phase's lookup for a JWT: the identity, or `INVALID_TOKEN` / `EXPIRED`.
@@ -85,7 +98,7 @@ final class JWTGate {
         if cacheable && owner !== verifier { clear(owner: verifier) }
         // Oversized tokens are refused before they are even hashed.
         guard token.count <= JWTSettings.maxTokenBytes else { return .reply(Denial(.invalidToken)) }
-        let (t0, t1) = SipHash24.hash128(token, k0: k0, k1: k1)
+        let (t0, t1) = x.facts.hasJWTTag ? (x.facts.jwtTag0, x.facts.jwtTag1) : SipHash24.hash128(token, k0: k0, k1: k1)
         let first = tokens + (Int(truncatingIfNeeded: t0) & tokenSetMask) << 1
         let second = first + 1
         if cacheable {

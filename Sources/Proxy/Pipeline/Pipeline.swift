@@ -183,7 +183,7 @@ enum Pipeline {
             if let r = CredentialRule.bearerToken(in: value), !r.isEmpty {
                 let range = ByteRange(offset: Int(f.value.offset) + r.lowerBound, count: r.count)
                 if takes.contains(.jwt)
-                    && (!readsKeys || x.context.jwt.isJWT(UnsafeRawBufferPointer(rebasing: value[r]))) {
+                    && (!readsKeys || x.context.jwt.isJWT(UnsafeRawBufferPointer(rebasing: value[r]), for: x)) {
                     x.facts.credentialSource = .bearer
                     x.facts.credentialHeader = bearerIndex
                     x.facts.credential = range
