@@ -47,10 +47,10 @@ let package = Package(
         ], swiftSettings: hot),
 
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime"], swiftSettings: strict),
-        .testTarget(name: "PolicyTests", dependencies: ["Policy"], swiftSettings: strict),
+        .testTarget(name: "PolicyTests", dependencies: ["Policy", "COpenSSL"], swiftSettings: strict),
         .testTarget(name: "BackendsTests", dependencies: ["Backends", "Runtime", "Policy"], swiftSettings: strict),
         .testTarget(name: "ReferenceBackendsTests", dependencies: ["ReferenceBackends", "Runtime"], swiftSettings: strict),
-        .testTarget(name: "ProxyTests", dependencies: ["Proxy", "Runtime", "Policy", "Backends", "ReferenceBackends"],
+        .testTarget(name: "ProxyTests", dependencies: ["Proxy", "Runtime", "Policy", "Backends", "ReferenceBackends", "COpenSSL"],
                     swiftSettings: strict),
     ]
 )

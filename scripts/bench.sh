@@ -6,6 +6,8 @@
 #   scripts/bench.sh usage      tollgate without and with usage records (spool + file sink), one run
 #   scripts/bench.sh credits    tollgate without and with a per-request price (local ledger; the
 #                               redis ledger with TOLLGATE_BENCH_REDIS=redis://127.0.0.1:PORT/0)
+#   scripts/bench.sh jwt        tollgate with API keys vs JWTs (HS256, ES256; a few tokens reused,
+#                               or a token the process never saw on every request), one run
 # Further arguments go to run.sh (e.g. --duration 5 --rounds 1).
 # Builds a release binary and strips its debug info (valgrind 3.19 cannot read Swift 6.3's DWARF).
 set -euo pipefail
@@ -16,7 +18,7 @@ BIN=$(mktemp /tmp/tollgate-bench.XXXXXX)
 strip --strip-debug -o "$BIN" .build/release/tollgate
 export TOLLGATE_BIN=$BIN
 MODE=peers
-case ${1:-} in peers|redis|accesslog|usage|credits) MODE=$1; shift ;; esac
+case ${1:-} in peers|redis|accesslog|usage|credits|jwt) MODE=$1; shift ;; esac
 if [[ $MODE == usage ]]; then
     # The stock adapter with a `usage:` block (spool and a file sink in the run's work
     # directory), beside the stock tollgate: the same variants in one run.
@@ -70,6 +72,123 @@ EOS
     chmod +x "$WRAP"
     exec "$BENCH/run.sh" --only tollgate --variants auth,ratelimit \
         --proxy-name tollgate_credits --proxy-variants auth,ratelimit --proxy-port 17980 \
+        --proxy-cmd "export TOLLGATE_BIN=$BIN; exec $WRAP" "$@"
+fi
+if [[ $MODE == jwt ]]; then
+    # API keys (the stock `auth` variant: 10,000 keys rotated) beside JWTs in one run. The
+    # shared harness sends keys in X-API-Key only, so it runs from a copy in which the wrk
+    # client sends a line "Bearer T" as `Authorization: Bearer T`, reads the tokens of a
+    # variant from $BENCH_CLIENT_KEYS_DIR/<variant>.txt, and carries its place in a token
+    # file from one wrk run to the next (the warm-up and the measured window see different
+    # tokens). The JWT variants are the `auth` policy plus credentials.jwt (HS256 with a
+    # secret, ES256 with a P-256 key), the route taking both credentials; the harness's
+    # checks still use an API key. Tokens (valid 3 h):
+    #   *-cached  16 tokens of 16 consumers, reused: after the first few requests every one
+    #             is a per-loop cache hit;
+    #   *-fresh   45,000 distinct tokens of 10,000 consumers: in the instruction window
+    #             (1,000 warm-up + 20,000 requests, one process) no token comes twice, so
+    #             each is verified (base64url, JSON, signature); a consumer's identity record
+    #             is shared by its tokens. The throughput rounds wrap around the file (10 s
+    #             is more than 45,000 requests): their req/s are not "fresh" figures.
+    COPY=$(mktemp -d /tmp/tollgate-bench-jwt.XXXXXX)
+    cp -r "$BENCH"/. "$COPY"/
+    TOKENS=$COPY/tokens
+    mkdir -p "$TOKENS"
+    python3 - "$COPY" <<'PY'
+import sys
+d = sys.argv[1]
+p = d + "/lib/wrk_rotate.lua"
+s = open(p).read()
+old = '    local headers = { ["X-API-Key"] = key }'
+assert old in s
+s = s.replace(old, '    local headers\n'
+              '    if key:sub(1, 7) == "Bearer " then headers = { ["Authorization"] = key } else headers = { ["X-API-Key"] = key } end')
+old = '  stop_after = tonumber(args[2] or "0")'
+assert old in s
+s = s.replace(old, old + '\n'
+              '  -- Token files: go on from where the last run of this file stopped.\n'
+              '  if requests[1]:find("Authorization: Bearer", 1, true) then\n'
+              '    pos_file = args[1] .. ".pos"\n'
+              '    local f = io.open(pos_file)\n'
+              '    if f then next_index = (tonumber(f:read("*l")) or 0) % #requests; f:close() end\n'
+              '  end')
+old = '  if responses >= stop_after then'
+assert old in s
+s = s.replace(old, old + '\n'
+              '    if pos_file then local f = io.open(pos_file, "w"); if f then f:write(tostring(next_index)); f:close() end end')
+open(p, "w").write(s)
+p = d + "/run.sh"
+s = open(p).read()
+old = '                        -- "$BENCH_KEYS_FILE")'
+assert s.count(old) == 1
+s = s.replace(old, '                        -- "$(client_keys_for "$variant")")')
+old = "client_cmd() {"
+assert s.count(old) == 1
+s = s.replace(old, '# client_keys_for VARIANT: the variant\'s own client file (tokens), else the keys.\n'
+              'client_keys_for() {\n'
+              '    if [[ -n ${BENCH_CLIENT_KEYS_DIR:-} && -f $BENCH_CLIENT_KEYS_DIR/$1.txt ]]; then\n'
+              '        echo "$BENCH_CLIENT_KEYS_DIR/$1.txt"\n'
+              '    else\n'
+              '        echo "$BENCH_KEYS_FILE"\n'
+              '    fi\n'
+              '}\n\n' + old)
+open(p, "w").write(s)
+PY
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TOKENS/ec.pem" 2>/dev/null
+    openssl pkey -in "$TOKENS/ec.pem" -pubout -out "$TOKENS/ec.pub.pem"
+    SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    python3 - "$TOKENS" "$SECRET" <<'PY'
+import base64, hashlib, hmac, json, os, subprocess, sys, time
+d, secret = sys.argv[1], sys.argv[2].encode()
+exp = int(time.time()) + 3 * 3600
+def b64(b): return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+def claims(consumer, n):
+    return {"sub": consumer, "scope": "bench", "iat": int(time.time()), "exp": exp, "jti": "t%d" % n}
+def hs(c):
+    inp = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps(c, separators=(",", ":")).encode())
+    return inp + "." + b64(hmac.new(secret, inp.encode(), hashlib.sha256).digest())
+try:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, utils
+    key = serialization.load_pem_private_key(open(d + "/ec.pem", "rb").read(), None)
+    def es_sign(data):
+        r, s = utils.decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+except ImportError:
+    def es_sign(data):
+        # The openssl CLI (slow: a process per token); DER ECDSA-Sig-Value -> R || S.
+        der = subprocess.run(["openssl", "dgst", "-sha256", "-sign", d + "/ec.pem"], input=data,
+                             capture_output=True, check=True).stdout
+        def integer(b, i):
+            n = b[i + 1]
+            return int.from_bytes(b[i + 2:i + 2 + n], "big"), i + 2 + n
+        r, i = integer(der, 2)
+        s, _ = integer(der, i)
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+def es(c):
+    inp = b64(b'{"alg":"ES256","typ":"JWT"}') + "." + b64(json.dumps(c, separators=(",", ":")).encode())
+    return inp + "." + b64(es_sign(inp.encode()))
+for name, sign, count, consumers in (("hs256-cached", hs, 16, 16), ("hs256-fresh", hs, 45000, 10000),
+                                     ("es256-cached", es, 16, 16), ("es256-fresh", es, 45000, 10000)):
+    with open(os.path.join(d, name + ".txt"), "w") as f:
+        for n in range(count):
+            f.write("Bearer " + sign(claims("c%05d" % (n % consumers), n)) + "\n")
+PY
+    WRAP=$(mktemp /tmp/tollgate-jwt-peer.XXXXXX)
+    cat >"$WRAP" <<EOS
+#!/usr/bin/env bash
+# The stock adapter's auth variant plus credentials.jwt (HS256 and ES256); the route takes both.
+source "\$BENCH_DIR/peers/tollgate.sh"
+tollgate_setup auth "\$BENCH_LISTEN_PORT" "\$BENCH_WORKDIR"
+printf 'credentials:\n  api_key: {headers: [X-API-Key]}\n  jwt:\n    algorithms: [HS256, ES256]\n    secret_env: TOLLGATE_BENCH_JWT_SECRET\n    keys_file: %s\n' \
+    "$TOKENS/ec.pub.pem" >>"\$BENCH_WORKDIR/policies/gateway.yaml"
+export TOLLGATE_BENCH_JWT_SECRET=$SECRET
+exec "\${PEER_ARGV[@]}"
+EOS
+    chmod +x "$WRAP"
+    export BENCH_CLIENT_KEYS_DIR=$TOKENS
+    exec "$COPY/run.sh" --only tollgate --variants auth \
+        --proxy-name tollgate_jwt --proxy-variants hs256-cached,hs256-fresh,es256-cached,es256-fresh --proxy-port 17990 \
         --proxy-cmd "export TOLLGATE_BIN=$BIN; exec $WRAP" "$@"
 fi
 if [[ $MODE == accesslog ]]; then

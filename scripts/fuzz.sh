@@ -6,6 +6,7 @@
 # Targets (default: all, in this order):
 #   request response chunked path credential client-ip   libFuzzer (-sanitize=fuzzer,address)
 #   sse_meter token_hints                                 libFuzzer: credit metering (Policy/Credits)
+#   jwt                                                   libFuzzer: JWT verification (Policy/JWT, OpenSSL)
 #   proxy                                                 black-box, the real binary with ASan
 #   h2 tls                                                black-box HTTP/2 (h2c) and TLS record path
 #                                                         (python with h2: FUZZ_PYTHON, /usr/bin/python3)
@@ -22,7 +23,7 @@ duration=60
 seed=$(( $(date +%s) % 100000 ))
 build_only=0
 targets=()
-all_targets=(request response chunked path credential client-ip sse_meter token_hints proxy h2 tls credits)
+all_targets=(request response chunked path credential client-ip sse_meter token_hints jwt proxy h2 tls credits)
 while (($#)); do
     case "$1" in
         --duration) duration="$2"; shift 2 ;;
@@ -59,6 +60,7 @@ sources() {
         client-ip)  echo "$P/IPRules.swift $S/FuzzSupport.swift Fuzz/Targets/ClientIPTarget.swift" ;;
         sse_meter)  echo "$P"/Credits/*.swift "$S/FuzzSupport.swift Fuzz/Targets/SSEMeterTarget.swift" ;;
         token_hints) echo "$P"/Credits/*.swift "$S/FuzzSupport.swift Fuzz/Targets/TokenHintsTarget.swift" ;;
+        jwt)        echo "$P"/JWT/*.swift "$S/JWTShim.swift $S/FuzzSupport.swift Fuzz/Targets/JWTTarget.swift" ;;
         *) return 1 ;;
     esac
 }
@@ -71,6 +73,7 @@ dict_of() {
         client-ip) echo Fuzz/dict/ip.dict ;;
         sse_meter) echo Fuzz/dict/sse.dict ;;
         token_hints) echo Fuzz/dict/json.dict ;;
+        jwt) echo Fuzz/dict/jwt.dict ;;
     esac
 }
 max_len_of() {
@@ -78,6 +81,7 @@ max_len_of() {
         request|response) echo 20000 ;;   # past the 16 KiB head limit
         chunked) echo 9000 ;;             # past the 4 KiB extension/trailer limits
         sse_meter|token_hints) echo 8192 ;;
+        jwt) echo 9000 ;;                 # past the 8 KiB token limit
         *) echo 4096 ;;
     esac
 }

@@ -4,6 +4,7 @@
   corpus.py build SEEDDIR    rewrite Fuzz/corpus/* from DumpSeeds output (SEEDDIR/{request,
                              response,chunked}), the black-box seeds and the lists below
   corpus.py credits          rewrite Fuzz/corpus/{sse_meter,token_hints} only (the lists below)
+  corpus.py jwt              rewrite Fuzz/corpus/jwt only (the lists below)
   corpus.py wrap IN OUT [--flags F] [--splits a,b,...]
                              raw HTTP bytes → a request/response/chunked target input
   corpus.py unwrap IN        a target input → its raw message (stdout) and control (stderr)
@@ -162,6 +163,81 @@ def credits():
     print(f"token_hints: {len(BODIES)} seeds")
 
 
+# JWT target seeds (Fuzz/Targets/JWTTarget.swift): byte 0 bits 0-1 mode (0 a token, 1 header
+# NUL claims signed by the target with the fuzz secret, 2 header NUL claims NUL signature bytes,
+# 3 a token on the lax verifier), bits 2-3 the HS algorithm (mode 1), bit 4 the strict verifier.
+JWT_SECRET = b"fuzz-secret-0123456789abcdef0123"
+JWT_NOW = 1_800_000_000
+
+RFC_TOKENS = [
+    # RFC 7515 A.1 (HS256, another key), A.2 (RS256), A.3 (ES256): expired at the target's time.
+    "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk",
+    "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.cC4hiUPoj9Eetdgtv3hF80EGrhuB__dzERat0XF9g2VtQgr9PJbu3XOiZj5RZmh7AAuHIm4Bh-0Qc_lF5YKt_O8W2Fp5jujGbds9uJdbF9CUAr7t1dnZcAcQjbKBYNX4BAynRFdiuB--f_nZLgrnbyTyWzO75vRK5h6xBArLIARNPvkSjtQBMHlb1L07Qe7K0GarZRmB_eSN9383LcOLn6_dO--xi12jzDwusC-eOkHWEsqtFZESc6BfI7noOPqvhJ1phCnvWh6IeYI2w9QOYEUipUTI8np6LbgGY9Fs98rqVt5AXLIhWkWywlVmtVrBp0igcN_IoypGlUPQGe77Rw",
+    "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.DtEhU3ljbEg8L38VWAfUAqOyKAM6-Xx-F4GawxaepmXFCgfTjDxw5djxLa8ISlSApmWQxfKTUJqPP3-Kg6NU1Q",
+    "", ".", "..", "a.b.c", "tg_0123456789abcdefghijklmnopqrstuvwxyzAB", "eyJhbGciOiJub25lIn0.e30.",
+]
+
+JWT_HEADERS = [
+    '{"alg":"HS256","typ":"JWT"}', '{"alg":"HS384"}', '{"alg":"HS512"}', '{"alg":"none"}', '{"alg":"RS256","kid":"ec-1"}',
+    '{"alg":"ES256","kid":"ec-1"}', '{"alg":"HS256","kid":"../../dev/null"}', '{"alg":"HS256","crit":["exp"]}',
+    '{"alg":"HS256","jwk":{"kty":"oct","k":"AA"},"jku":"http://x/","x5u":"http://y/"}', '{"alg":"HS256","alg":"HS256"}',
+    '{"typ":"JWT"}', '[]', '{"alg":"HS256"', ' {"alg" : "HS256" } ', '{"alg":"HS2\\u0035\\u0036"}', '{"alg":null}',
+]
+
+def jwt_claims(**kw):
+    import json as _json
+    c = {"sub": "alice", "exp": JWT_NOW + 600}
+    c.update(kw)
+    return _json.dumps(c, separators=(",", ":"))
+
+JWT_CLAIMS = [
+    jwt_claims(), jwt_claims(scope="a b  c "), jwt_claims(scope=["a", "b"]), jwt_claims(scope=[]), jwt_claims(scope=["a b"]),
+    jwt_claims(exp=JWT_NOW - 29), jwt_claims(exp=JWT_NOW - 30), jwt_claims(nbf=JWT_NOW + 31), jwt_claims(iat=JWT_NOW + 31),
+    jwt_claims(sub=42), jwt_claims(sub=""), jwt_claims(sub="\u00e9l\u00e8ve"), jwt_claims(role="admin"),
+    jwt_claims(iss="https://issuer.test", aud="aud-a", type="access"),
+    jwt_claims(iss="https://issuer.test", aud=["x", "aud-a"], type="access"),
+    jwt_claims(iss="https://issuer.test", aud="aud-a", type="refresh"),
+    '{"sub":"alice","exp":1.8e9}', '{"sub":"alice","exp":1800000000.5}', '{"sub":"alice","exp":1e400}',
+    '{"sub":"alice","exp":123456789012345678901234567890}', '{"sub":"alice","exp":-1}', '{"sub":"alice","exp":"1900000000"}',
+    '{"sub":"alice"}', '{"sub":"a\\ud83d\\ude00","exp":1900000000}', '{"sub":"a\\ud800","exp":1900000000}',
+    '{"sub":"alice","exp":1900000000,"exp":1}', '{"x":[[[[[[[[[[{}]]]]]]]]]],"sub":"a","exp":1900000000}',
+    '{"sub":"alice","exp":1900000000,}', '{"sub":"alice","exp":01}', '{}', '[]', '"x"', '',
+]
+
+def jwt_seeds():
+    import base64, hmac as _hmac, hashlib as _hashlib, json as _json
+    def b64(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=")
+    out = []
+    for t in RFC_TOKENS:
+        out.append(wrap(t.encode(), flags=0, splits=()))
+        out.append(wrap(t.encode(), flags=3, splits=()))
+    for i, (h, alg) in enumerate([('{"alg":"HS256","typ":"JWT"}', _hashlib.sha256), ('{"alg":"HS384"}', _hashlib.sha384),
+                                  ('{"alg":"HS512"}', _hashlib.sha512)]):
+        for c in JWT_CLAIMS[:16]:
+            inp = b64(h.encode()) + b"." + b64(c.encode())
+            tok = inp + b"." + b64(_hmac.new(JWT_SECRET, inp, alg).digest())
+            out.append(wrap(tok, flags=0 | (0x10 if i == 0 else 0), splits=()))
+    for h in JWT_HEADERS:
+        for c in JWT_CLAIMS:
+            for alg_bits in (0, 1, 2):
+                if alg_bits and h != JWT_HEADERS[0] and alg_bits != JWT_HEADERS.index(h):
+                    continue
+                out.append(wrap(h.encode() + b"\0" + c.encode(), flags=1 | (alg_bits << 2), splits=()))
+        out.append(wrap(h.encode() + b"\0" + JWT_CLAIMS[13].encode(), flags=1 | 0x10, splits=()))
+    for h in ('{"alg":"ES256","kid":"ec-1"}', '{"alg":"RS256"}', '{"alg":"ES256"}'):
+        for sig in (b"", b"\0" * 64, b"\xff" * 64, b"\x80" + b"\0" * 63, b"\0" * 32 + b"\x80" * 32, b"\1" * 256, b"\0" * 255 + b"\1", b"\x30\x44"):
+            out.append(wrap(h.encode() + b"\0" + JWT_CLAIMS[0].encode() + b"\0" + sig, flags=2, splits=()))
+    return out
+
+def jwt():
+    shutil.rmtree(os.path.join(CORPUS, "jwt"), ignore_errors=True)
+    seeds = jwt_seeds()
+    for data in seeds:
+        write(os.path.join(CORPUS, "jwt"), hashlib.sha1(data).hexdigest()[:12], data)
+    print(f"jwt: {len(set(seeds))} seeds")
+
+
 def build(seed_dir):
     for kind in ("request", "response", "chunked", "path", "credential", "client-ip"):
         shutil.rmtree(os.path.join(CORPUS, kind), ignore_errors=True)
@@ -200,6 +276,7 @@ def build(seed_dir):
     for k, v in sorted(counts.items()):
         print(f"{k}: {v} seeds")
     credits()
+    jwt()
 
 
 def main():
@@ -208,6 +285,7 @@ def main():
     b = sub.add_parser("build")
     b.add_argument("seed_dir")
     sub.add_parser("credits")
+    sub.add_parser("jwt")
     w = sub.add_parser("wrap")
     w.add_argument("input")
     w.add_argument("output")
@@ -220,6 +298,8 @@ def main():
         build(a.seed_dir)
     elif a.cmd == "credits":
         credits()
+    elif a.cmd == "jwt":
+        jwt()
     elif a.cmd == "wrap":
         with open(a.input, "rb") as f:
             raw = f.read()

@@ -53,4 +53,194 @@ static inline void tollgate_sha256(const void *data, size_t n, unsigned char out
     SHA256_Final(out, &ctx);
 }
 #pragma GCC diagnostic pop
+
+// JWT signatures (Policy/JWT). HMAC with the inner and outer hash states computed once per
+// key: a verification copies two contexts instead of hashing the padded key twice. The
+// low-level SHA calls are deprecated in 3.0 but stay (see tollgate_sha256).
+#include <string.h>
+#include <openssl/pem.h>
+#include <openssl/bn.h>
+#include <openssl/param_build.h>
+#include <openssl/core_names.h>
+
+typedef struct { SHA256_CTX inner; SHA256_CTX outer; } tollgate_hmac256_key;
+/// SHA-384 and SHA-512 share SHA512_CTX (and a 128-byte block).
+typedef struct { SHA512_CTX inner; SHA512_CTX outer; int bits; } tollgate_hmac512_key;
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+static inline void tollgate_hmac256_init(tollgate_hmac256_key *k, const void *key, size_t n) {
+    unsigned char block[64], pad[64];
+    memset(block, 0, sizeof block);
+    if (n > 64) {
+        SHA256_CTX c;
+        SHA256_Init(&c); SHA256_Update(&c, key, n); SHA256_Final(block, &c);
+        OPENSSL_cleanse(&c, sizeof c);
+    } else if (n > 0) {
+        memcpy(block, key, n);
+    }
+    for (int i = 0; i < 64; i++) pad[i] = block[i] ^ 0x36;
+    SHA256_Init(&k->inner); SHA256_Update(&k->inner, pad, 64);
+    for (int i = 0; i < 64; i++) pad[i] = block[i] ^ 0x5c;
+    SHA256_Init(&k->outer); SHA256_Update(&k->outer, pad, 64);
+    OPENSSL_cleanse(block, sizeof block); OPENSSL_cleanse(pad, sizeof pad);
+}
+
+static inline void tollgate_hmac256(const tollgate_hmac256_key *k, const void *data, size_t n, unsigned char out[32]) {
+    SHA256_CTX c = k->inner;
+    unsigned char inner[32];
+    if (n > 0) SHA256_Update(&c, data, n);
+    SHA256_Final(inner, &c);
+    c = k->outer;
+    SHA256_Update(&c, inner, 32);
+    SHA256_Final(out, &c);
+}
+
+/// `bits`: 384 or 512.
+static inline void tollgate_hmac512_init(tollgate_hmac512_key *k, int bits, const void *key, size_t n) {
+    unsigned char block[128], pad[128];
+    memset(block, 0, sizeof block);
+    k->bits = bits;
+    if (n > 128) {
+        SHA512_CTX c;
+        if (bits == 384) { SHA384_Init(&c); SHA384_Update(&c, key, n); SHA384_Final(block, &c); }
+        else { SHA512_Init(&c); SHA512_Update(&c, key, n); SHA512_Final(block, &c); }
+        OPENSSL_cleanse(&c, sizeof c);
+    } else if (n > 0) {
+        memcpy(block, key, n);
+    }
+    for (int i = 0; i < 128; i++) pad[i] = block[i] ^ 0x36;
+    if (bits == 384) SHA384_Init(&k->inner); else SHA512_Init(&k->inner);
+    SHA512_Update(&k->inner, pad, 128);
+    for (int i = 0; i < 128; i++) pad[i] = block[i] ^ 0x5c;
+    if (bits == 384) SHA384_Init(&k->outer); else SHA512_Init(&k->outer);
+    SHA512_Update(&k->outer, pad, 128);
+    OPENSSL_cleanse(block, sizeof block); OPENSSL_cleanse(pad, sizeof pad);
+}
+
+/// Writes 48 (HS384) or 64 (HS512) bytes.
+static inline void tollgate_hmac512(const tollgate_hmac512_key *k, const void *data, size_t n, unsigned char *out) {
+    SHA512_CTX c = k->inner;
+    unsigned char inner[64];
+    size_t len = k->bits == 384 ? 48 : 64;
+    if (n > 0) SHA512_Update(&c, data, n);
+    if (k->bits == 384) SHA384_Final(inner, &c); else SHA512_Final(inner, &c);
+    c = k->outer;
+    SHA512_Update(&c, inner, len);
+    if (k->bits == 384) SHA384_Final(out, &c); else SHA512_Final(out, &c);
+}
+#pragma GCC diagnostic pop
+
+/// A public key checked by OpenSSL (RSA: n and e sane; EC: the point on the curve).
+static inline int tollgate_public_check(EVP_PKEY *key) {
+    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+    int ok = c != NULL && EVP_PKEY_public_check(c) == 1;
+    EVP_PKEY_CTX_free(c);
+    ERR_clear_error();
+    return ok;
+}
+
+/// An RSA public key from its big-endian modulus and exponent (a JWK's `n`, `e`); NULL if
+/// OpenSSL refuses them.
+static inline EVP_PKEY *tollgate_rsa_public_key(const unsigned char *n, size_t nlen, const unsigned char *e, size_t elen) {
+    EVP_PKEY *pkey = NULL;
+    BIGNUM *bn = BN_bin2bn(n, (int)nlen, NULL), *be = BN_bin2bn(e, (int)elen, NULL);
+    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *ctx = NULL;
+    if (bn && be && bld && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn)
+        && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, be)
+        && (params = OSSL_PARAM_BLD_to_param(bld)) != NULL
+        && (ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL)) != NULL
+        && EVP_PKEY_fromdata_init(ctx) == 1) {
+        if (EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) != 1) pkey = NULL;
+    }
+    EVP_PKEY_CTX_free(ctx); OSSL_PARAM_free(params); OSSL_PARAM_BLD_free(bld); BN_free(bn); BN_free(be);
+    if (pkey && !tollgate_public_check(pkey)) { EVP_PKEY_free(pkey); pkey = NULL; }
+    ERR_clear_error();
+    return pkey;
+}
+
+/// A P-256 public key from its uncompressed point (0x04 || x || y, 65 bytes); NULL when the
+/// point is not on the curve.
+static inline EVP_PKEY *tollgate_p256_public_key(const unsigned char *point, size_t len) {
+    EVP_PKEY *pkey = NULL;
+    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *ctx = NULL;
+    if (bld && OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0)
+        && OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, point, len)
+        && (params = OSSL_PARAM_BLD_to_param(bld)) != NULL
+        && (ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL)) != NULL
+        && EVP_PKEY_fromdata_init(ctx) == 1) {
+        if (EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) != 1) pkey = NULL;
+    }
+    EVP_PKEY_CTX_free(ctx); OSSL_PARAM_free(params); OSSL_PARAM_BLD_free(bld);
+    if (pkey && !tollgate_public_check(pkey)) { EVP_PKEY_free(pkey); pkey = NULL; }
+    ERR_clear_error();
+    return pkey;
+}
+
+/// The public key of a PEM text: `PUBLIC KEY` (SubjectPublicKeyInfo) or a `CERTIFICATE`'s.
+static inline EVP_PKEY *tollgate_pem_public_key(const void *pem, size_t len) {
+    BIO *bio = BIO_new_mem_buf(pem, (int)len);
+    EVP_PKEY *key = bio ? PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL) : NULL;
+    BIO_free(bio);
+    if (!key) {
+        bio = BIO_new_mem_buf(pem, (int)len);
+        X509 *cert = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+        if (cert) { key = X509_get_pubkey(cert); X509_free(cert); }
+        BIO_free(bio);
+    }
+    if (key && !tollgate_public_check(key)) { EVP_PKEY_free(key); key = NULL; }
+    ERR_clear_error();
+    return key;
+}
+
+/// 1: RSA, 2: EC on P-256, 0: anything else.
+static inline int tollgate_public_key_kind(EVP_PKEY *key) {
+    if (EVP_PKEY_get_base_id(key) == EVP_PKEY_RSA) return 1;
+    if (EVP_PKEY_get_base_id(key) == EVP_PKEY_EC) {
+        char name[32];
+        size_t n = 0;
+        if (EVP_PKEY_get_group_name(key, name, sizeof name, &n) == 1 && strcmp(name, "prime256v1") == 0) return 2;
+    }
+    return 0;
+}
+
+/// A JWS `R || S` (two big-endian halves) as the DER `ECDSA-Sig-Value` OpenSSL verifies;
+/// `out` holds 2 * half + 8 bytes. Returns the DER length.
+static inline size_t tollgate_ecdsa_der(const unsigned char *rs, size_t half, unsigned char *out) {
+    unsigned char ints[2 * 66 + 8];
+    size_t at = 0;
+    for (int k = 0; k < 2; k++) {
+        const unsigned char *v = rs + k * half;
+        size_t n = half;
+        while (n > 1 && v[0] == 0) { v++; n--; }
+        size_t pad = (v[0] & 0x80) ? 1 : 0;
+        ints[at++] = 0x02;
+        ints[at++] = (unsigned char)(n + pad);
+        if (pad) ints[at++] = 0;
+        memcpy(ints + at, v, n);
+        at += n;
+    }
+    out[0] = 0x30;
+    out[1] = (unsigned char)at;
+    memcpy(out + 2, ints, at);
+    return at + 2;
+}
+
+/// RSASSA-PKCS1-v1_5 or ECDSA over SHA-256 of `data`; 1 when `sig` verifies. Nothing is left
+/// on OpenSSL's error queue.
+static inline int tollgate_verify_sha256(EVP_PKEY *key, const unsigned char *sig, size_t siglen,
+                                         const void *data, size_t n) {
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int ok = md != NULL && EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, key) == 1
+        && EVP_DigestVerify(md, sig, siglen, data, n) == 1;
+    EVP_MD_CTX_free(md);
+    ERR_clear_error();
+    return ok;
+}
+
+static inline int tollgate_memeq(const void *a, const void *b, size_t n) { return CRYPTO_memcmp(a, b, n) == 0; }
 #endif

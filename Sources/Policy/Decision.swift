@@ -21,11 +21,14 @@ public enum DenialCode: String, CaseIterable, Sendable {
     case storeUnavailable = "STORE_UNAVAILABLE"
     /// 502 by default; the proxy may answer 503/504 for the same code (DESIGN.md).
     case upstreamUnavailable = "UPSTREAM_UNAVAILABLE"
+    /// A JWT that does not verify (signature, key, algorithm, issuer, audience, claims). An
+    /// expired one is `EXPIRED`.
+    case invalidToken = "INVALID_TOKEN"
 
     /// The HTTP status of the local reply.
     public var status: Int {
         switch self {
-        case .missingCredential, .invalidKey, .expired, .revoked: return 401
+        case .missingCredential, .invalidKey, .invalidToken, .expired, .revoked: return 401
         case .disabled, .ipDenied, .insufficientScope, .httpsRequired: return 403
         case .lockedOut, .rateLimited, .quotaExceeded: return 429
         case .insufficientCredits: return 402
@@ -55,6 +58,7 @@ public enum DenialCode: String, CaseIterable, Sendable {
         case .badRequest: return "The request is malformed."
         case .storeUnavailable: return "The key store is unavailable."
         case .upstreamUnavailable: return "The upstream service is unavailable."
+        case .invalidToken: return "The token is not valid."
         }
     }
 

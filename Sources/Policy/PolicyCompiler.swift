@@ -6,7 +6,7 @@
 /// resolved: route → backend, key → plan, unique route names, key ids and key hashes,
 /// scopes → bits. Every problem is collected; nothing is built if there is one.
 enum PolicyCompiler {
-    static func compile(_ docs: [PolicyDocument], sources: [PolicySource] = [],
+    static func compile(_ docs: [PolicyDocument], sources: [PolicySource] = [], environment: PolicyEnvironment = .process,
                         errors: inout [PolicyError]) -> PolicySnapshot? {
         var found: [PolicyError] = []
 
@@ -105,6 +105,15 @@ enum PolicyCompiler {
             plans.append(PlanSpec(index: plans.count, name: p.name, windows: windows, quotas: p.quotas))
         }
 
+        // JWTs: the secret and the keys file are read here, at every load.
+        let jwtDoc = creds.jwt
+        let jwt = jwtDoc.flatMap { compileJWT($0, environment: environment, found: &found) }
+        var jwtPlan: Int?
+        if let j = jwtDoc, let name = j.plan, let at = j.planAt {
+            jwtPlan = planIndex[name]?.0
+            if jwtPlan == nil { found.append(at.error("unknown plan '\(name)'")) }
+        }
+
         // Routes: scopes are interned in route order.
         var scopeTable = ScopeTable()
         var routes: [RouteSpec] = []
@@ -134,6 +143,10 @@ enum PolicyCompiler {
                 found.append(at.error("a route with credits needs the top-level credits block (which ledger to charge)"))
                 ok = false
             }
+            if let kinds = r.credentials, kinds.contains(.jwt), jwtDoc == nil, let at = r.credentialsAt {
+                found.append(at.error("jwt needs credentials.jwt (algorithms and keys)"))
+                ok = false
+            }
             if r.credits != nil, r.isPublic, let at = r.creditsAt {
                 found.append(at.error("a route with auth: none has nobody to charge"))
                 ok = false
@@ -142,7 +155,7 @@ enum PolicyCompiler {
             routes.append(RouteSpec(
                 index: routes.count, name: r.name, backend: backend, scopes: scopes, scopeNames: r.scopes,
                 requiresHTTPS: r.requiresHTTPS, isPublic: r.isPublic, maxBodyBytes: r.maxBodyBytes, methods: r.methods, path: r.path, isPrefix: r.isPrefix,
-                credits: r.credits))
+                credits: r.credits, credentials: r.credentials ?? (jwtDoc == nil ? .apiKey : [.apiKey, .jwt])))
         }
 
         // Keys: thousands of them, so no per-key location or String key path is built
@@ -224,6 +237,70 @@ enum PolicyCompiler {
                 AuditSpec(path: $0.path, signingKey: $0.signingKey, signingKeyLocation: $0.signingKeyAt?.short ?? "",
                           checkpointEvery: $0.every, checkpointInterval: $0.interval)
             },
-            sources: sources)
+            sources: sources, jwt: jwt, jwtPlanIndex: jwtPlan)
+    }
+
+    /// The verifier of `credentials.jwt`, its secret read from the environment and its keys
+    /// file from disk; nil (with the errors) when either is missing or unusable, or a pinned
+    /// algorithm has no key. Messages name variables and files, never a secret's bytes.
+    static func compileJWT(_ j: PolicyDocument.JWT, environment: PolicyEnvironment, found: inout [PolicyError]) -> JWTVerifier? {
+        var keys: [JWTKey] = []
+        var ok = true
+        if let name = j.secretEnv, let at = j.secretEnvAt {
+            if let raw = environment.variable(name) {
+                var secret = raw
+                if j.secretIsBase64URL {
+                    var text = String(decoding: raw, as: UTF8.self)
+                    while text.hasSuffix("\n") || text.hasSuffix("\r") { text.removeLast() }
+                    if let b = Base64URL.decode(text) { secret = b } else {
+                        found.append(at.error("environment variable \(name) is not base64url (secret_encoding: base64url: no padding, no spaces)"))
+                        ok = false
+                    }
+                }
+                if ok && secret.isEmpty {
+                    found.append(at.error("environment variable \(name) is empty"))
+                    ok = false
+                }
+                if ok { keys.append(.secret(secret, origin: "secret_env " + name)) }
+            } else {
+                found.append(at.error("environment variable \(name) is not set"))
+                ok = false
+            }
+            if !j.algorithms.contains(where: { $0.keyType == .oct }) {
+                found.append(at.error("a secret verifies HS256, HS384 or HS512 only, and none is pinned in algorithms"))
+                ok = false
+            }
+        }
+        if let path = j.keysFile, let at = j.keysFileAt {
+            if let bytes = environment.file(path) {
+                do { keys += try JWTKeyFile.read(bytes) } catch {
+                    found.append(at.error("keys file '\(path)': \(error.description)"))
+                    ok = false
+                }
+            } else {
+                found.append(at.error("cannot read keys file '\(path)'"))
+                ok = false
+            }
+        }
+        guard ok else { return nil }
+        for a in j.algorithms where !keys.contains(where: { $0.type == a.keyType && ($0.algorithm == nil || $0.algorithm == a) }) {
+            let need: String
+            switch a.keyType {
+            case .oct: need = "secret_env (or an oct key in keys_file)"
+            case .rsa: need = "an RSA public key in keys_file"
+            case .ec: need = "an EC P-256 public key in keys_file"
+            }
+            found.append(j.algorithmsAt.error("\(a.rawValue) is pinned but no key verifies it (it needs \(need))"))
+            ok = false
+        }
+        guard ok else { return nil }
+        var settings = JWTSettings(algorithms: j.algorithms)
+        settings.issuers = j.issuers
+        settings.audiences = j.audiences
+        settings.requiredClaims = j.requiredClaims
+        settings.leewaySeconds = j.leeway.components.seconds
+        settings.consumerClaim = j.consumerClaim
+        settings.scopesClaim = j.scopesClaim
+        return JWTVerifier(settings: settings, keys: keys)
     }
 }

@@ -825,12 +825,129 @@ struct NodeReader {
                     }
                 }
             case "jwt":
-                refuse(kn, v, p, fields: ["algorithms", "secret_env", "secret_encoding", "keys_file", "issuer",
-                                          "audience", "required_claims", "leeway", "consumer_claim", "scopes_claim"])
+                c.jwt = readJWT(v, p, at: loc(kn, p))
             default: unknown(kn, p)
             }
         }
         return c
+    }
+
+    /// `credentials.jwt` (see ``JWTVerifier``). The secret and the keys file are read by the
+    /// compiler; here only their names and paths (keys files resolve against this file's
+    /// directory).
+    mutating func readJWT(_ n: PolicyNode, _ path: String, at: SourceLocation) -> PolicyDocument.JWT? {
+        guard let m = mapping(n, path) else { return nil }
+        var j = PolicyDocument.JWT(at: at, algorithmsAt: at)
+        var ok = true
+        var encodingNode: (PolicyNode, String)?
+        for (k, kn, v) in m {
+            let p = NodeReader.join(path, k)
+            switch k {
+            case "algorithms":
+                j.algorithmsAt = loc(v, p)
+                guard let names = stringList(v, p) else { ok = false; continue }
+                if names.isEmpty { fail(v, p, "must pin at least one algorithm"); ok = false }
+                for (i, name) in names.enumerated() {
+                    let ip = "\(p)[\(i)]"
+                    if let a = JWTAlgorithm(rawValue: name) {
+                        if j.algorithms.contains(a) { fail(v, ip, "'\(name)' listed twice"); ok = false } else { j.algorithms.append(a) }
+                    } else if name.lowercased() == "none" {
+                        fail(v, ip, "'\(name)' is never accepted (a token must be signed)"); ok = false
+                    } else {
+                        fail(v, ip, "unsupported algorithm '\(name)' (HS256, HS384, HS512, RS256 or ES256)"); ok = false
+                    }
+                }
+            case "secret_env":
+                if NodeReader.isNull(v) { continue }
+                guard let name = nonEmptyString(v, p) else { ok = false; continue }
+                j.secretEnv = name
+                j.secretEnvAt = loc(v, p)
+            case "secret_encoding":
+                if NodeReader.isNull(v) { continue }
+                guard let e = string(v, p) else { ok = false; continue }
+                switch e {
+                case "raw": j.secretIsBase64URL = false
+                case "base64url": j.secretIsBase64URL = true
+                default: fail(v, p, "invalid value '\(e)' (expected raw or base64url)"); ok = false
+                }
+                encodingNode = (kn, p)
+            case "keys_file":
+                if NodeReader.isNull(v) { continue }
+                guard let f = nonEmptyString(v, p) else { ok = false; continue }
+                j.keysFile = PolicyValues.resolve(f, relativeToFileAt: file)
+                j.keysFileAt = loc(v, p)
+            case "issuer":
+                if NodeReader.isNull(v) { continue }
+                if let list = stringOrList(v, p) { j.issuers = list } else { ok = false }
+            case "audience":
+                if NodeReader.isNull(v) { continue }
+                if let list = stringOrList(v, p) { j.audiences = list } else { ok = false }
+            case "required_claims":
+                if NodeReader.isNull(v) { continue }
+                guard let cm = mapping(v, p) else { ok = false; continue }
+                for (ck, ckn, cv) in cm {
+                    let cp = NodeReader.join(p, ck)
+                    guard !ck.isEmpty else { fail(ckn, cp, "a claim name must not be empty"); ok = false; continue }
+                    guard case .scalar(let text, let isPlain) = cv.content, !NodeReader.isNull(cv) else {
+                        fail(cv, cp, "expected a string, an integer, true or false, found \(NodeReader.kind(cv))"); ok = false; continue
+                    }
+                    var value = JWTClaimValue.string(text)
+                    if isPlain {
+                        switch text {
+                        case "true", "True", "TRUE": value = .bool(true)
+                        case "false", "False", "FALSE": value = .bool(false)
+                        default: if let i = Int64(text) { value = .integer(i) }
+                        }
+                    }
+                    j.requiredClaims.append(.init(name: ck, value: value))
+                }
+                if j.requiredClaims.count > JWTSettings.maxRequiredClaims {
+                    fail(v, p, "at most \(JWTSettings.maxRequiredClaims) required claims"); ok = false
+                }
+            case "leeway":
+                guard let d = duration(v, p, allowZero: true) else { ok = false; continue }
+                if d > .seconds(JWTSettings.maxLeewaySeconds) {
+                    fail(v, p, "at most \(JWTSettings.maxLeewaySeconds / 60)m (clock skew, not a grace period)"); ok = false
+                } else if d.components.attoseconds != 0 {
+                    fail(v, p, "whole seconds only (claims are in seconds)"); ok = false
+                } else {
+                    j.leeway = d
+                }
+            case "consumer_claim":
+                if let s = nonEmptyString(v, p) { j.consumerClaim = s } else { ok = false }
+            case "scopes_claim":
+                if let s = nonEmptyString(v, p) { j.scopesClaim = s } else { ok = false }
+            case "plan":
+                if NodeReader.isNull(v) { continue }
+                guard let s = string(v, p) else { ok = false; continue }
+                j.plan = s
+                j.planAt = loc(v, p)
+            default:
+                unknown(kn, p); ok = false
+            }
+        }
+        // Block-level problems are reported at the `jwt:` key.
+        func failAtBlock(_ field: String?, _ reason: String) {
+            errors.append(PolicyError(file: file, line: at.line, keyPath: field.map { NodeReader.join(path, $0) } ?? path, reason: reason))
+            ok = false
+        }
+        if !m.contains(where: { $0.key == "algorithms" }) { failAtBlock("algorithms", "missing required field") }
+        if let (kn, p) = encodingNode, j.secretEnv == nil { fail(kn, p, "secret_encoding needs secret_env"); ok = false }
+        if j.secretEnv == nil && j.keysFile == nil && ok {
+            failAtBlock(nil, "needs secret_env (HS*) or keys_file (RS256, ES256; JWKS or PEM)")
+        }
+        if j.consumerClaim == j.scopesClaim { failAtBlock("scopes_claim", "must differ from consumer_claim") }
+        return ok ? j : nil
+    }
+
+    /// A string or a list of strings (`issuer`, `audience`).
+    mutating func stringOrList(_ n: PolicyNode, _ path: @autoclosure () -> String) -> [String]? {
+        if case .sequence = n.content {
+            guard let l = stringList(n, path()) else { return nil }
+            if l.isEmpty { fail(n, path(), "must not be empty (omit it, or null, not to check)"); return nil }
+            return l
+        }
+        return nonEmptyString(n, path()).map { [$0] }
     }
 
     mutating func readBackend(_ n: PolicyNode, _ path: String, name: String, at: SourceLocation) -> PolicyDocument.Backend? {
@@ -1034,6 +1151,7 @@ struct NodeReader {
         var requiresHTTPS = false, isPublic = false
         var maxBody = 10 << 20
         var credits: RouteCredits?, creditsAt: SourceLocation?
+        var credentials: CredentialKinds?, credentialsAt: SourceLocation?
         for (k, kn, v) in m {
             let p = NodeReader.join(path, k)
             switch k {
@@ -1086,7 +1204,19 @@ struct NodeReader {
                 }
             case "credits":
                 if let c = readRouteCredits(v, p) { credits = c; creditsAt = loc(kn, p) } else { ok = false }
-            case "credentials": notSupportedYet(kn, p); ok = false
+            case "credentials":
+                credentialsAt = loc(v, p)
+                guard let names = stringList(v, p) else { ok = false; continue }
+                var kinds: CredentialKinds = []
+                for (i, s) in names.enumerated() {
+                    switch s {
+                    case "api_key": kinds.insert(.apiKey)
+                    case "jwt": kinds.insert(.jwt)
+                    default: fail(v, "\(p)[\(i)]", "invalid value '\(s)' (expected api_key or jwt)"); ok = false
+                    }
+                }
+                if names.isEmpty { fail(v, p, "must name at least one credential (or use auth: none)"); ok = false }
+                credentials = kinds
             case "max_body":
                 if let s = size(v, p) { maxBody = s } else { ok = false }
             default: unknown(kn, p); ok = false
@@ -1098,11 +1228,14 @@ struct NodeReader {
         if isPublic, !scopes.isEmpty {
             fail(n, path + ".scopes", "a route with auth: none cannot require scopes"); ok = false
         }
+        if isPublic, credentials != nil {
+            fail(n, path + ".credentials", "a route with auth: none takes no credential"); ok = false
+        }
         guard ok, let name, let matchPath, let backend else { return nil }
         return .init(name: name, at: loc(n, path), nameAt: nameAt, methods: methods, path: matchPath, isPrefix: isPrefix,
                      backend: backend, backendAt: backendAt, scopes: scopes, scopesAt: scopesAt,
                      requiresHTTPS: requiresHTTPS, isPublic: isPublic, maxBodyBytes: maxBody,
-                     credits: credits, creditsAt: creditsAt)
+                     credits: credits, creditsAt: creditsAt, credentials: credentials, credentialsAt: credentialsAt)
     }
 
     /// `keys[index]`. Built for thousands of entries: no key path or location is made

@@ -136,6 +136,27 @@ struct PolicyDocument {
         var headers: [String] = ["X-API-Key"]
         var query: String?
         var forward = false
+        var jwt: JWT?
+    }
+
+    /// `credentials.jwt`, as written (secrets and keys files are read by the compiler).
+    struct JWT {
+        var at: SourceLocation
+        var algorithms: [JWTAlgorithm] = []
+        var algorithmsAt: SourceLocation
+        var secretEnv: String?
+        var secretEnvAt: SourceLocation?
+        var secretIsBase64URL = false
+        var keysFile: String?
+        var keysFileAt: SourceLocation?
+        var issuers: [String] = []
+        var audiences: [String] = []
+        var requiredClaims: [JWTSettings.RequiredClaim] = []
+        var leeway: Duration = .zero
+        var consumerClaim = "sub"
+        var scopesClaim = "scope"
+        var plan: String?
+        var planAt: SourceLocation?
     }
 
     struct Backend {
@@ -184,6 +205,9 @@ struct PolicyDocument {
         var maxBodyBytes: Int
         var credits: RouteCredits?
         var creditsAt: SourceLocation?
+        /// `credentials: [api_key, jwt]`; nil: every configured credential.
+        var credentials: CredentialKinds?
+        var credentialsAt: SourceLocation?
     }
 
     /// One entry of `keys`. Lines rather than ``SourceLocation``s: a file may declare

@@ -6,7 +6,7 @@ import Foundation
 /// skipped, in byte-wise file-name order) or a single file. Every file must say
 /// `version: 1`. Errors name the file as `PATH/NAME` for a directory, `PATH` otherwise.
 public enum PolicyLoader {
-    public static func load(path: String) throws(PolicyLoadError) -> PolicySnapshot {
+    public static func load(path: String, environment: PolicyEnvironment = .process) throws(PolicyLoadError) -> PolicySnapshot {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw PolicyLoadError(errors: [PolicyError(file: path, line: 1, keyPath: "", reason: "no such file or directory")])
@@ -45,30 +45,31 @@ public enum PolicyLoader {
             sources.append(PolicySource(file: p, sha256: data.withUnsafeBytes { KeyHash.sha256($0).hex }))
         }
         guard errors.isEmpty else { throw PolicyLoadError(errors: errors) }
-        return try load(files: files, sources: sources)
+        return try load(files: files, sources: sources, environment: environment)
     }
 
     /// One file's text, no I/O (tests, `check` on stdin).
-    public static func load(yaml: String, file: String) throws(PolicyLoadError) -> PolicySnapshot {
-        try load(files: [(file, yaml)])
+    public static func load(yaml: String, file: String, environment: PolicyEnvironment = .process) throws(PolicyLoadError) -> PolicySnapshot {
+        try load(files: [(file, yaml)], environment: environment)
     }
 
     /// Several files' texts, merged in the given order, no I/O.
     /// ``PolicySnapshot/sources`` hold the SHA-256 of each text's UTF-8 bytes.
-    public static func load(files: [(name: String, yaml: String)]) throws(PolicyLoadError) -> PolicySnapshot {
+    public static func load(files: [(name: String, yaml: String)], environment: PolicyEnvironment = .process) throws(PolicyLoadError) -> PolicySnapshot {
         try load(files: files, sources: files.map { f in
             var y = f.yaml
             return PolicySource(file: f.name, sha256: y.withUTF8 { KeyHash.sha256(UnsafeRawBufferPointer($0)).hex })
-        })
+        }, environment: environment)
     }
 
-    static func load(files: [(name: String, yaml: String)], sources: [PolicySource]) throws(PolicyLoadError) -> PolicySnapshot {
+    static func load(files: [(name: String, yaml: String)], sources: [PolicySource],
+                     environment: PolicyEnvironment) throws(PolicyLoadError) -> PolicySnapshot {
         var errors: [PolicyError] = []
         var docs: [PolicyDocument] = []
         for f in files {
             docs.append(PolicyDocument.read(yaml: f.yaml, file: f.name, errors: &errors))
         }
-        let snapshot = PolicyCompiler.compile(docs, sources: sources, errors: &errors)
+        let snapshot = PolicyCompiler.compile(docs, sources: sources, environment: environment, errors: &errors)
         if let snapshot, errors.isEmpty { return snapshot }
         // File order, then line; stable otherwise.
         let order = Dictionary(files.enumerated().map { ($0.element.name, $0.offset) }, uniquingKeysWith: { a, _ in a })

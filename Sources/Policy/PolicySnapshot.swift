@@ -22,6 +22,11 @@ public final class PolicySnapshot: Sendable {
     /// Position = backend id (``RouteSpec/backend``).
     public let backends: [BackendSpec]
     public let credentials: CredentialRule
+    /// `credentials.jwt`: the verifier with its keys (read when this snapshot was compiled);
+    /// nil when JWTs are not configured.
+    public let jwt: JWTVerifier?
+    /// `credentials.jwt.plan` (an extension): the plan of every JWT consumer; nil: no limits.
+    public let jwtPlanIndex: Int?
     public let clients: ClientRules
     /// Position = plan id (``KeyRecord/planIndex``).
     public let plans: [PlanSpec]
@@ -42,7 +47,10 @@ public final class PolicySnapshot: Sendable {
          storeDeadline: Duration, backends: [BackendSpec], credentials: CredentialRule, clients: ClientRules,
          plans: [PlanSpec], routes: RouteTable, scopeTable: ScopeTable, keys: [KeyRecord],
          keyIndex: KeyHashMap<KeyRecord>, idIndex: [String: Int], usage: UsageSpec? = nil, credits: CreditsSpec? = nil,
-         secrets: SecretsSpec? = nil, audit: AuditSpec? = nil, sources: [PolicySource] = []) {
+         secrets: SecretsSpec? = nil, audit: AuditSpec? = nil, sources: [PolicySource] = [], jwt: JWTVerifier? = nil,
+         jwtPlanIndex: Int? = nil) {
+        self.jwt = jwt
+        self.jwtPlanIndex = jwtPlanIndex
         self.usage = usage
         self.credits = credits
         self.secrets = secrets
@@ -85,9 +93,9 @@ public final class PolicySnapshot: Sendable {
     public func scopeSet(of names: [String]) -> ScopeSet { scopeTable.set(of: names) }
 
     /// `tollgate check PATH`: every problem, or [] when the policy is valid.
-    public static func check(path: String) -> [PolicyError] {
+    public static func check(path: String, environment: PolicyEnvironment = .process) -> [PolicyError] {
         do {
-            _ = try PolicyLoader.load(path: path)
+            _ = try PolicyLoader.load(path: path, environment: environment)
             return []
         } catch {
             return error.errors

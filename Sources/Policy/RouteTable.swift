@@ -54,11 +54,14 @@ public final class RouteSpec: Sendable {
     public let isPrefix: Bool
     /// The route's price (`credits:`); nil: free.
     public let credits: RouteCredits?
+    /// The credentials it takes (`credentials:`, by default every configured one).
+    public let credentials: CredentialKinds
 
     init(index: Int, name: String, backend: Int, scopes: ScopeSet, scopeNames: [String], requiresHTTPS: Bool,
          isPublic: Bool, maxBodyBytes: Int, methods: MethodSet, path: [UInt8], isPrefix: Bool,
-         credits: RouteCredits? = nil) {
+         credits: RouteCredits? = nil, credentials: CredentialKinds = .apiKey) {
         self.credits = credits
+        self.credentials = credentials
         self.index = index; self.name = name; self.backend = backend; self.scopes = scopes
         self.scopeNames = scopeNames; self.requiresHTTPS = requiresHTTPS; self.isPublic = isPublic
         self.maxBodyBytes = maxBodyBytes; self.methods = methods

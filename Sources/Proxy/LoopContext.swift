@@ -61,6 +61,8 @@ final class LoopContext {
     private(set) var store: SharedStore?
     /// SHA-256 of recently seen keys (see `KeyHashMemo`).
     let keyHashes = KeyHashMemo()
+    /// JWT verification, its scratch buffer and caches (made on the first JWT this loop sees).
+    private(set) lazy var jwt = JWTGate()
     /// Shared by every loop: per-key cells built for concurrent use.
     let limiter: RateLimiter
     private(set) var pools: [UpstreamPool] = []

@@ -5,9 +5,12 @@ import Testing
 /// Settings of the contract (shared/POLICY.md) that are not built yet are refused at their
 /// key, `file:line: key.path: not supported yet`, instead of being read and then ignored.
 struct NotSupportedYetTests {
+    /// The environment the POLICY.md example's `secret_env` names.
+    static let environment = PolicyEnvironment.fixed(variables: ["JWT_ACCESS_SECRET": "a-secret-for-the-policy-md-example"])
+
     func errors(_ yaml: String, file: String = "p.yaml") -> [String] {
         do {
-            _ = try PolicyLoader.load(yaml: yaml, file: file)
+            _ = try PolicyLoader.load(yaml: yaml, file: file, environment: Self.environment)
             return []
         } catch {
             return error.errors.map(\.description)
@@ -56,27 +59,6 @@ struct NotSupportedYetTests {
             backends:
               flowise: {url: http://127.0.0.1:7003/api/v1}
             """, expected: ["p.yaml:3: backends.flowise.url: not supported yet (a base path)"]),
-        Case(name: "credentials jwt", yaml: """
-            version: 1
-            credentials:
-              api_key: {headers: [X-API-Key]}
-              jwt:
-                algorithms: [HS256]
-                secret_env: JWT_ACCESS_SECRET
-                required_claims: {type: access}
-                leeway: 30s
-            """, expected: ["p.yaml:4: credentials.jwt: not supported yet"]),
-        Case(name: "route credentials", yaml: """
-            version: 1
-            backends:
-              finance: {url: http://127.0.0.1:7001}
-            routes:
-              - {name: a, match: {path: /a}, backend: finance}
-              - name: chat
-                match: {path_prefix: /chat/}
-                credentials: [api_key]
-                backend: finance
-            """, expected: ["p.yaml:8: routes[1].credentials: not supported yet"]),
         Case(name: "an https usage sink", yaml: "version: 1\n\nusage:\n  spool: s\n  sinks:\n    - {kind: http, url: \"https://u.example/x\"}\n",
              expected: ["p.yaml:6: usage.sinks[0].url: not supported yet (an https usage sink)"]),
         Case(name: "top-level security", yaml: "version: 1\nsecurity:\n  lockout: {invalid_keys: 20, per: 1m, for: 10m}\n",
@@ -106,10 +88,57 @@ struct NotSupportedYetTests {
     /// (and nothing is an unknown field).
     @Test func policyMDExampleIsRefusedOnlyWhereNotBuilt() {
         #expect(errors(Self.policyMDExample, file: "POLICY.yaml") == [
-            "POLICY.yaml:35: credentials.jwt: not supported yet",
-            "POLICY.yaml:85: routes[2].credentials: not supported yet",
             "POLICY.yaml:130: security: not supported yet",
         ])
+    }
+
+    // MARK: credentials.jwt and route credentials are built
+
+    @Test func jwtBlockOfPolicyMDCompiles() throws {
+        let yaml = """
+            version: 1
+            credentials:
+              api_key: {headers: [X-API-Key]}
+              jwt:
+                algorithms: [HS256]
+                secret_env: JWT_ACCESS_SECRET
+                keys_file: null
+                issuer: null
+                audience: null
+                required_claims: {type: access}
+                leeway: 30s
+                consumer_claim: sub
+                scopes_claim: scope
+            backends:
+              finance: {url: http://127.0.0.1:7001}
+            routes:
+              - {name: a, match: {path: /a}, backend: finance}
+              - name: chat
+                match: {path_prefix: /chat/}
+                credentials: [api_key, jwt]
+                backend: finance
+              - {name: keys-only, match: {path: /k}, backend: finance, credentials: [api_key]}
+              - {name: jwt-only, match: {path: /j}, backend: finance, credentials: [jwt]}
+            """
+        let s = try PolicyLoader.load(yaml: yaml, file: "p.yaml", environment: Self.environment)
+        let jwt = try #require(s.jwt)
+        #expect(jwt.settings.algorithms == [.hs256])
+        #expect(jwt.settings.requiredClaims == [.init(name: "type", value: .string("access"))])
+        #expect(jwt.settings.leewaySeconds == 30 && jwt.settings.consumerClaim == "sub" && jwt.settings.scopesClaim == "scope")
+        #expect(jwt.keys.count == 1 && jwt.keys[0].type == .oct)
+        #expect(s.routes.map(\.credentials) == [[.apiKey, .jwt], [.apiKey, .jwt], .apiKey, .jwt])
+        // Without credentials.jwt, routes take API keys only, and naming jwt is an error.
+        let plain = try PolicyLoader.load(yaml: "version: 1\nbackends: {f: {url: http://127.0.0.1:1}}\nroutes:\n  - {name: a, match: {path: /a}, backend: f}\n",
+                                          file: "p.yaml")
+        #expect(plain.jwt == nil && plain.routes[0].credentials == .apiKey)
+        #expect(errors("version: 1\nbackends: {f: {url: http://127.0.0.1:1}}\nroutes:\n  - {name: a, match: {path: /a}, backend: f, credentials: [jwt]}\n")
+            == ["p.yaml:4: routes[0].credentials: jwt needs credentials.jwt (algorithms and keys)"])
+        #expect(errors("version: 1\nbackends: {f: {url: http://127.0.0.1:1}}\nroutes:\n  - {name: a, match: {path: /a}, backend: f, credentials: [oauth]}\n")
+            == ["p.yaml:4: routes[0].credentials[0]: invalid value 'oauth' (expected api_key or jwt)"])
+        #expect(errors("version: 1\nbackends: {f: {url: http://127.0.0.1:1}}\nroutes:\n  - {name: a, match: {path: /a}, backend: f, credentials: []}\n")
+            == ["p.yaml:4: routes[0].credentials: must name at least one credential (or use auth: none)"])
+        #expect(errors("version: 1\nbackends: {f: {url: http://127.0.0.1:1}}\nroutes:\n  - {name: a, match: {path: /a}, backend: f, auth: none, credentials: [api_key]}\n")
+            == ["p.yaml:4: routes[0].credentials: a route with auth: none takes no credential"])
     }
 
     // MARK: admin.address and access_log are built

@@ -4,8 +4,10 @@ import Synchronization
 
 /// The `code` label: every decision code, then `OK` (forwarded).
 enum MetricCode {
-    static let ok = 16
-    static let count = 17
+    // OK comes after every code (aggregates saved by earlier versions had 16 codes + OK, and
+    // OK is never a refusal, so a saved file's 17th column is always 0 and reads as INVALID_TOKEN 0).
+    static let ok = 17
+    static let count = 18
 
     @inline(__always)
     static func index(_ c: DenialCode) -> Int {
@@ -26,6 +28,7 @@ enum MetricCode {
         case .badRequest: return 13
         case .storeUnavailable: return 14
         case .upstreamUnavailable: return 15
+        case .invalidToken: return 16
         }
     }
 

@@ -60,7 +60,8 @@ enum RequestHeadWriter {
         // The normalised path: what the route was matched on is what the backend sees.
         out.put(c.exchange.pathBuffer, count: c.exchange.facts.pathCount)
         let snapshot = c.exchange.facts.snapshot
-        let stripCredential = !snapshot.credentials.forwardsCredential
+        // A JWT is never forwarded (`forward: true` is about API keys).
+        let stripCredential = !snapshot.credentials.forwardsCredential || c.exchange.facts.isJWT
         if req.hasQuery {
             if stripCredential, let name = snapshot.credentials.queryParam {
                 // Every occurrence, read or not (a public route reads none).
@@ -492,6 +493,8 @@ enum LocalReply {
     static let keepAlive: StaticString = "Connection: keep-alive\r\n"
     static let xrid: StaticString = "X-Request-Id: "
     static let challenge: StaticString = "WWW-Authenticate: ApiKey realm=\"tollgate\", Bearer realm=\"tollgate\"\r\n"
+    /// A JWT that was refused (RFC 6750 §3.1).
+    static let tokenChallenge: StaticString = "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n"
     static let bodyStart: StaticString = "{\"error\":{\"code\":\""
     static let bodyMessage: StaticString = "\",\"message\":\""
     static let bodyRequestID: StaticString = "\",\"request_id\":\""
@@ -512,7 +515,8 @@ enum LocalReply {
     }
 
     private static func writeReply<C: ExchangeCarrier>(_ c: C, status: Int, code: DenialCode, message: String, into out: IOBuffer) {
-        var msg = message
+        let isTokenRefusal = c.exchange.facts.isJWT && (code == .invalidToken || code == .expired)
+        var msg = isTokenRefusal && code == .expired ? "The token has expired." : message
         let codeCount = code.rawValue.utf8.count
         let bodyLength = bodyStart.utf8CodeUnitCount + codeCount + bodyMessage.utf8CodeUnitCount + msg.utf8.count + bodyRequestID.utf8CodeUnitCount
             + c.exchange.requestIDCount + bodyEnd.utf8CodeUnitCount
@@ -530,7 +534,7 @@ enum LocalReply {
         out.put(xrid)
         c.exchange.withRequestID { out.put($0) }
         out.put(crlf)
-        if status == 401 { out.put(challenge) }
+        if status == 401 { out.put(isTokenRefusal ? tokenChallenge : challenge) }
         if status != 100 { RateLimitFields.write(c, into: out) }
         if let d = c.exchange.facts.degraded.headerValue { out.put(d) }
         if status == 429 || status == 503, c.exchange.facts.retryAfterSeconds > 0 {

@@ -329,6 +329,13 @@ struct ExchangeFacts {
     var isPeerTrusted = false
     var isHTTPS = false
     var credentialSource: CredentialSource = .none
+    /// The credential is a JWT (`Authorization: Bearer`), not an API key: verified by the
+    /// loop's `JWTGate`, never hashed as a key, always stripped before the backend.
+    var isJWT = false
+    /// The JWT's cache tag, when the credential phase already computed it (`JWTGate`).
+    var hasJWTTag = false
+    var jwtTag0: UInt64 = 0
+    var jwtTag1: UInt64 = 0
     /// Header index of the credential (header or bearer).
     var credentialHeader = -1
     /// The key's bytes, relative to the start of the head.
@@ -394,6 +401,8 @@ struct ExchangeFacts {
         // `route` and `pool` stay until the route phase replaces them (see `Pipeline.route`).
         pathCount = 0
         credentialSource = .none
+        isJWT = false
+        hasJWTTag = false
         credentialHeader = -1
         credential = .empty
         record = nil

@@ -31,7 +31,7 @@ enum Pipeline {
             case .route: result = route(x)
             case .resolveClient: result = resolveClient(x)
             case .extractCredential: result = extractCredential(x)
-            case .lookupKey: result = x.context.lookup(for: x)
+            case .lookupKey: result = x.facts.isJWT ? x.context.jwt.verify(x) : x.context.lookup(for: x)
             case .authorize: result = authorize(x)
             case .body: result = body(x)
             case .admit: result = admit(x)
@@ -157,9 +157,14 @@ enum Pipeline {
         return .next
     }
 
-    /// The key: a configured header, `Authorization: Bearer`, or the query parameter if enabled.
+    /// The credential the route takes: an API key (a configured header, `Authorization:
+    /// Bearer`, or the query parameter if enabled) or a JWT (`Authorization: Bearer`). On a
+    /// route taking both, a Bearer value shaped like a JWT is one (POLICY.md); a key header
+    /// wins over a Bearer value.
     static func extractCredential(_ x: Exchange) -> PhaseResult {
         let rule = x.facts.snapshot.credentials
+        let takes = x.facts.route?.credentials ?? .apiKey
+        let readsKeys = takes.contains(.apiKey)
         let base = x.request.base
         let headers = x.headers
         var bearerIndex = -1
@@ -167,7 +172,7 @@ enum Pipeline {
             let f = headers[i]
             let np = base + Int(f.name.offset)
             let nn = Int(f.name.count)
-            for name in rule.headerNamesLowercased where name.count == nn {
+            for name in rule.headerNamesLowercased where readsKeys && name.count == nn {
                 if name.withUnsafeBytes({ HeaderNames.caselessEquals(np, $0.baseAddress!, nn) }), f.value.count > 0 {
                     x.facts.credentialSource = .header
                     x.facts.credentialHeader = i
@@ -181,12 +186,23 @@ enum Pipeline {
             let f = headers[bearerIndex]
             let value = UnsafeRawBufferPointer(start: base + Int(f.value.offset), count: Int(f.value.count))
             if let r = CredentialRule.bearerToken(in: value), !r.isEmpty {
-                x.facts.credentialSource = .bearer
-                x.facts.credentialHeader = bearerIndex
-                x.facts.credential = ByteRange(offset: Int(f.value.offset) + r.lowerBound, count: r.count)
+                let range = ByteRange(offset: Int(f.value.offset) + r.lowerBound, count: r.count)
+                if takes.contains(.jwt)
+                    && (!readsKeys || x.context.jwt.isJWT(UnsafeRawBufferPointer(rebasing: value[r]), for: x)) {
+                    x.facts.credentialSource = .bearer
+                    x.facts.credentialHeader = bearerIndex
+                    x.facts.credential = range
+                    x.facts.isJWT = true
+                    return .next
+                }
+                if readsKeys {
+                    x.facts.credentialSource = .bearer
+                    x.facts.credentialHeader = bearerIndex
+                    x.facts.credential = range
+                }
             }
         }
-        if x.facts.credentialSource == .none, let q = rule.queryParam, x.request.hasQuery {
+        if readsKeys, x.facts.credentialSource == .none, let q = rule.queryParam, x.request.hasQuery {
             let qr = x.request.query
             let query = UnsafeRawBufferPointer(start: base + Int(qr.offset), count: Int(qr.count))
             if let r = CredentialRule.queryValue(named: q, in: query), !r.isEmpty {

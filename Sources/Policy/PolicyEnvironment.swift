@@ -1,0 +1,29 @@
+import Foundation
+
+/// What compiling a policy may read besides its own files: environment variables
+/// (`credentials.jwt.secret_env`) and the files a policy names for key material
+/// (`credentials.jwt.keys_file`). Read once per load (start, `check`, every reload); tests
+/// give their own instead of touching the process environment.
+public struct PolicyEnvironment: Sendable {
+    /// A variable's bytes as they are (a secret need not be UTF-8); nil when it is not set.
+    public var variable: @Sendable (String) -> [UInt8]?
+    public var file: @Sendable (String) -> [UInt8]?
+
+    public init(variable: @escaping @Sendable (String) -> [UInt8]?, file: @escaping @Sendable (String) -> [UInt8]?) {
+        self.variable = variable
+        self.file = file
+    }
+
+    /// The process environment and the file system.
+    public static let process = PolicyEnvironment(
+        variable: { name in
+            guard let p = getenv(name) else { return nil }
+            return [UInt8](UnsafeRawBufferPointer(start: p, count: strlen(p)))
+        },
+        file: { path in FileManager.default.contents(atPath: path).map { [UInt8]($0) } })
+
+    /// These variables and files only (tests).
+    public static func fixed(variables: [String: String] = [:], files: [String: [UInt8]] = [:]) -> PolicyEnvironment {
+        PolicyEnvironment(variable: { variables[$0].map { Array($0.utf8) } }, file: { files[$0] })
+    }
+}
