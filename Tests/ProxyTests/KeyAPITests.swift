@@ -155,4 +155,62 @@ import Testing
         #expect(try get(i.admin, "/v1/keys").status == 401)
         #expect(try get(i.admin, "/v1/keys", headers: ["Authorization": "Bearer nope"]).text.contains("\"INVALID_TOKEN\""))
     }
+
+    /// JWT callers: a user's token sees and touches only its consumer's keys (another's key is
+    /// "not found", a key for another consumer is forbidden); a token with `role: admin` sees
+    /// every key.
+    @Test func aUsersJWTCannotSeeOrTouchAnotherUsersKeys() throws {
+        let up = try echoUpstream()
+        defer { up.stop() }
+        let dir = makeTempDir("tgkapijwt")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let secret = "kapi-jwt-secret-0123456789abcdef"
+        let mint = try TokenMint(dir: dir, secret: secret)
+        let i = Instance()
+        let path = Self.policy(dir: dir, instance: i, upstream: up.port)
+        var text = try String(contentsOfFile: path, encoding: .utf8)
+        text = text.replacingOccurrences(of: "backends:\n", with: """
+        credentials:
+          api_key: {headers: [X-API-Key]}
+          jwt: {algorithms: [HS256], secret_env: TG_KAPI_JWT, required_claims: {type: access}, consumer_claim: sub, scopes_claim: scope}
+        backends:
+
+        """)
+        writeFile(path, text)
+        let tg = try TollgateProcess(policies: path, port: i.port, environment: ["TG_KAPI_JWT": secret])
+        defer { tg.stop() }
+        #expect(try poll(timeout: 10) { try get(i.admin, "/readyz").status == 200 } != nil)
+        let (_, erinKey, _) = try Self.admin(i.admin, "POST", "/v1/keys", #"{"consumer":"erin","scopes":["read"]}"#)
+        let (_, gusKey, _) = try Self.admin(i.admin, "POST", "/v1/keys", #"{"consumer":"gus","scopes":["read"]}"#)
+        let erinID = try #require(erinKey["id"] as? String), gusID = try #require(gusKey["id"] as? String)
+
+        func asUser(_ token: String, _ method: String, _ p: String, _ body: String? = nil) throws -> (Int, [String: Any]) {
+            let c = try RawClient(port: i.admin)
+            defer { c.close() }
+            var raw = "\(method) \(p) HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer \(token)\r\nConnection: close\r\n"
+            if let body { raw += "Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)" } else { raw += "\r\n" }
+            let r = try c.request(raw, method: method)
+            return (r.status, (try? JSONSerialization.jsonObject(with: Data(r.body))) as? [String: Any] ?? [:])
+        }
+        let erin = mint.hs(TokenMint.claims("erin"))
+        let (ls, list) = try asUser(erin, "GET", "/v1/keys")
+        #expect(ls == 200)
+        let seen = ((list["keys"] as? [[String: Any]]) ?? []).compactMap { $0["id"] as? String }
+        #expect(seen == [erinID], "\(seen)")
+        #expect(try asUser(erin, "GET", "/v1/keys/\(gusID)").0 == 404)
+        #expect(try asUser(erin, "POST", "/v1/keys/\(gusID)/revoke").0 == 404)
+        #expect(try asUser(erin, "POST", "/v1/keys/\(gusID)/rotate", "{}").0 == 404)
+        #expect(try asUser(erin, "POST", "/v1/keys", #"{"consumer":"gus","scopes":["read"]}"#).0 == 403)
+        let (cs, own) = try asUser(erin, "POST", "/v1/keys", #"{"scopes":["read"]}"#)
+        #expect(cs == 201 && own["consumer"] as? String == "erin")
+        #expect(try asUser(erin, "POST", "/v1/keys/\(erinID)/disable").0 == 200)
+        // A refresh token is not an access token; an expired one is refused too.
+        #expect(try asUser(mint.hs(TokenMint.claims("erin", type: "refresh")), "GET", "/v1/keys").0 == 401)
+        #expect(try asUser(mint.hs(TokenMint.claims("erin", ttl: -60)), "GET", "/v1/keys").0 == 401)
+        // role: admin sees every key.
+        let admin = mint.hs(TokenMint.claims("ops", extra: #""role":"admin""#))
+        let (as_, all) = try asUser(admin, "GET", "/v1/keys")
+        let every = ((all["keys"] as? [[String: Any]]) ?? []).compactMap { $0["id"] as? String }
+        #expect(as_ == 200 && every.contains(gusID) && every.contains(erinID) && every.contains("key_declared"))
+    }
 }

@@ -146,6 +146,17 @@ final class KeyAPI: Sendable {
         }
         let token = String(h.dropFirst(7)).trimmingCharacters(in: .whitespaces)
         if let name = tokens.match(token) { return .success(KeyCaller(kind: .adminToken, name: name)) }
+        // A JWT verified with `credentials.jwt`: its consumer's own keys, or every key with
+        // `role: admin`.
+        if let jwt = snapshot().jwt, token.utf8.count <= 8192 {
+            switch jwt.verify(token, now: Int64(time(nil))) {
+            case .success(let claims):
+                if claims.isAdmin { return .success(KeyCaller(kind: .adminToken, name: "jwt:" + claims.consumer)) }
+                return .success(KeyCaller(kind: .consumer, name: claims.consumer))
+            case .failure(let refusal):
+                return .failure(KeyAPIError(status: 401, code: refusal.code.rawValue, message: "the token was refused"))
+            }
+        }
         return .failure(KeyAPIError(status: 401, code: "INVALID_TOKEN", message: "not an admin credential"))
     }
 
