@@ -177,8 +177,10 @@ import Testing
         #expect(try poll(timeout: 15) { text().split(separator: "\n").count == 51 } != nil, "\(text().split(separator: "\n").count)")
         let ids = text().split(separator: "\n").compactMap { jsonField($0, "id") }
         #expect(Set(ids).count == 51)
-        let m = try scrapeMetrics(g.admin)
-        #expect(m.first { $0.key.hasPrefix("tollgate_usage_sink_lag_bytes") }?.value == 0)
+        // The lag gauge follows once the sink has stored its cursor (just after the lines).
+        #expect(try poll(timeout: 10) {
+            try scrapeMetrics(g.admin).first { $0.key.hasPrefix("tollgate_usage_sink_lag_bytes") }?.value == 0
+        } != nil)
     }
 
     @Test func usageSettingsAreCheckedAtTheirLine() throws {
