@@ -29,6 +29,11 @@
 ///   deadline: 10ms                  # default 10ms
 /// credentials:
 ///   api_key: {headers: [X-API-Key], query: null, forward: false}   # these are the defaults
+///   jwt:                            # optional (see JWTVerifier): algorithms is required, and
+///     algorithms: [HS256, ES256]    # secret_env and/or keys_file (JWKS or PEM, relative to
+///     secret_env: JWT_SECRET        # this file); issuer/audience (string or list),
+///     keys_file: keys/jwks.json     # required_claims, leeway (0s, ≤ 5m), consumer_claim (sub),
+///     plan: members                 # scopes_claim (scope), secret_encoding (raw | base64url)
 /// backends:
 ///   NAME:
 ///     url: http://host:port         # a DNS name, IPv4 or [IPv6]; optional trailing "/"
@@ -47,6 +52,7 @@
 ///     require_https: false
 ///     auth: none                    # none | required (default required)
 ///     max_body: 1MiB                # default 10MiB; bytes, KiB, MiB, GiB
+///     credentials: [api_key, jwt]   # default: every configured credential
 /// keys:
 ///   - id: ID                        # unique across files
 ///     hash: sha256:<64 lowercase hex>   # unique across files
@@ -60,8 +66,7 @@
 ///
 /// Settings of the contract that are not built yet are refused at their key with
 /// `not supported yet` (a setting read and then ignored would be a silent hole):
-/// `admin.tokens_file`, `credentials.jwt`, backend base paths, route `credentials`, the
-/// top-level `security` block, and `https://` usage sinks.
+/// backend base paths, the top-level `security` block, and `https://` usage sinks.
 ///
 /// Provider secrets (seed 004):
 ///
