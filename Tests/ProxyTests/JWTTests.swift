@@ -69,7 +69,7 @@ import Testing
             plans:
               members:
                 rate_limits:
-                  - {requests: 5, per: 1h, burst: 5}
+                  - {requests: 8, per: 1h, burst: 8}
             routes:
               - name: both
                 match: {path_prefix: /both/}
@@ -208,6 +208,10 @@ import Testing
         let g = try Fixture()
         defer { g.stop() }
         let m = g.mint
+        // Credits for gina, granted first: the running proxy reads the grant within a second,
+        // and every request that finds no credit yet would still spend her rate limit.
+        let (rc, out) = try runTollgate(["credits", "grant", "gina", "2", "--policies", g.policy], environment: JWTTests.environment)
+        #expect(rc == 0, "\(out)")
         let tokens = [
             ("HS256", m.hs(TokenMint.claims("carol"))),
             ("RS256", try m.rs(TokenMint.claims("carol"))),
@@ -232,24 +236,24 @@ import Testing
         #expect(try g.get("/both/list", bearer: listed).status == 200)
         #expect(headerValue(try #require(g.log.heads.last), "X-Tollgate-Scopes") == "chat")
 
-        // Rate limits per consumer: five requests an hour, whatever token (fresh ones, all three
-        // algorithms); the sixth is refused; another consumer is unaffected.
-        let erin = [m.hs(TokenMint.claims("erin", extra: "\"jti\":\"1\"")), try m.es(TokenMint.claims("erin")),
-                    try m.rs(TokenMint.claims("erin")), m.hs(TokenMint.claims("erin", extra: "\"jti\":\"2\"")),
-                    try m.es(TokenMint.claims("erin", extra: "\"jti\":\"3\""))]
+        // Rate limits per consumer: eight requests an hour, whatever token (fresh ones, all
+        // three algorithms); the ninth is refused; another consumer is unaffected.
+        var erin: [String] = []
+        for k in 0..<8 {
+            let c = TokenMint.claims("erin", extra: "\"jti\":\"\(k)\"")
+            erin.append(k % 3 == 0 ? m.hs(c) : k % 3 == 1 ? try m.es(c) : try m.rs(c))
+        }
         for (i, t) in erin.enumerated() {
             let r = try g.get("/jwt/e\(i)", bearer: t)
-            #expect(r.status == 200 && r.header("RateLimit")?.contains("r=\(4 - i)") == true, "\(i): \(r.status) \(r.headers)")
+            #expect(r.status == 200 && r.header("RateLimit")?.contains("r=\(7 - i)") == true, "\(i): \(r.status) \(r.headers)")
         }
-        expectDenial(try g.get("/jwt/e5", bearer: m.hs(TokenMint.claims("erin", extra: "\"jti\":\"4\""))), "RATE_LIMITED", 429)
-        expectDenial(try g.get("/jwt/e6", bearer: erin[0]), "RATE_LIMITED", 429)
+        expectDenial(try g.get("/jwt/e8", bearer: m.hs(TokenMint.claims("erin", extra: "\"jti\":\"9\""))), "RATE_LIMITED", 429)
+        expectDenial(try g.get("/jwt/e9", bearer: erin[0]), "RATE_LIMITED", 429)
         #expect(try g.get("/jwt/f", bearer: m.hs(TokenMint.claims("frank"))).status == 200)
         // The API key of another consumer is limited on its own (no plan: no limit at all).
         #expect(try g.get("/both/k", headers: ["X-API-Key": JWTTests.aliceKey]).status == 200)
 
-        // Credits follow the consumer: two granted, two requests served, the third is 402.
-        let (rc, out) = try runTollgate(["credits", "grant", "gina", "2", "--policies", g.policy], environment: JWTTests.environment)
-        #expect(rc == 0, "\(out)")
+        // Credits follow the consumer: two granted (above), two requests served, the third is 402.
         let gina = try m.es(TokenMint.claims("gina"))
         #expect(try poll(timeout: 5) { try g.get("/paid/1", bearer: gina).status == 200 } != nil)
         let second = try g.get("/paid/2", bearer: gina)
@@ -298,10 +302,10 @@ import Testing
     @Test func rememberedTokensExpireAndAReloadForgetsThem() throws {
         let g = try Fixture()
         defer { g.stop() }
-        let shortLived = g.mint.hs(TokenMint.claims("ivan", ttl: 1))
+        let shortLived = g.mint.hs(TokenMint.claims("ivan", ttl: 3))
         #expect(try g.get("/jwt/1", bearer: shortLived).status == 200)
-        // exp is one second away and the leeway one second: refused within about two.
-        #expect(try poll(timeout: 10, step: 0.2) { try g.get("/jwt/2", bearer: shortLived).errorCode == "EXPIRED" } != nil)
+        // exp is three seconds away and the leeway one second: refused within about four.
+        #expect(try poll(timeout: 15, step: 0.5) { try g.get("/jwt/2", bearer: shortLived).errorCode == "EXPIRED" } != nil)
         Self.expectTokenRefusal(try g.get("/jwt/3", bearer: shortLived), "EXPIRED")
 
         let token = try g.mint.es(TokenMint.claims("judy"))
