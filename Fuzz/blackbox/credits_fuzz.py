@@ -1249,8 +1249,10 @@ def run_h1(port, case, rng):
                     quiet = 0.2
                 elif done:
                     quiet = 0.15          # anything after the last answer is a violation: look briefly
-                elif incomplete or (expected and o.sent_all):
-                    quiet = STALL_QUIET
+                elif (incomplete or (expected and o.sent_all)) and awaits_whole(case, len(complete)):
+                    quiet = STALL_QUIET   # the upstream sent that answer whole: it must come
+                elif incomplete or expected:
+                    quiet = 1.5           # an answer the upstream never finishes waits for its idle time-out
                 else:
                     quiet = 1.3 if not o.received else 0.3
                 wait = quiet - idle
@@ -1446,11 +1448,15 @@ def run_h2(port, case, rng):
                 if pump(0.1) is None:
                     break
                 continue
-            got = pump(STALL_QUIET)
+            # A stream whose answer the upstream sent whole must end; others may wait for the
+            # backend's idle time-out.
+            open_ = [r for r in case.reqs if not reader.settled([r.meta.get("sid")])]
+            owed = (not stingy and o.sent_all and all(r.structured for r in case.reqs)
+                    and any(awaits_whole(case, case.reqs.index(r)) for r in open_))
+            got = pump(STALL_QUIET if owed else 1.5)
             if got is None:
-                if not stingy and o.sent_all and all(r.structured for r in case.reqs):
-                    open_ = [sid for sid in sids if not reader.settled([sid])]
-                    o.stalled = f"no frame for {STALL_QUIET:.0f}s with stream(s) {open_} open"
+                if owed:
+                    o.stalled = f"no frame for {STALL_QUIET:.0f}s with stream(s) {[r.meta.get('sid') for r in open_]} open"
                 break
     finally:
         s.close()
@@ -1460,6 +1466,17 @@ def run_h2(port, case, rng):
 # ---------------------------------------------------------------------------------------
 # Oracles
 # ---------------------------------------------------------------------------------------
+
+
+def awaits_whole(case, k):
+    """The k-th request of a structured case, whose upstream answer was sent whole and
+    framed: the proxy has all it needs to finish it."""
+    if k >= len(case.reqs) or not all(r.structured for r in case.reqs):
+        return False
+    req = case.reqs[k]
+    script, meta = case.scripts[req.rid]
+    view = upstream_view(script, meta)
+    return bool(view and view[2])
 
 
 def cut_short(o, body, view):
