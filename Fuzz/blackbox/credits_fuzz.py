@@ -36,6 +36,8 @@ Oracles:
   * content: an answer relayed from the upstream carries a prefix of the upstream's payload
     (de-chunked as the proxy must read it), optionally followed by the route's cut-off
     event and nothing else; an answer that ended cleanly without one carries all of it;
+  * cut short: an answer the upstream sent whole that stops for 1.5 s and is then reset or
+    closed short (the proxy held it back);
   * expectations of well-formed requests with a valid key: a chunked priced body gets 411,
     a priced body over 65,535 bytes gets 413, Expect: 100-continue gets `100 Continue`;
   * balances: `tollgate credits balance` of both consumers never negative (checked at every
@@ -81,6 +83,10 @@ SMALL_GRANT = 50
 SMALL_LOW = 15
 MAX_PRICED_BODY = 65_535
 STALL_QUIET = 6.0
+# An answer that stops this long and is then cut short (reset, closed), though the upstream
+# sent it whole, was held back by the proxy (a stall ends at the backend's idle time-out, 10 s
+# here: the 6 s stall check above sees it first, when the client waits for it).
+STALL_CUT = 1.5
 
 ROUTES = {
     # name: (path prefix, stream dialect or None, per-token?)
@@ -125,7 +131,7 @@ credits:
 backends:
   scripted:
     url: http://127.0.0.1:{self.upstream_port}
-    timeouts: {{connect: 1s, response: 1s, idle: 2s}}
+    timeouts: {{connect: 1s, response: 1s, idle: 10s}}
 routes:
   - name: public
     match: {{path_prefix: /public/}}
@@ -235,6 +241,7 @@ class Upstream(h.Upstream):
         conn.settimeout(20.0)
         buf = b""
         rid = None
+        reset = False
         try:
             while True:
                 while b"\r\n\r\n" not in buf:
@@ -267,6 +274,7 @@ class Upstream(h.Upstream):
                     return
                 if script.ending == "reset":
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    reset = True
                     return
                 if script.ending == "shutdown-read":
                     conn.shutdown(socket.SHUT_WR)
@@ -276,10 +284,26 @@ class Upstream(h.Upstream):
                     self.unsent.add(rid)
             return
         finally:
-            try:
+            if reset:
                 conn.close()
-            except OSError:
+            else:
+                self.close_gracefully(conn)
+
+    @staticmethod
+    def close_gracefully(conn):
+        """FIN, then what the proxy still sends is read and dropped (briefly): a close with
+        unread bytes would be a reset, which throws away what was not sent yet."""
+        try:
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(0.5)
+            while conn.recv(65536):
                 pass
+        except OSError:
+            pass
+        try:
+            conn.close()
+        except OSError:
+            pass
 
 
 # ---------------------------------------------------------------------------------------
@@ -471,6 +495,17 @@ def openai_event(rng, nl):
     return b"data: " + data + nl + nl
 
 
+def flood_payload(rng, dialect, big=False):
+    """Megabytes of small token events (for slow readers: the proxy's buffers fill); `big`:
+    more than the kernel's socket buffers on the way hold (some 3 MB on loopback), so the
+    answer still waits on the client once they are full (HTTP/1.1)."""
+    nl = rng.choice((b"\n", b"\r\n"))
+    n = rng.randint(100_000, 250_000) if big else rng.randint(20_000, 80_000)
+    if dialect == "openai":
+        return b"".join(b'data: {"choices":[{"delta":{"content":"w%d "}}]}' % i + nl + nl for i in range(n))
+    return b"".join(b"message:" + nl + b'data:{"event":"token","data":"w%d "}' % i + nl + nl for i in range(n))
+
+
 def sse_payload(rng, dialect, long_bias=False):
     """An event stream: mostly of the route's dialect, sometimes of the other."""
     nl = rng.choice((b"\n", b"\n", b"\n", b"\r\n", b"\r"))
@@ -504,11 +539,12 @@ def plain_payload(rng):
                        b"0\r\n\r\n", b"5\r\nhello\r\n"))
 
 
-def chunk_body(rng, payload):
-    """Chunked framing of `payload`; sometimes damaged. Returns (bytes, damaged)."""
+def chunk_body(rng, payload, big=False):
+    """Chunked framing of `payload`; sometimes damaged. Returns (bytes, damaged). `big`: no
+    chunks of a few bytes (megabytes would grow six-fold)."""
     out = []
     pos = 0
-    mode = rng.random()
+    mode = rng.random() if not big else 1.0
     damaged = False
     while pos < len(payload):
         if mode < 0.15:
@@ -523,11 +559,12 @@ def chunk_body(rng, payload):
         r = rng.random()
         if r < 0.05:
             size = size.upper() if rng.random() < 0.5 else b"000" + size
-        elif r < 0.08:
+        elif r < 0.08 and not big:
             size += rng.choice((b";a=b", b';q="x\\"y"', b";" + b"e" * rng.choice((100, 5000)), b" ;x", b"\t"))
-            damaged = damaged or size.endswith(b"\t") or b" ;" in size
+            # Refused by the proxy (rightly): BWS without an extension, extensions past 4 KiB.
+            damaged = damaged or size.endswith(b"\t") or len(size) > 4096
         out.append(size + b"\r\n" + data + b"\r\n")
-    if rng.random() < 0.08 and out:
+    if rng.random() < 0.08 and out and not big:
         # Damage one chunk: a size that lies, a bad digit, a missing CRLF, bare LF, a huge size.
         i = rng.randrange(len(out))
         c = out[i]
@@ -547,6 +584,8 @@ def chunk_body(rng, payload):
             out[i] = c + b"\r\n"
         damaged = True
     end = rng.choice((b"0\r\n\r\n", b"0\r\n\r\n", b"0\r\n\r\n", b"0\r\nX-Trailer: 1\r\n\r\n", b"00000\r\n\r\n", b"", b"0\r\n"))
+    if big:
+        end = b"0\r\n\r\n"
     damaged = damaged or end in (b"", b"0\r\n")
     return b"".join(out) + end, damaged
 
@@ -560,12 +599,12 @@ class Answer:
         self.route = route
 
 
-def upstream_answer(rng, route, long_bias=False):
+def upstream_answer(rng, route, long_bias=False, flood=False, big=False):
     """A mutated (mostly SSE) answer for `route`, as a pf.Script; `long_bias`: more long
-    streams (for the small consumer: cut-offs)."""
+    streams (for the small consumer: cut-offs); `flood`: megabytes of events."""
     dialect = ROUTES.get(route, (None, None, None))[1] or rng.choice(("flowise", "openai"))
-    sse = rng.random() < 0.85
-    payload = sse_payload(rng, dialect, long_bias) if sse else plain_payload(rng)
+    sse = flood or rng.random() < 0.85
+    payload = flood_payload(rng, dialect, big) if flood else sse_payload(rng, dialect, long_bias) if sse else plain_payload(rng)
     ctype = rng.choice((b"text/event-stream", b"text/event-stream", b"text/event-stream; charset=utf-8",
                         b"TEXT/Event-Stream", b"text/event-streams", b"text/plain")) if sse else b"application/json"
     status = rng.choice((b"200 OK",) * 14 + (b"201 Created", b"206 Partial", b"500 Oops", b"404 No", b"429 Slow"))
@@ -577,7 +616,7 @@ def upstream_answer(rng, route, long_bias=False):
     r = rng.random()
     if r < 0.5 and version == b"HTTP/1.1":
         framing = "chunked"
-        body, damaged = chunk_body(rng, payload)
+        body, damaged = chunk_body(rng, payload, big=flood)
         fields.append(b"Transfer-Encoding: chunked")
     elif r < 0.8:
         framing = "length"
@@ -599,7 +638,7 @@ def upstream_answer(rng, route, long_bias=False):
     rng.shuffle(fields)
     data = interim + version + b" " + status + b"\r\n" + b"".join(f + b"\r\n" for f in fields) + b"\r\n" + body
     structured = True
-    if rng.random() < 0.05:
+    if rng.random() < 0.05 and not flood:
         data = pf.Mutator(rng).field_ops(data, pf.EXTRA_RESPONSE_FIELDS)
         structured = False
     # How it is sent: pieces, small waits, and how the connection ends.
@@ -776,9 +815,9 @@ def upstream_view(script, meta, sent_whole=True, request_method=b"POST"):
     if not msgs or msgs[0].status is None:
         return None
     m = msgs[0]
-    exact = m.state == "complete" and problem is None and not meta.get("damaged")
+    # A reset (SO_LINGER 0) throws away what the upstream's kernel had not sent yet.
+    exact = m.state == "complete" and problem is None and not meta.get("damaged") and script.ending != "reset"
     if m.framing == "close":
-        # Ended by close (or a reset, which may lose what the proxy had not read yet).
         exact = script.ending == "close"
     return m.status, m.body, exact and sent_whole
 
@@ -823,7 +862,7 @@ class Case:
         self.waits = {}               # cut offset -> "continue" (wait there for 100 Continue)
         self.reqs = []
         self.scripts = {}             # rid -> (pf.Script, meta)
-        self.opts = {}                # half_close, leave_after, leave_rst, slow_read, stingy, rst_stream_after
+        self.opts = {}                # half_close, leave_after, leave_rst, slow_read, small_reads, stingy, drip, ...
 
     def pieces(self):
         """(bytes, the offset where they end) in sending order."""
@@ -884,6 +923,11 @@ def h1_request(rng, case, rid, first):
     req = Req(rid, route)
     body = request_body(rng, route)
     key, valid_key = pick_key(rng)
+    if case.opts.get("slow_read") and rng.random() < 0.7:
+        # A slow reader mostly waits on a metered stream that is admitted.
+        route = rng.choice(("flowise", "openai"))
+        prefix, req.route = ROUTES[route][0], route
+        body, key, valid_key = b'{"question":"hi","streaming":true}', BIG_KEY, True
     version = b"HTTP/1.1" if rng.random() < 0.93 else b"HTTP/1.0"
     path = prefix + rng.choice((b"flow1", b"f", b"flow1?x=1", b"a/b", b"%66low"))
     fields = [b"Host: h"]
@@ -942,13 +986,20 @@ def h1_request(rng, case, rid, first):
 
 def make_h1_case(rng, case_id):
     c = Case(case_id, "h1")
+    if rng.random() < 0.08:
+        # A slow reader: a pause before reading (the proxy's buffers fill: answers wait for
+        # room, and so do the events' chunks), then small reads through a small receive
+        # buffer, or fast reads (of a bigger flood).
+        c.opts["slow_read"] = rng.choice((0.2, 0.5, 1.0))
+        c.opts["small_reads"] = rng.random() < 0.5
     n = 1 if rng.random() < 0.7 else rng.choice((2, 2, 3))
     parts = []
     for i in range(n):
         rid = f"{case_id}-{i}"
         head, body, req = h1_request(rng, c, rid, i == 0)
         c.reqs.append(req)
-        c.scripts[rid] = upstream_answer(rng, req.route, req.meta["small"])
+        flood = bool(c.opts.get("slow_read")) and rng.random() < 0.6
+        c.scripts[rid] = upstream_answer(rng, req.route, req.meta["small"], flood, big=True)
         parts.append((head, body, req))
     data = b""
     cuts = []
@@ -965,12 +1016,10 @@ def make_h1_case(rng, case_id):
     c.data = data
     more = [rng.randint(1, max(1, len(data) - 1)) for _ in range(rng.choice((0, 0, 0, 1, 2, 5)))]
     c.cuts = sorted(set(cuts + more))
-    c.opts["half_close"] = rng.random() < 0.3
-    if rng.random() < 0.08:
-        # A slow reader: a small receive buffer, a pause before reading, small reads (the
-        # proxy's buffers fill: answers wait for room, and so do the events' chunks).
-        c.opts["slow_read"] = rng.choice((0.2, 0.5, 1.0))
-    if rng.random() < 0.15:
+    # A client's FIN during an answer is a client leaving (the proxy ends the answer): slow
+    # readers stay, to be served whole.
+    c.opts["half_close"] = rng.random() < 0.3 and not c.opts.get("slow_read")
+    if rng.random() < 0.15 and not c.opts.get("slow_read"):
         c.opts["leave_after"] = rng.choice((1, 50, 200, 400, 1000, 5000, 20000))
         c.opts["leave_rst"] = rng.random() < 0.5
     return c
@@ -1054,7 +1103,7 @@ def make_h2_case(rng, case_id):
                     out += h.frame(h.DATA, h.END_STREAM, sid, b"extra")
                 # else: the stream never ends (body time-out)
         c.reqs.append(req)
-        c.scripts[rid] = upstream_answer(rng, route, key == SMALL_KEY)
+        c.scripts[rid] = upstream_answer(rng, route, key == SMALL_KEY, flood=drip and rng.random() < 0.4)
         sid += 2
     if rng.random() < 0.05:
         data = bytes(out)
@@ -1095,13 +1144,22 @@ def send_all(sock, data, deadline):
     return True
 
 
-def recv_some(sock, received, size=262144):
+def recv_some(sock, received, size=262144, o=None):
+    """Reads what is there into `received`; False at EOF or an error. With `o`, the gaps
+    between reads (the end included) are measured, and a reset noted."""
     try:
         chunk = sock.recv(size)
     except BlockingIOError:
         return True
     except OSError:
-        return False
+        chunk = b""
+        if o is not None:
+            o.reset = True
+    if o is not None:
+        now = time.monotonic()
+        if o.last_rx is not None:
+            o.max_gap = max(o.max_gap, now - o.last_rx)
+        o.last_rx = now
     if not chunk:
         return False
     received += chunk
@@ -1118,13 +1176,16 @@ class Outcome:
         self.got_continue_before_body = None
         self.h2 = None
         self.unsent = set()
+        self.last_rx = None           # when the read loop last got bytes (gaps: stalls)
+        self.max_gap = 0.0
+        self.reset = False            # the connection ended with a reset, not a FIN
 
 
 def run_h1(port, case, rng):
     o = Outcome()
     try:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if case.opts.get("slow_read"):
+        if case.opts.get("small_reads"):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
         s.settimeout(2.0)
         s.connect(("127.0.0.1", port))
@@ -1169,31 +1230,41 @@ def run_h1(port, case, rng):
         methods = [r.method for r in case.reqs]
         expected = len(case.reqs) if all(r.structured for r in case.reqs) else None
         leave = case.opts.get("leave_after")
+        o.last_rx = time.monotonic()
         while not o.eof and time.monotonic() < deadline:
             if leave and len(o.received) >= leave:
                 o.left = True
                 if case.opts.get("leave_rst"):
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 break
-            msgs, problem = read_messages(bytes(o.received), methods, False) if len(o.received) < 1 << 20 else ([], None)
-            complete = [m for m in msgs if m.state == "complete"]
-            incomplete = bool(msgs) and msgs[-1].state != "complete"
-            done = expected is not None and len(complete) >= expected
-            if problem:
-                quiet = 0.2
-            elif done:
-                quiet = 0.15          # anything after the last answer is a violation: look briefly
-            elif incomplete or (expected and o.sent_all):
-                quiet = STALL_QUIET
+            idle = time.monotonic() - o.last_rx
+            if len(o.received) >= 1 << 17 and idle < 0.2:
+                wait = 0.2 - idle     # a long answer is parsed when its bytes pause (not per read)
             else:
-                quiet = 1.3 if not o.received else 0.3
-            r, _, _ = select.select([s], [], [], quiet)
+                msgs, problem = read_messages(bytes(o.received), methods, False)
+                complete = [m for m in msgs if m.state == "complete"]
+                incomplete = bool(msgs) and msgs[-1].state != "complete"
+                done = expected is not None and len(complete) >= expected
+                if problem:
+                    quiet = 0.2
+                elif done:
+                    quiet = 0.15          # anything after the last answer is a violation: look briefly
+                elif (incomplete or (expected and o.sent_all)) and awaits_whole(case, len(complete)):
+                    quiet = STALL_QUIET   # the upstream sent that answer whole: it must come
+                elif incomplete or expected:
+                    quiet = 1.5           # an answer the upstream never finishes waits for its idle time-out
+                else:
+                    quiet = 1.3 if not o.received else 0.3
+                wait = quiet - idle
+                if wait <= 0:
+                    if quiet == STALL_QUIET:
+                        o.stalled = (f"no byte for {STALL_QUIET:.0f}s: {len(complete)} of {expected} answers complete, "
+                                     f"{'an answer half-sent' if incomplete else 'none started'}")
+                    break
+            r, _, _ = select.select([s], [], [], wait)
             if not r:
-                if quiet == STALL_QUIET:
-                    o.stalled = (f"no byte for {STALL_QUIET:.0f}s: {len(complete)} of {expected} answers complete, "
-                                 f"{'an answer half-sent' if incomplete else 'none started'}")
-                break
-            if not recv_some(s, o.received, 4096 if case.opts.get("slow_read") else 262144):
+                continue
+            if not recv_some(s, o.received, 4096 if case.opts.get("small_reads") else 262144, o):
                 o.eof = True
     finally:
         s.close()
@@ -1339,7 +1410,7 @@ def run_h2(port, case, rng):
             if not r:
                 return None
             before = len(o.received)
-            if not recv_some(s, o.received):
+            if not recv_some(s, o.received, o=o):
                 o.eof = True
                 return False
             reader.feed(bytes(o.received[before:]))
@@ -1361,6 +1432,7 @@ def run_h2(port, case, rng):
                 break
         rst_after = case.opts.get("rst_stream_after")
         leave = case.opts.get("leave_after")
+        o.last_rx = time.monotonic()
         while not o.eof and time.monotonic() < deadline and not reader.problem:
             if rst_after and sum(len(st["data"]) for st in reader.streams.values()) >= rst_after:
                 send_all(s, b"".join(h.frame(h.RST_STREAM, 0, sid, struct.pack(">I", 8)) for sid in sids), deadline)
@@ -1376,11 +1448,15 @@ def run_h2(port, case, rng):
                 if pump(0.1) is None:
                     break
                 continue
-            got = pump(STALL_QUIET)
+            # A stream whose answer the upstream sent whole must end; others may wait for the
+            # backend's idle time-out.
+            open_ = [r for r in case.reqs if not reader.settled([r.meta.get("sid")])]
+            owed = (not stingy and o.sent_all and all(r.structured for r in case.reqs)
+                    and any(awaits_whole(case, case.reqs.index(r)) for r in open_))
+            got = pump(STALL_QUIET if owed else 1.5)
             if got is None:
-                if not stingy and o.sent_all and all(r.structured for r in case.reqs):
-                    open_ = [sid for sid in sids if not reader.settled([sid])]
-                    o.stalled = f"no frame for {STALL_QUIET:.0f}s with stream(s) {open_} open"
+                if owed:
+                    o.stalled = f"no frame for {STALL_QUIET:.0f}s with stream(s) {[r.meta.get('sid') for r in open_]} open"
                 break
     finally:
         s.close()
@@ -1390,6 +1466,24 @@ def run_h2(port, case, rng):
 # ---------------------------------------------------------------------------------------
 # Oracles
 # ---------------------------------------------------------------------------------------
+
+
+def awaits_whole(case, k):
+    """The k-th request of a structured case, whose upstream answer was sent whole and
+    framed: the proxy has all it needs to finish it."""
+    if k >= len(case.reqs) or not all(r.structured for r in case.reqs):
+        return False
+    req = case.reqs[k]
+    script, meta = case.scripts[req.rid]
+    view = upstream_view(script, meta)
+    return bool(view and view[2])
+
+
+def cut_short(o, body, view):
+    """An answer the upstream sent whole, cut short after a pause of the backend's idle
+    time-out: the proxy held it (a cut-off for credits ends a Content-Length answer short at
+    once, not after a pause)."""
+    return view is not None and view[2] and len(body) < len(view[1]) and o.max_gap >= STALL_CUT
 
 
 def content_problem(req, body, complete, view):
@@ -1438,12 +1532,21 @@ def check_h1(case, o):
         if view is None or m.status != view[0] or m.status >= 400 or o.left and m.state != "complete":
             pass
         elif m.framing != "none":
-            # A close-delimited answer the client stopped reading is not known to be whole.
-            complete = m.state == "complete" and not (o.left and m.framing == "close")
+            # A close-delimited answer is whole only if the connection ended with a FIN the
+            # client read to, and the client kept reading: one that stops reading (a pause,
+            # small reads, blocked sending a pipelined body) holds the proxy back from the
+            # upstream, whose idle time-out (10 s) may end the answer; closed with unread
+            # pipelined bytes, the connection is reset and what was in flight is lost.
+            slow = bool(case.opts.get("slow_read")) or not o.sent_all
+            complete = m.state == "complete" and not (m.framing == "close" and (o.left or o.reset or slow))
             p = content_problem(req, m.body, complete, view)
             if p:
                 problems.append(("content", f"request {k} ({req.route}, upstream {meta['framing']}, client "
                                             f"{m.framing}{', HTTP/1.0' if req.meta.get('http10') else ''}): {p}"))
+            elif m.state == "truncated" and not o.left and not slow and cut_short(o, m.body, view):
+                problems.append(("cut-short", f"request {k} ({req.route}, upstream {meta['framing']}, client "
+                                              f"{m.framing}): the answer stopped for {o.max_gap:.1f}s, then the "
+                                              f"connection closed after {len(m.body)} of {len(view[1])} bytes"))
         if m.state != "complete":
             break
     first = case.reqs[0] if case.reqs else None
@@ -1479,6 +1582,10 @@ def check_h2(case, o):
         p = content_problem(req, bytes(st["data"]), complete, view)
         if p:
             problems.append(("content", f"h2 stream {req.meta['sid']} ({req.route}, upstream {meta['framing']}): {p}"))
+        elif st["reset"] is not None and not o.left and not case.opts.get("stingy") and cut_short(o, st["data"], view):
+            problems.append(("cut-short", f"h2 stream {req.meta['sid']} ({req.route}, upstream {meta['framing']}): the "
+                                          f"answer stopped for {o.max_gap:.1f}s, then RST_STREAM {st['reset']} after "
+                                          f"{len(st['data'])} of {len(view[1])} bytes"))
     return problems
 
 

@@ -519,11 +519,12 @@ extension StreamCreditsTests {
         func stop() { upstream.stop() }
     }
 
-    /// The client reads only once the proxy has stopped reading the upstream (its answer buffer
-    /// and the upstream buffer full): the rest must still come, whole. Chunked: the events are
-    /// framed as chunks again, their size lines within the buffer (they used to overrun it and
-    /// be dropped: broken chunk framing). Close-delimited: it used to stop there, the upstream
-    /// buffer never framed again, until the backend's idle time-out.
+    /// A slow client (a 4 KiB receive buffer, 4 KiB reads) that starts reading only once the
+    /// proxy has stopped reading the upstream (its answer buffer and the upstream buffer full):
+    /// the rest must still come, whole. Chunked: the events are framed as chunks again, their
+    /// size lines within the buffer (with the buffer kept nearly full by the slow reads they
+    /// used to overrun it and be dropped: broken chunk framing). Close-delimited: it used to
+    /// stop there, the upstream buffer never framed again, until the backend's idle time-out.
     @Test(arguments: [true, false]) func aMeteredStreamWaitingOnASlowClientArrivesWhole(chunked: Bool) throws {
         let flood = try Flood(chunked: chunked)
         defer { flood.stop() }
@@ -532,12 +533,18 @@ extension StreamCreditsTests {
         try gate.grant(100_000_000)
         let tg = try gate.serve()
         defer { tg.stop() }
-        let c = try RawClient(port: gate.port)
-        defer { c.close() }
-        try c.send(Self.chat().replacingOccurrences(of: "Content-Type:", with: "Connection: close\r\nContent-Type:"))
+        let fd = try Self.slowClient(port: gate.port)
+        defer { Glibc.close(fd) }
+        let request = Array(Self.chat().replacingOccurrences(of: "Content-Type:", with: "Connection: close\r\nContent-Type:").utf8)
+        #expect(request.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } == request.count)
         #expect(flood.blocked.wait(timeout: .now() + 60) == .success)
-        while try c.fill() {}
-        let raw = c.unreadBytes
+        var raw: [UInt8] = []
+        var piece = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = piece.withUnsafeMutableBytes { recv(fd, $0.baseAddress, 4096, 0) }
+            if n <= 0 { break }   // EOF (or the 10 s receive time-out: the payload check says what came)
+            raw += piece[0..<n]
+        }
         let end = try #require(raw.firstRange(of: Array("\r\n\r\n".utf8))?.upperBound)
         let head = String(decoding: raw[..<end], as: UTF8.self)
         #expect(head.hasPrefix("HTTP/1.1 200 "))
@@ -566,6 +573,23 @@ extension StreamCreditsTests {
         #expect(a.status == 200)
         #expect(a.reset == nil)
         #expect(a.bodyLength == full.count)
+    }
+
+    /// A client socket with a 4 KiB receive buffer (set before connecting: the window is small
+    /// from the start), a 10 s receive time-out.
+    static func slowClient(port: UInt16) throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var small: Int32 = 4096
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, 4)
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = port.bigEndian
+        sin.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let rc = withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        if rc != 0 { Glibc.close(fd); throw HarnessError("connect \(port): errno \(errno)") }
+        return fd
     }
 
     /// Strict chunked framing through the last chunk: the payload, or nil.
