@@ -30,6 +30,7 @@ enum PolicyCompiler {
         let store = single({ $0.store }, "store")
         let credits = single({ $0.credits }, "credits")
         let secrets = single({ $0.secrets }, "secrets")
+        let security = single({ $0.security }, "security").map { compileSecurity($0, environment: environment, found: &found) }
         if let c = credits, c.ledger == .redis, store?.redis == nil,
            let at = docs.lazy.compactMap({ $0.credits?.at }).first {
             found.append(SourceLocation(file: at.file, line: at.line, keyPath: "credits.ledger")
@@ -237,7 +238,7 @@ enum PolicyCompiler {
                 AuditSpec(path: $0.path, signingKey: $0.signingKey, signingKeyLocation: $0.signingKeyAt?.short ?? "",
                           checkpointEvery: $0.every, checkpointInterval: $0.interval)
             },
-            sources: sources, jwt: jwt, jwtPlanIndex: jwtPlan)
+            sources: sources, jwt: jwt, jwtPlanIndex: jwtPlan, security: security)
     }
 
     /// The verifier of `credentials.jwt`, its secret read from the environment and its keys

@@ -353,7 +353,7 @@ struct NodeReader {
             case "secrets":
                 if let sp = readSecrets(v, k) { doc.secrets = .init(value: sp, at: loc(kn, k)) }
             case "security":
-                notSupportedYet(kn, k)
+                if let sec = readSecurity(v, k) { doc.security = .init(value: sec, at: loc(kn, k)) }
             default:
                 unknown(kn, k)
             }

@@ -66,7 +66,7 @@
 ///
 /// Settings of the contract that are not built yet are refused at their key with
 /// `not supported yet` (a setting read and then ignored would be a silent hole):
-/// backend base paths, the top-level `security` block, and `https://` usage sinks.
+/// backend base paths and `https://` usage sinks and webhooks.
 ///
 /// Provider secrets (seed 004):
 ///
@@ -92,6 +92,7 @@ struct PolicyDocument {
     var audit: Block<Audit>?
     var credits: Block<CreditsSpec>?
     var secrets: Block<SecretsSpec>?
+    var security: Block<Security>?
     var store: Block<Store>?
     var clients: Block<ClientRules>?
     var credentials: Block<Credentials>?

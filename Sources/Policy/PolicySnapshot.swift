@@ -39,6 +39,8 @@ public final class PolicySnapshot: Sendable {
     let idIndex: [String: Int]
     /// `audit`; nil (no audit trail) when omitted.
     public let audit: AuditSpec?
+    /// `security`: lock-out, auto-disable, webhooks; nil when omitted.
+    public let security: SecuritySpec?
     /// The files this snapshot was compiled from, in merge order, with the SHA-256 of the
     /// bytes read (what `sha256sum` prints): the audit trail records them on every reload.
     public let sources: [PolicySource]
@@ -48,7 +50,8 @@ public final class PolicySnapshot: Sendable {
          plans: [PlanSpec], routes: RouteTable, scopeTable: ScopeTable, keys: [KeyRecord],
          keyIndex: KeyHashMap<KeyRecord>, idIndex: [String: Int], usage: UsageSpec? = nil, credits: CreditsSpec? = nil,
          secrets: SecretsSpec? = nil, audit: AuditSpec? = nil, sources: [PolicySource] = [], jwt: JWTVerifier? = nil,
-         jwtPlanIndex: Int? = nil) {
+         jwtPlanIndex: Int? = nil, security: SecuritySpec? = nil) {
+        self.security = security
         self.jwt = jwt
         self.jwtPlanIndex = jwtPlanIndex
         self.usage = usage

@@ -6,7 +6,7 @@ import Testing
 /// key, `file:line: key.path: not supported yet`, instead of being read and then ignored.
 struct NotSupportedYetTests {
     /// The environment the POLICY.md example's `secret_env` names.
-    static let environment = PolicyEnvironment.fixed(variables: ["JWT_ACCESS_SECRET": "a-secret-for-the-policy-md-example"])
+    static let environment = PolicyEnvironment.fixed(variables: ["JWT_ACCESS_SECRET": "a-secret-for-the-policy-md-example", "WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
 
     func errors(_ yaml: String, file: String = "p.yaml") -> [String] {
         do {
@@ -62,7 +62,7 @@ struct NotSupportedYetTests {
         Case(name: "an https usage sink", yaml: "version: 1\n\nusage:\n  spool: s\n  sinks:\n    - {kind: http, url: \"https://u.example/x\"}\n",
              expected: ["p.yaml:6: usage.sinks[0].url: not supported yet (an https usage sink)"]),
         Case(name: "top-level security", yaml: "version: 1\nsecurity:\n  lockout: {invalid_keys: 20, per: 1m, for: 10m}\n",
-             expected: ["p.yaml:2: security: not supported yet"]),
+             expected: ["p.yaml:3: security.lockout: not supported yet"]),
     ]
 
     @Test(arguments: cases) func refusedAtItsKey(_ c: Case) {
@@ -88,7 +88,9 @@ struct NotSupportedYetTests {
     /// (and nothing is an unknown field).
     @Test func policyMDExampleIsRefusedOnlyWhereNotBuilt() {
         #expect(errors(Self.policyMDExample, file: "POLICY.yaml") == [
-            "POLICY.yaml:130: security: not supported yet",
+            "POLICY.yaml:131: security.lockout: not supported yet",
+            "POLICY.yaml:132: security.auto_disable: not supported yet",
+            "POLICY.yaml:135: security.webhooks: not supported yet",
         ])
     }
 
