@@ -291,6 +291,8 @@ let local = pinned === snapshot ? keys.lookup(h, in: snapshot) : pinned.declared
             default:
                 return keyLookupFailed(c, store, result)
             }
+        case .authorize:
+            return security?.completeSighting(c, result: result) ?? .reply(Denial(.storeUnavailable, retryAfterSeconds: 1))
         case .quota:
             return quotas?.complete(c, result: result) ?? .next
         case .reserve:

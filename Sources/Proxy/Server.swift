@@ -39,6 +39,7 @@ final class Server: @unchecked Sendable {
         self.usage = usage
         self.ledger = ledger
         security.configure(snapshot.security)
+        MetricsRegistry.shared.register(security: security)
         let tls = try Self.buildTLS(snapshot)
         for i in 0..<max(1, settings.threads) {
             let loop = try EventLoop(index: i)

@@ -509,7 +509,8 @@ final class RedisFleet {
     ///   - deadline: `store.deadline` (generous by default: a loaded test machine must not
     ///     turn a slow Redis answer into a 503 where the test expects a decision).
     ///   - keys: a second policy file (declared keys), or nil.
-    init(modes: [String], deadline: String, keys: String?) throws {
+    ///   - extra: more policy text (a `security` block, `clients`), appended to each instance's.
+    init(modes: [String], deadline: String, keys: String?, extra: String = "") throws {
         redis = try RedisServer()
         upstream = try recordingUpstream(heads)
         do {
@@ -517,7 +518,7 @@ final class RedisFleet {
                 let dir = makeTempDir("tgredis")
                 let port = freePort()
                 writeFile(dir + "/00-gateway.yaml", Self.policy(port: port, redis: redis.urlText, mode: mode,
-                                                                deadline: deadline, upstream: upstream.port))
+                                                                deadline: deadline, upstream: upstream.port) + extra)
                 if let keys { writeFile(dir + "/10-keys.yaml", keys) }
                 dirs.append(dir)
                 ports.append(port)
@@ -579,7 +580,10 @@ final class RedisFleet {
     private func waitUntilStoreReady(_ port: UInt16) throws {
         var streak = 0
         let ready = try poll(timeout: 10, step: 0.01) {
-            let r = try get(port, "/api/ready", headers: ["X-API-Key": "probe-" + UUID().uuidString])
+            // From a made-up address each time (when 127.0.0.1 is a trusted proxy): probes must
+            // not lock the test's own address out where lock-out is on.
+            let r = try get(port, "/api/ready", headers: ["X-API-Key": "probe-" + UUID().uuidString,
+                                                          "X-Forwarded-For": "10.\(UInt8.random(in: 0...255)).\(UInt8.random(in: 0...255)).\(UInt8.random(in: 1...254))"])
             streak = r.status == 401 ? streak + 1 : 0
             return streak >= 8
         }

@@ -212,6 +212,9 @@ final class MetricsRegistry: Sendable {
 
     func register(usage: UsageSpool) { usageSpools.withLock { $0.append(usage) } }
 
+    private let monitors = Mutex<[SecurityMonitor]>([])
+    func register(security: SecurityMonitor) { monitors.withLock { $0.append(security) } }
+
     func register(_ g: LoopGauges) { loops.withLock { $0.gauges.append(g) } }
 
     /// A gauge summed over every loop.
@@ -305,6 +308,22 @@ final class MetricsRegistry: Sendable {
         out += "# TYPE tollgate_access_log_dropped_total counter\n"
         out += "tollgate_access_log_dropped_total \(accessLogDropped.load(ordering: .relaxed))\n"
         for spool in usageSpools.withLock({ $0 }) { renderUsage(spool, into: &out) }
+        let security = monitors.withLock { $0 }.filter { $0.spec != nil }
+        if !security.isEmpty {
+            func total(_ f: (SecurityMonitor) -> UInt64) -> UInt64 { security.reduce(0) { $0 &+ f($1) } }
+            out += "# HELP tollgate_security_tracked_networks Client networks whose credential refusals are counted (bounded by lockout.max_tracked).\n"
+            out += "# TYPE tollgate_security_tracked_networks gauge\n"
+            out += "tollgate_security_tracked_networks \(total { UInt64($0.trackedNetworks) })\n"
+            out += "# HELP tollgate_security_bans Client networks locked out now.\n# TYPE tollgate_security_bans gauge\n"
+            out += "tollgate_security_bans \(total { UInt64($0.bansInForce) })\n"
+            out += "# HELP tollgate_lockouts_total Lock-outs this instance announced (one per ban across instances).\n"
+            out += "# TYPE tollgate_lockouts_total counter\n"
+            out += "tollgate_lockouts_total \(total { $0.lockoutsAnnounced.load(ordering: .relaxed) })\n"
+            out += "# HELP tollgate_auto_disabled_total Keys this instance auto-disabled, by rule.\n"
+            out += "# TYPE tollgate_auto_disabled_total counter\n"
+            out += "tollgate_auto_disabled_total{reason=\"refusals\"} \(total { $0.disabledForRefusals.load(ordering: .relaxed) })\n"
+            out += "tollgate_auto_disabled_total{reason=\"networks\"} \(total { $0.disabledForNetworks.load(ordering: .relaxed) })\n"
+        }
         let charged = credits.snapshot()
         if !charged.isEmpty {
             out += "# HELP tollgate_credits_charged_total Credits settled (charged), by route.\n"

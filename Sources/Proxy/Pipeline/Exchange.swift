@@ -217,7 +217,7 @@ final class Exchange: RedisWaiter {
             }
             return
         }
-        guard isOpen, token == facts.token, facts.phase == .lookupKey || facts.phase == .admit || facts.phase == .quota || facts.phase == .reserve else { return }
+        guard isOpen, token == facts.token, facts.phase == .lookupKey || facts.phase == .authorize || facts.phase == .admit || facts.phase == .quota || facts.phase == .reserve else { return }
         switch downstream {
         case .h1(let session): session.storeAnswered(Pipeline.resume(self, with: result))
         case .h2(let stream): stream.storeAnswered(Pipeline.resume(self, with: result))

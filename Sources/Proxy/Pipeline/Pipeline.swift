@@ -225,11 +225,17 @@ enum Pipeline {
 
     /// Status, expiry, the key's IP allow-list, scopes, HTTPS: checks that consume nothing.
     static func authorize(_ x: Exchange) -> PhaseResult {
-        guard let record = x.facts.record, let route = x.facts.route else { return .reply(Denial(.invalidKey)) }
+        guard let record = x.facts.record else { return .reply(Denial(.invalidKey)) }
         if x.facts.snapshot.securityFlags & (PolicySnapshot.refusalsBit | PolicySnapshot.networksBit) != 0,
-           let d = x.context.security?.authorize(x, record) {
-            return .reply(d)
+           let r = x.context.security?.authorize(x, record) {
+            return r
         }
+        return authorizeRecord(x, record)
+    }
+
+    /// The checks of `authorize` after security's (also where a parked security check goes on).
+    static func authorizeRecord(_ x: Exchange, _ record: KeyRecord) -> PhaseResult {
+        guard let route = x.facts.route else { return .reply(Denial(.invalidKey)) }
         switch Authorizer.authorize(record: record, route: route, clientIP: x.facts.clientIP,
                                     isHTTPS: x.facts.isHTTPS, now: Int64(time(nil))) {
         case .allow: return resolveSecret(x)

@@ -34,10 +34,8 @@ final class LoopSecurity: RedisWaiter {
     private var sightings: [KeyHash: (KeyRecord, [NetKey])] = [:]
     private var pendingItems = 0
     private var flushArmed = false
-    static let flushNanos: UInt64 = 50_000_000
+    static let flushNanos: UInt64 = 5_000_000
     static let maxBatch = 2048
-    /// Refused credentials whose counts are in a batch that has not been answered yet.
-    private var inFlight: [NetKey: Int] = [:]
 
     init(monitor: SecurityMonitor, context: LoopContext) {
         self.monitor = monitor
@@ -80,10 +78,12 @@ final class LoopSecurity: RedisWaiter {
     }
 
     /// A valid key in the authorize phase: `DISABLED` when it was just auto-disabled here (or
-    /// this request makes it so), else nil.
+    /// this request makes it so); `.wait` while the shared store counts a network this loop
+    /// has not seen the key use lately (so the request that crosses the rule is the one
+    /// refused, whichever instance it reaches); nil to go on.
     @inline(__always)
-    func authorize(_ x: Exchange, _ r: KeyRecord) -> Denial? {
-        if monitor.isBlocked(r) { return Denial(.disabled) }
+    func authorize(_ x: Exchange, _ r: KeyRecord) -> PhaseResult? {
+        if monitor.isBlocked(r) { return .reply(Denial(.disabled)) }
         guard r.status == .active, let rule = x.facts.snapshot.security?.networkRule else { return nil }
         let net = NetKey.network(x.facts.clientIP)
         let h = r.hash
@@ -91,13 +91,30 @@ final class LoopSecurity: RedisWaiter {
         let now = context.loop.now
         if memo[i].until > now && memo[i].w0 == h.w0 && memo[i].w1 == h.w1 && memo[i].net == net { return nil }
         memo[i] = Memo(w0: h.w0, w1: h.w1, net: net, until: now &+ memoNanos(rule))
-        let shared = context.store != nil
-        if monitor.networkSeen(r, net: net, now: SecurityMonitor.nowMillis(), rule: rule, act: !shared) {
-            if shared { add { s in s.sightings[h, default: (r, [])].1.append(net) } }
-            return Denial(.disabled)
+        guard let store = context.store, let spec = x.facts.snapshot.security else {
+            return monitor.networkSeen(r, net: net, now: SecurityMonitor.nowMillis(), rule: rule, act: true)
+                ? .reply(Denial(.disabled)) : nil
         }
-        if shared { add { s in s.sightings[h, default: (r, [])].1.append(net) } }
-        return nil
+        if monitor.networkSeen(r, net: net, now: SecurityMonitor.nowMillis(), rule: rule, act: false) {
+            add { s in s.sightings[h, default: (r, [])].1.append(net) }
+            return .reply(Denial(.disabled))
+        }
+        var args = Self.header(spec)
+        args.append(Array("N".utf8)); args.append(Array(h.hex.utf8)); args.append(Array(net.wire.utf8))
+        if let failed = store.redis.command(args, waiter: x, token: x.facts.token) {
+            return completeSighting(x, result: failed)
+        }
+        return .wait
+    }
+
+    /// The store counted the exchange's network: refused when the key is disabled by it,
+    /// else the rest of the authorize phase.
+    func completeSighting(_ x: Exchange, result: RedisResult) -> PhaseResult {
+        guard let r = x.facts.record else { return .reply(Denial(.invalidKey)) }
+        if case .reply(.array(let items)) = result, apply(items, records: [r.hash.hex: r]).contains(r.hash) {
+            return .reply(Denial(.disabled))
+        }
+        return Pipeline.authorizeRecord(x, r)
     }
 
     /// `ban <net> <until>` or `off <key hex>` from another instance (or this one's script).
@@ -113,15 +130,20 @@ final class LoopSecurity: RedisWaiter {
 
     // MARK: the batch to Redis
 
+    /// Counts go out at once when the last batch left `flushNanos` ago or more, else with
+    /// the next batch: at most one script per loop per `flushNanos` under any flood, and the
+    /// shared count sees a crossing within about that time.
     private func add(_ change: (LoopSecurity) -> Void) {
         change(self)
         pendingItems += 1
-        if pendingItems >= Self.maxBatch { flush(); return }
+        let now = context.loop.now
+        if pendingItems >= Self.maxBatch || now &- lastFlush >= Self.flushNanos { flush(); return }
         if !flushArmed {
             flushArmed = true
-            context.loop.schedule(at: context.loop.now &+ Self.flushNanos, handler: flushTimer)
+            context.loop.schedule(at: lastFlush &+ Self.flushNanos, handler: flushTimer)
         }
     }
+    private var lastFlush: UInt64 = 0
 
     private lazy var flushTimer = TimerAction { [unowned self] in
         self.flushArmed = false
@@ -134,12 +156,8 @@ final class LoopSecurity: RedisWaiter {
             lockouts.removeAll(); refusals.removeAll(); sightings.removeAll(); pendingItems = 0
             return
         }
-        var args: [[UInt8]] = [Array("EVAL".utf8), Array(SecurityScript.source.utf8), Array("0".utf8)]
+        var args = Self.header(spec)
         func a(_ s: String) { args.append(Array(s.utf8)) }
-        a(String(SecurityMonitor.nowMillis()))
-        a(String(spec.lockout?.invalidKeys ?? 0)); a(String(spec.lockout?.per.milliseconds ?? 1)); a(String(spec.lockout?.banFor.milliseconds ?? 1))
-        a(String(spec.refusalRule?.refusals ?? 0)); a(String(spec.refusalRule?.per.milliseconds ?? 1))
-        a(String(spec.networkRule?.networks ?? 0)); a(String(spec.networkRule?.per.milliseconds ?? 1))
         var records: [String: KeyRecord] = [:]
         if spec.lockout != nil {
             for (net, n) in lockouts { a("L"); a(net.wire); a(String(n)) }
@@ -154,6 +172,7 @@ final class LoopSecurity: RedisWaiter {
             }
         }
         lockouts.removeAll(); refusals.removeAll(); sightings.removeAll(); pendingItems = 0
+        lastFlush = context.loop.now
         flushToken &+= 1
         batchRecords[flushToken] = records
         if batchRecords.count > 64 { batchRecords.removeValue(forKey: flushToken &- 64) }
@@ -166,38 +185,56 @@ final class LoopSecurity: RedisWaiter {
     /// names the key in its audit entry and webhook).
     private var batchRecords: [UInt64: [String: KeyRecord]] = [:]
 
-    /// The script's decisions: bans this batch made (announced here), bans in force it found,
-    /// keys this batch disables (this instance acts).
+    /// `EVAL <script> 0` and the rules' arguments.
+    static func header(_ spec: SecuritySpec) -> [[UInt8]] {
+        var args: [[UInt8]] = [Array("EVAL".utf8), Array(SecurityScript.source.utf8), Array("0".utf8)]
+        func a(_ s: String) { args.append(Array(s.utf8)) }
+        a(String(SecurityMonitor.nowMillis()))
+        a(String(spec.lockout?.invalidKeys ?? 0)); a(String(spec.lockout?.per.milliseconds ?? 1)); a(String(spec.lockout?.banFor.milliseconds ?? 1))
+        a(String(spec.refusalRule?.refusals ?? 0)); a(String(spec.refusalRule?.per.milliseconds ?? 1))
+        a(String(spec.networkRule?.networks ?? 0)); a(String(spec.networkRule?.per.milliseconds ?? 1))
+        return args
+    }
+
+    /// A batch's answer (counted locally meanwhile if there is none).
     func redisCompleted(token: UInt64, result: RedisResult) {
         let records = batchRecords.removeValue(forKey: token) ?? [:]
-        guard case .reply(.array(let items)) = result else { return }   // counted locally meanwhile
+        guard case .reply(.array(let items)) = result else { return }
+        _ = apply(items, records: records)
+    }
+
+    /// The script's decisions: bans it made (announced here), bans in force it found, keys it
+    /// disables (this instance acts). Returns the keys disabled.
+    private func apply(_ items: [RedisReply], records: [String: KeyRecord]) -> [KeyHash] {
         let now = SecurityMonitor.nowMillis()
+        var disabled: [KeyHash] = []
         var i = 0
         func text(_ r: RedisReply) -> String { r.text ?? "" }
-        while i < items.count {
+        while i + 3 < items.count {
             let kind = text(items[i])
             switch kind {
             case "ban", "banned":
-                guard i + 3 < items.count, let net = NetKey(wire: Substring(text(items[i + 1]))),
-                      let until = Int64(text(items[i + 2])), let count = Int64(text(items[i + 3])) else { return }
+                guard let net = NetKey(wire: Substring(text(items[i + 1]))), let until = Int64(text(items[i + 2])),
+                      let count = Int64(text(items[i + 3])) else { return disabled }
                 monitor.installBan(net, until: until, now: now)
                 if kind == "ban" { monitor.announceBan(net, refusals: count, until: until) }
-                i += 4
             case "disable":
-                guard i + 3 < items.count, let r = records[text(items[i + 1])] else { return }
+                guard let r = records[text(items[i + 1])] else { break }
                 let reason = text(items[i + 2])
-                monitor.block(r.hash, now: now)
+                monitor.block(r.hash, now: now, local: true)
+                disabled.append(r.hash)
                 if reason == "networks", let rule = context.snapshot.security?.networkRule {
                     let nets = text(items[i + 3]).split(separator: ",").compactMap { NetKey(wire: $0)?.description }
                     monitor.enqueueNetworks(r, nets: nets, rule: rule)
                 } else if let rule = context.snapshot.security?.refusalRule {
                     monitor.enqueueRefusals(r, count: Int64(text(items[i + 3])) ?? 0, rule: rule)
                 }
-                i += 4
             default:
-                return
+                return disabled
             }
+            i += 4
         }
+        return disabled
     }
 }
 

@@ -84,6 +84,10 @@ final class SecurityMonitor: @unchecked Sendable {
     private let started = Atomic<Bool>(false)
     /// Actions done (tests wait on this rather than on time).
     let actionsDone = Atomic<Int>(0)
+    /// Lock-outs this instance announced (each ban once per cluster), keys it disabled.
+    let lockoutsAnnounced = Atomic<UInt64>(0)
+    let disabledForRefusals = Atomic<UInt64>(0)
+    let disabledForNetworks = Atomic<UInt64>(0)
 
     init() {}
 
@@ -221,6 +225,9 @@ final class SecurityMonitor: @unchecked Sendable {
     /// Networks tracked now (tests: bounded under a flood).
     var trackedNetworks: Int { state.withLock { $0.nets.count } }
 
+    /// Bans in force now.
+    var bansInForce: Int { banCount.load(ordering: .relaxed) }
+
     /// Bans in force (the admin page, tests).
     func bans(now: Int64) -> [(NetKey, Int64)] {
         state.withLock { s in s.nets.compactMap { $0.value.bannedUntil > now ? ($0.key, $0.value.bannedUntil) : nil } }
@@ -306,10 +313,10 @@ final class SecurityMonitor: @unchecked Sendable {
 
     /// A key disabled by another instance's decision: blocked here at once, for as long as
     /// its store change takes to arrive.
-    func block(_ hash: KeyHash, now: Int64) {
+    func block(_ hash: KeyHash, now: Int64, local: Bool = false) {
         state.withLock { s in
             if s.blocks[hash] != nil { return }
-            s.blocks[hash] = Block(until: now + 2000)
+            s.blocks[hash] = Block(until: now + (local ? Self.blockMillis : 2000))
             s.keys[hash] = nil
             publishCounts(s)
         }
@@ -354,6 +361,11 @@ final class SecurityMonitor: @unchecked Sendable {
     // MARK: actions
 
     private func enqueue(_ job: Job) {
+        switch job {
+        case .lockout: lockoutsAnnounced.add(1, ordering: .relaxed)
+        case .disable(_, _, _, let reason, _):
+            if reason == "networks" { disabledForNetworks.add(1, ordering: .relaxed) } else { disabledForRefusals.add(1, ordering: .relaxed) }
+        }
         startIfNeeded()
         jobs.withLock { $0.append(job) }
         signal.signal()
