@@ -8,6 +8,8 @@
 #                               redis ledger with TOLLGATE_BENCH_REDIS=redis://127.0.0.1:PORT/0)
 #   scripts/bench.sh jwt        tollgate with API keys vs JWTs (HS256, ES256; a few tokens reused,
 #                               or a token the process never saw on every request), one run
+#   scripts/bench.sh lockout    refused requests: a flood of unknown keys from one address without
+#                               `security.lockout`, with it counting (never reached), and locked out
 # Further arguments go to run.sh (e.g. --duration 5 --rounds 1).
 # Builds a release binary and strips its debug info (valgrind 3.19 cannot read Swift 6.3's DWARF).
 set -euo pipefail
@@ -17,8 +19,59 @@ swift build -c release 2>&1 | tail -1
 BIN=$(mktemp /tmp/tollgate-bench.XXXXXX)
 strip --strip-debug -o "$BIN" .build/release/tollgate
 export TOLLGATE_BIN=$BIN
+# client_keys_harness TAG: a copy of the harness whose wrk client sends a line "Bearer T" as
+# `Authorization: Bearer T`, reads the keys of a variant from $BENCH_CLIENT_KEYS_DIR/<variant>.txt
+# when that file exists, and carries its place in such a file from one wrk run to the next.
+# Prints the copy's directory.
+client_keys_harness() {
+    local COPY
+    COPY=$(mktemp -d /tmp/tollgate-bench-$1.XXXXXX)
+    cp -r "$BENCH"/. "$COPY"/
+    python3 - "$COPY" <<'PY'
+import sys
+d = sys.argv[1]
+p = d + "/lib/wrk_rotate.lua"
+s = open(p).read()
+old = '    local headers = { ["X-API-Key"] = key }'
+assert old in s
+s = s.replace(old, '    local headers\n'
+              '    if key:sub(1, 7) == "Bearer " then headers = { ["Authorization"] = key } else headers = { ["X-API-Key"] = key } end')
+old = '  stop_after = tonumber(args[2] or "0")'
+assert old in s
+s = s.replace(old, old + '\n'
+              '  -- Token files: go on from where the last run of this file stopped.\n'
+              '  local own = os.getenv("BENCH_CLIENT_KEYS_DIR")\n'
+              '  if own and args[1]:find(own, 1, true) then\n'
+              '    pos_file = args[1] .. ".pos"\n'
+              '    local f = io.open(pos_file)\n'
+              '    if f then next_index = (tonumber(f:read("*l")) or 0) % #requests; f:close() end\n'
+              '  end')
+old = '  if responses >= stop_after then'
+assert old in s
+s = s.replace(old, old + '\n'
+              '    if pos_file then local f = io.open(pos_file, "w"); if f then f:write(tostring(next_index)); f:close() end end')
+open(p, "w").write(s)
+p = d + "/run.sh"
+s = open(p).read()
+old = '                        -- "$BENCH_KEYS_FILE")'
+assert s.count(old) == 1
+s = s.replace(old, '                        -- "$(client_keys_for "$variant")")')
+old = "client_cmd() {"
+assert s.count(old) == 1
+s = s.replace(old, '# client_keys_for VARIANT: the variant\'s own client file (tokens), else the keys.\n'
+              'client_keys_for() {\n'
+              '    if [[ -n ${BENCH_CLIENT_KEYS_DIR:-} && -f $BENCH_CLIENT_KEYS_DIR/$1.txt ]]; then\n'
+              '        echo "$BENCH_CLIENT_KEYS_DIR/$1.txt"\n'
+              '    else\n'
+              '        echo "$BENCH_KEYS_FILE"\n'
+              '    fi\n'
+              '}\n\n' + old)
+open(p, "w").write(s)
+PY
+    echo "$COPY"
+}
 MODE=peers
-case ${1:-} in peers|redis|accesslog|usage|credits|jwt) MODE=$1; shift ;; esac
+case ${1:-} in peers|redis|accesslog|usage|credits|jwt|lockout) MODE=$1; shift ;; esac
 if [[ $MODE == usage ]]; then
     # The stock adapter with a `usage:` block (spool and a file sink in the run's work
     # directory), beside the stock tollgate: the same variants in one run.
@@ -74,6 +127,43 @@ EOS
         --proxy-name tollgate_credits --proxy-variants auth,ratelimit --proxy-port 17980 \
         --proxy-cmd "export TOLLGATE_BIN=$BIN; exec $WRAP" "$@"
 fi
+if [[ $MODE == lockout ]]; then
+    # The cost of a refused request: every request of the flood carries an unknown key
+    # (45,000 random keys, none repeated in the instruction window; embedded store). Variants
+    # of the stock `auth` policy, beside the stock auth variant with valid keys:
+    #   invalid-off      no security block: 401 INVALID_KEY after a SHA-256 and a lookup;
+    #   invalid-counted  lockout {invalid_keys: 1000000, per: 1h}: each refusal also counted
+    #                    for its address (never reached in a run);
+    #   invalid-locked   lockout {invalid_keys: 20, per: 1m, for: 1h}: after 20 refusals every
+    #                    request is 429 LOCKED_OUT before the key is read.
+    COPY=$(client_keys_harness lockout)
+    KEYS=$COPY/keys-invalid
+    mkdir -p "$KEYS"
+    python3 - "$KEYS" <<'PY'
+import os, secrets, sys
+d = sys.argv[1]
+for v in ("invalid-off", "invalid-counted", "invalid-locked"):
+    with open(os.path.join(d, v + ".txt"), "w") as f:
+        for _ in range(45000):
+            f.write("unknown-" + secrets.token_hex(16) + "\n")
+PY
+    WRAP=$(mktemp /tmp/tollgate-lockout-peer.XXXXXX)
+    cat >"$WRAP" <<'EOS'
+#!/usr/bin/env bash
+source "$BENCH_DIR/peers/tollgate.sh"
+tollgate_setup auth "$BENCH_LISTEN_PORT" "$BENCH_WORKDIR"
+case $BENCH_VARIANT in
+    invalid-counted) printf 'security:\n  lockout: {invalid_keys: 1000000, per: 1h, for: 1m}\n' >>"$BENCH_WORKDIR/policies/gateway.yaml" ;;
+    invalid-locked) printf 'security:\n  lockout: {invalid_keys: 20, per: 1m, for: 1h}\n' >>"$BENCH_WORKDIR/policies/gateway.yaml" ;;
+esac
+exec "${PEER_ARGV[@]}"
+EOS
+    chmod +x "$WRAP"
+    export BENCH_CLIENT_KEYS_DIR=$KEYS
+    exec "$COPY/run.sh" --only tollgate --variants auth \
+        --proxy-name tollgate_lockout --proxy-variants invalid-off,invalid-counted,invalid-locked --proxy-port 17970 \
+        --proxy-cmd "export TOLLGATE_BIN=$BIN; exec $WRAP" "$@"
+fi
 if [[ $MODE == jwt ]]; then
     # API keys (the stock `auth` variant: 10,000 keys rotated) beside JWTs in one run. The
     # shared harness sends keys in X-API-Key only, so it runs from a copy in which the wrk
@@ -90,50 +180,9 @@ if [[ $MODE == jwt ]]; then
     #             each is verified (base64url, JSON, signature); a consumer's identity record
     #             is shared by its tokens. The throughput rounds wrap around the file (10 s
     #             is more than 45,000 requests): their req/s are not "fresh" figures.
-    COPY=$(mktemp -d /tmp/tollgate-bench-jwt.XXXXXX)
-    cp -r "$BENCH"/. "$COPY"/
+    COPY=$(client_keys_harness jwt)
     TOKENS=$COPY/tokens
     mkdir -p "$TOKENS"
-    python3 - "$COPY" <<'PY'
-import sys
-d = sys.argv[1]
-p = d + "/lib/wrk_rotate.lua"
-s = open(p).read()
-old = '    local headers = { ["X-API-Key"] = key }'
-assert old in s
-s = s.replace(old, '    local headers\n'
-              '    if key:sub(1, 7) == "Bearer " then headers = { ["Authorization"] = key } else headers = { ["X-API-Key"] = key } end')
-old = '  stop_after = tonumber(args[2] or "0")'
-assert old in s
-s = s.replace(old, old + '\n'
-              '  -- Token files: go on from where the last run of this file stopped.\n'
-              '  if requests[1]:find("Authorization: Bearer", 1, true) then\n'
-              '    pos_file = args[1] .. ".pos"\n'
-              '    local f = io.open(pos_file)\n'
-              '    if f then next_index = (tonumber(f:read("*l")) or 0) % #requests; f:close() end\n'
-              '  end')
-old = '  if responses >= stop_after then'
-assert old in s
-s = s.replace(old, old + '\n'
-              '    if pos_file then local f = io.open(pos_file, "w"); if f then f:write(tostring(next_index)); f:close() end end')
-open(p, "w").write(s)
-p = d + "/run.sh"
-s = open(p).read()
-old = '                        -- "$BENCH_KEYS_FILE")'
-assert s.count(old) == 1
-s = s.replace(old, '                        -- "$(client_keys_for "$variant")")')
-old = "client_cmd() {"
-assert s.count(old) == 1
-s = s.replace(old, '# client_keys_for VARIANT: the variant\'s own client file (tokens), else the keys.\n'
-              'client_keys_for() {\n'
-              '    if [[ -n ${BENCH_CLIENT_KEYS_DIR:-} && -f $BENCH_CLIENT_KEYS_DIR/$1.txt ]]; then\n'
-              '        echo "$BENCH_CLIENT_KEYS_DIR/$1.txt"\n'
-              '    else\n'
-              '        echo "$BENCH_KEYS_FILE"\n'
-              '    fi\n'
-              '}\n\n' + old)
-open(p, "w").write(s)
-PY
     openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TOKENS/ec.pem" 2>/dev/null
     openssl pkey -in "$TOKENS/ec.pem" -pubout -out "$TOKENS/ec.pub.pem"
     SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
