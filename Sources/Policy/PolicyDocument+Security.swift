@@ -185,8 +185,8 @@ extension PolicyCompiler {
                                 found: inout [PolicyError]) -> SecuritySpec {
         var spec = s.spec
         // Parts not built yet are refused at their key (each goes as its part lands).
-        for (part, on) in [("lockout", spec.lockout != nil), ("auto_disable", spec.refusalRule != nil || spec.networkRule != nil),
-                           ("webhooks", !s.webhooks.isEmpty)] where on {
+        for (part, on) in [("lockout", spec.lockout != nil), ("auto_disable", spec.refusalRule != nil || spec.networkRule != nil)]
+            where on {
             found.append(SourceLocation(file: s.file, line: s.lines[part] ?? 0, keyPath: "security." + part).error("not supported yet"))
         }
         var seen: [String: SourceLocation] = [:]

@@ -90,7 +90,6 @@ struct NotSupportedYetTests {
         #expect(errors(Self.policyMDExample, file: "POLICY.yaml") == [
             "POLICY.yaml:131: security.lockout: not supported yet",
             "POLICY.yaml:132: security.auto_disable: not supported yet",
-            "POLICY.yaml:135: security.webhooks: not supported yet",
         ])
     }
 
