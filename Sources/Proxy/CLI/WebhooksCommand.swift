@@ -79,8 +79,8 @@ struct WebhooksCommand: ParsableCommand {
         /// before its first space, is skipped); names lower-cased.
         static func headerFields(_ text: String) -> [String: String] {
             var out: [String: String] = [:]
-            for line in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" }) {
-                let l = line.hasSuffix("\r") ? line.dropLast() : line
+            // "\r\n" is one Character: split on both line ends.
+            for l in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }) {
                 if l.isEmpty { if !out.isEmpty { break } else { continue } }
                 guard let colon = l.firstIndex(of: ":"), !l[..<colon].contains(" ") else { continue }
                 out[l[..<colon].lowercased()] = l[l.index(after: colon)...].trimmingCharacters(in: .whitespaces)
