@@ -62,6 +62,7 @@ final class WebhookReceiver: @unchecked Sendable {
     static let secret1 = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     static let secret2 = "a-raw-second-secret-while-rotating"
     static let bobKey = "tg_webhooks_bob_0123456789"
+    static let quinnKey = "tg_webhooks_quinn_0123456789"
 
     /// HMAC-SHA256, base64: computed here, independently of the proxy's code.
     static func sign(_ secret: [UInt8], _ content: [UInt8]) -> String {
@@ -94,7 +95,7 @@ final class WebhookReceiver: @unchecked Sendable {
         var env: [String: String] { ["TG_WEBHOOK_SECRET": secrets.joined(separator: " ")] }
 
         init(receiver: UInt16, upstream: UInt16, secrets: [String] = [WebhookTests.secret1], firstRetry: String = "50ms",
-             tries: Int = 3, events: String = "[key_revoked, key_rotated, credits_exhausted]") {
+             tries: Int = 3, events: String = "[key_revoked, key_rotated, credits_exhausted, quota_exhausted]") {
             dir = makeTempDir("tghooks")
             self.secrets = secrets
             writeFile(dir + "/admin-tokens", AdminAuth.tokensFileLine + "\n")
@@ -111,6 +112,10 @@ final class WebhookReceiver: @unchecked Sendable {
               webhooks:
                 - {url: "http://127.0.0.1:\(receiver)/hooks", secret_env: TG_WEBHOOK_SECRET,
                    events: \(events), first_retry: \(firstRetry), tries: \(tries), timeout: 2s}
+            plans:
+              tiny:
+                quotas:
+                  - {requests: 2, per: day}
             backends:
               up: {url: "http://127.0.0.1:\(upstream)"}
             routes:
@@ -118,6 +123,7 @@ final class WebhookReceiver: @unchecked Sendable {
               - {name: all, match: {path_prefix: /}, backend: up, scopes: [read]}
             keys:
               - {id: key_bob, hash: \(KeyHash.sha256(WebhookTests.bobKey).description), consumer: bob, scopes: [read]}
+              - {id: key_quinn, hash: \(KeyHash.sha256(WebhookTests.quinnKey).description), consumer: quinn, scopes: [read], plan: tiny}
 
             """)
         }
@@ -191,6 +197,11 @@ final class WebhookReceiver: @unchecked Sendable {
             #expect(r.status == 402)
         }
         #expect(try poll(timeout: 10) { receiver.of("credits_exhausted").count == 1 } != nil)
+        // A quota: two requests a day; the refusals after them are one event.
+        for i in 0..<5 {
+            let r = try get(g.port, "/q/\(i)", headers: ["X-API-Key": Self.quinnKey])
+            #expect(r.status == (i < 2 ? 200 : 429))
+        }
 
         let (s1, created, _) = try KeyAPITests.admin(g.admin, "POST", "/v1/keys", #"{"consumer":"erin","scopes":["read"]}"#)
         #expect(s1 == 201)
@@ -211,6 +222,10 @@ final class WebhookReceiver: @unchecked Sendable {
         #expect(credits.data["account"] as? String == "bob")
         #expect(credits.data["balance"] as? Int == 0)
         #expect(credits.data["route"] as? String == "paid")
+        #expect(receiver.of("quota_exhausted").count == 1)
+        let quota = try #require(receiver.of("quota_exhausted").first)
+        #expect(quota.data["key_id"] as? String == "key_quinn" && quota.data["consumer"] as? String == "quinn")
+        #expect(quota.data["quota"] as? String == "2 requests/day by key" && quota.data["plan"] as? String == "tiny")
         let rot = try #require(receiver.of("key_rotated").first)
         #expect(rot.data["key_id"] as? String == oldID && rot.data["replaced_by"] as? String == newID)
         #expect(rot.data["consumer"] as? String == "erin")
