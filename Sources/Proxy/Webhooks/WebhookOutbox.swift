@@ -8,7 +8,7 @@ import Synchronization
 ///
 /// ```
 /// emit (any thread) ── Mutex append ──► incoming
-///   writer thread, every 10 ms: journal.jsonl += event lines, fdatasync (group commit),
+///   writer thread, woken by emit: journal.jsonl += event lines, fdatasync (group commit),
 ///   then each event is queued on the workers of the endpoints that want it
 ///   ──► one worker thread per endpoint: POST, then `done`, or `try` (attempts, next due),
 ///       or `dead` (+ dead-letter.jsonl) appended to the journal and fdatasync'd
@@ -135,7 +135,9 @@ final class WebhookOutbox: @unchecked Sendable {
         var p = pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)
         var lastInbox: UInt64 = 0
         while true {
-            _ = poll(&p, 1, 10)
+            // `emit` wakes it: an event is synced as soon as it comes (those that come while a
+            // sync runs share the next one); idle, it looks at the inbox twice a second.
+            _ = poll(&p, 1, 500)
             var counter: UInt64 = 0
             _ = Glibc.read(wakeFD, &counter, 8)
             let stopping = stopAt.load(ordering: .sequentiallyConsistent) != 0
