@@ -41,6 +41,12 @@ public final class PolicySnapshot: Sendable {
     public let audit: AuditSpec?
     /// `security`: lock-out, auto-disable, webhooks; nil when omitted.
     public let security: SecuritySpec?
+    /// What `security` turns on, as bits the request path tests without copying the spec:
+    /// ``lockoutBit``, ``refusalsBit``, ``networksBit``.
+    public let securityFlags: UInt8
+    public static let lockoutBit: UInt8 = 1
+    public static let refusalsBit: UInt8 = 2
+    public static let networksBit: UInt8 = 4
     /// The files this snapshot was compiled from, in merge order, with the SHA-256 of the
     /// bytes read (what `sha256sum` prints): the audit trail records them on every reload.
     public let sources: [PolicySource]
@@ -52,6 +58,8 @@ public final class PolicySnapshot: Sendable {
          secrets: SecretsSpec? = nil, audit: AuditSpec? = nil, sources: [PolicySource] = [], jwt: JWTVerifier? = nil,
          jwtPlanIndex: Int? = nil, security: SecuritySpec? = nil) {
         self.security = security
+        securityFlags = (security?.lockout != nil ? Self.lockoutBit : 0) | (security?.refusalRule != nil ? Self.refusalsBit : 0)
+            | (security?.networkRule != nil ? Self.networksBit : 0)
         self.jwt = jwt
         self.jwtPlanIndex = jwtPlanIndex
         self.usage = usage

@@ -86,6 +86,8 @@ final class LoopContext {
     var credits: CreditGate?
     /// Calendar quotas (always present; counters local or in Redis).
     var quotas: QuotaGate?
+    /// Lock-out and auto-disable (`security:`): this loop's side of the process's monitor.
+    var security: LoopSecurity?
     /// The TLS context of each listener (by its index in `listen`), nil for plain ones.
     /// Replaced whole by a reload; connections keep the context they started with.
     var tlsContexts: [TLSContext?] = []
@@ -168,6 +170,7 @@ final class LoopContext {
         gauges.set(.storeConfigured, 1)
         store = SharedStore(loop: loop, url: spec.url, deadline: spec.deadline, mode: spec.onError,
                             instanceID: instanceID, gauges: gauges)
+        store?.onSecurityMessage = { [unowned self] m in self.security?.storeMessage(m) }
     }
 
     /// Installs a new policy snapshot (called on this loop). The old pools are retired: their

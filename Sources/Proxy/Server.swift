@@ -26,6 +26,9 @@ final class Server: @unchecked Sendable {
         self.settings = settings
     }
 
+    /// Lock-out and auto-disable state, shared by every loop of this server.
+    let security = SecurityMonitor()
+
     /// Binds every listener on every loop (so a bind error surfaces before anything runs).
     func start(snapshot: PolicySnapshot, keys: KeyDirectory, accessLog: AccessLogWriter? = nil, usage: UsageSpool? = nil,
                ledger: LocalLedger? = nil, quotas: LocalQuotas? = nil, accounting: AccountingLedger? = nil,
@@ -35,6 +38,7 @@ final class Server: @unchecked Sendable {
         self.accessLog = accessLog
         self.usage = usage
         self.ledger = ledger
+        security.configure(snapshot.security)
         let tls = try Self.buildTLS(snapshot)
         for i in 0..<max(1, settings.threads) {
             let loop = try EventLoop(index: i)
@@ -45,6 +49,7 @@ final class Server: @unchecked Sendable {
             if let accessLog { ctx.accessLog = AccessLogBuffer(writer: accessLog) }
             if let usage, i < usage.queues.count { ctx.usage = usage.queues[i] }
             ctx.quotas = QuotaGate(local: quotas, context: ctx)
+            ctx.security = LoopSecurity(monitor: security, context: ctx)
             if let spec = snapshot.credits {
                 ctx.credits = CreditGate(spec: spec, local: ledger, accounting: accounting, charged: MetricsRegistry.shared.credits,
                                          context: ctx)
@@ -102,6 +107,7 @@ final class Server: @unchecked Sendable {
     /// (new certificates for new connections; live ones keep theirs) to every loop. The
     /// listeners' contexts only when the listeners are the ones bound at start.
     func install(_ snapshot: PolicySnapshot, keys: KeyDirectory, tls: TLSContexts, listenersUnchanged: Bool) {
+        security.configure(snapshot.security)
         for (i, loop) in loops.enumerated() {
             let ctx = UncheckedBox(contexts[i])
             let snap = snapshot

@@ -19,7 +19,7 @@ enum AuditAction: String, Sendable, CaseIterable {
     case secretSet = "secret.set"
     case secretDeleted = "secret.deleted"
     case creditsGranted = "credits.granted"
-    /// Security actions (lock-out, auto-disable): not emitted yet (a later issue).
+    /// Security actions: an address locked out, a key auto-disabled (with the evidence).
     case securityLockout = "security.lockout"
     case securityAutoDisable = "security.auto_disable"
     case serverStarted = "server.started"
@@ -40,8 +40,10 @@ enum AuditActor: String, Sendable {
     case server
     /// The audit writer itself (checkpoints, repairs).
     case audit
-    /// The admin API (a later issue).
+    /// The admin API.
     case admin
+    /// The security monitor (lock-out, auto-disable).
+    case security
 }
 
 /// A JSON value in `details`, written in the order given. Never a plain key or secret:

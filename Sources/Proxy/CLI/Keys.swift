@@ -241,10 +241,18 @@ struct KeyStoreAccess {
     func setStatus(id: String, status: KeyStatus) throws {
         switch backing {
         case .redis(let redis):
+            let hash: KeyHash?
             if let d = snapshot.declaredKey(id: id) {
                 try redis.setDeclaredStatus(id: id, hash: d.hash, status: status.rawValue)
+                hash = d.hash
             } else {
-                try redis.setStatus(id: id, status: status.rawValue)
+                let e = try redis.setStatus(id: id, status: status.rawValue)
+                hash = e.hash.flatMap { KeyHash(hex: $0.hasPrefix("sha256:") ? String($0.dropFirst(7)) : $0) }
+            }
+            // Enabling clears the security evidence (auto-disable's marker and networks), so
+            // the key starts again from nothing.
+            if status == .active, let hash {
+                for cmd in SecurityScript.clearCommands(keyHex: hash.hex) { _ = try redis.run(cmd) }
             }
         case .log(let log, _):
             try log.append(KeyLogEntry(op: .status, id: id, status: status.rawValue, at: wallClockSeconds()))

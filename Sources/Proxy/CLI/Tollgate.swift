@@ -176,6 +176,7 @@ struct Serve: ParsableCommand {
             reloader.attach(audit: audit)
             audit.startCheckpointTimer()
         }
+        server.security.wire(policies: policies, snapshot: { reloader.snapshot }, audit: audit, instance: instanceID)
         reloader.attach(server)
         secrets.attach(server)
         reloader.attach(secrets: secrets)

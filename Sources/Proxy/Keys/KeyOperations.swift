@@ -18,13 +18,19 @@ struct KeyAPIError: Error, CustomStringConvertible {
 /// Who asks: the command line (an OS user), or an admin API caller (a bootstrap token, or a
 /// JWT whose consumer owns the keys it touches).
 struct KeyCaller {
-    enum Kind { case cli, adminToken, consumer }
+    enum Kind { case cli, adminToken, consumer, security }
     var kind: Kind
     /// For audit entries (an OS user, a token's fingerprint, a consumer).
     var name: String
     /// Only keys of this consumer are visible (nil: every key).
     var owner: String? { kind == .consumer ? name : nil }
-    var auditActor: AuditActor { kind == .cli ? .cli : .admin }
+    var auditActor: AuditActor {
+        switch kind {
+        case .cli: return .cli
+        case .adminToken, .consumer: return .admin
+        case .security: return .security
+        }
+    }
 }
 
 /// A key as the key API shows it: never the key, never its hash.

@@ -83,6 +83,7 @@ enum Pipeline {
 
     private static func refuse(_ d: Denial, _ x: Exchange) -> Step {
         x.facts.retryAfterSeconds = d.retryAfterSeconds ?? 0
+        if x.facts.snapshot.securityFlags != 0 { x.context.security?.refused(x, d) }
         if x.facts.quotaKeys != nil || x.facts.quotaCountedInRedis { x.context.quotas?.giveBack(x) }
         return .refuse(d)
     }
@@ -162,6 +163,10 @@ enum Pipeline {
     /// route taking both, a Bearer value shaped like a JWT is one (POLICY.md); a key header
     /// wins over a Bearer value.
     static func extractCredential(_ x: Exchange) -> PhaseResult {
+        // A locked-out network is refused before any credential work or store round trip.
+        if x.facts.snapshot.securityFlags & PolicySnapshot.lockoutBit != 0, let d = x.context.security?.lockedOut(x) {
+            return .reply(d)
+        }
         let rule = x.facts.snapshot.credentials
         let takes = x.facts.route?.credentials ?? .apiKey
         let readsKeys = takes.contains(.apiKey)
@@ -221,6 +226,10 @@ enum Pipeline {
     /// Status, expiry, the key's IP allow-list, scopes, HTTPS: checks that consume nothing.
     static func authorize(_ x: Exchange) -> PhaseResult {
         guard let record = x.facts.record, let route = x.facts.route else { return .reply(Denial(.invalidKey)) }
+        if x.facts.snapshot.securityFlags & (PolicySnapshot.refusalsBit | PolicySnapshot.networksBit) != 0,
+           let d = x.context.security?.authorize(x, record) {
+            return .reply(d)
+        }
         switch Authorizer.authorize(record: record, route: route, clientIP: x.facts.clientIP,
                                     isHTTPS: x.facts.isHTTPS, now: Int64(time(nil))) {
         case .allow: return resolveSecret(x)

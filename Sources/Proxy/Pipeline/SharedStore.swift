@@ -37,6 +37,10 @@ final class SharedStore {
     private var scaledPlans: [Int: (Int, PlanSpec)] = [:]
     /// Refusals that still hold (see `RefusalMemo`).
     var refusals = RefusalMemo()
+    /// Security news on the invalidation channel (`ban <net> <until>`, `off <key hex>`).
+    var onSecurityMessage: (([UInt8]) -> Void)?
+    static let banPrefix = Array("ban ".utf8)
+    static let offPrefix = Array("off ".utf8)
 
     /// Whether the connection has reported any health yet (it reports nothing until it first
     /// comes up, so a store that is unreachable from the start would otherwise never be logged).
@@ -120,6 +124,10 @@ final class SharedStore {
 
     /// A key changed somewhere (hex of its hash), or "" after a resubscribe: drop it (or all).
     func invalidate(_ message: [UInt8]) {
+        if message.count > 4 && (message.starts(with: Self.banPrefix) || message.starts(with: Self.offPrefix)) {
+            onSecurityMessage?(message)
+            return
+        }
         if message.isEmpty {
             positive = KeyHashMap(minimumCapacity: 1024)
             negative.removeAll()
