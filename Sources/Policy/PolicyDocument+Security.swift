@@ -184,10 +184,6 @@ extension PolicyCompiler {
     static func compileSecurity(_ s: PolicyDocument.Security, environment: PolicyEnvironment,
                                 found: inout [PolicyError]) -> SecuritySpec {
         var spec = s.spec
-        // Parts not built yet are refused at their key (each goes as its part lands).
-        for (part, on) in [("webhooks", !s.webhooks.isEmpty)] where on {
-            found.append(SourceLocation(file: s.file, line: s.lines[part] ?? 0, keyPath: "security." + part).error("not supported yet"))
-        }
         var seen: [String: SourceLocation] = [:]
         for w in s.webhooks {
             var raw: [UInt8]?

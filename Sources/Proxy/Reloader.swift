@@ -99,6 +99,7 @@ final class Reloader: Sendable {
             }
             let keys = keyDirectory()
             server.withLock { $0?.install(next, keys: keys, tls: tls, listenersUnchanged: sameListeners) }
+            WebhookEvents.reconfigure(next, policies: policiesPath)
             MetricsRegistry.shared.reloadsOK.add(1, ordering: .relaxed)
             // Recorded (fsync'd) before the reload is reported; a failure is logged, the new
             // policy stays (a revocation written into a policy file must not wait on the disk).

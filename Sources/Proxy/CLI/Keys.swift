@@ -134,6 +134,8 @@ extension KeyCaller {
 struct KeyStoreAccess {
     let snapshot: PolicySnapshot
     let kind: String
+    /// The policy path (the state directory, the webhook spool).
+    let policies: String
     private enum Backing {
         /// The embedded log and its state, read once for this command.
         case log(EmbeddedKeyLog, KeyLogState)
@@ -154,6 +156,7 @@ struct KeyStoreAccess {
     /// The store of a policy already loaded (the admin API: the running snapshot).
     init(snapshot: PolicySnapshot, policies: String) throws {
         self.snapshot = snapshot
+        self.policies = policies
         if let store = snapshot.store {
             kind = "redis"
             do {

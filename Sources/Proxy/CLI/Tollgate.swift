@@ -13,7 +13,7 @@ struct Tollgate: ParsableCommand {
         abstract: "API-key enforcement sidecar: a reverse proxy that checks every request against policy files.",
         version: "0.1.0",
         subcommands: [Serve.self, Check.self, Keys.self, CreditsCommand.self, SecretsCommand.self, AuditCommand.self,
-                      BackendsCommand.self]
+                      BackendsCommand.self, WebhooksCommand.self]
     )
 }
 
@@ -146,6 +146,14 @@ struct Serve: ParsableCommand {
             }
             Log.info("admin listening on \(spec.isIPv6 ? "[\(spec.host)]" : spec.host):\(spec.port)")
         }
+        // Webhooks: the spool is replayed (what a previous run left is resumed) before any
+        // loop can emit.
+        do {
+            try WebhookEvents.start(snapshot: snapshot, policies: policies)
+        } catch {
+            Log.error("\(error)")
+            throw ExitCode(1)
+        }
         do {
             try server.start(snapshot: snapshot, keys: reloader.keyDirectory(), accessLog: accessLog, usage: usage,
                              ledger: ledger, quotas: quotas, accounting: accounting, secrets: secrets.table,
@@ -191,7 +199,12 @@ struct Serve: ParsableCommand {
             Log.info("signal \(sig): draining (up to \(drainTimeout)s)")
             readiness.isDraining.store(true, ordering: .relaxed)
             defer { admin?.stop() }
+            let drainStart = monotonicNanos()
             let clean = server.drain(timeout: settings.drainTimeout)
+            // Pending webhook deliveries get what is left of the drain time (at least half a
+            // second); what they do not deliver stays spooled for the next start.
+            let spent = Duration.nanoseconds(Int64(clamping: monotonicNanos() &- drainStart))
+            WebhookEvents.shutDown(grace: max(.milliseconds(500), settings.drainTimeout - spent))
             Log.info(clean ? "drained, exiting" : "drain timed out, exiting")
             if let audit {
                 do {

@@ -168,6 +168,7 @@ final class QuotaGate: RedisWaiter {
         }
         guard let local else { return .next }
         if let full = local.count(ks) {
+            quotaExhausted(record: record, plan: plan, index: full, key: ks[full])
             return .reply(Denial(.quotaExceeded, retryAfterSeconds: Int(max(1, ks[full].end - now))))
         }
         x.facts.quotaKeys = ks.filter { !$0.isTokens }.map(\.key)
@@ -191,7 +192,27 @@ final class QuotaGate: RedisWaiter {
         }
         let i = v.count > 1 ? Int(v[1]) - 1 : 0
         let end = i >= 0 && i < x.facts.quotaEnds.count ? x.facts.quotaEnds[i] : Int64(time(nil)) + 1
+        if WebhookEvents.isWanted(.quotaExhausted), let record = x.facts.record, let pi = record.planIndex,
+           pi < x.facts.snapshot.plans.count, case let plan = x.facts.snapshot.plans[pi], i >= 0,
+           case let ks = keys(record: record, plan: plan, now: Int64(time(nil))), i < ks.count {
+            quotaExhausted(record: record, plan: plan, index: i, key: ks[i])
+        }
         return .reply(Denial(.quotaExceeded, retryAfterSeconds: Int(max(1, end - Int64(time(nil))))))
+    }
+
+    /// The first `QUOTA_EXCEEDED` of a key (or consumer) in a quota's period, per instance:
+    /// `quota_exhausted` (the key string names the period, so the next period fires again).
+    private func quotaExhausted(record: KeyRecord, plan: PlanSpec, index: Int, key: Key) {
+        guard WebhookEvents.isWanted(.quotaExhausted), index < plan.quotas.count else { return }
+        let q = plan.quotas[index]
+        let left = Int64(time(nil))
+        WebhookEvents.emitOnce(key: "quota|" + key.key, every: .seconds(max(1, key.end - left)), .quotaExhausted,
+                               consumer: record.consumer, subject: record.id) {
+            [("key_id", .string(record.id)), ("consumer", .string(record.consumer)), ("plan", .string(plan.name)),
+             ("quota", .string("\(q.limit) \(q.kind.rawValue)/\(q.period.rawValue) by \(q.by.rawValue)")),
+             ("kind", .string(q.kind.rawValue)), ("limit", .int(q.limit)), ("period", .string(q.period.rawValue)),
+             ("by", .string(q.by.rawValue)), ("resets", .string(AuditFormat.time(millis: key.end * 1000)))]
+        }
     }
 
     /// A later phase refused a request that was counted: the count is given back.

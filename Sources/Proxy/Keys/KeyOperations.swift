@@ -207,6 +207,11 @@ struct KeyOperations {
             ("id", .string(id)), ("replaced_by", .string(created.id)),
             ("old_key_expires", .string(AuditFormat.time(millis: ends * 1000))), ("by", .string(caller.name)),
         ]), done: "key \(id) was rotated to \(created.id)")
+        notify(.keyRotated, consumer: old.consumer, subject: id, data: [
+            ("key_id", .string(id)), ("replaced_by", .string(created.id)), ("consumer", .optional(old.consumer)),
+            ("prefix", .optional(old.prefix)), ("new_prefix", .optional(created.prefix)),
+            ("old_key_expires", .string(AuditFormat.time(millis: ends * 1000))), ("actor", .string(caller.auditActor.rawValue)),
+        ])
         return (created, key, ends)
     }
 
@@ -240,7 +245,27 @@ struct KeyOperations {
         ]), done: "key \(id) is \(status.rawValue)")
         var v = try get(id)   // read before the change (the embedded log is read once per operation)
         v.status = status.rawValue
+        if status == .revoked && current != .revoked {
+            notify(.keyRevoked, consumer: v.consumer, subject: id, data: [
+                ("key_id", .string(id)), ("consumer", .string(v.consumer)), ("prefix", .optional(v.prefix)),
+                ("from", .string(current.rawValue)), ("declared", .bool(snapshot.declaredKey(id: id) != nil)),
+                ("actor", .string(caller.auditActor.rawValue)),
+            ])
+        }
         return v
+    }
+
+    // MARK: webhooks
+
+    /// `key_rotated` / `key_revoked`: from a running instance (the admin API) through its
+    /// outbox; from `tollgate keys …` (a short-lived process) into the spool's inbox, which
+    /// the instance owning the spool delivers (now, or when it next starts).
+    private func notify(_ type: WebhookEventType, consumer: String?, subject: String, data: [(String, AuditValue)]) {
+        if caller.kind == .cli {
+            WebhookEvents.spoolFromCommand(snapshot, policies: store.policies, type, consumer: consumer, subject: subject, data: data)
+        } else {
+            WebhookEvents.emit(type, consumer: consumer, subject: subject, data: data)
+        }
     }
 
     // MARK: store access

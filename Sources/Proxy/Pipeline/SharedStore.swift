@@ -163,14 +163,26 @@ enum StoreHealthLog {
         switch health {
         case .down:
             let first = state.withLock { s -> Bool in s.down += 1; return s.down == 1 }
-            if first { Log.warn("store unavailable: on_error=\(mode) (closed: 503 STORE_UNAVAILABLE; open: admit; local: in-process limits)") }
+            if first {
+                Log.warn("store unavailable: on_error=\(mode) (closed: 503 STORE_UNAVAILABLE; open: admit; local: in-process limits)")
+                WebhookEvents.emit(.storeDegraded, consumer: nil, subject: "redis", data: [
+                    ("store", .string("redis")), ("state", .string("down")), ("on_error", .string(mode.rawValue)),
+                    ("recovered", .bool(false)),
+                ])
+            }
         case .up:
             let last = state.withLock { s -> Bool in
                 if s.down == 0 { return false }
                 s.down -= 1
                 return s.down == 0
             }
-            if last { Log.info("store recovered") }
+            if last {
+                Log.info("store recovered")
+                WebhookEvents.emit(.storeDegraded, consumer: nil, subject: "redis", data: [
+                    ("store", .string("redis")), ("state", .string("up")), ("on_error", .string(mode.rawValue)),
+                    ("recovered", .bool(true)),
+                ])
+            }
         }
     }
 }

@@ -442,5 +442,7 @@ final class SecurityMonitor: @unchecked Sendable {
 
 /// Where security events go besides the audit trail (the webhooks outbox hooks in here).
 enum SecurityEvents {
-    static func emit(_ type: WebhookEventType, consumer: String?, subject: String, data: [(String, AuditValue)]) {}
+    static func emit(_ type: WebhookEventType, consumer: String?, subject: String, data: [(String, AuditValue)]) {
+        WebhookEvents.emit(type, consumer: consumer, subject: subject, data: data)
+    }
 }
