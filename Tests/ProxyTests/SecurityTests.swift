@@ -81,8 +81,28 @@ import Testing
 
     // MARK: lock-out
 
+    /// A webhook endpoint for security events (a real receiver; the secret in a file).
+    static func hooks(_ receiver: WebhookReceiver) -> String {
+        let file = makeTempDir("tgsecret") + "/hook.secret"
+        writeFile(file, WebhookTests.secret1 + "\n")
+        return "  webhooks:\n    - {url: \"http://127.0.0.1:\(receiver.port)/hooks\", secret_file: \(file), events: [lockout, auto_disable]}\n"
+    }
+
+    /// Each delivery of `type` carries the signature computed here with the secret.
+    static func expectSigned(_ receiver: WebhookReceiver, _ type: String, count: Int) -> [WebhookReceiver.Delivery] {
+        #expect(poll(timeout: 10) { receiver.of(type).count >= count } != nil, "no \(type) webhook")
+        let got = receiver.of(type)
+        #expect(got.count == count, "\(type): \(got.count) deliveries")
+        for d in got {
+            #expect(d.signature == WebhookTests.expectedSignatures(d, secrets: [WebhookTests.secret1]).joined(separator: " "))
+        }
+        return got
+    }
+
     @Test func guessingKeysLocksTheAddressOutThenLetsItBackIn() throws {
-        let t = try Instance(security: "security:\n  lockout: {invalid_keys: 10, per: 1m, for: 2s}\n")
+        let receiver = try WebhookReceiver()
+        defer { receiver.stop() }
+        let t = try Instance(security: "security:\n  lockout: {invalid_keys: 10, per: 1m, for: 2s}\n" + Self.hooks(receiver))
         defer { t.stop() }
         let attacker = "198.51.100.7"
         for i in 0..<10 {
@@ -122,6 +142,9 @@ import Testing
         #expect(m["tollgate_lockouts_total"] == 2)
         let (status, out) = try runTollgate(["audit", "verify", t.dir + "/audit.jsonl"])
         #expect(status == 0, "\(out)")
+        // And the owner's webhook heard of both, signed.
+        let events = Self.expectSigned(receiver, "lockout", count: 2)
+        #expect(Set(events.compactMap { $0.data["network"] as? String }) == ["198.51.100.7", "2001:db8:1:2::/64"])
     }
 
     @Test func lockOutCountersStayBoundedUnderAFloodOfAddresses() throws {
@@ -149,7 +172,9 @@ import Testing
     // MARK: auto-disable
 
     @Test func aKeyRefusedTooOftenIsDisabledAndEnableRestoresIt() throws {
-        let t = try Instance(security: "security:\n  auto_disable:\n    - {refusals: 3, per: 10m}\n")
+        let receiver = try WebhookReceiver()
+        defer { receiver.stop() }
+        let t = try Instance(security: "security:\n  auto_disable:\n    - {refusals: 3, per: 10m}\n" + Self.hooks(receiver))
         defer { t.stop() }
         #expect(try t.get("/api/ok", from: "198.51.100.20", key: Self.bobKey).status == 200)
         for _ in 0..<4 { expectDenial(try t.get("/admin/x", from: "198.51.100.20", key: Self.bobKey), "INSUFFICIENT_SCOPE", 403) }
@@ -176,6 +201,11 @@ import Testing
         for _ in 0..<3 { expectDenial(try t.get("/admin/x", from: "198.51.100.20", key: Self.bobKey), "INSUFFICIENT_SCOPE", 403) }
         #expect(try t.get("/api/ok", from: "198.51.100.20", key: Self.bobKey).status == 200)
         #expect(try scrapeMetrics(t.admin)["tollgate_auto_disabled_total{reason=\"refusals\"}"] == 1)
+        let hook = try #require(Self.expectSigned(receiver, "auto_disable", count: 1).first)
+        #expect(hook.data["key_id"] as? String == "key_bob" && hook.data["consumer"] as? String == "bob")
+        #expect(hook.data["reason"] as? String == "refusals" && hook.data["refusals"] as? Int == 4)
+        let text = String(decoding: hook.body, as: UTF8.self)
+        #expect(!text.contains(Self.bobKey) && !text.contains(KeyHash.sha256(Self.bobKey).hex))
     }
 
     @Test func aKeyUsedFromTooManyNetworksIsDisabledByTheRequestThatCrosses() throws {
