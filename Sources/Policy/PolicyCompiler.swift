@@ -30,7 +30,9 @@ enum PolicyCompiler {
         let store = single({ $0.store }, "store")
         let credits = single({ $0.credits }, "credits")
         let secrets = single({ $0.secrets }, "secrets")
-        let security = single({ $0.security }, "security").map { compileSecurity($0, environment: environment, found: &found) }
+        let security = mergeSecurity(docs.compactMap(\.security), found: &found).map {
+            compileSecurity($0, environment: environment, found: &found)
+        }
         if let c = credits, c.ledger == .redis, store?.redis == nil,
            let at = docs.lazy.compactMap({ $0.credits?.at }).first {
             found.append(SourceLocation(file: at.file, line: at.line, keyPath: "credits.ledger")

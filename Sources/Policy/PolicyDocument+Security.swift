@@ -179,6 +179,36 @@ extension NodeReader {
 }
 
 extension PolicyCompiler {
+    /// `security` may be split across files (one file's lock-out, another's webhooks: a
+    /// deployment can keep endpoints and their secrets apart); each setting once.
+    static func mergeSecurity(_ blocks: [PolicyDocument.Block<PolicyDocument.Security>],
+                              found: inout [PolicyError]) -> PolicyDocument.Security? {
+        guard var merged = blocks.first?.value else { return nil }
+        for b in blocks.dropFirst() {
+            let v = b.value
+            var duplicates: [String] = []
+            if let l = v.spec.lockout {
+                if merged.spec.lockout == nil { merged.spec.lockout = l; merged.lines["lockout"] = v.lines["lockout"] } else { duplicates.append("lockout") }
+            }
+            if let r = v.spec.refusalRule {
+                if merged.spec.refusalRule == nil { merged.spec.refusalRule = r; merged.lines["auto_disable"] = v.lines["auto_disable"] } else { duplicates.append("auto_disable") }
+            }
+            if let n = v.spec.networkRule {
+                if merged.spec.networkRule == nil { merged.spec.networkRule = n; merged.lines["auto_disable"] = v.lines["auto_disable"] } else { duplicates.append("auto_disable") }
+            }
+            if let w = v.spec.webhookSpool {
+                if merged.spec.webhookSpool == nil { merged.spec.webhookSpool = w } else { duplicates.append("webhook_spool") }
+            }
+            for key in duplicates {
+                let at = SourceLocation(file: v.file, line: v.lines[key] ?? b.at.line, keyPath: "security." + key)
+                let first = blocks.first { $0.value.lines[key] != nil }.map { "\($0.value.file):\($0.value.lines[key]!)" } ?? merged.file
+                found.append(at.error("already defined at \(first); each security setting may appear in one file only"))
+            }
+            merged.webhooks += v.webhooks
+        }
+        return merged
+    }
+
     /// The `security` block with each webhook's secrets read (from the environment or a
     /// file); nil with errors when one is missing or unusable. Messages never quote a secret.
     static func compileSecurity(_ s: PolicyDocument.Security, environment: PolicyEnvironment,

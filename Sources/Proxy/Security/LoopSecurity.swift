@@ -53,10 +53,9 @@ final class LoopSecurity: RedisWaiter {
 
     /// A refusal on its way out: counted when it is one security counts.
     func refused(_ x: Exchange, _ d: Denial) {
-        guard let spec = x.facts.snapshot.security else { return }
         switch d.code {
         case .invalidKey, .invalidToken, .revoked, .expired:
-            guard let l = spec.lockout, !x.facts.clientIP.isUnknown else { return }
+            guard let l = x.facts.snapshot.security?.lockout, !x.facts.clientIP.isUnknown else { return }
             let net = NetKey.lockout(x.facts.clientIP)
             let shared = context.store != nil
             // With Redis the ban is announced (audited, webhooks) by the instance whose batch
@@ -64,7 +63,7 @@ final class LoopSecurity: RedisWaiter {
             _ = monitor.credentialRefused(net, now: SecurityMonitor.nowMillis(), lockout: l, announce: !shared)
             if shared { add { $0.lockouts[net, default: 0] += 1 } }
         case .ipDenied, .insufficientScope, .httpsRequired:
-            guard let rule = spec.refusalRule, let r = x.facts.record else { return }
+            guard let rule = x.facts.snapshot.security?.refusalRule, let r = x.facts.record else { return }
             let shared = context.store != nil
             _ = monitor.keyRefused(r, code: d.code, now: SecurityMonitor.nowMillis(), rule: rule, act: !shared)
             if shared {

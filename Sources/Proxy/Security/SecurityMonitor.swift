@@ -25,6 +25,21 @@ final class SecurityMonitor: @unchecked Sendable {
         /// Ban end (ms since the epoch); 0: none.
         var bannedUntil: Int64 = 0
         var lastSeen: Int64 = 0
+
+        /// Counts one refusal; the estimate when it reaches `limit` (then banned from now).
+        /// `wasBanned`: an expired ban was cleared.
+        mutating func refused(now: Int64, per: Int64, limit: Int64, banMillis: Int64, wasBanned: inout Bool) -> Int64? {
+            lastSeen = now
+            if bannedUntil > now { return nil }
+            if bannedUntil != 0 { bannedUntil = 0; wasBanned = true }
+            count.roll(now: now, per: per)
+            count.current += 1
+            let estimate = count.estimate(now: now, per: per)
+            guard estimate >= limit else { return nil }
+            bannedUntil = now + banMillis
+            count = SlidingCount()
+            return estimate
+        }
     }
 
     struct KeyEntry {
@@ -140,30 +155,23 @@ final class SecurityMonitor: @unchecked Sendable {
     }
 
     /// A credential refusal from `net`. True when it just crossed the threshold (banned now).
+    /// One hash of `net` (the entry is updated in place), no allocation once the table is warm.
     func credentialRefused(_ net: NetKey, now: Int64, lockout l: SecuritySpec.LockoutSpec, announce: Bool) -> Bool {
         let per = Int64(l.per.milliseconds)
+        let banMillis = Int64(l.banFor.milliseconds)
+        let limit = Int64(l.invalidKeys)
         let crossed = state.withLock { s -> Int64? in
-            if s.nets[net] == nil && s.nets.count >= l.maxTracked { Self.prune(&s, now: now, per: per, cap: l.maxTracked) }
-            var e = s.nets[net] ?? NetEntry()
-            e.lastSeen = now
-            if e.bannedUntil > now { s.nets[net] = e; return nil }
-            if e.bannedUntil != 0 { e.bannedUntil = 0; s.bans -= 1 }
-            e.count.roll(now: now, per: per)
-            e.count.current += 1
-            let estimate = e.count.estimate(now: now, per: per)
-            var crossed: Int64?
-            if estimate >= Int64(l.invalidKeys) {
-                e.bannedUntil = now + Int64(l.banFor.milliseconds)
-                e.count = SlidingCount()
-                s.bans += 1
-                crossed = estimate
-            }
-            s.nets[net] = e
-            publishCounts(s)
+            if s.nets.count >= l.maxTracked && s.nets[net] == nil { Self.prune(&s, now: now, per: per, cap: l.maxTracked) }
+            var wasBanned = false
+            let crossed = s.nets[net, default: NetEntry()].refused(now: now, per: per, limit: limit, banMillis: banMillis,
+                                                                   wasBanned: &wasBanned)
+            if wasBanned { s.bans -= 1 }
+            if crossed != nil { s.bans += 1 }
+            if wasBanned || crossed != nil { publishCounts(s) }
             return crossed
         }
         guard let refusals = crossed else { return false }
-        if announce { enqueue(.lockout(net: net, refusals: refusals, until: now + Int64(l.banFor.milliseconds))) }
+        if announce { enqueue(.lockout(net: net, refusals: refusals, until: now + banMillis)) }
         return true
     }
 
