@@ -14,10 +14,13 @@ export TOLLGATE_STATE_DIR=$DATA/state          # where `keys new` records minted
 unset FLOWISE_API_KEY      # upstream credential injection is not built yet: the demo chat backend runs open
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+    rm -f policies/90-demo-webhooks.yaml
+}
 trap cleanup EXIT INT TERM
 
-for port in 7001 7002 7003 8080 9901; do
+for port in 7001 7002 7003 8080 9901 9000; do
     if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then echo "port $port is busy: stop what uses it first"; exit 1; fi
 done
 
@@ -25,6 +28,34 @@ done
 ADMIN_TOKEN=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
 printf 'sha256:%s\n' "$(printf %s "$ADMIN_TOKEN" | sha256sum | cut -d' ' -f1)" >"$DATA/admin-tokens"
 
+# Webhooks (security.webhooks, in a file of their own so the committed policy needs no
+# secret): a Standard Webhooks secret in demo-data/, a receiver on :9000 that keeps each
+# delivery (head and body) in demo-data/webhooks/.
+printf 'whsec_%s\n' "$(head -c 24 /dev/urandom | base64)" >"$DATA/webhook-secret"
+chmod 600 "$DATA/webhook-secret"
+cat >policies/90-demo-webhooks.yaml <<'EOY'
+# Written by scripts/demo.sh while it runs (and removed when it stops).
+version: 1
+security:
+  webhooks:
+    - {url: "http://127.0.0.1:9000/hooks", secret_file: ../demo-data/webhook-secret,
+       events: [lockout, auto_disable, credits_exhausted, key_rotated, key_revoked]}
+  webhook_spool: ../demo-data/webhook-spool
+EOY
+rm -rf "$DATA/webhooks"; mkdir -p "$DATA/webhooks"
+python3 - "$DATA/webhooks" <<'PY' >"$DATA/webhooks.log" 2>&1 & pids+=($!)
+import http.server, os, sys
+out = sys.argv[1]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        n = len(os.listdir(out)) // 2 + 1
+        open(os.path.join(out, "%03d.head" % n), "w").write(str(self.headers))
+        open(os.path.join(out, "%03d.body" % n), "wb").write(body)
+        self.send_response(204); self.end_headers()
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", 9000), H).serve_forever()
+PY
 "$BIN" backends --data "$DATA/backends" >"$DATA/backends.log" 2>&1 & pids+=($!)
 "$BIN" serve --policies policies --threads 2 >"$DATA/tollgate.log" 2>&1 & pids+=($!)
 for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:8080/health && break; sleep 0.1; done
@@ -140,14 +171,47 @@ sleep 2.2
 show "after the overlap: REVOKED, saying it was rotated" -H "X-API-Key: $NKEY" $U/api/finance/accounts
 
 echo
+echo "== security: a client guessing keys is locked out (security.lockout: 10 guesses a minute, 5 s ban)"
+echo "\$ for i in 1..12: curl -H 'X-API-Key: guess-\$i' $U/api/finance/accounts"
+for i in $(seq 12); do curl -s -o /dev/null -w '%{http_code} ' -H "X-API-Key: guess-$i" $U/api/finance/accounts; done
+echo
+echo "  ^ 401 INVALID_KEY for the first guesses (the demo's own refusals above count too), then 429"
+show "LOCKED_OUT: any credential from that address, decided before the key is even read" -H "X-API-Key: $RKEY" $U/api/finance/accounts
+show "public routes stay open" $U/health
+for _ in $(seq 100); do ls "$DATA"/webhooks/*.body >/dev/null 2>&1 && grep -l '"lockout"' "$DATA"/webhooks/*.body >/dev/null 2>&1 && break; sleep 0.1; done
+HOOK=$(grep -l '"type":"lockout"' "$DATA"/webhooks/*.body 2>/dev/null | tail -1 || true)
+if [[ -n $HOOK ]]; then
+    echo
+    echo "\$ cat ${HOOK#$PWD/}      (what the webhook receiver on :9000 got)"
+    grep -i '^webhook-' "${HOOK%.body}.head" | sed 's/^/  /'
+    sed 's/^/  /' "$HOOK"; echo
+    echo "\$ tollgate webhooks verify --secret-file demo-data/webhook-secret --headers ${HOOK%.body}.head --body ${HOOK#$PWD/}"
+    "$BIN" webhooks verify --secret-file "$DATA/webhook-secret" --headers "${HOOK%.body}.head" --body "$HOOK" 2>&1 | sed 's/^/  /'
+    echo "  ^ Standard Webhooks: HMAC-SHA256 of id.timestamp.body; retried with back-off, spooled, dead-lettered"
+fi
+printf '\n  waiting for the ban to end …'
+for _ in $(seq 100); do [[ $(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $RKEY" $U/api/finance/accounts) == 200 ]] && break; sleep 0.1; done
+echo " the rotated key works again from this address"
+echo
+echo "\$ for i in 1..21: curl -H 'X-API-Key: <api-demo key>' $U/admin/stats   (a key probing routes it may not use)"
+for i in $(seq 21); do curl -s -o /dev/null -w '%{http_code} ' -H "X-API-Key: $RKEY" $U/admin/stats; done
+echo
+show "DISABLED: more than 20 refusals in 10 minutes (security.auto_disable); audited, webhook sent" -H "X-API-Key: $RKEY" $U/api/finance/accounts
+"$BIN" keys list --policies policies | grep -E '^ID|disabled' | sed 's/^/  /'
+echo "  ^ \`tollgate keys enable ID\` (or the key API) restores it, with a clean slate"
+
+echo
 echo '$ tollgate audit verify demo-data/audit.jsonl'
 "$BIN" audit verify "$DATA/audit.jsonl" 2>&1 | sed 's/^/  /'
-echo "  ^ the key minted and revoked above, the server's start: a hash chain, checked end to end"
+echo "  ^ keys minted, rotated, revoked and auto-disabled, the lock-out, the server's start: a hash chain"
+echo
+echo "\$ ls demo-data/webhooks/   (deliveries: $(ls "$DATA"/webhooks/*.body 2>/dev/null | wc -l))"
+for f in "$DATA"/webhooks/*.body; do [[ -e $f ]] && printf '  %s\n' "$(grep -o '"type":"[a-z_]*"' "$f")"; done
 
 cat <<EOT
 
 Tollgate is on http://127.0.0.1:8080 (policies/), backends on :7001-:7003, admin (metrics) on
-:9901, logs and the access log in demo-data/.
+:9901, the webhook receiver on :9000, logs, the access log and deliveries in demo-data/.
 Mint another key:   $BIN keys new --policies policies --consumer you --scopes finance:read,chat
 List keys:          $BIN keys list --policies policies
 EOT
