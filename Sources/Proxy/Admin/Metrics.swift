@@ -211,6 +211,8 @@ final class MetricsRegistry: Sendable {
     let credits = CreditCounters()
 
     func register(usage: UsageSpool) { usageSpools.withLock { $0.append(usage) } }
+    /// The usage spools (the dashboard's health section).
+    func usageSpoolList() -> [UsageSpool] { usageSpools.withLock { $0 } }
 
     private let monitors = Mutex<[SecurityMonitor]>([])
     func register(security: SecurityMonitor) { monitors.withLock { $0.append(security) } }
