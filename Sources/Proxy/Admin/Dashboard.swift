@@ -120,8 +120,9 @@ final class Dashboard: Sendable {
         if let audit = snapshot.audit {
             m.auditPath = audit.path
             let owner = caller.owner
+            let focused = m.focusMissing ? nil : focus
             m.events = DashboardEvents.recent(path: audit.path, limit: DashboardModel.maximumEvents) { e in
-                if let focus, !e.keyIDs.contains(focus) { return false }
+                if let focused, !e.keyIDs.contains(focused) { return false }
                 guard let owner else { return true }
                 return e.consumer == owner || e.keyIDs.contains(where: visible.contains)
             }

@@ -10,11 +10,12 @@ struct DashboardPage {
 
     func render() -> String {
         let m = model
+        let focus = m.focusMissing ? nil : m.focus
         var h = Self.head(title: "Tollgate dashboard")
         h += "<body><header class=\"top\"><div class=\"brand\">Tollgate <span>dashboard</span></div>"
         h += "<nav class=\"windows\" aria-label=\"window\">"
         for w in DashboardWindow.allCases {
-            h += "<a href=\"\(Self.escape(link(window: w, key: m.focus)))\"\(w == m.window ? " class=\"on\"" : "")>\(w.rawValue)</a>"
+            h += "<a href=\"\(Self.escape(link(window: w, key: focus)))\"\(w == m.window ? " class=\"on\"" : "")>\(w.rawValue)</a>"
         }
         h += "</nav><div class=\"who\">signed in as <b>\(Self.escape(m.caller.name))</b>"
         if let owner = m.caller.owner { h += " <span class=\"chip dark\">consumer \(Self.escape(owner))</span>" }
@@ -211,7 +212,7 @@ struct DashboardPage {
         var h = head(title: "Sign in · Tollgate")
         h += "<body class=\"center\"><main class=\"card\" id=\"login\"><div class=\"brand dark\">Tollgate <span>dashboard</span></div>"
         if let message { h += "<p class=\"note bad\" role=\"alert\">\(escape(message))</p>" }
-        h += "<form method=\"post\" action=\"/login\"><label for=\"token\">Admin token or admin JWT</label>"
+        h += "<form method=\"post\" action=\"/login\"><label for=\"token\">Admin token or JWT</label>"
         h += "<input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"off\" autofocus required>"
         h += "<button type=\"submit\">Sign in</button></form>"
         h += "<p class=\"muted small\">A session lasts 12 hours in this browser (a cookie it cannot read from scripts). "
