@@ -20,7 +20,7 @@ import Testing
 
     /// A gateway with the admin listener, usage records, an audit trail, local credits, a
     /// rate-limited plan and three routes (one needs another scope, one costs credits).
-    static func gateway(_ tag: String, upstream: UInt16, jwt: Bool = false) -> Gateway {
+    static func gateway(_ tag: String, upstream: UInt16, jwt: Bool = false, security: String = "") -> Gateway {
         let g = Gateway(dir: makeTempDir(tag))
         writeFile(g.dir + "/admin-tokens", "# the tests' bootstrap token\n" + AdminAuth.tokensFileLine + "\n")
         let credentials = jwt ? """
@@ -45,6 +45,9 @@ import Testing
           starter:
             rate_limits:
               - {requests: 5, per: 1s, burst: 5}
+        clients:
+          trusted_proxies: [127.0.0.1/32]
+        \(security)
         \(credentials)
         backends:
           up: {url: "http://127.0.0.1:\(upstream)"}
@@ -309,19 +312,24 @@ import Testing
 
     // MARK: Chromium
 
-    /// A scripted session (three keys minted through the API; forwarded, rate-limited,
-    /// scope-refused, credit-refused and revoked requests; a key revoked and one disabled; a
-    /// `security.lockout` entry written through the audit writer in the shape the lock-out
-    /// work records), then headless Chromium signs in with a one-time link and loads the
-    /// page: the key list, the chart and the events are in the rendered DOM. A second link
-    /// takes the screenshot (to a temp dir; `TOLLGATE_UPDATE_SCREENSHOT=1` also writes
-    /// `docs/dashboard.png`).
+    /// A scripted session: three keys minted through the API; forwarded, rate-limited,
+    /// scope-refused, credit-refused and revoked requests; one key revoked, one auto-disabled
+    /// for its scope refusals, and a network locked out for guessing keys (clients told apart
+    /// by `X-Forwarded-For` from 127.0.0.1, a trusted proxy). Then headless Chromium signs in
+    /// with a one-time link and loads the page: the key list, the chart and the events are in
+    /// the rendered DOM. A second link takes the screenshot (to a temp dir;
+    /// `TOLLGATE_UPDATE_SCREENSHOT=1` also writes `docs/dashboard.png`).
     @Test func chromiumFindsTheKeysTheChartAndTheEvents() throws {
         let chromium = ProcessInfo.processInfo.environment["TOLLGATE_CHROMIUM"] ?? "/usr/bin/chromium"
         try #require(FileManager.default.isExecutableFile(atPath: chromium), "headless Chromium is needed (scripts/deps.sh installs it)")
         let up = try echoUpstream()
         defer { up.stop() }
-        let g = Self.gateway("tgdash-chromium", upstream: up.port)
+        let g = Self.gateway("tgdash-chromium", upstream: up.port, security: """
+        security:
+          lockout: {invalid_keys: 30, per: 1m, for: 10m}
+          auto_disable:
+            - {refusals: 6, per: 10m}
+        """)
         defer { try? FileManager.default.removeItem(atPath: g.dir) }
         let tg = try Self.serve(g)
         defer { tg.stop() }
@@ -336,32 +344,44 @@ import Testing
         // instance is refused without a key id, and counted nowhere).
         var sent: [String: Int] = [:]
         var known: Set<String> = []
-        func use(_ k: (id: String, key: String), _ path: String) -> Int {
-            let status = Self.use(g, k.key, path)
+        func call(_ k: (id: String, key: String), _ path: String) -> HTTPResponse? {
+            let r = try? get(g.port, path, headers: ["X-API-Key": k.key])
+            let status = r?.status ?? -1
             if status != 401 || known.contains(k.id) { sent[k.id, default: 0] += 1 }
             if status == 200 { known.insert(k.id) }
-            return status
+            return r
         }
+        func use(_ k: (id: String, key: String), _ path: String) -> Int { call(k, path)?.status ?? -1 }
         for k in [web, batch, old] { #expect(try poll(timeout: 5) { use(k, "/") == 200 } != nil) }
         // acme: a burst past its plan's 5 per second.
         let burst = (0..<12).map { _ in use(web, "/x") }
         #expect(burst.contains(200) && burst.contains(429), "\(burst)")
-        // globex: its reports are out of scope; paid calls until the credits run out.
-        for _ in 0..<4 { #expect(use(batch, "/") == 200); #expect(use(batch, "/reports/q") == 403) }
+        // globex: paid calls until the credits run out, then its reports, out of its scope,
+        // until it is disabled for them.
+        for _ in 0..<4 { #expect(use(batch, "/") == 200) }
         #expect(try poll(timeout: 10) { use(batch, "/paid/x") == 200 } != nil)   // the grant reaches the instance
         let paid = (0..<10).map { _ in use(batch, "/paid/x") }
         #expect(paid.contains(402), "\(paid)")
-        // initech: used, then revoked (and refused so); globex's key disabled.
+        var codes: [String] = []
+        for _ in 0..<12 where codes.last != "DISABLED" { codes.append(call(batch, "/reports/q")?.errorCode ?? "?") }
+        #expect(codes.first == "INSUFFICIENT_SCOPE" && codes.last == "DISABLED", "\(codes)")
+        let auditPath = g.dir + "/audit.jsonl"
+        func audited(_ action: String) -> Bool {
+            ((try? String(contentsOfFile: auditPath, encoding: .utf8)) ?? "").contains("\"action\":\"\(action)\"")
+        }
+        #expect(try poll(timeout: 5) { audited("security.auto_disable") } != nil)
+        // initech: used, then revoked (and refused so).
         for _ in 0..<5 { #expect(use(old, "/") == 200) }
         #expect(try Self.send(g.admin, "POST", "/v1/keys/\(old.id)/revoke", headers: AdminAuth.header).status == 200)
         #expect(try poll(timeout: 5) { use(old, "/") == 401 } != nil)
-        #expect(try Self.send(g.admin, "POST", "/v1/keys/\(batch.id)/disable", headers: AdminAuth.header).status == 200)
-        let audit = try AuditLog(spec: AuditSpec(path: g.dir + "/audit.jsonl"), instance: "dashboard-test", redis: nil)
-        try audit.prepare()
-        try audit.record(AuditEvent(.securityLockout, actor: .server, subject: "203.0.113.0/24", details: [
-            ("network", .string("203.0.113.0/24")), ("refusals", .int(20)),
-            ("until", .string(AuditFormat.time(millis: AuditFormat.nowMillis() + 600_000))),
-        ]))
+        // Someone guessing keys from 203.0.113.9 until that network is locked out.
+        var guesses: [String] = []
+        for i in 0..<40 where guesses.last != "LOCKED_OUT" {
+            let r = try get(g.port, "/x", headers: ["X-API-Key": "tg_guess\(i)", "X-Forwarded-For": "203.0.113.9"])
+            guesses.append(r.errorCode ?? "\(r.status)")
+        }
+        #expect(guesses.first == "INVALID_KEY" && guesses.last == "LOCKED_OUT", "\(guesses)")
+        #expect(try poll(timeout: 5) { audited("security.lockout") } != nil)
         for k in [web, batch, old] {
             let n = sent[k.id] ?? 0
             #expect(try poll(timeout: 10) { Self.counted(g, k.id) == n } != nil, "\(k.id): \(Self.counted(g, k.id)) of \(n) counted")
@@ -382,16 +402,18 @@ import Testing
         // The chart: an SVG with forwarded and refused bars.
         let chart = try #require(Self.section(dom, "usage"))
         #expect(chart.contains("<svg id=\"usage-chart\""))
-        for code in ["OK", "RATE_LIMITED", "INSUFFICIENT_SCOPE", "INSUFFICIENT_CREDITS", "REVOKED"] {
+        for code in ["OK", "RATE_LIMITED", "INSUFFICIENT_SCOPE", "INSUFFICIENT_CREDITS", "DISABLED", "REVOKED"] {
             #expect(chart.contains("data-code=\"\(code)\""), "\(code) not charted")
         }
         #expect(chart.contains("<circle"))   // credits
         // The events, newest first.
         let events = try #require(Self.section(dom, "events"))
         let actions = events.components(separatedBy: "data-action=\"").dropFirst().map { $0.prefix { $0 != "\"" } }
-        #expect(Array(actions.prefix(3)) == ["security.lockout", "key.disabled", "key.revoked"], "\(actions)")
-        #expect(events.contains("203.0.113.0/24"))
-        #expect(Self.section(dom, "health")?.contains("Ready") == true)
+        #expect(Array(actions.prefix(2)) == ["security.lockout", "key.revoked"], "\(actions)")
+        #expect(Array(actions.dropFirst(2).prefix(2)) == ["security.auto_disable", "key.disabled"], "\(actions)")
+        #expect(events.contains("203.0.113.9"))
+        let health = try #require(Self.section(dom, "health"))
+        #expect(health.contains("Ready") && health.contains("1 network locked out") && health.contains("1 key auto-disabled"), "\(health)")
         for k in [web, batch, old] {
             #expect(!dom.contains(k.key) && !dom.lowercased().contains(KeyHash.sha256(k.key).hex))
         }

@@ -174,6 +174,13 @@ final class Dashboard: Sendable {
                                      failed: s.failed.load(ordering: .relaxed), lagBytes: spool.lag(of: s)))
             }
         }
+        let monitors = metrics.securityMonitorList()
+        if !monitors.isEmpty {
+            func total(_ f: (SecurityMonitor) -> UInt64) -> UInt64 { monitors.reduce(0) { $0 &+ f($1) } }
+            h.security = .init(bans: total { UInt64($0.bansInForce) }, tracked: total { UInt64($0.trackedNetworks) },
+                               lockouts: total { $0.lockoutsAnnounced.load(ordering: .relaxed) },
+                               autoDisabled: total { $0.disabledForRefusals.load(ordering: .relaxed) &+ $0.disabledForNetworks.load(ordering: .relaxed) })
+        }
         if let auditPath {
             var st = stat()
             h.audit = stat(auditPath, &st) == 0 ? .init(path: auditPath, bytes: UInt64(st.st_size), modified: Int64(st.st_mtim.tv_sec))

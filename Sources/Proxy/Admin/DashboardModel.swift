@@ -83,7 +83,14 @@ struct DashboardModel {
         var spool: Spool?
         var sinks: [Sink] = []
         var audit: Audit?
+        var security: Security?
 
+        struct Security {
+            var bans: UInt64
+            var tracked: UInt64
+            var lockouts: UInt64
+            var autoDisabled: UInt64
+        }
         struct Spool {
             var written: UInt64
             var dropped: UInt64

@@ -179,6 +179,13 @@ struct DashboardPage {
         } else {
             row("off", "Audit trail", "off")
         }
+        if let sec = x.security {
+            row(sec.bans > 0 ? "warn" : "ok", "Lock-out", "\(Self.count(sec.bans)) network\(sec.bans == 1 ? "" : "s") locked out · \(Self.count(sec.tracked)) tracked")
+            row(sec.lockouts + sec.autoDisabled > 0 ? "warn" : "ok", "Security actions",
+                "\(Self.count(sec.lockouts)) lock-out\(sec.lockouts == 1 ? "" : "s") · \(Self.count(sec.autoDisabled)) key\(sec.autoDisabled == 1 ? "" : "s") auto-disabled")
+        } else {
+            row("off", "Lock-out", "off (no <code>security:</code> in the policy)")
+        }
         row(x.reloadsRejected > 0 ? "warn" : "ok", "Policy reloads", "\(Self.count(x.reloadsOK)) ok · \(Self.count(x.reloadsRejected)) rejected")
         row("ok", "Client connections", Self.count(x.connections))
         return h + "</tbody></table></section>"
