@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Tollgate builds and tests with (idempotent; needs root or sudo).
 set -euo pipefail
-pkgs=(libssl-dev libhiredis-dev libnghttp2-dev redis-server curl python3 strace openssl nghttp2-client python3-h2 python3-yaml python3-jsonschema)
+pkgs=(libssl-dev libhiredis-dev libnghttp2-dev redis-server curl python3 strace openssl nghttp2-client python3-h2 python3-yaml python3-jsonschema chromium)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

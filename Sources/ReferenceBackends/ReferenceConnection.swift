@@ -39,6 +39,8 @@ final class ReferenceConnection: @unchecked Sendable {
     var fd: Int32 { socket.fd }
     /// Registered with the server's epoll instance (the next park is a re-arm).
     var isRegistered = false
+    /// The client's address, read once per connection (on its first request).
+    lazy var peer: String = SocketAddress.peer(of: socket.fd)
 
     private let maximumBodyBytes: Int
     private var buffer: [UInt8] = []

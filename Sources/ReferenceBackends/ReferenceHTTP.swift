@@ -21,6 +21,8 @@ public struct ReferenceRequest: Sendable {
     public var version: String
     /// Raised when the server is stopping.
     public var stopSignal: ReferenceStopSignal
+    /// The client's address (IPv4 dotted or IPv6 text, no port); empty when unknown.
+    public var peer: String = ""
 
     /// The first header named `name` (ASCII case-insensitive).
     public func header(_ name: String) -> String? {
@@ -152,6 +154,7 @@ enum HTTPStatus {
         case 201: "Created"
         case 202: "Accepted"
         case 204: "No Content"
+        case 303: "See Other"
         case 400: "Bad Request"
         case 401: "Unauthorized"
         case 402: "Payment Required"
@@ -163,6 +166,7 @@ enum HTTPStatus {
         case 413: "Content Too Large"
         case 415: "Unsupported Media Type"
         case 422: "Unprocessable Content"
+        case 429: "Too Many Requests"
         case 431: "Request Header Fields Too Large"
         case 500: "Internal Server Error"
         case 501: "Not Implemented"

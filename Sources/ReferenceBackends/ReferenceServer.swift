@@ -358,7 +358,7 @@ public final class ReferenceServer: Sendable {
             }
             let request = ReferenceRequest(method: head.method, target: head.target, path: head.path,
                                            rawQuery: head.rawQuery, headers: head.headers, body: body,
-                                           version: head.version, stopSignal: stopSignal)
+                                           version: head.version, stopSignal: stopSignal, peer: connection.peer)
             let response = respond(to: request)
             requests.add(1, ordering: .relaxed)
             let closing = head.wantsClose || stopSignal.isStopping

@@ -79,6 +79,33 @@ final class ReferenceSocket: Sendable {
 
 /// IPv4/IPv6 listen addresses for the reference servers.
 enum SocketAddress {
+    /// A connected socket's peer as text (no port; an IPv4-mapped IPv6 address as IPv4), or "".
+    static func peer(of fd: Int32) -> String {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let named = withUnsafeMutablePointer(to: &storage) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) }
+        }
+        guard named == 0 else { return "" }
+        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
+        let family = Int32(storage.ss_family)
+        let ok: Bool = withUnsafePointer(to: &storage) { pointer in
+            if family == AF_INET {
+                return pointer.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { a in
+                    var addr = a.pointee.sin_addr
+                    return inet_ntop(AF_INET, &addr, &text, socklen_t(text.count)) != nil
+                }
+            }
+            return pointer.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { a in
+                var addr = a.pointee.sin6_addr
+                return inet_ntop(AF_INET6, &addr, &text, socklen_t(text.count)) != nil
+            }
+        }
+        guard ok else { return "" }
+        let s = String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return s.hasPrefix("::ffff:") && s.contains(".") ? String(s.dropFirst(7)) : s
+    }
+
     /// Binds and listens; returns the listening descriptor and the bound port.
     static func listen(host: String, port: UInt16) throws(ReferenceServerError) -> (fd: Int32, port: UInt16) {
         let literal = host == "localhost" ? "127.0.0.1" : host

@@ -146,6 +146,16 @@ call("POST", "/v1/keys/no-such-key/disable", expect=404)
 call("GET", "/v1/usage?key_id=" + declared, expect=200)
 call("GET", "/v1/usage", expect=400)
 call("GET", "/v1/usage?key_id=x", auth=False, expect=401)
+# The dashboard.
+_, hdrs, _ = call("GET", "/?window=1h", expect=200)
+if hdrs is not None and not (hdrs.get("Content-Security-Policy") or "").startswith("default-src 'none'"):
+    failures.append("GET /: no strict Content-Security-Policy")
+call("GET", "/", token_override="not-a-token", expect=401)
+_, _, link = call("POST", "/v1/dashboard/links", {"path": "/?window=7d"}, expect=201)
+if not link or link.get("path") != "/?window=7d":
+    failures.append("dashboard link: the path is not the one asked for")
+call("POST", "/v1/dashboard/links", {"path": "https://evil.example/"}, expect=400)
+call("POST", "/v1/dashboard/links", {"path": "/"}, auth=False, expect=401)
 
 for template, item in spec["paths"].items():
     for method in item:

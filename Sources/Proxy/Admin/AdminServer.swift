@@ -2,8 +2,8 @@ import ReferenceBackends
 import Policy
 import Synchronization
 
-/// The admin listener (`admin.address`): `/healthz`, `/readyz`, `/metrics`, on threads of
-/// its own, so no request waits on a scrape and a scrape never waits on the loops (the
+/// The admin listener (`admin.address`): `/healthz`, `/readyz`, `/metrics`, the key and
+/// usage APIs and the dashboard (``Dashboard``), on threads of its own, so no request waits on a scrape and a scrape never waits on the loops (the
 /// counters are read without a lock).
 final class AdminServer: Sendable {
     let server: ReferenceServer
@@ -30,6 +30,9 @@ final class AdminServer: Sendable {
             }
         }
         keys?.register(into: &router)
+        // The dashboard (`/`, `/login`, `/logout`, `/v1/dashboard/links`): behind the same
+        // admin credential, so only with the key API.
+        if let keys { Dashboard(keys: keys, usage: usage, readiness: readiness).register(into: &router) }
         router.add("GET", "/healthz") { _ in .text(200, "ok\n") }
         router.add("GET", "/readyz") { _ in
             let (ready, why) = Self.ready(readiness)

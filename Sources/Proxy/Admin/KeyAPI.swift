@@ -20,9 +20,8 @@ final class KeyAPI: Sendable {
     let tokens: AdminTokens
     let idempotency: IdempotencyStore
     let usage: UsageAggregates?
-    private let buckets = Mutex<[String: (tokens: Double, at: Double)]>([:])
     /// Per caller: 20 requests per second, bursts of 40.
-    static let rate = 20.0, burst = 40.0
+    let callers = AdminRateLimiter(rate: 20, burst: 40)
 
     init(policies: String, snapshot: @escaping @Sendable () -> PolicySnapshot, tokensFile: String?, usage: UsageAggregates?) {
         self.policies = policies
@@ -140,19 +139,27 @@ final class KeyAPI: Sendable {
         }
     }
 
-    private func authenticate(_ r: ReferenceRequest) -> Result<KeyCaller, KeyAPIError> {
+    /// The caller of a request with `Authorization: Bearer <token>`.
+    func authenticate(_ r: ReferenceRequest) -> Result<KeyCaller, KeyAPIError> {
         guard let h = r.header("Authorization"), h.count > 7, h.prefix(7).lowercased() == "bearer " else {
             return .failure(KeyAPIError(status: 401, code: "MISSING_CREDENTIAL", message: "Authorization: Bearer <admin token> required"))
         }
-        let token = String(h.dropFirst(7)).trimmingCharacters(in: .whitespaces)
-        if let name = tokens.match(token) { return .success(KeyCaller(kind: .adminToken, name: name)) }
-        // A JWT verified with `credentials.jwt`: its consumer's own keys, or every key with
-        // `role: admin`.
+        return credential(String(h.dropFirst(7)).trimmingCharacters(in: .whitespaces)).map(\.caller)
+    }
+
+    /// An admin credential: a bootstrap token from `admin.tokens_file`, or a JWT verified with
+    /// `credentials.jwt` (its consumer's own keys, or every key with `role: admin`).
+    func credential(_ token: String) -> Result<AdminCredential, KeyAPIError> {
+        let hash = KeyHash.sha256(token)
+        if let name = tokens.match(hash) {
+            return .success(AdminCredential(caller: KeyCaller(kind: .adminToken, name: name), expiresAt: nil, tokenHash: hash))
+        }
         if let jwt = snapshot().jwt, token.utf8.count <= 8192 {
             switch jwt.verify(token, now: Int64(time(nil))) {
             case .success(let claims):
-                if claims.isAdmin { return .success(KeyCaller(kind: .adminToken, name: "jwt:" + claims.consumer)) }
-                return .success(KeyCaller(kind: .consumer, name: claims.consumer))
+                let caller = claims.isAdmin ? KeyCaller(kind: .adminToken, name: "jwt:" + claims.consumer)
+                                            : KeyCaller(kind: .consumer, name: claims.consumer)
+                return .success(AdminCredential(caller: caller, expiresAt: claims.expiresAt, tokenHash: nil))
             case .failure(let refusal):
                 return .failure(KeyAPIError(status: 401, code: refusal.code.rawValue, message: "the token was refused"))
             }
@@ -160,21 +167,8 @@ final class KeyAPI: Sendable {
         return .failure(KeyAPIError(status: 401, code: "INVALID_TOKEN", message: "not an admin credential"))
     }
 
-    private func admit(_ caller: String) -> Bool {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        let now = Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-        return buckets.withLock { b in
-            var e = b[caller] ?? (Self.burst, now)
-            e.tokens = min(Self.burst, e.tokens + (now - e.at) * Self.rate)
-            e.at = now
-            let ok = e.tokens >= 1
-            if ok { e.tokens -= 1 }
-            if b.count > 10_000 { b.removeAll() }
-            b[caller] = e
-            return ok
-        }
-    }
+    /// The caller's rate limit (20 requests per second, bursts of 40).
+    func admit(_ caller: String) -> Bool { callers.admit(caller) }
 
     // MARK: bodies
 
@@ -234,6 +228,15 @@ final class KeyAPI: Sendable {
     }
 }
 
+/// A verified admin credential: who calls, until when.
+struct AdminCredential {
+    var caller: KeyCaller
+    /// Wall-clock seconds at which it stops being valid (a JWT's `exp`); nil for a bootstrap token.
+    var expiresAt: Int64?
+    /// A bootstrap token's hash (never the token).
+    var tokenHash: KeyHash?
+}
+
 /// `admin.tokens_file`: `sha256:<hex>` per line (`#` comments, blank lines). Read again when
 /// the file changes. A token is matched by its hash in constant time.
 final class AdminTokens: Sendable {
@@ -243,7 +246,11 @@ final class AdminTokens: Sendable {
     init(path: String?) { self.path = path }
 
     /// The caller's name for the audit trail (`token:` + the first 8 hex of its hash), or nil.
-    func match(_ token: String) -> String? {
+    func match(_ token: String) -> String? { match(KeyHash.sha256(token)) }
+
+    /// As ``match(_:)``, for a token already hashed (a dashboard session keeps only the hash,
+    /// and ends when the token leaves the file).
+    func match(_ h: KeyHash) -> String? {
         guard let path else { return nil }
         var st = stat()
         let mtime = stat(path, &st) == 0 ? Int(st.st_mtim.tv_sec) &* 1_000_000_000 &+ Int(st.st_mtim.tv_nsec) : -2
@@ -254,7 +261,6 @@ final class AdminTokens: Sendable {
             }
             return s.hashes
         }
-        let h = KeyHash.sha256(token)
         var found = false
         for x in hashes { found = found || ((x.w0 ^ h.w0) | (x.w1 ^ h.w1) | (x.w2 ^ h.w2) | (x.w3 ^ h.w3)) == 0 }
         return found ? "token:" + String(h.hex.prefix(8)) : nil

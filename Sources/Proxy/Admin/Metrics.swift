@@ -211,6 +211,10 @@ final class MetricsRegistry: Sendable {
     let credits = CreditCounters()
 
     func register(usage: UsageSpool) { usageSpools.withLock { $0.append(usage) } }
+    /// The usage spools (the dashboard's health section).
+    func usageSpoolList() -> [UsageSpool] { usageSpools.withLock { $0 } }
+    /// The security monitors with a `security:` block (the dashboard's health section).
+    func securityMonitorList() -> [SecurityMonitor] { monitors.withLock { $0 }.filter { $0.spec != nil } }
 
     private let monitors = Mutex<[SecurityMonitor]>([])
     func register(security: SecurityMonitor) { monitors.withLock { $0.append(security) } }

@@ -13,7 +13,7 @@ struct Tollgate: ParsableCommand {
         abstract: "API-key enforcement sidecar: a reverse proxy that checks every request against policy files.",
         version: "0.1.0",
         subcommands: [Serve.self, Check.self, Keys.self, CreditsCommand.self, SecretsCommand.self, AuditCommand.self,
-                      BackendsCommand.self, WebhooksCommand.self]
+                      BackendsCommand.self, WebhooksCommand.self, DashboardCommand.self]
     )
 }
 

@@ -34,10 +34,18 @@ final class UsageAggregates: Sendable {
         var byKey: [InlineText: Hours] = [:]
         var newestHour: Int64 = 0
         var isDirty = false
+        /// The last hour by minute, per key: memory only (the dashboard's short window; a
+        /// restart starts it empty), at most `maximumMinuteBuckets` buckets in all.
+        var minutes: [InlineText: [Int64: Bucket]] = [:]
+        var newestMinute: Int64 = 0
+        var minuteBuckets = 0
     }
     private let state = Mutex(State())
     let path: String
     static let retentionHours: Int64 = 24 * 92
+    /// Minutes kept by minute (the current one and the 60 before it).
+    static let retentionMinutes: Int64 = 61
+    static let maximumMinuteBuckets = 100_000
 
     init(path: String) {
         self.path = path
@@ -66,6 +74,7 @@ final class UsageAggregates: Sendable {
             c.b.tokensIn += r.pointee.tokensIn
             c.b.tokensOut += r.pointee.tokensOut
             s.isDirty = true
+            Self.addMinute(&s, r)
             if hour > s.newestHour {
                 s.newestHour = hour
                 let cutoff = hour - Self.retentionHours
@@ -75,6 +84,43 @@ final class UsageAggregates: Sendable {
                 }
             }
         }
+    }
+
+    private static func addMinute(_ s: inout State, _ r: UnsafePointer<UsageRecord>) {
+        let minute = r.pointee.time / 1_000_000_000 / 60
+        if minute > s.newestMinute {
+            s.newestMinute = minute
+            let cutoff = minute - retentionMinutes
+            for (k, m) in s.minutes where m.keys.contains(where: { $0 <= cutoff }) {
+                let kept = m.filter { $0.key > cutoff }
+                s.minuteBuckets -= m.count - kept.count
+                s.minutes[k] = kept.isEmpty ? nil : kept
+            }
+        }
+        guard minute > s.newestMinute - retentionMinutes else { return }
+        let key = r.pointee.keyID
+        if s.minutes[key]?[minute] == nil {
+            guard s.minuteBuckets < maximumMinuteBuckets else { return }
+            s.minuteBuckets += 1
+        }
+        count(r, into: &s.minutes[key, default: [:]][minute, default: Bucket()])
+    }
+
+    private static func count(_ r: UnsafePointer<UsageRecord>, into b: inout Bucket) {
+        b.requests += 1
+        let code = Int(r.pointee.code)
+        if code != MetricCode.ok && code < b.refusals.count { b.refusals[code] += 1 }
+        b.credits += r.pointee.credits
+        b.tokensIn += r.pointee.tokensIn
+        b.tokensOut += r.pointee.tokensOut
+    }
+
+    /// `key`'s buckets by minute (start in Unix seconds) from the last hour, oldest first.
+    func recentMinutes(key: String) -> [(start: Int64, bucket: Bucket)] {
+        var k = InlineText()
+        k.set(key)
+        let m = state.withLock { s in s.minutes[k] ?? [:] }
+        return m.sorted { $0.key < $1.key }.map { ($0.key * 60, $0.value) }
     }
 
     /// Buckets of `key` whose hour starts in [from, to), summed by hour or by day (UTC).
