@@ -7,6 +7,7 @@
 #   request response chunked path credential client-ip   libFuzzer (-sanitize=fuzzer,address)
 #   sse_meter token_hints                                 libFuzzer: credit metering (Policy/Credits)
 #   jwt                                                   libFuzzer: JWT verification (Policy/JWT, OpenSSL)
+#   webhook                                               libFuzzer: webhook secrets and signature checks
 #   proxy                                                 black-box, the real binary with ASan
 #   h2 tls                                                black-box HTTP/2 (h2c) and TLS record path
 #                                                         (python with h2: FUZZ_PYTHON, /usr/bin/python3)
@@ -23,7 +24,7 @@ duration=60
 seed=$(( $(date +%s) % 100000 ))
 build_only=0
 targets=()
-all_targets=(request response chunked path credential client-ip sse_meter token_hints jwt proxy h2 tls credits)
+all_targets=(request response chunked path credential client-ip sse_meter token_hints jwt webhook proxy h2 tls credits)
 while (($#)); do
     case "$1" in
         --duration) duration="$2"; shift 2 ;;
@@ -61,6 +62,7 @@ sources() {
         sse_meter)  echo "$P"/Credits/*.swift "$S/FuzzSupport.swift Fuzz/Targets/SSEMeterTarget.swift" ;;
         token_hints) echo "$P"/Credits/*.swift "$S/FuzzSupport.swift Fuzz/Targets/TokenHintsTarget.swift" ;;
         jwt)        echo "$P"/JWT/*.swift "$S/JWTShim.swift $S/FuzzSupport.swift Fuzz/Targets/JWTTarget.swift" ;;
+        webhook)    echo "$P/SecuritySpec.swift $P/WebhookSignature.swift $S/FuzzSupport.swift Fuzz/Targets/WebhookTarget.swift" ;;
         *) return 1 ;;
     esac
 }
@@ -74,6 +76,7 @@ dict_of() {
         sse_meter) echo Fuzz/dict/sse.dict ;;
         token_hints) echo Fuzz/dict/json.dict ;;
         jwt) echo Fuzz/dict/jwt.dict ;;
+        webhook) echo Fuzz/dict/webhook.dict ;;
     esac
 }
 max_len_of() {

@@ -82,4 +82,18 @@ struct SecurityPolicyTests {
                 == ["c.yaml:3: security.lockout: already defined at a.yaml:3; each security setting may appear in one file only"])
         #expect(errors([("b.yaml", b), ("d.yaml", b)]).count == 1)
     }
+
+    /// A receiver's `webhooks verify` reads the sender's timestamp: extreme values are refused,
+    /// never overflow (found by reading the code for the `webhook` fuzz target).
+    @Test func extremeTimestampsAreRefusedNotTrapped() {
+        let secrets = WebhookSecrets([Array("k".utf8)])
+        for t in ["-9223372036854775808", "9223372036854775807", "-1", "99999999999999", "1e9", ""] {
+            let r = WebhookSignature.verify(id: "msg_1", timestamp: t, signature: "v1,AAAA", body: [],
+                                            secrets: secrets, tolerance: 300, now: 1_796_536_566)
+            if case .badTimestamp = r {} else { Issue.record("\(t): \(String(describing: r))") }
+        }
+        let h = WebhookSignature.header(id: "msg_1", timestamp: 1_796_536_566, body: [1, 2], secrets: secrets)
+        #expect(WebhookSignature.verify(id: "msg_1", timestamp: "1796536566", signature: h, body: [1, 2],
+                                        secrets: secrets, tolerance: 300, now: 1_796_536_600) == nil)
+    }
 }

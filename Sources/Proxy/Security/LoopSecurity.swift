@@ -63,7 +63,8 @@ final class LoopSecurity: RedisWaiter {
             _ = monitor.credentialRefused(net, now: SecurityMonitor.nowMillis(), lockout: l, announce: !shared)
             if shared { add { $0.lockouts[net, default: 0] += 1 } }
         case .ipDenied, .insufficientScope, .httpsRequired:
-            guard let rule = x.facts.snapshot.security?.refusalRule, let r = x.facts.record else { return }
+            // API keys only: a JWT's identity is its issuer's to revoke (there is no key to disable).
+            guard !x.facts.isJWT, let rule = x.facts.snapshot.security?.refusalRule, let r = x.facts.record else { return }
             let shared = context.store != nil
             _ = monitor.keyRefused(r, code: d.code, now: SecurityMonitor.nowMillis(), rule: rule, act: !shared)
             if shared {
@@ -82,6 +83,7 @@ final class LoopSecurity: RedisWaiter {
     /// refused, whichever instance it reaches); nil to go on.
     @inline(__always)
     func authorize(_ x: Exchange, _ r: KeyRecord) -> PhaseResult? {
+        if x.facts.isJWT { return nil }   // API keys only (see `refused`)
         if monitor.isBlocked(r) { return .reply(Denial(.disabled)) }
         guard r.status == .active, let rule = x.facts.snapshot.security?.networkRule else { return nil }
         let net = NetKey.network(x.facts.clientIP)

@@ -1,23 +1,22 @@
 import COpenSSL
 import Foundation
-import Policy
 
 /// Standard Webhooks signatures (https://www.standardwebhooks.com): HMAC-SHA256 over
 /// `<webhook-id>.<webhook-timestamp>.<body>`, base64, sent as `v1,<signature>`; several
 /// space-separated entries while a secret rotates (one per configured secret).
-enum WebhookSignature {
+public enum WebhookSignature {
     /// The `webhook-signature` header value for one delivery attempt.
-    static func header(id: String, timestamp: Int64, body: [UInt8], secrets: WebhookSecrets) -> String {
+    public static func header(id: String, timestamp: Int64, body: [UInt8], secrets: WebhookSecrets) -> String {
         let input = signedContent(id: id, timestamp: timestamp, body: body)
         return secrets.keys.map { "v1," + Data(hmacSHA256(key: $0, data: input)).base64EncodedString() }
             .joined(separator: " ")
     }
 
-    static func signedContent(id: String, timestamp: Int64, body: [UInt8]) -> [UInt8] {
+    public static func signedContent(id: String, timestamp: Int64, body: [UInt8]) -> [UInt8] {
         Array(id.utf8) + [0x2E] + Array(String(timestamp).utf8) + [0x2E] + body
     }
 
-    static func hmacSHA256(key: [UInt8], data: [UInt8]) -> [UInt8] {
+    public static func hmacSHA256(key: [UInt8], data: [UInt8]) -> [UInt8] {
         var digest = [UInt8](repeating: 0, count: 32)
         var length: UInt32 = 32
         key.withUnsafeBufferPointer { k in
@@ -29,13 +28,13 @@ enum WebhookSignature {
     }
 
     /// Why a delivery does not verify (the `webhooks verify` command prints it).
-    enum Failure: Error, Equatable, CustomStringConvertible {
+    public enum Failure: Error, Equatable, CustomStringConvertible {
         case missing(String)
         case badTimestamp(String)
         case tooOld(seconds: Int64)
         case tooNew(seconds: Int64)
         case noMatch(checked: Int)
-        var description: String {
+        public var description: String {
             switch self {
             case .missing(let what): return "missing \(what)"
             case .badTimestamp(let t): return "webhook-timestamp is not unix seconds: \(t)"
@@ -48,11 +47,13 @@ enum WebhookSignature {
 
     /// Checks one delivery: the timestamp within `tolerance` of `now`, and one `v1` entry of
     /// `signature` equal (compared in constant time) to one computed with one of `secrets`.
-    static func verify(id: String, timestamp: String, signature: String, body: [UInt8], secrets: WebhookSecrets,
+    public static func verify(id: String, timestamp: String, signature: String, body: [UInt8], secrets: WebhookSecrets,
                        tolerance: Int64, now: Int64) -> Failure? {
         if id.isEmpty { return .missing("webhook-id") }
         if signature.isEmpty { return .missing("webhook-signature") }
-        guard let ts = Int64(timestamp.trimmingCharacters(in: .whitespaces)) else { return .badTimestamp(timestamp) }
+        // Unix seconds, at most 12 digits (a sender's header: no overflow in the arithmetic).
+        let text = timestamp.trimmingCharacters(in: .whitespaces)
+        guard text.utf8.count <= 12, let ts = Int64(text), ts >= 0 else { return .badTimestamp(timestamp) }
         if now - ts > tolerance { return .tooOld(seconds: now - ts) }
         if ts - now > tolerance { return .tooNew(seconds: ts - now) }
         let input = signedContent(id: id, timestamp: ts, body: body)
