@@ -111,6 +111,11 @@ import Testing
         // The next request from that address, even with a valid key, is locked out.
         let locked = try t.get("/api/x", from: attacker, key: Self.aliceKey)
         expectDenial(locked, "LOCKED_OUT", 429)
+        // The same over HTTP/2 (h2c): the pipeline is the protocol's neutral one.
+        let (rc, h2) = try run("/usr/bin/curl", ["-s", "--http2-prior-knowledge", "-H", "X-Forwarded-For: \(attacker)",
+                                                 "-H", "X-API-Key: \(Self.aliceKey)", "-w", " %{http_version} %{http_code}",
+                                                 "http://127.0.0.1:\(t.port)/api/x"])
+        #expect(rc == 0 && h2.contains("LOCKED_OUT") && h2.hasSuffix(" 2 429"), "\(h2)")
         let retry = Int(locked.header("Retry-After") ?? "") ?? 0
         #expect(retry >= 1 && retry <= 2, "Retry-After \(locked.header("Retry-After") ?? "none")")
         // Another address is not; missing credentials do not count; a public route stays open.
@@ -324,5 +329,39 @@ import Testing
             #expect(try get(port, "/api/x", headers: ["X-API-Key": minted.key, "X-Forwarded-For": "2001:db8:77:2::1"]).status == 200)
         }
         print("brute force: one address \(oneAddress) Redis calls for 2,000 guesses; one /64 \(oneNetwork) for 2,000 (\(refused) refused before the ban)")
+    }
+
+    /// Redis down when a key crosses the refusals rule: this instance acts on its own count
+    /// (the shared one cannot be reached), keeps the key blocked, and disables it in the store
+    /// once Redis is back (tried again with back-off).
+    @Test func anAutoDisableDuringARedisOutageReachesTheStoreWhenItIsBack() throws {
+        let plain = "security-test-declared-key-0003"
+        let second = """
+            version: 1
+            routes:
+              - {name: admin, match: {path_prefix: /admin/}, backend: up, scopes: [admin]}
+            keys:
+              - {id: key_decl, hash: "sha256:\(KeyHash.sha256(plain).hex)", consumer: dee, scopes: [api]}
+
+            """
+        let extra = "clients:\n  trusted_proxies: [127.0.0.1/32]\nsecurity:\n  auto_disable:\n    - {refusals: 3, per: 10m}\n"
+        let fleet = try RedisFleet(modes: ["closed"], deadline: "200ms", keys: second, extra: extra)
+        defer { fleet.stop() }
+        let port = fleet.ports[0]
+        // Cached on every loop (fresh connections spread over them).
+        for i in 0..<8 { #expect(try get(port, "/api/warm\(i)", headers: ["X-API-Key": plain]).status == 200) }
+        fleet.redis.kill9()
+        for _ in 0..<4 {
+            let r = try get(port, "/admin/x", headers: ["X-API-Key": plain])
+            #expect(r.errorCode == "INSUFFICIENT_SCOPE", "\(r.status) \(r.text)")
+        }
+        expectDenial(try get(port, "/api/x", headers: ["X-API-Key": plain]), "DISABLED", 403)
+        try fleet.redis.restart()
+        let stored = try poll(timeout: 20, step: 0.2) {
+            let out = try fleet.cli(["keys", "list", "--policies", fleet.dirs[0]])
+            return out.split(separator: "\n").contains { $0.hasPrefix("key_decl ") && $0.contains("disabled") }
+        }
+        #expect(stored != nil, "the disable never reached the store")
+        expectDenial(try get(port, "/api/after", headers: ["X-API-Key": plain]), "DISABLED", 403)
     }
 }

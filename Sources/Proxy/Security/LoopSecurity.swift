@@ -60,13 +60,21 @@ final class LoopSecurity: RedisWaiter {
             let shared = context.store != nil
             // With Redis the ban is announced (audited, webhooks) by the instance whose batch
             // crosses the shared count; without it, here.
-            _ = monitor.credentialRefused(net, now: SecurityMonitor.nowMillis(), lockout: l, announce: !shared)
-            if shared { add { $0.lockouts[net, default: 0] += 1 } }
+            let now = SecurityMonitor.nowMillis()
+            let crossed = monitor.credentialRefused(net, now: now, lockout: l, announce: !shared)
+            if shared {
+                // Announced by whichever batch crosses the shared count; by this instance if
+                // its batch cannot reach the store.
+                if crossed { unannounced.append(.lockout(net, until: now + l.banFor.milliseconds, count: Int64(l.invalidKeys))) }
+                add { $0.lockouts[net, default: 0] += 1 }
+            }
         case .ipDenied, .insufficientScope, .httpsRequired:
             // API keys only: a JWT's identity is its issuer's to revoke (there is no key to disable).
             guard !x.facts.isJWT, let rule = x.facts.snapshot.security?.refusalRule, let r = x.facts.record else { return }
             let shared = context.store != nil
-            _ = monitor.keyRefused(r, code: d.code, now: SecurityMonitor.nowMillis(), rule: rule, act: !shared)
+            if monitor.keyRefused(r, code: d.code, now: SecurityMonitor.nowMillis(), rule: rule, act: !shared), shared {
+                unannounced.append(.refusals(r, count: Int64(rule.refusals) + 1))
+            }
             if shared {
                 add { s in
                     if let (rec, n) = s.refusals[r.hash] { s.refusals[r.hash] = (rec, n + 1) } else { s.refusals[r.hash] = (r, 1) }
@@ -93,10 +101,11 @@ final class LoopSecurity: RedisWaiter {
         if memo[i].until > now && memo[i].w0 == h.w0 && memo[i].w1 == h.w1 && memo[i].net == net { return nil }
         memo[i] = Memo(w0: h.w0, w1: h.w1, net: net, until: now &+ memoNanos(rule))
         guard let store = context.store, let spec = x.facts.snapshot.security else {
-            return monitor.networkSeen(r, net: net, now: SecurityMonitor.nowMillis(), rule: rule, act: true)
+            return monitor.networkSeen(r, net: net, now: SecurityMonitor.nowMillis(), rule: rule, act: true) != nil
                 ? .reply(Denial(.disabled)) : nil
         }
-        if monitor.networkSeen(r, net: net, now: SecurityMonitor.nowMillis(), rule: rule, act: false) {
+        if let nets = monitor.networkSeen(r, net: net, now: SecurityMonitor.nowMillis(), rule: rule, act: false) {
+            unannounced.append(.networks(r, nets))
             add { s in s.sightings[h, default: (r, [])].1.append(net) }
             return .reply(Denial(.disabled))
         }
@@ -176,12 +185,25 @@ final class LoopSecurity: RedisWaiter {
         lastFlush = context.loop.now
         flushToken &+= 1
         batchRecords[flushToken] = records
-        if batchRecords.count > 64 { batchRecords.removeValue(forKey: flushToken &- 64) }
+        if !unannounced.isEmpty {
+            batchLocal[flushToken] = unannounced
+            unannounced = []
+        }
+        if batchRecords.count > 64 { batchRecords.removeValue(forKey: flushToken &- 64); batchLocal.removeValue(forKey: flushToken &- 64) }
         if let failed = store.redis.command(args, waiter: self, token: flushToken) {
             redisCompleted(token: flushToken, result: failed)
         }
     }
     private var flushToken: UInt64 = 0
+    /// Thresholds this loop's own counts crossed with a store configured (the shared count
+    /// decides who announces; if a batch cannot reach the store, this instance does).
+    enum LocalCrossing {
+        case lockout(NetKey, until: Int64, count: Int64)
+        case refusals(KeyRecord, count: Int64)
+        case networks(KeyRecord, [NetKey])
+    }
+    private var unannounced: [LocalCrossing] = []
+    private var batchLocal: [UInt64: [LocalCrossing]] = [:]
     /// The records behind each batch's key hashes (the instance that wins an auto-disable
     /// names the key in its audit entry and webhook).
     private var batchRecords: [UInt64: [String: KeyRecord]] = [:]
@@ -200,7 +222,20 @@ final class LoopSecurity: RedisWaiter {
     /// A batch's answer (counted locally meanwhile if there is none).
     func redisCompleted(token: UInt64, result: RedisResult) {
         let records = batchRecords.removeValue(forKey: token) ?? [:]
-        guard case .reply(.array(let items)) = result else { return }
+        let local = batchLocal.removeValue(forKey: token) ?? []
+        guard case .reply(.array(let items)) = result else {
+            // The store could not count this batch: what crossed here is acted on here.
+            for c in local {
+                switch c {
+                case .lockout(let net, let until, let count): monitor.announceBan(net, refusals: count, until: until)
+                case .refusals(let r, let count):
+                    if let rule = context.snapshot.security?.refusalRule { monitor.enqueueRefusals(r, count: count, rule: rule) }
+                case .networks(let r, let nets):
+                    if let rule = context.snapshot.security?.networkRule { monitor.enqueueNetworks(r, nets: nets.map(\.description), rule: rule) }
+                }
+            }
+            return
+        }
         _ = apply(items, records: records)
     }
 

@@ -95,6 +95,9 @@ final class SecurityMonitor: @unchecked Sendable {
         case disable(hash: KeyHash, id: String, consumer: String, reason: String, details: [(String, AuditValue)])
     }
     private let jobs = Mutex<[Job]>([])
+    /// Disables whose store change failed, waiting for another try: (job, try number, when).
+    private var retries: [(Job, Int, Int64)] = []   // the monitor's thread only
+    static let disableTries = 6
     private let signal = DispatchSemaphore(value: 0)
     private let started = Atomic<Bool>(false)
     /// Actions done (tests wait on this rather than on time).
@@ -277,9 +280,9 @@ final class SecurityMonitor: @unchecked Sendable {
         return true
     }
 
-    /// The key was used from `net`. True when that makes more distinct networks in `per` than
-    /// the rule allows (blocked here, disabled when `act`).
-    func networkSeen(_ r: KeyRecord, net: NetKey, now: Int64, rule: SecuritySpec.NetworkRule, act: Bool) -> Bool {
+    /// The key was used from `net`. The networks (the evidence) when that makes more distinct
+    /// networks in `per` than the rule allows (blocked here, disabled when `act`), else nil.
+    func networkSeen(_ r: KeyRecord, net: NetKey, now: Int64, rule: SecuritySpec.NetworkRule, act: Bool) -> [NetKey]? {
         let per = Int64(rule.per.milliseconds)
         let evidence = state.withLock { s -> [NetKey]? in
             guard s.blocks[r.hash] == nil else { return nil }
@@ -302,9 +305,9 @@ final class SecurityMonitor: @unchecked Sendable {
             s.keys[r.hash] = e
             return nil
         }
-        guard let nets = evidence else { return false }
+        guard let nets = evidence else { return nil }
         if act { enqueueNetworks(r, nets: nets.map(\.description), rule: rule) }
-        return true
+        return nets
     }
 
     func enqueueNetworks(_ r: KeyRecord, nets: [String], rule: SecuritySpec.NetworkRule) {
@@ -387,29 +390,50 @@ final class SecurityMonitor: @unchecked Sendable {
 
     private func run() {
         while true {
-            signal.wait()
+            if let next = retries.map(\.2).min() {
+                let wait = max(0, next - Self.nowMillis())
+                _ = signal.wait(timeout: .now() + .milliseconds(Int(wait)))
+            } else {
+                signal.wait()
+            }
             let batch = jobs.withLock { j -> [Job] in let b = j; j.removeAll(); return b }
             for job in batch {
-                perform(job)
+                perform(job, attempt: 1)
                 actionsDone.add(1, ordering: .relaxed)
             }
+            let now = Self.nowMillis()
+            let due = retries.filter { $0.2 <= now }
+            retries.removeAll { $0.2 <= now }
+            for (job, attempt, _) in due { perform(job, attempt: attempt) }
         }
     }
 
-    private func perform(_ job: Job) {
+    private func perform(_ job: Job, attempt: Int) {
         let w = wiring.withLock { $0 }
         switch job {
         case .lockout(let net, let refusals, let until):
+            // A flood from many networks must not become a flood of audit entries and
+            // webhooks: at most `maxLockoutEvents` a minute are recorded one by one; the rest
+            // are counted and the next recorded one says how many were left out.
+            let now = Self.nowMillis()
+            if now - eventWindowStart >= 60_000 { eventWindowStart = now; eventsInWindow = 0 }
+            eventsInWindow += 1
+            if eventsInWindow > Self.maxLockoutEvents { suppressedLockouts += 1; return }
             let untilText = AuditFormat.time(millis: until)
             Log.warn("security: \(net) locked out until \(untilText) after \(refusals) credential refusals")
-            let details: [(String, AuditValue)] = [
+            var details: [(String, AuditValue)] = [
                 ("network", .string(net.description)), ("refusals", .int(refusals)), ("until", .string(untilText)),
                 ("instance", .string(w.instance)),
             ]
+            if suppressedLockouts > 0 {
+                details.append(("unrecorded_before", .int(suppressedLockouts)))
+                Log.warn("security: \(suppressedLockouts) more lock-outs were not recorded one by one (over \(Self.maxLockoutEvents) a minute)")
+                suppressedLockouts = 0
+            }
             record(w.audit, AuditEvent(.securityLockout, actor: .security, subject: net.description, details: details))
             SecurityEvents.emit(.lockout, consumer: nil, subject: net.description, data: details)
         case .disable(let hash, let id, let consumer, let reason, let details):
-            Log.warn("security: key \(id) (\(consumer)) auto-disabled: \(reason)")
+            if attempt == 1 { Log.warn("security: key \(id) (\(consumer)) auto-disabled: \(reason)") }
             var result = "disabled"
             if let policies = w.policies, let current = w.snapshot {
                 do {
@@ -420,7 +444,20 @@ final class SecurityMonitor: @unchecked Sendable {
                     let now = Self.nowMillis()
                     state.withLock { if $0.blocks[hash] != nil { $0.blocks[hash]!.storedAt = now } }
                 } catch {
-                    result = "not disabled in the store: \(error)"
+                    // The store could not take it (Redis down, a locked log): the key stays
+                    // blocked here and the change is tried again (1 s, 2 s, 4 s …); the
+                    // event is recorded once, when it is settled either way.
+                    if attempt < Self.disableTries {
+                        let delay = Int64(1000) << (attempt - 1)
+                        let now = Self.nowMillis()
+                        state.withLock { s in
+                            if s.blocks[hash] != nil { s.blocks[hash]!.until = max(s.blocks[hash]!.until, now + delay + Self.blockMillis) }
+                        }
+                        retries.append((job, attempt + 1, now + delay))
+                        Log.error("security: key \(id) could not be disabled in its store (try \(attempt)): \(error); trying again")
+                        return
+                    }
+                    result = "not disabled in the store after \(attempt) tries: \(error)"
                     Log.error("security: key \(id) could not be disabled in its store: \(error)")
                 }
             } else {
@@ -433,6 +470,12 @@ final class SecurityMonitor: @unchecked Sendable {
             SecurityEvents.emit(.autoDisable, consumer: consumer, subject: id, data: all)
         }
     }
+
+    /// Lock-outs recorded one by one per minute at most (audit entries, webhooks); the monitor's thread only.
+    static let maxLockoutEvents = 100
+    private var eventWindowStart: Int64 = 0
+    private var eventsInWindow = 0
+    private var suppressedLockouts: Int64 = 0
 
     private func record(_ audit: AuditLog?, _ e: AuditEvent) {
         guard let audit else { return }
