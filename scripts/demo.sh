@@ -208,6 +208,21 @@ echo
 echo "\$ ls demo-data/webhooks/   (deliveries: $(ls "$DATA"/webhooks/*.body 2>/dev/null | wc -l))"
 for f in "$DATA"/webhooks/*.body; do [[ -e $f ]] && printf '  %s\n' "$(grep -o '"type":"[a-z_]*"' "$f")"; done
 
+echo
+echo "== the dashboard (admin listener, behind the admin credential): keys, usage chart, security events, health"
+echo '$ TOLLGATE_ADMIN_TOKEN=… tollgate dashboard link --policies policies'
+DASH=$(TOLLGATE_ADMIN_TOKEN=$ADMIN_TOKEN "$BIN" dashboard link --policies policies 2>/dev/null | head -1 || true)
+echo "  $DASH"
+echo "  ^ a one-time sign-in link (60 s, once); or sign in at http://127.0.0.1:9901/login with the"
+echo "    demo's admin token: $ADMIN_TOKEN   (only its hash is in demo-data/admin-tokens)"
+if command -v chromium >/dev/null; then
+    DASH2=$(TOLLGATE_ADMIN_TOKEN=$ADMIN_TOKEN "$BIN" dashboard link --policies policies 2>/dev/null | head -1 || true)
+    [[ $DASH2 == http* ]] && chromium --headless --no-sandbox --disable-gpu --no-first-run --disable-extensions \
+        --disable-dev-shm-usage --hide-scrollbars --user-data-dir="$DATA/chromium" --window-size=1280,1600 \
+        --screenshot="$DATA/dashboard.png" "$DASH2" >/dev/null 2>&1 || true
+    [[ -s $DATA/dashboard.png ]] && echo "  (a headless Chromium screenshot of this session: demo-data/dashboard.png)"
+fi
+
 cat <<EOT
 
 Tollgate is on http://127.0.0.1:8080 (policies/), backends on :7001-:7003, admin (metrics) on
