@@ -144,11 +144,7 @@ final class Dashboard: Sendable {
         for (start, b) in rows where start >= first {
             let i = Int((start - first) / window.slotSeconds)
             guard i < out.count else { continue }
-            out[i].requests += b.requests
-            for c in 0..<min(out[i].refusals.count, b.refusals.count) { out[i].refusals[c] += b.refusals[c] }
-            out[i].credits += b.credits
-            out[i].tokensIn += b.tokensIn
-            out[i].tokensOut += b.tokensOut
+            out[i].add(b)
         }
         return out
     }

@@ -122,11 +122,7 @@ struct DashboardModel {
         for id in ids {
             guard let s = series[id] else { continue }
             for (i, b) in s.enumerated() where i < out.count {
-                out[i].requests += b.requests
-                for c in 0..<min(out[i].refusals.count, b.refusals.count) { out[i].refusals[c] += b.refusals[c] }
-                out[i].credits += b.credits
-                out[i].tokensIn += b.tokensIn
-                out[i].tokensOut += b.tokensOut
+                out[i].add(b)
             }
         }
         return out

@@ -18,6 +18,15 @@ final class UsageAggregates: Sendable {
         var credits: Int64 = 0
         var tokensIn: Int64 = 0
         var tokensOut: Int64 = 0
+
+        /// Adds another bucket's counts (sums over keys, or hours into a wider slot).
+        mutating func add(_ b: Bucket) {
+            requests += b.requests
+            for c in 0..<min(refusals.count, b.refusals.count) { refusals[c] += b.refusals[c] }
+            credits += b.credits
+            tokensIn += b.tokensIn
+            tokensOut += b.tokensOut
+        }
     }
 
     /// One key's hours (a class: updated in place, no copy per record).

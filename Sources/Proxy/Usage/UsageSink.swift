@@ -25,7 +25,7 @@ final class UsageSinkRunner: @unchecked Sendable {
     let delivered = Atomic<UInt64>(0)
     let failed = Atomic<UInt64>(0)
     private let stopAt = Atomic<UInt64>(0)   // monotonic deadline once stopping; 0 = running
-    private let wakeFD: Int32
+    private let wakeFD = WakeFD()
     private var thread: pthread_t?
     private let sink: any UsageSink
     static let batchBytes = 256 * 1024
@@ -33,7 +33,6 @@ final class UsageSinkRunner: @unchecked Sendable {
     init(spec: UsageSinkSpec, spool: UsageSpool, oldest: UInt64) {
         self.spec = spec
         self.spool = spool
-        wakeFD = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
         switch spec.kind {
         case .file(let path, let rotate, let keep): sink = FileUsageSink(path: path, rotateBytes: rotate, keep: keep)
         case .redisStream(let stream, let maxLength):
@@ -54,8 +53,7 @@ final class UsageSinkRunner: @unchecked Sendable {
     }
 
     func wake() {
-        var one: UInt64 = 1
-        _ = Glibc.write(wakeFD, &one, 8)
+        wakeFD.wake()
     }
 
     /// Delivers what it can within `grace` seconds, then stops (the cursor says where it was).
@@ -67,10 +65,7 @@ final class UsageSinkRunner: @unchecked Sendable {
     }
 
     private func waitForWork(_ ms: Int32) {
-        var p = pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)
-        _ = poll(&p, 1, ms)
-        var counter: UInt64 = 0
-        _ = Glibc.read(wakeFD, &counter, 8)
+        wakeFD.wait(ms)
     }
 
     private func run() {

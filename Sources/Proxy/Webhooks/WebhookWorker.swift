@@ -17,7 +17,7 @@ final class WebhookWorker: @unchecked Sendable {
     }
     private let state: Mutex<State>
     unowned let outbox: WebhookOutbox
-    private let wakeFD: Int32
+    private let wakeFD = WakeFD()
     private var thread: pthread_t?
     private let stopAt = Atomic<UInt64>(0)   // monotonic deadline once stopping; 0 = running
     private var client: BlockingHTTPClient?
@@ -28,10 +28,9 @@ final class WebhookWorker: @unchecked Sendable {
     init(spec: WebhookSpec, outbox: WebhookOutbox) {
         state = Mutex(State(spec: spec))
         self.outbox = outbox
-        wakeFD = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
     }
 
-    deinit { if wakeFD >= 0 { Glibc.close(wakeFD) } }
+    deinit { wakeFD.close() }
 
     func start() {
         let box = UncheckedBox(self)
@@ -64,15 +63,11 @@ final class WebhookWorker: @unchecked Sendable {
     }
 
     private func wake() {
-        var one: UInt64 = 1
-        _ = Glibc.write(wakeFD, &one, 8)
+        wakeFD.wake()
     }
 
     private func waitForWork(_ ms: Int32) {
-        var p = pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)
-        _ = poll(&p, 1, ms)
-        var counter: UInt64 = 0
-        _ = Glibc.read(wakeFD, &counter, 8)
+        wakeFD.wait(ms)
     }
 
     private func run() {
