@@ -9,5 +9,5 @@ swift test
 # Opt-in: a short libFuzzer run of every parser target (Fuzz/README.md), e.g.
 # TOLLGATE_FUZZ_SECONDS=10 scripts/test.sh for ten seconds per target (about a minute and a half).
 if [[ -n "${TOLLGATE_FUZZ_SECONDS:-}" ]]; then
-    scripts/fuzz.sh --duration "$TOLLGATE_FUZZ_SECONDS" request response chunked path credential client-ip sse_meter token_hints jwt
+    scripts/fuzz.sh --duration "$TOLLGATE_FUZZ_SECONDS" request response chunked path credential client-ip sse_meter token_hints jwt webhook
 fi
