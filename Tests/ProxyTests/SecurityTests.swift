@@ -328,6 +328,16 @@ import Testing
             expectDenial(try get(port, "/api/x", headers: ["X-API-Key": minted.key, "X-Forwarded-For": "2001:db8:77:1::abcd"]), "LOCKED_OUT", 429)
             #expect(try get(port, "/api/x", headers: ["X-API-Key": minted.key, "X-Forwarded-For": "2001:db8:77:2::1"]).status == 200)
         }
+        // 4. An instance that starts during the ban knows of it before that network's next
+        // refusal (it reads the bans in force when it subscribes).
+        _ = fleet.processes[0].stop()
+        let again = try TollgateProcess(policies: fleet.dirs[0], port: fleet.ports[0], threads: 2)
+        defer { _ = again.stop() }
+        let knows = try poll(timeout: 5) {
+            (try? get(fleet.ports[0], "/api/x", headers: ["X-API-Key": minted.key, "X-Forwarded-For": "2001:db8:77:1::beef"]))?.errorCode == "LOCKED_OUT"
+        }
+        #expect(knows != nil, "a restarted instance served the locked-out /64")
+        #expect(try get(fleet.ports[0], "/api/x", headers: ["X-API-Key": minted.key, "X-Forwarded-For": "2001:db8:77:2::1"]).status == 200)
         print("brute force: one address \(oneAddress) Redis calls for 2,000 guesses; one /64 \(oneNetwork) for 2,000 (\(refused) refused before the ban)")
     }
 

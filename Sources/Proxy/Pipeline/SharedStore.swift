@@ -129,6 +129,7 @@ final class SharedStore {
             return
         }
         if message.isEmpty {
+            onSecurityMessage?([])   // (re)subscribed: bans published meanwhile are read again
             positive = KeyHashMap(minimumCapacity: 1024)
             negative.removeAll()
             return

@@ -129,6 +129,10 @@ final class LoopSecurity: RedisWaiter {
 
     /// `ban <net> <until>` or `off <key hex>` from another instance (or this one's script).
     func storeMessage(_ m: [UInt8]) {
+        if m.isEmpty {
+            if let url = context.snapshot.store?.url { monitor.refreshBans(from: url) }
+            return
+        }
         let parts = String(decoding: m, as: UTF8.self).split(separator: " ")
         let now = SecurityMonitor.nowMillis()
         if parts.count == 3, parts[0] == "ban", let net = NetKey(wire: parts[1]), let until = Int64(parts[2]) {

@@ -201,6 +201,56 @@ final class SecurityMonitor: @unchecked Sendable {
         }
     }
 
+    /// Bans in force in the shared store, read into this process: at start and after each
+    /// resubscription (a ban published while this instance was away was missed). On its own
+    /// thread (a blocking client, SCAN and MGET under the `{sec}` tag), at most once per 5 s,
+    /// at most `max_tracked` bans.
+    func refreshBans(from url: RedisURL) {
+        guard let l = spec?.lockout else { return }
+        let now = Self.nowMillis()
+        guard now - lastBanRefresh.load(ordering: .relaxed) >= 5000,
+              refreshingBans.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
+        lastBanRefresh.store(now, ordering: .relaxed)
+        let box = UncheckedBox(self)
+        _ = spawnThreadDetached(name: "tollgate-bans") {
+            let m = box.value
+            defer { m.refreshingBans.store(false, ordering: .releasing) }
+            do {
+                let loaded = try m.loadBans(url, limit: l.maxTracked)
+                if loaded > 0 { Log.info("security: \(loaded) lock-out(s) in force read from the store") }
+            } catch {
+                Log.warn("security: could not read the lock-outs in force from the store: \(error)")
+            }
+        }
+    }
+    private let refreshingBans = Atomic<Bool>(false)
+    private let lastBanRefresh = Atomic<Int64>(0)
+
+    private func loadBans(_ url: RedisURL, limit: Int) throws -> Int {
+        let r = try RedisKeyDirectory(url: url, timeout: .seconds(2))
+        let prefix = "tg:sec:{sec}:ban:"
+        var cursor = "0"
+        var seen = 0
+        var loaded = 0
+        repeat {
+            guard case .array(let parts) = try r.run(["SCAN", cursor, "MATCH", prefix + "*", "COUNT", "500"]), parts.count == 2,
+                  let next = parts[0].text, case .array(let keys) = parts[1] else { break }
+            cursor = next
+            let names = keys.compactMap(\.text)
+            seen += names.count
+            if !names.isEmpty, case .array(let values) = try r.run(["MGET"] + names) {
+                let now = Self.nowMillis()
+                for (name, v) in zip(names, values) {
+                    guard let until = v.text.flatMap({ Int64($0) }), until > now,
+                          let net = NetKey(wire: Substring(name.dropFirst(prefix.count))) else { continue }
+                    installBan(net, until: until, now: now)
+                    loaded += 1
+                }
+            }
+        } while cursor != "0" && seen < limit
+        return loaded
+    }
+
     /// Room for new networks: see the type's comment for the order.
     private static func prune(_ s: inout State, now: Int64, per: Int64, cap: Int) {
         let target = cap - max(1, cap / 8)
