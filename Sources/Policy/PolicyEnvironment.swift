@@ -8,10 +8,21 @@ public struct PolicyEnvironment: Sendable {
     /// A variable's bytes as they are (a secret need not be UTF-8); nil when it is not set.
     public var variable: @Sendable (String) -> [UInt8]?
     public var file: @Sendable (String) -> [UInt8]?
+    /// Webhook signing secrets may be missing (commands other than `serve` and `check`: they
+    /// never sign, so `tollgate keys list` works without WEBHOOK_SECRET set). `serve` and
+    /// `check` always require them.
+    public var webhookSecretsOptional = false
 
     public init(variable: @escaping @Sendable (String) -> [UInt8]?, file: @escaping @Sendable (String) -> [UInt8]?) {
         self.variable = variable
         self.file = file
+    }
+
+    /// The process environment for commands that never deliver a webhook themselves.
+    public static var tools: PolicyEnvironment {
+        var e = PolicyEnvironment.process
+        e.webhookSecretsOptional = true
+        return e
     }
 
     /// The process environment and the file system.

@@ -374,4 +374,24 @@ import Testing
         #expect(stored != nil, "the disable never reached the store")
         expectDenial(try get(port, "/api/after", headers: ["X-API-Key": plain]), "DISABLED", 403)
     }
+
+    /// Commands that never sign a webhook load a policy whose webhook secret is not in their
+    /// environment (an operator's `keys list`); `check` and `serve` still require it.
+    @Test func onlyCheckAndServeNeedTheWebhookSecret() throws {
+        let dir = makeTempDir("tgsecenv")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        writeFile(dir + "/p.yaml", """
+            version: 1
+            security:
+              webhooks:
+                - {url: "http://127.0.0.1:9/hooks", secret_env: TG_TEST_UNSET_WEBHOOK_SECRET, events: [key_revoked]}
+            keys:
+              - {id: key_env, hash: "sha256:\(KeyHash.sha256("env-test-key-0004").hex)", consumer: eve, scopes: [api]}
+            """)
+        let (list, out) = try runTollgate(["keys", "list", "--policies", dir])
+        #expect(list == 0 && out.contains("key_env"), "\(out)")
+        let (check, why) = try runTollgate(["check", dir])
+        #expect(check != 0 && why.contains("p.yaml:4: security.webhooks[0].secret_env: environment variable TG_TEST_UNSET_WEBHOOK_SECRET is not set"), "\(why)")
+        #expect(try runTollgate(["check", dir], environment: ["TG_TEST_UNSET_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]).0 == 0)
+    }
 }

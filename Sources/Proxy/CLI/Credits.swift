@@ -18,7 +18,7 @@ struct CreditsCommand: ParsableCommand {
 
     static func load(_ policies: String) throws -> (PolicySnapshot, CreditsSpec) {
         let snapshot: PolicySnapshot
-        do { snapshot = try PolicyLoader.load(path: policies) } catch {
+        do { snapshot = try PolicyLoader.load(path: policies, environment: .tools) } catch {
             throw ValidationError(error.errors.map(\.description).joined(separator: "\n"))
         }
         guard let spec = snapshot.credits else {

@@ -26,7 +26,7 @@ struct DashboardCommand: ParsableCommand {
 
         func run() throws {
             let snapshot: PolicySnapshot
-            do { snapshot = try PolicyLoader.load(path: policies) } catch {
+            do { snapshot = try PolicyLoader.load(path: policies, environment: .tools) } catch {
                 throw ValidationError(error.errors.map(\.description).joined(separator: "\n"))
             }
             var host = snapshot.admin?.host ?? ""

@@ -146,7 +146,7 @@ struct KeyStoreAccess {
     init(policies: String) throws {
         let snapshot: PolicySnapshot
         do {
-            snapshot = try PolicyLoader.load(path: policies)
+            snapshot = try PolicyLoader.load(path: policies, environment: .tools)
         } catch {
             throw ValidationError(error.errors.map(\.description).joined(separator: "\n"))
         }

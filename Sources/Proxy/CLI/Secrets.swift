@@ -27,7 +27,7 @@ struct SecretsCommand: ParsableCommand {
 
         init(policies: String) throws {
             do {
-                snapshot = try PolicyLoader.load(path: policies)
+                snapshot = try PolicyLoader.load(path: policies, environment: .tools)
             } catch {
                 throw ValidationError(error.errors.map(\.description).joined(separator: "\n"))
             }
