@@ -316,6 +316,11 @@ final class WebhookReceiver: @unchecked Sendable {
         _ = try g.mintAndRevokeFromCLI()
         #expect(try poll(timeout: 10) { receiver.of("key_revoked").count == 4 } != nil)
         #expect(receiver.of("key_revoked").filter { $0.id == attempts.first?.id }.count == 3)
+        // Counted for operators: 3 failed attempts, 1 dead letter, then 1 delivered.
+        let m = try scrapeMetrics(g.admin)
+        #expect(m["tollgate_webhook_deliveries_total{result=\"failed\"}"] == 3)
+        #expect(m["tollgate_webhook_deliveries_total{result=\"dead_lettered\"}"] == 1)
+        #expect(m["tollgate_webhook_deliveries_total{result=\"delivered\"}"] == 1)
     }
 
     // MARK: restarts

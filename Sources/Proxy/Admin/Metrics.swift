@@ -312,6 +312,16 @@ final class MetricsRegistry: Sendable {
         out += "# TYPE tollgate_access_log_dropped_total counter\n"
         out += "tollgate_access_log_dropped_total \(accessLogDropped.load(ordering: .relaxed))\n"
         for spool in usageSpools.withLock({ $0 }) { renderUsage(spool, into: &out) }
+        if WebhookEvents.isConfigured {
+            out += "# HELP tollgate_webhook_events_total Events handed to the webhook outbox (spooled before any delivery).\n"
+            out += "# TYPE tollgate_webhook_events_total counter\n"
+            out += "tollgate_webhook_events_total \(WebhookEvents.emitted.load(ordering: .relaxed))\n"
+            out += "# HELP tollgate_webhook_deliveries_total Webhook delivery attempts by result (failed: retried or dead-lettered after).\n"
+            out += "# TYPE tollgate_webhook_deliveries_total counter\n"
+            out += "tollgate_webhook_deliveries_total{result=\"delivered\"} \(WebhookEvents.delivered.load(ordering: .relaxed))\n"
+            out += "tollgate_webhook_deliveries_total{result=\"failed\"} \(WebhookEvents.failedAttempts.load(ordering: .relaxed))\n"
+            out += "tollgate_webhook_deliveries_total{result=\"dead_lettered\"} \(WebhookEvents.deadLettered.load(ordering: .relaxed))\n"
+        }
         let security = monitors.withLock { $0 }.filter { $0.spec != nil }
         if !security.isEmpty {
             func total(_ f: (SecurityMonitor) -> UInt64) -> UInt64 { security.reduce(0) { $0 &+ f($1) } }

@@ -17,8 +17,17 @@ enum WebhookEvents {
     private static let recent = Mutex<[String: UInt64]>([:])
     static let maxRecent = 10_000
 
+    /// Counters for `/metrics` (`tollgate_webhook_events_total`, `…_deliveries_total{result}`).
+    static let emitted = Atomic<UInt64>(0)
+    static let delivered = Atomic<UInt64>(0)
+    static let failedAttempts = Atomic<UInt64>(0)
+    static let deadLettered = Atomic<UInt64>(0)
+    /// Whether this process ever had webhooks configured (the metrics are shown then).
+    static var isConfigured: Bool { outbox.withLock { $0 != nil } }
+
     static func emit(_ type: WebhookEventType, consumer: String?, subject: String, data: [(String, AuditValue)]) {
         guard isWanted(type) else { return }
+        emitted.add(1, ordering: .relaxed)
         outbox.withLock { $0 }?.emit(type, consumer: consumer, subject: subject, data: data)
     }
 

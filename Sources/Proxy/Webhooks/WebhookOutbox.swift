@@ -211,6 +211,7 @@ final class WebhookOutbox: @unchecked Sendable {
     }
 
     func deadLetter(_ d: WebhookDelivery, spec: WebhookSpec, error: String) {
+        WebhookEvents.deadLettered.add(1, ordering: .relaxed)
         var out = Array(#"{"id":"#.utf8)
         AuditFormat.appendString(d.event.id, to: &out)
         out += Array(#","endpoint":"#.utf8); AuditFormat.appendString(spec.url, to: &out)

@@ -92,12 +92,14 @@ final class WebhookWorker: @unchecked Sendable {
             let error = attempt(d, spec: spec)
             let attempts = d.attempts + 1
             if error == nil {
+                WebhookEvents.delivered.add(1, ordering: .relaxed)
                 outbox.record(JournalLine(op: .done, id: d.event.id, endpoint: spec.id, attempts: attempts, due: 0)) {
                     remove(d.event.id)
                 }
                 continue
             }
             let why = error ?? ""
+            WebhookEvents.failedAttempts.add(1, ordering: .relaxed)
             if attempts >= spec.tries {
                 var last = d
                 last.attempts = attempts
