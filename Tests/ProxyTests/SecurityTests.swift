@@ -394,4 +394,44 @@ import Testing
         #expect(check != 0 && why.contains("p.yaml:4: security.webhooks[0].secret_env: environment variable TG_TEST_UNSET_WEBHOOK_SECRET is not set"), "\(why)")
         #expect(try runTollgate(["check", dir], environment: ["TG_TEST_UNSET_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]).0 == 0)
     }
+
+    /// `credits_exhausted` is one event per account per 10 minutes across instances sharing
+    /// Redis (a marker set with NX), not one per instance.
+    @Test func creditsExhaustedIsSentOncePerClusterNotPerInstance() throws {
+        let receiver = try WebhookReceiver()
+        defer { receiver.stop() }
+        let second = """
+            version: 1
+            routes:
+              - {name: paid, match: {path_prefix: /paid/}, backend: up, scopes: [api], credits: {per_request: 1}}
+
+            """
+        let extra = "credits: {ledger: redis, account: consumer}\nsecurity:\n" + Self.hooks(receiver)
+            .replacingOccurrences(of: "events: [lockout, auto_disable]", with: "events: [credits_exhausted]")
+        let fleet = try RedisFleet(modes: ["closed", "closed"], deadline: "500ms", keys: second, extra: extra)
+        defer { fleet.stop() }
+        var keys: [String] = []
+        for name in ["broke", "barrier0", "barrier1"] {
+            keys.append(try fleet.mint(consumer: name, plan: nil, id: "key_" + name).key)
+        }
+        // One keep-alive connection per instance: one loop each, so each instance's events
+        // leave in the order they were emitted.
+        let clients = try fleet.ports.map { try RawClient(port: $0) }
+        defer { clients.forEach { $0.close() } }
+        func paid(_ c: RawClient, _ key: String) throws -> HTTPResponse {
+            try c.request("GET /paid/x HTTP/1.1\r\nHost: t\r\nX-API-Key: \(key)\r\n\r\n")
+        }
+        for c in clients {
+            for _ in 0..<3 { expectDenial(try paid(c, keys[0]), "INSUFFICIENT_CREDITS", 402) }
+        }
+        // A later event from each instance is the barrier: what either would send for
+        // "broke" comes before it.
+        expectDenial(try paid(clients[0], keys[1]), "INSUFFICIENT_CREDITS", 402)
+        expectDenial(try paid(clients[1], keys[2]), "INSUFFICIENT_CREDITS", 402)
+        #expect(poll(timeout: 10) {
+            Set(receiver.of("credits_exhausted").compactMap { $0.data["account"] as? String }).isSuperset(of: ["barrier0", "barrier1"])
+        } != nil)
+        let broke = receiver.of("credits_exhausted").filter { $0.data["account"] as? String == "broke" }
+        #expect(broke.count == 1, "\(broke.count) credits_exhausted events for one account on two instances")
+    }
 }

@@ -92,11 +92,12 @@ final class CreditGate: RedisWaiter {
     private func refused(_ x: Exchange, available: Int64) -> PhaseResult {
         x.facts.creditsRemaining = max(0, available)
         if WebhookEvents.isWanted(.creditsExhausted), let account = x.facts.creditAccount {
-            // One event per account per 10 minutes per instance, however many 402s follow.
+            // One event per account per 10 minutes (across instances with Redis), however many
+            // 402s follow.
             let route = x.facts.route?.name ?? "-"
             let consumer = x.facts.record?.consumer
             WebhookEvents.emitOnce(key: "credits|" + account, every: .seconds(600), .creditsExhausted,
-                                   consumer: consumer, subject: account) {
+                                   consumer: consumer, subject: account, store: x.context.store?.redis) {
                 [("account", .string(account)), ("balance", .int(max(0, available))), ("route", .string(route)),
                  ("key_id", .optional(x.facts.record?.id))]
             }

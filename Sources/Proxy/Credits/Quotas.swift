@@ -200,14 +200,15 @@ final class QuotaGate: RedisWaiter {
         return .reply(Denial(.quotaExceeded, retryAfterSeconds: Int(max(1, end - Int64(time(nil))))))
     }
 
-    /// The first `QUOTA_EXCEEDED` of a key (or consumer) in a quota's period, per instance:
+    /// The first `QUOTA_EXCEEDED` of a key (or consumer) in a quota's period (across instances
+    /// with Redis, else per instance):
     /// `quota_exhausted` (the key string names the period, so the next period fires again).
     private func quotaExhausted(record: KeyRecord, plan: PlanSpec, index: Int, key: Key) {
         guard WebhookEvents.isWanted(.quotaExhausted), index < plan.quotas.count else { return }
         let q = plan.quotas[index]
         let left = Int64(time(nil))
         WebhookEvents.emitOnce(key: "quota|" + key.key, every: .seconds(max(1, key.end - left)), .quotaExhausted,
-                               consumer: record.consumer, subject: record.id) {
+                               consumer: record.consumer, subject: record.id, store: context.store?.redis) {
             [("key_id", .string(record.id)), ("consumer", .string(record.consumer)), ("plan", .string(plan.name)),
              ("quota", .string("\(q.limit) \(q.kind.rawValue)/\(q.period.rawValue) by \(q.by.rawValue)")),
              ("kind", .string(q.kind.rawValue)), ("limit", .int(q.limit)), ("period", .string(q.period.rawValue)),

@@ -40,8 +40,11 @@ enum WebhookEvents {
 
     /// `emit`, at most once per `key` per `every` in this process (a flood of 402s is one
     /// `credits_exhausted` per account per window). `data` is only built when it fires.
+    /// With `store` (the loop's Redis connection), once per `every` across every instance
+    /// sharing it: the first to `SET NX` its marker sends the event (if Redis cannot say,
+    /// this instance sends it: at least once rather than none).
     static func emitOnce(key: String, every: Duration, _ type: WebhookEventType, consumer: String?, subject: String,
-                         data: () -> [(String, AuditValue)]) {
+                         store: RedisConnection? = nil, data: () -> [(String, AuditValue)]) {
         guard isWanted(type) else { return }
         let now = monotonicNanos()
         let fires = recent.withLock { r -> Bool in
@@ -53,7 +56,30 @@ enum WebhookEvents {
             r[key] = now &+ UInt64(max(0, every.nanoseconds))
             return true
         }
-        if fires { emit(type, consumer: consumer, subject: subject, data: data()) }
+        guard fires else { return }
+        let payload = data()
+        guard let store else { emit(type, consumer: consumer, subject: subject, data: payload); return }
+        let ms = max(1, every.nanoseconds / 1_000_000)
+        let marker = "tg:wh:once:" + String(KeyHash.sha256(type.rawValue + "|" + key).hex.prefix(32))
+        let waiter = OnceWaiter { sends in
+            if sends { emit(type, consumer: consumer, subject: subject, data: payload) }
+        }
+        if let failed = store.command(["SET", marker, "1", "NX", "PX", String(ms)].map { Array($0.utf8) }, waiter: waiter, token: 0) {
+            waiter.redisCompleted(token: 0, result: failed)
+        }
+    }
+
+    /// The answer to an `emitOnce` marker: `OK` (this instance sends), nil (another did), or
+    /// no answer (send: at least once).
+    private final class OnceWaiter: RedisWaiter {
+        let then: (Bool) -> Void
+        init(_ then: @escaping (Bool) -> Void) { self.then = then }
+        func redisCompleted(token: UInt64, result: RedisResult) {
+            switch result {
+            case .reply(.nil): then(false)
+            default: then(true)
+            }
+        }
     }
 
     private static func bit(_ t: WebhookEventType) -> UInt32 {
