@@ -17,6 +17,8 @@ extension PolicyDocument {
         var secretEnv: String?
         var secretFile: String?
         var secretAt: SourceLocation
+        /// Where `ca_file` is written (the file is read when the policy is compiled).
+        var caAt: SourceLocation?
     }
 }
 
@@ -122,18 +124,25 @@ extension NodeReader {
         var timeout: Duration = .seconds(5)
         var tries = 8
         var firstRetry: Duration = .seconds(1)
+        var isTLS = false
+        var caFile: String?
+        var caAt: SourceLocation?
         var ok = true
         for (k, kn, v) in m {
             let p = NodeReader.join(path, k)
             switch k {
+            case "ca_file":
+                caFile = nonEmptyString(v, p).map { PolicyValues.resolve($0, relativeToFileAt: file) }
+                ok = ok && caFile != nil
+                caAt = SourceLocation(file: file, line: v.line, keyPath: p)
             case "url":
                 guard let s = nonEmptyString(v, p) else { ok = false; continue }
-                if s.hasPrefix("https://") { notSupportedYet(v, p, "an https webhook"); ok = false; continue }
-                guard let u = PolicyValues.url(s, schemes: ["http": 80]) else {
-                    fail(v, p, "invalid URL '\(s)' (expected http://host[:port][/path])"); ok = false; continue
+                guard let u = PolicyValues.url(s, schemes: ["http": 80, "https": 443]) else {
+                    fail(v, p, "invalid URL '\(s)' (expected http(s)://host[:port][/path])"); ok = false; continue
                 }
                 url = u
                 urlText = s
+                isTLS = s.hasPrefix("https://")
             case "secret_env":
                 secretEnv = nonEmptyString(v, p); ok = ok && secretEnv != nil
                 secretAt = SourceLocation(file: file, line: v.line, keyPath: p)
@@ -168,13 +177,16 @@ extension NodeReader {
         } else if secretEnv == nil && secretFile == nil && ok {
             missing(n, path, "secret_env"); ok = false
         }
+        if let at = caAt, !isTLS, ok {
+            errors.append(at.error("ca_file needs an https:// url")); ok = false
+        }
         guard ok, let url, let events else { return nil }
         let spec = WebhookSpec(host: url.host, port: url.port, isIPv6: url.isIPv6,
-                               path: url.basePath.isEmpty ? "/" : url.basePath, url: urlText,
+                               path: url.basePath.isEmpty ? "/" : url.basePath, isTLS: isTLS, caFile: caFile, url: urlText,
                                secrets: WebhookSecrets([]), events: events, consumers: consumers,
                                timeout: timeout, tries: tries, firstRetry: firstRetry,
                                id: "wh-" + PolicyValues.shortDigest(urlText))
-        return PolicyDocument.Webhook(spec: spec, secretEnv: secretEnv, secretFile: secretFile, secretAt: secretAt)
+        return PolicyDocument.Webhook(spec: spec, secretEnv: secretEnv, secretFile: secretFile, secretAt: secretAt, caAt: caAt)
     }
 }
 
@@ -232,6 +244,9 @@ extension PolicyCompiler {
             guard let raw, let secrets = WebhookSecrets.parse(raw) else {
                 found.append(w.secretAt.error("the webhook secret is empty or a whsec_ value is not base64"))
                 continue
+            }
+            if let ca = w.spec.caFile, let at = w.caAt, environment.file(ca) == nil {
+                found.append(at.error("cannot read \(ca)")); continue
             }
             if let first = seen[w.spec.id] {
                 found.append(w.secretAt.error("webhook \(w.spec.url) already defined at \(first.short)"))

@@ -75,6 +75,11 @@ public struct WebhookSpec: Sendable, Equatable {
     public var isIPv6: Bool
     /// The request path (`/` when the URL has none).
     public var path: String
+    /// `https://`: TLS, the certificate verified against the system's CAs or `caFile`.
+    public var isTLS: Bool
+    /// `ca_file`: the CA (PEM) that signs the endpoint's certificate, resolved against the
+    /// policy file; nil: the system's CA store.
+    public var caFile: String?
     /// The URL as written (logs, the dashboard): it carries no secret.
     public var url: String
     /// The signing secrets: one, or several while a secret rotates (each signs; the
@@ -93,10 +98,12 @@ public struct WebhookSpec: Sendable, Equatable {
     /// A stable name for this endpoint (its spool and dead-letter records): from the URL.
     public var id: String
 
-    public init(host: String, port: UInt16, isIPv6: Bool = false, path: String = "/", url: String,
+    public init(host: String, port: UInt16, isIPv6: Bool = false, path: String = "/", isTLS: Bool = false,
+                caFile: String? = nil, url: String,
                 secrets: WebhookSecrets, events: Set<WebhookEventType>, consumers: Set<String>? = nil,
                 timeout: Duration = .seconds(5), tries: Int = 8, firstRetry: Duration = .seconds(1), id: String) {
         self.host = host; self.port = port; self.isIPv6 = isIPv6; self.path = path; self.url = url
+        self.isTLS = isTLS; self.caFile = caFile
         self.secrets = secrets; self.events = events; self.consumers = consumers
         self.timeout = timeout; self.tries = tries; self.firstRetry = firstRetry; self.id = id
     }

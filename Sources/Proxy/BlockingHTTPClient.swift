@@ -1,7 +1,40 @@
 import Backends
+import COpenSSL
 import CSystem
 import Glibc
+import Policy
 import Runtime
+
+/// TLS for a `BlockingHTTPClient` (https webhooks): peer verification on against the system's
+/// CA store or one CA file, TLS 1.2 at the lowest, the host checked (name or IP address).
+final class BlockingTLS: @unchecked Sendable {
+    // SAFETY: configured in init, never changed; an SSL_CTX is safe to share for SSL_new.
+    let ctx: OpaquePointer
+
+    /// nil (and `error`) when the CA file or the system store cannot be loaded.
+    init?(caFile: String?, error: inout String) {
+        guard let c = SSL_CTX_new(TLS_client_method()) else { error = "SSL_CTX_new failed"; return nil }
+        ERR_clear_error()
+        if let caFile {
+            if SSL_CTX_load_verify_locations(c, caFile, nil) != 1 {
+                error = "cannot load the CA file \(caFile) (\(TLSContext.opensslError()))"
+                SSL_CTX_free(c)
+                return nil
+            }
+        } else if SSL_CTX_set_default_verify_paths(c) != 1 {
+            error = "no system CA store (\(TLSContext.opensslError()))"
+            SSL_CTX_free(c)
+            return nil
+        }
+        SSL_CTX_set_verify(c, SSL_VERIFY_PEER, nil)
+        _ = tollgate_SSL_CTX_set_min_proto_version(c, tollgate_TLS1_2_VERSION)
+        _ = SSL_CTX_set_options(c, tollgate_SSL_OP_NO_RENEGOTIATION | tollgate_SSL_OP_NO_COMPRESSION)
+        _ = tollgate_SSL_CTX_set_mode(c, tollgate_SSL_MODE_ENABLE_PARTIAL_WRITE | tollgate_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+        ctx = c
+    }
+
+    deinit { SSL_CTX_free(ctx) }
+}
 
 /// A small blocking HTTP/1.1 client for the proxy's own background threads (usage sinks,
 /// the accounting ledger): one keep-alive connection, a deadline per wait, answers read by
@@ -12,18 +45,23 @@ final class BlockingHTTPClient {
     let timeoutMillis: Int32
     private var fd: Int32 = -1
     private var address: UpstreamAddress?
+    private let tls: BlockingTLS?
+    private var ssl: OpaquePointer?
+    /// Why the last request failed, when it was TLS (the certificate, the handshake).
+    private(set) var lastTLSError: String?
 
     /// The most of an answer's body that is kept (the rest is read and dropped, up to
     /// `maxAnswerBytes`, past which the answer is refused).
     static let maxAnswerBytes = 1 << 20
 
-    init(host: String, port: UInt16, timeout: Duration) {
+    init(host: String, port: UInt16, timeout: Duration, tls: BlockingTLS? = nil) {
         self.host = host
         self.port = port
+        self.tls = tls
         timeoutMillis = Int32(clamping: timeout.nanoseconds / 1_000_000)
     }
 
-    deinit { if fd >= 0 { Glibc.close(fd) } }
+    deinit { close() }
 
     struct Answer {
         var status: Int
@@ -61,10 +99,46 @@ final class BlockingHTTPClient {
         var p = pollfd(fd: s, events: Int16(POLLOUT), revents: 0)
         guard poll(&p, 1, timeoutMillis) == 1, Sys.socketError(s) == 0 else { Glibc.close(s); return false }
         fd = s
+        if let tls { return handshake(tls) }
         return true
     }
 
+    /// TLS over the connected socket: SNI and the host checked, the handshake within the
+    /// time-out (each wait bounded by it).
+    private func handshake(_ tls: BlockingTLS) -> Bool {
+        guard let s = SSL_new(tls.ctx) else { close(); return false }
+        ssl = s
+        SSL_set_fd(s, fd)
+        SSL_set_connect_state(s)
+        if IPAddress(host) != nil {
+            _ = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s), host)
+        } else {
+            _ = tollgate_SSL_set_tlsext_host_name(s, host)
+            _ = SSL_set1_host(s, host)
+        }
+        ERR_clear_error()
+        while true {
+            let rc = SSL_connect(s)
+            if rc == 1 { lastTLSError = nil; return true }
+            let e = SSL_get_error(s, rc)
+            if e == SSL_ERROR_WANT_READ, wait(Int16(POLLIN)) { continue }
+            if e == SSL_ERROR_WANT_WRITE, wait(Int16(POLLOUT)) { continue }
+            let verify = SSL_get_verify_result(s)
+            if verify != X509_V_OK, let reason = X509_verify_cert_error_string(verify) {
+                lastTLSError = "TLS: certificate not accepted: " + String(cString: reason)
+            } else {
+                lastTLSError = "TLS handshake failed: " + TLSContext.opensslError()
+            }
+            close()
+            return false
+        }
+    }
+
     func close() {
+        if let ssl {
+            SSL_free(ssl)
+            self.ssl = nil
+        }
         if fd >= 0 { Glibc.close(fd) }
         fd = -1
     }
@@ -75,6 +149,7 @@ final class BlockingHTTPClient {
     }
 
     private func send(_ bytes: [UInt8]) -> Bool {
+        if let ssl { return sendTLS(ssl, bytes) }
         var off = 0
         while off < bytes.count {
             let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + off, $0.count - off, Int32(MSG_NOSIGNAL)) }
@@ -151,7 +226,35 @@ final class BlockingHTTPClient {
         return Answer(status: head.status, body: kept)
     }
 
+    private func sendTLS(_ ssl: OpaquePointer, _ bytes: [UInt8]) -> Bool {
+        var off = 0
+        while off < bytes.count {
+            ERR_clear_error()
+            let n = bytes.withUnsafeBytes { SSL_write(ssl, $0.baseAddress! + off, Int32(clamping: $0.count - off)) }
+            if n > 0 { off += Int(n); continue }
+            let e = SSL_get_error(ssl, n)
+            if e == SSL_ERROR_WANT_WRITE, wait(Int16(POLLOUT)) { continue }
+            if e == SSL_ERROR_WANT_READ, wait(Int16(POLLIN)) { continue }
+            return false
+        }
+        return true
+    }
+
+    private func readTLS(_ ssl: OpaquePointer, into buf: inout [UInt8]) -> Bool {
+        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
+        while true {
+            ERR_clear_error()
+            let n = chunk.withUnsafeMutableBytes { SSL_read(ssl, $0.baseAddress!, Int32($0.count)) }
+            if n > 0 { buf.append(contentsOf: chunk[0..<Int(n)]); return true }
+            let e = SSL_get_error(ssl, n)
+            if e == SSL_ERROR_WANT_READ, wait(Int16(POLLIN)) { continue }
+            if e == SSL_ERROR_WANT_WRITE, wait(Int16(POLLOUT)) { continue }
+            return false   // close_notify, EOF or an error: the answer ends here
+        }
+    }
+
     private func read(into buf: inout [UInt8]) -> Bool {
+        if let ssl { return readTLS(ssl, into: &buf) }
         var chunk = [UInt8](repeating: 0, count: 16 * 1024)
         while true {
             let n = chunk.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress!, $0.count, 0) }

@@ -39,6 +39,15 @@ struct SecurityPolicyTests {
         #expect(w.events == [.lockout, .autoDisable] && w.consumers == ["alice"] && w.tries == 3)
         #expect(w.wants(.lockout, consumer: nil) && w.wants(.autoDisable, consumer: "alice"))
         #expect(!w.wants(.autoDisable, consumer: "bob") && !w.wants(.keyRevoked, consumer: "alice"))
+        #expect(!w.isTLS && w.caFile == nil)
+        let tls = try PolicyLoader.load(yaml: """
+            version: 1
+            security:
+              webhooks:
+                - {url: "https://hooks.example.com/in", secret_env: HOOK, events: [lockout]}
+            """, file: "p.yaml", environment: Self.env)
+        let t = try #require(tls.security?.webhooks.first)
+        #expect(t.isTLS && t.port == 443 && t.host == "hooks.example.com" && t.caFile == nil)
     }
 
     @Test func noSecurityMeansNoFlags() throws {
@@ -59,8 +68,12 @@ struct SecurityPolicyTests {
              "p.yaml:5: security.auto_disable[1]: a refusals rule is already given"),
             ("security:\n  webhooks:\n    - {url: \"http://h:1/x\", secret_env: HOOK, events: [lockdown]}\n",
              "p.yaml:4: security.webhooks[0].events[0]: unknown event 'lockdown' (expected one of lockout, auto_disable, credits_exhausted, quota_exhausted, store_degraded, key_rotated, key_revoked)"),
-            ("security:\n  webhooks:\n    - {url: \"https://h/x\", secret_env: HOOK, events: [lockout]}\n",
-             "p.yaml:4: security.webhooks[0].url: not supported yet (an https webhook)"),
+            ("security:\n  webhooks:\n    - {url: \"http://h/x\", secret_env: HOOK, events: [lockout], ca_file: ca.pem}\n",
+             "p.yaml:4: security.webhooks[0].ca_file: ca_file needs an https:// url"),
+            ("security:\n  webhooks:\n    - {url: \"https://h/x\", secret_env: HOOK, events: [lockout], ca_file: nope.pem}\n",
+             "p.yaml:4: security.webhooks[0].ca_file: cannot read nope.pem"),
+            ("security:\n  webhooks:\n    - {url: \"ftp://h/x\", secret_env: HOOK, events: [lockout]}\n",
+             "p.yaml:4: security.webhooks[0].url: invalid URL 'ftp://h/x' (expected http(s)://host[:port][/path])"),
             ("security:\n  webhooks:\n    - {url: \"http://h:1/x\", events: [lockout]}\n", "p.yaml:4: security.webhooks[0].secret_env: missing required field"),
             ("security:\n  webhooks:\n    - {url: \"http://h:1/x\", secret_env: NOPE, events: [lockout]}\n",
              "p.yaml:4: security.webhooks[0].secret_env: environment variable NOPE is not set"),

@@ -434,4 +434,91 @@ import Testing
         let broke = receiver.of("credits_exhausted").filter { $0.data["account"] as? String == "broke" }
         #expect(broke.count == 1, "\(broke.count) credits_exhausted events for one account on two instances")
     }
+
+    /// An HTTPS webhook receiver (Python's http.server behind its ssl module, a certificate of
+    /// the test's own): each delivery's headers and body land in `out` as one JSON file.
+    final class HTTPSReceiver {
+        let port = freePort()
+        let dir = makeTempDir("tghttps")
+        let cert: TestCertificate
+        let process = Process()
+        var out: String { dir + "/got" }
+
+        init() throws {
+            cert = try TestCertificate.make(in: dir, name: "receiver", host: "localhost")
+            try FileManager.default.createDirectory(atPath: dir + "/got", withIntermediateDirectories: true)
+            writeFile(dir + "/server.py", """
+                import http.server, json, os, ssl, sys
+                port, cert, key, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+                class H(http.server.BaseHTTPRequestHandler):
+                    def do_POST(self):
+                        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                        n = len(os.listdir(out))
+                        with open(os.path.join(out, "%04d.json" % n), "w") as f:
+                            json.dump({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body.decode()}, f)
+                        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+                    def log_message(self, *a): pass
+                srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                ctx.load_cert_chain(cert, key)
+                srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+                srv.serve_forever()
+                """)
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+            process.arguments = [dir + "/server.py", String(port), cert.cert, cert.key, out]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            let up = poll(timeout: 10) { (try? RawClient(port: self.port)).map { $0.close(); return true } ?? false }
+            if up == nil { stop(); throw HarnessError("the HTTPS receiver never listened on \(port)") }
+        }
+
+        var deliveries: [[String: Any]] {
+            let names = ((try? FileManager.default.contentsOfDirectory(atPath: out)) ?? []).sorted()
+            return names.compactMap { FileManager.default.contents(atPath: out + "/" + $0) }
+                .compactMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] }
+        }
+
+        func stop() {
+            if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+    }
+
+    /// Webhooks over HTTPS: delivered to an endpoint whose certificate the policy's `ca_file`
+    /// vouches for; an endpoint checked against the system's CAs (which do not know the
+    /// test's certificate) is refused at the handshake, retried, and dead-lettered saying so.
+    @Test func webhooksGoOverHTTPSWithTheCertificateVerified() throws {
+        let receiver = try HTTPSReceiver()
+        defer { receiver.stop() }
+        let secret = makeTempDir("tgsecret") + "/hook.secret"
+        writeFile(secret, WebhookTests.secret1 + "\n")
+        let t = try Instance(security: """
+            security:
+              lockout: {invalid_keys: 2, per: 1m, for: 1m}
+              webhook_spool: hooks
+              webhooks:
+                - {url: "https://localhost:\(receiver.port)/hooks", secret_file: \(secret), ca_file: \(receiver.cert.cert),
+                   events: [lockout]}
+                - {url: "https://127.0.0.1:\(receiver.port)/untrusted", secret_file: \(secret), events: [lockout],
+                   tries: 2, first_retry: 50ms}
+
+            """)
+        defer { t.stop() }
+        for i in 0..<2 { expectDenial(try t.get("/api/x", from: "198.51.100.77", key: "tls-guess-\(i)"), "INVALID_KEY", 401) }
+        #expect(poll(timeout: 10) { !receiver.deliveries.isEmpty } != nil, "nothing arrived over HTTPS")
+        let d = try #require(receiver.deliveries.first)
+        let headers = d["headers"] as? [String: String] ?? [:]
+        let body = Array((d["body"] as? String ?? "").utf8)
+        let delivery = WebhookReceiver.Delivery(head: "POST /hooks HTTP/1.1\r\n" + headers.map { "\($0): \($1)\r\n" }.joined(),
+                                                body: body, at: Date(), answered: 200)
+        #expect(delivery.type == "lockout" && delivery.data["network"] as? String == "198.51.100.77")
+        #expect(delivery.signature == WebhookTests.expectedSignatures(delivery, secrets: [WebhookTests.secret1]).joined(separator: " "))
+        // The other endpoint: the system's CAs do not know this certificate.
+        let dead = t.dir + "/hooks/dead-letter.jsonl"
+        #expect(poll(timeout: 10) { FileManager.default.fileExists(atPath: dead) } != nil)
+        let line = (try? String(contentsOfFile: dead, encoding: .utf8)) ?? ""
+        #expect(line.contains("/untrusted") && line.contains("certificate not accepted"), "\(line)")
+        #expect(receiver.deliveries.count == 1, "the unverified endpoint must never get the event")
+    }
 }

@@ -129,9 +129,15 @@ final class WebhookWorker: @unchecked Sendable {
 
     /// One POST; nil when the endpoint answered 2xx, else why not (no secret in it).
     private func attempt(_ d: WebhookDelivery, spec: WebhookSpec) -> String? {
-        let key = "\(spec.host):\(spec.port):\(spec.timeout)"
+        let key = "\(spec.host):\(spec.port):\(spec.timeout):\(spec.isTLS):\(spec.caFile ?? "")"
         if client == nil || clientFor != key {
-            client = BlockingHTTPClient(host: spec.host, port: spec.port, timeout: spec.timeout)
+            var tls: BlockingTLS?
+            if spec.isTLS {
+                var why = ""
+                tls = BlockingTLS(caFile: spec.caFile, error: &why)
+                if tls == nil { return "TLS: " + why }
+            }
+            client = BlockingHTTPClient(host: spec.host, port: spec.port, timeout: spec.timeout, tls: tls)
             clientFor = key
         }
         guard let client else { return "no client" }
@@ -144,8 +150,9 @@ final class WebhookWorker: @unchecked Sendable {
             ("webhook-signature", WebhookSignature.header(id: d.event.id, timestamp: ts, body: d.event.body, secrets: spec.secrets)),
         ]
         guard let a = client.request("POST", spec.path, headers: headers, body: d.event.body, keepBody: 0) else {
+            let tls = client.lastTLSError
             client.close()
-            return "no answer (connect, send or read failed or timed out)"
+            return tls ?? "no answer (connect, send or read failed or timed out)"
         }
         if a.status >= 200 && a.status < 300 { return nil }
         return "HTTP \(a.status)"
