@@ -568,6 +568,9 @@ struct NodeReader {
             var format = UsageSinkSpec.HTTPFormat.json
             var timeout: Duration = .seconds(5)
             var batch = 100
+            var tls = false
+            var caFile: String?
+            var caNode: PolicyNode?
             var ok = true
             for (k, kn, v) in m {
                 let p = NodeReader.join(path, k)
@@ -575,11 +578,13 @@ struct NodeReader {
                 case "kind": break
                 case "url":
                     guard let s = nonEmptyString(v, p) else { ok = false; continue }
-                    if s.hasPrefix("https://") { notSupportedYet(v, p, "an https usage sink"); ok = false; continue }
-                    guard let u = PolicyValues.url(s, schemes: ["http": 80]) else {
-                        fail(v, p, "invalid URL '\(s)' (expected http://host[:port][/path])"); ok = false; continue
+                    guard let u = PolicyValues.url(s, schemes: ["http": 80, "https": 443]) else {
+                        fail(v, p, "invalid URL '\(s)' (expected http(s)://host[:port][/path])"); ok = false; continue
                     }
                     url = u
+                    tls = s.hasPrefix("https://")
+                case "ca_file":
+                    if let f = nonEmptyString(v, p) { caFile = PolicyValues.resolve(f, relativeToFileAt: file); caNode = v } else { ok = false }
                 case "format":
                     guard let s = string(v, p) else { ok = false; continue }
                     if let f = UsageSinkSpec.HTTPFormat(rawValue: s) { format = f } else {
@@ -591,10 +596,11 @@ struct NodeReader {
                 }
             }
             if !m.contains(where: { $0.key == "url" }) { missing(n, path, "url"); ok = false }
+            if let caNode, !tls, ok { fail(caNode, path + ".ca_file", "ca_file needs an https:// url"); ok = false }
             guard ok, let url else { return nil }
             let target = "\(url.isIPv6 ? "[\(url.host)]" : url.host):\(url.port)\(url.basePath.isEmpty ? "/" : url.basePath)"
             return UsageSinkSpec(kind: .http(host: url.host, port: url.port, path: url.basePath.isEmpty ? "/" : url.basePath,
-                                             format: format, timeout: timeout, batch: batch),
+                                             format: format, timeout: timeout, batch: batch, tls: tls, caFile: caFile),
                                  id: "http-" + PolicyValues.shortDigest(target + format.rawValue), label: "http:" + target)
         default:
             fail(kindEntry.value, path + ".kind", "invalid value '\(kind)' (expected file, redis_stream or http)")

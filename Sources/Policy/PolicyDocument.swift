@@ -66,7 +66,7 @@
 ///
 /// Settings of the contract that are not built yet are refused at their key with
 /// `not supported yet` (a setting read and then ignored would be a silent hole):
-/// backend base paths and `https://` usage sinks and webhooks.
+/// backend base paths.
 ///
 /// Provider secrets (seed 004):
 ///

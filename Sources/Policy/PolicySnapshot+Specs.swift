@@ -65,7 +65,9 @@ public struct UsageSinkSpec: Sendable, Equatable {
         case redisStream(stream: String, maxLength: Int)
         /// Batches POSTed to `http://host:port/path`: a JSON array (`json`), or one seed 003
         /// `POST /api/usage/record` per record (`accounting`, the record id as Idempotency-Key).
-        case http(host: String, port: UInt16, path: String, format: HTTPFormat, timeout: Duration, batch: Int)
+        /// `https://` (`tls`): the certificate verified against the system's CAs or `caFile`.
+        case http(host: String, port: UInt16, path: String, format: HTTPFormat, timeout: Duration, batch: Int,
+                  tls: Bool = false, caFile: String? = nil)
     }
     public enum HTTPFormat: String, Sendable, Equatable { case json, accounting }
     public var kind: Kind

@@ -59,8 +59,6 @@ struct NotSupportedYetTests {
             backends:
               flowise: {url: http://127.0.0.1:7003/api/v1}
             """, expected: ["p.yaml:3: backends.flowise.url: not supported yet (a base path)"]),
-        Case(name: "an https usage sink", yaml: "version: 1\n\nusage:\n  spool: s\n  sinks:\n    - {kind: http, url: \"https://u.example/x\"}\n",
-             expected: ["p.yaml:6: usage.sinks[0].url: not supported yet (an https usage sink)"]),
     ]
 
     @Test(arguments: cases) func refusedAtItsKey(_ c: Case) {

@@ -521,4 +521,26 @@ import Testing
         #expect(line.contains("/untrusted") && line.contains("certificate not accepted"), "\(line)")
         #expect(receiver.deliveries.count == 1, "the unverified endpoint must never get the event")
     }
+
+    /// The same TLS client carries usage records to an `https://` sink (a JSON array per
+    /// batch), its certificate verified with the sink's `ca_file`.
+    @Test func usageRecordsGoToAnHTTPSSink() throws {
+        let receiver = try HTTPSReceiver()
+        defer { receiver.stop() }
+        let t = try Instance(security: """
+            usage:
+              spool: spool
+              durability: 0ms
+              sinks:
+                - {kind: http, url: "https://localhost:\(receiver.port)/usage", ca_file: \(receiver.cert.cert), format: json}
+
+            """)
+        defer { t.stop() }
+        #expect(try t.get("/api/u", from: "198.51.100.90", key: Self.aliceKey).status == 200)
+        #expect(poll(timeout: 10) { !receiver.deliveries.isEmpty } != nil, "no usage batch arrived over HTTPS")
+        let body = (receiver.deliveries.first?["body"] as? String) ?? ""
+        let records = (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [[String: Any]] ?? []
+        #expect(records.contains { $0["key_id"] as? String == "key_alice" && $0["route"] as? String == "api" }, "\(body)")
+        #expect(!body.contains(Self.aliceKey))
+    }
 }

@@ -202,8 +202,8 @@ import Testing
             """)
             return try runTollgate(["check", dir + "/gateway.yaml"])
         }
-        let (rc1, o1) = try check("usage:\n  spool: s\n  sinks:\n    - {kind: http, url: \"https://h.example/u\"}\n")
-        #expect(rc1 != 0 && o1.contains("gateway.yaml:14") && o1.contains("usage.sinks[0].url") && o1.contains("not supported yet"), "\(o1)")
+        let (rc1, o1) = try check("usage:\n  spool: s\n  sinks:\n    - {kind: http, url: \"http://h.example/u\", ca_file: ca.pem}\n")
+        #expect(rc1 != 0 && o1.contains("gateway.yaml:14") && o1.contains("usage.sinks[0].ca_file: ca_file needs an https:// url"), "\(o1)")
         let (rc0, o0) = try check("usage:\n  spool: s\n  sinks:\n    - {kind: redis_stream, stream: x}\n")
         #expect(rc0 != 0 && o0.contains("store.redis"), "\(o0)")
         let (rc2, o2) = try check("usage:\n  spool: s\n  durability: soon\n")

@@ -38,8 +38,9 @@ final class UsageSinkRunner: @unchecked Sendable {
         case .redisStream(let stream, let maxLength):
             // The compiler refused a redis_stream sink without store.redis.
             sink = RedisStreamUsageSink(url: spool.store ?? RedisURL(endpoint: .tcp(host: "127.0.0.1", port: 6379)), stream: stream, maxLength: maxLength)
-        case .http(let host, let port, let path, let format, let timeout, let batch):
-            sink = HTTPUsageSink(host: host, port: port, path: path, format: format, timeout: timeout, batch: batch)
+        case .http(let host, let port, let path, let format, let timeout, let batch, let tls, let caFile):
+            sink = HTTPUsageSink(host: host, port: port, path: path, format: format, timeout: timeout, batch: batch,
+                                 tls: tls, caFile: caFile)
         }
         let start = Self.readCursor(cursorPath) ?? SpoolPosition(segment: oldest, offset: 0)
         positionLock.withLock { $0 = start }

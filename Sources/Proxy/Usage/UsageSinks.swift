@@ -180,14 +180,27 @@ final class HTTPUsageSink: UsageSink, @unchecked Sendable {
     let batch: Int
     private let client: BlockingHTTPClient
 
-    init(host: String, port: UInt16, path: String, format: UsageSinkSpec.HTTPFormat, timeout: Duration, batch: Int) {
+    /// The TLS set-up failed (an unreadable CA file): nothing is sent (never in clear text to
+    /// an https endpoint); the records stay spooled and the log says why.
+    private let tlsFailure: String?
+
+    init(host: String, port: UInt16, path: String, format: UsageSinkSpec.HTTPFormat, timeout: Duration, batch: Int,
+         tls: Bool = false, caFile: String? = nil) {
         self.path = path
         self.format = format
         self.batch = batch
-        client = BlockingHTTPClient(host: host, port: port, timeout: timeout)
+        var context: BlockingTLS?
+        var why = ""
+        if tls {
+            context = BlockingTLS(caFile: caFile, error: &why)
+            if context == nil { Log.error("usage sink https://\(host):\(port)\(path): \(why); records stay spooled") }
+        }
+        tlsFailure = tls && context == nil ? why : nil
+        client = BlockingHTTPClient(host: host, port: port, timeout: timeout, tls: context)
     }
 
     func deliver(_ lines: UnsafeRawBufferPointer, lines count: Int) -> Int {
+        if tlsFailure != nil { return 0 }
         var delivered = 0
         var body: [UInt8] = []
         var inBatch = 0
