@@ -70,11 +70,7 @@ enum PolicyCompiler {
         if let c = credits, c.ledger == .accounting, let name = c.accountingBackend,
            let at = docs.lazy.compactMap({ $0.credits?.at }).first {
             let where_ = SourceLocation(file: at.file, line: at.line, keyPath: "credits.accounting.backend")
-            if let (i, _) = backendIndex[name] {
-                if backends[i].tls != nil {
-                    found.append(where_.error("not supported yet (an https accounting service)"))
-                }
-            } else {
+            if backendIndex[name] == nil {
                 found.append(where_.error("unknown backend '\(name)'"))
             }
         }

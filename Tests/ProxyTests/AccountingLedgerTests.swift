@@ -36,11 +36,36 @@ import Testing
         var policy: String { dir + "/gw.yaml" }
         var env: [String: String] { ["ACCT_TOKEN": token] }
 
-        init(upstream: UInt16) throws {
+        /// With `tls`, the service is reached over HTTPS: a second Tollgate terminates TLS in
+        /// front of it (a certificate of the test's own, the CA named by `tls.ca`).
+        var front: TollgateProcess?
+
+        init(upstream: UInt16, tls: Bool = false) throws {
             token = try AccountingLedgerTests.serviceToken()
             backends = try TollgateProcess(arguments: ["backends", "--finance", "off", "--flowise", "off",
                                                        "--accounting", "127.0.0.1:\(acctPort)", "--data", dir + "/acct",
                                                        "--jwt-secret", AccountingLedgerTests.secret], port: acctPort)
+            var service = "accounting: {url: \"http://127.0.0.1:\(acctPort)\"}"
+            if tls {
+                let frontPort = freePort()
+                let cert = try TestCertificate.make(in: dir, name: "acct", host: "localhost")
+                try FileManager.default.createDirectory(atPath: dir + "/front", withIntermediateDirectories: true)
+                writeFile(dir + "/front/front.yaml", """
+                version: 1
+                listen:
+                  - address: 127.0.0.1:\(frontPort)
+                    tls: {certificate: \(cert.cert), private_key: \(cert.key)}
+                credentials:
+                  api_key: {headers: [X-Front-Key], forward: true}
+                backends:
+                  acct: {url: "http://127.0.0.1:\(acctPort)"}
+                routes:
+                  - {name: all, match: {path_prefix: /}, backend: acct, auth: none}
+
+                """)
+                front = try TollgateProcess(policies: dir + "/front", port: frontPort, threads: 1)
+                service = "accounting: {url: \"https://localhost:\(frontPort)\", tls: {ca: \(cert.cert)}}"
+            }
             writeFile(policy, """
             version: 1
             listen:
@@ -50,7 +75,7 @@ import Testing
               ledger: accounting
               accounting: {backend: accounting, token_env: ACCT_TOKEN}
             backends:
-              accounting: {url: "http://127.0.0.1:\(acctPort)"}
+              \(service)
               up: {url: "http://127.0.0.1:\(upstream)"}
             routes:
               - name: paid
@@ -81,6 +106,7 @@ import Testing
         }
 
         func stop() {
+            front?.stop()
             backends.stop()
             try? FileManager.default.removeItem(atPath: dir)
         }
@@ -132,5 +158,20 @@ import Testing
         tg = try s.serve()
         defer { tg.stop() }
         #expect(try poll(timeout: 10) { try s.balance() == 101 } != nil)
+    }
+
+    /// The accounting service over HTTPS (its certificate checked against `tls.ca`): the
+    /// deduct-first ledger and the credits commands work the same.
+    @Test func theAccountingServiceMayBeHTTPS() throws {
+        let up = try echoUpstream()
+        defer { up.stop() }
+        let s = try Setup(upstream: up.port, tls: true)
+        defer { s.stop() }
+        try s.grant(1)                           // through the CLI, over TLS
+        #expect(try s.balance() == 101)
+        let tg = try s.serve()
+        for _ in 0..<3 { #expect(try get(s.port, "/paid/x", headers: ["X-API-Key": Self.key]).status == 200) }
+        #expect(tg.stop() == 0)
+        #expect(try s.balance() == 95)
     }
 }

@@ -56,7 +56,13 @@ struct CreditsCommand: ParsableCommand {
         var headers = [("Authorization", "Bearer " + token), ("Content-Type", "application/json")]
         if let key { headers.append(("Idempotency-Key", key)) }
         let data = try body.map { try JSONSerialization.data(withJSONObject: $0, options: [.sortedKeys]) }.map { Array($0) } ?? []
-        let client = BlockingHTTPClient(host: backend.host, port: backend.port, timeout: .seconds(5))
+        var tls: BlockingTLS?
+        if let t = backend.tls {
+            var why = ""
+            tls = BlockingTLS(caFile: t.caFile, error: &why)
+            if tls == nil { throw ValidationError("the accounting service's TLS: \(why)") }
+        }
+        let client = BlockingHTTPClient(host: backend.host, port: backend.port, timeout: .seconds(5), tls: tls)
         guard let a = client.request(method, path, headers: headers, body: data) else {
             throw ValidationError("accounting service at \(backend.host):\(backend.port) did not answer")
         }

@@ -114,7 +114,7 @@ struct Serve: ParsableCommand {
             }
             do {
                 accounting = try AccountingLedger(host: backend.host, port: backend.port, token: token,
-                                                  directory: CreditsCommand.directory(spec, policies: policies))
+                                                  directory: CreditsCommand.directory(spec, policies: policies), tls: backend.tls)
             } catch {
                 Log.error("credits: \(error)")
                 throw ExitCode(1)

@@ -2,6 +2,7 @@ import Backends
 import CSystem
 import Foundation
 import Glibc
+import Policy
 import Runtime
 import Synchronization
 
@@ -52,10 +53,22 @@ final class AccountingLedger: @unchecked Sendable {
     static let workers = 4
     static let fileName = "accounting-holds.jsonl"
 
-    init(host: String, port: UInt16, token: String, directory: String) throws(LedgerError) {
+    /// TLS to an `https://` accounting service (its backend's `tls.ca`, else the system's CAs).
+    private let tls: BlockingTLS?
+
+    init(host: String, port: UInt16, token: String, directory: String, tls: BackendTLS? = nil) throws(LedgerError) {
         self.host = host
         self.port = port
         self.token = token
+        if let t = tls {
+            var why = ""
+            guard let context = BlockingTLS(caFile: t.caFile, error: &why) else {
+                throw LedgerError(message: "the accounting service's TLS: \(why)")
+            }
+            self.tls = context
+        } else {
+            self.tls = nil
+        }
         path = (directory as NSString).appendingPathComponent(Self.fileName)
         try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
@@ -109,7 +122,7 @@ final class AccountingLedger: @unchecked Sendable {
     // MARK: workers
 
     private func work() {
-        let client = BlockingHTTPClient(host: host, port: port, timeout: .seconds(5))
+        let client = BlockingHTTPClient(host: host, port: port, timeout: .seconds(5), tls: tls)
         while true {
             signal.wait()
             guard let job = queue.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else {
