@@ -324,6 +324,51 @@ import Testing
         for k in gate.providerKeys { #expect(!tg.log.contains(k)) }
     }
 
+    /// `secrets rekey`: every secret re-encrypted under a new master key in one change; the
+    /// old key no longer opens the store; a running instance keeps serving from memory, and
+    /// the policy pointed at the new key serves the same values.
+    @Test func rekeyMovesTheStoreToANewMasterKey() throws {
+        let gate = Gate()
+        defer { gate.remove() }
+        let backend = try gate.backend()
+        defer { backend.stop() }
+        try gate.set(gate.providerKeys[0])
+        try gate.set(gate.providerKeys[2], consumer: "bob")
+        let tg = try gate.serve()
+        #expect(try gate.chat(SecretsTests.bobKey).header("X-Flowise-Key") == "3")
+        let before = try String(contentsOfFile: gate.store, encoding: .utf8)
+        let newKey = Gate.randomHex(32)
+        writeFile(gate.dir + "/keys/master-2.key", newKey + "\n")
+        // The same key, or none, is refused.
+        #expect(try gate.secrets(["rekey", "--new-master-key-file", gate.dir + "/keys/master.key"]).0 != 0)
+        #expect(try gate.secrets(["rekey"]).0 != 0)
+        let (rc, out) = try gate.secrets(["rekey", "--new-master-key-file", gate.dir + "/keys/master-2.key"])
+        #expect(rc == 0 && out.contains("rekeyed: 2 secret(s)"), "\(out)")
+        #expect(!out.contains(newKey) && !out.contains(gate.masterKeyHex))
+        let after = try String(contentsOfFile: gate.store, encoding: .utf8)
+        #expect(after != before)
+        for k in gate.providerKeys { #expect(!after.contains(k)) }
+        // The policy still names the old key: the store no longer opens with it.
+        let (listRC, listOut) = try gate.secrets(["list"])
+        #expect(listRC != 0 && listOut.contains("master key does not open"), "\(listOut)")
+        // The running instance keeps serving what it holds.
+        #expect(try gate.chat(SecretsTests.bobKey).header("X-Flowise-Key") == "3")
+        // Pointed at the new key (a reload): the same secrets serve.
+        let text = try String(contentsOfFile: gate.policy, encoding: .utf8)
+        writeFile(gate.policy, text.replacingOccurrences(of: "keys/master.key", with: "keys/master-2.key"))
+        #expect(poll(timeout: 5) { tg.log.contains("policy reloaded") } != nil, "\(tg.log)")
+        #expect(!tg.log.contains("refused"), "\(tg.log)")
+        #expect(try gate.chat(SecretsTests.bobKey).header("X-Flowise-Key") == "3")
+        #expect(try gate.chat(SecretsTests.aliceKey).header("X-Flowise-Key") == "1")
+        let (l2, o2) = try gate.secrets(["list"])
+        #expect(l2 == 0 && o2.contains("flowise_api_key"), "\(o2)")
+        let audit = (try? String(contentsOfFile: gate.dir + "/audit.jsonl", encoding: .utf8)) ?? ""
+        #expect(audit.contains("\"action\":\"secret.rekeyed\"") && !audit.contains(newKey))
+        #expect(tg.stop() == 0)
+        for k in gate.providerKeys { #expect(!tg.log.contains(k)) }
+        #expect(!tg.log.contains(newKey))
+    }
+
     /// HTTP/2: the same injection (the stream's head is written by the same writer).
     @Test func http2StreamsGetTheInjectedKey() throws {
         let gate = Gate()

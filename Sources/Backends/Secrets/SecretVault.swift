@@ -82,6 +82,46 @@ public final class SecretVault: @unchecked Sendable {
         }
     }
 
+    /// Whether `key` is this vault's master key (compared in constant time).
+    public func isMaster(_ key: SecureBytes) -> Bool {
+        key.count == master.count && timingSafeEqual(key.prefix(key.count), master.prefix(master.count))
+    }
+
+    /// Re-encrypts every secret under `newMaster` (new salts, a new check value), in one
+    /// atomic change of the store: `secrets rekey`. Returns how many secrets were moved. The
+    /// store then opens with the new key only; a running instance keeps serving the secrets
+    /// it holds in memory until its policy names the new key (a reload opens the store with
+    /// it first, and is refused if that fails).
+    public func rekey(to newMaster: SecureBytes) throws(SecretStoreError) -> Int {
+        let next = SecretVault(master: newMaster, location: location)
+        return try SecretStoreAccess.mutate(location) { (c: inout SecretStoreContents) throws(SecretStoreError) -> Int in
+            try verify(c)
+            if c.isEmpty { return 0 }
+            var out = SecretStoreContents()
+            let checkSalt = SecretCipher.random(SecretCipher.saltBytes)
+            out.check = .init(salt: checkSalt, mac: next.keys(salt: checkSalt).checkValue())
+            for scope in Set(c.secrets.keys.map(\.scope)) { out.salts[scope] = SecretCipher.random(SecretCipher.saltBytes) }
+            for (slot, sealed) in c.secrets {
+                guard let oldSalt = c.salts[slot.scope], let newSalt = out.salts[slot.scope] else {
+                    throw .store("secret \(slot.name) (\(slot.scope.label)): its scope has no salt (damaged store)")
+                }
+                let plain = SecureBytes(count: max(1, sealed.ciphertext.count))
+                guard keys(salt: oldSalt).open(sealed, into: plain.base) else {
+                    throw .store("secret \(slot.name) for \(slot.scope.label) does not decrypt: the store at \(location) was altered")
+                }
+                let value = UnsafeRawBufferPointer(start: plain.base, count: sealed.ciphertext.count)
+                guard let resealed = next.keys(salt: newSalt).seal(value, name: slot.name, scope: slot.scope) else {
+                    throw .store("secret store: encryption failed (OpenSSL)")
+                }
+                out.secrets[slot] = SealedSecret(name: sealed.name, scope: sealed.scope, nonce: resealed.nonce,
+                                                 ciphertext: resealed.ciphertext, tag: resealed.tag, updatedAt: sealed.updatedAt)
+            }
+            let moved = out.secrets.count
+            c = out
+            return moved
+        }
+    }
+
     /// One row of `secrets list`.
     public struct Listing: Sendable {
         public var name: String

@@ -18,6 +18,8 @@ enum AuditAction: String, Sendable, CaseIterable {
     /// Secrets and credits: not emitted yet (their features are later issues).
     case secretSet = "secret.set"
     case secretDeleted = "secret.deleted"
+    /// `tollgate secrets rekey`: every secret re-encrypted under a new master key.
+    case secretsRekeyed = "secret.rekeyed"
     case creditsGranted = "credits.granted"
     /// Security actions: an address locked out, a key auto-disabled (with the evidence).
     case securityLockout = "security.lockout"

@@ -13,7 +13,7 @@ struct SecretsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "secrets",
         abstract: "Set, list and delete provider secrets (encrypted at rest with the policy's master key).",
-        subcommands: [Set.self, List.self, Delete.self])
+        subcommands: [Set.self, List.self, Delete.self, Rekey.self])
 
     struct Common: ParsableArguments {
         @Option(help: "The policy file or directory the running instances serve.")
@@ -149,6 +149,38 @@ struct SecretsCommand: ParsableCommand {
                 ("store", .string(access.kind)), ("os_user", .string(AuditLog.osUser())),
             ]), done: "secret \(SecretsCommand.describe(name, scope)) was deleted")
             print("deleted: \(SecretsCommand.describe(name, scope))")
+        }
+    }
+
+    struct Rekey: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Re-encrypt every secret under a new master key (one atomic change); then point the policy at the new key.")
+        @Option(help: "A file holding the new master key (64 hex characters).") var newMasterKeyFile: String?
+        @Option(help: "An environment variable holding the new master key.") var newMasterKeyEnv: String?
+        @OptionGroup var common: Common
+
+        func run() throws {
+            let source: SecretsSpec.MasterKey
+            switch (newMasterKeyFile, newMasterKeyEnv) {
+            case (let f?, nil): source = .file(f)
+            case (nil, let e?): source = .env(e)
+            default: throw ValidationError("give --new-master-key-file or --new-master-key-env (one of them)")
+            }
+            let access = try Access(policies: common.policies)
+            let next: SecureBytes
+            do { next = try MasterKey.load(SecretsSpec(masterKey: source)) } catch { throw KeysError("secrets: the new key: \(error)") }
+            if access.vault.isMaster(next) {
+                throw KeysError("secrets: the new master key is the current one")
+            }
+            let audit = try access.openAudit()
+            let moved: Int
+            do { moved = try access.vault.rekey(to: next) } catch { throw KeysError("secrets: \(error)") }
+            try access.record(audit, AuditEvent(.secretsRekeyed, actor: .cli, subject: access.kind, details: [
+                ("secrets", .int(Int64(moved))), ("new_key", .string(SecretsSpec(masterKey: source).source)),
+                ("store", .string(access.kind)), ("os_user", .string(AuditLog.osUser())),
+            ]), done: "the secret store was re-encrypted")
+            print("rekeyed: \(moved) secret(s) now open with the new master key only")
+            print("next: point the policy's secrets block at the new key (running instances keep serving what they hold until they reload with it)")
         }
     }
 }
