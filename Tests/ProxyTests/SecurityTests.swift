@@ -4,6 +4,7 @@ import Glibc
 import Policy
 import Runtime
 import Testing
+@testable import Proxy
 
 /// `security:` end to end through the real binary: lock-out per client network, bounded
 /// counters under an address flood, auto-disable (refusals; networks across three instances on
@@ -25,11 +26,12 @@ import Testing
 
         init(security: String) throws {
             upstream = try recordingUpstream(heads)
+            writeFile(dir + "/admin-tokens", AdminAuth.tokensFileLine + "\n")
             writeFile(dir + "/00-gateway.yaml", """
                 version: 1
                 listen:
                   - address: 127.0.0.1:\(port)
-                admin: {address: "127.0.0.1:\(admin)"}
+                admin: {address: "127.0.0.1:\(admin)", tokens_file: admin-tokens}
                 clients:
                   trusted_proxies: [127.0.0.1/32]
                 credentials:
@@ -542,5 +544,60 @@ import Testing
         let records = (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [[String: Any]] ?? []
         #expect(records.contains { $0["key_id"] as? String == "key_alice" && $0["route"] as? String == "api" }, "\(body)")
         #expect(!body.contains(Self.aliceKey))
+    }
+
+    /// An operator lists the lock-outs and lifts one (`tollgate security bans|unban`, through
+    /// the admin listener and its credential); audited.
+    @Test func anOperatorListsAndLiftsALockOut() throws {
+        let t = try Instance(security: "security:\n  lockout: {invalid_keys: 3, per: 1m, for: 10m}\n")
+        defer { t.stop() }
+        for i in 0..<3 { expectDenial(try t.get("/api/x", from: "198.51.100.60", key: "g\(i)"), "INVALID_KEY", 401) }
+        for i in 0..<3 { expectDenial(try t.get("/api/x", from: "2001:db8:5:6::\(i + 1)", key: "h\(i)"), "INVALID_KEY", 401) }
+        expectDenial(try t.get("/api/x", from: "198.51.100.60", key: Self.aliceKey), "LOCKED_OUT", 429)
+        let env = ["TOLLGATE_ADMIN_TOKEN": AdminAuth.token]
+        let (rc, out) = try runTollgate(["security", "bans", "--policies", t.dir], environment: env)
+        #expect(rc == 0 && out.contains("198.51.100.60  until ") && out.contains("2001:db8:5:6::/64  until "), "\(out)")
+        // Without the admin credential: refused.
+        let (bad, why) = try runTollgate(["security", "bans", "--policies", t.dir], environment: ["TOLLGATE_ADMIN_TOKEN": "not-it"])
+        #expect(bad != 0 && why.contains("refused"), "\(why)")
+        #expect(try get(t.admin, "/v1/security/bans").status == 401)
+        // Lifted: served again at once; the other ban holds.
+        let (u, uo) = try runTollgate(["security", "unban", "198.51.100.60", "--policies", t.dir], environment: env)
+        #expect(u == 0 && uo.contains("198.51.100.60: lifted"), "\(uo)")
+        #expect(try t.get("/api/x", from: "198.51.100.60", key: Self.aliceKey).status == 200)
+        expectDenial(try t.get("/api/x", from: "2001:db8:5:6::99", key: Self.aliceKey), "LOCKED_OUT", 429)
+        // Any address of the /64 names it.
+        let (u6, u6o) = try runTollgate(["security", "unban", "2001:db8:5:6::abcd", "--policies", t.dir], environment: env)
+        #expect(u6 == 0 && u6o.contains("2001:db8:5:6::/64: lifted"), "\(u6o)")
+        #expect(try t.get("/api/x", from: "2001:db8:5:6::99", key: Self.aliceKey).status == 200)
+        let (n, no) = try runTollgate(["security", "unban", "not-an-address", "--policies", t.dir], environment: env)
+        #expect(n != 0 && no.contains("not an IPv4 address"), "\(no)")
+        let lifted = t.audit("security.unban").compactMap { ($0["details"] as? [String: Any])?["network"] as? String }
+        #expect(lifted == ["198.51.100.60", "2001:db8:5:6::/64"])
+    }
+
+    /// With Redis, an `unban` published on the invalidation channel (what the admin API does
+    /// after deleting the shared ban) lifts the ban on every instance.
+    @Test func anUnbanPublishedThroughRedisLiftsTheBanEverywhere() throws {
+        let fleet = try RedisFleet(modes: ["closed", "closed"], deadline: "500ms", keys: nil, extra: Self.fleetSecurity)
+        defer { fleet.stop() }
+        let minted = try fleet.mint(consumer: "nat", plan: nil, id: "key_nat")
+        let c = try RawClient(port: fleet.ports[0])
+        for i in 0..<25 { _ = try Self.send(c, "/api/x", from: "192.0.2.200", key: "nat-guess-\(i)") }
+        c.close()
+        for port in fleet.ports {
+            #expect(try poll(timeout: 3) {
+                (try? get(port, "/api/x", headers: ["X-API-Key": minted.key, "X-Forwarded-For": "192.0.2.200"]))?.errorCode == "LOCKED_OUT"
+            } != nil, ":\(port) never locked the address out")
+        }
+        let redis = try fleet.redis.client()
+        let wire = try #require(SecurityAPI.network("192.0.2.200")).wire
+        _ = try redis.run(["DEL", "tg:sec:{sec}:ban:" + wire])
+        _ = try redis.run(["PUBLISH", "tg:invalidate", "unban " + wire])
+        for port in fleet.ports {
+            #expect(try poll(timeout: 3) {
+                (try? get(port, "/api/x", headers: ["X-API-Key": minted.key, "X-Forwarded-For": "192.0.2.200"]))?.status == 200
+            } != nil, ":\(port) still locks the address out")
+        }
     }
 }

@@ -156,6 +156,12 @@ if not link or link.get("path") != "/?window=7d":
     failures.append("dashboard link: the path is not the one asked for")
 call("POST", "/v1/dashboard/links", {"path": "https://evil.example/"}, expect=400)
 call("POST", "/v1/dashboard/links", {"path": "/"}, auth=False, expect=401)
+# Lock-outs.
+call("GET", "/v1/security/bans", expect=200)
+call("GET", "/v1/security/bans", auth=False, expect=401)
+call("DELETE", "/v1/security/bans?network=203.0.113.9", expect=200)
+call("DELETE", "/v1/security/bans?network=2001:db8:1:2::/64", expect=200)
+call("DELETE", "/v1/security/bans?network=not-an-address", expect=400)
 
 for template, item in spec["paths"].items():
     for method in item:

@@ -17,7 +17,8 @@ final class AdminServer: Sendable {
         init(storeMustAnswer: Bool) { self.storeMustAnswer = storeMustAnswer }
     }
 
-    init(spec: AdminSpec, readiness: Readiness, usage: UsageAggregates? = nil, keys: KeyAPI? = nil) throws(ReferenceServerError) {
+    init(spec: AdminSpec, readiness: Readiness, usage: UsageAggregates? = nil, keys: KeyAPI? = nil,
+         security: SecurityMonitor? = nil) throws(ReferenceServerError) {
         var router = ReferenceRouter()
         if let usage {
             // Per-key usage, aggregated by the spool writer (`UsageAggregates`); behind the
@@ -30,6 +31,7 @@ final class AdminServer: Sendable {
             }
         }
         keys?.register(into: &router)
+        if let keys, let security { SecurityAPI(keys: keys, monitor: security).register(into: &router) }
         // The dashboard (`/`, `/login`, `/logout`, `/v1/dashboard/links`): behind the same
         // admin credential, so only with the key API.
         if let keys { Dashboard(keys: keys, usage: usage, readiness: readiness).register(into: &router) }

@@ -24,6 +24,8 @@ enum AuditAction: String, Sendable, CaseIterable {
     /// Security actions: an address locked out, a key auto-disabled (with the evidence).
     case securityLockout = "security.lockout"
     case securityAutoDisable = "security.auto_disable"
+    /// An operator lifted a lock-out (`DELETE /v1/security/bans`).
+    case securityUnban = "security.unban"
     case serverStarted = "server.started"
     case serverStopped = "server.stopped"
     /// A torn last line (a crash mid-append) was cut off before this entry was written.

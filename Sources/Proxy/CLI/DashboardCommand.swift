@@ -25,39 +25,12 @@ struct DashboardCommand: ParsableCommand {
         var admin: String?
 
         func run() throws {
-            let snapshot: PolicySnapshot
-            do { snapshot = try PolicyLoader.load(path: policies, environment: .tools) } catch {
-                throw ValidationError(error.errors.map(\.description).joined(separator: "\n"))
+            let client = try AdminClient(policies: policies, admin: admin)
+            let (status, o) = try client.call("POST", "/v1/dashboard/links", json: ["path": path])
+            guard status == 201, let url = o["url"] as? String else {
+                throw KeysError("the admin listener refused: \(AdminClient.message(o, status: status))")
             }
-            var host = snapshot.admin?.host ?? ""
-            var port = snapshot.admin?.port ?? 0
-            if let admin {
-                guard let colon = admin.lastIndex(of: ":"), let p = UInt16(admin[admin.index(after: colon)...]) else {
-                    throw ValidationError("--admin: HOST:PORT")
-                }
-                host = String(admin[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-                port = p
-            }
-            guard port != 0 else { throw ValidationError("\(policies) has no admin listener (admin.address), and no --admin was given") }
-            if host == "0.0.0.0" { host = "127.0.0.1" } else if host == "::" { host = "::1" }
-            var token = ProcessInfo.processInfo.environment["TOLLGATE_ADMIN_TOKEN"] ?? ""
-            if token.isEmpty { token = readLine(strippingNewline: true) ?? "" }
-            token = token.trimmingCharacters(in: .whitespacesAndNewlines)
-            guard !token.isEmpty else { throw ValidationError("no admin token: set TOLLGATE_ADMIN_TOKEN or pipe it to standard input") }
-            let body = (try? JSONSerialization.data(withJSONObject: ["path": path])) ?? Data()
-            let client = BlockingHTTPClient(host: host, port: port, timeout: .seconds(5))
-            guard let answer = client.request("POST", "/v1/dashboard/links",
-                                              headers: [("Authorization", "Bearer " + token), ("Content-Type", "application/json")],
-                                              body: Array(body)) else {
-                throw KeysError("no answer from the admin listener at \(host):\(port)")
-            }
-            let o = (try? JSONSerialization.jsonObject(with: Data(answer.body))) as? [String: Any] ?? [:]
-            guard answer.status == 201, let url = o["url"] as? String else {
-                let message = ((o["error"] as? [String: Any])?["message"] as? String) ?? "status \(answer.status)"
-                throw KeysError("the admin listener refused: \(message)")
-            }
-            let authority = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
-            print("http://\(authority)\(url)")
+            print("http://\(client.authority)\(url)")
             print("valid once, until \(o["expires"] as? String ?? "60 s from now")")
         }
     }

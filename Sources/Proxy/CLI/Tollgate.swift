@@ -13,7 +13,7 @@ struct Tollgate: ParsableCommand {
         abstract: "API-key enforcement sidecar: a reverse proxy that checks every request against policy files.",
         version: "0.1.0",
         subcommands: [Serve.self, Check.self, Keys.self, CreditsCommand.self, SecretsCommand.self, AuditCommand.self,
-                      BackendsCommand.self, WebhooksCommand.self, DashboardCommand.self]
+                      BackendsCommand.self, WebhooksCommand.self, DashboardCommand.self, SecurityCommand.self]
     )
 }
 
@@ -139,7 +139,8 @@ struct Serve: ParsableCommand {
             do {
                 let keyAPI = KeyAPI(policies: policies, snapshot: { reloader.snapshot }, tokensFile: spec.tokensFile,
                                     usage: usage?.aggregates)
-                admin = try AdminServer(spec: spec, readiness: readiness, usage: usage?.aggregates, keys: keyAPI)
+                admin = try AdminServer(spec: spec, readiness: readiness, usage: usage?.aggregates, keys: keyAPI,
+                                        security: server.security)
             } catch {
                 Log.error("admin: cannot listen on \(spec.host):\(spec.port): \(error)")
                 throw ExitCode(1)

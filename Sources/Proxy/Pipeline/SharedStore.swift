@@ -41,6 +41,7 @@ final class SharedStore {
     var onSecurityMessage: (([UInt8]) -> Void)?
     static let banPrefix = Array("ban ".utf8)
     static let offPrefix = Array("off ".utf8)
+    static let unbanPrefix = Array("unban ".utf8)
 
     /// Whether the connection has reported any health yet (it reports nothing until it first
     /// comes up, so a store that is unreachable from the start would otherwise never be logged).
@@ -124,7 +125,8 @@ final class SharedStore {
 
     /// A key changed somewhere (hex of its hash), or "" after a resubscribe: drop it (or all).
     func invalidate(_ message: [UInt8]) {
-        if message.count > 4 && (message.starts(with: Self.banPrefix) || message.starts(with: Self.offPrefix)) {
+        if message.count > 4 && (message.starts(with: Self.banPrefix) || message.starts(with: Self.offPrefix)
+                                 || message.starts(with: Self.unbanPrefix)) {
             onSecurityMessage?(message)
             return
         }

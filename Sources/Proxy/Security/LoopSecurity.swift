@@ -137,6 +137,8 @@ final class LoopSecurity: RedisWaiter {
         let now = SecurityMonitor.nowMillis()
         if parts.count == 3, parts[0] == "ban", let net = NetKey(wire: parts[1]), let until = Int64(parts[2]) {
             monitor.installBan(net, until: until, now: now)
+        } else if parts.count == 2, parts[0] == "unban", let net = NetKey(wire: parts[1]) {
+            monitor.liftBan(net)
         } else if parts.count == 2, parts[0] == "off", let h = KeyHash(hex: String(parts[1])) {
             monitor.block(h, now: now)
         }

@@ -286,6 +286,21 @@ final class SecurityMonitor: @unchecked Sendable {
     /// Networks tracked now (tests: bounded under a flood).
     var trackedNetworks: Int { state.withLock { $0.nets.count } }
 
+    /// Lifts a ban (an operator, or another instance's `unban`); true when one was in force.
+    @discardableResult
+    func liftBan(_ net: NetKey) -> Bool {
+        let now = Self.nowMillis()
+        return state.withLock { s -> Bool in
+            guard var e = s.nets[net], e.bannedUntil > now else { return false }
+            e.bannedUntil = 0
+            e.count = SlidingCount()
+            s.nets[net] = e
+            s.bans -= 1
+            publishCounts(s)
+            return true
+        }
+    }
+
     /// Bans in force now.
     var bansInForce: Int { banCount.load(ordering: .relaxed) }
 
