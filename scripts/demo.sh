@@ -171,7 +171,7 @@ sleep 2.2
 show "after the overlap: REVOKED, saying it was rotated" -H "X-API-Key: $NKEY" $U/api/finance/accounts
 
 echo
-echo "== security: a client guessing keys is locked out (security.lockout: 10 guesses a minute, 5 s ban)"
+echo "== security: a client guessing keys is locked out (security.lockout: 10 guesses a minute, 1 min ban)"
 echo "\$ for i in 1..12: curl -H 'X-API-Key: guess-\$i' $U/api/finance/accounts"
 for i in $(seq 12); do curl -s -o /dev/null -w '%{http_code} ' -H "X-API-Key: guess-$i" $U/api/finance/accounts; done
 echo
@@ -189,9 +189,13 @@ if [[ -n $HOOK ]]; then
     "$BIN" webhooks verify --secret-file "$DATA/webhook-secret" --headers "${HOOK%.body}.head" --body "$HOOK" 2>&1 | sed 's/^/  /'
     echo "  ^ Standard Webhooks: HMAC-SHA256 of id.timestamp.body; retried with back-off, spooled, dead-lettered"
 fi
-printf '\n  waiting for the ban to end …'
-for _ in $(seq 100); do [[ $(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $RKEY" $U/api/finance/accounts) == 200 ]] && break; sleep 0.1; done
-echo " the rotated key works again from this address"
+echo
+echo '$ TOLLGATE_ADMIN_TOKEN=… tollgate security bans --policies policies'
+TOLLGATE_ADMIN_TOKEN=$ADMIN_TOKEN "$BIN" security bans --policies policies 2>&1 | sed 's/^/  /'
+echo '$ TOLLGATE_ADMIN_TOKEN=… tollgate security unban 127.0.0.1 --policies policies'
+TOLLGATE_ADMIN_TOKEN=$ADMIN_TOKEN "$BIN" security unban 127.0.0.1 --policies policies 2>&1 | sed 's/^/  /'
+printf '  ^ an operator lifts it (audited); the rotated key from this address: %s\n' \
+    "$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $RKEY" $U/api/finance/accounts)"
 echo
 echo "\$ for i in 1..21: curl -H 'X-API-Key: <api-demo key>' $U/admin/stats   (a key probing routes it may not use)"
 for i in $(seq 21); do curl -s -o /dev/null -w '%{http_code} ' -H "X-API-Key: $RKEY" $U/admin/stats; done
