@@ -205,3 +205,31 @@ struct RedisReentrancyTests {
         #expect(RedisScripts.verdict(from: .array([.integer(1)]), plan: plan) == nil)
     }
 }
+
+/// The command buffer handed to hiredis ends in a NUL: hiredis scans a formatted command with
+/// `strchr` for (P|UN)SUBSCRIBE's channels, and must not run on into an earlier, longer
+/// command left in the reused buffer (stale `$` arguments taken for channels, or its
+/// `nextArgument` assertion aborting the process when no `\r` follows one: seen once in a
+/// full test run after the security script's long EVALs shared the writer).
+struct RESPWriterTerminationTests {
+    @Test func aShortCommandAfterALongOneEndsInANul() {
+        let w = RESPWriter()
+        w.reset()
+        w.arrayHeader(4)
+        w.bulk("EVAL")
+        w.bulk(String(repeating: "local x = 1 ", count: 80))
+        w.bulk("0")
+        w.bulk("$7")
+        w.reset()
+        w.arrayHeader(2)
+        w.bulk("SUBSCRIBE")
+        w.bulk("tg:invalidate")
+        let n = w.count
+        w.terminate()
+        #expect(w.bytes.load(fromByteOffset: n, as: UInt8.self) == 0)
+        #expect(w.count == n)
+        // What hiredis's scan sees: the command, then the end.
+        let text = String(cString: UnsafeRawPointer(w.bytes).assumingMemoryBound(to: CChar.self))
+        #expect(text == "*2\r\n$9\r\nSUBSCRIBE\r\n$13\r\ntg:invalidate\r\n")
+    }
+}

@@ -23,6 +23,15 @@ public final class RESPWriter {
 
     @inline(__always) public func reset() { count = 0 }
 
+    /// A NUL after the command (not counted). hiredis scans a formatted command with
+    /// `strchr` to spot (P|UN)SUBSCRIBE and their channels: without it, the scan runs on into
+    /// what an earlier, longer command left in the buffer (stale `$` arguments taken for
+    /// channels, or an assertion when no `\r` follows one).
+    public func terminate() {
+        reserve(1)
+        bytes.storeBytes(of: 0, toByteOffset: count, as: UInt8.self)
+    }
+
     /// The formatted command so far.
     public var formatted: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: bytes, count: count) }
 

@@ -97,6 +97,7 @@ final class RedisLink: EventHandler, TimerHandler {
     @inline(__always)
     func send(_ w: RESPWriter) -> Bool {
         guard let ac else { return false }
+        w.terminate()
         let cmd = UnsafeRawPointer(w.bytes).assumingMemoryBound(to: CChar.self)
         let rc: Int32
         switch role {
