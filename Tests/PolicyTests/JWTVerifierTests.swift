@@ -582,6 +582,20 @@ struct JWTVerifierTests {
         }
     }
 
+    /// RFC 8037 A.4: Ed25519 over "Example of Ed25519 signing" with the A.2 key. The payload
+    /// is not a claim set, so the signature verifying shows as `badClaims` (checked after it).
+    @Test func rfc8037A4EdDSA() throws {
+        let v = try Self.verifier("algorithms: [EdDSA]\nkeys_file: k.json",
+                                  files: ["/p/k.json": #"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#])
+        let token = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc"
+            + ".hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg"
+        #expect(refusal(v, token) == .badClaims)
+        #expect(refusal(v, Self.flipped(token)) == .badSignature)
+        // The same signature over another payload.
+        let parts = token.split(separator: ".")
+        #expect(refusal(v, parts[0] + "." + JWTMint.segment("Example of Ed25519 signinG") + "." + parts[2]) == .badSignature)
+    }
+
     @Test func edDSAFromPEMAndOKPJWK() throws {
         for (name, file) in [("ed.pem", JWTMint.ed25519Public), ("ed.json", JWTMint.ed25519JWK),
                              ("ed2.json", "{\"keys\":[\(JWTMint.ed25519JWK.dropLast()),\"alg\":\"EdDSA\",\"kid\":\"ed-1\",\"use\":\"sig\"}]}")] {
