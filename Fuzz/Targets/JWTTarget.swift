@@ -5,8 +5,9 @@
 //   0  the message is a token, as a client would send it;
 //   1  the message is `header JSON` NUL `claims JSON`: the target encodes both and signs them
 //      with the test secret (HS256/384/512 by bits 2-3), so the claim checks are reached;
-//   2  the same with `NUL signature bytes` after the claims, under the algorithm of bits 2-3
-//      (RS256, ES256: arbitrary R || S and RSA signatures reach OpenSSL);
+//   2  the same with `NUL signature bytes` after the claims, as the signature (under the
+//      header's alg: RS*, PS*, ES256, ES384, EdDSA: arbitrary R || S, RSA and Ed25519
+//      signatures reach OpenSSL);
 //   3  mode 0 on the lax verifier.
 // Bit 4 picks the strict verifier (issuer, audience, `type: access` required) in modes 0-2.
 //
@@ -41,11 +42,14 @@ oQIDAQAB
 -----END PUBLIC KEY-----
 """
 let ecJWK = #"{"kty":"EC","kid":"ec-1","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#
+/// Tests/PolicyTests/JWTMint's P-384 and Ed25519 public keys (ES384, EdDSA).
+let moreJWKS = #"{"keys":[{"kty":"EC","kid":"ec-384","crv":"P-384","x":"ulR3Sv8dp1lIWo2SKxf8K2h6bU2M3paA06zbYFjlmtTZJwqPd5PttVrfaUFTpfz2","y":"23J-7Mt_uX1C3SADB2gS-FvA7cT8ZqbG_E3OYDMm4OeProEKTfKky_aA504xFCH5"},{"kty":"OKP","kid":"ed-1","crv":"Ed25519","x":"jDWmvZvy1q2EcXF2aLq1ese4Di4U6ez262N2n6wwGRw"}]}"#
 
 func makeKeys() -> [JWTKey] {
     var keys = [JWTKey.secret(fuzzSecret)]
     if let k = try? JWTKeyFile.pem(Array(rsaPublicPEM.utf8)) { keys.append(k) }
     if let k = try? JWTKeyFile.jwks(Array(ecJWK.utf8)) { keys += k }
+    if let k = try? JWTKeyFile.jwks(Array(moreJWKS.utf8)) { keys += k }
     return keys
 }
 
@@ -66,7 +70,7 @@ let strictVerifier = JWTVerifier(settings: {
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzJWT(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
-    check(fuzzKeys.count == 3, "test keys did not load")
+    check(fuzzKeys.count == 5, "test keys did not load")
     let input = FuzzInput(data, size)
     let mode = Int(input.flags & 3)
     let algBits = Int((input.flags >> 2) & 3)

@@ -228,6 +228,13 @@ def jwt_seeds():
     for h in ('{"alg":"ES256","kid":"ec-1"}', '{"alg":"RS256"}', '{"alg":"ES256"}'):
         for sig in (b"", b"\0" * 64, b"\xff" * 64, b"\x80" + b"\0" * 63, b"\0" * 32 + b"\x80" * 32, b"\1" * 256, b"\0" * 255 + b"\1", b"\x30\x44"):
             out.append(wrap(h.encode() + b"\0" + JWT_CLAIMS[0].encode() + b"\0" + sig, flags=2, splits=()))
+    # RS384/RS512, PS*, ES384 (the P-384 key, kid ec-384) and EdDSA (the Ed25519 key, kid ed-1):
+    # junk signatures of each length (and the wrong ones) reach OpenSSL; ES512 is not implemented.
+    for h in ('{"alg":"ES384","kid":"ec-384"}', '{"alg":"ES384"}', '{"alg":"EdDSA","kid":"ed-1"}', '{"alg":"EdDSA"}',
+              '{"alg":"PS256"}', '{"alg":"PS384"}', '{"alg":"PS512"}', '{"alg":"RS384"}', '{"alg":"RS512"}',
+              '{"alg":"ES512"}', '{"alg":"ES384","kid":"ed-1"}', '{"alg":"EdDSA","kid":"ec-1"}'):
+        for sig in (b"\0" * 64, b"\xff" * 96, b"\x80" + b"\0" * 95, b"\0" * 48 + b"\x80" * 48, b"\1" * 256, b"\x30\x64"):
+            out.append(wrap(h.encode() + b"\0" + JWT_CLAIMS[0].encode() + b"\0" + sig, flags=2, splits=()))
     return out
 
 def jwt():

@@ -62,6 +62,7 @@ static inline void tollgate_sha256(const void *data, size_t n, unsigned char out
 #include <openssl/bn.h>
 #include <openssl/param_build.h>
 #include <openssl/core_names.h>
+#include <openssl/rsa.h>
 
 typedef struct { SHA256_CTX inner; SHA256_CTX outer; } tollgate_hmac256_key;
 /// SHA-384 and SHA-512 share SHA512_CTX (and a 128-byte block).
@@ -161,14 +162,14 @@ static inline EVP_PKEY *tollgate_rsa_public_key(const unsigned char *n, size_t n
     return pkey;
 }
 
-/// A P-256 public key from its uncompressed point (0x04 || x || y, 65 bytes); NULL when the
-/// point is not on the curve.
-static inline EVP_PKEY *tollgate_p256_public_key(const unsigned char *point, size_t len) {
+/// An EC public key on `group` ("prime256v1", "secp384r1") from its uncompressed point
+/// (0x04 || x || y); NULL when the point is not on the curve.
+static inline EVP_PKEY *tollgate_ec_public_key(const char *group, const unsigned char *point, size_t len) {
     EVP_PKEY *pkey = NULL;
     OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
     OSSL_PARAM *params = NULL;
     EVP_PKEY_CTX *ctx = NULL;
-    if (bld && OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0)
+    if (bld && OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0)
         && OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, point, len)
         && (params = OSSL_PARAM_BLD_to_param(bld)) != NULL
         && (ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL)) != NULL
@@ -177,6 +178,19 @@ static inline EVP_PKEY *tollgate_p256_public_key(const unsigned char *point, siz
     }
     EVP_PKEY_CTX_free(ctx); OSSL_PARAM_free(params); OSSL_PARAM_BLD_free(bld);
     if (pkey && !tollgate_public_check(pkey)) { EVP_PKEY_free(pkey); pkey = NULL; }
+    ERR_clear_error();
+    return pkey;
+}
+
+/// A P-256 public key from its uncompressed point (0x04 || x || y, 65 bytes); NULL when the
+/// point is not on the curve.
+static inline EVP_PKEY *tollgate_p256_public_key(const unsigned char *point, size_t len) {
+    return tollgate_ec_public_key("prime256v1", point, len);
+}
+
+/// An Ed25519 public key from its 32 bytes (RFC 8037: a JWK's `x`); NULL if OpenSSL refuses it.
+static inline EVP_PKEY *tollgate_ed25519_public_key(const unsigned char *x, size_t len) {
+    EVP_PKEY *pkey = len == 32 ? EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, x, len) : NULL;
     ERR_clear_error();
     return pkey;
 }
@@ -197,22 +211,33 @@ static inline EVP_PKEY *tollgate_pem_public_key(const void *pem, size_t len) {
     return key;
 }
 
-/// 1: RSA, 2: EC on P-256, 0: anything else.
+/// 1: RSA, 2: EC on P-256, 3: EC on P-384, 4: Ed25519, 5: EC on P-521 (not verified: ES512's
+/// DER needs a long-form length), 0: anything else (RSA-PSS-only keys, Ed448, other curves).
 static inline int tollgate_public_key_kind(EVP_PKEY *key) {
-    if (EVP_PKEY_get_base_id(key) == EVP_PKEY_RSA) return 1;
-    if (EVP_PKEY_get_base_id(key) == EVP_PKEY_EC) {
+    int id = EVP_PKEY_get_base_id(key);
+    if (id == EVP_PKEY_RSA) return 1;
+    if (id == EVP_PKEY_ED25519) return 4;
+    if (id == EVP_PKEY_EC) {
         char name[32];
         size_t n = 0;
-        if (EVP_PKEY_get_group_name(key, name, sizeof name, &n) == 1 && strcmp(name, "prime256v1") == 0) return 2;
+        if (EVP_PKEY_get_group_name(key, name, sizeof name, &n) == 1) {
+            if (strcmp(name, "prime256v1") == 0) return 2;
+            if (strcmp(name, "secp384r1") == 0) return 3;
+            if (strcmp(name, "secp521r1") == 0) return 5;
+        }
     }
+    ERR_clear_error();
     return 0;
 }
 
 /// A JWS `R || S` (two big-endian halves) as the DER `ECDSA-Sig-Value` OpenSSL verifies;
-/// `out` holds 2 * half + 8 bytes. Returns the DER length.
+/// `out` holds 2 * half + 8 bytes. Returns the DER length, 0 for a half over 60 bytes: the
+/// lengths are written in DER's short form (< 128), enough for P-256 (32) and P-384 (48) but
+/// not P-521 (66, ES512, not implemented).
 static inline size_t tollgate_ecdsa_der(const unsigned char *rs, size_t half, unsigned char *out) {
-    unsigned char ints[2 * 66 + 8];
+    unsigned char ints[2 * 60 + 8];
     size_t at = 0;
+    if (half == 0 || half > 60) return 0;
     for (int k = 0; k < 2; k++) {
         const unsigned char *v = rs + k * half;
         size_t n = half;
@@ -230,16 +255,32 @@ static inline size_t tollgate_ecdsa_der(const unsigned char *rs, size_t half, un
     return at + 2;
 }
 
-/// RSASSA-PKCS1-v1_5 or ECDSA over SHA-256 of `data`; 1 when `sig` verifies. Nothing is left
-/// on OpenSSL's error queue.
-static inline int tollgate_verify_sha256(EVP_PKEY *key, const unsigned char *sig, size_t siglen,
-                                         const void *data, size_t n) {
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    int ok = md != NULL && EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, key) == 1
-        && EVP_DigestVerify(md, sig, siglen, data, n) == 1;
-    EVP_MD_CTX_free(md);
+/// `sig` over `data` with `key`: `bits` 256, 384 or 512 picks SHA-2 (RSASSA-PKCS1-v1_5,
+/// RSASSA-PSS when `pss`, or ECDSA with a DER signature), 0 no digest (Ed25519). PSS is
+/// RFC 7518 §3.5's: MGF1 with the same hash, a salt as long as the hash (anything else
+/// fails). 1 when it verifies; nothing is left on OpenSSL's error queue.
+static inline int tollgate_verify(EVP_PKEY *key, int bits, int pss, const unsigned char *sig, size_t siglen,
+                                  const void *data, size_t n) {
+    const EVP_MD *md = bits == 256 ? EVP_sha256() : bits == 384 ? EVP_sha384() : bits == 512 ? EVP_sha512() : NULL;
+    if (bits != 0 && md == NULL) return 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_PKEY_CTX *pctx = NULL;
+    int ok = ctx != NULL && EVP_DigestVerifyInit(ctx, &pctx, md, NULL, key) == 1;
+    if (ok && pss) {
+        ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) > 0
+            && EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md) > 0
+            && EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) > 0;
+    }
+    ok = ok && EVP_DigestVerify(ctx, sig, siglen, data, n) == 1;
+    EVP_MD_CTX_free(ctx);
     ERR_clear_error();
     return ok;
+}
+
+/// RSASSA-PKCS1-v1_5 or ECDSA over SHA-256 of `data`; 1 when `sig` verifies.
+static inline int tollgate_verify_sha256(EVP_PKEY *key, const unsigned char *sig, size_t siglen,
+                                         const void *data, size_t n) {
+    return tollgate_verify(key, 256, 0, sig, siglen, data, n);
 }
 
 static inline int tollgate_memeq(const void *a, const void *b, size_t n) { return CRYPTO_memcmp(a, b, n) == 0; }

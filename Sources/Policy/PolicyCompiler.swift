@@ -282,14 +282,8 @@ enum PolicyCompiler {
             }
         }
         guard ok else { return nil }
-        for a in j.algorithms where !keys.contains(where: { $0.type == a.keyType && ($0.algorithm == nil || $0.algorithm == a) }) {
-            let need: String
-            switch a.keyType {
-            case .oct: need = "secret_env (or an oct key in keys_file)"
-            case .rsa: need = "an RSA public key in keys_file"
-            case .ec: need = "an EC P-256 public key in keys_file"
-            }
-            found.append(j.algorithmsAt.error("\(a.rawValue) is pinned but no key verifies it (it needs \(need))"))
+        for a in j.algorithms where !keys.contains(where: { $0.verifies(a) }) {
+            found.append(j.algorithmsAt.error("\(a.rawValue) is pinned but no key verifies it (it needs \(a.keyDescription))"))
             ok = false
         }
         guard ok else { return nil }

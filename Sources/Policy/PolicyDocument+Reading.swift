@@ -859,8 +859,10 @@ struct NodeReader {
                         if j.algorithms.contains(a) { fail(v, ip, "'\(name)' listed twice"); ok = false } else { j.algorithms.append(a) }
                     } else if name.lowercased() == "none" {
                         fail(v, ip, "'\(name)' is never accepted (a token must be signed)"); ok = false
+                    } else if let why = JWTAlgorithm.notImplemented(name) {
+                        fail(v, ip, "unsupported algorithm '\(name)': \(why)"); ok = false
                     } else {
-                        fail(v, ip, "unsupported algorithm '\(name)' (HS256, HS384, HS512, RS256 or ES256)"); ok = false
+                        fail(v, ip, "unsupported algorithm '\(name)' (\(JWTAlgorithm.supportedNames))"); ok = false
                     }
                 }
             case "secret_env":
@@ -940,7 +942,7 @@ struct NodeReader {
         if !m.contains(where: { $0.key == "algorithms" }) { failAtBlock("algorithms", "missing required field") }
         if let (kn, p) = encodingNode, j.secretEnv == nil { fail(kn, p, "secret_encoding needs secret_env"); ok = false }
         if j.secretEnv == nil && j.keysFile == nil && ok {
-            failAtBlock(nil, "needs secret_env (HS*) or keys_file (RS256, ES256; JWKS or PEM)")
+            failAtBlock(nil, "needs secret_env (HS*) or keys_file (RS*, PS*, ES256, ES384, EdDSA; JWKS or PEM)")
         }
         if j.consumerClaim == j.scopesClaim { failAtBlock("scopes_claim", "must differ from consumer_claim") }
         return ok ? j : nil

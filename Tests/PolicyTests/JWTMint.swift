@@ -1,8 +1,9 @@
 import COpenSSL
+import Foundation
 import Policy
 
-/// Signs test tokens: HS* with OpenSSL's HMAC, RS256 and ES256 with a PEM private key
-/// (EVP_DigestSign; ECDSA's DER signature turned into the JWS R || S). Test keys only.
+/// Signs test tokens: HS* with OpenSSL's HMAC; RS*, PS*, ES256, ES384 and EdDSA with a PEM
+/// private key (EVP_DigestSign; ECDSA's DER signature turned into the JWS R || S). Test keys only.
 enum JWTMint {
     /// base64url of a JSON text's UTF-8 bytes.
     static func segment(_ json: String) -> String { Base64URL.encode(Array(json.utf8)) }
@@ -29,13 +30,18 @@ enum JWTMint {
         return hs(header, payload, secret: Array(secret.utf8), alg: alg)
     }
 
-    /// RS256 or ES256 with a PEM private key.
-    static func sign(_ header: String, _ payload: String, privateKeyPEM pem: String) -> String {
+    /// RS*, PS*, ES256/384 or EdDSA with a PEM private key, under `alg` (by default the
+    /// header's own `alg`).
+    static func sign(_ header: String, _ payload: String, privateKeyPEM pem: String, alg: String? = nil, pssSalt: Int32? = nil) -> String {
         let input = segment(header) + "." + segment(payload)
-        return input + "." + Base64URL.encode(signature(Array(input.utf8), pem: pem))
+        let name = alg ?? ((try? JSONSerialization.jsonObject(with: Data(header.utf8))) as? [String: Any])?["alg"] as? String ?? "RS256"
+        return input + "." + Base64URL.encode(signature(Array(input.utf8), pem: pem, alg: name, pssSalt: pssSalt))
     }
 
-    static func signature(_ data: [UInt8], pem: String) -> [UInt8] {
+    /// EVP_DigestSign: SHA-256/384/512 by the algorithm's digits (none for EdDSA), PSS padding
+    /// for PS* (MGF1 with the same hash, salt of the hash's length unless `pssSalt` says
+    /// otherwise); ECDSA's DER turned into R || S of the curve's size.
+    static func signature(_ data: [UInt8], pem: String, alg: String = "RS256", pssSalt: Int32? = nil) -> [UInt8] {
         let bytes = Array(pem.utf8)
         let bio = bytes.withUnsafeBytes { BIO_new_mem_buf($0.baseAddress, Int32($0.count)) }
         defer { BIO_free(bio) }
@@ -43,22 +49,30 @@ enum JWTMint {
         defer { EVP_PKEY_free(key) }
         let md = EVP_MD_CTX_new()
         defer { EVP_MD_CTX_free(md) }
-        guard EVP_DigestSignInit(md, nil, EVP_sha256(), nil, key) == 1 else { fatalError("sign init") }
+        let digest: OpaquePointer? = alg == "EdDSA" ? nil : alg.hasSuffix("384") ? EVP_sha384() : alg.hasSuffix("512") ? EVP_sha512() : EVP_sha256()
+        var pctx: OpaquePointer?
+        guard EVP_DigestSignInit(md, &pctx, digest, nil, key) == 1 else { fatalError("sign init") }
+        if alg.hasPrefix("PS") {
+            guard EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) > 0,
+                  EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, digest) > 0,
+                  EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, pssSalt ?? RSA_PSS_SALTLEN_DIGEST) > 0 else { fatalError("PSS") }
+        }
         var len = 0
         _ = data.withUnsafeBufferPointer { EVP_DigestSign(md, nil, &len, $0.baseAddress, $0.count) }
         var sig = [UInt8](repeating: 0, count: len)
         _ = data.withUnsafeBufferPointer { d in sig.withUnsafeMutableBufferPointer { EVP_DigestSign(md, $0.baseAddress, &len, d.baseAddress, d.count) } }
         sig = Array(sig[0..<len])
         guard EVP_PKEY_get_base_id(key) == EVP_PKEY_EC else { return sig }
-        // DER ECDSA-Sig-Value → R || S, 32 bytes each.
+        // DER ECDSA-Sig-Value → R || S, each as long as the curve's order (32 or 48 bytes).
+        let half = Int32((EVP_PKEY_get_bits(key) + 7) / 8)
         return sig.withUnsafeBufferPointer { b -> [UInt8] in
             var p: UnsafePointer<UInt8>? = b.baseAddress
             guard let es = d2i_ECDSA_SIG(nil, &p, b.count) else { fatalError("DER") }
             defer { ECDSA_SIG_free(es) }
-            var out = [UInt8](repeating: 0, count: 64)
+            var out = [UInt8](repeating: 0, count: Int(2 * half))
             out.withUnsafeMutableBufferPointer { o in
-                _ = BN_bn2binpad(ECDSA_SIG_get0_r(es), o.baseAddress, 32)
-                _ = BN_bn2binpad(ECDSA_SIG_get0_s(es), o.baseAddress! + 32, 32)
+                _ = BN_bn2binpad(ECDSA_SIG_get0_r(es), o.baseAddress, half)
+                _ = BN_bn2binpad(ECDSA_SIG_get0_s(es), o.baseAddress! + Int(half), half)
             }
             return out
         }
@@ -132,6 +146,63 @@ enum JWTMint {
     5AsZgaqQJB1vwKySF8EO5IPb6bQjKra/gLiI+0YfaU2anNO3K/bqeCARX4Mf6iA6
     HwseojRMXIuT98q+Bdfoeu4CfFWTehuL1DrxbEmkf9kxk7gYR7qZyafUxfvgLwTK
     A46aUxpBHdKuoLpl4wIDAQAB
+    -----END PUBLIC KEY-----
+    """
+    // P-384 and Ed25519 test keys, made with `openssl genpkey` (OpenSSL 3.0) for these tests.
+    static let p384Private = """
+    -----BEGIN PRIVATE KEY-----
+    MIG2AgEAMBAGByqGSM49AgEGBSuBBAAiBIGeMIGbAgEBBDBVFgOSu/+QuNd3qRu5
+    4+Yvn2g81Sq4PsYJx6gFr4FrKZhyHaoyN5sF5k0hk/TsVjmhZANiAAS6VHdK/x2n
+    WUhajZIrF/wraHptTYzeloDTrNtgWOWa1NknCo93k+21Wt9pQVOl/Pbbcn7sy3+5
+    fULdIAMHaBL4W8DtxPxmpsb8Tc5gMybg54+ugQpN8qTL9oDnTjEUIfk=
+    -----END PRIVATE KEY-----
+    """
+    static let p384Public = """
+    -----BEGIN PUBLIC KEY-----
+    MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEulR3Sv8dp1lIWo2SKxf8K2h6bU2M3paA
+    06zbYFjlmtTZJwqPd5PttVrfaUFTpfz223J+7Mt/uX1C3SADB2gS+FvA7cT8ZqbG
+    /E3OYDMm4OeProEKTfKky/aA504xFCH5
+    -----END PUBLIC KEY-----
+    """
+    /// p384Public as a JWK (`x`, `y`: 48 bytes each).
+    static let p384JWK = #"{"kty":"EC","crv":"P-384","x":"ulR3Sv8dp1lIWo2SKxf8K2h6bU2M3paA06zbYFjlmtTZJwqPd5PttVrfaUFTpfz2","y":"23J-7Mt_uX1C3SADB2gS-FvA7cT8ZqbG_E3OYDMm4OeProEKTfKky_aA504xFCH5"}"#
+    static let p384OtherPrivate = """
+    -----BEGIN PRIVATE KEY-----
+    MIG2AgEAMBAGByqGSM49AgEGBSuBBAAiBIGeMIGbAgEBBDABAl64ipcCcjwbhdMF
+    LoEySw3m5hGXevr2/AEJoyqv8U53ddVUJRLx2epKE2lz/HqhZANiAAQdP+EnQVjF
+    uJjBNpX9Kuwv/aw03PVwvv1MqWv5j+tyvsc5+WElzXDhHUmE+hCUi2P7zWyf30Em
+    SYCH20uMpGFlC5O/nr7785bHq4n0IoTE511g0zmP0rDAKBoUNItuXZI=
+    -----END PRIVATE KEY-----
+    """
+    static let ed25519Private = """
+    -----BEGIN PRIVATE KEY-----
+    MC4CAQAwBQYDK2VwBCIEIDCAJkbbj2HZwTvxrsjSbxDrojLMKQZjnXv04qq49SgK
+    -----END PRIVATE KEY-----
+    """
+    static let ed25519Public = """
+    -----BEGIN PUBLIC KEY-----
+    MCowBQYDK2VwAyEAjDWmvZvy1q2EcXF2aLq1ese4Di4U6ez262N2n6wwGRw=
+    -----END PUBLIC KEY-----
+    """
+    /// ed25519Public as an RFC 8037 JWK.
+    static let ed25519JWK = #"{"kty":"OKP","crv":"Ed25519","x":"jDWmvZvy1q2EcXF2aLq1ese4Di4U6ez262N2n6wwGRw"}"#
+    static let ed25519OtherPrivate = """
+    -----BEGIN PRIVATE KEY-----
+    MC4CAQAwBQYDK2VwBCIEID3NDzo7krdCmYgAo+JJw6y/0gI6WH7JeksMD5wdtysG
+    -----END PRIVATE KEY-----
+    """
+    static let p521Public = """
+    -----BEGIN PUBLIC KEY-----
+    MIGbMBAGByqGSM49AgEGBSuBBAAjA4GGAAQBlgFQOgle+hoPQgI5DQLP9warY0zE
+    k3fAJgNEPP5cTLI/uzIyUt398JrcQKFoVd/cdvZbHp5+XwejwpJ4Ne+GVp0A9mu3
+    mW61tmwUxeN2jGGLdkK3TEg558HytlOlbdb5cHPMUMzy+0rAYRf3cpt0b+O+d9L0
+    mDtMNEnPM2Q2v/sDvgU=
+    -----END PUBLIC KEY-----
+    """
+    static let ed448Public = """
+    -----BEGIN PUBLIC KEY-----
+    MEMwBQYDK2VxAzoA51TTexTZ4TIJ7kzKGqfgVRMEI5u6TMaFasdwXa5oEARfthgd
+    Y7bUlmUmhbqOTqilOETk5UuAG2YA
     -----END PUBLIC KEY-----
     """
 }

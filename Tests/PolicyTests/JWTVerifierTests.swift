@@ -395,9 +395,11 @@ struct JWTVerifierTests {
             "/p/policy.yaml:5: credentials.jwt.secret_env: environment variable E is empty"])
         #expect(Self.loadErrors("algorithms: [RS256]\nkeys_file: missing.json") == [
             "/p/policy.yaml:5: credentials.jwt.keys_file: cannot read keys file '/p/missing.json'"])
-        #expect(Self.loadErrors("algorithms: [RS256, PS256, RS384]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.rsaPublic]) == [
-            "/p/policy.yaml:4: credentials.jwt.algorithms[1]: unsupported algorithm 'PS256' (HS256, HS384, HS512, RS256 or ES256)",
-            "/p/policy.yaml:4: credentials.jwt.algorithms[2]: unsupported algorithm 'RS384' (HS256, HS384, HS512, RS256 or ES256)"])
+        #expect(Self.loadErrors("algorithms: [RS256, PS256, RS384]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.rsaPublic]) == [])
+        #expect(Self.loadErrors("algorithms: [RS256, PS257, ES512, ps256]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.rsaPublic]) == [
+            "/p/policy.yaml:4: credentials.jwt.algorithms[1]: unsupported algorithm 'PS257' (HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA)",
+            "/p/policy.yaml:4: credentials.jwt.algorithms[2]: unsupported algorithm 'ES512': ES512 (ECDSA P-521) is not implemented (ES256 and ES384 are)",
+            "/p/policy.yaml:4: credentials.jwt.algorithms[3]: unsupported algorithm 'ps256' (HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA)"])
         #expect(Self.loadErrors("algorithms: [ES256]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.rsaPublic]) == [
             "/p/policy.yaml:4: credentials.jwt.algorithms: ES256 is pinned but no key verifies it (it needs an EC P-256 public key in keys_file)"])
         #expect(Self.loadErrors("algorithms: [RS256]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.rsa1024Public]) == [
@@ -407,7 +409,7 @@ struct JWTVerifierTests {
         #expect(Self.loadErrors("algorithms: [RS256]\nsecret_env: JWT_SECRET\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.rsaPublic]) == [
             "/p/policy.yaml:5: credentials.jwt.secret_env: a secret verifies HS256, HS384 or HS512 only, and none is pinned in algorithms"])
         #expect(Self.loadErrors("algorithms: [HS256]") == [
-            "/p/policy.yaml:3: credentials.jwt: needs secret_env (HS*) or keys_file (RS256, ES256; JWKS or PEM)"])
+            "/p/policy.yaml:3: credentials.jwt: needs secret_env (HS*) or keys_file (RS*, PS*, ES256, ES384, EdDSA; JWKS or PEM)"])
         #expect(Self.loadErrors("secret_env: JWT_SECRET") == ["/p/policy.yaml:3: credentials.jwt.algorithms: missing required field"])
         #expect(Self.loadErrors(Self.hs + "\nleeway: 10m") == [
             "/p/policy.yaml:6: credentials.jwt.leeway: at most 5m (clock skew, not a grace period)"])
@@ -430,8 +432,14 @@ struct JWTVerifierTests {
         let at = "/p/policy.yaml:5: credentials.jwt.keys_file: keys file '/p/k.json': "
         #expect(err("{") == [at + "not valid JSON"])
         #expect(err(#"{"keys":[]}"#) == [at + "\"keys\" is empty"])
-        #expect(err(#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AA"}]}"#) == [at + "keys[0]: kty 'OKP' is not supported (RSA, EC or oct)"])
-        #expect(err(#"{"keys":[{"kty":"EC","crv":"P-384","x":"AA","y":"AA"}]}"#) == [at + "keys[0]: curve 'P-384' is not supported (P-256)"])
+        #expect(err(#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AA"}]}"#) == [at + "keys[0]: x must be 32 bytes for Ed25519"])
+        #expect(err(#"{"keys":[{"kty":"OKP","crv":"Ed448","x":"AA"}]}"#) == [at + "keys[0]: curve 'Ed448' is not supported (Ed25519)"])
+        #expect(err(#"{"keys":[{"kty":"OKP","crv":"X25519","x":"AA"}]}"#) == [at + "keys[0]: curve 'X25519' is not supported (Ed25519)"])
+        #expect(err(#"{"keys":[{"kty":"okp","crv":"Ed25519","x":"AA"}]}"#) == [at + "keys[0]: kty 'okp' is not supported (RSA, EC, OKP or oct)"])
+        #expect(err(#"{"keys":[{"kty":"EC","crv":"P-384","x":"AA","y":"AA"}]}"#) == [at + "keys[0]: x and y must be 48 bytes each for P-384"])
+        #expect(err(#"{"keys":[{"kty":"EC","crv":"P-521","x":"AA","y":"AA"}]}"#)
+            == [at + "keys[0]: curve 'P-521' is not supported (ES512 is not implemented; P-256 or P-384)"])
+        #expect(err(#"{"keys":[{"kty":"EC","crv":"secp256k1","x":"AA","y":"AA"}]}"#) == [at + "keys[0]: curve 'secp256k1' is not supported (P-256 or P-384)"])
         #expect(err(#"{"keys":[{"kty":"EC","crv":"P-256","x":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","y":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]}"#)
             == [at + "keys[0]: the point is not on P-256"])
         #expect(err("{\"keys\":[\(Self.rfcRSA.dropLast()),\"use\":\"enc\"}]}") == [at + "keys[0]: use 'enc' (only 'sig' keys verify tokens)"])
@@ -442,6 +450,245 @@ struct JWTVerifierTests {
         #expect(err(#"{"keys":[{"kty":"oct","k":"not base64!"}]}"#) == [at + "keys[0]: k is not base64url"])
         // A good mixed set loads: every pinned algorithm has a key.
         #expect(err("{\"keys\":[\(Self.rfcRSA),\(Self.rfcEC),{\"kty\":\"oct\",\"k\":\"c2VjcmV0\"}]}") == [])
+    }
+
+    // MARK: RS384/RS512, PS256/384/512, ES384, EdDSA
+
+    /// A token's signature with one byte changed (the first: every bit of it counts for RSA,
+    /// ECDSA and Ed25519 alike).
+    static func flipped(_ token: String) -> String {
+        let parts = token.split(separator: ".")
+        var sig = Base64URL.decode(parts[2])!
+        sig[0] ^= 0x01
+        return parts[0] + "." + parts[1] + "." + Base64URL.encode(sig)
+    }
+
+    static let rsaFamily = ["RS384", "RS512", "PS256", "PS384", "PS512"]
+
+    @Test func rsaFamilyVerifiesFromPEMAndJWK() throws {
+        let pem = try Self.verifier("algorithms: [RS384, RS512, PS256, PS384, PS512]\nkeys_file: rsa.pem",
+                                    files: ["/p/rsa.pem": JWTMint.rsaPublic])
+        // Another RSA key (RFC 7515's, as a JWK): the same tokens do not verify with it.
+        let other = try Self.verifier("algorithms: [RS384, RS512, PS256, PS384, PS512]\nkeys_file: k.json",
+                                      files: ["/p/k.json": "{\"keys\":[\(Self.rfcRSA)]}"])
+        for alg in Self.rsaFamily {
+            let t = JWTMint.sign("{\"alg\":\"\(alg)\",\"typ\":\"JWT\"}", Self.claims(), privateKeyPEM: JWTMint.rsaPrivate)
+            let c = try pem.verify(t, now: Self.now).get()
+            #expect(c.algorithm.rawValue == alg && c.consumer == "alice", "\(alg)")
+            #expect(refusal(pem, Self.flipped(t)) == .badSignature, "\(alg) flipped")
+            #expect(refusal(other, t) == .badSignature, "\(alg) other key")
+            // A signature one byte short (the modulus' length is exact).
+            let parts = t.split(separator: ".")
+            let short = parts[0] + "." + parts[1] + "." + Base64URL.encode(Array(Base64URL.decode(parts[2])!.dropLast()))
+            #expect(refusal(pem, short) == .badSignature, "\(alg) short")
+        }
+        // RS256 is not pinned here.
+        #expect(refusal(pem, JWTMint.sign("{\"alg\":\"RS256\"}", Self.claims(), privateKeyPEM: JWTMint.rsaPrivate)) == .algorithmNotAllowed)
+        // The same key as a JWK (RFC 7515's own with its alg PS384): only PS384 uses it.
+        let n = try JWTKeyFile.pem(Array(JWTMint.rsaPublic.utf8))
+        #expect(n.type == .rsa && n.verifies(.ps512) && n.verifies(.rs384) && !n.verifies(.es256) && !n.verifies(.hs256))
+        let jwk = "{\"keys\":[\(Self.rfcRSA.dropLast()),\"alg\":\"PS384\",\"kid\":\"r\"}]}"
+        let keys = try JWTKeyFile.read(Array(jwk.utf8))
+        #expect(keys.count == 1 && keys[0].algorithm == .ps384 && keys[0].verifies(.ps384) && !keys[0].verifies(.ps256) && !keys[0].verifies(.rs384))
+    }
+
+    @Test func pssAndPKCS1AreNeverTakenForEachOther() throws {
+        let v = try Self.verifier("algorithms: [RS256, RS384, PS256, PS384, PS512]\nkeys_file: rsa.pem",
+                                  files: ["/p/rsa.pem": JWTMint.rsaPublic])
+        // An RS256 (PKCS #1 v1.5) signature under PS256's name, and the reverse.
+        let rsAsPS = JWTMint.sign("{\"alg\":\"PS256\"}", Self.claims(), privateKeyPEM: JWTMint.rsaPrivate, alg: "RS256")
+        #expect(refusal(v, rsAsPS) == .badSignature)
+        let psAsRS = JWTMint.sign("{\"alg\":\"RS256\"}", Self.claims(), privateKeyPEM: JWTMint.rsaPrivate, alg: "PS256")
+        #expect(refusal(v, psAsRS) == .badSignature)
+        // Another hash: PS384's signature under PS256, RS384's under RS256.
+        #expect(refusal(v, JWTMint.sign("{\"alg\":\"PS256\"}", Self.claims(), privateKeyPEM: JWTMint.rsaPrivate, alg: "PS384")) == .badSignature)
+        #expect(refusal(v, JWTMint.sign("{\"alg\":\"RS256\"}", Self.claims(), privateKeyPEM: JWTMint.rsaPrivate, alg: "RS384")) == .badSignature)
+        // PSS with a salt of another length than the hash's (RFC 7518 §3.5: equal): refused;
+        // the hash's length verifies.
+        for salt: Int32 in [0, 20, 64, 190] {
+            let t = JWTMint.sign("{\"alg\":\"PS256\"}", Self.claims(), privateKeyPEM: JWTMint.rsaPrivate, pssSalt: salt)
+            #expect(refusal(v, t) == .badSignature, "salt \(salt)")
+        }
+        #expect(refusal(v, JWTMint.sign("{\"alg\":\"PS256\"}", Self.claims(), privateKeyPEM: JWTMint.rsaPrivate, pssSalt: 32)) == nil)
+        #expect(refusal(v, JWTMint.sign("{\"alg\":\"PS512\"}", Self.claims(), privateKeyPEM: JWTMint.rsaPrivate, pssSalt: 32)) == .badSignature)
+        // PSS is randomised: two signatures of the same input differ, both verify.
+        let a = JWTMint.sign("{\"alg\":\"PS384\"}", Self.claims(), privateKeyPEM: JWTMint.rsaPrivate)
+        let b = JWTMint.sign("{\"alg\":\"PS384\"}", Self.claims(), privateKeyPEM: JWTMint.rsaPrivate)
+        #expect(a != b && refusal(v, a) == nil && refusal(v, b) == nil)
+        // Under 2048 bits: refused at load, whatever the algorithm.
+        #expect(Self.loadErrors("algorithms: [PS256]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.rsa1024Public]) == [
+            "/p/policy.yaml:5: credentials.jwt.keys_file: keys file '/p/k.pem': RSA key of 1024 bits (at least 2048)"])
+    }
+
+    @Test func es384FromPEMAndJWK() throws {
+        for (name, file) in [("ec.pem", JWTMint.p384Public), ("ec.json", "{\"keys\":[\(JWTMint.p384JWK)]}")] {
+            let v = try Self.verifier("algorithms: [ES384]\nkeys_file: \(name)", files: ["/p/\(name)": file])
+            let t = JWTMint.sign("{\"alg\":\"ES384\"}", Self.claims(), privateKeyPEM: JWTMint.p384Private)
+            #expect(Base64URL.decode(t.split(separator: ".")[2])?.count == 96)
+            #expect(try v.verify(t, now: Self.now).get().algorithm == .es384, "\(name)")
+            #expect(refusal(v, Self.flipped(t)) == .badSignature, "\(name)")
+            #expect(refusal(v, JWTMint.sign("{\"alg\":\"ES384\"}", Self.claims(), privateKeyPEM: JWTMint.p384OtherPrivate)) == .badSignature)
+            // A P-256 signature (64 bytes) under ES384's name, and ES384's DER form.
+            #expect(refusal(v, JWTMint.sign("{\"alg\":\"ES384\"}", Self.claims(), privateKeyPEM: JWTMint.ecPrivate, alg: "ES256")) == .badSignature)
+            // SHA-256 with the P-384 key (R || S of 96 bytes) is not ES384.
+            #expect(refusal(v, JWTMint.sign("{\"alg\":\"ES384\"}", Self.claims(), privateKeyPEM: JWTMint.p384Private, alg: "ES256")) == .badSignature)
+            // ES256 is not pinned.
+            #expect(refusal(v, JWTMint.sign("{\"alg\":\"ES256\"}", Self.claims(), privateKeyPEM: JWTMint.ecPrivate)) == .algorithmNotAllowed)
+        }
+    }
+
+    @Test func eachCurveVerifiesItsOwnAlgorithmOnly() throws {
+        // A P-256 and a P-384 key without kids: each algorithm has one key, none is ambiguous.
+        let jwks = "{\"keys\":[\(Self.rfcEC),\(JWTMint.p384JWK)]}"
+        let v = try Self.verifier("algorithms: [ES256, ES384]\nkeys_file: k.json", files: ["/p/k.json": jwks])
+        #expect(try v.verify(JWTMint.sign("{\"alg\":\"ES384\"}", Self.claims(), privateKeyPEM: JWTMint.p384Private), now: Self.now).get().algorithm == .es384)
+        #expect(refusal(v, JWTMint.sign("{\"alg\":\"ES256\"}", Self.claims(), privateKeyPEM: JWTMint.ecOtherPrivate)) == .badSignature)
+        // ES256 pinned with a P-384 key only (and ES384 with a P-256 one): the policy does not load.
+        #expect(Self.loadErrors("algorithms: [ES256]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.p384Public]) == [
+            "/p/policy.yaml:4: credentials.jwt.algorithms: ES256 is pinned but no key verifies it (it needs an EC P-256 public key in keys_file)"])
+        #expect(Self.loadErrors("algorithms: [ES384]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.ecPublic]) == [
+            "/p/policy.yaml:4: credentials.jwt.algorithms: ES384 is pinned but no key verifies it (it needs an EC P-384 public key in keys_file)"])
+        // A JWK's alg must fit its curve.
+        let at = "/p/policy.yaml:5: credentials.jwt.keys_file: keys file '/p/k.json': "
+        func err(_ jwks: String) -> [String] {
+            Self.loadErrors("algorithms: [ES256, ES384]\nkeys_file: k.json", files: ["/p/k.json": jwks])
+        }
+        #expect(err("{\"keys\":[\(Self.rfcEC.dropLast()),\"alg\":\"ES384\"}]}") == [at + "keys[0]: alg 'ES384' does not fit crv 'P-256' (ES256)"])
+        #expect(err("{\"keys\":[\(JWTMint.p384JWK.dropLast()),\"alg\":\"ES256\"}]}") == [at + "keys[0]: alg 'ES256' does not fit crv 'P-384' (ES384)"])
+        #expect(err("{\"keys\":[\(JWTMint.p384JWK.dropLast()),\"alg\":\"ES512\"}]}")
+            == [at + "keys[0]: alg 'ES512' is not supported: ES512 (ECDSA P-521) is not implemented (ES256 and ES384 are)"])
+        #expect(err("{\"keys\":[\(JWTMint.p384JWK.dropLast()),\"alg\":\"PS384\"}]}") == [at + "keys[0]: alg 'PS384' does not fit kty 'EC'"])
+        #expect(err("{\"keys\":[\(Self.rfcEC.dropLast()),\"alg\":\"ES256\"},\(JWTMint.p384JWK.dropLast()),\"alg\":\"ES384\"}]}") == [])
+        // The P-256 point given as P-384 coordinates (and the reverse) is refused.
+        #expect(err(#"{"keys":[{"kty":"EC","crv":"P-384","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#)
+            == [at + "keys[0]: x and y must be 48 bytes each for P-384"])
+        // P-521 (ES512) keys are refused with their reason.
+        #expect(Self.loadErrors("algorithms: [ES384]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.p521Public]) == [
+            "/p/policy.yaml:5: credentials.jwt.keys_file: keys file '/p/k.pem': EC P-521 key: ES512 is not implemented (RSA, EC P-256 or P-384, or Ed25519)"])
+        // The second lock, at verification: a key of the other curve is never used, whatever
+        // the caller hands in.
+        let p256 = try JWTKeyFile.pem(Array(JWTMint.ecPublic.utf8)), p384 = try JWTKeyFile.pem(Array(JWTMint.p384Public.utf8))
+        #expect(p256.verifies(.es256) && !p256.verifies(.es384) && p384.verifies(.es384) && !p384.verifies(.es256))
+        let t = JWTMint.sign("{\"alg\":\"ES384\"}", Self.claims(), privateKeyPEM: JWTMint.p384Private)
+        let parts = t.split(separator: ".")
+        let sig = try #require(Base64URL.decode(parts[2]))
+        let signed = Array((parts[0] + "." + parts[1]).utf8)
+        sig.withUnsafeBytes { s in
+            signed.withUnsafeBytes { d in
+                #expect(JWTVerifier.verify(s, over: d, alg: .es384, key: p384))
+                #expect(!JWTVerifier.verify(s, over: d, alg: .es384, key: p256))
+                #expect(!JWTVerifier.verify(UnsafeRawBufferPointer(rebasing: s[0..<64]), over: d, alg: .es256, key: p384))
+            }
+        }
+    }
+
+    /// RFC 8037 A.4: Ed25519 over "Example of Ed25519 signing" with the A.2 key. The payload
+    /// is not a claim set, so the signature verifying shows as `badClaims` (checked after it).
+    @Test func rfc8037A4EdDSA() throws {
+        let v = try Self.verifier("algorithms: [EdDSA]\nkeys_file: k.json",
+                                  files: ["/p/k.json": #"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#])
+        let token = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc"
+            + ".hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg"
+        #expect(refusal(v, token) == .badClaims)
+        #expect(refusal(v, Self.flipped(token)) == .badSignature)
+        // The same signature over another payload.
+        let parts = token.split(separator: ".")
+        #expect(refusal(v, parts[0] + "." + JWTMint.segment("Example of Ed25519 signinG") + "." + parts[2]) == .badSignature)
+    }
+
+    @Test func edDSAFromPEMAndOKPJWK() throws {
+        for (name, file) in [("ed.pem", JWTMint.ed25519Public), ("ed.json", JWTMint.ed25519JWK),
+                             ("ed2.json", "{\"keys\":[\(JWTMint.ed25519JWK.dropLast()),\"alg\":\"EdDSA\",\"kid\":\"ed-1\",\"use\":\"sig\"}]}")] {
+            let v = try Self.verifier("algorithms: [EdDSA]\nkeys_file: \(name)", files: ["/p/\(name)": file])
+            let t = JWTMint.sign("{\"alg\":\"EdDSA\",\"kid\":\"ed-1\"}", Self.claims(), privateKeyPEM: JWTMint.ed25519Private)
+            #expect(Base64URL.decode(t.split(separator: ".")[2])?.count == 64)
+            #expect(try v.verify(t, now: Self.now).get().algorithm == .edDSA, "\(name)")
+            #expect(refusal(v, Self.flipped(t)) == .badSignature, "\(name)")
+            #expect(refusal(v, JWTMint.sign("{\"alg\":\"EdDSA\"}", Self.claims(), privateKeyPEM: JWTMint.ed25519OtherPrivate)) == .badSignature)
+            // The payload changed under the old signature.
+            let parts = t.split(separator: ".")
+            #expect(refusal(v, parts[0] + "." + JWTMint.segment(Self.claims(sub: "\"mallory\"")) + "." + parts[2]) == .badSignature)
+            // The name is exact: RFC 8037's "EdDSA", not the curve's, nor another spelling.
+            for alg in ["EDDSA", "eddsa", "Ed25519", "EdDSA ", "Ed448", "EdDSa"] {
+                let wrong = JWTMint.segment("{\"alg\":\"\(alg)\"}") + "." + parts[1] + "." + parts[2]
+                #expect(refusal(v, wrong) == .algorithmNotAllowed, "\(alg)")
+            }
+        }
+        let at = "/p/policy.yaml:5: credentials.jwt.keys_file: keys file '/p/k.json': "
+        func err(_ jwks: String) -> [String] {
+            Self.loadErrors("algorithms: [EdDSA]\nkeys_file: k.json", files: ["/p/k.json": jwks])
+        }
+        #expect(err("{\"keys\":[\(JWTMint.ed25519JWK.dropLast()),\"alg\":\"ES256\"}]}") == [at + "keys[0]: alg 'ES256' does not fit kty 'OKP'"])
+        #expect(err("{\"keys\":[\(JWTMint.ed25519JWK.dropLast()),\"alg\":\"HS256\"}]}") == [at + "keys[0]: alg 'HS256' does not fit kty 'OKP'"])
+        #expect(err("{\"keys\":[\(JWTMint.ed25519JWK.dropLast()),\"d\":\"AAAA\"}]}") == [at + "keys[0]: holds a private key (list public keys only)"])
+        #expect(err(#"{"keys":[{"kty":"OKP","x":"jDWmvZvy1q2EcXF2aLq1ese4Di4U6ez262N2n6wwGRw"}]}"#) == [at + "keys[0]: missing crv"])
+        #expect(err(#"{"keys":[{"kty":"OKP","crv":"Ed25519"}]}"#) == [at + "keys[0]: missing x"])
+        // An RSA key with alg EdDSA; an Ed448 PEM; EdDSA pinned with only an EC key.
+        #expect(err("{\"keys\":[\(Self.rfcRSA.dropLast()),\"alg\":\"EdDSA\"}]}") == [at + "keys[0]: alg 'EdDSA' does not fit kty 'RSA'"])
+        #expect(Self.loadErrors("algorithms: [EdDSA]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.ed448Public]) == [
+            "/p/policy.yaml:5: credentials.jwt.keys_file: keys file '/p/k.pem': unsupported key type (RSA, EC P-256 or P-384, or Ed25519)"])
+        #expect(Self.loadErrors("algorithms: [EdDSA]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.ecPublic]) == [
+            "/p/policy.yaml:4: credentials.jwt.algorithms: EdDSA is pinned but no key verifies it (it needs an Ed25519 (OKP) public key in keys_file)"])
+        let k = try JWTKeyFile.pem(Array(JWTMint.ed25519Public.utf8))
+        #expect(k.type == .okp && k.verifies(.edDSA) && !k.verifies(.es256) && !k.verifies(.hs256) && !k.verifies(.rs256))
+    }
+
+    @Test func hsAndPublicKeysAreNeverConfusedForTheNewAlgorithms() throws {
+        let files = ["/p/k.json": "{\"keys\":[\(Self.rfcRSA.dropLast()),\"kid\":\"rsa\"},\(JWTMint.p384JWK.dropLast()),\"kid\":\"p384\"},\(JWTMint.ed25519JWK.dropLast()),\"kid\":\"ed\"}]}"]
+        let all = "algorithms: [HS256, HS384, HS512, RS384, PS256, ES384, EdDSA]\nsecret_env: JWT_SECRET\nkeys_file: k.json"
+        let v = try Self.verifier(all, files: files)
+        // Each public key's PEM (and its JWK text) as an HMAC secret, under each HS algorithm
+        // and each key's kid: checked with the secret only.
+        for (kid, material) in [("p384", JWTMint.p384Public), ("ed", JWTMint.ed25519Public), ("p384", JWTMint.p384JWK), ("ed", JWTMint.ed25519JWK),
+                                ("rsa", Self.rfcRSA)] {
+            for alg in ["HS256", "HS384", "HS512"] {
+                let forged = JWTMint.hs("{\"alg\":\"\(alg)\",\"kid\":\"\(kid)\"}", Self.claims(), secret: Array(material.utf8), alg: alg)
+                #expect(refusal(v, forged) == .badSignature, "\(alg) keyed with \(kid)")
+            }
+        }
+        // The reverse: a public-key algorithm "signed" with the HMAC secret (the MAC's bytes,
+        // padded to the signature's length) never meets the secret.
+        for (alg, size) in [("EdDSA", 64), ("ES384", 96), ("PS256", 256), ("RS384", 256)] {
+            let input = JWTMint.segment("{\"alg\":\"\(alg)\"}") + "." + JWTMint.segment(Self.claims())
+            let mac = JWTMint.hmac("HS512", secret: Array(Self.secret.utf8), input)
+            let sig = Array((mac + [UInt8](repeating: 0, count: size)).prefix(size))
+            #expect(refusal(v, input + "." + Base64URL.encode(sig)) == .badSignature, "\(alg)")
+        }
+        // The genuine tokens verify, each with its own key.
+        #expect(try v.verify(JWTMint.sign("{\"alg\":\"EdDSA\",\"kid\":\"ed\"}", Self.claims(), privateKeyPEM: JWTMint.ed25519Private), now: Self.now).get().keyID == "ed")
+        #expect(try v.verify(JWTMint.sign("{\"alg\":\"ES384\",\"kid\":\"p384\"}", Self.claims(), privateKeyPEM: JWTMint.p384Private), now: Self.now).get().keyID == "p384")
+        #expect(try v.verify(JWTMint.hs(Self.claims(), secret: Self.secret, alg: "HS384"), now: Self.now).get().keyID == nil)
+        // A kid naming a key of another type: unknown for this algorithm.
+        #expect(refusal(v, JWTMint.sign("{\"alg\":\"EdDSA\",\"kid\":\"p384\"}", Self.claims(), privateKeyPEM: JWTMint.ed25519Private)) == .unknownKey)
+        #expect(refusal(v, JWTMint.sign("{\"alg\":\"ES384\",\"kid\":\"ed\"}", Self.claims(), privateKeyPEM: JWTMint.p384Private)) == .unknownKey)
+        // HS pinned with public keys only: no secret, no load; a secret with no HS pinned either.
+        #expect(Self.loadErrors("algorithms: [EdDSA, HS384]\nkeys_file: k.json", files: files) == [
+            "/p/policy.yaml:4: credentials.jwt.algorithms: HS384 is pinned but no key verifies it (it needs secret_env (or an oct key in keys_file))"])
+        #expect(Self.loadErrors("algorithms: [EdDSA, PS256]\nsecret_env: JWT_SECRET\nkeys_file: k.json", files: files) == [
+            "/p/policy.yaml:5: credentials.jwt.secret_env: a secret verifies HS256, HS384 or HS512 only, and none is pinned in algorithms"])
+        // And no secret ever verifies a public-key algorithm at the signature step.
+        let secret = JWTKey.secret(Array(Self.secret.utf8))
+        #expect(!secret.verifies(.edDSA) && !secret.verifies(.es384) && !secret.verifies(.ps256) && !secret.verifies(.rs512))
+        let empty = [UInt8](repeating: 0, count: 64)
+        empty.withUnsafeBytes { s in
+            #expect(!JWTVerifier.verify(s, over: s, alg: .edDSA, key: secret))
+            #expect(!JWTVerifier.verify(s, over: s, alg: .ps256, key: secret))
+        }
+    }
+
+    @Test func headerAlgorithmNamesAreExact() {
+        func named(_ s: String) -> JWTAlgorithm? {
+            let b = Array(s.utf8)
+            return b.withUnsafeBufferPointer { $0.baseAddress.flatMap { JWTAlgorithm.named($0, b.count) } }
+        }
+        for a in JWTAlgorithm.allCases { #expect(named(a.rawValue) == a, "\(a)") }
+        #expect(JWTAlgorithm.allCases.count == 12)
+        #expect(Set(JWTAlgorithm.allCases.map(\.bit)).count == 12 && JWTAlgorithm.allCases.allSatisfy { $0.bit.nonzeroBitCount == 1 })
+        for bad in ["ES512", "PS128", "RS257", "HS255", "ps256", "Rs256", "EDDSA", "eddsa", "EdDSB", "EdDS", "EdDSAA", "ES38", "ES3844",
+                    "ED255", "XS256", "none", "", "PS2", "RS", "ES384\u{0}"] {
+            #expect(named(bad) == nil, "\(bad)")
+        }
+        #expect(JWTAlgorithm.es384.signatureBytes == 96 && JWTAlgorithm.edDSA.signatureBytes == 64 && JWTAlgorithm.ps256.signatureBytes == 0)
     }
 
     @Test func base64URLIsStrictAndCanonical() {

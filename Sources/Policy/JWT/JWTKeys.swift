@@ -1,55 +1,104 @@
 import COpenSSL
 import Foundation
 
-/// The signature algorithms a policy may pin (`credentials.jwt.algorithms`). `none`, the
-/// RSA-PSS family and anything else are never accepted.
+/// The signature algorithms a policy may pin (`credentials.jwt.algorithms`). `none`, ES512
+/// (ECDSA P-521: not implemented) and anything else are never accepted.
 public enum JWTAlgorithm: String, Sendable, CaseIterable {
-    case hs256 = "HS256", hs384 = "HS384", hs512 = "HS512", rs256 = "RS256", es256 = "ES256"
+    case hs256 = "HS256", hs384 = "HS384", hs512 = "HS512"
+    case rs256 = "RS256", rs384 = "RS384", rs512 = "RS512"
+    case ps256 = "PS256", ps384 = "PS384", ps512 = "PS512"
+    case es256 = "ES256", es384 = "ES384"
+    case edDSA = "EdDSA"
 
     /// The only kind of key that verifies this algorithm: an HS token is never checked with
-    /// an RSA or EC public key (as an HMAC secret), nor an RS/ES token with a secret.
+    /// an RSA, EC or OKP public key (as an HMAC secret), nor an RS/PS/ES/EdDSA token with a
+    /// secret. ES256 and ES384 further need their own curve (``JWTKey/verifies``).
     public var keyType: JWTKeyType {
         switch self {
         case .hs256, .hs384, .hs512: return .oct
-        case .rs256: return .rsa
-        case .es256: return .ec
+        case .rs256, .rs384, .rs512, .ps256, .ps384, .ps512: return .rsa
+        case .es256, .es384: return .ec
+        case .edDSA: return .okp
         }
     }
 
-    var bit: UInt8 {
+    var bit: UInt16 {
         switch self {
         case .hs256: return 1
         case .hs384: return 2
         case .hs512: return 4
         case .rs256: return 8
         case .es256: return 16
+        case .rs384: return 32
+        case .rs512: return 64
+        case .ps256: return 128
+        case .ps384: return 256
+        case .ps512: return 512
+        case .es384: return 1024
+        case .edDSA: return 2048
         }
     }
 
-    /// The signature's exact length (RS256: the modulus' byte length, checked against the key).
+    /// The algorithms (bits) a key of each kind may verify.
+    static let secretBits: UInt16 = 1 | 2 | 4
+    static let rsaBits: UInt16 = 8 | 32 | 64 | 128 | 256 | 512
+    static let p256Bits: UInt16 = 16
+    static let p384Bits: UInt16 = 1024
+    static let ed25519Bits: UInt16 = 2048
+
+    /// The signature's exact length (RS*, PS*: the modulus' byte length, checked against the key).
     var signatureBytes: Int {
         switch self {
         case .hs256: return 32
         case .hs384: return 48
         case .hs512: return 64
-        case .rs256: return 0
+        case .rs256, .rs384, .rs512, .ps256, .ps384, .ps512: return 0
         case .es256: return 64
+        case .es384: return 96
+        case .edDSA: return 64
         }
+    }
+
+    /// What verifies it, for messages.
+    var keyDescription: String {
+        switch self {
+        case .hs256, .hs384, .hs512: return "secret_env (or an oct key in keys_file)"
+        case .rs256, .rs384, .rs512, .ps256, .ps384, .ps512: return "an RSA public key in keys_file"
+        case .es256: return "an EC P-256 public key in keys_file"
+        case .es384: return "an EC P-384 public key in keys_file"
+        case .edDSA: return "an Ed25519 (OKP) public key in keys_file"
+        }
+    }
+
+    /// The names a policy may pin, for messages.
+    public static let supportedNames = "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA"
+
+    /// Why a known algorithm Tollgate does not implement is refused (nil: not one of those).
+    public static func notImplemented(_ name: String) -> String? {
+        name == "ES512" ? "ES512 (ECDSA P-521) is not implemented (ES256 and ES384 are)" : nil
     }
 
     /// The algorithm named by the bytes of a header's `alg` (exact, case-sensitive).
     static func named(_ p: UnsafePointer<UInt8>, _ n: Int) -> JWTAlgorithm? {
         guard n == 5 else { return nil }
         let a = p[0], b = p[1], c = p[2], d = p[3], e = p[4]
+        // 256, 384, 512 → 0, 1, 2.
+        let size: Int
+        if c == 0x32 && d == 0x35 && e == 0x36 { size = 0 }
+        else if c == 0x33 && d == 0x38 && e == 0x34 { size = 1 }
+        else if c == 0x35 && d == 0x31 && e == 0x32 { size = 2 }
+        else { size = -1 }
         switch (a, b) {
         case (0x48, 0x53):   // HS
-            if c == 0x32 && d == 0x35 && e == 0x36 { return .hs256 }
-            if c == 0x33 && d == 0x38 && e == 0x34 { return .hs384 }
-            if c == 0x35 && d == 0x31 && e == 0x32 { return .hs512 }
+            switch size { case 0: return .hs256; case 1: return .hs384; case 2: return .hs512; default: return nil }
         case (0x52, 0x53):   // RS
-            if c == 0x32 && d == 0x35 && e == 0x36 { return .rs256 }
-        case (0x45, 0x53):   // ES
-            if c == 0x32 && d == 0x35 && e == 0x36 { return .es256 }
+            switch size { case 0: return .rs256; case 1: return .rs384; case 2: return .rs512; default: return nil }
+        case (0x50, 0x53):   // PS
+            switch size { case 0: return .ps256; case 1: return .ps384; case 2: return .ps512; default: return nil }
+        case (0x45, 0x53):   // ES (ES512 is not implemented)
+            switch size { case 0: return .es256; case 1: return .es384; default: return nil }
+        case (0x45, 0x64):   // Ed
+            if c == 0x44 && d == 0x53 && e == 0x41 { return .edDSA }   // DSA
         default:
             break
         }
@@ -57,9 +106,10 @@ public enum JWTAlgorithm: String, Sendable, CaseIterable {
     }
 }
 
-/// What a key is: a shared secret (HS*), an RSA public key (RS256) or a P-256 public key (ES256).
+/// What a key is (its JWK `kty`): a shared secret (HS*), an RSA public key (RS*, PS*), an EC
+/// public key (ES256 on P-256, ES384 on P-384) or an OKP Ed25519 public key (EdDSA).
 public enum JWTKeyType: String, Sendable {
-    case oct, rsa = "RSA", ec = "EC"
+    case oct, rsa = "RSA", ec = "EC", okp = "OKP"
 }
 
 /// An OpenSSL public key, freed with the object.
@@ -67,12 +117,18 @@ final class EVPPublicKey: @unchecked Sendable {
     // SAFETY: the key is built once and only read afterwards; each verification takes its
     // own OpenSSL context, and OpenSSL 3 keys may be read from several threads at once.
     let pointer: OpaquePointer
-    /// RSA: the modulus' bits; EC: 256.
+    /// RSA: the modulus' bits; EC: 256 or 384 (the curve's); Ed25519: 253.
     let bits: Int
+    /// What OpenSSL says the key is (`tollgate_public_key_kind`): 1 RSA, 2 P-256, 3 P-384,
+    /// 4 Ed25519 (anything else is refused at load). Checked again at each verification.
+    let kind: Int32
+
+    static let rsa: Int32 = 1, p256: Int32 = 2, p384: Int32 = 3, ed25519: Int32 = 4, p521: Int32 = 5
 
     init(_ pointer: OpaquePointer) {
         self.pointer = pointer
         bits = Int(EVP_PKEY_get_bits(pointer))
+        kind = tollgate_public_key_kind(pointer)
     }
 
     deinit { EVP_PKEY_free(pointer) }
@@ -114,6 +170,9 @@ public struct JWTKey: Sendable {
     public let type: JWTKeyType
     /// The JWK's `alg`, when it names one: the only algorithm the key verifies.
     public let algorithm: JWTAlgorithm?
+    /// The algorithms (``JWTAlgorithm/bit``) it may verify: those of its type and curve,
+    /// only its `alg` when it has one.
+    let algorithmBits: UInt16
     /// Where it came from, for messages (`secret_env`, `keys_file keys[2]`, `keys_file`).
     public let origin: String
     enum Material: Sendable {
@@ -129,9 +188,26 @@ public struct JWTKey: Sendable {
         self.algorithm = algorithm
         self.origin = origin
         self.material = material
+        var bits: UInt16
+        switch material {
+        case .secret: bits = type == .oct ? JWTAlgorithm.secretBits : 0
+        case .publicKey(let k):
+            switch (type, k.kind) {
+            case (.rsa, EVPPublicKey.rsa): bits = JWTAlgorithm.rsaBits
+            case (.ec, EVPPublicKey.p256): bits = JWTAlgorithm.p256Bits
+            case (.ec, EVPPublicKey.p384): bits = JWTAlgorithm.p384Bits
+            case (.okp, EVPPublicKey.ed25519): bits = JWTAlgorithm.ed25519Bits
+            default: bits = 0
+            }
+        }
+        if let algorithm { bits &= algorithm.bit }
+        algorithmBits = bits
     }
 
-    /// RSA: the modulus' bytes (an RS256 signature's exact length); 0 otherwise.
+    /// Whether this key may verify `alg` (its type, its curve, its JWK `alg`).
+    public func verifies(_ alg: JWTAlgorithm) -> Bool { algorithmBits & alg.bit != 0 }
+
+    /// RSA: the modulus' bytes (an RS*/PS* signature's exact length); 0 otherwise.
     var modulusBytes: Int {
         if case .publicKey(let k) = material, type == .rsa { return (k.bits + 7) / 8 }
         return 0
@@ -164,7 +240,8 @@ public enum JWTKeyFile {
         throw JWTKeyError("not a JWKS (JSON) or a PEM public key")
     }
 
-    /// One PEM public key (`PUBLIC KEY` or `CERTIFICATE`): RSA of at least 2048 bits or EC P-256.
+    /// One PEM public key (`PUBLIC KEY` or `CERTIFICATE`): RSA of at least 2048 bits, EC P-256
+    /// or P-384, or Ed25519.
     public static func pem(_ bytes: [UInt8]) throws(JWTKeyError) -> JWTKey {
         let text = String(decoding: bytes, as: UTF8.self)
         let blocks = text.components(separatedBy: "-----BEGIN ").count - 1
@@ -173,17 +250,22 @@ public enum JWTKeyFile {
         guard let pointer = bytes.withUnsafeBytes({ tollgate_pem_public_key($0.baseAddress, $0.count) }) else {
             throw JWTKeyError("no usable PEM public key (expected -----BEGIN PUBLIC KEY----- or a CERTIFICATE)")
         }
-        let kind = tollgate_public_key_kind(pointer)
         let key = EVPPublicKey(pointer)
-        switch kind {
-        case 1:
+        let type: JWTKeyType
+        switch key.kind {
+        case EVPPublicKey.rsa:
             guard key.bits >= minimumRSABits else { throw JWTKeyError("RSA key of \(key.bits) bits (at least \(minimumRSABits))") }
-            return JWTKey(kid: nil, type: .rsa, algorithm: nil, origin: "keys_file", material: .publicKey(key))
-        case 2:
-            return JWTKey(kid: nil, type: .ec, algorithm: nil, origin: "keys_file", material: .publicKey(key))
+            type = .rsa
+        case EVPPublicKey.p256, EVPPublicKey.p384:
+            type = .ec
+        case EVPPublicKey.ed25519:
+            type = .okp
+        case EVPPublicKey.p521:
+            throw JWTKeyError("EC P-521 key: ES512 is not implemented (RSA, EC P-256 or P-384, or Ed25519)")
         default:
-            throw JWTKeyError("unsupported key type (RSA or EC P-256)")
+            throw JWTKeyError("unsupported key type (RSA, EC P-256 or P-384, or Ed25519)")
         }
+        return JWTKey(kid: nil, type: type, algorithm: nil, origin: "keys_file", material: .publicKey(key))
     }
 
     /// A JWKS (`{"keys": [...]}`) or a single JWK.
@@ -244,7 +326,8 @@ public enum JWTKeyFile {
         var algorithm: JWTAlgorithm?
         if let alg = try string("alg") {
             guard let a = JWTAlgorithm(rawValue: alg) else {
-                throw JWTKeyError("\(name): alg '\(alg)' is not supported (HS256, HS384, HS512, RS256, ES256)")
+                if let why = JWTAlgorithm.notImplemented(alg) { throw JWTKeyError("\(name): alg '\(alg)' is not supported: \(why)") }
+                throw JWTKeyError("\(name): alg '\(alg)' is not supported (\(JWTAlgorithm.supportedNames))")
             }
             algorithm = a
         }
@@ -266,12 +349,34 @@ public enum JWTKeyFile {
             type = .ec
             if jwk["d"] != nil { throw JWTKeyError("\(name): holds a private key (list public keys only)") }
             guard let crv = try string("crv") else { throw JWTKeyError("\(name): missing crv") }
-            guard crv == "P-256" else { throw JWTKeyError("\(name): curve '\(crv)' is not supported (P-256)") }
+            let size: Int, group: String, kind: Int32, fits: JWTAlgorithm
+            switch crv {
+            case "P-256": (size, group, kind, fits) = (32, "prime256v1", EVPPublicKey.p256, .es256)
+            case "P-384": (size, group, kind, fits) = (48, "secp384r1", EVPPublicKey.p384, .es384)
+            case "P-521": throw JWTKeyError("\(name): curve 'P-521' is not supported (ES512 is not implemented; P-256 or P-384)")
+            default: throw JWTKeyError("\(name): curve '\(crv)' is not supported (P-256 or P-384)")
+            }
+            if let algorithm, algorithm.keyType == .ec, algorithm != fits {
+                throw JWTKeyError("\(name): alg '\(algorithm.rawValue)' does not fit crv '\(crv)' (\(fits.rawValue))")
+            }
             let x = try bytes("x"), y = try bytes("y")
-            guard x.count == 32, y.count == 32 else { throw JWTKeyError("\(name): x and y must be 32 bytes each for P-256") }
+            guard x.count == size, y.count == size else { throw JWTKeyError("\(name): x and y must be \(size) bytes each for \(crv)") }
             let point = [0x04] + x + y
-            guard let p = point.withUnsafeBufferPointer({ tollgate_p256_public_key($0.baseAddress, $0.count) }) else {
-                throw JWTKeyError("\(name): the point is not on P-256")
+            guard let p = point.withUnsafeBufferPointer({ tollgate_ec_public_key(group, $0.baseAddress, $0.count) }) else {
+                throw JWTKeyError("\(name): the point is not on \(crv)")
+            }
+            let key = EVPPublicKey(p)
+            guard key.kind == kind else { throw JWTKeyError("\(name): OpenSSL does not read this key as \(crv)") }
+            material = .publicKey(key)
+        case "OKP":
+            type = .okp
+            if jwk["d"] != nil { throw JWTKeyError("\(name): holds a private key (list public keys only)") }
+            guard let crv = try string("crv") else { throw JWTKeyError("\(name): missing crv") }
+            guard crv == "Ed25519" else { throw JWTKeyError("\(name): curve '\(crv)' is not supported (Ed25519)") }
+            let x = try bytes("x")
+            guard x.count == 32 else { throw JWTKeyError("\(name): x must be 32 bytes for Ed25519") }
+            guard let p = x.withUnsafeBufferPointer({ tollgate_ed25519_public_key($0.baseAddress, $0.count) }) else {
+                throw JWTKeyError("\(name): OpenSSL refuses this Ed25519 key")
             }
             material = .publicKey(EVPPublicKey(p))
         case "oct":
@@ -279,7 +384,7 @@ public enum JWTKeyFile {
             let k = try bytes("k")
             material = .secret(k.withUnsafeBytes { HMACKey(secret: $0) })
         default:
-            throw JWTKeyError("\(name): kty '\(kty)' is not supported (RSA, EC or oct)")
+            throw JWTKeyError("\(name): kty '\(kty)' is not supported (RSA, EC, OKP or oct)")
         }
         if let algorithm, algorithm.keyType != type {
             throw JWTKeyError("\(name): alg '\(algorithm.rawValue)' does not fit kty '\(kty)'")

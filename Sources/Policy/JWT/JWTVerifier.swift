@@ -134,14 +134,15 @@ public struct JWTClaims: Sendable, Equatable {
 ///
 /// In order: size (≤ 8 KiB), shape (three base64url segments, canonical), header (a JSON
 /// object: `alg` pinned, no `crit`; `jwk`, `jku`, `x5u`, `x5c` are never used), key (by
-/// `kid`, of the algorithm's type), signature (HMAC compared in constant time; RSASSA-PKCS1-v1_5
-/// or ECDSA P-256 over SHA-256, the JWS `R || S` given to OpenSSL as DER), then the claims:
+/// `kid`, of the algorithm's type and curve), signature (HMAC compared in constant time;
+/// through OpenSSL: RSASSA-PKCS1-v1_5 or RSASSA-PSS over SHA-256/384/512, ECDSA P-256/SHA-256
+/// or P-384/SHA-384 with the JWS `R || S` given as DER, Ed25519), then the claims:
 /// `iss`, `aud`, `required_claims`, the consumer and scopes claims, `nbf`, `iat`, and `exp`
 /// (required) last, so an expired token is `EXPIRED` only when nothing else is wrong with it.
 public final class JWTVerifier: Sendable {
     public let settings: JWTSettings
     public let keys: [JWTKey]
-    private let algorithmBits: UInt8
+    private let algorithmBits: UInt16
     private let issuers: [[UInt8]]
     private let audiences: [[UInt8]]
     private let consumerName: [UInt8]
@@ -337,7 +338,8 @@ public final class JWTVerifier: Sendable {
         var only = -1
         var candidates = 0
         var anyKid = false
-        for (i, k) in keys.enumerated() where k.type == alg.keyType && (k.algorithm == nil || k.algorithm == alg) {
+        let bit = alg.bit
+        for (i, k) in keys.enumerated() where k.algorithmBits & bit != 0 {
             candidates += 1
             only = i
             if let kb = k.kidBytes {
@@ -377,17 +379,31 @@ public final class JWTVerifier: Sendable {
                 tollgate_hmac512(alg == .hs384 ? k.sha384 : k.sha512, data.baseAddress, data.count, out)
                 return tollgate_memeq(out, sig.baseAddress, n) == 1
             }
-        case (.rs256, .publicKey(let k)):
-            guard key.type == .rsa, sig.count == key.modulusBytes, let s = sig.baseAddress else { return false }
-            return tollgate_verify_sha256(k.pointer, s.assumingMemoryBound(to: UInt8.self), sig.count,
-                                          data.baseAddress, data.count) == 1
+        case (.rs256, .publicKey(let k)), (.rs384, .publicKey(let k)), (.rs512, .publicKey(let k)),
+             (.ps256, .publicKey(let k)), (.ps384, .publicKey(let k)), (.ps512, .publicKey(let k)):
+            guard key.type == .rsa, k.kind == EVPPublicKey.rsa, sig.count == key.modulusBytes, let s = sig.baseAddress else { return false }
+            let bits: Int32 = alg == .rs256 || alg == .ps256 ? 256 : alg == .rs384 || alg == .ps384 ? 384 : 512
+            let pss: Int32 = alg == .ps256 || alg == .ps384 || alg == .ps512 ? 1 : 0
+            return tollgate_verify(k.pointer, bits, pss, s.assumingMemoryBound(to: UInt8.self), sig.count,
+                                   data.baseAddress, data.count) == 1
         case (.es256, .publicKey(let k)):
-            guard key.type == .ec, sig.count == 64, let s = sig.baseAddress else { return false }
+            guard key.type == .ec, k.kind == EVPPublicKey.p256, k.bits == 256, sig.count == 64, let s = sig.baseAddress else { return false }
             return withUnsafeTemporaryAllocation(byteCount: 80, alignment: 8) { der in
                 let out = der.baseAddress!.assumingMemoryBound(to: UInt8.self)
                 let n = tollgate_ecdsa_der(s.assumingMemoryBound(to: UInt8.self), 32, out)
-                return tollgate_verify_sha256(k.pointer, out, n, data.baseAddress, data.count) == 1
+                return tollgate_verify(k.pointer, 256, 0, out, n, data.baseAddress, data.count) == 1
             }
+        case (.es384, .publicKey(let k)):
+            guard key.type == .ec, k.kind == EVPPublicKey.p384, k.bits == 384, sig.count == 96, let s = sig.baseAddress else { return false }
+            return withUnsafeTemporaryAllocation(byteCount: 112, alignment: 8) { der in
+                let out = der.baseAddress!.assumingMemoryBound(to: UInt8.self)
+                let n = tollgate_ecdsa_der(s.assumingMemoryBound(to: UInt8.self), 48, out)
+                return tollgate_verify(k.pointer, 384, 0, out, n, data.baseAddress, data.count) == 1
+            }
+        case (.edDSA, .publicKey(let k)):
+            guard key.type == .okp, k.kind == EVPPublicKey.ed25519, sig.count == 64, let s = sig.baseAddress else { return false }
+            return tollgate_verify(k.pointer, 0, 0, s.assumingMemoryBound(to: UInt8.self), sig.count,
+                                   data.baseAddress, data.count) == 1
         default:
             // A key of another type: never used for this algorithm (key selection already
             // filters by type; this is the second lock).
