@@ -2,6 +2,7 @@ import CSystem
 import Foundation
 import Glibc
 import Policy
+import Runtime
 import ReferenceBackends
 import Synchronization
 
@@ -55,7 +56,7 @@ final class Dashboard: Sendable {
         router.add("POST", "/v1/dashboard/links") { [self] r in link(r) }
     }
 
-    static func now() -> Int64 { Int64(time(nil)) }
+    static func now() -> Int64 { wallClockSeconds() }
 
     // MARK: who is asking
 

@@ -155,7 +155,7 @@ final class KeyAPI: Sendable {
             return .success(AdminCredential(caller: KeyCaller(kind: .adminToken, name: name), expiresAt: nil, tokenHash: hash))
         }
         if let jwt = snapshot().jwt, token.utf8.count <= 8192 {
-            switch jwt.verify(token, now: Int64(time(nil))) {
+            switch jwt.verify(token, now: wallClockSeconds()) {
             case .success(let claims):
                 let caller = claims.isAdmin ? KeyCaller(kind: .adminToken, name: "jwt:" + claims.consumer)
                                             : KeyCaller(kind: .consumer, name: claims.consumer)

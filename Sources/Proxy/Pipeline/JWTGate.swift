@@ -93,7 +93,9 @@ final class JWTGate {
         let snapshot = x.facts.snapshot
         guard let verifier = snapshot.jwt else { return .reply(Denial(.invalidToken)) }
         let token = UnsafeRawBufferPointer(start: x.request.base + Int(x.facts.credential.offset), count: Int(x.facts.credential.count))
-        let now = Int64(time(nil))
+        // The precise wall clock: `time()` reads a coarse copy that can lag a second behind
+        // just after a second begins, and a token issued that instant would look early.
+        let now = wallClockSeconds()
         let cacheable = snapshot === x.context.snapshot
         if cacheable && owner !== verifier { clear(owner: verifier) }
         // Oversized tokens are refused before they are even hashed.
