@@ -108,14 +108,7 @@ final class BlockingHTTPClient {
     private func handshake(_ tls: BlockingTLS) -> Bool {
         guard let s = SSL_new(tls.ctx) else { close(); return false }
         ssl = s
-        SSL_set_fd(s, fd)
-        SSL_set_connect_state(s)
-        if IPAddress(host) != nil {
-            _ = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s), host)
-        } else {
-            _ = tollgate_SSL_set_tlsext_host_name(s, host)
-            _ = SSL_set1_host(s, host)
-        }
+        TLSStream.prepareClient(s, fd: fd, host: host)
         ERR_clear_error()
         while true {
             let rc = SSL_connect(s)

@@ -34,6 +34,14 @@ final class TLSStream {
         guard let s = SSL_new(context.ctx) else { return nil }
         ssl = s
         owner = context
+        TLSStream.prepareClient(s, fd: fd, host: host)
+        if let session { _ = SSL_set_session(s, session) }
+    }
+
+    /// The client side of a connection to `host`: the socket, connect state, SNI for a host
+    /// name, and the certificate checked for the name or the IP address (the proxy's
+    /// upstreams and its blocking client alike).
+    static func prepareClient(_ s: OpaquePointer, fd: Int32, host: String) {
         SSL_set_fd(s, fd)
         SSL_set_connect_state(s)
         if IPAddress(host) != nil {
@@ -42,7 +50,6 @@ final class TLSStream {
             _ = tollgate_SSL_set_tlsext_host_name(s, host)
             _ = SSL_set1_host(s, host)
         }
-        if let session { _ = SSL_set_session(s, session) }
     }
 
     /// This connection's session, for the next one to the same backend (caller frees it).
