@@ -600,4 +600,27 @@ import Testing
             } != nil, ":\(port) still locks the address out")
         }
     }
+
+    /// `store_degraded`: Redis stops answering (one event, however many loops notice), then
+    /// answers again (`recovered: true`).
+    @Test func storeDegradedIsSentWhenRedisGoesAndComesBack() throws {
+        let receiver = try WebhookReceiver()
+        defer { receiver.stop() }
+        let extra = "security:\n" + Self.hooks(receiver)
+            .replacingOccurrences(of: "events: [lockout, auto_disable]", with: "events: [store_degraded]")
+        let fleet = try RedisFleet(modes: ["open"], deadline: "200ms", keys: nil, extra: extra)
+        defer { fleet.stop() }
+        fleet.redis.kill9()
+        #expect(poll(timeout: 15) { !receiver.of("store_degraded").isEmpty } != nil, "no store_degraded event")
+        let down = try #require(receiver.of("store_degraded").first)
+        #expect(down.data["state"] as? String == "down" && down.data["recovered"] as? Bool == false)
+        #expect(down.data["on_error"] as? String == "open")
+        try fleet.redis.restart()
+        #expect(poll(timeout: 15) { receiver.of("store_degraded").contains { $0.data["recovered"] as? Bool == true } } != nil,
+                "no recovery event")
+        #expect(receiver.of("store_degraded").filter { $0.data["state"] as? String == "down" }.count == 1)
+        for d in receiver.of("store_degraded") {
+            #expect(d.signature == WebhookTests.expectedSignatures(d, secrets: [WebhookTests.secret1]).joined(separator: " "))
+        }
+    }
 }
