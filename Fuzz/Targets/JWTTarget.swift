@@ -43,7 +43,7 @@ oQIDAQAB
 """
 let ecJWK = #"{"kty":"EC","kid":"ec-1","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#
 /// Tests/PolicyTests/JWTMint's P-384 and Ed25519 public keys (ES384, EdDSA).
-let moreJWKS = #"{"keys":[{"kty":"EC","kid":"ec-384","crv":"P-384","x":"ulR3Sv8dp1lIWo2SKxf8K2h6bU2M3paA06zbYFjlmtTZJwqPd5PttVrfaUFTpfz2","y":"23J-7Mt_uX1C3SADB2gS-FvA7cT8ZqbG_E3OYDMm4OeProEKTfKky_aA504xFCH5"},{"kty":"OKP","kid":"ed-1","crv":"Ed25519","x":"jDWmvZvy1q2EcXF2aLq1ese4Di4U6ez262N2n6wwGRw"}]}"#
+let moreJWKS = #"{"keys":[{"kty":"EC","kid":"ec-384","crv":"P-384","x":"ulR3Sv8dp1lIWo2SKxf8K2h6bU2M3paA06zbYFjlmtTZJwqPd5PttVrfaUFTpfz2","y":"23J-7Mt_uX1C3SADB2gS-FvA7cT8ZqbG_E3OYDMm4OeProEKTfKky_aA504xFCH5"},{"kty":"OKP","kid":"ed-1","crv":"Ed25519","x":"jDWmvZvy1q2EcXF2aLq1ese4Di4U6ez262N2n6wwGRw"},{"kty":"EC","kid":"ec-521","crv":"P-521","x":"ANzjWhiOAhwlayf_wmkvZJLDIFOAJ2bab5n4a_jqtAySquJTqblXLNfgNoWcdrMdenLNzrvArmtxeBIVq9oLUBfl","y":"ANKuZ-5c1HyMSm7QSr0cDYrJ12iHzi-0eiu8nsqZXd-QZzOkEGrta5P6hDXiN0pgxF46M8xDGYuzXnpyGtz-EkBv"}]}"#
 
 func makeKeys() -> [JWTKey] {
     var keys = [JWTKey.secret(fuzzSecret)]
@@ -70,7 +70,7 @@ let strictVerifier = JWTVerifier(settings: {
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzJWT(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
-    check(fuzzKeys.count == 5, "test keys did not load")
+    check(fuzzKeys.count == 6, "test keys did not load")
     let input = FuzzInput(data, size)
     let mode = Int(input.flags & 3)
     let algBits = Int((input.flags >> 2) & 3)

@@ -231,13 +231,13 @@ static inline int tollgate_public_key_kind(EVP_PKEY *key) {
 }
 
 /// A JWS `R || S` (two big-endian halves) as the DER `ECDSA-Sig-Value` OpenSSL verifies;
-/// `out` holds 2 * half + 8 bytes. Returns the DER length, 0 for a half over 60 bytes: the
-/// lengths are written in DER's short form (< 128), enough for P-256 (32) and P-384 (48) but
-/// not P-521 (66, ES512, not implemented).
+/// `out` holds 2 * half + 9 bytes. Returns the DER length, 0 for a half over 66 bytes. The
+/// integers' lengths always fit DER's short form; the SEQUENCE's takes the long form (0x81)
+/// past 127 bytes, as P-521's (66-byte halves, ES512) can.
 static inline size_t tollgate_ecdsa_der(const unsigned char *rs, size_t half, unsigned char *out) {
-    unsigned char ints[2 * 60 + 8];
+    unsigned char ints[2 * 66 + 8];
     size_t at = 0;
-    if (half == 0 || half > 60) return 0;
+    if (half == 0 || half > 66) return 0;
     for (int k = 0; k < 2; k++) {
         const unsigned char *v = rs + k * half;
         size_t n = half;
@@ -250,9 +250,16 @@ static inline size_t tollgate_ecdsa_der(const unsigned char *rs, size_t half, un
         at += n;
     }
     out[0] = 0x30;
-    out[1] = (unsigned char)at;
-    memcpy(out + 2, ints, at);
-    return at + 2;
+    if (at < 128) {
+        out[1] = (unsigned char)at;
+        memcpy(out + 2, ints, at);
+        return at + 2;
+    }
+    // P-521: the SEQUENCE is longer than 127 bytes (long-form length, one byte).
+    out[1] = 0x81;
+    out[2] = (unsigned char)at;
+    memcpy(out + 3, ints, at);
+    return at + 3;
 }
 
 /// `sig` over `data` with `key`: `bits` 256, 384 or 512 picks SHA-2 (RSASSA-PKCS1-v1_5,

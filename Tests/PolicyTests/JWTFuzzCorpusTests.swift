@@ -18,10 +18,10 @@ struct JWTFuzzCorpusTests {
         }
         var keys = [JWTKey.secret(secret)]
         keys += (try? JWTKeyFile.jwks(Array(#"{"kty":"EC","kid":"ec-1","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#.utf8))) ?? []
-        // The target's P-384 (ES384) and Ed25519 (EdDSA) keys: JWTMint's.
-        let more = "{\"keys\":[\(JWTMint.p384JWK.dropLast()),\"kid\":\"ec-384\"},\(JWTMint.ed25519JWK.dropLast()),\"kid\":\"ed-1\"}]}"
+        // The target's P-384 (ES384), Ed25519 (EdDSA) and P-521 (ES512) keys: JWTMint's.
+        let more = "{\"keys\":[\(JWTMint.p384JWK.dropLast()),\"kid\":\"ec-384\"},\(JWTMint.ed25519JWK.dropLast()),\"kid\":\"ed-1\"},\(JWTMint.p521JWK.dropLast()),\"kid\":\"ec-521\"}]}"
         keys += (try? JWTKeyFile.jwks(Array(more.utf8))) ?? []
-        precondition(keys.count == 4, "the corpus keys did not load")
+        precondition(keys.count == 5, "the corpus keys did not load")
         return JWTVerifier(settings: s, keys: keys)
     }
 

@@ -191,6 +191,36 @@ enum JWTMint {
     MC4CAQAwBQYDK2VwBCIEID3NDzo7krdCmYgAo+JJw6y/0gI6WH7JeksMD5wdtysG
     -----END PRIVATE KEY-----
     """
+    /// ES512 test keys (P-521; made with the openssl CLI, test-only).
+    static let p521SignPrivate = """
+    -----BEGIN PRIVATE KEY-----
+    MIHuAgEAMBAGByqGSM49AgEGBSuBBAAjBIHWMIHTAgEBBEIA5ox2gks0ugFLek3z
+    EUu/L5RaN6rggjkjHlJIUyiPhJxDch8x5RYsUhx+FKn1CjgBp7t1uFZJ20j65mTp
+    Fn9XkcmhgYkDgYYABADc41oYjgIcJWsn/8JpL2SSwyBTgCdm2m+Z+Gv46rQMkqri
+    U6m5VyzX4DaFnHazHXpyzc67wK5rcXgSFavaC1AX5QDSrmfuXNR8jEpu0Eq9HA2K
+    yddoh84vtHorvJ7KmV3fkGczpBBq7WuT+oQ14jdKYMReOjPMQxmLs156chrc/hJA
+    bw==
+    -----END PRIVATE KEY-----
+    """
+    static let p521SignPublic = """
+    -----BEGIN PUBLIC KEY-----
+    MIGbMBAGByqGSM49AgEGBSuBBAAjA4GGAAQA3ONaGI4CHCVrJ//CaS9kksMgU4An
+    Ztpvmfhr+Oq0DJKq4lOpuVcs1+A2hZx2sx16cs3Ou8Cua3F4EhWr2gtQF+UA0q5n
+    7lzUfIxKbtBKvRwNisnXaIfOL7R6K7yeypld35BnM6QQau1rk/qENeI3SmDEXjoz
+    zEMZi7NeenIa3P4SQG8=
+    -----END PUBLIC KEY-----
+    """
+    static let p521OtherPrivate = """
+    -----BEGIN PRIVATE KEY-----
+    MIHuAgEAMBAGByqGSM49AgEGBSuBBAAjBIHWMIHTAgEBBEIAgKn7qwgiNHLkRJ/O
+    mvZKMdhSK5EbO3BELX7ZW2nZG+PUGSz5rqJUAKSTp7J/vY2SCUH7vduFdzgUXZnB
+    sFBLDpqhgYkDgYYABABS+KicrKNlVYGGN23beSPvlwJCyqs5HsvdWgzXr76u3m3q
+    AjuSnAPYysSQQW+PmHcXNJKzPQ3z9J32KQ5lyIWVrAGCERd0kMRWGYXCWaomDh56
+    0zGCYDGVSWtccyMNuDYUaQflj40huOckeN+eZERc74+xFWwD6nKbQFztP3orRtth
+    og==
+    -----END PRIVATE KEY-----
+    """
+    static let p521JWK = #"{"kty":"EC","crv":"P-521","x":"ANzjWhiOAhwlayf_wmkvZJLDIFOAJ2bab5n4a_jqtAySquJTqblXLNfgNoWcdrMdenLNzrvArmtxeBIVq9oLUBfl","y":"ANKuZ-5c1HyMSm7QSr0cDYrJ12iHzi-0eiu8nsqZXd-QZzOkEGrta5P6hDXiN0pgxF46M8xDGYuzXnpyGtz-EkBv"}"#
     static let p521Public = """
     -----BEGIN PUBLIC KEY-----
     MIGbMBAGByqGSM49AgEGBSuBBAAjA4GGAAQBlgFQOgle+hoPQgI5DQLP9warY0zE

@@ -396,10 +396,10 @@ struct JWTVerifierTests {
         #expect(Self.loadErrors("algorithms: [RS256]\nkeys_file: missing.json") == [
             "/p/policy.yaml:5: credentials.jwt.keys_file: cannot read keys file '/p/missing.json'"])
         #expect(Self.loadErrors("algorithms: [RS256, PS256, RS384]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.rsaPublic]) == [])
-        #expect(Self.loadErrors("algorithms: [RS256, PS257, ES512, ps256]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.rsaPublic]) == [
-            "/p/policy.yaml:4: credentials.jwt.algorithms[1]: unsupported algorithm 'PS257' (HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA)",
-            "/p/policy.yaml:4: credentials.jwt.algorithms[2]: unsupported algorithm 'ES512': ES512 (ECDSA P-521) is not implemented (ES256 and ES384 are)",
-            "/p/policy.yaml:4: credentials.jwt.algorithms[3]: unsupported algorithm 'ps256' (HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA)"])
+        #expect(Self.loadErrors("algorithms: [RS256, PS257, ES521, ps256]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.rsaPublic]) == [
+            "/p/policy.yaml:4: credentials.jwt.algorithms[1]: unsupported algorithm 'PS257' (HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512 or EdDSA)",
+            "/p/policy.yaml:4: credentials.jwt.algorithms[2]: unsupported algorithm 'ES521' (HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512 or EdDSA)",
+            "/p/policy.yaml:4: credentials.jwt.algorithms[3]: unsupported algorithm 'ps256' (HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512 or EdDSA)"])
         #expect(Self.loadErrors("algorithms: [ES256]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.rsaPublic]) == [
             "/p/policy.yaml:4: credentials.jwt.algorithms: ES256 is pinned but no key verifies it (it needs an EC P-256 public key in keys_file)"])
         #expect(Self.loadErrors("algorithms: [RS256]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.rsa1024Public]) == [
@@ -438,8 +438,8 @@ struct JWTVerifierTests {
         #expect(err(#"{"keys":[{"kty":"okp","crv":"Ed25519","x":"AA"}]}"#) == [at + "keys[0]: kty 'okp' is not supported (RSA, EC, OKP or oct)"])
         #expect(err(#"{"keys":[{"kty":"EC","crv":"P-384","x":"AA","y":"AA"}]}"#) == [at + "keys[0]: x and y must be 48 bytes each for P-384"])
         #expect(err(#"{"keys":[{"kty":"EC","crv":"P-521","x":"AA","y":"AA"}]}"#)
-            == [at + "keys[0]: curve 'P-521' is not supported (ES512 is not implemented; P-256 or P-384)"])
-        #expect(err(#"{"keys":[{"kty":"EC","crv":"secp256k1","x":"AA","y":"AA"}]}"#) == [at + "keys[0]: curve 'secp256k1' is not supported (P-256 or P-384)"])
+            == [at + "keys[0]: x and y must be 66 bytes each for P-521"])
+        #expect(err(#"{"keys":[{"kty":"EC","crv":"secp256k1","x":"AA","y":"AA"}]}"#) == [at + "keys[0]: curve 'secp256k1' is not supported (P-256, P-384 or P-521)"])
         #expect(err(#"{"keys":[{"kty":"EC","crv":"P-256","x":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","y":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]}"#)
             == [at + "keys[0]: the point is not on P-256"])
         #expect(err("{\"keys\":[\(Self.rfcRSA.dropLast()),\"use\":\"enc\"}]}") == [at + "keys[0]: use 'enc' (only 'sig' keys verify tokens)"])
@@ -537,6 +537,27 @@ struct JWTVerifierTests {
         }
     }
 
+    /// ES512: ECDSA P-521 with SHA-512 (its DER signature takes the long-form length).
+    @Test func es512FromPEMAndJWK() throws {
+        for (name, file) in [("ec.pem", JWTMint.p521SignPublic), ("ec.json", "{\"keys\":[\(JWTMint.p521JWK)]}")] {
+            let v = try Self.verifier("algorithms: [ES512]\nkeys_file: \(name)", files: ["/p/\(name)": file])
+            for _ in 0..<8 {   // several signatures: R and S of every length the DER must carry
+                let t = JWTMint.sign("{\"alg\":\"ES512\"}", Self.claims(), privateKeyPEM: JWTMint.p521SignPrivate, alg: "ES512")
+                #expect(Base64URL.decode(t.split(separator: ".")[2])?.count == 132)
+                #expect(try v.verify(t, now: Self.now).get().algorithm == .es512, "\(name)")
+                #expect(refusal(v, Self.flipped(t)) == .badSignature, "\(name)")
+            }
+            #expect(refusal(v, JWTMint.sign("{\"alg\":\"ES512\"}", Self.claims(), privateKeyPEM: JWTMint.p521OtherPrivate, alg: "ES512")) == .badSignature)
+            // SHA-256 with the P-521 key is not ES512; a P-384 signature under its name neither.
+            #expect(refusal(v, JWTMint.sign("{\"alg\":\"ES512\"}", Self.claims(), privateKeyPEM: JWTMint.p521SignPrivate, alg: "ES256")) == .badSignature)
+            #expect(refusal(v, JWTMint.sign("{\"alg\":\"ES512\"}", Self.claims(), privateKeyPEM: JWTMint.p384Private, alg: "ES384")) == .badSignature)
+            #expect(refusal(v, JWTMint.sign("{\"alg\":\"ES384\"}", Self.claims(), privateKeyPEM: JWTMint.p384Private)) == .algorithmNotAllowed)
+        }
+        let k = try JWTKeyFile.pem(Array(JWTMint.p521SignPublic.utf8))
+        #expect(k.verifies(.es512) && !k.verifies(.es384) && !k.verifies(.es256))
+        #expect(JWTAlgorithm.es512.signatureBytes == 132)
+    }
+
     @Test func eachCurveVerifiesItsOwnAlgorithmOnly() throws {
         // A P-256 and a P-384 key without kids: each algorithm has one key, none is ambiguous.
         let jwks = "{\"keys\":[\(Self.rfcEC),\(JWTMint.p384JWK)]}"
@@ -556,15 +577,15 @@ struct JWTVerifierTests {
         #expect(err("{\"keys\":[\(Self.rfcEC.dropLast()),\"alg\":\"ES384\"}]}") == [at + "keys[0]: alg 'ES384' does not fit crv 'P-256' (ES256)"])
         #expect(err("{\"keys\":[\(JWTMint.p384JWK.dropLast()),\"alg\":\"ES256\"}]}") == [at + "keys[0]: alg 'ES256' does not fit crv 'P-384' (ES384)"])
         #expect(err("{\"keys\":[\(JWTMint.p384JWK.dropLast()),\"alg\":\"ES512\"}]}")
-            == [at + "keys[0]: alg 'ES512' is not supported: ES512 (ECDSA P-521) is not implemented (ES256 and ES384 are)"])
+            == [at + "keys[0]: alg 'ES512' does not fit crv 'P-384' (ES384)"])
         #expect(err("{\"keys\":[\(JWTMint.p384JWK.dropLast()),\"alg\":\"PS384\"}]}") == [at + "keys[0]: alg 'PS384' does not fit kty 'EC'"])
         #expect(err("{\"keys\":[\(Self.rfcEC.dropLast()),\"alg\":\"ES256\"},\(JWTMint.p384JWK.dropLast()),\"alg\":\"ES384\"}]}") == [])
         // The P-256 point given as P-384 coordinates (and the reverse) is refused.
         #expect(err(#"{"keys":[{"kty":"EC","crv":"P-384","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#)
             == [at + "keys[0]: x and y must be 48 bytes each for P-384"])
-        // P-521 (ES512) keys are refused with their reason.
+        // A P-521 key verifies ES512 only.
         #expect(Self.loadErrors("algorithms: [ES384]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.p521Public]) == [
-            "/p/policy.yaml:5: credentials.jwt.keys_file: keys file '/p/k.pem': EC P-521 key: ES512 is not implemented (RSA, EC P-256 or P-384, or Ed25519)"])
+            "/p/policy.yaml:4: credentials.jwt.algorithms: ES384 is pinned but no key verifies it (it needs an EC P-384 public key in keys_file)"])
         // The second lock, at verification: a key of the other curve is never used, whatever
         // the caller hands in.
         let p256 = try JWTKeyFile.pem(Array(JWTMint.ecPublic.utf8)), p384 = try JWTKeyFile.pem(Array(JWTMint.p384Public.utf8))
@@ -626,7 +647,7 @@ struct JWTVerifierTests {
         // An RSA key with alg EdDSA; an Ed448 PEM; EdDSA pinned with only an EC key.
         #expect(err("{\"keys\":[\(Self.rfcRSA.dropLast()),\"alg\":\"EdDSA\"}]}") == [at + "keys[0]: alg 'EdDSA' does not fit kty 'RSA'"])
         #expect(Self.loadErrors("algorithms: [EdDSA]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.ed448Public]) == [
-            "/p/policy.yaml:5: credentials.jwt.keys_file: keys file '/p/k.pem': unsupported key type (RSA, EC P-256 or P-384, or Ed25519)"])
+            "/p/policy.yaml:5: credentials.jwt.keys_file: keys file '/p/k.pem': unsupported key type (RSA, EC P-256, P-384 or P-521, or Ed25519)"])
         #expect(Self.loadErrors("algorithms: [EdDSA]\nkeys_file: k.pem", files: ["/p/k.pem": JWTMint.ecPublic]) == [
             "/p/policy.yaml:4: credentials.jwt.algorithms: EdDSA is pinned but no key verifies it (it needs an Ed25519 (OKP) public key in keys_file)"])
         let k = try JWTKeyFile.pem(Array(JWTMint.ed25519Public.utf8))
@@ -682,9 +703,9 @@ struct JWTVerifierTests {
             return b.withUnsafeBufferPointer { $0.baseAddress.flatMap { JWTAlgorithm.named($0, b.count) } }
         }
         for a in JWTAlgorithm.allCases { #expect(named(a.rawValue) == a, "\(a)") }
-        #expect(JWTAlgorithm.allCases.count == 12)
-        #expect(Set(JWTAlgorithm.allCases.map(\.bit)).count == 12 && JWTAlgorithm.allCases.allSatisfy { $0.bit.nonzeroBitCount == 1 })
-        for bad in ["ES512", "PS128", "RS257", "HS255", "ps256", "Rs256", "EDDSA", "eddsa", "EdDSB", "EdDS", "EdDSAA", "ES38", "ES3844",
+        #expect(JWTAlgorithm.allCases.count == 13)
+        #expect(Set(JWTAlgorithm.allCases.map(\.bit)).count == 13 && JWTAlgorithm.allCases.allSatisfy { $0.bit.nonzeroBitCount == 1 })
+        for bad in ["ES521", "PS128", "RS257", "HS255", "ps256", "Rs256", "EDDSA", "eddsa", "EdDSB", "EdDS", "EdDSAA", "ES38", "ES3844",
                     "ED255", "XS256", "none", "", "PS2", "RS", "ES384\u{0}"] {
             #expect(named(bad) == nil, "\(bad)")
         }

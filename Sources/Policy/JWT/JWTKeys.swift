@@ -1,13 +1,13 @@
 import COpenSSL
 import Foundation
 
-/// The signature algorithms a policy may pin (`credentials.jwt.algorithms`). `none`, ES512
-/// (ECDSA P-521: not implemented) and anything else are never accepted.
+/// The signature algorithms a policy may pin (`credentials.jwt.algorithms`). `none` and
+/// anything else are never accepted.
 public enum JWTAlgorithm: String, Sendable, CaseIterable {
     case hs256 = "HS256", hs384 = "HS384", hs512 = "HS512"
     case rs256 = "RS256", rs384 = "RS384", rs512 = "RS512"
     case ps256 = "PS256", ps384 = "PS384", ps512 = "PS512"
-    case es256 = "ES256", es384 = "ES384"
+    case es256 = "ES256", es384 = "ES384", es512 = "ES512"
     case edDSA = "EdDSA"
 
     /// The only kind of key that verifies this algorithm: an HS token is never checked with
@@ -17,7 +17,7 @@ public enum JWTAlgorithm: String, Sendable, CaseIterable {
         switch self {
         case .hs256, .hs384, .hs512: return .oct
         case .rs256, .rs384, .rs512, .ps256, .ps384, .ps512: return .rsa
-        case .es256, .es384: return .ec
+        case .es256, .es384, .es512: return .ec
         case .edDSA: return .okp
         }
     }
@@ -36,6 +36,7 @@ public enum JWTAlgorithm: String, Sendable, CaseIterable {
         case .ps512: return 512
         case .es384: return 1024
         case .edDSA: return 2048
+        case .es512: return 4096
         }
     }
 
@@ -45,6 +46,7 @@ public enum JWTAlgorithm: String, Sendable, CaseIterable {
     static let p256Bits: UInt16 = 16
     static let p384Bits: UInt16 = 1024
     static let ed25519Bits: UInt16 = 2048
+    static let p521Bits: UInt16 = 4096
 
     /// The signature's exact length (RS*, PS*: the modulus' byte length, checked against the key).
     var signatureBytes: Int {
@@ -55,6 +57,7 @@ public enum JWTAlgorithm: String, Sendable, CaseIterable {
         case .rs256, .rs384, .rs512, .ps256, .ps384, .ps512: return 0
         case .es256: return 64
         case .es384: return 96
+        case .es512: return 132
         case .edDSA: return 64
         }
     }
@@ -66,17 +69,16 @@ public enum JWTAlgorithm: String, Sendable, CaseIterable {
         case .rs256, .rs384, .rs512, .ps256, .ps384, .ps512: return "an RSA public key in keys_file"
         case .es256: return "an EC P-256 public key in keys_file"
         case .es384: return "an EC P-384 public key in keys_file"
+        case .es512: return "an EC P-521 public key in keys_file"
         case .edDSA: return "an Ed25519 (OKP) public key in keys_file"
         }
     }
 
     /// The names a policy may pin, for messages.
-    public static let supportedNames = "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA"
+    public static let supportedNames = "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512 or EdDSA"
 
     /// Why a known algorithm Tollgate does not implement is refused (nil: not one of those).
-    public static func notImplemented(_ name: String) -> String? {
-        name == "ES512" ? "ES512 (ECDSA P-521) is not implemented (ES256 and ES384 are)" : nil
-    }
+    public static func notImplemented(_ name: String) -> String? { nil }
 
     /// The algorithm named by the bytes of a header's `alg` (exact, case-sensitive).
     static func named(_ p: UnsafePointer<UInt8>, _ n: Int) -> JWTAlgorithm? {
@@ -95,8 +97,8 @@ public enum JWTAlgorithm: String, Sendable, CaseIterable {
             switch size { case 0: return .rs256; case 1: return .rs384; case 2: return .rs512; default: return nil }
         case (0x50, 0x53):   // PS
             switch size { case 0: return .ps256; case 1: return .ps384; case 2: return .ps512; default: return nil }
-        case (0x45, 0x53):   // ES (ES512 is not implemented)
-            switch size { case 0: return .es256; case 1: return .es384; default: return nil }
+        case (0x45, 0x53):   // ES
+            switch size { case 0: return .es256; case 1: return .es384; case 2: return .es512; default: return nil }
         case (0x45, 0x64):   // Ed
             if c == 0x44 && d == 0x53 && e == 0x41 { return .edDSA }   // DSA
         default:
@@ -196,6 +198,7 @@ public struct JWTKey: Sendable {
             case (.rsa, EVPPublicKey.rsa): bits = JWTAlgorithm.rsaBits
             case (.ec, EVPPublicKey.p256): bits = JWTAlgorithm.p256Bits
             case (.ec, EVPPublicKey.p384): bits = JWTAlgorithm.p384Bits
+            case (.ec, EVPPublicKey.p521): bits = JWTAlgorithm.p521Bits
             case (.okp, EVPPublicKey.ed25519): bits = JWTAlgorithm.ed25519Bits
             default: bits = 0
             }
@@ -256,14 +259,12 @@ public enum JWTKeyFile {
         case EVPPublicKey.rsa:
             guard key.bits >= minimumRSABits else { throw JWTKeyError("RSA key of \(key.bits) bits (at least \(minimumRSABits))") }
             type = .rsa
-        case EVPPublicKey.p256, EVPPublicKey.p384:
+        case EVPPublicKey.p256, EVPPublicKey.p384, EVPPublicKey.p521:
             type = .ec
         case EVPPublicKey.ed25519:
             type = .okp
-        case EVPPublicKey.p521:
-            throw JWTKeyError("EC P-521 key: ES512 is not implemented (RSA, EC P-256 or P-384, or Ed25519)")
         default:
-            throw JWTKeyError("unsupported key type (RSA, EC P-256 or P-384, or Ed25519)")
+            throw JWTKeyError("unsupported key type (RSA, EC P-256, P-384 or P-521, or Ed25519)")
         }
         return JWTKey(kid: nil, type: type, algorithm: nil, origin: "keys_file", material: .publicKey(key))
     }
@@ -353,8 +354,8 @@ public enum JWTKeyFile {
             switch crv {
             case "P-256": (size, group, kind, fits) = (32, "prime256v1", EVPPublicKey.p256, .es256)
             case "P-384": (size, group, kind, fits) = (48, "secp384r1", EVPPublicKey.p384, .es384)
-            case "P-521": throw JWTKeyError("\(name): curve 'P-521' is not supported (ES512 is not implemented; P-256 or P-384)")
-            default: throw JWTKeyError("\(name): curve '\(crv)' is not supported (P-256 or P-384)")
+            case "P-521": (size, group, kind, fits) = (66, "secp521r1", EVPPublicKey.p521, .es512)
+            default: throw JWTKeyError("\(name): curve '\(crv)' is not supported (P-256, P-384 or P-521)")
             }
             if let algorithm, algorithm.keyType == .ec, algorithm != fits {
                 throw JWTKeyError("\(name): alg '\(algorithm.rawValue)' does not fit crv '\(crv)' (\(fits.rawValue))")

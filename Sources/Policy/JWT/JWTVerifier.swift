@@ -400,6 +400,13 @@ public final class JWTVerifier: Sendable {
                 let n = tollgate_ecdsa_der(s.assumingMemoryBound(to: UInt8.self), 48, out)
                 return tollgate_verify(k.pointer, 384, 0, out, n, data.baseAddress, data.count) == 1
             }
+        case (.es512, .publicKey(let k)):
+            guard key.type == .ec, k.kind == EVPPublicKey.p521, k.bits == 521, sig.count == 132, let s = sig.baseAddress else { return false }
+            return withUnsafeTemporaryAllocation(byteCount: 160, alignment: 8) { der in
+                let out = der.baseAddress!.assumingMemoryBound(to: UInt8.self)
+                let n = tollgate_ecdsa_der(s.assumingMemoryBound(to: UInt8.self), 66, out)
+                return n > 0 && tollgate_verify(k.pointer, 512, 0, out, n, data.baseAddress, data.count) == 1
+            }
         case (.edDSA, .publicKey(let k)):
             guard key.type == .okp, k.kind == EVPPublicKey.ed25519, sig.count == 64, let s = sig.baseAddress else { return false }
             return tollgate_verify(k.pointer, 0, 0, s.assumingMemoryBound(to: UInt8.self), sig.count,
