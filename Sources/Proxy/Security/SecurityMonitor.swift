@@ -143,10 +143,7 @@ final class SecurityMonitor: @unchecked Sendable {
     /// Expired bans and blocks leave the counts (so the request path skips its lookups again).
     private func sweep(_ s: inout State, now: Int64) {
         s.nextSweep = now + 1000
-        if s.bans > 0 {
-            for (k, e) in s.nets where e.bannedUntil != 0 && e.bannedUntil <= now { s.nets[k]!.bannedUntil = 0 }
-            s.bans = s.nets.values.reduce(0) { $0 + ($1.bannedUntil > 0 ? 1 : 0) }
-        }
+        if s.bans > 0 { Self.clearExpiredBans(&s, now: now) }
         if !s.blocks.isEmpty { s.blocks = s.blocks.filter { $0.value.until > now } }
         publishCounts(s)
     }
@@ -254,13 +251,8 @@ final class SecurityMonitor: @unchecked Sendable {
     /// Room for new networks: see the type's comment for the order.
     private static func prune(_ s: inout State, now: Int64, per: Int64, cap: Int) {
         let target = cap - max(1, cap / 8)
-        var bansDropped = 0
         // 1. Networks whose window has passed and that are not banned.
         s.nets = s.nets.filter { _, e in e.bannedUntil > now || now - e.lastSeen < per }
-        for (k, e) in s.nets where e.bannedUntil != 0 && e.bannedUntil <= now {
-            s.nets[k]!.bannedUntil = 0
-            bansDropped += 1
-        }
         // 2. The fewest refusals first (not banned).
         if s.nets.count > target {
             var counts = s.nets.compactMap { $0.value.bannedUntil > now ? nil : $0.value.count.estimate(now: now, per: per) }
@@ -275,12 +267,15 @@ final class SecurityMonitor: @unchecked Sendable {
         if s.nets.count > target {
             let ends = s.nets.values.map(\.bannedUntil).sorted()
             let threshold = ends[min(ends.count - 1, s.nets.count - target - 1)]
-            let before = s.nets.count
             s.nets = s.nets.filter { _, e in e.bannedUntil > threshold }
-            bansDropped += before - s.nets.count
         }
+        clearExpiredBans(&s, now: now)
+    }
+
+    /// Ended bans leave their networks (the counts start again); `bans` counts what is left.
+    private static func clearExpiredBans(_ s: inout State, now: Int64) {
+        for (k, e) in s.nets where e.bannedUntil != 0 && e.bannedUntil <= now { s.nets[k]?.bannedUntil = 0 }
         s.bans = s.nets.values.reduce(0) { $0 + ($1.bannedUntil > 0 ? 1 : 0) }
-        _ = bansDropped
     }
 
     /// Networks tracked now (tests: bounded under a flood).
@@ -496,7 +491,7 @@ final class SecurityMonitor: @unchecked Sendable {
                 suppressedLockouts = 0
             }
             record(w.audit, AuditEvent(.securityLockout, actor: .security, subject: net.description, details: details))
-            SecurityEvents.emit(.lockout, consumer: nil, subject: net.description, data: details)
+            WebhookEvents.emit(.lockout, consumer: nil, subject: net.description, data: details)
         case .disable(let hash, let id, let consumer, let reason, let details):
             if attempt == 1 { Log.warn("security: key \(id) (\(consumer)) auto-disabled: \(reason)") }
             var result = "disabled"
@@ -532,7 +527,7 @@ final class SecurityMonitor: @unchecked Sendable {
                                                ("reason", .string(reason))] + details
                 + [("result", .string(result)), ("instance", .string(w.instance))]
             record(w.audit, AuditEvent(.securityAutoDisable, actor: .security, subject: id, details: all))
-            SecurityEvents.emit(.autoDisable, consumer: consumer, subject: id, data: all)
+            WebhookEvents.emit(.autoDisable, consumer: consumer, subject: id, data: all)
         }
     }
 
@@ -553,12 +548,5 @@ final class SecurityMonitor: @unchecked Sendable {
         if ms % 60_000 == 0 { return "\(ms / 60_000)m" }
         if ms % 1000 == 0 { return "\(ms / 1000)s" }
         return "\(ms)ms"
-    }
-}
-
-/// Where security events go besides the audit trail (the webhooks outbox hooks in here).
-enum SecurityEvents {
-    static func emit(_ type: WebhookEventType, consumer: String?, subject: String, data: [(String, AuditValue)]) {
-        WebhookEvents.emit(type, consumer: consumer, subject: subject, data: data)
     }
 }
